@@ -1,0 +1,127 @@
+"""The ``gpulens`` command line.
+
+Bad input (a missing run, a corrupt database, a bad argument) ends with one
+line on stderr and exit status 2 -- never a traceback.  Set GPULENS_DEBUG=1
+to see tracebacks of unexpected errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from gpulens.profiler.errors import GpulensError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(EXIT_BAD_INPUT, f"gpulens: error: {message} (see '{self.prog} --help')\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from gpulens import __version__
+
+    parser = _Parser(prog="gpulens", description="GPU monitoring and profiling for PyTorch training.")
+    parser.add_argument("--version", action="version", version=f"gpulens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    rep = sub.add_parser("report", help="summary of one run in the terminal (or --json)")
+    rep.add_argument("run", help="run directory, rank-N.db file, or run id under the runs root")
+    rep.add_argument("--json", action="store_true", help="print the figures as JSON (stable keys)")
+    rep.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
+
+    ls = sub.add_parser("ls", help="list the runs under a runs root")
+    ls.add_argument("runs_dir", nargs="?", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
+    return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpulens.profiler import open_run, resolve_run
+    from gpulens.profiler.summary import summarize
+
+    root = Path(args.runs_dir) if args.runs_dir else None
+    with open_run(resolve_run(args.run, root)) as run:
+        summary = summarize(run)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=_json_default))
+    else:
+        from gpulens.report_view import render
+
+        render(summary)
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from gpulens import fmt
+    from gpulens.profiler import list_runs, open_run, runs_root
+    from gpulens.profiler.errors import RunError
+
+    root = runs_root(args.runs_dir)
+    if not root.is_dir():
+        raise GpulensError(f"{root}: no such runs directory")
+    rows: list[dict[str, Any]] = []
+    for path in list_runs(root):
+        try:
+            with open_run(path) as run:
+                info = run.info
+                n_steps = len(run.steps())
+                rows.append({"id": info.id, "name": info.name, "status": info.status,
+                             "gpus": [g.get("name") for g in info.gpus], "start": info.start,
+                             "duration_s": info.duration_s, "steps": n_steps, "error": None})
+        except RunError as exc:
+            rows.append({"id": path.name, "name": None, "status": "broken", "gpus": [], "start": None,
+                         "duration_s": None, "steps": None, "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs in {root}", title_justify="left")
+    for col in ("run", "status", "GPUs", "duration", "steps"):
+        table.add_column(col)
+    for r in rows:
+        gpus = f"{len(r['gpus'])} × {r['gpus'][0]}" if r["gpus"] else "-"
+        status = r["status"] if not r["error"] else f"broken: {r['error']}"
+        table.add_row(r["id"], status, gpus, fmt.seconds(r["duration_s"]), str(r["steps"] if r["steps"] is not None else "-"))
+    Console().print(table)
+    return EXIT_OK
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+COMMANDS = {"report": cmd_report, "ls": cmd_ls}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return COMMANDS[args.command](args)
+    except GpulensError as exc:
+        print(f"gpulens: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("GPULENS_DEBUG"):
+            raise
+        print(f"gpulens: internal error: {type(exc).__name__}: {exc} "
+              "(set GPULENS_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,78 @@
+"""Human formatting of measured values (terminal report, later the dashboard)."""
+from __future__ import annotations
+
+import math
+
+
+def is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x))
+
+
+def bytes_(x: float | None) -> str:
+    if not is_num(x):
+        return "n/a"
+    value = float(x)  # type: ignore[arg-type]
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def seconds(x: float | None) -> str:
+    if not is_num(x):
+        return "n/a"
+    v = float(x)  # type: ignore[arg-type]
+    if v >= 120:
+        return f"{v / 60:.1f} min"
+    if v >= 1:
+        return f"{v:.2f} s"
+    if v >= 1e-3:
+        return f"{v * 1e3:.1f} ms"
+    return f"{v * 1e6:.0f} µs"
+
+
+def pct(x: float | None, share: bool = False) -> str:
+    if not is_num(x):
+        return "n/a"
+    v = float(x) * (100.0 if share else 1.0)  # type: ignore[arg-type]
+    return f"{v:.1f}%"
+
+
+def value(x: float | None, unit: str) -> str:
+    """A value with its catalog unit."""
+    if not is_num(x):
+        return "n/a"
+    v = float(x)  # type: ignore[arg-type]
+    if unit == "B":
+        return bytes_(v)
+    if unit == "B/s":
+        return bytes_(v) + "/s"
+    if unit == "%":
+        return f"{v:.1f}%"
+    if unit == "cores":
+        return f"{v:.2f}"
+    if unit == "bitmask":
+        return f"0x{int(v):x}"
+    if unit in ("count",):
+        return f"{v:.0f}"
+    if unit == "W":
+        return f"{v:.0f} W"
+    if unit == "J":
+        return f"{v:.0f} J"
+    if unit == "MHz":
+        return f"{v:.0f} MHz"
+    if unit == "°C":
+        return f"{v:.0f} °C"
+    return f"{v:.3g} {unit}".strip()
+
+
+def rate(x: float | None, what: str) -> str:
+    if not is_num(x):
+        return "n/a"
+    v = float(x)  # type: ignore[arg-type]
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M {what}/s"
+    if v >= 1e3:
+        return f"{v / 1e3:.2f} k {what}/s"
+    return f"{v:.1f} {what}/s"

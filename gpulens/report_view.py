@@ -1,0 +1,188 @@
+"""Terminal rendering of a run summary (``gpulens report``) with rich."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from gpulens import fmt
+from gpulens.profiler.summary import PHASES, metric_label
+
+_PHASE_LABEL = {"data_wait": "data wait", "forward": "forward", "backward": "backward",
+                "optimizer": "optimizer", "other": "other"}
+_STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "interrupted": "yellow"}
+_GPU_ORDER = ("gpu.util", "gpm.sm_active", "gpm.sm_occupancy", "gpm.tensor_active", "gpm.dram_bw",
+              "gpu.mem_util", "gpu.mem_used", "gpu.proc_mem", "gpu.power", "gpu.temp", "gpu.sm_clock",
+              "gpu.mem_clock", "gpu.pcie_rx", "gpu.pcie_tx", "gpu.nvlink_rx", "gpu.nvlink_tx")
+_HOST_ORDER = ("host.cpu", "proc.cpu", "workers.cpu", "workers.count", "proc.rss", "workers.rss",
+               "host.mem_used", "host.swap_used", "host.disk_read", "host.disk_write")
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "n/a"
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _bar(share: float | None, width: int = 24) -> str:
+    if not fmt.is_num(share):
+        return ""
+    n = int(round(max(0.0, min(1.0, float(share))) * width))  # type: ignore[arg-type]
+    return "█" * n + "·" * (width - n)
+
+
+def render(summary: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(Group(*_blocks(summary)))
+
+
+def _blocks(s: dict[str, Any]) -> list[Any]:
+    run = s["run"]
+    out: list[Any] = []
+    status = s["status"]
+    title = Text.assemble(("gpulens report", "bold"), "  ", (run["name"], "bold cyan"), "  ",
+                          (status, f"bold {_STATUS_STYLE.get(status, 'white')}"))
+    if run.get("replay"):
+        title.append("  (replay)", style="magenta")
+    out.append(title)
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_row("run", f"{run['id']}  ({run['path']})")
+    if s.get("status_reason"):
+        head.add_row("status", f"{status}: {s['status_reason']}")
+    host = s["host"]["info"]
+    host_line = f"{run.get('host') or 'n/a'} · {host.get('cpu_count', '?')} CPUs · " \
+                f"{fmt.bytes_(host.get('memory_total'))} RAM · Python {host.get('python', '?')}"
+    head.add_row("host", host_line + (f" · torch {run['torch_version']}" if run.get("torch_version") else ""))
+    nvml = s["nvml"]
+    if s["gpus"]:
+        names: dict[str, int] = {}
+        for g in s["gpus"]:
+            names[g["name"]] = names.get(g["name"], 0) + 1
+        gpu_line = ", ".join(f"{n} × {name}" for name, n in names.items())
+        gpu_line += f" · driver {nvml.get('driver_version') or '?'} · CUDA {nvml.get('cuda_driver_version') or '?'}"
+        head.add_row("GPUs", gpu_line)
+    else:
+        head.add_row("GPUs", Text(f"none recorded: {nvml.get('reason') or 'no GPU'}", style="yellow"))
+    head.add_row("started", f"{_when(run.get('start'))} · duration {fmt.seconds(s['duration_s'])}")
+    st = s["step_time"]
+    tp = s["throughput"]
+    ex = st.get("excluded", {})
+    steps_line = f"{s['steps']} steps"
+    if ex.get("warmup") or ex.get("profiled"):
+        steps_line += f" ({ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled left out of the figures)"
+    head.add_row("steps", steps_line)
+    parts = [fmt.rate(tp.get("steps_per_s"), "steps")]
+    if tp.get("samples_per_s") is not None:
+        parts.append(fmt.rate(tp["samples_per_s"], "samples"))
+    if tp.get("tokens_per_s") is not None:
+        parts.append(fmt.rate(tp["tokens_per_s"], "tokens"))
+    head.add_row("throughput", " · ".join(parts))
+    if s.get("loss"):
+        head.add_row("loss", f"{s['loss']['first']:.4g} → {s['loss']['last']:.4g}")
+    out.append(head)
+
+    out.append(Text(""))
+    out.append(_step_table(st))
+    for gpu in s["gpus"]:
+        out.append(Text(""))
+        out.append(_metric_table(f"GPU {gpu['index']} · {gpu['name']} · "
+                                 f"{fmt.bytes_(gpu.get('memory_total_bytes'))}"
+                                 + (f" · {gpu['energy_j'] / 3600:.2f} Wh" if gpu.get("energy_j") else ""),
+                                 gpu["metrics"], gpu["not_available"], _GPU_ORDER))
+    out.append(Text(""))
+    out.append(_metric_table("Host and training process", s["host"]["metrics"], s["host"]["not_available"],
+                             _HOST_ORDER))
+    mem = s["memory"]
+    out.append(Text(""))
+    mem_table = Table(title="Memory peaks", title_justify="left", show_header=False, box=None)
+    mem_table.add_column(style="dim")
+    mem_table.add_column(justify="right")
+    mem_table.add_row("CUDA allocated (torch)", fmt.bytes_(mem["cuda_peak_allocated_bytes"])
+                      if mem["cuda_peak_allocated_bytes"] is not None else "not available (no CUDA in this run)")
+    mem_table.add_row("CUDA reserved (torch)", fmt.bytes_(mem["cuda_peak_reserved_bytes"])
+                      if mem["cuda_peak_reserved_bytes"] is not None else "not available (no CUDA in this run)")
+    for idx, used in mem["gpu_memory_used_max_bytes"].items():
+        mem_table.add_row(f"GPU {idx} used (NVML, all processes)", fmt.bytes_(used))
+    mem_table.add_row("process RSS", fmt.bytes_(mem["process_rss_max_bytes"]))
+    mem_table.add_row("worker processes RSS", fmt.bytes_(mem["workers_rss_max_bytes"]))
+    out.append(mem_table)
+    if s["events"]:
+        out.append(Text(""))
+        ev = Table(title=f"Events ({len(s['events'])})", title_justify="left", box=None)
+        ev.add_column("time", style="dim")
+        ev.add_column("kind")
+        ev.add_column("message")
+        for e in s["events"][:20]:
+            ev.add_row(_when(e["t"])[11:], e["kind"], e["message"])
+        out.append(ev)
+    return out
+
+
+def _step_table(st: dict[str, Any]) -> Table:
+    title = "Step time"
+    if st.get("count"):
+        title += (f" (steady steps: {st['count']} · mean {fmt.seconds(st['mean_s'])} · "
+                  f"median {fmt.seconds(st['median_s'])} · p90 {fmt.seconds(st['p90_s'])} · "
+                  f"p99 {fmt.seconds(st['p99_s'])})")
+    table = Table(title=title, title_justify="left")
+    table.add_column("phase (host)")
+    table.add_column("mean", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    gpu = st.get("gpu_phases")
+    if gpu:
+        table.add_column("GPU stream share", justify="right")
+    if not st.get("count"):
+        table.add_row("no steps recorded", "", "", "")
+        return table
+    for name in PHASES:
+        ph = st["phases"][name]
+        row = [_PHASE_LABEL[name], fmt.seconds(ph["mean_s"]), fmt.pct(ph["share"], share=True), _bar(ph["share"])]
+        if gpu:
+            row.append(fmt.pct(gpu[name]["share"], share=True))
+        table.add_row(*row)
+    for name, ph in (st.get("custom_phases") or {}).items():
+        row = [f"  {name} (in other)", fmt.seconds(ph["mean_s"]), fmt.pct(ph["share"], share=True), ""]
+        if gpu:
+            row.append("")
+        table.add_row(*row, style="dim")
+    return table
+
+
+def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], order: tuple[str, ...]) -> Any:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for col in ("mean", "p50", "p90", "p99", "max"):
+        table.add_column(col, justify="right", no_wrap=True)
+    names = [m for m in order if m in metrics] + sorted(m for m in metrics if m not in order)
+    notes: list[Text] = []
+    shown = 0
+    for name in names:
+        m = metrics[name]
+        if name == "gpu.energy":
+            continue  # shown as energy used in the title
+        if "change" in m:  # cumulative counter: what happened during the run matters
+            notes.append(Text(f"  {metric_label(name)}: +{fmt.value(m['change'], m['unit'])} during the run"))
+            continue
+        if name == "gpu.throttle":
+            reasons = ", ".join(f"{r} {share * 100:.0f}% of samples" for r, share in m.get("reasons", {}).items()
+                                if r != "gpu_idle")
+            notes.append(Text(f"  clocks held back by: {reasons}" if reasons
+                              else "  clocks held back by: nothing (no power or thermal throttling)"))
+            continue
+        table.add_row(metric_label(name), *(fmt.value(m[k], m["unit"]) for k in ("mean", "p50", "p90", "p99", "max")))
+        shown += 1
+    if not shown:
+        table.add_row(Text("nothing recorded", style="dim"), "", "", "", "", "")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(missing.items()):
+        by_reason.setdefault(reason, []).append(metric_label(name))
+    notes += [Text(f"  not available: {', '.join(labels)} ({reason})", style="dim yellow")
+              for reason, labels in by_reason.items()]
+    return Group(table, *notes) if notes else table

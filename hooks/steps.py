@@ -1,0 +1,201 @@
+"""Step and phase timing on the training thread.
+
+Time is charged *exclusively* to the innermost active phase (or to "other"
+when none is active) at every transition, so the phases of a step add up to
+its wall time by construction and nested phases never double count.  Each
+transition costs one ``perf_counter()`` call and a list update; everything
+else (GPU event resolution, writing) happens off this path or later.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from gpulens.profiler import clock
+from gpulens.profiler.schema import FLAG_WARMUP
+
+DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
+PHASE_NAMES = ("data_wait", "forward", "backward", "optimizer", "other")
+ALIASES = {
+    "data_wait": DATA, "data": DATA, "dataloader": DATA, "data_loading": DATA, "input": DATA,
+    "forward": FORWARD, "fwd": FORWARD, "fw": FORWARD,
+    "backward": BACKWARD, "bwd": BACKWARD, "bw": BACKWARD,
+    "optimizer": OPTIMIZER, "optim": OPTIMIZER, "opt": OPTIMIZER, "optimizer_step": OPTIMIZER,
+    "other": OTHER,
+}
+
+#: A step row before it is written: the columns of ``schema.STEP_COLUMNS``.
+Row = list
+
+
+def phase_slot(name: str) -> tuple[int, str | None]:
+    """Slot for a phase name; unknown names count as "other" and are kept by name."""
+    slot = ALIASES.get(name.lower())
+    if slot is not None:
+        return slot, None
+    return OTHER, name
+
+
+def infer_batch_size(batch: Any) -> int | None:
+    """First dimension of the first tensor-like object in a batch (depth <= 2)."""
+    stack = [(batch, 0)]
+    while stack:
+        obj, depth = stack.pop(0)
+        shape = getattr(obj, "shape", None)
+        if shape is not None and len(shape) > 0:
+            try:
+                return int(shape[0])
+            except (TypeError, ValueError):
+                return None
+        if depth >= 2:
+            continue
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, depth + 1) for v in obj)
+    return None
+
+
+class StepRecorder:
+    """Per-step accounting; ``emit`` receives finished rows (schema.STEP_COLUMNS order).
+
+    ``gpu`` is an optional object with ``begin_step``, ``mark``, ``end_step``
+    and ``poll`` (see :class:`gpulens.hooks.cuda.CudaStepTimer`); it is
+    attached once the training code initialises CUDA.
+    """
+
+    def __init__(self, emit: Callable[[Row], None], warmup_steps: int = 2,
+                 batch_size: int | None = None, sync: Callable[[], None] | None = None) -> None:
+        self._emit = emit
+        self.warmup_steps = warmup_steps
+        self.batch_size = batch_size
+        self._sync = sync
+        self.gpu: Any = None
+        self._acc = [0.0] * 5
+        self._extra: dict[str, float] = {}
+        self._stack: list[tuple[int, str | None]] = []
+        now = time.perf_counter()
+        self._t_last = now
+        self._step_start = now
+        self._idle_since = now
+        self._open = False
+        self._timing = False
+        self.step_index = 0
+        self.step_calls = 0  # manual step() calls
+        self._calls_at_last_next = -1
+        self._batch_samples: int | None = None
+
+    # ------------------------------------------------------------------ core accounting
+    def _now(self) -> float:
+        if self._sync is not None:
+            self._sync()
+        return time.perf_counter()
+
+    def _charge(self, now: float) -> None:
+        slot, name = self._stack[-1] if self._stack else (OTHER, None)
+        dt = now - self._t_last
+        self._acc[slot] += dt
+        if name is not None:
+            self._extra[name] = self._extra.get(name, 0.0) + dt
+        self._t_last = now
+        if self._timing:
+            self.gpu.mark(slot)
+
+    def _open_step(self, start: float) -> None:
+        self._open = True
+        self._step_start = start
+        self._t_last = start
+        self._acc = [0.0] * 5
+        self._extra = {}
+        self._timing = self.gpu.begin_step(start) if self.gpu is not None else False
+
+    def enter(self, slot: int, name: str | None = None) -> None:
+        now = self._now()
+        if self._open:
+            self._charge(now)
+        else:
+            self._open_step(now)
+        self._stack.append((slot, name))
+
+    def exit(self) -> None:
+        now = self._now()
+        if self._open:
+            self._charge(now)
+        if self._stack:
+            self._stack.pop()
+
+    def step(self, samples: int | None = None, tokens: int | None = None, loss: Any = None,
+             manual: bool = True) -> None:
+        now = self._now()
+        if manual:
+            self.step_calls += 1
+        if not self._open:
+            self._open_step(self._idle_since)
+        self._charge(now)
+        acc = self._acc
+        if samples is None:
+            samples = self._batch_samples if self._batch_samples is not None else self.batch_size
+        self._batch_samples = None
+        row: Row = [
+            self.step_index,
+            clock.from_perf(self._step_start),
+            clock.from_perf(now),
+            acc[DATA], acc[FORWARD], acc[BACKWARD], acc[OPTIMIZER], acc[OTHER],
+            samples, tokens, None,
+            None, None, None, None, None, None,  # GPU-side times
+            None, None, None,  # CUDA memory
+            FLAG_WARMUP if self.step_index < self.warmup_steps else 0,
+            _extra_json(self._extra) if self._extra else None,
+        ]
+        self.step_index += 1
+        if self.gpu is not None:
+            self.gpu.end_step(row, loss, self._timing)
+        else:
+            if loss is not None:
+                row[10] = loss_value(loss)
+            self._emit(row)
+        self._open_step(now)  # the next step starts where this one ended
+
+    def break_step(self) -> None:
+        """Discard the open step (an epoch ended): idle time belongs to no step."""
+        now = time.perf_counter()
+        self._open = False
+        self._timing = False
+        self._idle_since = now
+        self._batch_samples = None
+
+    # ------------------------------------------------------------------ DataLoader
+    def loader_next(self, first: bool) -> None:
+        """Called before fetching a batch; closes the previous step in auto mode."""
+        if first:
+            if self._open:
+                self.break_step()
+        elif self.step_calls == self._calls_at_last_next:
+            # the user did not call step() during the last iteration: one
+            # iteration of the for loop is one step
+            self.step(manual=False)
+        self._calls_at_last_next = self.step_calls
+        self.enter(DATA)
+
+    def loader_got(self, batch: Any) -> None:
+        self.exit()
+        self._batch_samples = infer_batch_size(batch)
+
+    def loader_end(self) -> None:
+        self.exit()
+        self.break_step()
+
+
+def _extra_json(extra: dict[str, float]) -> str:
+    import json
+
+    return json.dumps({k: round(v, 9) for k, v in extra.items()})
+
+
+def loss_value(loss: Any) -> float | None:
+    try:
+        if hasattr(loss, "item"):
+            return float(loss.item())
+        return float(loss)
+    except Exception:
+        return None

@@ -1,0 +1,391 @@
+"""``gpulens.track()``: record a training run from inside the training script.
+
+    with gpulens.track(name="resnet50", batch_size=256) as run:
+        for batch in run.loader(train_loader):
+            with run.phase("forward"):
+                loss = model(batch)
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step(); opt.zero_grad()
+            run.step(loss=loss)
+
+Nothing here may hurt the training run: set-up problems disable recording
+with one log line instead of raising, the hot-path methods swallow their own
+errors, and all I/O happens on background threads.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable, Iterator
+
+from gpulens.hooks import runmeta
+from gpulens.hooks.steps import StepRecorder, phase_slot
+from gpulens.profiler import clock
+from gpulens.profiler.recorder import Recorder, SamplingConfig
+from gpulens.profiler.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
+
+log = logging.getLogger("gpulens")
+
+_active_lock = threading.Lock()
+_active: "TrackedRun | None" = None
+_NULL = contextlib.nullcontext()
+
+
+class _Phase:
+    """A reusable context manager for one phase name (no allocation per use)."""
+
+    __slots__ = ("_run", "_slot", "_name")
+
+    def __init__(self, run: "TrackedRun", slot: int, name: str | None) -> None:
+        self._run = run
+        self._slot = slot
+        self._name = name
+
+    def __enter__(self) -> None:
+        run = self._run
+        if run._recording:
+            try:
+                run._rec.enter(self._slot, self._name)
+            except Exception as exc:
+                run._hook_failed(exc)
+
+    def __exit__(self, *exc: object) -> None:
+        run = self._run
+        if run._recording:
+            try:
+                run._rec.exit()
+            except Exception as err:
+                run._hook_failed(err)
+
+
+class TrackedRun:
+    """One recorded run (this process' rank).  Use :func:`track` to create it."""
+
+    def __init__(self, name: str | None = None, *, runs_dir: str | os.PathLike[str] | None = None,
+                 run_id: str | None = None, batch_size: int | None = None,
+                 config: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
+                 sync_phases: bool = False, cuda_timing_interval: float = 0.1,
+                 warmup_steps: int = 2, quiet: bool = False, nvml: ModuleType | None = None) -> None:
+        self.name = name or _default_name()
+        self.quiet = quiet
+        self.path: Path | None = None
+        self.id: str | None = None
+        self._recording = False
+        self._closed = False
+        self._nesting = 0
+        self._failures = 0
+        self._cuda_checked = 0.0
+        self._cuda_timing_interval = cuda_timing_interval
+        self._sync_phases = sync_phases
+        self._phases: dict[str, _Phase] = {}
+        self._recorder: Recorder | None = None
+        self._prev_sigterm: Any = None
+        try:
+            self._start(runs_dir, run_id, batch_size, config, sampling, warmup_steps, nvml)
+        except Exception as exc:
+            log.warning("gpulens: recording disabled for this run: %s", exc)
+            self._closed = True
+
+    # ------------------------------------------------------------------ set-up
+    def _start(self, runs_dir: Any, run_id: str | None, batch_size: int | None,
+               config: dict[str, Any] | None, sampling: SamplingConfig | None,
+               warmup_steps: int, nvml: ModuleType | None) -> None:
+        ranks = runmeta.rank_env()
+        run_id = run_id or os.environ.get("GPULENS_RUN_ID") or new_run_id(self.name)
+        validate_run_id(run_id)
+        root = runs_root(runs_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir_in(root, run_id)
+        self.path.mkdir(exist_ok=True)
+        self.id = run_id
+        meta: dict[str, Any] = {
+            "gpulens_version": _version(),
+            "run_id": run_id,
+            "name": self.name,
+            "start": clock.now(),
+            "status": "running",
+            "batch_size": batch_size,
+            "config": _jsonable(config or {}),
+            "warmup_steps": warmup_steps,
+            "sync_phases": self._sync_phases,
+            **ranks,
+            **runmeta.command_meta(),
+            **runmeta.torch_meta(),
+        }
+        # only one process per node samples the node's GPUs and host
+        sample_node = ranks["local_rank"] == 0
+        self._recorder = Recorder(self.path / rank_db_name(ranks["rank"]), meta, sampling, nvml, sample_node)
+        writer = self._recorder.writer
+        self._emit = lambda row: writer.step(tuple(row))
+        self._rec = StepRecorder(self._emit, warmup_steps=warmup_steps, batch_size=batch_size,
+                                 sync=self._sync if self._sync_phases else None)
+        self._recording = True
+        self._install_sigterm()
+        atexit.register(self._atexit)
+        if not self.quiet:
+            log.info("gpulens: recording run %s into %s", run_id, self.path)
+
+    def _sync(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    # ------------------------------------------------------------------ hot path
+    def step(self, samples: int | None = None, tokens: int | None = None, loss: Any = None) -> None:
+        """Mark the end of a training step (call it once per optimizer step).
+
+        ``samples`` defaults to the batch size seen by :meth:`loader` or given
+        to :func:`track`; ``loss`` may be a tensor: CUDA tensors are copied
+        asynchronously, never synchronised.
+        """
+        if not self._recording:
+            return
+        try:
+            rec = self._rec
+            if rec.gpu is None:
+                self._maybe_attach_cuda()
+            elif rec.step_index & 7 == 0:
+                rec.gpu.poll()
+            rec.step(samples, tokens, loss)
+        except Exception as exc:
+            self._hook_failed(exc)
+
+    def phase(self, name: str) -> Any:
+        """Context manager charging the time inside it to ``name``.
+
+        ``data_wait``, ``forward``, ``backward`` and ``optimizer`` (and short
+        aliases) are the standard split; other names are kept by name and
+        count as "other" in the split.
+        """
+        ph = self._phases.get(name)
+        if ph is None:
+            slot, custom = phase_slot(name)
+            ph = self._phases[name] = _Phase(self, slot, custom)
+        return ph
+
+    def loader(self, iterable: Iterable[Any]) -> Iterable[Any]:
+        """Wrap a DataLoader (any iterable): time spent fetching a batch is data wait.
+
+        If :meth:`step` is not called inside the loop, each iteration is one step.
+        """
+        if not self._recording:
+            return iterable
+        return _TimedLoader(self, iterable)
+
+    def _maybe_attach_cuda(self) -> None:
+        now = time.perf_counter()
+        if now - self._cuda_checked < 1.0:
+            return
+        self._cuda_checked = now
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
+            return
+        from gpulens.hooks.cuda import CudaStepTimer
+
+        self._rec.gpu = CudaStepTimer(torch, self._emit, interval=self._cuda_timing_interval)
+        if self._recorder is not None:
+            self._recorder.writer.meta(cuda_device=torch.cuda.current_device(), **runmeta.torch_meta())
+
+    def _hook_failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            log.warning("gpulens: step recording failed (%s: %s); recording of steps stops, training goes on",
+                        type(exc).__name__, exc)
+            self._recording = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "TrackedRun":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._nesting > 0:
+            self._nesting -= 1
+            return False
+        if exc_type is None:
+            self.close("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted", "KeyboardInterrupt")
+        elif issubclass(exc_type, SystemExit) and exc.code in (0, None):
+            self.close("finished")
+        else:
+            self.close("crashed", f"{exc_type.__name__}: {exc}")
+        return False
+
+    def close(self, status: str = "finished", error: str | None = None) -> None:
+        """Stop recording and write the final status; safe to call twice."""
+        global _active
+        if self._nesting > 0:
+            self._nesting -= 1
+            return
+        if self._closed:
+            return
+        self._closed = True
+        self._recording = False
+        with _active_lock:
+            if _active is self:
+                _active = None
+        self._restore_sigterm()
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:
+            pass
+        recorder = self._recorder
+        if recorder is None:
+            return
+        try:
+            gpu = self._rec.gpu
+            if gpu is not None:
+                gpu.flush()
+        except Exception as exc:
+            log.warning("gpulens: could not resolve the last GPU timings: %s", exc)
+        try:
+            recorder.close(status, error, steps=self._rec.step_index, **runmeta.torch_meta())
+        except Exception as exc:
+            log.warning("gpulens: closing run %s failed: %s", self.id, exc)
+            return
+        if not self.quiet:
+            print(f"gpulens: run {self.id} {status}: {self._rec.step_index} steps -> "
+                  f"gpulens report {self.path}", file=sys.stderr)
+
+    def _atexit(self) -> None:
+        self._nesting = 0
+        self.close("finished")
+
+    def _install_sigterm(self) -> None:
+        """Close the run as 'interrupted' on SIGTERM, then die as SIGTERM would have."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return
+            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):
+            self._prev_sigterm = None
+
+    def _restore_sigterm(self) -> None:
+        if self._prev_sigterm is None:
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
+        except (ValueError, OSError):
+            pass
+        self._prev_sigterm = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._nesting = 0
+        self.close("interrupted", "SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def steps(self) -> int:
+        return self._rec.step_index if self._recorder is not None else 0
+
+
+class _TimedLoader:
+    def __init__(self, run: TrackedRun, iterable: Iterable[Any]) -> None:
+        self._run = run
+        self._iterable = iterable
+
+    def __len__(self) -> int:
+        return len(self._iterable)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterable, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        run = self._run
+        rec = run._rec
+        it = iter(self._iterable)
+        first = True
+        while True:
+            active = run._recording
+            if active:
+                try:
+                    rec.loader_next(first)
+                except Exception as exc:
+                    run._hook_failed(exc)
+                    active = False
+            try:
+                batch = next(it)
+            except StopIteration:
+                if active:
+                    try:
+                        rec.loader_end()
+                    except Exception as exc:
+                        run._hook_failed(exc)
+                return
+            except BaseException:
+                if active:
+                    with contextlib.suppress(Exception):
+                        rec.exit()
+                raise
+            if active:
+                try:
+                    rec.loader_got(batch)
+                except Exception as exc:
+                    run._hook_failed(exc)
+            first = False
+            yield batch
+
+
+def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
+    """Start recording a run; use as a context manager (or call ``close()``).
+
+    Keyword arguments: ``runs_dir`` (default ``$GPULENS_DIR`` or
+    ./gpulens-runs), ``run_id``, ``batch_size``, ``config`` (a dict stored
+    with the run), ``sampling`` (:class:`SamplingConfig`), ``sync_phases``
+    (synchronise CUDA at phase boundaries for exact host phase times; off by
+    default because it slows training), ``warmup_steps`` (left out of
+    throughput figures, default 2), ``quiet``.
+
+    A ``track()`` inside an active one returns the active run: nested blocks
+    share it and only the outermost closes it.
+    """
+    global _active
+    with _active_lock:
+        if _active is not None and not _active._closed:
+            _active._nesting += 1
+            log.info("gpulens: track(%r) inside an active run: reusing run %s", name, _active.id)
+            return _active
+    run = TrackedRun(name, **kwargs)
+    if not run._closed:
+        with _active_lock:
+            _active = run
+    return run
+
+
+def _default_name() -> str:
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "python"
+    return script or "run"
+
+
+def _version() -> str:
+    from gpulens import __version__
+
+    return __version__
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_jsonable(v) for v in value]
+        return repr(value)

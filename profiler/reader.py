@@ -1,0 +1,416 @@
+"""The reader API: the only way the report, the advisor and the dashboard see a run.
+
+Every method returns plain numpy arrays or dataclasses; nothing here knows
+about plots.  A run can be read while it is being written (WAL snapshot
+reads), after it crashed (the WAL holds everything up to the last flush), or
+after it finished (a single database file per rank).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import numpy as np
+
+from gpulens.profiler import schema
+from gpulens.profiler.errors import RunError
+from gpulens.profiler.runstore import rank_dbs
+
+#: A run whose heartbeat is older than this, seen from another host (where
+#: the writer's pid cannot be checked), is reported as crashed.
+STALE_AFTER_S = 60.0
+
+
+@dataclass
+class Series:
+    """One metric of one GPU (or of the host) over a time range."""
+
+    metric: str
+    gpu: int
+    unit: str
+    rank: int
+    t: np.ndarray  # float64 epoch seconds, ascending
+    v: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    metric: str
+    gpu: int
+    unit: str
+    rank: int
+    status: str  # ok | unsupported | failed
+    reason: str | None
+    count: int
+    t_first: float | None
+    t_last: float | None
+
+
+@dataclass
+class StepTable:
+    """Per-step records of one rank, one numpy array per column of ``steps``."""
+
+    rank: int
+    columns: dict[str, np.ndarray]
+    extra: list[dict[str, float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.columns["step"].size)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["columns"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def duration(self) -> np.ndarray:
+        return self.columns["t_end"] - self.columns["t_start"]
+
+    def steady(self) -> np.ndarray:
+        """Mask of steps that count for throughput (not warm-up, not profiled)."""
+        return self.columns["flags"] == 0
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    kind: str
+    gpu: int
+    message: str
+    data: dict[str, Any] | None
+    rank: int
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: Path
+    name: str
+    status: str  # running | finished | crashed | interrupted
+    status_reason: str | None
+    start: float | None
+    end: float | None  # end, or last heartbeat for running/crashed runs
+    ranks: list[int]
+    meta: dict[str, Any]  # rank 0's metadata (or the lowest rank's)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return max(0.0, self.end - self.start)
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        return list(self.meta.get("gpus") or [])
+
+    @property
+    def replay(self) -> bool:
+        return bool(self.meta.get("replay"))
+
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+class _RankDB:
+    """A read-only connection to one rank database, with one-line errors."""
+
+    def __init__(self, rank: int, path: Path) -> None:
+        self.rank = rank
+        self.path = path
+        self._lock = threading.Lock()
+        schema.check_header(path)
+        _check_not_truncated(path)
+        self.conn = _connect_ro(path)
+        with self._lock:
+            try:
+                schema.check_version(self.conn, path)
+                rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise RunError(path, _db_error(exc)) from None
+        try:
+            self.meta = {k: json.loads(v) for k, v in rows}
+        except ValueError:
+            self.conn.close()
+            raise RunError(path, "corrupt database: metadata is not valid JSON") from None
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise RunError(self.path, _db_error(exc)) from None
+
+    def reload_meta(self) -> None:
+        self.meta = {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def _db_error(exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        return f"corrupt or truncated database ({text})"
+    if "locked" in text or "busy" in text:
+        return f"database busy ({text}); try again"
+    return f"cannot read database ({text})"
+
+
+def _check_not_truncated(path: Path) -> None:
+    """Compare the page count in the header with the file size.
+
+    A truncated database often still opens and fails later with "malformed"
+    on some query; checking the header up front names the problem exactly.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    page_size = struct.unpack(">H", head[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter = struct.unpack(">I", head[24:28])[0]
+    pages = struct.unpack(">I", head[28:32])[0]
+    valid_for = struct.unpack(">I", head[92:96])[0]
+    if pages and change_counter == valid_for and page_size:
+        size = path.stat().st_size
+        if size < pages * page_size:
+            raise RunError(path, f"truncated database ({size} bytes, header says {pages * page_size})")
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        # A WAL database in a read-only directory without its -shm file:
+        # read the main file as immutable instead (a finished or copied run).
+        pass
+    except sqlite3.DatabaseError as exc:
+        raise RunError(path, _db_error(exc)) from None
+    try:
+        conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=10, check_same_thread=False)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        raise RunError(path, _db_error(exc)) from None
+
+
+def _pid_alive(pid: int, create_time: float | None) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 2.0:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def rank_status(meta: dict[str, Any], now: float | None = None,
+                hostname: str | None = None) -> tuple[str, str | None]:
+    """Effective status of one rank: a 'running' rank whose process is gone crashed."""
+    status = meta.get("status", "running")
+    if status != "running":
+        return status, meta.get("error")
+    now = time.time() if now is None else now
+    hostname = socket.gethostname() if hostname is None else hostname
+    heartbeat = meta.get("heartbeat") or meta.get("start") or 0.0
+    pid = meta.get("pid")
+    if meta.get("host") == hostname and pid:
+        if not _pid_alive(int(pid), meta.get("pid_create_time")):
+            return "crashed", f"process {pid} ended without closing the run (killed or crashed)"
+        return "running", None
+    if now - heartbeat > STALE_AFTER_S:
+        return "crashed", f"no heartbeat for {now - heartbeat:.0f} s (writer on {meta.get('host')} gone)"
+    return "running", None
+
+
+def _combine_status(states: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    for wanted in ("running", "crashed", "interrupted"):
+        for status, reason in states:
+            if status == wanted:
+                return status, reason
+    return (states[0] if states else ("finished", None))
+
+
+class RunReader:
+    """Read access to one run directory (all of its ranks)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir)
+        dbs = rank_dbs(self.path)
+        if not dbs:
+            raise RunError(self.path, "not a gpulens run (no rank-N.db inside)")
+        self._dbs: dict[int, _RankDB] = {}
+        try:
+            for rank, db_path in dbs.items():
+                self._dbs[rank] = _RankDB(rank, db_path)
+        except RunError:
+            self.close()
+            raise
+        self.info = self._make_info()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def ranks(self) -> list[int]:
+        return list(self._dbs)
+
+    def meta(self, rank: int | None = None) -> dict[str, Any]:
+        return dict(self._db(rank).meta)
+
+    def refresh(self) -> RunInfo:
+        """Re-read metadata (status, heartbeat) of a run that is still being written."""
+        for db in self._dbs.values():
+            db.reload_meta()
+        self.info = self._make_info()
+        return self.info
+
+    def _make_info(self) -> RunInfo:
+        first = self._dbs[self.ranks[0]].meta
+        states = [rank_status(db.meta) for db in self._dbs.values()]
+        status, reason = _combine_status(states)
+        starts = [db.meta.get("start") for db in self._dbs.values() if db.meta.get("start")]
+        ends = []
+        for db in self._dbs.values():
+            end = db.meta.get("end") or db.meta.get("heartbeat") or db.meta.get("start")
+            if end:
+                ends.append(end)
+        return RunInfo(
+            id=self.path.name,
+            path=self.path,
+            name=str(first.get("name") or self.path.name),
+            status=status,
+            status_reason=reason,
+            start=min(starts) if starts else None,
+            end=max(ends) if ends else None,
+            ranks=self.ranks,
+            meta=first,
+        )
+
+    def _db(self, rank: int | None) -> _RankDB:
+        if rank is None:
+            return self._dbs[self.ranks[0]]
+        try:
+            return self._dbs[rank]
+        except KeyError:
+            raise RunError(self.path, f"no rank {rank} in this run (ranks: {self.ranks})") from None
+
+    # ------------------------------------------------------------------ series
+    def series_list(self, rank: int | None = None) -> list[SeriesInfo]:
+        """Every series declared in the run, with its status and point count."""
+        out: list[SeriesInfo] = []
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        for db in dbs:
+            stats = {sid: (n, t0, t1) for sid, n, t0, t1 in db.query(
+                "SELECT series_id, SUM(n), MIN(t0), MAX(t1) FROM chunks GROUP BY series_id")}
+            for sid, metric, gpu, unit, status, reason in db.query(
+                    "SELECT id, metric, gpu, unit, status, reason FROM series ORDER BY gpu, metric"):
+                n, t0, t1 = stats.get(sid, (0, None, None))
+                out.append(SeriesInfo(metric, gpu, unit, db.rank, status, reason, int(n or 0), t0, t1))
+        return out
+
+    def gpus_recorded(self) -> list[int]:
+        return sorted({s.gpu for s in self.series_list() if s.gpu >= 0})
+
+    def series(self, metric: str, gpu: int = -1, rank: int | None = None,
+               t0: float | None = None, t1: float | None = None) -> Series | None:
+        """Points of one series in ``[t0, t1]`` (whole run by default).
+
+        Returns ``None`` when the run has no such series at all; a series that
+        exists but was unsupported comes back empty -- ask
+        :meth:`series_list` for the reason.
+        """
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        for db in dbs:
+            row = db.query("SELECT id, unit FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
+            if not row:
+                continue
+            sid, unit = row[0]
+            lo = -np.inf if t0 is None else float(t0)
+            hi = np.inf if t1 is None else float(t1)
+            chunks = db.query(
+                "SELECT t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND t0 <= ? ORDER BY t0",
+                (sid, lo if np.isfinite(lo) else -1e300, hi if np.isfinite(hi) else 1e300))
+            if chunks:
+                t = np.concatenate([np.frombuffer(c[0], dtype=np.float64) for c in chunks])
+                v = np.concatenate([np.frombuffer(c[1], dtype=np.float64) for c in chunks])
+                if t.size > 1 and np.any(np.diff(t) < 0):
+                    order = np.argsort(t, kind="stable")
+                    t, v = t[order], v[order]
+                keep = (t >= lo) & (t <= hi)
+                if not keep.all():
+                    t, v = t[keep], v[keep]
+            else:
+                t, v = _EMPTY, _EMPTY
+            return Series(metric, int(gpu), unit, db.rank, t, v)
+        return None
+
+    # ------------------------------------------------------------------ steps, events
+    def steps(self, rank: int | None = None, t0: float | None = None,
+              t1: float | None = None) -> StepTable:
+        db = self._db(rank)
+        where, params = "", ()
+        if t0 is not None or t1 is not None:
+            where = " WHERE t_end >= ? AND t_start <= ?"
+            params = (-1e300 if t0 is None else t0, 1e300 if t1 is None else t1)
+        cols = schema.STEP_COLUMNS
+        rows = db.query(f"SELECT {', '.join(cols)} FROM steps{where} ORDER BY step", params)
+        extra_idx = cols.index("extra")
+        columns: dict[str, np.ndarray] = {}
+        for i, name in enumerate(cols):
+            if name == "extra":
+                continue
+            values = [r[i] for r in rows]
+            if name in ("step", "flags"):
+                columns[name] = np.asarray(values, dtype=np.int64)
+            else:
+                columns[name] = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+        extra = [json.loads(r[extra_idx]) if r[extra_idx] else {} for r in rows]
+        return StepTable(db.rank, columns, extra)
+
+    def events(self, rank: int | None = None, kind: str | None = None) -> list[Event]:
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[Event] = []
+        for db in dbs:
+            sql = "SELECT t, kind, gpu, message, data FROM events"
+            params: tuple[Any, ...] = ()
+            if kind:
+                sql += " WHERE kind = ?"
+                params = (kind,)
+            for t, k, gpu, message, data in db.query(sql + " ORDER BY t", params):
+                out.append(Event(t, k, gpu, message, json.loads(data) if data else None, db.rank))
+        return sorted(out, key=lambda e: e.t)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+
+    def __enter__(self) -> "RunReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[SeriesInfo]:
+        return iter(self.series_list())
+
+
+def open_run(path: str | Path) -> RunReader:
+    """Open a run directory for reading; raises :class:`RunError` with one line."""
+    return RunReader(path)

@@ -1,0 +1,235 @@
+"""The rank's database writer: batched, off the training thread, crash-safe.
+
+Producers (the training thread, sampler threads) only append tuples to
+deques -- an atomic, lock-free operation under the GIL -- and a background
+thread commits everything that arrived in one transaction every
+``flush_interval`` seconds.  The database runs in WAL mode, so readers see a
+consistent snapshot while the run is written, and a process killed with
+SIGKILL loses at most the last interval.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from gpulens.profiler import clock, schema
+
+log = logging.getLogger("gpulens")
+
+_STEP_INSERT = (
+    f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in schema.STEP_COLUMNS)})"
+)
+
+
+class RunWriter:
+    """Append-only writer for one rank database.
+
+    Every public method is safe to call from any thread and never touches the
+    disk itself; only :meth:`close` blocks (it joins the writer thread).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], flush_interval: float = 0.5) -> None:
+        self.path = Path(path)
+        self.flush_interval = float(flush_interval)
+        self._points: deque[tuple[int, float, float]] = deque()
+        self._steps: deque[tuple[Any, ...]] = deque()
+        self._events: deque[tuple[Any, ...]] = deque()
+        self._series_rows: deque[tuple[Any, ...]] = deque()
+        self._meta_updates: dict[str, Any] = {}
+        self._meta_lock = threading.Lock()
+        self._series_lock = threading.Lock()
+        self._series_ids: dict[tuple[str, int], int] = {}
+        self._dropped = 0
+        self._last_error: str | None = None
+        self._flushed = threading.Condition()
+        self._flush_count = 0
+        self._flush_requested = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database")
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            schema.create(self._conn)
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # leave no half-made database behind: it would list as a crashed run
+            self._conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            raise
+        self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producers
+    def series(self, metric: str, gpu: int = -1, unit: str = "", status: str = "ok",
+               reason: str | None = None) -> int:
+        """Declare a series (idempotent) and return its id for :meth:`point`."""
+        key = (metric, int(gpu))
+        with self._series_lock:
+            sid = self._series_ids.get(key)
+            if sid is None:
+                sid = len(self._series_ids) + 1
+                self._series_ids[key] = sid
+                self._series_rows.append(("insert", sid, metric, int(gpu), unit, status, reason))
+            elif status != "ok":
+                self._series_rows.append(("status", sid, status, reason))
+        return sid
+
+    def mark_series(self, metric: str, gpu: int, status: str, reason: str, unit: str = "") -> None:
+        """Record that a series is unsupported or failed, with the reason (once)."""
+        self.series(metric, gpu, unit, status, reason)
+
+    def point(self, sid: int, t: float, value: float) -> None:
+        self._points.append((sid, t, value))
+
+    def step(self, row: tuple[Any, ...]) -> None:
+        """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
+        self._steps.append(row)
+
+    def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
+              t: float | None = None) -> None:
+        self._events.append((t if t is not None else clock.now(), kind, int(gpu), message,
+                             json.dumps(data) if data is not None else None))
+
+    def meta(self, **values: Any) -> None:
+        with self._meta_lock:
+            self._meta_updates.update(values)
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Block until everything queued before this call is committed (tests, close)."""
+        with self._flushed:
+            target = self._flush_count + 2
+            self._flush_requested.set()
+            self._flushed.wait_for(lambda: self._flush_count >= target or self._closed, timeout)
+
+    # ------------------------------------------------------------------ writer thread
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._flush_requested.wait(self.flush_interval)
+            self._flush_requested.clear()
+            self._flush_once()
+
+    def _flush_once(self) -> None:
+        try:
+            self._flush()
+        except Exception as exc:  # never let a disk problem kill the thread
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                log.warning("gpulens: cannot write %s (%s); dropping this interval's records",
+                            self.path, message)
+                self._last_error = message
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        with self._flushed:
+            self._flush_count += 1
+            self._flushed.notify_all()
+
+    @staticmethod
+    def _drain(queue: deque) -> list:
+        out = []
+        for _ in range(len(queue)):
+            out.append(queue.popleft())
+        return out
+
+    def _flush(self) -> None:
+        series_rows = self._drain(self._series_rows)
+        points = self._drain(self._points)
+        steps = self._drain(self._steps)
+        events = self._drain(self._events)
+        with self._meta_lock:
+            meta, self._meta_updates = self._meta_updates, {}
+        meta["heartbeat"] = clock.now()
+
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for row in series_rows:
+                if row[0] == "insert":
+                    conn.execute(
+                        "INSERT OR IGNORE INTO series (id, metric, gpu, unit, status, reason) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", row[1:])
+                else:
+                    conn.execute("UPDATE series SET status = ?, reason = ? WHERE id = ?",
+                                 (row[2], row[3], row[1]))
+            if points:
+                conn.executemany(
+                    "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)",
+                    _chunk_rows(points))
+            if steps:
+                conn.executemany(_STEP_INSERT, steps)
+            if events:
+                conn.executemany(
+                    "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in meta.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            self._dropped += len(points) + len(steps) + len(events)
+            raise
+        self._last_error = None
+
+    # ------------------------------------------------------------------ close
+    def close(self, **final_meta: Any) -> None:
+        """Commit the rest, write the final metadata and leave a single-file database.
+
+        Switching back from WAL to a rollback journal at the end makes a
+        finished run one self-contained file that opens read-only anywhere
+        (a copied run, a read-only sample_runs/ checkout).
+        """
+        if self._closed:
+            return
+        self.meta(**final_meta)
+        self._stop.set()
+        self._flush_requested.set()
+        self._thread.join(timeout=30)
+        self._flush_once()
+        if self._dropped:
+            log.warning("gpulens: %d records could not be written to %s", self._dropped, self.path)
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass  # another reader holds the WAL open: it stays a valid WAL database
+        self._conn.close()
+        with self._flushed:
+            self._closed = True
+            self._flushed.notify_all()
+
+
+def _chunk_rows(points: Iterable[tuple[int, float, float]]) -> list[tuple[Any, ...]]:
+    """Group ``(series, t, value)`` points into one chunk row per series."""
+    grouped: dict[int, tuple[list[float], list[float]]] = {}
+    for sid, t, v in points:
+        ts, vs = grouped.setdefault(sid, ([], []))
+        ts.append(t)
+        vs.append(v)
+    rows = []
+    for sid, (ts, vs) in grouped.items():
+        t_arr = np.asarray(ts, dtype=np.float64)
+        v_arr = np.asarray(vs, dtype=np.float64)
+        if t_arr.size > 1 and np.any(np.diff(t_arr) < 0):
+            order = np.argsort(t_arr, kind="stable")
+            t_arr, v_arr = t_arr[order], v_arr[order]
+        rows.append((sid, float(t_arr[0]), float(t_arr[-1]), int(t_arr.size),
+                     t_arr.tobytes(), v_arr.tobytes()))
+    return rows

@@ -1,0 +1,56 @@
+"""Shared fixtures.  GPU tests (marker ``gpu``) skip cleanly without CUDA."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fakes, tests/helpers
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any("gpu" in item.keywords for item in items):
+        return
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA (run with the device tool)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv("GPULENS_DIR", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_active_run():
+    yield
+    import gpulens.hooks.tracking as track_mod
+
+    active = track_mod._active
+    if active is not None and not active._closed:
+        active._nesting = 0
+        active.close("finished")
+
+
+@pytest.fixture
+def gpu_out() -> Path | None:
+    """Where GPU tests write their measured figures ($OUT on the device machine)."""
+    out = os.environ.get("GPULENS_GPU_OUT")
+    return Path(out) if out else None

@@ -1,0 +1,28 @@
+"""Small helpers shared by tests (no fakes here: see tests/fakes/)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from gpulens.profiler import open_run
+from gpulens.profiler.recorder import Recorder, SamplingConfig
+
+FAST = dict(device_interval=0.02, util_interval=0.05, gpm_interval=0.12, slow_interval=0.1,
+            host_interval=0.02, workers_interval=0.1, flush_interval=0.1)
+
+
+def fast_sampling(**over: Any) -> SamplingConfig:
+    return SamplingConfig(**{**FAST, **over})
+
+
+def record_for(path: Path, seconds: float, nvml: Any = None, during=None, **over: Any):
+    """Run a Recorder for ``seconds`` (calling ``during(elapsed)`` meanwhile); return an open reader."""
+    rec = Recorder(path / "rank-0.db", {"name": path.name}, fast_sampling(**over), nvml)
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        if during is not None:
+            during(elapsed)
+        time.sleep(0.01)
+    rec.close("finished")
+    return open_run(path)

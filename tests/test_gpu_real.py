@@ -1,0 +1,177 @@
+"""GPU truth: the samplers against a real NVIDIA GPU under known loads.
+
+These run only where CUDA is available (the device tool's H100); elsewhere
+they are skipped.  Each test prints the figures it saw, so a device session
+can paste them into its notes.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+NVML_METRICS = ("gpu.util", "gpu.mem_util", "gpu.mem_used", "gpu.power", "gpu.power_limit", "gpu.energy",
+                "gpu.temp", "gpu.sm_clock", "gpu.mem_clock", "gpu.throttle", "gpu.pcie_rx", "gpu.pcie_tx",
+                "gpu.nvlink_rx", "gpu.nvlink_tx", "gpu.ecc_uncorrected", "gpu.ecc_corrected", "gpu.proc_mem")
+GPM_METRICS = ("gpm.sm_active", "gpm.sm_occupancy", "gpm.tensor_active", "gpm.dram_bw",
+               "gpm.fp16_active", "gpm.fp32_active", "gpm.fp64_active")
+
+
+def _record(tmp_path, load, seconds: float, name: str):
+    """Run ``load`` on the GPU for ``seconds`` under a real Recorder; return a reader."""
+    import torch
+
+    from gpulens.profiler import open_run
+    from gpulens.profiler.recorder import Recorder
+
+    run_dir = tmp_path / name
+    rec = Recorder(run_dir / "rank-0.db", {"name": name}, None)
+    time.sleep(0.5)  # idle lead-in
+    t_load0 = time.time()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        load()
+        torch.cuda.synchronize()
+    t_load1 = time.time()
+    rec.close("finished")
+    return open_run(run_dir), (t_load0 + 0.5, t_load1), rec.sampler_cost()
+
+
+def _mean(run, metric, window):
+    s = run.series(metric, 0, t0=window[0], t1=window[1])
+    assert s is not None, f"{metric} not recorded"
+    return float(np.mean(s.v)) if len(s) else float("nan")
+
+
+def _note(gpu_out, name, data):
+    print(name, json.dumps(data))
+    if gpu_out is not None:
+        gpu_out.mkdir(parents=True, exist_ok=True)
+        with open(gpu_out / "gpu_figures.jsonl", "a") as fh:
+            fh.write(json.dumps({"test": name, **data}) + "\n")
+
+
+def test_every_nvml_metric_is_read_or_explained(tmp_path, gpu_out):
+    import torch
+
+    x = torch.randn(4096, 4096, device="cuda")
+    run, window, cost = _record(tmp_path, lambda: x @ x, 2.0, "nvml-all")
+    infos = {s.metric: s for s in run.series_list() if s.gpu == 0}
+    seen = {}
+    for metric in NVML_METRICS + GPM_METRICS:
+        assert metric in infos, f"{metric} neither recorded nor marked unsupported"
+        s = infos[metric]
+        if s.status == "ok":
+            assert s.count > 0
+            seen[metric] = float(np.mean(run.series(metric, 0).v))
+        else:
+            assert s.reason, f"{metric} is {s.status} without a reason"
+            seen[metric] = f"{s.status}: {s.reason}"
+    assert 0 <= seen["gpu.util"] <= 100
+    assert seen["gpu.power"] > 10
+    assert 10 < seen["gpu.temp"] < 110
+    assert seen["gpu.sm_clock"] > 100
+    gpu = run.info.gpus[0]
+    _note(gpu_out, "nvml_all", {"metrics": seen, "gpu": gpu, "sampler_cost": cost})
+
+
+def test_gpm_tensor_activity_under_bf16_matmul(tmp_path, gpu_out):
+    import torch
+
+    gpu = torch.cuda.get_device_properties(0)
+    if gpu.major < 9:
+        pytest.skip("GPM needs Hopper or newer")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    run, window, _ = _record(tmp_path, lambda: a @ b, 3.0, "gpm-bf16")
+    tensor = _mean(run, "gpm.tensor_active", window)
+    hmma = _mean(run, "gpm.hmma_active", window)
+    sm = _mean(run, "gpm.sm_active", window)
+    util = _mean(run, "gpu.util", window)
+    _note(gpu_out, "gpm_bf16_matmul", {"tensor_active": tensor, "hmma_active": hmma, "sm_active": sm,
+                                       "gpu_util": util})
+    assert tensor > 40, f"bf16 matmul loop shows tensor activity {tensor:.1f}%"
+    assert sm > 80
+
+
+def test_gpm_dram_bandwidth_under_device_copy(tmp_path, gpu_out):
+    import torch
+
+    if torch.cuda.get_device_properties(0).major < 9:
+        pytest.skip("GPM needs Hopper or newer")
+    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    run, window, _ = _record(tmp_path, lambda: dst.copy_(src), 3.0, "gpm-copy")
+    dram = _mean(run, "gpm.dram_bw", window)
+    tensor = _mean(run, "gpm.tensor_active", window)
+    _note(gpu_out, "gpm_device_copy", {"dram_bw": dram, "tensor_active": tensor,
+                                       "mem_util": _mean(run, "gpu.mem_util", window)})
+    assert dram > 60, f"device copy shows DRAM bandwidth {dram:.1f}%"
+    assert tensor < 5
+
+
+def test_tiny_kernels_fool_gpu_util_but_not_sm_activity(tmp_path, gpu_out):
+    """The classic misleading case: one single-block kernel at a time keeps utilization.gpu at 100%.
+
+    ``torch.cuda._sleep`` spins one thread block for a number of cycles: the GPU
+    is "busy" all the time while 1 of its SMs works.
+    """
+    import torch
+
+    if torch.cuda.get_device_properties(0).major < 9:
+        pytest.skip("GPM needs Hopper or newer")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    def spin():
+        for _ in range(10):
+            torch.cuda._sleep(20_000_000)  # ~10 ms at ~2 GHz, one block
+
+    run, window, _ = _record(tmp_path, spin, 3.0, "spin-kernel")
+    util = _mean(run, "gpu.util", window)
+    sm = _mean(run, "gpm.sm_active", window)
+    _note(gpu_out, "single_block_kernel", {"gpu_util": util, "sm_active": sm, "sms": sms,
+                                           "sm_occupancy": _mean(run, "gpm.sm_occupancy", window)})
+    assert util > 90, f"utilization.gpu {util:.1f}% while a kernel runs all the time"
+    assert sm < 5, f"SM activity {sm:.1f}% with one busy SM out of {sms}"
+
+
+def test_track_on_cuda_records_gpu_times_memory_and_loss(tmp_path, gpu_out):
+    import torch
+    import torch.nn as nn
+
+    import gpulens
+    from gpulens.profiler import open_run
+
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()) for _ in range(8)]).cuda()
+    opt = torch.optim.AdamW(model.parameters())
+    data = [torch.randn(256, 1024) for _ in range(8)]
+    with gpulens.track("cuda-smoke", runs_dir=tmp_path, warmup_steps=2) as run:
+        for step in range(60):
+            with run.phase("data_wait"):
+                x = data[step % 8].cuda(non_blocking=True)
+            with run.phase("forward"):
+                loss = model(x).square().mean()
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            run.step(samples=256, loss=loss)
+            time.sleep(0.025)  # steps >= 20 ms: the loss is captured on every step
+    reader = open_run(run.path)
+    steps = reader.steps()
+    assert len(steps) == 60
+    assert np.isfinite(steps.loss).all(), "every CUDA loss must be resolved, without a sync"
+    assert np.isfinite(steps.gpu_step).sum() >= 3
+    assert np.nanmax(steps.mem_peak) > 8 * 1024 * 1024 * 4
+    timed = np.isfinite(steps.gpu_step)
+    parts = steps.gpu_data_wait + steps.gpu_forward + steps.gpu_backward + steps.gpu_optimizer + steps.gpu_other
+    assert np.allclose(parts[timed], steps.gpu_step[timed], rtol=1e-6)
+    _note(gpu_out, "track_cuda", {"timed_steps": int(timed.sum()),
+                                  "gpu_forward_ms": float(np.nanmean(steps.gpu_forward) * 1e3),
+                                  "host_forward_ms": float(np.mean(steps.forward) * 1e3),
+                                  "mem_peak": float(np.nanmax(steps.mem_peak))})

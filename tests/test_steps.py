@@ -1,0 +1,136 @@
+"""Step and phase recording on real CPU training loops."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+from train_loops import SlowImages, train_cnn
+
+import gpulens
+from gpulens.hooks.steps import StepRecorder
+from gpulens.profiler import open_run
+from gpulens.profiler.summary import summarize
+
+
+def _phase_sum(steps):
+    return steps.data_wait + steps.forward + steps.backward + steps.optimizer + steps.other
+
+
+def test_phases_sum_to_step_time(runs_dir):
+    loader = DataLoader(SlowImages(n=160, delay=0.001), batch_size=16)
+    with gpulens.track("phases", quiet=True) as run:
+        train_cnn(run, loader, epochs=2)
+    steps = open_run(run.path).steps()
+    assert len(steps) == 20
+    duration = steps.duration
+    assert np.all(np.abs(_phase_sum(steps) - duration) <= 0.05 * duration)
+    assert abs(_phase_sum(steps).sum() - duration.sum()) <= 0.05 * duration.sum()
+    assert (steps.forward > 0).all() and (steps.backward > 0).all() and (steps.optimizer > 0).all()
+    assert (steps.samples == 16).all()  # inferred from the batch
+    assert np.isfinite(steps.loss).all()
+    assert steps.flags[:2].tolist() == [1, 1] and (steps.flags[2:] == 0).all()
+
+
+def test_input_bound_loop_shows_data_wait_above_half(runs_dir):
+    loader = DataLoader(SlowImages(n=96, delay=0.004), batch_size=16)  # ~64 ms to load a batch
+    with gpulens.track("input-bound", quiet=True) as run:
+        train_cnn(run, loader, epochs=1)
+    summary = summarize(open_run(run.path))
+    share = summary["step_time"]["phases"]["data_wait"]["share"]
+    assert share > 0.5, f"data wait share {share:.2f}"
+
+
+def test_loader_alone_makes_one_step_per_iteration_and_skips_epoch_gaps(runs_dir):
+    loader = DataLoader(SlowImages(n=64), batch_size=16)
+    with gpulens.track("auto", quiet=True) as run:
+        for epoch in range(3):
+            train_cnn(run, loader, epochs=1, manual_step=False)
+            time.sleep(0.3)  # "evaluation" between epochs: belongs to no step
+    steps = open_run(run.path).steps()
+    assert len(steps) == 12
+    assert steps.duration.max() < 0.25, "time between epochs leaked into a step"
+    assert np.all(np.abs(_phase_sum(steps) - steps.duration) <= 0.05 * steps.duration)
+
+
+def test_manual_step_with_loader_does_not_double_count(runs_dir):
+    loader = DataLoader(SlowImages(n=64), batch_size=8)
+    with gpulens.track("manual", quiet=True) as run:
+        train_cnn(run, loader, epochs=2, manual_step=True)
+    assert len(open_run(run.path).steps()) == 16
+
+
+def test_step_without_loader_or_phases_times_the_whole_iteration(runs_dir):
+    with gpulens.track("bare", quiet=True, batch_size=32) as run:
+        for _ in range(5):
+            time.sleep(0.02)
+            run.step(tokens=4096)
+    steps = open_run(run.path).steps()
+    assert len(steps) == 5
+    assert np.all(steps.duration[1:] > 0.018)
+    assert np.allclose(steps.other, steps.duration)
+    assert (steps.samples == 32).all() and (steps.tokens == 4096).all()
+
+
+def test_custom_and_nested_phases_are_charged_exclusively(runs_dir):
+    with gpulens.track("nested", quiet=True) as run:
+        for _ in range(3):
+            with run.phase("forward"):
+                time.sleep(0.01)
+                with run.phase("allreduce"):
+                    time.sleep(0.02)
+                time.sleep(0.01)
+            run.step()
+    reader = open_run(run.path)
+    steps = reader.steps()
+    assert np.all(np.abs(steps.forward - 0.02) < 0.01)
+    assert all(abs(e["allreduce"] - 0.02) < 0.01 for e in steps.extra)
+    assert np.all(steps.other >= 0.019)  # custom phases count as "other" in the split
+    custom = summarize(reader)["step_time"]["custom_phases"]
+    assert "allreduce" in custom
+
+
+def test_phase_aliases():
+    rows = []
+    rec = StepRecorder(rows.append, warmup_steps=0)
+    from gpulens.hooks.steps import phase_slot
+
+    for name in ("fwd", "bwd", "optim", "data"):
+        rec.enter(*phase_slot(name))
+        time.sleep(0.002)
+        rec.exit()
+    rec.step()
+    row = rows[0]
+    assert all(v >= 0.0015 for v in row[3:7])
+
+
+def test_hook_cost_per_step_is_microseconds():
+    """Not a timing assertion on the machine's speed: a bound that only a bug breaks."""
+    rows = []
+    rec = StepRecorder(rows.append)
+    t0 = time.perf_counter()
+    n = 2000
+    for _ in range(n):
+        for slot in (0, 1, 2, 3):
+            rec.enter(slot)
+            rec.exit()
+        rec.step(loss=1.0)
+    per_step = (time.perf_counter() - t0) / n
+    assert len(rows) == n
+    assert per_step < 500e-6, f"{per_step * 1e6:.0f} µs per step of pure bookkeeping"
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_dataloader_workers_cpu_is_recorded_separately(runs_dir, workers):
+    from gpulens.profiler.recorder import SamplingConfig
+
+    loader = DataLoader(SlowImages(n=480, cpu_work=60), batch_size=8, num_workers=workers)
+    with gpulens.track("workers", quiet=True,
+                       sampling=SamplingConfig(workers_interval=0.1, host_interval=0.05)) as run:
+        train_cnn(run, loader, epochs=1)
+    reader = open_run(run.path)
+    count = reader.series("workers.count")
+    assert count.v.max() == workers
+    assert reader.series("workers.cpu").v.max() > 0.3, "busy workers must show CPU"
+    assert reader.series("proc.cpu").v.max() > 0.05
