@@ -8,6 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from gpulens.hooks.tracking import TrackedRun, track  # noqa: E402
+from gpulens.hooks.profiling import ProfileConfig  # noqa: E402
 from gpulens.profiler.recorder import SamplingConfig  # noqa: E402
 
-__all__ = ["track", "TrackedRun", "SamplingConfig", "__version__"]
+__all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "__version__"]

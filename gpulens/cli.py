@@ -34,6 +34,11 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print the figures as JSON (stable keys)")
     rep.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
+    imp = sub.add_parser("import", help="turn PyTorch profiler chrome traces (one per rank) into a run")
+    imp.add_argument("traces", nargs="+", help="trace files (.json or .json.gz), one per rank")
+    imp.add_argument("--name", help="run name (default: from the first file name)")
+    imp.add_argument("--runs-dir", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+
     ls = sub.add_parser("ls", help="list the runs under a runs root")
     ls.add_argument("runs_dir", nargs="?", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
     ls.add_argument("--json", action="store_true", help="print the list as JSON")
@@ -55,6 +60,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         from gpulens.report_view import render
 
         render(summary)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from gpulens.profiler import runs_root
+    from gpulens.profiler.importer import import_traces
+
+    run_dir = import_traces(args.traces, runs_root(args.runs_dir), args.name)
+    print(run_dir)
     return EXIT_OK
 
 
@@ -101,7 +115,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "ls": cmd_ls}
+COMMANDS = {"report": cmd_report, "ls": cmd_ls, "import": cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,3 +76,41 @@ def rate(x: float | None, what: str) -> str:
     if v >= 1e3:
         return f"{v / 1e3:.2f} k {what}/s"
     return f"{v:.1f} {what}/s"
+
+
+def short_name(name: str, width: int = 60) -> str:
+    """A kernel or op name without template arguments, parameters and return type."""
+    out = []
+    depth_angle = depth_paren = 0
+    for ch in name:
+        if ch == "<":
+            depth_angle += 1
+            if depth_angle == 1:
+                out.append("<…>")
+            continue
+        if ch == ">" and depth_angle:
+            depth_angle -= 1
+            continue
+        if depth_angle:
+            continue
+        if ch == "(":
+            depth_paren += 1
+            continue
+        if ch == ")" and depth_paren:
+            depth_paren -= 1
+            continue
+        if depth_paren:
+            continue
+        out.append(ch)
+    text = "".join(out).strip()
+    if text.startswith("void "):
+        text = text[5:]
+    text = text or name
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def us(x: float | None) -> str:
+    """Microseconds, scaled."""
+    if not is_num(x):
+        return "n/a"
+    return seconds(float(x) / 1e6)  # type: ignore[arg-type]

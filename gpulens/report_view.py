@@ -56,9 +56,12 @@ def _blocks(s: dict[str, Any]) -> list[Any]:
     if s.get("status_reason"):
         head.add_row("status", f"{status}: {s['status_reason']}")
     host = s["host"]["info"]
-    host_line = f"{run.get('host') or 'n/a'} · {host.get('cpu_count', '?')} CPUs · " \
-                f"{fmt.bytes_(host.get('memory_total'))} RAM · Python {host.get('python', '?')}"
-    head.add_row("host", host_line + (f" · torch {run['torch_version']}" if run.get("torch_version") else ""))
+    if run.get("imported_from"):
+        head.add_row("imported", f"from {run['imported_from']} (trace only: no NVML or host samples)")
+    else:
+        host_line = f"{run.get('host') or 'n/a'} · {host.get('cpu_count', '?')} CPUs · " \
+                    f"{fmt.bytes_(host.get('memory_total'))} RAM · Python {host.get('python', '?')}"
+        head.add_row("host", host_line + (f" · torch {run['torch_version']}" if run.get("torch_version") else ""))
     nvml = s["nvml"]
     if s["gpus"]:
         names: dict[str, int] = {}
@@ -89,15 +92,25 @@ def _blocks(s: dict[str, Any]) -> list[Any]:
 
     out.append(Text(""))
     out.append(_step_table(st))
+    if run.get("imported_from"):
+        out.append(Text("  phases of an imported trace: data wait from DataLoader spans, optimizer from "
+                        "Optimizer.step spans; forward and backward are not separated (in other)", style="dim"))
     for gpu in s["gpus"]:
         out.append(Text(""))
+        if not gpu["metrics"] and not gpu["not_available"]:
+            out.append(Text(f"GPU {gpu['index']} · {gpu['name']}: no NVML samples ({nvml.get('reason') or 'none'})",
+                            style="dim"))
+            continue
         out.append(_metric_table(f"GPU {gpu['index']} · {gpu['name']} · "
                                  f"{fmt.bytes_(gpu.get('memory_total_bytes'))}"
                                  + (f" · {gpu['energy_j'] / 3600:.2f} Wh" if gpu.get("energy_j") else ""),
                                  gpu["metrics"], gpu["not_available"], _GPU_ORDER))
+    if s["host"]["metrics"] or not run.get("imported_from"):
+        out.append(Text(""))
+        out.append(_metric_table("Host and training process", s["host"]["metrics"], s["host"]["not_available"],
+                                 _HOST_ORDER))
     out.append(Text(""))
-    out.append(_metric_table("Host and training process", s["host"]["metrics"], s["host"]["not_available"],
-                             _HOST_ORDER))
+    out.extend(_kernel_blocks(s))
     mem = s["memory"]
     out.append(Text(""))
     mem_table = Table(title="Memory peaks", title_justify="left", show_header=False, box=None)
@@ -186,3 +199,95 @@ def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], 
     notes += [Text(f"  not available: {', '.join(labels)} ({reason})", style="dim yellow")
               for reason, labels in by_reason.items()]
     return Group(table, *notes) if notes else table
+
+
+def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
+    ta = s["trace_analysis"]
+    windows = s["windows"]
+    out: list[Any] = []
+    head = f"Kernel view ({len(windows)} profiler window{'s' if len(windows) != 1 else ''}"
+    n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in windows)
+    head += f", {n_steps} profiled steps)" if windows else ")"
+    out.append(Text(head, style="bold"))
+    if not ta["available"] or not ta["has_gpu"]:
+        out.append(Text(f"  {ta['reason']}", style="yellow"))
+    for err in s["window_errors"][:3]:
+        out.append(Text(f"  window {err['window']} (rank {err['rank']}) unreadable: {err['error']}", style="red"))
+    mfu = s["mfu"]
+    if mfu["available"]:
+        line = f"  FLOPs per step {mfu['flops_per_step'] / 1e9:.3g} GFLOP ({', '.join(f'{k} {v / 1e9:.3g}' for k, v in mfu['by_dtype'].items())}; {mfu['source']})"
+        out.append(Text(line))
+        ach = mfu["achieved_tflops"]
+        ach_s = f"{ach:.3g} TFLOP/s achieved" if ach is not None else "achieved n/a"
+        if mfu["mfu_pct"] is not None:
+            out.append(Text(f"  {ach_s} · MFU {mfu['mfu_pct']:.1f}% of {mfu['peak']['gpu']} dense peak"))
+        else:
+            out.append(Text(f"  {ach_s} · MFU not available: {mfu['reason']}", style="dim"))
+    else:
+        out.append(Text(f"  MFU not available: {mfu['reason']}", style="dim"))
+    if s["gpu_summary"]:
+        t = Table(title="GPU summary (TensorBoard-plugin definitions, profiled steps)", title_justify="left")
+        for col in ("rank", "device", "GPU utilization", "est. SM efficiency", "est. occupancy", "tensor cores"):
+            t.add_column(col, justify="right")
+        for g in s["gpu_summary"]:
+            t.add_row(str(g["rank"]), str(g["device"]), fmt.pct(g["gpu_utilization_pct"]),
+                      fmt.pct(g["sm_efficiency_pct"]), fmt.pct(g["achieved_occupancy_pct"]),
+                      fmt.pct(g["tensor_core_pct"]))
+        out.append(t)
+    sb = s["step_breakdown_us"]
+    if sb and sb.get("Total"):
+        t = Table(title=f"Profiled step breakdown (mean step {fmt.us(sb['Total'])})", title_justify="left")
+        t.add_column("category")
+        t.add_column("time", justify="right")
+        t.add_column("share", justify="right")
+        t.add_column("", no_wrap=True)
+        for k, v in sb.items():
+            if k == "Total" or v <= 0:
+                continue
+            t.add_row(k, fmt.us(v), fmt.pct(v / sb["Total"], share=True), _bar(v / sb["Total"]))
+        out.append(t)
+    if s["temporal_breakdown"]:
+        t = Table(title="Temporal breakdown (HTA definitions)", title_justify="left")
+        for col in ("rank", "idle", "compute", "non-compute", "GPU span"):
+            t.add_column(col, justify="right")
+        for r in s["temporal_breakdown"]:
+            t.add_row(str(r["rank"]), fmt.pct(r["idle_pct"]), fmt.pct(r["compute_pct"]), fmt.pct(r["non_compute_pct"]),
+                      fmt.us(r["span_us"]))
+        out.append(t)
+    if s["kernels"]:
+        tc = s["tensor_core_share"]
+        elig = s["tc_eligible_share"]
+        title = f"Top kernels ({len(s['kernels'])} in all · tensor cores {fmt.pct(tc, share=True)} of kernel time"
+        title += f" · {fmt.pct(elig, share=True)} launched by tensor-core-eligible ops)" if elig is not None else ")"
+        t = Table(title=title, title_justify="left")
+        t.add_column("kernel", no_wrap=True, max_width=58)
+        for col in ("category", "TC", "calls", "total", "mean", "share"):
+            t.add_column(col, justify="right")
+        for k in s["kernels"][:12]:
+            t.add_row(fmt.short_name(k["name"], 58), k["category"], "yes" if k["tensor_core"] else "-",
+                      str(k["calls"]), fmt.us(k["total_us"]), fmt.us(k["mean_us"]), fmt.pct(k["share"], share=True))
+        out.append(t)
+        cats = s["categories_us"]
+        total = sum(cats.values()) or 1.0
+        out.append(Text("  by category: " + ", ".join(f"{c} {100 * v / total:.0f}%" for c, v in cats.items()
+                                                       if v / total >= 0.005)))
+    launch = s["launch"]
+    if launch:
+        kps = launch["kernels_per_step"]
+        out.append(Text(
+            f"  launches: {kps:.0f} kernels/step · median kernel {fmt.us(launch['median_kernel_us'])} · "
+            f"{fmt.pct(launch['short_kernel_share'], share=True)} shorter than 10 µs · "
+            f"{fmt.pct(launch['shorter_than_launch_share'], share=True)} shorter than their launch call · "
+            f"{launch['launch_delay_outliers']} launch delays > 100 µs" if kps is not None else
+            f"  launches: {launch['kernels']} kernels · median kernel {fmt.us(launch['median_kernel_us'])}"))
+    if s["sync"]:
+        top = list(s["sync"].items())[:4]
+        out.append(Text("  synchronisation: " + ", ".join(f"{n} ×{r['calls']} ({fmt.us(r['total_us'])})"
+                                                          for n, r in top)))
+    if s["memcpy"]:
+        out.append(Text("  memcpy: " + ", ".join(
+            f"{m['direction']} {fmt.bytes_(m['bytes'])} in {m['count']} copies" for m in s["memcpy"][:4])))
+    if s["top_cpu_ops"]:
+        out.append(Text("  top CPU ops (self time): " + ", ".join(
+            f"{o['name']} {fmt.us(o['self_us'])}" for o in s["top_cpu_ops"][:5])))
+    return out

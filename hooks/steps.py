@@ -82,6 +82,8 @@ class StepRecorder:
         self._timing = False
         self.step_index = 0
         self.step_calls = 0  # manual step() calls
+        self.pre_step: Callable[[int], int] | None = None  # returns extra flags for the ending step
+        self.post_step: Callable[[int, Any], None] | None = None  # called as the next step opens
         self._calls_at_last_next = -1
         self._batch_samples: int | None = None
 
@@ -125,7 +127,9 @@ class StepRecorder:
             self._stack.pop()
 
     def step(self, samples: int | None = None, tokens: int | None = None, loss: Any = None,
-             manual: bool = True) -> None:
+             manual: bool = True, flags: int = 0) -> None:
+        if self.pre_step is not None:
+            flags |= self.pre_step(self.step_index)  # profiler windows, FLOP counting end here
         now = self._now()
         if manual:
             self.step_calls += 1
@@ -144,7 +148,7 @@ class StepRecorder:
             samples, tokens, None,
             None, None, None, None, None, None,  # GPU-side times
             None, None, None,  # CUDA memory
-            FLAG_WARMUP if self.step_index < self.warmup_steps else 0,
+            (FLAG_WARMUP if self.step_index < self.warmup_steps else 0) | flags,
             _extra_json(self._extra) if self._extra else None,
         ]
         self.step_index += 1
@@ -155,6 +159,8 @@ class StepRecorder:
                 row[10] = loss_value(loss)
             self._emit(row)
         self._open_step(now)  # the next step starts where this one ended
+        if self.post_step is not None:
+            self.post_step(self.step_index, (samples, tokens))
 
     def break_step(self) -> None:
         """Discard the open step (an epoch ended): idle time belongs to no step."""

@@ -29,9 +29,11 @@ from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from gpulens.hooks import runmeta
+from gpulens.hooks.profiling import ProfileConfig, ProfilerWindows
 from gpulens.hooks.steps import StepRecorder, phase_slot
 from gpulens.profiler import clock
 from gpulens.profiler.recorder import Recorder, SamplingConfig
+from gpulens.profiler.schema import FLAG_PROFILED
 from gpulens.profiler.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
 
 log = logging.getLogger("gpulens")
@@ -75,7 +77,11 @@ class TrackedRun:
                  run_id: str | None = None, batch_size: int | None = None,
                  config: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
                  sync_phases: bool = False, cuda_timing_interval: float = 0.1,
-                 warmup_steps: int = 2, quiet: bool = False, nvml: ModuleType | None = None) -> None:
+                 warmup_steps: int = 2, quiet: bool = False, nvml: ModuleType | None = None,
+                 profile: ProfileConfig | bool | None = None, profile_every: int | None = None,
+                 profile_steps: int | None = None, count_flops: bool = True, flops_step: int = 5,
+                 flops_per_step: float | None = None, flops_per_sample: float | None = None,
+                 flops_per_token: float | None = None, flops_dtype: str | None = None) -> None:
         self.name = name or _default_name()
         self.quiet = quiet
         self.path: Path | None = None
@@ -90,6 +96,13 @@ class TrackedRun:
         self._phases: dict[str, _Phase] = {}
         self._recorder: Recorder | None = None
         self._prev_sigterm: Any = None
+        self._windows: ProfilerWindows | None = None
+        self._flops: Any = None
+        self._profile = _profile_config(profile, profile_every, profile_steps)
+        self._count_flops = count_flops
+        self._flops_step = flops_step
+        self._user_flops = {"flops_per_step": flops_per_step, "flops_per_sample": flops_per_sample,
+                            "flops_per_token": flops_per_token, "flops_dtype": flops_dtype}
         try:
             self._start(runs_dir, run_id, batch_size, config, sampling, warmup_steps, nvml)
         except Exception as exc:
@@ -118,6 +131,8 @@ class TrackedRun:
             "config": _jsonable(config or {}),
             "warmup_steps": warmup_steps,
             "sync_phases": self._sync_phases,
+            "profile": vars(self._profile) if self._profile.enabled else None,
+            "user_flops": {k: v for k, v in self._user_flops.items() if v is not None} or None,
             **ranks,
             **runmeta.command_meta(),
             **runmeta.torch_meta(),
@@ -129,6 +144,22 @@ class TrackedRun:
         self._emit = lambda row: writer.step(tuple(row))
         self._rec = StepRecorder(self._emit, warmup_steps=warmup_steps, batch_size=batch_size,
                                  sync=self._sync if self._sync_phases else None)
+        self._rec.pre_step = self._pre_step
+        self._rec.post_step = self._post_step
+        if self._user_flops["flops_per_step"]:
+            dtype = self._user_flops["flops_dtype"] or "bf16"
+            writer.flops(-1, float(self._user_flops["flops_per_step"]),
+                         {dtype: float(self._user_flops["flops_per_step"])}, "user")
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            if self._profile.enabled:
+                self._windows = ProfilerWindows(torch, self.path, ranks["rank"], self._profile, writer)
+                self._windows.begin_if_first()
+            user_given = any(self._user_flops[k] for k in ("flops_per_step", "flops_per_sample", "flops_per_token"))
+            if self._count_flops and not user_given:
+                from gpulens.hooks.flops import StepFlops
+
+                self._flops = StepFlops(torch, writer.flops, at=self._flops_step)
         self._recording = True
         self._install_sigterm()
         atexit.register(self._atexit)
@@ -181,6 +212,23 @@ class TrackedRun:
         if not self._recording:
             return iterable
         return _TimedLoader(self, iterable)
+
+    def _pre_step(self, step: int) -> int:
+        """At the end of ``step``: advance the profiler window, stop FLOP counting; flags for the step."""
+        flags = 0
+        if self._windows is not None and self._windows.on_step_end(step):
+            flags |= FLAG_PROFILED
+        if self._flops is not None and self._flops.counting:
+            self._flops.end()
+            flags |= FLAG_PROFILED
+        return flags
+
+    def _post_step(self, step: int, shape: Any) -> None:
+        """As ``step`` opens: count its FLOPs if due (not inside a profiler window)."""
+        flops = self._flops
+        if flops is not None and flops.want(step, shape):
+            if self._windows is None or not self._windows.profiled(step):
+                flops.begin(step, shape)
 
     def _maybe_attach_cuda(self) -> None:
         now = time.perf_counter()
@@ -242,6 +290,15 @@ class TrackedRun:
         recorder = self._recorder
         if recorder is None:
             return
+        try:
+            if self._flops is not None and self._flops.counting:
+                self._flops.disabled = True
+                mode, self._flops._mode = self._flops._mode, None
+                mode.__exit__(None, None, None)  # a step cut short: its count is incomplete, drop it
+            if self._windows is not None:
+                self._windows.close()
+        except Exception as exc:
+            log.warning("gpulens: could not finish profiling: %s", exc)
         try:
             gpu = self._rec.gpu
             if gpu is not None:
@@ -348,7 +405,13 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     with the run), ``sampling`` (:class:`SamplingConfig`), ``sync_phases``
     (synchronise CUDA at phase boundaries for exact host phase times; off by
     default because it slows training), ``warmup_steps`` (left out of
-    throughput figures, default 2), ``quiet``.
+    throughput figures, default 2), ``quiet``; profiling: ``profile``
+    (a :class:`ProfileConfig`, or False), ``profile_every`` (default 500
+    steps, 0 turns windows off), ``profile_steps`` (active steps per window,
+    default 3); FLOPs: ``count_flops`` (default True: step ``flops_step``=5
+    is counted with torch's FLOP formulas), or give ``flops_per_step`` /
+    ``flops_per_sample`` / ``flops_per_token`` (e.g. 6N for a transformer)
+    with ``flops_dtype``.
 
     A ``track()`` inside an active one returns the active run: nested blocks
     share it and only the outermost closes it.
@@ -364,6 +427,22 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
         with _active_lock:
             _active = run
     return run
+
+
+def _profile_config(profile: ProfileConfig | bool | None, every: int | None,
+                    steps: int | None) -> ProfileConfig:
+    if isinstance(profile, ProfileConfig):
+        cfg = profile
+    elif profile is False:
+        cfg = ProfileConfig(every=0)
+    else:
+        cfg = ProfileConfig()
+    if every is not None:
+        cfg.every = every
+    if steps is not None:
+        cfg.active = steps
+    cfg.validate()
+    return cfg
 
 
 def _default_name() -> str:

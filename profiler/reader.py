@@ -93,6 +93,30 @@ class Event:
     rank: int
 
 
+@dataclass(frozen=True)
+class Window:
+    """A torch.profiler window of one rank: its steps and its (gzipped) chrome trace."""
+
+    rank: int
+    index: int
+    first_step: int
+    last_step: int
+    t_start: float
+    t_end: float
+    path: Path | None  # absolute path of the trace, None when the window failed
+    status: str  # ok | failed | imported
+    error: str | None
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    rank: int
+    step: int
+    total: float
+    by_dtype: dict[str, float]
+    source: str
+
+
 @dataclass
 class RunInfo:
     id: str
@@ -152,6 +176,10 @@ class _RankDB:
                 return self.conn.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise RunError(self.path, _db_error(exc)) from None
+
+    def has_table(self, name: str) -> bool:
+        """Older databases (first sample runs) lack later tables: read those as empty."""
+        return bool(self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def reload_meta(self) -> None:
         self.meta = {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
@@ -395,6 +423,34 @@ class RunReader:
             for t, k, gpu, message, data in db.query(sql + " ORDER BY t", params):
                 out.append(Event(t, k, gpu, message, json.loads(data) if data else None, db.rank))
         return sorted(out, key=lambda e: e.t)
+
+    def windows(self, rank: int | None = None) -> list[Window]:
+        """Profiler windows of one rank (or all), oldest first."""
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[Window] = []
+        for db in dbs:
+            if not db.has_table("windows"):
+                continue
+            for wid, first, last, t0, t1, path, status, error in db.query(
+                    "SELECT id, first_step, last_step, t_start, t_end, path, status, error FROM windows ORDER BY id"):
+                full = None
+                if path:
+                    full = (self.path / path).resolve()
+                    if self.path.resolve() not in full.parents:  # never follow a path out of the run
+                        full, status, error = None, "failed", f"trace path {path!r} leaves the run directory"
+                out.append(Window(db.rank, wid, first, last, t0, t1, full, status, error))
+        return out
+
+    def flops(self, rank: int | None = None) -> list[FlopCount]:
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[FlopCount] = []
+        for db in dbs:
+            if not db.has_table("flops"):
+                continue
+            for step, total, by_dtype, source in db.query(
+                    "SELECT step, total, by_dtype, source FROM flops ORDER BY step"):
+                out.append(FlopCount(db.rank, step, total, json.loads(by_dtype), source))
+        return out
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

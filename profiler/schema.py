@@ -98,6 +98,22 @@ CREATE TABLE IF NOT EXISTS steps (
     extra TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_by_time ON steps (t_end);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY,         -- window index within the rank
+    first_step INTEGER NOT NULL,    -- first and last recorded (active) step
+    last_step INTEGER NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL NOT NULL,
+    path TEXT,                      -- gzipped chrome trace, relative to the run directory
+    status TEXT NOT NULL,           -- ok | failed | imported
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS flops (
+    step INTEGER PRIMARY KEY,       -- the step whose FLOPs were counted
+    total REAL NOT NULL,            -- FLOPs of one step
+    by_dtype TEXT NOT NULL,         -- JSON {"bf16": ..., "tf32": ...}
+    source TEXT NOT NULL            -- FlopCounterMode | user
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     t REAL NOT NULL,

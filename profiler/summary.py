@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.metrics import CATALOG, THROTTLE_REASONS
-from gpulens.profiler.reader import Event, RunReader, Series, SeriesInfo, StepTable
+from gpulens.profiler.kernel_summary import kernel_summary
+from gpulens.profiler.peaks import mfu
+from gpulens.profiler.reader import Event, FlopCount, RunReader, Series, SeriesInfo, StepTable
 from gpulens.profiler.schema import FLAG_PROFILED, FLAG_WARMUP
 
 REPORT_SCHEMA = "gpulens.report/1"
@@ -40,6 +42,8 @@ class RunData:
     series: list[SeriesInfo]
     points: dict[tuple[str, int], Series]
     events: list[Event]
+    kernel: dict[str, Any] | None = None  # kernel_summary(); None = not gathered
+    flops: list[FlopCount] | None = None
 
 
 def gather(run: RunReader) -> RunData:
@@ -60,6 +64,8 @@ def gather(run: RunReader) -> RunData:
         series=infos,
         points=points,
         events=run.events(),
+        kernel=kernel_summary(run),
+        flops=run.flops(),
     )
 
 
@@ -123,6 +129,41 @@ def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
             known = np.isfinite(tokens)
             throughput["tokens_per_s"] = float(tokens[known].sum() / durations[known].sum())
     return step_time, throughput
+
+
+def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per step (counted or given), achieved TFLOP/s and MFU against the GPU's dense peak."""
+    meta = data.meta
+    gpus = meta.get("gpus") or []
+    device = gpus[0]["name"] if gpus else None
+    step_s = step_time.get("median_s")
+    flops = [f for f in (data.flops or []) if f.rank == data.steps.rank]
+    user = meta.get("user_flops") or {}
+    by_dtype: dict[str, float] | None = None
+    source = None
+    counted_step = None
+    given = [f for f in flops if f.source == "user"]
+    counted = [f for f in flops if f.source != "user" and f.total > 0]
+    if given:
+        by_dtype, source = given[-1].by_dtype, "user: flops_per_step"
+    elif user.get("flops_per_sample") or user.get("flops_per_token"):
+        steady = data.steps.steady() if len(data.steps) else np.zeros(0, dtype=bool)
+        per = "samples" if user.get("flops_per_sample") else "tokens"
+        counts = getattr(data.steps, per)[steady] if steady.any() else np.zeros(0)
+        counts = counts[np.isfinite(counts)]
+        if counts.size:
+            dtype = user.get("flops_dtype") or "bf16"
+            by_dtype = {dtype: float(user[f"flops_per_{per[:-1]}"]) * float(np.median(counts))}
+            source = f"user: flops_per_{per[:-1]} x median {per} per step"
+    elif counted:
+        by_dtype, source, counted_step = counted[-1].by_dtype, counted[-1].source, counted[-1].step
+    if by_dtype is None:
+        return {"available": False, "reason": "no FLOPs recorded (count_flops off, or the run ended before "
+                "the counted step)", "flops_per_step": None, "by_dtype": {}, "achieved_tflops": None,
+                "mfu_pct": None, "peak": None, "source": None, "device": device}
+    out = mfu(by_dtype, step_s, device)
+    out.update({"available": True, "source": source, "device": device, "counted_step": counted_step})
+    return out
 
 
 def _metric_block(data: RunData, gpu: int, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
@@ -195,11 +236,15 @@ def summarize_data(data: RunData) -> dict[str, Any]:
 
     loss = steps.loss[np.isfinite(steps.loss)] if len(steps) else np.zeros(0)
     nvml = meta.get("nvml") or {}
+    from gpulens.profiler.kernel_summary import empty
+
+    kernel = data.kernel if data.kernel is not None else empty("trace analysis not gathered")
     return {
         "schema": REPORT_SCHEMA,
         "run": {**data.info, "host": meta.get("host"), "command": meta.get("command"),
                 "torch_version": meta.get("torch_version"), "gpulens_version": meta.get("gpulens_version"),
                 "world_size": meta.get("world_size", 1), "batch_size": meta.get("batch_size"),
+                "imported_from": meta.get("imported_from"),
                 "config": meta.get("config") or {}},
         "status": data.info["status"],
         "status_reason": data.info["status_reason"],
@@ -217,6 +262,25 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "samples": samples,
         "events": [{"t": e.t, "kind": e.kind, "gpu": e.gpu, "message": e.message, "rank": e.rank}
                    for e in data.events],
+        "mfu": mfu_summary(data, step_time),
+        "trace_analysis": {"available": kernel["available"], "reason": kernel["reason"],
+                           "has_gpu": kernel["has_gpu"]},
+        "windows": kernel.get("windows", []),
+        "window_errors": kernel.get("window_errors", []),
+        "kernels": [{"name": k["name"], "calls": k["calls"], "total_us": k["total_us"], "mean_us": k["mean_us"],
+                     "max_us": k["max_us"], "share": k["share"], "category": k["category"],
+                     "tensor_core": k["tensor_core"]} for k in kernel["kernels"]],
+        "categories_us": kernel["categories_us"],
+        "tensor_core_share": kernel["tensor_core_share"],
+        "tc_eligible_share": kernel["tc_eligible_share"],
+        "temporal_breakdown": kernel["temporal_breakdown"],
+        "gpu_summary": kernel["gpu_summary"],
+        "step_breakdown_us": kernel["step_breakdown_us"],
+        "launch": kernel["launch"],
+        "sync": kernel["sync"],
+        "memcpy": kernel["memcpy"],
+        "idle": kernel["idle"],
+        "top_cpu_ops": kernel["top_cpu_ops"],
     }
 
 

@@ -43,6 +43,8 @@ class RunWriter:
         self._steps: deque[tuple[Any, ...]] = deque()
         self._events: deque[tuple[Any, ...]] = deque()
         self._series_rows: deque[tuple[Any, ...]] = deque()
+        self._windows: deque[tuple[Any, ...]] = deque()
+        self._flops: deque[tuple[Any, ...]] = deque()
         self._meta_updates: dict[str, Any] = {}
         self._meta_lock = threading.Lock()
         self._series_lock = threading.Lock()
@@ -109,6 +111,14 @@ class RunWriter:
         self._events.append((t if t is not None else clock.now(), kind, int(gpu), message,
                              json.dumps(data) if data is not None else None))
 
+    def window(self, index: int, first_step: int, last_step: int, t_start: float, t_end: float,
+               path: str | None, status: str, error: str | None) -> None:
+        """A profiler window whose trace file (relative to the run directory) is complete."""
+        self._windows.append((index, first_step, last_step, t_start, t_end, path, status, error))
+
+    def flops(self, step: int, total: float, by_dtype: dict[str, float], source: str) -> None:
+        self._flops.append((step, total, json.dumps(by_dtype), source))
+
     def meta(self, **values: Any) -> None:
         with self._meta_lock:
             self._meta_updates.update(values)
@@ -156,6 +166,8 @@ class RunWriter:
         points = self._drain(self._points)
         steps = self._drain(self._steps)
         events = self._drain(self._events)
+        windows = self._drain(self._windows)
+        flops = self._drain(self._flops)
         with self._meta_lock:
             meta, self._meta_updates = self._meta_updates, {}
         meta["heartbeat"] = clock.now()
@@ -180,6 +192,13 @@ class RunWriter:
             if events:
                 conn.executemany(
                     "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
+            if windows:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", windows)
+            if flops:
+                conn.executemany("INSERT OR REPLACE INTO flops (step, total, by_dtype, source) VALUES (?, ?, ?, ?)",
+                                 flops)
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                              [(k, json.dumps(v)) for k, v in meta.items()])
             conn.execute("COMMIT")

@@ -30,7 +30,8 @@ def test_phases_sum_to_step_time(runs_dir):
     assert (steps.forward > 0).all() and (steps.backward > 0).all() and (steps.optimizer > 0).all()
     assert (steps.samples == 16).all()  # inferred from the batch
     assert np.isfinite(steps.loss).all()
-    assert steps.flags[:2].tolist() == [1, 1] and (steps.flags[2:] == 0).all()
+    assert (steps.flags[:2] & 1).all() and not (steps.flags[2:] & 1).any()  # warm-up steps
+    assert steps.flags[5] & 2  # the FLOP-counted step is flagged as profiled
 
 
 def test_input_bound_loop_shows_data_wait_above_half(runs_dir):
@@ -69,7 +70,7 @@ def test_step_without_loader_or_phases_times_the_whole_iteration(runs_dir):
     steps = open_run(run.path).steps()
     assert len(steps) == 5
     assert np.all(steps.duration[1:] > 0.018)
-    assert np.allclose(steps.other, steps.duration)
+    assert np.allclose(steps.other, steps.duration, rtol=0, atol=1e-6)  # epoch-float resolution
     assert (steps.samples == 32).all() and (steps.tokens == 4096).all()
 
 

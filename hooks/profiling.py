@@ -1,0 +1,189 @@
+"""torch.profiler windows on a schedule, written into the run directory.
+
+Every ``every`` steps (first at step ``first``) one window is recorded:
+``warmup`` steps with the profiler running but discarding, then ``active``
+steps recorded with CPU and CUDA activities and input shapes.  A fresh
+profiler is created per window and stopped after it, so steps outside
+windows pay nothing.  Window steps are flagged as profiled (throughput
+figures leave them out).  The chrome trace is exported on the training
+thread (torch offers no other way) and gzipped on a background thread; the
+window is recorded in the database only once its file is complete.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpulens.profiler import clock
+from gpulens.profiler.writer import RunWriter
+
+log = logging.getLogger("gpulens")
+
+
+@dataclass
+class ProfileConfig:
+    """When and how to run torch.profiler (``every=0`` turns windows off)."""
+
+    every: int = 500
+    first: int = 10
+    warmup: int = 1
+    active: int = 3
+    max_windows: int = 10
+    record_shapes: bool = True
+    profile_memory: bool = False
+    with_stack: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 and self.active > 0 and self.max_windows > 0
+
+    def window_start(self, k: int) -> int:
+        return self.first + k * self.every
+
+    def validate(self) -> None:
+        if self.every and self.every < self.warmup + self.active + 1:
+            raise ValueError("profile every must exceed warmup + active steps")
+        if min(self.first, self.warmup, self.active, self.max_windows, self.every) < 0:
+            raise ValueError("profile schedule values must not be negative")
+
+
+class ProfilerWindows:
+    """Drives torch.profiler from the run's step boundaries."""
+
+    def __init__(self, torch: Any, run_dir: Path, rank: int, config: ProfileConfig, writer: RunWriter) -> None:
+        self.torch = torch
+        self.config = config
+        self.rank = rank
+        self.writer = writer
+        self.dir = run_dir / "traces"
+        self._k = 0  # next window index
+        self._prof: Any = None
+        self._start_step = -1
+        self._t_start = 0.0
+        self._threads: list[threading.Thread] = []
+        self._last_ended = -1  # last step that ended: a window cut short by the run's end stops there
+        self.disabled = not config.enabled
+
+    # ------------------------------------------------------------------ step hook
+    def profiled(self, step: int) -> bool:
+        """Is ``step`` inside the window currently running?"""
+        return self._prof is not None and self._start_step <= step
+
+    def on_step_end(self, step: int) -> bool:
+        """Called when ``step`` ends; returns whether that step was profiled."""
+        if self.disabled:
+            return False
+        self._last_ended = step
+        was_profiled = self._prof is not None
+        try:
+            if self._prof is not None:
+                self._prof.step()
+                if step >= self._start_step + self.config.warmup + self.config.active - 1:
+                    self._prof.stop()  # on_trace_ready ran inside step()
+                    self._prof = None
+                    self._k += 1
+            if self._prof is None and self._k < self.config.max_windows \
+                    and step + 1 == self.config.window_start(self._k):
+                self._begin(step + 1)
+        except Exception as exc:  # a profiler failure must never reach the loop
+            log.warning("gpulens: torch.profiler window failed (%s: %s); profiling stops for this run",
+                        type(exc).__name__, exc)
+            self.writer.event("profiler_error", f"{type(exc).__name__}: {exc}")
+            self._abandon()
+        return was_profiled
+
+    def begin_if_first(self) -> None:
+        """Start a window due at step 0 (``first=0``) before the first step runs."""
+        if not self.disabled and self.config.window_start(0) == 0 and self._prof is None:
+            try:
+                self._begin(0)
+            except Exception as exc:
+                log.warning("gpulens: torch.profiler could not start (%s)", exc)
+                self._abandon()
+
+    def _begin(self, start: int) -> None:
+        torch = self.torch
+        prof_mod = torch.profiler
+        activities = [prof_mod.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(prof_mod.ProfilerActivity.CUDA)
+        warmup, active = self.config.warmup, self.config.active
+
+        def schedule(step_num: int) -> Any:
+            rel = step_num - start
+            if rel < 0:
+                return prof_mod.ProfilerAction.NONE
+            if rel < warmup:
+                return prof_mod.ProfilerAction.WARMUP
+            if rel < warmup + active - 1:
+                return prof_mod.ProfilerAction.RECORD
+            if rel == warmup + active - 1:
+                return prof_mod.ProfilerAction.RECORD_AND_SAVE
+            return prof_mod.ProfilerAction.NONE
+
+        k = self._k
+        prof = prof_mod.profile(activities=activities, schedule=schedule,
+                                on_trace_ready=lambda p, k=k, s=start: self._save(p, k, s),
+                                record_shapes=self.config.record_shapes,
+                                profile_memory=self.config.profile_memory, with_stack=self.config.with_stack)
+        prof.step_num = start  # ProfilerStep#N in the trace is the run's step number
+        self._start_step = start
+        self._t_start = clock.now()
+        prof.start()
+        self._prof = prof
+
+    def _save(self, prof: Any, k: int, start: int) -> None:
+        first_active = start + self.config.warmup
+        last_active = min(start + self.config.warmup + self.config.active - 1, self._last_ended)
+        if last_active < first_active:
+            return  # the run ended during the window's warm-up: nothing was recorded
+        name = f"rank-{self.rank}.window-{k}.steps-{first_active}-{last_active}.pt.trace.json"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        raw = self.dir / (name + ".tmp")
+        t_end = clock.now()
+        try:
+            prof.export_chrome_trace(str(raw))
+        except Exception as exc:
+            self.writer.window(k, first_active, last_active, self._t_start, t_end, None, "failed",
+                               f"export failed: {type(exc).__name__}: {exc}")
+            raw.unlink(missing_ok=True)
+            return
+        thread = threading.Thread(target=self._compress, name="gpulens-trace-gzip", daemon=True,
+                                  args=(raw, self.dir / (name + ".gz"), k, first_active, last_active,
+                                        self._t_start, t_end))
+        thread.start()
+        self._threads.append(thread)
+
+    def _compress(self, raw: Path, final: Path, k: int, first: int, last: int, t0: float, t1: float) -> None:
+        tmp = final.with_name(final.name + ".part")
+        try:
+            with open(raw, "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, final)
+            raw.unlink(missing_ok=True)
+            self.writer.window(k, first, last, t0, t1, f"traces/{final.name}", "ok", None)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            self.writer.window(k, first, last, t0, t1, None, "failed", f"gzip failed: {exc}")
+
+    def _abandon(self) -> None:
+        self.disabled = True
+        prof, self._prof = self._prof, None
+        if prof is not None:
+            try:
+                prof.stop()
+            except Exception:
+                pass
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop a window cut short by the end of the run, and wait for pending compression."""
+        if self._prof is not None:
+            self._abandon()
+        for thread in self._threads:
+            thread.join(timeout)
