@@ -1,14 +1,37 @@
 """gpulens: why is my GPU not busy, and what do I change?
 
 The public entry point for training code is :func:`track`; everything that
-reads recorded runs lives in :mod:`gpulens.profiler`.
+reads recorded runs lives in :mod:`gpulens.profiler`.  The training-side names
+are imported on first use, so that reading runs (the CLI, the dashboard)
+does not pay for the recorder's imports.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from gpulens.hooks.tracking import TrackedRun, track  # noqa: E402
-from gpulens.hooks.profiling import ProfileConfig  # noqa: E402
-from gpulens.profiler.recorder import SamplingConfig  # noqa: E402
-
 __all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.hooks.tracking import TrackedRun, track
+    from gpulens.profiler.recorder import SamplingConfig
+
+_LAZY = {
+    "track": ("gpulens.hooks.tracking", "track"),
+    "TrackedRun": ("gpulens.hooks.tracking", "TrackedRun"),
+    "SamplingConfig": ("gpulens.profiler.recorder", "SamplingConfig"),
+    "ProfileConfig": ("gpulens.hooks.profiling", "ProfileConfig"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'gpulens' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(target[0]), target[1])
+    globals()[name] = value
+    return value

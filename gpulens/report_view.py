@@ -260,11 +260,12 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         title = f"Top kernels ({len(s['kernels'])} in all · tensor cores {fmt.pct(tc, share=True)} of kernel time"
         title += f" · {fmt.pct(elig, share=True)} launched by tensor-core-eligible ops)" if elig is not None else ")"
         t = Table(title=title, title_justify="left")
-        t.add_column("kernel", no_wrap=True, max_width=58)
-        for col in ("category", "TC", "calls", "total", "mean", "share"):
-            t.add_column(col, justify="right")
+        t.add_column("kernel", no_wrap=True, max_width=46)
+        t.add_column("category", no_wrap=True)
+        for col in ("TC", "calls", "total", "mean", "share"):
+            t.add_column(col, justify="right", no_wrap=True)
         for k in s["kernels"][:12]:
-            t.add_row(fmt.short_name(k["name"], 58), k["category"], "yes" if k["tensor_core"] else "-",
+            t.add_row(fmt.short_name(k["name"], 46), k["category"], "yes" if k["tensor_core"] else "-",
                       str(k["calls"]), fmt.us(k["total_us"]), fmt.us(k["mean_us"]), fmt.pct(k["share"], share=True))
         out.append(t)
         cats = s["categories_us"]

@@ -69,6 +69,7 @@ class ProfilerWindows:
         self._threads: list[threading.Thread] = []
         self._last_ended = -1  # last step that ended: a window cut short by the run's end stops there
         self.disabled = not config.enabled
+        self._next_begin = config.window_start(0) - 1  # the step at whose end the next window starts
 
     # ------------------------------------------------------------------ step hook
     def profiled(self, step: int) -> bool:
@@ -77,6 +78,8 @@ class ProfilerWindows:
 
     def on_step_end(self, step: int) -> bool:
         """Called when ``step`` ends; returns whether that step was profiled."""
+        if self._prof is None and step != self._next_begin:
+            return False  # the common case: between windows, one comparison
         if self.disabled:
             return False
         self._last_ended = step
@@ -91,6 +94,8 @@ class ProfilerWindows:
             if self._prof is None and self._k < self.config.max_windows \
                     and step + 1 == self.config.window_start(self._k):
                 self._begin(step + 1)
+            self._next_begin = (self.config.window_start(self._k) - 1 if self._k < self.config.max_windows
+                                else -2)
         except Exception as exc:  # a profiler failure must never reach the loop
             log.warning("gpulens: torch.profiler window failed (%s: %s); profiling stops for this run",
                         type(exc).__name__, exc)
@@ -174,6 +179,7 @@ class ProfilerWindows:
 
     def _abandon(self) -> None:
         self.disabled = True
+        self._next_begin = -2
         prof, self._prof = self._prof, None
         if prof is not None:
             try:

@@ -34,14 +34,11 @@ COMM_OPS = frozenset({f"{lib}:{op}" for lib in ("nccl", "gloo")
 
 
 def _role_unions(trace: Trace) -> list[iv.Union]:
-    names = trace.names
     ops = trace.mask(Cat.CPU_OP, Cat.USER_ANNOTATION)
     op_idx = np.flatnonzero(ops)
-    op_names = [names[k] for k in trace.name[op_idx]]
-    is_loader = np.fromiter(((n.startswith("enumerate(DataLoader)#") and n.endswith(".__next__"))
-                             or n.startswith("enumerate(DataPipe)#") for n in op_names), dtype=bool,
-                            count=len(op_names))
-    is_comm = np.fromiter((n in COMM_OPS for n in op_names), dtype=bool, count=len(op_names))
+    is_loader = trace.name_flags(lambda n: (n.startswith("enumerate(DataLoader)#") and n.endswith(".__next__"))
+                                 or n.startswith("enumerate(DataPipe)#"))[op_idx]
+    is_comm = trace.name_flags(lambda n: n in COMM_OPS)[op_idx]
     comm_ext = np.unique(trace.ext[op_idx[is_comm]])
     kern = trace.mask(Cat.KERNEL)
     comm_kern = kern & np.isin(trace.ext, comm_ext) & (trace.ext >= 0) if comm_ext.size else np.zeros_like(kern)

@@ -82,6 +82,6 @@ def tensor_core_share(trace: Trace, window: tuple[float, float] | None = None,
     if window is not None:
         s, e = np.maximum(s, window[0]), np.minimum(e, window[1])
     dur = np.clip(e - s, 0.0, None)
-    tc = np.fromiter((classify(n)[1] for n in trace.names_where(mask)), dtype=bool, count=int(mask.sum()))
+    tc = trace.name_flags(lambda n: classify(n)[1])[mask]
     total = float(dur.sum())
     return float(dur[tc].sum() / total) if total > 0 else 0.0

@@ -47,18 +47,20 @@ def sync_stats(trace: Trace) -> dict[str, dict[str, float | int]]:
     out: dict[str, dict[str, float | int]] = {}
     if not trace.has_gpu:
         return out  # .item() on a CPU tensor waits for nothing
-    host = trace.mask(Cat.RUNTIME, Cat.DRIVER, Cat.CPU_OP)
-    idx = np.flatnonzero(host)
-    names = trace.names
-    for i in idx:
-        name = names[trace.name[i]]
-        if name in SYNC_RUNTIME or name in SYNC_OPS:
-            row = out.setdefault(name, {"calls": 0, "total_us": 0.0})
-            row["calls"] += 1
-            row["total_us"] += float(trace.dur[i])
-    dtoh = trace.mask(Cat.MEMCPY)
-    dtoh_names = [n for n in trace.names_where(dtoh) if "DtoH" in n]
-    if dtoh_names:
-        out["Memcpy DtoH (device-to-host copies)"] = {"calls": len(dtoh_names), "total_us": float(
-            sum(trace.dur[i] for i in np.flatnonzero(dtoh) if "DtoH" in trace.names[trace.name[i]]))}
+    runtime = trace.mask(Cat.RUNTIME, Cat.DRIVER)
+    sync = runtime & trace.name_flags(lambda n: n in SYNC_RUNTIME)
+    # .item() & co. only wait for the GPU when their tensor lives there, i.e. when the op
+    # issued a runtime call (the device-to-host copy); on CPU tensors they cost nothing
+    on_gpu = np.isin(trace.ext, np.unique(trace.ext[runtime & (trace.ext >= 0)])) & (trace.ext >= 0)
+    sync |= trace.mask(Cat.CPU_OP) & trace.name_flags(lambda n: n in SYNC_OPS) & on_gpu
+    ids = trace.name[sync]
+    if ids.size:
+        uniq, inv = np.unique(ids, return_inverse=True)
+        calls = np.bincount(inv)
+        total = np.bincount(inv, weights=trace.dur[sync])
+        for k, nid in enumerate(uniq):
+            out[trace.names[nid]] = {"calls": int(calls[k]), "total_us": float(total[k])}
+    dtoh = trace.mask(Cat.MEMCPY) & trace.name_flags(lambda n: "DtoH" in n)
+    if dtoh.any():
+        out["Memcpy DtoH (device-to-host copies)"] = {"calls": int(dtoh.sum()), "total_us": float(trace.dur[dtoh].sum())}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_us"]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,8 +77,9 @@ class Trace:
     blocks_per_sm: np.ndarray  # float64
     occupancy: np.ndarray  # float64, est. achieved occupancy %
     nbytes: np.ndarray  # float64, memcpy/memset bytes
-    input_dims: dict[int, Any] = field(default_factory=dict)  # event index -> shapes (GEMM-like ops)
-    input_types: dict[int, Any] = field(default_factory=dict)
+    input_dims: dict[int, bytes] = field(default_factory=dict)  # event index -> JSON shapes (GEMM-like ops)
+    input_types: dict[int, bytes | None] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # results shared by analyzers
 
     def __len__(self) -> int:
         return int(self.ts.size)
@@ -96,6 +97,19 @@ class Trace:
 
     def name_of(self, idx: int) -> str:
         return self.names[int(self.name[idx])]
+
+    def shapes(self, idx: int) -> tuple[Any, Any]:
+        """(Input Dims, Input type) of a GEMM-like op event, decoded on demand."""
+        import json
+
+        dims = self.input_dims.get(idx)
+        types = self.input_types.get(idx)
+        return (json.loads(dims) if dims else None, json.loads(types) if types else None)
+
+    def name_flags(self, predicate: Callable[[str], bool]) -> np.ndarray:
+        """``predicate`` of each event's name, evaluated once per distinct name (thousands, not millions)."""
+        per_name = np.fromiter((bool(predicate(n)) for n in self.names), dtype=bool, count=len(self.names))
+        return per_name[self.name] if self.name.size else np.zeros(0, dtype=bool)
 
     def names_where(self, mask: np.ndarray) -> list[str]:
         names = self.names

@@ -179,6 +179,22 @@ def _as_event(e: dict[str, Any]) -> _Event:
                   dur=num(dur, None) if dur is not None else None, args=args)  # type: ignore[arg-type]
 
 
+class _Interner(dict):
+    """value -> dense id; lookups of known values stay in C (dict.__getitem__)."""
+
+    def __missing__(self, key: Any) -> int:
+        value = self[key] = len(self)
+        return value
+
+
+class _IntCache(dict):
+    """value -> int for identifier columns mixing ints and strings, each distinct value converted once."""
+
+    def __missing__(self, key: Any) -> int:
+        value = self[key] = _int_or(key, {})
+        return value
+
+
 def _int_or(value: Any, cache: dict[Any, int]) -> int:
     if type(value) is int:
         return value
@@ -205,15 +221,15 @@ def parse_events(events: list[_Event], meta: dict[str, Any], path: str = "<memor
     complete = [e for e in events if e.ph == "X" and e.ts is not None and e.dur is not None]
     n = len(complete)
     get = attrgetter
-    name_ids: dict[str, int] = {}
-    raw_names = list(map(get("name"), complete))
-    if not all(type(x) is str for x in raw_names):
-        raw_names = [x if type(x) is str else str(x) for x in raw_names]
-    name = np.fromiter(map(lambda x: name_ids.setdefault(x, len(name_ids)), raw_names), dtype=np.int32, count=n)
-    names = list(name_ids)
-    cat_ids: dict[Any, int] = {}
-    cat_codes = np.fromiter(map(lambda c: cat_ids.setdefault(c, len(cat_ids)), map(get("cat"), complete)),
-                            dtype=np.int32, count=n)
+    name_ids = _Interner()
+    try:
+        name = np.fromiter(map(name_ids.__getitem__, map(get("name"), complete)), dtype=np.int32, count=n)
+    except TypeError:  # unhashable names: stringify
+        name_ids = _Interner()
+        name = np.fromiter((name_ids[str(x)] for x in map(get("name"), complete)), dtype=np.int32, count=n)
+    names = [x if type(x) is str else str(x) for x in name_ids]
+    cat_ids = _Interner()
+    cat_codes = np.fromiter(map(cat_ids.__getitem__, map(get("cat"), complete)), dtype=np.int32, count=n)
     lookup = np.asarray([int(CATEGORY_NAMES.get(str(c).lower(), Cat.OTHER)) for c in cat_ids] or [0],
                         dtype=np.int8)
     cat = lookup[cat_codes] if n else np.empty(0, dtype=np.int8)
@@ -224,38 +240,37 @@ def parse_events(events: list[_Event], meta: dict[str, Any], path: str = "<memor
     none = _Args()
     args = [e.args or none for e in complete]
 
-    def ints(values: list[Any]) -> np.ndarray:
+    def ints(attr: str, src: list[Any]) -> np.ndarray:
         try:
-            return np.fromiter(values, dtype=np.int64, count=n)
-        except (TypeError, ValueError):  # "stream 7" and other strings in old traces
-            cache: dict[Any, int] = {}
-            return np.fromiter((_int_or(v, cache) for v in values), dtype=np.int64, count=n)
+            return np.fromiter(map(get(attr), src), dtype=np.int64, count=n)
+        except (TypeError, ValueError):  # "stream 7", "Spans" and other strings in some traces
+            return np.fromiter(map(_IntCache().__getitem__, map(get(attr), src)), dtype=np.int64, count=n)
 
     def floats(attr: str, src: list[Any]) -> np.ndarray:
         return np.fromiter(map(get(attr), src), dtype=np.float64, count=n)
 
-    ext = ints(list(map(get("ext"), args)))
+    ext = ints("ext", args)
     lower = ext < 0
     if lower.any():
-        ext[lower] = ints(list(map(get("ext_lower"), args)))[lower]
+        ext[lower] = ints("ext_lower", args)[lower]
     input_dims: dict[int, Any] = {}
     input_types: dict[int, Any] = {}
     wanted = [name_ids[o] for o in SHAPE_OPS if o in name_ids]
     for i in np.flatnonzero(np.isin(name, wanted)) if wanted else ():
         a = args[i]
         raw = a.dims if len(a.dims) else a.dims_lower
-        if len(raw):
-            input_dims[int(i)] = msgspec.json.decode(raw)
-            input_types[int(i)] = msgspec.json.decode(a.types) if len(a.types) else None
+        if len(raw):  # kept as JSON bytes; Trace.shapes() decodes the few an analyzer asks for
+            input_dims[int(i)] = bytes(raw)
+            input_types[int(i)] = bytes(a.types) if len(a.types) else None
     dist = meta.get("distributedInfo") or {}
     if rank is None:
         rank = dist.get("rank", 0) if isinstance(dist.get("rank", 0), int) else 0
     return Trace(
         path=path, rank=int(rank), meta=meta, names=names, cat=cat, name=name,
-        pid=ints(list(map(get("pid"), complete))), tid=ints(list(map(get("tid"), complete))),
+        pid=ints("pid", complete), tid=ints("tid", complete),
         ts=floats("ts", complete), dur=floats("dur", complete),
-        corr=ints(list(map(get("correlation"), args))), ext=ext,
-        stream=ints(list(map(get("stream"), args))), device=ints(list(map(get("device"), args))),
+        corr=ints("correlation", args), ext=ext,
+        stream=ints("stream", args), device=ints("device", args),
         blocks_per_sm=floats("bps", args), occupancy=floats("occ", args), nbytes=floats("bytes", args),
         input_dims=input_dims, input_types=input_types,
     )

@@ -43,6 +43,14 @@ def _host_steps(trace: Trace) -> list[tuple[str, float, float]]:
 
 
 def device_steps(trace: Trace) -> list[StepSpan]:
+    """The plugin's step spans (computed once per trace; several analyzers need them)."""
+    cached = trace.cache.get("device_steps")
+    if cached is None:
+        cached = trace.cache["device_steps"] = _device_steps(trace)
+    return [StepSpan(s.name, s.host_start, s.host_end, s.start, s.end, s.device_events) for s in cached]
+
+
+def _device_steps(trace: Trace) -> list[StepSpan]:
     host = _host_steps(trace)
     steps = [(s, e) for _, s, e in host]
     gpu = trace.gpu_work() & (trace.corr >= 0)

@@ -53,8 +53,7 @@ def temporal_breakdown(trace: Trace) -> dict[str, float | int] | None:
     union = iv.merge(ts, end)
     span = float(union[1][-1] - union[0][0])
     busy = iv.length(union)
-    names = trace.names_where(mask)
-    compute = np.fromiter((not _HTA_NOT_COMPUTE.match(n) for n in names), dtype=bool, count=len(names))
+    compute = ~trace.name_flags(lambda n: _HTA_NOT_COMPUTE.match(n) is not None)[mask]
     compute_us = iv.length(iv.merge(ts[compute], end[compute]))
     idle_us = span - busy
     non_compute_us = span - compute_us - idle_us
@@ -76,11 +75,8 @@ def _kind(trace: Trace, mask: np.ndarray) -> np.ndarray:
     kind = np.zeros(int(mask.sum()), dtype=np.int8)
     kind[cat == Cat.MEMCPY] = 2
     kind[cat == Cat.MEMSET] = 3
-    kernels = np.flatnonzero(cat == Cat.KERNEL)
-    names = trace.names_where(mask)
-    for i in kernels:
-        if classify(names[i])[0] == "communication":
-            kind[i] = 1
+    comm = trace.name_flags(lambda n: classify(n)[0] == "communication")[mask]
+    kind[(cat == Cat.KERNEL) & comm] = 1
     return kind
 
 
