@@ -114,11 +114,15 @@ class TrackedRun:
                config: dict[str, Any] | None, sampling: SamplingConfig | None,
                warmup_steps: int, nvml: ModuleType | None) -> None:
         ranks = runmeta.rank_env()
-        run_id = run_id or os.environ.get("GPULENS_RUN_ID") or new_run_id(self.name)
-        validate_run_id(run_id)
+        given = run_id or os.environ.get("GPULENS_RUN_ID")
         root = runs_root(runs_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir_in(root, run_id)
+        for _ in range(5):  # a generated id that is already taken is drawn again
+            run_id = given or new_run_id(self.name)
+            validate_run_id(run_id)
+            self.path = run_dir_in(root, run_id)
+            if given or not (self.path / rank_db_name(ranks["rank"])).exists():
+                break
         self.path.mkdir(exist_ok=True)
         self.id = run_id
         meta: dict[str, Any] = {
@@ -244,6 +248,15 @@ class TrackedRun:
         if self._recorder is not None:
             self._recorder.writer.meta(cuda_device=torch.cuda.current_device(), **runmeta.torch_meta())
 
+    def _safe(self, fn: Any, *args: Any) -> bool:
+        """Call a recording hook; a failure stops recording, never the training loop."""
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:
+            self._hook_failed(exc)
+            return False
+
     def _hook_failed(self, exc: BaseException) -> None:
         self._failures += 1
         if self._failures == 1:
@@ -367,32 +380,19 @@ class _TimedLoader:
         it = iter(self._iterable)
         first = True
         while True:
-            active = run._recording
-            if active:
-                try:
-                    rec.loader_next(first)
-                except Exception as exc:
-                    run._hook_failed(exc)
-                    active = False
+            active = run._recording and run._safe(rec.loader_next, first)
             try:
                 batch = next(it)
             except StopIteration:
                 if active:
-                    try:
-                        rec.loader_end()
-                    except Exception as exc:
-                        run._hook_failed(exc)
+                    run._safe(rec.loader_end)
                 return
             except BaseException:
                 if active:
-                    with contextlib.suppress(Exception):
-                        rec.exit()
+                    run._safe(rec.exit)
                 raise
             if active:
-                try:
-                    rec.loader_got(batch)
-                except Exception as exc:
-                    run._hook_failed(exc)
+                run._safe(rec.loader_got, batch)
             first = False
             yield batch
 

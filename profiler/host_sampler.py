@@ -146,16 +146,18 @@ class HostSampler:
         vm = psutil.virtual_memory()
         self._point("host.mem_used", t, float(vm.total - vm.available))
         self._point("host.swap_used", t, float(psutil.swap_memory().used))
-        disk = self._disk()
-        if disk is not None and self._prev_disk is not None and dt:
-            self._point("host.disk_read", t, max(0.0, (disk[0] - self._prev_disk[0]) / dt))
-            self._point("host.disk_write", t, max(0.0, (disk[1] - self._prev_disk[1]) / dt))
-        self._prev_disk = disk
-        net = self._net()
-        if net is not None and self._prev_net is not None and dt:
-            self._point("host.net_rx", t, max(0.0, (net[0] - self._prev_net[0]) / dt))
-            self._point("host.net_tx", t, max(0.0, (net[1] - self._prev_net[1]) / dt))
-        self._prev_net = net
+        disk, net = self._disk(), self._net()
+        self._rates(("host.disk_read", "host.disk_write"), t, dt, disk, self._prev_disk)
+        self._rates(("host.net_rx", "host.net_tx"), t, dt, net, self._prev_net)
+        self._prev_disk, self._prev_net = disk, net
+
+    def _rates(self, metrics: tuple[str, str], t: float, dt: float | None,
+               now: tuple[int, int] | None, prev: tuple[int, int] | None) -> None:
+        """Bytes per second from two readings of a pair of cumulative counters."""
+        if now is None or prev is None or not dt:
+            return
+        for metric, a, b in zip(metrics, now, prev):
+            self._point(metric, t, max(0.0, (a - b) / dt))
 
     def sample_workers(self, t: float) -> None:
         """CPU and memory of the child processes (DataLoader workers): one /proc read each."""

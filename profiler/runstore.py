@@ -38,9 +38,9 @@ def slug(name: str) -> str:
 
 
 def new_run_id(name: str) -> str:
-    """``<name>-<YYYYmmdd-HHMMSS>-<4 hex>``: sortable, readable, collision-safe."""
+    """``<name>-<YYYYmmdd-HHMMSS>-<6 hex>``: sortable, readable, unlikely to collide."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
-    return f"{slug(name)}-{stamp}-{secrets.token_hex(2)}"
+    return f"{slug(name)}-{stamp}-{secrets.token_hex(3)}"
 
 
 def validate_run_id(run_id: str) -> str:
