@@ -350,3 +350,22 @@ def test_bad_trace_files_give_one_line_errors(tmp_path, name, content, fragment)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0]
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing half-imported
+
+
+def test_unusual_value_types_go_through_the_generic_parser(tmp_path):
+    """A trace whose args have unexpected types (string ids) still loads, with the same columns."""
+    events = [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": "1", "ts": 10, "dur": 5,
+         "args": {"External id": "7", "Input Dims": [[4, 8], [8, 16]]}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 11, "dur": 2,
+         "args": {"correlation": "42", "External id": 7}},
+        {"ph": "X", "cat": "kernel", "name": "nvjet_sm90_tst_64x64", "pid": 0, "tid": "stream 7", "ts": 14,
+         "dur": 3, "args": {"correlation": 42, "stream": "7", "device": 0, "blocks per SM": "n/a"}},
+    ]
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"schemaVersion": 1, "traceEvents": events}))
+    trace = load_trace(path)
+    assert trace.corr.tolist() == [-1, 42, 42] and trace.ext.tolist() == [7, 7, -1]
+    assert trace.stream.tolist() == [-1, -1, 7] and np.isnan(trace.blocks_per_sm[2])
+    assert trace.shapes(0)[0] == [[4, 8], [8, 16]]
+    assert analyze(trace)["kernels"][0]["tensor_core"] is True

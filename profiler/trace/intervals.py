@@ -77,7 +77,8 @@ def gaps(u: Union) -> Union:
     return e[:-1], s[1:]
 
 
-def weighted_sum_clipped(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, cap: float = 1.0) -> Union | tuple:
+def weighted_sum_clipped(starts: np.ndarray, ends: np.ndarray, values: np.ndarray,
+                         cap: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sweep of overlapping weighted intervals: the summed value, clipped to ``cap``, per elementary piece.
 
     Returns (piece starts, piece ends, clipped values) for pieces where the sum

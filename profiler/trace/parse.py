@@ -139,7 +139,7 @@ def load_trace(path: str | Path, rank: int | None = None) -> Trace:
         raise TraceError(p, "empty trace (no events)")
     if not _is_pytorch(meta, events):
         raise TraceError(p, "not a PyTorch profiler trace (no PyTorch event categories or metadata)")
-    if events and isinstance(events[0], dict) or not all(isinstance(e, _Event) for e in events[:1]):
+    if not isinstance(events[0], _Event):  # came through the generic parser
         events = [_as_event(e) for e in events if isinstance(e, dict)]
     trace = parse_events(events, meta, str(p), rank)
     if len(trace) == 0:
