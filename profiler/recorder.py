@@ -38,9 +38,12 @@ class SamplingConfig:
     slow_interval: float = 1.0  # energy counter, PCIe (blocks 20 ms), NVLink, ECC, per-process
     #                             memory, XID;
     #                             host memory, swap, disk and network
-    host_interval: float = 0.1  # CPU of the host, CPU and RSS of the training process
-    workers_interval: float = 0.5  # CPU and RSS of child processes (one /proc read per child)
-    flush_interval: float = 0.5
+    # CPU of the host, CPU and RSS of the training process.  Not 10 Hz: the kernel counts CPU
+    # time in 10 ms ticks, so a 100 ms CPU% reading is +-10% of a core of quantisation noise,
+    # and on a CPU-bound loop the readings themselves cost the step ~1.5% (bench/overhead.py).
+    host_interval: float = 0.5
+    workers_interval: float = 1.0  # CPU and RSS of child processes (one /proc read per child)
+    flush_interval: float = 0.3  # SIGKILL loses at most this plus one sampling interval
     devices: bool = True
     gpm: bool = True
     host: bool = True

@@ -48,7 +48,7 @@ def test_sigkill_keeps_everything_up_to_the_last_second(tmp_path):
     assert info.status == "crashed"
     assert "ended without closing" in info.status_reason
     host = reader.series("host.cpu")
-    assert host.t.size > 10
+    assert host.t.size >= 5  # 2 Hz for 3 s
     assert t_kill - host.t[-1] <= 1.0, f"last sample {t_kill - host.t[-1]:.2f} s before the kill"
     steps = reader.steps()
     assert len(steps) > 20
