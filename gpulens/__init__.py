@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "__version__"]
+__all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "probe_batch_sizes", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gpulens.hooks.probe import probe_batch_sizes
     from gpulens.hooks.profiling import ProfileConfig
     from gpulens.hooks.tracking import TrackedRun, track
     from gpulens.profiler.recorder import SamplingConfig
@@ -23,6 +24,7 @@ _LAZY = {
     "TrackedRun": ("gpulens.hooks.tracking", "TrackedRun"),
     "SamplingConfig": ("gpulens.profiler.recorder", "SamplingConfig"),
     "ProfileConfig": ("gpulens.hooks.profiling", "ProfileConfig"),
+    "probe_batch_sizes": ("gpulens.hooks.probe", "probe_batch_sizes"),
 }
 
 

@@ -34,6 +34,11 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print the figures as JSON (stable keys)")
     rep.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
+    adv = sub.add_parser("advise", help="ranked suggestions for one run (or --json)")
+    adv.add_argument("run", help="run directory, rank-N.db file, or run id under the runs root")
+    adv.add_argument("--json", action="store_true", help="print the suggestions as JSON (stable schema)")
+    adv.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
+
     imp = sub.add_parser("import", help="turn PyTorch profiler chrome traces (one per rank) into a run")
     imp.add_argument("traces", nargs="+", help="trace files (.json or .json.gz), one per rank")
     imp.add_argument("--name", help="run name (default: from the first file name)")
@@ -49,17 +54,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gpulens.profiler import open_run, resolve_run
-    from gpulens.profiler.summary import summarize
+
+    from gpulens.profiler.advisor import advise
+    from gpulens.profiler.kernel_summary import window_analyses
+    from gpulens.profiler.summary import gather, summarize_data
 
     root = Path(args.runs_dir) if args.runs_dir else None
     with open_run(resolve_run(args.run, root)) as run:
-        summary = summarize(run)
+        done, problems = window_analyses(run)  # analysed once for the report and the advice
+        summary = summarize_data(gather(run, done, problems))
+        summary["suggestions"] = advise(run, done, summary).as_dict()
     if args.json:
         print(json.dumps(summary, indent=2, default=_json_default))
     else:
         from gpulens.report_view import render
 
         render(summary)
+    return EXIT_OK
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpulens.profiler import open_run, resolve_run
+    from gpulens.profiler.advisor import advise
+
+    root = Path(args.runs_dir) if args.runs_dir else None
+    with open_run(resolve_run(args.run, root)) as run:
+        advice = advise(run).as_dict()
+    if args.json:
+        print(json.dumps(advice, indent=2, default=_json_default))
+    else:
+        from gpulens.report_view import render_advice
+
+        render_advice(advice, full=True)
     return EXIT_OK
 
 
@@ -115,7 +143,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "ls": cmd_ls, "import": cmd_import}
+COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,9 @@ def _blocks(s: dict[str, Any]) -> list[Any]:
         head.add_row("loss", f"{s['loss']['first']:.4g} → {s['loss']['last']:.4g}")
     out.append(head)
 
+    if s.get("suggestions") is not None:
+        out.append(Text(""))
+        out.extend(_advice_blocks(s["suggestions"], full=False))
     out.append(Text(""))
     out.append(_step_table(st))
     if run.get("imported_from"):
@@ -291,4 +294,38 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
     if s["top_cpu_ops"]:
         out.append(Text("  top CPU ops (self time): " + ", ".join(
             f"{o['name']} {fmt.us(o['self_us'])}" for o in s["top_cpu_ops"][:5])))
+    return out
+
+
+_SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
+
+
+def render_advice(advice: dict[str, Any], full: bool = True, console: Console | None = None) -> None:
+    (console or Console()).print(Group(*_advice_blocks(advice, full)))
+
+
+def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
+    """Suggestions, most important first; ``full`` adds actions, snippets and how gains were estimated."""
+    out: list[Any] = []
+    items = advice["suggestions"]
+    out.append(Text(f"Suggestions ({len(items)})", style="bold"))
+    if not items:
+        out.append(Text("  nothing in this run calls for a change", style="green"))
+    for i, s in enumerate(items, 1):
+        line = Text.assemble(f"{i:>2}. ", (f"[{s['severity']}] ", _SEVERITY_STYLE[s["severity"]]), (s["title"], "bold"),
+                             f" — {s['expected_gain']}")
+        out.append(line)
+        out.append(Text(f"     {s['finding']}", style="dim" if not full else ""))
+        if full:
+            out.append(Text(f"     do: {s['action']}"))
+            if s.get("snippet"):
+                out.append(Text("\n".join("       " + ln for ln in s["snippet"].splitlines()), style="cyan"))
+            out.append(Text(f"     gain: {s['gain_estimate']} · confidence {s['confidence']} · id {s['id']}",
+                            style="dim"))
+    if full and advice.get("not_evaluated"):
+        out.append(Text("Not evaluated (missing measurements):", style="bold"))
+        for n in advice["not_evaluated"]:
+            out.append(Text(f"  {n['id']}: {n['needs']}", style="dim"))
+    elif not full and items:
+        out.append(Text("  gpulens advise RUN: actions, code and how each gain was estimated", style="dim"))
     return out

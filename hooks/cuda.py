@@ -33,6 +33,14 @@ class CudaStepTimer:
         self._pending: deque[tuple[Row, Any, list[tuple[Any, int]] | None, Any]] = deque()
         self._last_timed = -1e18
         self._last_memory = -1e18
+        # the allocator's peak is process-wide and may predate this run (an earlier run in the same
+        # process, a notebook): it counts only once it moves past where it stood when the run began
+        stats = self.cuda.memory_stats_as_nested_dict(self.device)
+        try:
+            self._peak_before = stats["allocated_bytes"]["all"]["peak"]
+        except KeyError:
+            self._peak_before = 0
+        self._run_peak = 0
 
     def _event(self) -> Any:
         ev = self._pool.pop() if self._pool else self.cuda.Event(enable_timing=True)
@@ -58,9 +66,12 @@ class CudaStepTimer:
             # whole statistics dict, three times the cost for the same numbers
             stats = self.cuda.memory_stats_as_nested_dict(self.device)
             try:
-                row[17] = stats["allocated_bytes"]["all"]["current"]
+                current = stats["allocated_bytes"]["all"]["current"]
+                peak = stats["allocated_bytes"]["all"]["peak"]
+                row[17] = current
                 row[18] = stats["reserved_bytes"]["all"]["current"]
-                row[19] = stats["allocated_bytes"]["all"]["peak"]
+                self._run_peak = max(self._run_peak, current, peak if peak > self._peak_before else 0)
+                row[19] = self._run_peak
             except KeyError:
                 pass
         loss_host = None

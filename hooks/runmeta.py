@@ -50,3 +50,17 @@ def command_meta() -> dict[str, Any]:
         "cwd": os.getcwd(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+
+
+def distributed_backend() -> str | None:
+    """The torch.distributed backend if the user's code initialised a process group."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return str(dist.get_backend())
+    except Exception:
+        return None
+    return None

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from gpulens.hooks import runmeta
+from gpulens.hooks.modelinfo import model_meta
 from gpulens.hooks.profiling import ProfileConfig, ProfilerWindows
 from gpulens.hooks.steps import StepRecorder, phase_slot
 from gpulens.profiler import clock
@@ -81,7 +82,9 @@ class TrackedRun:
                  profile: ProfileConfig | bool | None = None, profile_every: int | None = None,
                  profile_steps: int | None = None, count_flops: bool = True, flops_step: int = 5,
                  flops_per_step: float | None = None, flops_per_sample: float | None = None,
-                 flops_per_token: float | None = None, flops_dtype: str | None = None) -> None:
+                 flops_per_token: float | None = None, flops_dtype: str | None = None,
+                 model: Any = None, optimizer: Any = None, target_batch: int | None = None,
+                 advise: bool = True) -> None:
         self.name = name or _default_name()
         self.quiet = quiet
         self.path: Path | None = None
@@ -99,6 +102,9 @@ class TrackedRun:
         self._windows: ProfilerWindows | None = None
         self._flops: Any = None
         self._profile = _profile_config(profile, profile_every, profile_steps)
+        self._model_meta = model_meta(model, optimizer)
+        self._target_batch = target_batch
+        self._advise = advise
         self._count_flops = count_flops
         self._flops_step = flops_step
         self._user_flops = {"flops_per_step": flops_per_step, "flops_per_sample": flops_per_sample,
@@ -137,6 +143,9 @@ class TrackedRun:
             "sync_phases": self._sync_phases,
             "profile": vars(self._profile) if self._profile.enabled else None,
             "user_flops": {k: v for k, v in self._user_flops.items() if v is not None} or None,
+            "model": self._model_meta,
+            "target_batch": self._target_batch,
+            "distributed_backend": runmeta.distributed_backend(),
             **ranks,
             **runmeta.command_meta(),
             **runmeta.torch_meta(),
@@ -319,13 +328,16 @@ class TrackedRun:
         except Exception as exc:
             log.warning("gpulens: could not resolve the last GPU timings: %s", exc)
         try:
-            recorder.close(status, error, steps=self._rec.step_index, **runmeta.torch_meta())
+            recorder.close(status, error, steps=self._rec.step_index, distributed_backend=runmeta.distributed_backend(),
+                           **runmeta.torch_meta())
         except Exception as exc:
             log.warning("gpulens: closing run %s failed: %s", self.id, exc)
             return
         if not self.quiet:
             print(f"gpulens: run {self.id} {status}: {self._rec.step_index} steps -> "
                   f"gpulens report {self.path}", file=sys.stderr)
+            if self._advise and runmeta.rank_env()["rank"] == 0:
+                _print_top_advice(self.path)
 
     def _atexit(self) -> None:
         self._nesting = 0
@@ -411,7 +423,9 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     default 3); FLOPs: ``count_flops`` (default True: step ``flops_step``=5
     is counted with torch's FLOP formulas), or give ``flops_per_step`` /
     ``flops_per_sample`` / ``flops_per_token`` (e.g. 6N for a transformer)
-    with ``flops_dtype``.
+    with ``flops_dtype``; advisor inputs: ``model`` and ``optimizer`` (parameter
+    count, wrapper, optimizer type), ``target_batch`` (global batch you want);
+    ``advise=False`` skips the top-3 suggestions printed when the run ends.
 
     A ``track()`` inside an active one returns the active run: nested blocks
     share it and only the outermost closes it.
@@ -427,6 +441,28 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
         with _active_lock:
             _active = run
     return run
+
+
+def _print_top_advice(path: Path | None, limit: int = 3) -> None:
+    """The three most important suggestions, in a short block at the end of the run."""
+    if path is None:
+        return
+    try:
+        from gpulens.profiler import open_run
+        from gpulens.profiler.advisor import advise
+
+        with open_run(path) as reader:
+            advice = advise(reader)
+    except Exception as exc:  # advice is a courtesy; it must never fail the program at exit
+        log.info("gpulens: no advice: %s", exc)
+        return
+    top = advice.suggestions[:limit]
+    if not top:
+        print("gpulens: no suggestions: nothing in this run calls for a change", file=sys.stderr)
+        return
+    print("gpulens: top suggestions (gpulens advise for all, with actions):", file=sys.stderr)
+    for s in top:
+        print(f"  [{s.severity}] {s.title}: {s.finding}", file=sys.stderr)
 
 
 def _profile_config(profile: ProfileConfig | bool | None, every: int | None,

@@ -147,6 +147,10 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
                 cur[f] += row[f]
     eligible = [(a["tc_eligible_share"], sum(k["total_us"] for k in a["kernels"])) for a in analyses
                 if a["tc_eligible_share"] is not None]
+    gemms = _merge_named([[dict(g, key=f"{g['op']}|{g['m']}x{g['n']}x{g['k']}|{g['dtype']}") for g in a.get("gemm_shapes", [])]
+                          for a in analyses], "key", ("calls", "kernel_us"))
+    for g in gemms.values():
+        g.pop("key", None)
     has_gpu = any(a["has_gpu"] for a in analyses)
     return {
         "available": True,
@@ -165,17 +169,22 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
         "memcpy": sorted(memcpy, key=lambda r: -r["total_us"]),
         "idle": [{"rank": k[0], "device": k[1], "stream": k[2], **v} for k, v in sorted(idle.items())],
         "top_cpu_ops": cpu_ops,
+        "gemm_shapes": sorted(gemms.values(), key=lambda g: -g["kernel_us"])[:50],
     }
 
 
 def empty(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason, "has_gpu": False, "kernels": [], "categories_us": {},
             "tensor_core_share": None, "tc_eligible_share": None, "temporal_breakdown": [], "gpu_summary": [],
-            "step_breakdown_us": {}, "launch": None, "sync": {}, "memcpy": [], "idle": [], "top_cpu_ops": []}
+            "step_breakdown_us": {}, "launch": None, "sync": {}, "memcpy": [], "idle": [], "top_cpu_ops": [],
+            "gemm_shapes": []}
 
 
-def kernel_summary(run: RunReader) -> dict[str, Any]:
-    done, problems = window_analyses(run)
+def kernel_summary(run: RunReader, done: list | None = None, problems: list | None = None) -> dict[str, Any]:
+    """The combined kernel view; ``done``/``problems`` from :func:`window_analyses` are reused when given."""
+    if done is None:
+        done, problems = window_analyses(run)
+    problems = problems or []
     out = combine([a for _, a in done])
     out["windows"] = [{"rank": w.rank, "index": w.index, "first_step": w.first_step, "last_step": w.last_step,
                        "t_start": w.t_start, "t_end": w.t_end, "path": str(w.path) if w.path else None,

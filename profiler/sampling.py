@@ -45,10 +45,14 @@ class SamplerThread:
             task.next_due = start
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, final_tick: bool = True) -> None:
+        """Stop, then take one last reading of every task: a short run still gets its end state."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if final_tick and not self._thread.is_alive():
+            for task in self.tasks:
+                self._run_task(task)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -46,7 +46,7 @@ class RunData:
     flops: list[FlopCount] | None = None
 
 
-def gather(run: RunReader) -> RunData:
+def gather(run: RunReader, done: list | None = None, problems: list | None = None) -> RunData:
     infos = run.series_list()
     points: dict[tuple[str, int], Series] = {}
     for s in infos:
@@ -64,7 +64,7 @@ def gather(run: RunReader) -> RunData:
         series=infos,
         points=points,
         events=run.events(),
-        kernel=kernel_summary(run),
+        kernel=kernel_summary(run, done, problems),
         flops=run.flops(),
     )
 
@@ -281,6 +281,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "memcpy": kernel["memcpy"],
         "idle": kernel["idle"],
         "top_cpu_ops": kernel["top_cpu_ops"],
+        "gemm_shapes": kernel.get("gemm_shapes", []),
     }
 
 

@@ -150,8 +150,15 @@ class Scenario:
     run: Callable[[str, float, str], None]  # (device, seconds, run_id)
 
 
-def _train_images(run, model, loader, device, seconds, amp: bool, channels_last: bool):
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def adamw(model, device):
+    return torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device == "cuda")
+
+
+def _train_images(run, model, loader, device, seconds, amp: bool, channels_last: bool, opt):
     end = time.time() + seconds
     while time.time() < end:
         for x, y in run.loader(loader):
@@ -174,8 +181,8 @@ def _train_images(run, model, loader, device, seconds, amp: bool, channels_last:
                 break
 
 
-def _train_gpt(run, model, device, seconds, batch, seq, vocab, amp: bool, steps: int | None = None):
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device == "cuda")
+def _train_gpt(run, model, device, seconds, batch, seq, vocab, amp: bool, steps: int | None = None, opt=None):
+    opt = opt or adamw(model, device)
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, vocab, (batch, seq + 1), generator=g) for _ in range(8)]
     end = time.time() + seconds
@@ -204,8 +211,10 @@ def cnn_input_bound(device: str, seconds: float, run_id: str) -> None:
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=0)
     model = resnet(64 if device == "cuda" else 16).to(device)
     cfg = {"model": "resnet18-shaped", "batch_size": batch, "image": size, "num_workers": 0, "precision": "fp32"}
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_images(run, model, loader, device, seconds, amp=False, channels_last=False)
+    opt = sgd(model)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_images(run, model, loader, device, seconds, amp=False, channels_last=False, opt=opt)
 
 
 def cnn_workers(device: str, seconds: float, run_id: str) -> None:
@@ -216,8 +225,10 @@ def cnn_workers(device: str, seconds: float, run_id: str) -> None:
     model = resnet(16).to(device)
     cfg = {"model": "resnet18-shaped", "batch_size": batch, "image": size, "num_workers": workers,
            "precision": "fp32"}
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_images(run, model, loader, device, seconds, amp=False, channels_last=False)
+    opt = sgd(model)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_images(run, model, loader, device, seconds, amp=False, channels_last=False, opt=opt)
 
 
 def cnn_healthy(device: str, seconds: float, run_id: str) -> None:
@@ -229,8 +240,10 @@ def cnn_healthy(device: str, seconds: float, run_id: str) -> None:
     torch.backends.cudnn.benchmark = True
     cfg = {"model": "resnet18-shaped", "batch_size": batch, "image": size, "num_workers": 4,
            "precision": "bf16 autocast", "channels_last": True, "pin_memory": True}
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_images(run, model, loader, device, seconds, amp=True, channels_last=True)
+    opt = sgd(model)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_images(run, model, loader, device, seconds, amp=True, channels_last=True, opt=opt)
 
 
 def gpt_small_batch(device: str, seconds: float, run_id: str) -> None:
@@ -243,8 +256,10 @@ def gpt_small_batch(device: str, seconds: float, run_id: str) -> None:
     model = GPT(vocab, d, layers, heads, seq).to(device)
     cfg = {"model": f"gpt d={d} L={layers}", "batch_size": batch, "seq": seq, "precision": "fp32, TF32 off",
            "params": sum(p.numel() for p in model.parameters())}
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_gpt(run, model, device, seconds, batch, seq, vocab, amp=False)
+    opt = adamw(model, device)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_gpt(run, model, device, seconds, batch, seq, vocab, amp=False, opt=opt)
 
 
 def gpt_compiled(device: str, seconds: float, run_id: str) -> None:
@@ -262,8 +277,10 @@ def gpt_compiled(device: str, seconds: float, run_id: str) -> None:
         loss.backward()
     model.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_gpt(run, compiled, device, seconds, batch, seq, vocab, amp=True)
+    opt = adamw(model, device)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_gpt(run, compiled, device, seconds, batch, seq, vocab, amp=True, opt=opt)
 
 
 def gpt_memory_limit(device: str, seconds: float, run_id: str) -> None:
@@ -314,8 +331,10 @@ def gpt_memory_limit(device: str, seconds: float, run_id: str) -> None:
     torch.cuda.reset_peak_memory_stats()
     cfg = {"model": f"gpt d={d} L={layers}", "batch_size": batch, "seq": seq, "precision": "bf16 autocast",
            "note": f"largest batch that fits found by trial: {lo}; recorded at {batch}"}
-    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg) as run:
-        _train_gpt(run, model, device, seconds, batch, seq, vocab, amp=True)
+    opt = adamw(model, device)
+    with gpulens.track(run_id, run_id=run_id, runs_dir=OUT, batch_size=batch, config=cfg, model=model,
+                       optimizer=opt) as run:
+        _train_gpt(run, model, device, seconds, batch, seq, vocab, amp=True, opt=opt)
 
 
 SCENARIOS = [
@@ -367,6 +386,8 @@ def main() -> int:
         if target.exists() and is_run_dir(target):
             shutil.rmtree(target)
         print(f"== {run_id}: {sc.what}", flush=True)
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # each run's peak is its own
         t0 = time.time()
         sc.run(args.device, args.seconds, run_id)
         print(f"   recorded in {time.time() - t0:.0f} s", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpulens.profiler.trace.cpu_ops import cpu_op_table
+from gpulens.profiler.trace.gemm_shapes import gemm_shapes
 from gpulens.profiler.trace.gpu_summary import gpu_summary, step_breakdown
 from gpulens.profiler.trace.idle import idle_breakdown
 from gpulens.profiler.trace.kernels import category_times, kernel_table, tensor_core_share
@@ -37,6 +38,7 @@ def analyze(trace: Trace) -> dict[str, Any]:
         "sync": sync_stats(trace),
         "memcpy": memcpy_stats(trace),
         "cpu_ops": cpu_op_table(trace, limit=30),
+        "gemm_shapes": gemm_shapes(trace)[:50],
         "gpu_summary": gpu_summary(trace),
         "step_breakdown": step_breakdown(trace),
     }

@@ -1,0 +1,64 @@
+"""What the advisor says: suggestions with their numbers, actions, gains and evidence."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEVERITIES = ("high", "medium", "low")
+ADVICE_SCHEMA = "gpulens.advice/1"
+
+
+@dataclass
+class Evidence:
+    """A pointer the dashboard can follow: a phase, metric, time range, steps, kernels or a profiler window."""
+
+    kind: str  # phase | metric | time_range | steps | kernels | window | rank
+    label: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suggestion:
+    id: str  # rule id from ADVISOR-RULES.md
+    severity: str  # high | medium | low
+    title: str
+    finding: str  # the numbers that triggered it
+    action: str
+    expected_gain: str
+    gain_estimate: str  # how the gain was estimated
+    confidence: str  # high | medium | low
+    evidence: list[Evidence] = field(default_factory=list)
+    snippet: str | None = None
+    gain_fraction: float | None = None  # upper bound on the step-time fraction saved, for ranking
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["expected_gain_fraction"] = out.pop("gain_fraction")
+        return out
+
+
+@dataclass
+class NotEvaluated:
+    """A rule that lacked the data it needs, and which measurement would enable it."""
+
+    id: str
+    needs: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Advice:
+    run: str
+    suggestions: list[Suggestion]
+    not_evaluated: list[NotEvaluated]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": ADVICE_SCHEMA, "run": self.run,
+                "suggestions": [s.as_dict() for s in self.suggestions],
+                "not_evaluated": [n.as_dict() for n in self.not_evaluated]}
+
+
+def rank_key(s: Suggestion) -> tuple[int, float]:
+    return SEVERITIES.index(s.severity), -(s.gain_fraction or 0.0)

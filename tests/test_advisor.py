@@ -1,0 +1,369 @@
+"""The advisor on labelled scenarios: real CPU training, real GPU recordings and traces, and rule units."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from train_loops import SlowImages, train_cnn
+
+import gpulens
+from gpulens.cli import main as cli_main
+from gpulens.profiler import open_run
+from gpulens.profiler.advisor import Measurements, advise, advise_measurements
+from gpulens.profiler.advisor.measure import RankTiming
+from gpulens.profiler.advisor.model import SEVERITIES
+from gpulens.profiler.recorder import SamplingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_runs"
+TRACES = REPO.parent / "shared" / "data" / "traces"
+FAST = SamplingConfig(host_interval=0.1, workers_interval=0.2, slow_interval=0.5)
+
+
+def _ids(advice) -> list[str]:
+    return [s.id for s in advice.suggestions]
+
+
+def _get(advice, rule_id):
+    return next(s for s in advice.suggestions if s.id == rule_id)
+
+
+# ----------------------------------------------------------------------------- real CPU training scenarios
+def test_healthy_run_gets_no_high_severity_suggestion(runs_dir):
+    data = TensorDataset(torch.randn(1024, 3, 32, 32), torch.randint(0, 10, (1024,)))
+    with gpulens.track("healthy", quiet=True, sampling=FAST) as run:
+        train_cnn(run, DataLoader(data, batch_size=128), epochs=2)
+    advice = advise(open_run(run.path))
+    assert not [s for s in advice.suggestions if s.severity == "high"], _ids(advice)
+    assert "dataloader_bound" not in [s.id for s in advice.suggestions if s.severity != "low"]
+
+
+def test_input_bound_run_ranks_dataloader_first_with_the_measured_share(runs_dir):
+    with gpulens.track("input-bound", quiet=True, sampling=FAST) as run:
+        train_cnn(run, DataLoader(SlowImages(n=128, delay=0.005), batch_size=16), epochs=1)
+    reader = open_run(run.path)
+    advice = advise(reader)
+    top = advice.suggestions[0]
+    assert top.id == "dataloader_bound" and top.severity == "high"
+    from gpulens.profiler.summary import summarize
+
+    share = summarize(reader)["step_time"]["phases"]["data_wait"]["share"]
+    assert f"{100 * share:.1f}%" in top.finding
+    assert "num_workers=" in top.snippet and top.gain_fraction == pytest.approx(share)
+
+
+class SleepyFiles(Dataset):
+    """Stands in for slow storage: each sample waits on I/O, not on the CPU."""
+
+    def __len__(self) -> int:
+        return 384
+
+    def __getitem__(self, i: int):
+        time.sleep(0.02)
+        return torch.zeros(3, 32, 32), i % 10
+
+
+def test_cpu_bound_workers_and_io_bound_loader_are_told_apart(runs_dir):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with gpulens.track("cpu-workers", quiet=True, sampling=FAST) as run_cpu:
+            train_cnn(run_cpu, DataLoader(SlowImages(n=240, cpu_work=300), batch_size=16, num_workers=2), epochs=1)
+        with gpulens.track("io-workers", quiet=True, sampling=FAST) as run_io:
+            train_cnn(run_io, DataLoader(SleepyFiles(), batch_size=32, num_workers=2), epochs=1,
+                      model=nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)))
+    finally:
+        torch.set_num_threads(threads)
+    cpu = _get(advise(open_run(run_cpu.path)), "dataloader_kind")
+    io = _get(advise(open_run(run_io.path)), "dataloader_kind")
+    assert cpu.title == "Data loading is CPU-bound in the workers" and "busy" in cpu.finding
+    assert io.title == "Data loading is I/O-bound" and "mostly idle" in io.finding
+
+
+def test_optimizer_heavy_loop_gets_slow_optimizer_first(runs_dir):
+    params = nn.ParameterList([nn.Parameter(torch.randn(64, 64)) for _ in range(600)])
+    opt = torch.optim.Adam(params, foreach=False, lr=1e-3)  # one small update per parameter, in Python
+    x = torch.randn(8, 64)
+    with gpulens.track("optimizer-heavy", quiet=True, sampling=FAST, model=params, optimizer=opt) as run:
+        for _ in range(30):
+            with run.phase("forward"):
+                loss = (x @ params[0]).square().mean() + sum(p.sum() for p in params[1:5])
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            run.step()
+    advice = advise(open_run(run.path))
+    top = advice.suggestions[0]
+    assert top.id == "slow_optimizer", _ids(advice)
+    assert "(Adam)" in top.finding and "fused=True" in top.snippet
+
+
+BATCH_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.nn as nn, gpulens
+    torch.manual_seed(0); torch.set_num_threads(2)
+    budget = int(sys.argv[2])
+    model = nn.Sequential(nn.Linear(64, 4096), nn.GELU(), nn.GELU(), nn.GELU(), nn.Linear(4096, 1))
+    def rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"): return int(line.split()[1]) * 1024
+    with gpulens.track("headroom", runs_dir=sys.argv[1], quiet=True, batch_size=256, profile=False,
+                       count_flops=False, model=model) as run:
+        model(torch.randn(8, 64)).mean().backward(); model.zero_grad(set_to_none=True)
+        capacity = rss() + budget
+        probe = gpulens.probe_batch_sizes(model, lambda b: torch.randn(b, 64), [4000, 8000, 16000],
+                                          capacity_bytes=capacity)
+        x = torch.randn(256, 64)
+        for _ in range(5):
+            model(x).mean().backward(); model.zero_grad(set_to_none=True); run.step()
+    print(run.path, probe.b_max)
+""")
+TRIAL_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch, torch.nn as nn
+    torch.manual_seed(0); torch.set_num_threads(2)
+    budget, batch = int(sys.argv[1]), int(sys.argv[2])
+    model = nn.Sequential(nn.Linear(64, 4096), nn.GELU(), nn.GELU(), nn.GELU(), nn.Linear(4096, 1))
+    model(torch.randn(8, 64)).mean().backward(); model.zero_grad(set_to_none=True)
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key): return int(line.split()[1]) * 1024
+    limit = status("VmSize:") + budget  # the same memory budget on top of this process' own baseline
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        x = torch.randn(batch, 64)
+        for _ in range(2):
+            model(x).mean().backward(); model.zero_grad(set_to_none=True)
+        print("ok")
+    except (MemoryError, RuntimeError):
+        print("oom")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS probing and RLIMIT_AS are Linux-only")
+def test_batch_headroom_predicts_the_largest_batch_that_really_runs(tmp_path):
+    budget = 1536 * 2**20
+    out = subprocess.run([sys.executable, "-c", BATCH_SCRIPT, str(tmp_path), str(budget)], capture_output=True,
+                         text=True, check=True)
+    path, b_probe = out.stdout.split()[-2:]
+    advice = advise(open_run(path))
+    s = _get(advice, "batch_headroom")
+    b_max = s.evidence[1].data["b_max"]
+    assert b_max == int(b_probe) and s.severity == "medium"
+    assert "lr x" in s.action and "validate convergence" in s.action
+    assert "lr_scaling" in _ids(advice)
+
+    def runs(batch: int) -> bool:
+        r = subprocess.run([sys.executable, "-c", TRIAL_SCRIPT, str(budget), str(batch)], capture_output=True,
+                           text=True)
+        return r.stdout.strip().endswith("ok")
+
+    lo, hi = b_max // 2, b_max * 2  # verify by running it: the largest batch that fits the budget
+    assert runs(lo) and not runs(hi)
+    while hi - lo > max(64, b_max // 25):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if runs(mid) else (lo, mid)
+    print(f"batch_headroom: predicted B_max {b_max}, largest batch that runs {lo}")
+    assert abs(b_max - lo) <= 0.2 * lo, f"predicted {b_max}, largest that runs {lo}"
+
+
+# ----------------------------------------------------------------------------- distributed (torchrun, gloo)
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, time, torch, torch.nn as nn, torch.distributed as dist, gpulens
+    from torch.utils.data import DataLoader, Dataset
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    slow_rank, width, layers = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    class Data(Dataset):
+        def __len__(self): return 4096
+        def __getitem__(self, i):
+            if rank == slow_rank: time.sleep(0.002)
+            return torch.randn(width), 0
+    torch.manual_seed(0); torch.set_num_threads(1)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    with gpulens.track("ddp", runs_dir=sys.argv[1], quiet=True, model=model, optimizer=opt,
+                       profile=gpulens.ProfileConfig(every=12, first=4, warmup=1, active=3)) as run:
+        for i, (x, _) in enumerate(run.loader(DataLoader(Data(), batch_size=16))):
+            with run.phase("forward"):
+                loss = model(x).square().mean()
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step(); opt.zero_grad(set_to_none=True)
+            run.step()
+            if i == 30: break
+    dist.destroy_process_group()
+""")
+
+
+def _torchrun(tmp_path: Path, slow_rank: int, width: int, layers: int, port: int) -> object:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, GPULENS_RUN_ID=f"ddp-{slow_rank}-{width}")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={port}", str(script), str(tmp_path),
+                    str(slow_rank), str(width), str(layers)], check=True, env=env, capture_output=True,
+                   timeout=240)
+    reader = open_run(tmp_path / f"ddp-{slow_rank}-{width}")
+    assert reader.ranks == [0, 1]
+    return reader
+
+
+@pytest.mark.slow
+def test_ddp_straggler_is_named(tmp_path):
+    reader = _torchrun(tmp_path, slow_rank=1, width=256, layers=2, port=29611)
+    assert reader.meta(1)["world_size"] == 2 and reader.meta(1)["distributed_backend"] == "gloo"
+    advice = advise(reader)
+    s = _get(advice, "straggler")
+    assert s.title == "Rank 1 is a straggler" and s.evidence[0].data["rank"] == 1
+    assert "data wait" in s.finding
+
+
+@pytest.mark.slow
+def test_ddp_heavy_allreduce_is_comm_bound(tmp_path):
+    reader = _torchrun(tmp_path, slow_rank=-1, width=1024, layers=12, port=29612)
+    advice = advise(reader)
+    s = _get(advice, "comm_bound")
+    assert s.severity in ("medium", "high") and "gloo" in s.finding
+    assert "no_sync" in s.action
+
+
+# ----------------------------------------------------------------------------- real GPU recordings and traces
+@pytest.mark.skipif(not (TRACES / "kineto__resnet50_num_workers_0.json.gz").exists(),
+                    reason="../shared/data/traces is not present")
+def test_resnet50_v100_trace_gets_the_plugins_two_recommendations(tmp_path, capsys):
+    assert cli_main(["import", str(TRACES / "kineto__resnet50_num_workers_0.json.gz"),
+                     "--runs-dir", str(tmp_path)]) == 0
+    path = capsys.readouterr().out.strip()
+    assert cli_main(["advise", path, "--json"]) == 0
+    advice = json.loads(capsys.readouterr().out)
+    ids = [s["id"] for s in advice["suggestions"]]
+    assert ids[0] == "dataloader_bound" and "33.4%" in advice["suggestions"][0]["finding"]
+    amp = next(s for s in advice["suggestions"] if s["id"] == "no_mixed_precision")
+    assert "68% of kernel time is launched by tensor-core-eligible operators" in amp["finding"]
+    assert "0.0% of kernel time runs on tensor cores" in amp["finding"]
+
+
+def _sample(name: str):
+    path = SAMPLES / name
+    if not path.exists():
+        pytest.skip(f"sample run {name} not shipped")
+    return advise(open_run(path))
+
+
+def test_gpu_sample_runs_get_the_right_verdicts():
+    assert _ids(_sample("h100-cnn-input-bound"))[0] == "dataloader_bound"
+    small = _sample("h100-gpt-small-batch")
+    assert _ids(small)[0] == "launch_bound" and "tf32_off" in _ids(small)
+    for healthy in ("h100-gpt-compiled", "h100-cnn-healthy"):
+        advice = _sample(healthy)
+        assert not [s for s in advice.suggestions if s.severity != "low"], (healthy, _ids(advice))
+
+
+def test_advise_json_schema_and_ranking(capsys):
+    assert cli_main(["advise", str(SAMPLES / "h100-cnn-input-bound"), "--json"]) == 0
+    advice = json.loads(capsys.readouterr().out)
+    assert advice["schema"] == "gpulens.advice/1"
+    keys = {"id", "severity", "title", "finding", "evidence", "action", "snippet", "expected_gain",
+            "expected_gain_fraction", "gain_estimate", "confidence"}
+    for s in advice["suggestions"]:
+        assert keys <= set(s) and s["severity"] in SEVERITIES
+        assert all({"kind", "label", "data"} <= set(e) for e in s["evidence"])
+    order = [(SEVERITIES.index(s["severity"]), -(s["expected_gain_fraction"] or 0)) for s in advice["suggestions"]]
+    assert order == sorted(order)
+    assert {n["id"] for n in advice["not_evaluated"]} >= {"batch_headroom"}
+
+
+def test_report_lists_the_suggestions(capsys):
+    assert cli_main(["report", str(SAMPLES / "h100-gpt-small-batch"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["suggestions"]["suggestions"][0]["id"] == "launch_bound"
+
+
+# ----------------------------------------------------------------------------- rules on recorded values
+BASE = Measurements(run_id="unit", device="cuda", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=9.0,
+                    gpu_memory_total=80 * 2**30, n_visible_gpus=1, gpu_util_per_gpu=[60.0], steps=100, step_s=0.05,
+                    phase_share={"data_wait": 0.01, "forward": 0.3, "backward": 0.5, "optimizer": 0.04,
+                                 "other": 0.15}, gpu_util=60.0, kernel_util=60.0, has_kernels=True, tc_share=0.6,
+                    tc_eligible=0.7, category_share={"gemm": 0.6, "elementwise": 0.3, "reduction": 0.1},
+                    transpose_share=0.0, fp32_gemm_share=0.0,
+                    launch={"shorter_than_launch_share": 0.1, "median_kernel_us": 40.0, "kernels_per_step": 200},
+                    peak_allocated=30 * 2**30, batch_size=32)
+
+
+def test_base_measurements_are_quiet():
+    advice = advise_measurements(BASE)
+    assert not [s for s in advice.suggestions if s.severity != "low"], _ids(advice)
+
+
+@pytest.mark.parametrize("change, rule, severity", [
+    (dict(tc_share=0.0, fp32_gemm_share=0.55, kernel_util=90.0, gpu_util=90.0), "tf32_off", "high"),
+    (dict(kernel_util=20.0, gpu_util=95.0, launch={"shorter_than_launch_share": 0.7, "median_kernel_us": 4.0,
+                                                 "kernels_per_step": 900}, host_wait_share=0.9), "launch_bound", "high"),
+    (dict(category_share={"elementwise": 0.5, "normalization": 0.2, "gemm": 0.3}, tc_share=0.1, dram_bw=70.0,
+          sm_active=40.0, kernel_util=95.0), "bandwidth_bound", "medium"),
+    (dict(peak_allocated=77 * 2**30), "memory_limit", "high"),
+    (dict(n_visible_gpus=4, gpu_util_per_gpu=[90.0, 0.0, 0.0, 1.0]), "idle_gpus", "high"),
+    (dict(n_visible_gpus=2, model_wrapper="DataParallel"), "dataparallel", "high"),
+    (dict(model_wrapper="DistributedDataParallel", ddp_backend="gloo", world_size=2), "ddp_backend", "high"),
+    (dict(throttle={"hw_thermal": 0.4}, sm_clock_ratio=0.7), "throttling", "medium"),
+    (dict(tc_share=0.0, tc_eligible=0.68, kernel_util=90.0), "no_mixed_precision", "high"),
+    (dict(gemm_shapes=[{"op": "aten::mm", "m": 4096, "n": 50257, "k": 768, "dtype": "c10::BFloat16", "calls": 10,
+                        "kernel_us": 9000.0, "multiple": 8, "misaligned": ["N"]},
+                       {"op": "aten::mm", "m": 4096, "n": 768, "k": 768, "dtype": "c10::BFloat16", "calls": 10,
+                        "kernel_us": 3000.0, "multiple": 8, "misaligned": []}]), "gemm_alignment", "low"),
+    (dict(world_size=2, comm_share=0.35, ranks=[RankTiming(0, 100, 0.05, 0.03, 0.018),
+                                                RankTiming(1, 100, 0.05, 0.03, 0.018)]), "comm_bound", "high"),
+])
+def test_rules_fire_on_recorded_values(change, rule, severity):
+    advice = advise_measurements(replace(BASE, **change))
+    s = _get(advice, rule)
+    assert s.severity == severity
+    assert s.finding and s.action and s.expected_gain and s.gain_estimate
+
+
+def test_rules_without_data_say_what_would_enable_them():
+    bare = Measurements(run_id="bare", device="cuda", steps=10, step_s=0.1,
+                        phase_share={"data_wait": 0.0, "other": 1.0}, gpu_memory_total=80 * 2**30)
+    needs = {n.id: n.needs for n in advise_measurements(bare).not_evaluated}
+    assert "profiler window" in needs["launch_bound"]
+    assert "profiler window" in needs["no_mixed_precision"]
+    assert "probe_batch_sizes" in needs["batch_headroom"]
+    assert "run.phase('optimizer')" in needs["slow_optimizer"]
+
+
+def test_track_prints_the_top_suggestions_at_the_end(tmp_path):
+    script = textwrap.dedent("""
+        import sys, time, gpulens
+        with gpulens.track("end", runs_dir=sys.argv[1], sampling=gpulens.SamplingConfig(host_interval=0.1)) as run:
+            for _ in run.loader(range(12)):
+                time.sleep(0.003)
+        """)
+    slow = textwrap.dedent("""
+        import sys, time, gpulens
+        class Slow:
+            def __iter__(self):
+                for i in range(12):
+                    time.sleep(0.02); yield i
+        with gpulens.track("end", runs_dir=sys.argv[1], advise=sys.argv[2] == "1") as run:
+            for _ in run.loader(Slow()):
+                time.sleep(0.003)
+        """)
+    out = subprocess.run([sys.executable, "-c", slow, str(tmp_path), "1"], capture_output=True, text=True, check=True)
+    assert "gpulens: top suggestions" in out.stderr and "[high] The training loop waits for data" in out.stderr
+    off = subprocess.run([sys.executable, "-c", slow, str(tmp_path), "0"], capture_output=True, text=True, check=True)
+    assert "top suggestions" not in off.stderr
+    quiet = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert "top suggestions" not in quiet.stderr or "[high]" not in quiet.stderr
