@@ -4,7 +4,7 @@ Nothing in here imports Dash or torch: the dashboard and the advisor read runs
 through :func:`open_run` alone, and viewing a run must work without torch.
 """
 from gpulens.profiler.errors import GpulensError, RunError
-from gpulens.profiler.reader import FlopCount, RunReader, Series, StepTable, Window, open_run
+from gpulens.profiler.reader import FlopCount, RunReader, Series, SeriesView, StepTable, Window, open_run
 from gpulens.profiler.runstore import list_runs, resolve_run, runs_root
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "RunError",
     "RunReader",
     "Series",
+    "SeriesView",
     "StepTable",
     "Window",
     "FlopCount",

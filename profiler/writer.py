@@ -44,6 +44,7 @@ class RunWriter:
         self._events: deque[tuple[Any, ...]] = deque()
         self._series_rows: deque[tuple[Any, ...]] = deque()
         self._windows: deque[tuple[Any, ...]] = deque()
+        self._bulk: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
         self._flops: deque[tuple[Any, ...]] = deque()
         self._meta_updates: dict[str, Any] = {}
         self._meta_lock = threading.Lock()
@@ -101,6 +102,10 @@ class RunWriter:
 
     def point(self, sid: int, t: float, value: float) -> None:
         self._points.append((sid, t, value))
+
+    def points_bulk(self, sid: int, t: np.ndarray, v: np.ndarray) -> None:
+        """Many points of one series at once (importers, benchmarks): one chunk, no per-point cost."""
+        self._bulk.append((sid, np.asarray(t, dtype=np.float64), np.asarray(v, dtype=np.float64)))
 
     def step(self, row: tuple[Any, ...]) -> None:
         """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
@@ -164,6 +169,7 @@ class RunWriter:
     def _flush(self) -> None:
         series_rows = self._drain(self._series_rows)
         points = self._drain(self._points)
+        bulk = self._drain(self._bulk)
         steps = self._drain(self._steps)
         events = self._drain(self._events)
         windows = self._drain(self._windows)
@@ -183,10 +189,12 @@ class RunWriter:
                 else:
                     conn.execute("UPDATE series SET status = ?, reason = ? WHERE id = ?",
                                  (row[2], row[3], row[1]))
-            if points:
+            chunks = _chunk_rows(points) if points else []
+            chunks += [_chunk(sid, t, v) for sid, t, v in bulk if t.size]
+            if chunks:
                 conn.executemany(
-                    "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)",
-                    _chunk_rows(points))
+                    "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", chunks)
+                conn.executemany(_ROLLUP_UPSERT, _rollup_rows(chunks))
             if steps:
                 conn.executemany(_STEP_INSERT, steps)
             if events:
@@ -235,6 +243,42 @@ class RunWriter:
             self._flushed.notify_all()
 
 
+_ROLLUP_UPSERT = (
+    "INSERT INTO rollups (series_id, level, bucket, vmin, vmax, vsum, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (series_id, level, bucket) DO UPDATE SET vmin = min(vmin, excluded.vmin), "
+    "vmax = max(vmax, excluded.vmax), vsum = vsum + excluded.vsum, n = n + excluded.n")
+
+
+def _chunk(sid: int, t: np.ndarray, v: np.ndarray) -> tuple[Any, ...]:
+    if t.size > 1 and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t, v = t[order], v[order]
+    return (sid, float(t[0]), float(t[-1]), int(t.size), t.tobytes(), v.tobytes())
+
+
+def _rollup_rows(chunks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Per chunk and level: min/max/sum/count per time bucket, merged into the table by upsert."""
+    rows: list[tuple[Any, ...]] = []
+    for sid, _t0, _t1, _n, t_raw, v_raw in chunks:
+        t = np.frombuffer(t_raw, dtype=np.float64)
+        v = np.frombuffer(v_raw, dtype=np.float64)
+        ok = np.isfinite(v)
+        if not ok.all():
+            t, v = t[ok], v[ok]
+        if t.size == 0:
+            continue
+        for level in schema.ROLLUP_LEVELS:
+            b = np.floor(t / level).astype(np.int64)
+            starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+            vmin = np.minimum.reduceat(v, starts)
+            vmax = np.maximum.reduceat(v, starts)
+            vsum = np.add.reduceat(v, starts)
+            counts = np.diff(np.r_[starts, v.size])
+            rows.extend(zip([sid] * starts.size, [level] * starts.size, b[starts].tolist(), vmin.tolist(),
+                            vmax.tolist(), vsum.tolist(), counts.tolist()))
+    return rows
+
+
 def _chunk_rows(points: Iterable[tuple[int, float, float]]) -> list[tuple[Any, ...]]:
     """Group ``(series, t, value)`` points into one chunk row per series."""
     grouped: dict[int, tuple[list[float], list[float]]] = {}
@@ -242,13 +286,5 @@ def _chunk_rows(points: Iterable[tuple[int, float, float]]) -> list[tuple[Any, .
         ts, vs = grouped.setdefault(sid, ([], []))
         ts.append(t)
         vs.append(v)
-    rows = []
-    for sid, (ts, vs) in grouped.items():
-        t_arr = np.asarray(ts, dtype=np.float64)
-        v_arr = np.asarray(vs, dtype=np.float64)
-        if t_arr.size > 1 and np.any(np.diff(t_arr) < 0):
-            order = np.argsort(t_arr, kind="stable")
-            t_arr, v_arr = t_arr[order], v_arr[order]
-        rows.append((sid, float(t_arr[0]), float(t_arr[-1]), int(t_arr.size),
-                     t_arr.tobytes(), v_arr.tobytes()))
-    return rows
+    return [_chunk(sid, np.asarray(ts, dtype=np.float64), np.asarray(vs, dtype=np.float64))
+            for sid, (ts, vs) in grouped.items()]
