@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up ./.venv (once) and run gpulens.  With no arguments it shows the
-# report of a real recorded run shipped in sample_runs/.
+# Set up ./.venv (once) and run gpulens.  With no arguments it serves the
+# dashboard on http://127.0.0.1:8050: your runs in ./gpulens-runs (or
+# $GPULENS_DIR), or the real recorded runs in sample_runs/ while there are none.
 set -euo pipefail
 source "$(dirname "$0")/tools/venv.sh"
 ensure_venv run
 if [ "$#" -eq 0 ]; then
-  set -- report "$REPO/sample_runs/h100-cnn-input-bound"
+  set -- dashboard
 fi
 exec "$VENV/bin/gpulens" "$@"

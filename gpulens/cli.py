@@ -47,7 +47,54 @@ def _build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the runs under a runs root")
     ls.add_argument("runs_dir", nargs="?", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
     ls.add_argument("--json", action="store_true", help="print the list as JSON")
+    dsh = sub.add_parser("dashboard", help="serve the web dashboard (http://127.0.0.1:8050 by default)")
+    dsh.add_argument("runs_dir", nargs="?",
+                     help="runs root (default $GPULENS_DIR or ./gpulens-runs; with no runs there, the sample runs)")
+    dsh.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1; anything else needs --auth or --token)")
+    dsh.add_argument("--port", type=int, default=8050, help="TCP port (default 8050; 0 picks a free one)")
+    dsh.add_argument("--auth", metavar="USER:PASSWORD", help="require HTTP Basic authentication")
+    dsh.add_argument("--token", default=os.environ.get("GPULENS_TOKEN"),
+                     help="require this bearer token (or ?token=... once); default $GPULENS_TOKEN")
+    dsh.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="also accept requests for this Host name (reverse proxies, DNS names)")
+
+    demo = sub.add_parser("demo", help="train a small model on the CPU and follow it live in the dashboard")
+    demo.add_argument("--port", type=int, default=8050, help="TCP port (default 8050)")
+    demo.add_argument("--seconds", type=float, default=600.0, help="how long the demo trains (default 600)")
+    demo.add_argument("--runs-dir", help="where the demo run goes (default: a new temporary directory)")
     return parser
+
+
+def sample_runs_dir() -> "Path | None":
+    """The repository's sample_runs/ (a source checkout or editable install), if there is one."""
+    from pathlib import Path
+
+    import gpulens
+
+    candidate = Path(gpulens.__file__).resolve().parent.parent / "sample_runs"
+    return candidate if candidate.is_dir() else None
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from gpulens.dashboard.serve import prepare, serve
+    from gpulens.profiler import list_runs, runs_root
+
+    root = runs_root(args.runs_dir)
+    if args.runs_dir is None and not list_runs(root):
+        samples = sample_runs_dir()
+        if samples is not None:
+            print(f"gpulens: no runs in {root} yet; showing the sample runs in {samples}", file=sys.stderr)
+            root = samples
+    access = prepare(root, args.host, args.port, args.auth, args.token, args.allow_host)
+    serve(root, access)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpulens.demo import run_demo
+
+    return run_demo(args.port, args.seconds, args.runs_dir)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -143,7 +190,8 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import}
+COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import,
+            "dashboard": cmd_dashboard, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,46 @@ class SeriesView:
         return int(self.t.size)
 
 
+@dataclass
+class StepView:
+    """Step times over a range: one row per step ("raw") or per time bucket ("buckets").
+
+    ``t`` is the step end (raw) or bucket start (buckets), epoch seconds;
+    ``dur`` the step time (mean per bucket), ``dur_min``/``dur_max`` its
+    extremes per bucket; ``phases`` the mean seconds per step of each phase
+    (data_wait, forward, backward, optimizer, other); ``n`` steps per row.
+    """
+
+    rank: int
+    kind: str
+    t: np.ndarray
+    dur: np.ndarray
+    dur_min: np.ndarray
+    dur_max: np.ndarray
+    phases: dict[str, np.ndarray]
+    n: np.ndarray
+    level: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+@dataclass(frozen=True)
+class SeriesStats:
+    """Exact count / mean / min / max of a series over a range (from rollups when there are any)."""
+
+    n: int
+    mean: float | None
+    vmin: float | None
+    vmax: float | None
+
+
+PHASE_COLUMNS = ("data_wait", "forward", "backward", "optimizer", "other")
+
+#: A view reads raw points while the range holds at most this many per point asked for.
+RAW_PER_POINT = 50
+
+
 @dataclass(frozen=True)
 class SeriesInfo:
     metric: str
@@ -413,14 +453,15 @@ class RunReader:
 
     def series_view(self, metric: str, gpu: int = -1, t0: float | None = None, t1: float | None = None,
                     max_points: int = 2000, rank: int | None = None) -> SeriesView | None:
-        """The series in [t0, t1] at about ``max_points`` resolution, from rollups or raw points.
+        """The series in [t0, t1] at about ``max_points`` resolution, from raw points or rollups.
 
-        Pre-aggregated buckets are read whenever the coarsest rollup level that
-        still gives at least ``max_points / 2`` buckets exists: a bucket is then
-        at most two pixels wide, so its min/max envelope loses nothing visible,
-        and a day-long series costs ~1,500 rows instead of ~900,000 points.
-        Narrower ranges (a zoom) are read point by point.  Runs written before
-        rollups existed are always read raw.
+        Raw points are read while the range holds at most RAW_PER_POINT x
+        ``max_points`` of them (a zoom: a few large BLOBs, cheaper than
+        thousands of bucket rows); beyond that, the coarsest rollup level that
+        still gives ``max_points / 2`` buckets, each at most two pixels wide,
+        whose min/max envelope loses nothing visible.  A day-long 10 Hz series
+        then costs ~1,500 rows instead of ~900,000 points.  Runs written
+        before rollups existed are always read raw.
         """
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
         for db in dbs:
@@ -428,39 +469,47 @@ class RunReader:
             if not row:
                 continue
             sid, unit = row[0]
-            level = self._rollup_level(db, sid, t0, t1, max_points)
+            lo = -1e300 if t0 is None else float(t0)
+            hi = 1e300 if t1 is None else float(t1)
+            count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
+                "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
+                "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
+            level = None
+            if count > RAW_PER_POINT * max_points and db.has_table("rollups"):
+                span = min(hi, last) - max(lo, first)
+                fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
+                level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
             if level is None:
                 raw = self.series(metric, gpu, db.rank, t0, t1)
                 assert raw is not None
                 return SeriesView(metric, int(gpu), unit, "raw", raw.t, raw.v)
-            lo = -1e300 if t0 is None else float(t0)
-            hi = 1e300 if t1 is None else float(t1)
             rows = db.query(
                 "SELECT bucket, vmin, vmax, vsum, n FROM rollups WHERE series_id = ? AND level = ? "
                 "AND bucket >= ? AND bucket <= ? ORDER BY bucket",
-                (sid, level, int(max(np.floor(lo / level), -2**62)), int(min(np.floor(hi / level), 2**62))))
+                (sid, level, int(np.floor(max(lo, first) / level)), int(np.floor(min(hi, last) / level))))
             arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
             return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
                               arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
         return None
 
-    @staticmethod
-    def _rollup_level(db: _RankDB, sid: int, t0: float | None, t1: float | None, max_points: int) -> int | None:
-        if not db.has_table("rollups"):
-            return None
-        first, last = db.query(  # O(log n): both ends of the primary key
-            "SELECT (SELECT bucket FROM rollups WHERE series_id = ?1 AND level = ?2 ORDER BY bucket LIMIT 1), "
-            "(SELECT bucket FROM rollups WHERE series_id = ?1 AND level = ?2 ORDER BY bucket DESC LIMIT 1)",
-            (sid, schema.ROLLUP_LEVELS[0]))[0]
-        if first is None:
-            return None
-        lv0 = schema.ROLLUP_LEVELS[0]
-        a = max(float(first) * lv0, -np.inf if t0 is None else float(t0))
-        b = min(float(last + 1) * lv0, np.inf if t1 is None else float(t1))
-        span = b - a
-        wanted = max(max_points // 2, 1)
-        fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= wanted]
-        return fitting[-1] if fitting else None
+    def series_stats(self, metric: str, gpu: int = -1, rank: int | None = None) -> SeriesStats | None:
+        """Whole-run count, mean, min and max, exact and cheap: summed from the coarsest rollups."""
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        for db in dbs:
+            row = db.query("SELECT id FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
+            if not row:
+                continue
+            if db.has_table("rollups"):
+                n, total, lo, hi = db.query(
+                    "SELECT COALESCE(SUM(n), 0), SUM(vsum), MIN(vmin), MAX(vmax) FROM rollups "
+                    "WHERE series_id = ? AND level = ?", (row[0][0], schema.ROLLUP_LEVELS[-1]))[0]
+                return SeriesStats(int(n), total / n if n else None, lo, hi)
+            raw = self.series(metric, gpu, db.rank)
+            v = raw.v[np.isfinite(raw.v)] if raw is not None else _EMPTY
+            if not v.size:
+                return SeriesStats(0, None, None, None)
+            return SeriesStats(int(v.size), float(v.mean()), float(v.min()), float(v.max()))
+        return None
 
     # ------------------------------------------------------------------ steps, events
     def steps(self, rank: int | None = None, t0: float | None = None,
@@ -484,6 +533,38 @@ class RunReader:
                 columns[name] = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
         extra = [json.loads(r[extra_idx]) if r[extra_idx] else {} for r in rows]
         return StepTable(db.rank, columns, extra)
+
+    def step_view(self, rank: int | None = None, t0: float | None = None, t1: float | None = None,
+                  max_points: int = 2000) -> StepView:
+        """Step times in [t0, t1] for plotting: per step, or per rollup bucket when there are too many."""
+        db = self._db(rank)
+        lo = -1e300 if t0 is None else float(t0)
+        hi = 1e300 if t1 is None else float(t1)
+        level = None
+        if db.has_table("step_rollups"):
+            first = db.query("SELECT step, t_end FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
+            last = db.query("SELECT step, t_end FROM steps WHERE t_end <= ? ORDER BY t_end DESC LIMIT 1", (hi,))
+            if first and last and last[0][0] - first[0][0] + 1 > RAW_PER_POINT * max_points:
+                span = last[0][1] - first[0][1]
+                fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
+                level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+        if level is None:
+            rows = db.query(
+                f"SELECT t_end, t_end - t_start, {', '.join(PHASE_COLUMNS)} FROM steps "
+                "WHERE t_end >= ? AND t_end <= ? ORDER BY t_end", (lo, hi))
+            arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2 + len(PHASE_COLUMNS))
+            return StepView(db.rank, "raw", arr[:, 0], arr[:, 1], arr[:, 1], arr[:, 1],
+                            {p: arr[:, 2 + i] for i, p in enumerate(PHASE_COLUMNS)},
+                            np.ones(arr.shape[0], dtype=np.int64))
+        rows = db.query(
+            f"SELECT bucket, n, dur_sum, dur_min, dur_max, {', '.join(PHASE_COLUMNS)} FROM step_rollups "
+            "WHERE level = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket",
+            (level, int(max(np.floor(lo / level), -2**62)), int(min(np.floor(hi / level), 2**62))))
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5 + len(PHASE_COLUMNS))
+        n = np.maximum(arr[:, 1], 1)
+        return StepView(db.rank, "buckets", arr[:, 0] * level, arr[:, 2] / n, arr[:, 3], arr[:, 4],
+                        {p: arr[:, 5 + i] / n for i, p in enumerate(PHASE_COLUMNS)},
+                        arr[:, 1].astype(np.int64), level)
 
     def events(self, rank: int | None = None, kind: str | None = None) -> list[Event]:
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())

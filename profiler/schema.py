@@ -87,6 +87,21 @@ CREATE TABLE IF NOT EXISTS rollups (
     n INTEGER NOT NULL,
     PRIMARY KEY (series_id, level, bucket)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS step_rollups (
+    level INTEGER NOT NULL,         -- bucket width in seconds (ROLLUP_LEVELS), by step end time
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    dur_sum REAL NOT NULL,
+    dur_min REAL NOT NULL,
+    dur_max REAL NOT NULL,
+    data_wait REAL NOT NULL,        -- phase sums (seconds)
+    forward REAL NOT NULL,
+    backward REAL NOT NULL,
+    optimizer REAL NOT NULL,
+    other REAL NOT NULL,
+    samples REAL NOT NULL,
+    PRIMARY KEY (level, bucket)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY,
     t_start REAL NOT NULL,

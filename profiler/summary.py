@@ -40,20 +40,36 @@ class RunData:
     meta: dict[str, Any]
     steps: StepTable
     series: list[SeriesInfo]
-    points: dict[tuple[str, int], Series]
+    metrics: dict[tuple[str, int], dict[str, Any] | None]  # metric_entry() per (metric, gpu)
     events: list[Event]
     kernel: dict[str, Any] | None = None  # kernel_summary(); None = not gathered
     flops: list[FlopCount] | None = None
 
 
+def metric_entry(series: Series) -> dict[str, Any] | None:
+    """Statistics of one series, plus its change (counters) and clock-event shares (throttle mask)."""
+    st = stats(series.v)
+    if st is None:
+        return None
+    entry: dict[str, Any] = {"unit": series.unit, **st}
+    if series.metric in CATALOG and CATALOG[series.metric].counter:
+        entry["change"] = float(series.v[-1] - series.v[0])
+    if series.metric == "gpu.throttle":
+        masks = series.v[np.isfinite(series.v)].astype(np.int64)
+        entry["reasons"] = {name: float(np.mean((masks & bit) != 0))
+                            for bit, name in THROTTLE_REASONS.items() if np.any(masks & bit)}
+    return entry
+
+
 def gather(run: RunReader, done: list | None = None, problems: list | None = None) -> RunData:
+    """Read what the summary needs, one series at a time: a day-long 8-GPU run never sits in memory whole."""
     infos = run.series_list()
-    points: dict[tuple[str, int], Series] = {}
+    metrics: dict[tuple[str, int], dict[str, Any] | None] = {}
     for s in infos:
-        if s.status == "ok" and (s.metric, s.gpu) not in points:
+        if s.status == "ok" and (s.metric, s.gpu) not in metrics:
             got = run.series(s.metric, s.gpu, rank=s.rank)
             if got is not None:
-                points[(s.metric, s.gpu)] = got
+                metrics[(s.metric, s.gpu)] = metric_entry(got)
     info = run.info
     return RunData(
         info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
@@ -62,7 +78,7 @@ def gather(run: RunReader, done: list | None = None, problems: list | None = Non
         meta=info.meta,
         steps=run.steps(),
         series=infos,
-        points=points,
+        metrics=metrics,
         events=run.events(),
         kernel=kernel_summary(run, done, problems),
         flops=run.flops(),
@@ -175,19 +191,10 @@ def _metric_block(data: RunData, gpu: int, prefixes: tuple[str, ...]) -> tuple[d
         if s.status != "ok":
             missing[s.metric] = f"{s.status}: {s.reason}" if s.reason else s.status
             continue
-        series = data.points.get((s.metric, s.gpu))
-        st = stats(series.v) if series is not None else None
-        if st is None:
+        entry = data.metrics.get((s.metric, s.gpu))
+        if entry is None:
             missing[s.metric] = "no samples recorded"
             continue
-        entry: dict[str, Any] = {"unit": s.unit, **st}
-        assert series is not None
-        if s.metric in CATALOG and CATALOG[s.metric].counter:
-            entry["change"] = float(series.v[-1] - series.v[0])
-        if s.metric == "gpu.throttle":
-            masks = series.v.astype(np.int64)
-            entry["reasons"] = {name: float(np.mean((masks & bit) != 0))
-                                for bit, name in THROTTLE_REASONS.items() if np.any(masks & bit)}
         metrics[s.metric] = entry
     return metrics, missing
 
@@ -201,13 +208,13 @@ def summarize_data(data: RunData) -> dict[str, Any]:
     for gpu in meta.get("gpus") or []:
         idx = int(gpu["index"])
         metrics, missing = _metric_block(data, idx, ("gpu.", "gpm."))
-        energy = data.points.get(("gpu.energy", idx))
+        energy = data.metrics.get(("gpu.energy", idx))
         gpus.append({
             "index": idx, "name": gpu.get("name"), "uuid": gpu.get("uuid"),
             "memory_total_bytes": gpu.get("memory_total"),
             "compute_capability": gpu.get("compute_capability"),
             "gpm_supported": gpu.get("gpm_supported"),
-            "energy_j": float(energy.v[-1] - energy.v[0]) if energy is not None and len(energy) > 1 else None,
+            "energy_j": energy["change"] if energy is not None and energy["count"] > 1 else None,
             "metrics": metrics,
             "not_available": missing,
         })

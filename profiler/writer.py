@@ -13,6 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +23,10 @@ import numpy as np
 from gpulens.profiler import clock, schema
 
 log = logging.getLogger("gpulens")
+
+#: Chunks with fewer points than this are merged every COMPACT_EVERY_S seconds (and at close).
+SMALL_CHUNK = 1024
+COMPACT_EVERY_S = 60.0
 
 _STEP_INSERT = (
     f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) "
@@ -46,6 +51,8 @@ class RunWriter:
         self._windows: deque[tuple[Any, ...]] = deque()
         self._bulk: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
         self._flops: deque[tuple[Any, ...]] = deque()
+        self._small: dict[int, float] = {}  # series id -> earliest t0 of its not-yet-merged small chunks
+        self._last_compact = time.monotonic()
         self._meta_updates: dict[str, Any] = {}
         self._meta_lock = threading.Lock()
         self._series_lock = threading.Lock()
@@ -141,6 +148,8 @@ class RunWriter:
             self._flush_requested.wait(self.flush_interval)
             self._flush_requested.clear()
             self._flush_once()
+            if time.monotonic() - self._last_compact >= COMPACT_EVERY_S:
+                self._compact_once()
 
     def _flush_once(self) -> None:
         try:
@@ -158,6 +167,47 @@ class RunWriter:
         with self._flushed:
             self._flush_count += 1
             self._flushed.notify_all()
+
+    def _compact_once(self) -> None:
+        self._last_compact = time.monotonic()
+        try:
+            self._compact()
+        except Exception as exc:  # compaction is an optimisation: never fatal
+            log.debug("gpulens: chunk compaction of %s failed: %s", self.path, exc)
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _compact(self) -> None:
+        """Merge each series' small chunks (one per flush, a few points each) into one.
+
+        A day at 10 Hz flushed every 0.3 s is ~290,000 chunks per series;
+        compacted every minute it is ~1,400, so reading a long run is a few
+        large BLOBs instead of row-by-row work.  One transaction: a reader
+        sees either the small chunks or the merged one, never both.
+        """
+        pending, self._small = self._small, {}
+        if not pending:
+            return
+        conn = self._conn
+        conn.execute("BEGIN")
+        for sid, since in pending.items():
+            rows = conn.execute(
+                "SELECT rowid, t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND n < ? ORDER BY t0",
+                (sid, since, SMALL_CHUNK)).fetchall()
+            if len(rows) < 2:
+                if rows and len(rows[0][1]) // 8 < SMALL_CHUNK:
+                    self._small[sid] = min(self._small.get(sid, np.inf), since)
+                continue
+            t = np.concatenate([np.frombuffer(r[1], dtype=np.float64) for r in rows])
+            v = np.concatenate([np.frombuffer(r[2], dtype=np.float64) for r in rows])
+            merged = _chunk(sid, t, v)
+            conn.executemany("DELETE FROM chunks WHERE rowid = ?", [(r[0],) for r in rows])
+            conn.execute("INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", merged)
+            if merged[3] < SMALL_CHUNK:
+                self._small[sid] = min(self._small.get(sid, np.inf), merged[1])
+        conn.execute("COMMIT")
 
     @staticmethod
     def _drain(queue: deque) -> list:
@@ -195,8 +245,12 @@ class RunWriter:
                 conn.executemany(
                     "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", chunks)
                 conn.executemany(_ROLLUP_UPSERT, _rollup_rows(chunks))
+                for sid, t0, _t1, n, _t, _v in chunks:
+                    if n < SMALL_CHUNK:
+                        self._small[sid] = min(self._small.get(sid, np.inf), t0)
             if steps:
                 conn.executemany(_STEP_INSERT, steps)
+                conn.executemany(_STEP_ROLLUP_UPSERT, _step_rollup_rows(steps))
             if events:
                 conn.executemany(
                     "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
@@ -230,6 +284,7 @@ class RunWriter:
         self._flush_requested.set()
         self._thread.join(timeout=30)
         self._flush_once()
+        self._compact_once()
         if self._dropped:
             log.warning("gpulens: %d records could not be written to %s", self._dropped, self.path)
         try:
@@ -241,6 +296,41 @@ class RunWriter:
         with self._flushed:
             self._closed = True
             self._flushed.notify_all()
+
+
+_STEP_ROLLUP_UPSERT = (
+    "INSERT INTO step_rollups (level, bucket, n, dur_sum, dur_min, dur_max, data_wait, forward, backward, "
+    "optimizer, other, samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (level, bucket) DO UPDATE SET n = n + excluded.n, dur_sum = dur_sum + excluded.dur_sum, "
+    "dur_min = min(dur_min, excluded.dur_min), dur_max = max(dur_max, excluded.dur_max), "
+    "data_wait = data_wait + excluded.data_wait, forward = forward + excluded.forward, "
+    "backward = backward + excluded.backward, optimizer = optimizer + excluded.optimizer, "
+    "other = other + excluded.other, samples = samples + excluded.samples")
+
+_I_START, _I_END = schema.STEP_COLUMNS.index("t_start"), schema.STEP_COLUMNS.index("t_end")
+_I_PHASES = [schema.STEP_COLUMNS.index(p) for p in ("data_wait", "forward", "backward", "optimizer", "other")]
+_I_SAMPLES = schema.STEP_COLUMNS.index("samples")
+
+
+def _step_rollup_rows(steps: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Step time and phase sums per time bucket: the step panels of a day-long run read these."""
+    t_end = np.fromiter((r[_I_END] for r in steps), dtype=np.float64, count=len(steps))
+    dur = t_end - np.fromiter((r[_I_START] for r in steps), dtype=np.float64, count=len(steps))
+    phases = np.array([[r[i] for i in _I_PHASES] for r in steps], dtype=np.float64).reshape(-1, 5)
+    samples = np.fromiter((r[_I_SAMPLES] or 0 for r in steps), dtype=np.float64, count=len(steps))
+    order = np.argsort(t_end, kind="stable")
+    t_end, dur, phases, samples = t_end[order], dur[order], phases[order], samples[order]
+    rows: list[tuple[Any, ...]] = []
+    for level in schema.ROLLUP_LEVELS:
+        b = np.floor(t_end / level).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        n = np.diff(np.r_[starts, b.size])
+        sums = np.add.reduceat(phases, starts, axis=0)
+        rows.extend(zip([level] * starts.size, b[starts].tolist(), n.tolist(),
+                        np.add.reduceat(dur, starts).tolist(), np.minimum.reduceat(dur, starts).tolist(),
+                        np.maximum.reduceat(dur, starts).tolist(), *(sums[:, j].tolist() for j in range(5)),
+                        np.add.reduceat(samples, starts).tolist()))
+    return rows
 
 
 _ROLLUP_UPSERT = (

@@ -54,3 +54,11 @@ def gpu_out() -> Path | None:
     """Where GPU tests write their measured figures ($OUT on the device machine)."""
     out = os.environ.get("GPULENS_GPU_OUT")
     return Path(out) if out else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item, so fixtures can act on failures (browser screenshots)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

@@ -52,3 +52,62 @@ def test_small_series_are_read_raw(tmp_path):
     assert view.kind == "raw" and len(view) == 101 and view.unit == "%"
     assert run.series_view("gpu.power", 0) is None
     run.close()
+
+
+def test_small_chunks_are_compacted_without_losing_a_point(tmp_path, monkeypatch):
+    from gpulens.profiler import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "COMPACT_EVERY_S", 0.0)  # compact after every flush
+    w = RunWriter(tmp_path / "rank-0.db", {"name": "compact"}, flush_interval=0.01)
+    sid = w.series("gpu.power", 0, "W")
+    t = 1.0e9 + np.arange(600) * 0.1
+    for i in range(0, t.size, 3):  # three points per flush, as the live recorder writes them
+        for j in range(i, min(i + 3, t.size)):
+            w.point(sid, t[j], float(j))
+        w.sync()
+    w.close()
+    run = open_run(tmp_path)
+    got = run.series("gpu.power", 0)
+    assert np.array_equal(got.t, t) and np.array_equal(got.v, np.arange(600.0))
+    chunks = run._db(0).query("SELECT COUNT(*), MIN(n) FROM chunks")[0]
+    assert chunks[0] <= 3, chunks  # 200 flushes -> one or two chunks
+    assert run.series_stats("gpu.power", 0) == reader_stats(np.arange(600.0))
+    run.close()
+
+
+def reader_stats(v):
+    from gpulens.profiler import SeriesStats
+
+    return SeriesStats(int(v.size), float(v.mean()), float(v.min()), float(v.max()))
+
+
+def test_step_view_buckets_agree_with_the_steps(tmp_path):
+    from gpulens.profiler import schema
+
+    w = RunWriter(tmp_path / "rank-0.db", {"name": "steps"}, flush_interval=0.05)
+    rng = np.random.default_rng(1)
+    t = 1.0e9
+    rows = []
+    for i in range(20000):
+        phases = rng.uniform(0.001, 0.02, 5)
+        dur = float(phases.sum())
+        row = dict.fromkeys(schema.STEP_COLUMNS)
+        row.update(step=i, t_start=t, t_end=t + dur, data_wait=phases[0], forward=phases[1], backward=phases[2],
+                   optimizer=phases[3], other=phases[4], samples=32, flags=0)
+        rows.append(row)
+        w.step(tuple(row[c] for c in schema.STEP_COLUMNS))
+        t += dur
+        if i % 5000 == 4999:
+            w.sync()
+    w.close()
+    run = open_run(tmp_path)
+    raw = run.step_view(max_points=100_000)
+    assert raw.kind == "raw" and len(raw) == 20000
+    view = run.step_view(max_points=200)  # ~1,000 s of steps -> 10 s buckets
+    assert view.kind == "buckets" and view.level == 10 and int(view.n.sum()) == 20000
+    b = np.floor(raw.t / 10)
+    first = b == b[0]
+    assert view.n[0] == first.sum()
+    assert np.isclose(view.dur[0], raw.dur[first].mean()) and np.isclose(view.dur_max[0], raw.dur[first].max())
+    assert np.isclose(view.phases["backward"][0], raw.phases["backward"][first].mean())
+    run.close()

@@ -1,0 +1,128 @@
+"""``create_app()``: the Dash app over one runs root, with its security layer and download route.
+
+Pages live in :mod:`gpulens.dashboard.pages` and register their layouts and
+callbacks with ``dash.register_page`` / ``dash.callback``.  Dash keeps both
+in process-wide registries that the first app to serve a request takes
+over, so the factory re-imports the page modules for every app it builds and
+finishes the app's set-up right away: two apps in one process (tests) each
+get their own complete set of callbacks.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import dash
+from dash import Dash, Input, Output, State, clientside_callback, dcc, html
+
+from gpulens import __version__
+from gpulens.dashboard import data
+from gpulens.dashboard.security import Access, install
+
+PAGE_MODULES = (
+    "gpulens.dashboard.pages.runs",
+    "gpulens.dashboard.pages.run",
+    "gpulens.dashboard.pages.kernels",
+    "gpulens.dashboard.pages.compare",
+    "gpulens.dashboard.pages.live",
+    "gpulens.dashboard.pages.not_found_404",
+)
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _shell() -> html.Div:
+    return html.Div([
+        dcc.Store(id="theme", storage_type="local"),
+        dcc.Store(id="viewport", data={"width": 1400}),
+        html.Header([
+            dcc.Link([html.Span("gpu", className="brand-a"), html.Span("lens", className="brand-b")],
+                     href="/", className="brand"),
+            html.Nav([dcc.Link("Runs", href="/"), dcc.Link("Compare", href="/compare")], className="nav"),
+            html.Div(className="spacer"),
+            html.Button("◐ theme", id="theme-toggle", className="btn btn-ghost", title="light / dark"),
+            html.Span(f"v{__version__}", className="muted small"),
+        ], className="topbar"),
+        html.Main(dash.page_container, className="main"),
+    ], className="shell")
+
+
+def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwargs: Any) -> Dash:
+    """The dashboard for the runs under ``runs_root``; ``access`` guards it (loopback defaults)."""
+    app = Dash(
+        "gpulens.dashboard",
+        use_pages=True,
+        pages_folder="",
+        assets_folder=str(ASSETS),
+        title="gpulens",
+        update_title=None,
+        suppress_callback_exceptions=True,
+        serve_locally=True,
+        **dash_kwargs,
+    )
+    app.server.config[data.CONFIG_KEY] = str(Path(runs_root).resolve())
+    data.configure(runs_root)
+    install(app.server, access or Access())
+
+    dash._callback.GLOBAL_CALLBACK_LIST.clear()
+    dash._callback.GLOBAL_CALLBACK_MAP.clear()
+    for name in PAGE_MODULES:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+        else:
+            importlib.import_module(name)
+    _register_shell_callbacks()
+    app.layout = _shell()
+    _register_routes(app)
+    with app.server.app_context():
+        app._setup_server()  # take this app's callbacks out of the global registry now
+    return app
+
+
+def _register_shell_callbacks() -> None:
+    clientside_callback(
+        """
+        function(n, theme) {
+            var t = theme;
+            if (!t) { t = (window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches)
+                      ? 'dark' : 'light'; }
+            if (n) { t = (t === 'dark') ? 'light' : 'dark'; }
+            document.documentElement.dataset.theme = t;
+            document.body.dataset.agThemeMode = t;
+            return t;
+        }
+        """,
+        Output("theme", "data"),
+        Input("theme-toggle", "n_clicks"),
+        State("theme", "data"),
+    )
+    clientside_callback(
+        "function(_) { return {width: Math.max(400, Math.min(window.innerWidth - 80, 2400))}; }",
+        Output("viewport", "data"),
+        Input("theme-toggle", "id"),
+    )
+
+
+def _register_routes(app: Dash) -> None:
+    from flask import Response, abort, send_file
+
+    from gpulens.profiler import GpulensError
+
+    @app.server.route("/download/trace/<run_id>/<int:rank>/<int:index>")
+    def download_trace(run_id: str, rank: int, index: int) -> Any:
+        """A profiler window's chrome trace, gzipped as recorded: opens in Perfetto or chrome://tracing."""
+        try:
+            run = data.reader(run_id)
+            windows = [w for w in run.windows(rank) if w.index == index]
+        except GpulensError as exc:
+            return Response(f"gpulens: {exc}\n", 404, mimetype="text/plain")
+        if not windows or windows[0].path is None or not windows[0].path.is_file():
+            abort(404)
+        w = windows[0]
+        return send_file(w.path, mimetype="application/gzip", as_attachment=True,
+                         download_name=f"{run.info.id}-rank{rank}-window{index}.pt.trace.json.gz")
+
+    @app.server.route("/healthz")
+    def healthz() -> Any:
+        return Response("ok\n", mimetype="text/plain")

@@ -1,0 +1,87 @@
+"""Small UI pieces shared by the pages: badges, cards, notices, suggestion cards.
+
+Every string that comes from a run (names, kernel names, error messages,
+suggestion text) is passed as a component child or prop, which React
+renders as text: nothing here builds HTML from data.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from dash import dcc, html
+
+from gpulens import fmt
+
+#: AG Grid's Quartz theme, denser: dashboards show many columns (dark mode follows data-ag-theme-mode).
+GRID_THEME = {"function": "themeQuartz.withParams({spacing: 5, fontSize: 13, headerFontSize: 13})"}
+
+STATUS_TITLES = {
+    "running": "still being written",
+    "finished": "closed normally",
+    "crashed": "the process ended without closing the run; everything up to its last flush is kept",
+    "interrupted": "stopped by a signal or KeyboardInterrupt",
+    "broken": "cannot be read",
+    "replay": "a replay of a recorded run, not a live measurement",
+}
+
+
+def status_badge(status: str, replay: bool = False, reason: str | None = None) -> html.Span:
+    label = f"{status} · replay" if replay else status
+    title = STATUS_TITLES.get(status, "")
+    if replay:
+        title += "; " + STATUS_TITLES["replay"]
+    if reason:
+        title += f" ({reason})"
+    return html.Span(label, className=f"badge badge-{status}", title=title)
+
+
+def card(label: str, value: str, sub: str | None = None, cid: str | None = None, title: str | None = None,
+         muted: bool = False) -> html.Div:
+    kids: list[Any] = [html.Div(label, className="card-label"), html.Div(value, className="card-value")]
+    if sub:
+        kids.append(html.Div(sub, className="card-sub"))
+    extra = {"id": cid} if cid else {}
+    return html.Div(kids, className="card muted" if muted else "card", title=title or "", **extra)
+
+
+def notice(text: str, kind: str = "info", cid: str | None = None) -> html.Div:
+    extra = {"id": cid} if cid else {}
+    return html.Div(text, className=f"notice notice-{kind}", role="alert" if kind == "error" else "status",
+                    **extra)
+
+
+def error_page(title: str, message: str) -> html.Div:
+    return html.Div([html.H2(title), notice(message, "error", cid="page-error"),
+                     dcc.Link("← all runs", href="/")], className="page")
+
+
+def kv_table(rows: Sequence[tuple[str, Any]], cid: str | None = None) -> html.Table:
+    extra = {"id": cid} if cid else {}
+    return html.Table([html.Tbody([html.Tr([html.Th(k), html.Td(str(v))]) for k, v in rows])],
+                      className="kv", **extra)
+
+
+def suggestion_card(s: dict[str, Any], index: int, evidence_buttons: list[Any]) -> html.Details:
+    """One advisor suggestion: finding, action, snippet, expected gain and its evidence."""
+    summary = html.Summary([
+        html.Span(s["severity"], className=f"sev sev-{s['severity']}"),
+        html.Span(s["title"], className="sugg-title"),
+        html.Span(s.get("expected_gain") or "", className="sugg-gain"),
+    ])
+    body: list[Any] = [
+        html.P([html.B("Finding: "), s["finding"]]),
+        html.P([html.B("Action: "), s["action"]]),
+    ]
+    if s.get("snippet"):
+        body.append(html.Pre(html.Code(s["snippet"]), className="snippet"))
+    body.append(html.P([html.B("Expected gain: "), f"{s.get('expected_gain')} — {s.get('gain_estimate')}",
+                        html.Span(f" (confidence {s.get('confidence')})", className="muted")]))
+    if evidence_buttons:
+        body.append(html.Div([html.B("Evidence: "), *evidence_buttons], className="evidence"))
+    body.append(html.Div(f"rule {s['id']}", className="muted small"))
+    return html.Details([summary, html.Div(body, className="sugg-body")], open=index == 0,
+                        className="suggestion", id=f"suggestion-{s['id']}")
+
+
+def pct_or_na(value: float | None, share: bool = False) -> str:
+    return fmt.pct(value, share=share)

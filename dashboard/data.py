@@ -1,0 +1,271 @@
+"""The dashboard's only door to runs: ids checked against the runs root, readers and analyses cached.
+
+Every run id arrives from a browser (URL paths, dropdowns, stores), so each one
+goes through :func:`run_path`, which refuses anything that is not a plain
+directory name directly under the runs root.  Readers stay open between
+callbacks (opening a run checks headers and schema), and the expensive part
+-- trace analysis, summary and advice -- is computed once per version of a
+run's files, on a small thread pool so that a page never waits for another
+run's analysis.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpulens.profiler import GpulensError, RunError, RunReader, open_run
+from gpulens.profiler.runstore import is_run_dir, list_runs, rank_dbs, run_dir_in
+
+CONFIG_KEY = "GPULENS_RUNS_ROOT"
+_default_root: Path | None = None
+
+#: A running run's analysis is recomputed at most this often (its files change every flush).
+LIVE_ANALYSIS_EVERY_S = 15.0
+#: A running run's metadata (status, heartbeat) is re-read at most this often.
+REFRESH_EVERY_S = 0.5
+
+
+def configure(root: Path | str) -> None:
+    """The runs root used outside a Flask app context (tests calling callbacks as functions)."""
+    global _default_root
+    _default_root = Path(root)
+
+
+def runs_root() -> Path:
+    try:
+        from flask import current_app, has_app_context
+
+        if has_app_context() and CONFIG_KEY in current_app.config:
+            return Path(current_app.config[CONFIG_KEY])
+    except ImportError:  # pragma: no cover - flask comes with dash
+        pass
+    if _default_root is None:
+        raise GpulensError("the dashboard has no runs root configured")
+    return _default_root
+
+
+def run_path(run_id: Any) -> Path:
+    """The directory of ``run_id`` inside the runs root; one-line error for anything else."""
+    if not isinstance(run_id, str) or not run_id:
+        raise GpulensError("no run selected")
+    path = run_dir_in(runs_root(), run_id)  # refuses '..', separators, absolute paths, escaping links
+    if not is_run_dir(path):
+        raise RunError(run_id, "no such run in this runs root")
+    return path
+
+
+def fingerprint(path: Path) -> tuple:
+    """Changes whenever a rank database (or its WAL) changes: the cache key of an analysis."""
+    out = []
+    for rank, db in rank_dbs(path).items():
+        for p in (db, Path(f"{db}-wal")):
+            try:
+                st = p.stat()
+                out.append((rank, p.name, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                pass
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------- readers
+class _Readers:
+    """Open readers by run directory, least recently used closed first."""
+
+    def __init__(self, size: int = 24) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Path, tuple[RunReader, tuple, float]] = OrderedDict()
+
+    def get(self, path: Path) -> RunReader:
+        ranks = tuple(sorted((r, p.stat().st_ino) for r, p in rank_dbs(path).items()))
+        with self._lock:
+            hit = self._open.get(path)
+            if hit is not None and hit[1] == ranks:
+                self._open.move_to_end(path)
+                reader, _, refreshed = hit
+                if reader.info.status == "running" and time.monotonic() - refreshed > REFRESH_EVERY_S:
+                    reader.refresh()
+                    self._open[path] = (reader, ranks, time.monotonic())
+                return reader
+            if hit is not None:  # ranks added, or the run was replaced: reopen
+                self._open.pop(path)[0].close()
+        reader = open_run(path)
+        with self._lock:
+            self._open[path] = (reader, ranks, time.monotonic())
+            while len(self._open) > self.size:
+                # not closed here: another request may still be reading it; the GC closes it after
+                self._open.popitem(last=False)
+        return reader
+
+    def clear(self) -> None:
+        with self._lock:
+            for reader, _, _ in self._open.values():
+                reader.close()
+            self._open.clear()
+
+
+_readers = _Readers()
+
+
+def reader(run_id: Any) -> RunReader:
+    return _readers.get(run_path(run_id))
+
+
+# ---------------------------------------------------------------------- analyses
+@dataclass
+class Analysis:
+    """A run's summary (``gpulens report --json``), advice, and per-window kernel analyses."""
+
+    summary: dict[str, Any] | None = None
+    advice: dict[str, Any] | None = None
+    windows: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def analyse(path: Path) -> Analysis:
+    """Everything ``gpulens report`` computes, for one run; errors become ``Analysis.error``."""
+    from gpulens.profiler.advisor import advise
+    from gpulens.profiler.kernel_summary import window_analyses
+    from gpulens.profiler.summary import gather, summarize_data
+
+    t0 = time.perf_counter()
+    try:
+        with open_run(path) as run:
+            done, problems = window_analyses(run)
+            summary = summarize_data(gather(run, done, problems))
+            advice = advise(run, done, summary).as_dict()
+        return Analysis(summary, advice, done, problems, None, time.perf_counter() - t0)
+    except GpulensError as exc:
+        return Analysis(error=str(exc), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # a bug in one analysis must not take the page down
+        return Analysis(error=f"analysis failed: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class _Entry:
+    fp: tuple = ()  # fingerprint of the files ``result`` was computed from
+    result: Analysis | None = None
+    done_at: float = 0.0
+    future: Future | None = None
+    future_fp: tuple = ()
+
+
+class _Analyses:
+    def __init__(self, size: int = 64, workers: int = 2) -> None:
+        self.size = size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulens-analysis")
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[Path, _Entry] = OrderedDict()
+
+    def _collect(self, entry: _Entry) -> None:
+        if entry.future is not None and entry.future.done():
+            entry.result, entry.fp, entry.done_at = entry.future.result(), entry.future_fp, time.monotonic()
+            entry.future = None
+
+    def get(self, path: Path, wait: float = 0.0, live: bool = False) -> Analysis | None:
+        """The analysis of the run's current files, waiting up to ``wait`` s for it.
+
+        While a new one is computed the previous one (or None) is returned.  A
+        running run keeps its analysis for LIVE_ANALYSIS_EVERY_S before the
+        next one starts, so a live page does not re-analyse on every flush.
+        """
+        fp = fingerprint(path)
+        with self._lock:
+            entry = self._cache.get(path)
+            if entry is None:
+                entry = self._cache[path] = _Entry()
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(path)
+            self._collect(entry)
+            fresh = entry.result is not None and (
+                entry.fp == fp or (live and time.monotonic() - entry.done_at < LIVE_ANALYSIS_EVERY_S))
+            if fresh:
+                return entry.result
+            if entry.future is None:
+                entry.future, entry.future_fp = self._pool.submit(analyse, path), fp
+            future = entry.future
+        if wait > 0:
+            try:
+                future.result(timeout=wait)
+            except TimeoutError:
+                pass
+            with self._lock:
+                self._collect(entry)
+        return entry.result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+_analyses = _Analyses()
+
+
+def analysis(run_id: Any, wait: float = 0.0, live: bool = False) -> Analysis | None:
+    return _analyses.get(run_path(run_id), wait, live)
+
+
+def reset() -> None:
+    """Forget cached readers and analyses (tests; a runs root that changed under the app)."""
+    _readers.clear()
+    _analyses.clear()
+
+
+# ---------------------------------------------------------------------- runs list
+@dataclass
+class RunRow:
+    id: str
+    name: str
+    status: str
+    status_reason: str | None
+    replay: bool
+    gpu: str
+    start: float | None
+    duration_s: float | None
+    ranks: int
+    error: str | None = None
+    analysis: Analysis | None = None
+
+
+def runs(wait: float = 1.5) -> tuple[list[RunRow], bool]:
+    """Every run under the root (broken ones with their error) and whether analyses are still pending.
+
+    Analyses are started for all runs at once and waited for up to ``wait``
+    seconds in total, so a handful of runs shows complete on first load and
+    a big runs root fills in as the page polls.
+    """
+    root = runs_root()
+    rows: list[RunRow] = []
+    for path in list_runs(root):
+        try:
+            run = _readers.get(run_dir_in(root, path.name))  # a symlink out of the root is listed as broken
+        except GpulensError as exc:
+            rows.append(RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0, str(exc)))
+            continue
+        except OSError as exc:
+            rows.append(RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0,
+                               f"{path.name}: cannot read ({exc.strerror or exc})"))
+            continue
+        info = run.info
+        gpus = info.gpus
+        names = sorted({str(g.get("name") or "GPU") for g in gpus})
+        gpu = f"{names[0]} × {len(gpus)}" if len(names) == 1 else ", ".join(names) if gpus else "CPU only"
+        rows.append(RunRow(info.id, info.name, info.status, info.status_reason, info.replay, gpu, info.start,
+                           info.duration_s, len(info.ranks)))
+    deadline = time.monotonic() + wait
+    pending = False
+    for row in rows:
+        if row.error:
+            continue
+        left = max(0.0, deadline - time.monotonic())
+        row.analysis = _analyses.get(run_dir_in(root, row.id), wait=left, live=row.status == "running")
+        pending = pending or row.analysis is None or row.status == "running"
+    return rows, pending

@@ -1,0 +1,243 @@
+"""Plotly figures as plain dicts: pure functions of already-read data.
+
+Arrays go out as base64 typed arrays (``{"dtype": "f4", "bdata": ...}``,
+understood by plotly.js since 2.28): a 2,000-point float32 trace is ~11 KB
+instead of ~40 KB of JSON numbers, and nothing passes through plotly.py's
+validators on the hot path.  All traces are SVG ``scatter``: downsampled data
+never needs WebGL, and a page full of WebGL contexts is what makes browsers
+drop plots.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Sequence
+
+import numpy as np
+
+from gpulens.dashboard import theme as th
+from gpulens.dashboard.panels import Timeseries
+
+#: (divisor, axis label) for the time axis, by run length.
+TIME_UNITS = ((3 * 3600.0, 3600.0, "h"), (600.0, 60.0, "min"), (0.0, 1.0, "s"))
+
+
+def typed(values: np.ndarray | Sequence[float], dtype: str = "f4") -> dict[str, str] | list:
+    arr = np.ascontiguousarray(values, dtype=np.float32 if dtype == "f4" else np.float64)
+    if arr.size == 0:
+        return []
+    return {"dtype": dtype, "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def _plain(values: np.ndarray) -> list:
+    """A JSON list with NaN as null (live figures are extended point by point, see pages.live)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in arr]
+
+
+def time_unit(duration_s: float) -> tuple[float, str]:
+    """How the time axis is labelled: seconds for short runs, minutes, hours for long ones."""
+    for threshold, divisor, label in TIME_UNITS:
+        if duration_s >= threshold:
+            return divisor, label
+    return 1.0, "s"
+
+
+def empty_figure(message: str, theme: str = "light", height: int = 200) -> dict[str, Any]:
+    layout = th.base_layout(theme, height=height)
+    layout.update(xaxis={"visible": False}, yaxis={"visible": False},
+                  annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper",
+                                "x": 0.5, "y": 0.5, "font": {"size": 14, "color": layout["_muted"]}}])
+    return {"data": [], "layout": th.finish(layout)}
+
+
+def _color(index: int) -> str:
+    return th.gpu_color(index) if index >= 0 else th.HOST_COLORS[(-index - 1) % len(th.HOST_COLORS)]
+
+
+def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "run",
+                      xrange: tuple[float, float] | None = None, duration_s: float | None = None,
+                      panel_height: int = 125, typed_arrays: bool = True) -> dict[str, Any]:
+    """Stacked panels sharing one x axis: one crosshair and one hover across every panel.
+
+    All traces use the single x axis ``x`` and one y axis per panel stacked by
+    domain, which is what lets ``hoversubplots="axis"`` show every panel's
+    value at the hovered time and draw the spike line through all of them.
+    """
+    if not ts.panels:
+        return empty_figure("no time series recorded in this range", theme)
+    enc = typed if typed_arrays else _plain
+    divisor, unit = time_unit(duration_s if duration_s is not None else ts.t1)
+    n = len(ts.panels)
+    gap = 0.022 if n > 1 else 0.0
+    height = 70 + panel_height * n
+    layout = th.base_layout(theme, height=height, hovermode="x unified", hoversubplots="axis",
+                            uirevision=uirevision, dragmode="zoom", showlegend=True)
+    layout["margin"] = {"l": 80, "r": 20, "t": 40, "b": 45}
+    data: list[dict[str, Any]] = []
+    seen_groups: set[str] = set()
+    cell = (1.0 - gap * (n - 1)) / n
+    for i, panel in enumerate(ts.panels):
+        yname = "y" if i == 0 else f"y{i + 1}"
+        top = 1.0 - i * (cell + gap)
+        yaxis = th.axis(layout, title={"text": panel.spec.title, "font": {"size": 11}},
+                        domain=[max(top - cell, 0.0), top], fixedrange=True, anchor="x",
+                        showspikes=False)
+        if panel.spec.percent:
+            yaxis.update(range=[0, 105], tickvals=[0, 25, 50, 75, 100], autorange=False)
+        else:
+            yaxis.update(rangemode="tozero")
+            top = _clip_top(panel)
+            if top is not None:  # a few huge outliers (first steps, compile) would flatten everything else
+                yaxis.update(range=[0, top], autorange=False)
+                layout.setdefault("annotations", []).append({
+                    "text": "outliers above the axis", "showarrow": False, "xref": "paper", "yref": f"{yname} domain",
+                    "x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "top",
+                    "font": {"size": 10, "color": layout["_muted"]}})
+        layout["yaxis" if i == 0 else f"yaxis{i + 1}"] = yaxis
+        for tr in panel.traces:
+            first = tr.group not in seen_groups  # one legend entry per GPU (or host, steps) toggles all its lines
+            seen_groups.add(tr.group)
+            data.append({
+                "type": "scatter", "mode": "lines", "name": tr.group, "legendgroup": tr.group,
+                "showlegend": first, "yaxis": yname, "xaxis": "x",
+                "x": enc(tr.x / np.float32(divisor)), "y": enc(tr.y),
+                "line": {"color": _color(tr.color_index), "width": 1.4, "dash": tr.dash},
+                "hovertemplate": f"{tr.name}: %{{y:.4~g}} {panel.spec.unit}<extra></extra>",
+                "connectgaps": False,
+            })
+    xaxis = th.axis(layout, title={"text": f"time since start ({unit})"}, anchor="y" if n == 1 else f"y{n}",
+                    showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
+                    spikedash="solid", spikecolor=layout["_muted"], hoverformat=".4~f")
+    if xrange is not None:
+        xaxis.update(range=[xrange[0] / divisor, xrange[1] / divisor], autorange=False)
+    layout["xaxis"] = xaxis
+    layout["meta"] = {"time_divisor": divisor, "level": ts.level}
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def _clip_top(panel: Any) -> float | None:
+    """An upper axis limit that leaves out rare extreme values, or None when there are none."""
+    ys = [tr.y[np.isfinite(tr.y)] for tr in panel.traces]
+    ys = [y for y in ys if y.size]
+    if not ys:
+        return None
+    y = np.concatenate(ys)
+    if y.size < 20:
+        return None
+    p99, top = float(np.percentile(y, 99)), float(y.max())
+    if top > 3 * p99 > 0:
+        return p99 * 1.5
+    return None
+
+
+def phase_breakdown_figure(t: np.ndarray, phases: dict[str, np.ndarray], means: dict[str, float] | None,
+                           theme: str = "light", uirevision: str = "run", duration_s: float | None = None,
+                           xrange: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean time per step in each phase over time, stacked: where every step's time goes."""
+    if t.size == 0:
+        return empty_figure("no steps recorded in this range", theme)
+    divisor, unit = time_unit(duration_s if duration_s is not None else float(t[-1]))
+    layout = th.base_layout(theme, height=300, hovermode="x unified", uirevision=uirevision)
+    data = []
+    x = typed(t / divisor)
+    for phase, values in phases.items():
+        share = ""
+        if means and means.get(phase) is not None:
+            share = f" ({means[phase] * 100:.1f}%)"
+        data.append({"type": "scatter", "mode": "lines", "stackgroup": "phases", "name": th.PHASE_LABELS[phase] + share,
+                     "x": x, "y": typed(values * 1e3), "line": {"width": 0.5, "color": th.PHASE_COLORS[phase]},
+                     "hovertemplate": f"{th.PHASE_LABELS[phase]}: %{{y:.3~g}} ms<extra></extra>"})
+    layout["xaxis"] = th.axis(layout, title={"text": f"time since start ({unit})"})
+    if xrange is not None:
+        layout["xaxis"].update(range=[xrange[0] / divisor, xrange[1] / divisor], autorange=False)
+    layout["yaxis"] = th.axis(layout, title={"text": "time per step (ms)"}, rangemode="tozero", fixedrange=True)
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def rank_figure(ranks: list[dict[str, Any]], theme: str = "light") -> dict[str, Any]:
+    """Mean phase times per rank, stacked horizontally: a straggler is the longest bar."""
+    if not ranks:
+        return empty_figure("one rank only", theme)
+    layout = th.base_layout(theme, height=90 + 36 * len(ranks), barmode="stack")
+    names = [f"rank {r['rank']}" for r in ranks]
+    data = []
+    for phase in th.PHASE_COLORS:
+        data.append({"type": "bar", "orientation": "h", "name": th.PHASE_LABELS[phase], "y": names,
+                     "x": [r["phases"].get(phase, 0.0) * 1e3 for r in ranks],
+                     "marker": {"color": th.PHASE_COLORS[phase]},
+                     "hovertemplate": f"%{{y}} {th.PHASE_LABELS[phase]}: %{{x:.3~g}} ms<extra></extra>"})
+    layout["xaxis"] = th.axis(layout, title={"text": "mean time per step (ms)"})
+    layout["yaxis"] = th.axis(layout, autorange="reversed")
+    return {"data": data, "layout": th.finish(layout)}
+
+
+_BOTTOM_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.45, "xanchor": "left", "x": 0}
+
+
+def share_bar_figure(shares: dict[str, float], colors: dict[str, str], title: str, theme: str = "light",
+                     unit: str = "%") -> dict[str, Any]:
+    """One horizontal bar split by share (kernel categories, temporal breakdown)."""
+    items = [(k, v) for k, v in shares.items() if v and v > 0]
+    if not items:
+        return empty_figure("nothing recorded", theme, height=120)
+    layout = th.base_layout(theme, height=190, barmode="stack", title={"text": title, "font": {"size": 13}},
+                            legend=_BOTTOM_LEGEND)
+    data = [{"type": "bar", "orientation": "h", "name": k, "y": [""], "x": [v],
+             "marker": {"color": colors.get(k, "#999999")},
+             "hovertemplate": f"{k}: %{{x:.1f}} {unit}<extra></extra>"} for k, v in items]
+    layout["xaxis"] = th.axis(layout, range=[0, 100] if unit == "%" else None, ticksuffix=unit if unit == "%" else "")
+    layout["yaxis"] = th.axis(layout, showticklabels=False)
+    layout["margin"] = {"l": 20, "r": 20, "t": 40, "b": 80}
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def temporal_figure(rows: list[dict[str, Any]], theme: str = "light") -> dict[str, Any]:
+    """Compute / communication / memcpy / idle share per rank and device (HTA's temporal breakdown)."""
+    if not rows:
+        return empty_figure("no GPU kernels in this window", theme, height=120)
+    names = [f"rank {r['rank']}" + (f" GPU {r['device']}" if "device" in r else "") for r in rows]
+    layout = th.base_layout(theme, height=150 + 36 * len(rows), barmode="stack", legend=_BOTTOM_LEGEND,
+                            title={"text": "GPU time by kind, % of the window (HTA temporal breakdown)",
+                                   "font": {"size": 13}})
+    keys = (("compute", "compute_pct"), ("communication", "non_compute_pct"), ("idle", "idle_pct"))
+    data = []
+    for label, key in keys:
+        data.append({"type": "bar", "orientation": "h", "name": label if label != "communication" else
+                     "non-compute (comm + memcpy)", "y": names, "x": [r.get(key, 0.0) for r in rows],
+                     "marker": {"color": th.TEMPORAL_COLORS[label]},
+                     "hovertemplate": f"%{{y}} {label}: %{{x:.1f}}%<extra></extra>"})
+    layout["xaxis"] = th.axis(layout, range=[0, 100], ticksuffix="%")
+    layout["yaxis"] = th.axis(layout, autorange="reversed")
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def grouped_bars_figure(categories: list[str], series: dict[str, list[float]], colors: list[str], unit: str,
+                        title: str, theme: str = "light") -> dict[str, Any]:
+    """A few named bar groups (compare: phase times of run A vs run B)."""
+    layout = th.base_layout(theme, height=320, barmode="group", title={"text": title, "font": {"size": 13}},
+                            legend={**_BOTTOM_LEGEND, "y": -0.15})
+    data = [{"type": "bar", "name": name, "x": categories, "y": values, "marker": {"color": colors[i % len(colors)]},
+             "hovertemplate": f"{name} %{{x}}: %{{y:.3~g}} {unit}<extra></extra>"}
+            for i, (name, values) in enumerate(series.items())]
+    layout["yaxis"] = th.axis(layout, title={"text": unit}, rangemode="tozero")
+    layout["xaxis"] = th.axis(layout)
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def distribution_figure(dists: dict[str, tuple[np.ndarray, np.ndarray]], colors: list[str], xtitle: str,
+                        theme: str = "light") -> dict[str, Any]:
+    """Share of time spent at each value (histograms given as (bin edges, weights)), overlaid."""
+    if not dists:
+        return empty_figure("no samples", theme)
+    layout = th.base_layout(theme, height=320, barmode="overlay", legend={**_BOTTOM_LEGEND, "y": -0.25},
+                            title={"text": "How busy the GPU was: share of samples per level", "font": {"size": 13}})
+    data = []
+    for i, (name, (edges, weights)) in enumerate(dists.items()):
+        centers = (edges[:-1] + edges[1:]) / 2
+        data.append({"type": "bar", "name": name, "x": centers.tolist(), "y": (weights * 100).tolist(),
+                     "width": float(edges[1] - edges[0]) if edges.size > 1 else 1.0, "opacity": 0.6,
+                     "marker": {"color": colors[i % len(colors)]},
+                     "hovertemplate": f"{name}: %{{y:.1f}}% of samples at %{{x:.0f}}<extra></extra>"})
+    layout["xaxis"] = th.axis(layout, title={"text": xtitle}, range=[0, 100])
+    layout["yaxis"] = th.axis(layout, title={"text": "% of samples"}, rangemode="tozero")
+    return {"data": data, "layout": th.finish(layout)}

@@ -1,0 +1,187 @@
+"""Pure helpers of the run view: headline cards, evidence targets, step-phase series, rank means.
+
+They take the run's summary (``gpulens report --json``) or reader views and
+return plain values, so the run page's callbacks stay thin and these are
+tested on recorded runs without a browser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpulens import fmt
+from gpulens.dashboard.panels import panel_of
+from gpulens.profiler.reader import PHASE_COLUMNS, StepView
+
+
+@dataclass(frozen=True)
+class Card:
+    key: str
+    label: str
+    value: str
+    sub: str
+    title: str
+    available: bool = True
+
+
+def _gpu_mean(summary: dict[str, Any], metric: str) -> tuple[float | None, str | None]:
+    """Mean over GPUs of a metric's run mean, or (None, why it is missing)."""
+    values, reasons = [], []
+    for g in summary.get("gpus") or []:
+        m = g.get("metrics", {}).get(metric)
+        if m:
+            values.append(m["mean"])
+        elif metric in g.get("not_available", {}):
+            reasons.append(g["not_available"][metric])
+    if values:
+        return sum(values) / len(values), None
+    if reasons:
+        return None, reasons[0]
+    if not summary.get("gpus"):
+        return None, "no NVIDIA GPU in this run"
+    return None, "not recorded"
+
+
+def headline(summary: dict[str, Any]) -> list[Card]:
+    """The cards at the top of the run view, with the reason where a figure is not available."""
+    cards: list[Card] = []
+    n_gpus = len(summary.get("gpus") or [])
+    busy, why = _gpu_mean(summary, "gpu.util")
+    cards.append(Card("gpu_busy", "GPU busy", fmt.pct(busy), why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else
+                      "NVML: time any kernel ran"),
+                      "NVML utilization.gpu: share of time at least one kernel ran. 100% does not mean all SMs "
+                      "worked: see SM activity.", busy is not None))
+    for key, metric, label, title in (
+            ("sm_active", "gpm.sm_active", "SM activity", "GPM: share of SMs busy over time (Hopper+)"),
+            ("tensor_active", "gpm.tensor_active", "Tensor activity", "GPM: time the tensor cores issued work"),
+            ("dram_bw", "gpm.dram_bw", "DRAM bandwidth", "GPM: DRAM bandwidth used over its peak")):
+        value, why = _gpu_mean(summary, metric)
+        cards.append(Card(key, label, fmt.pct(value), "GPM mean" if value is not None else f"n/a: {why}", title,
+                          value is not None))
+    mfu = summary.get("mfu") or {}
+    if mfu.get("mfu_pct") is not None:
+        peak = mfu.get("peak") or {}
+        cards.append(Card("mfu", "MFU", fmt.pct(mfu["mfu_pct"]),
+                          f"{mfu.get('achieved_tflops', 0):.1f} TFLOP/s of {peak.get('gpu', 'peak')}",
+                          f"model FLOPs ({mfu.get('source')}) per second over the dense peak of the dtypes used"))
+    else:
+        cards.append(Card("mfu", "MFU", "n/a", (mfu.get("reason") or "no FLOPs recorded")[:80],
+                          mfu.get("reason") or "", False))
+    tp = summary.get("throughput") or {}
+    if tp.get("samples_per_s"):
+        value, sub = f"{tp['samples_per_s']:,.0f}/s", f"samples · {tp['steps_per_s']:.2f} steps/s"
+    elif tp.get("steps_per_s"):
+        value, sub = f"{tp['steps_per_s']:.2f}/s", "steps (no batch size recorded)"
+    else:
+        value, sub = "n/a", "no steady steps recorded"
+    if tp.get("tokens_per_s"):
+        sub += f" · {tp['tokens_per_s']:,.0f} tokens/s"
+    cards.append(Card("throughput", "Throughput", value, sub, "steady steps only: warm-up and profiled steps "
+                      "are left out", value != "n/a"))
+    st = summary.get("step_time") or {}
+    cards.append(Card("step_time", "Step time", fmt.seconds(st.get("median_s")),
+                      f"median · p90 {fmt.seconds(st.get('p90_s'))}", "wall time per steady step",
+                      st.get("median_s") is not None))
+    mem = summary.get("memory") or {}
+    used = [v for v in (mem.get("gpu_memory_used_max_bytes") or {}).values() if v is not None]
+    if mem.get("cuda_peak_allocated_bytes"):
+        total = (summary.get("gpus") or [{}])[0].get("memory_total_bytes")
+        sub = f"CUDA allocated peak · reserved {fmt.bytes_(mem.get('cuda_peak_reserved_bytes'))}"
+        if total:
+            sub += f" of {fmt.bytes_(total)}"
+        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem["cuda_peak_allocated_bytes"]), sub,
+                          "torch.cuda.max_memory_allocated since the run started"))
+    elif used:
+        cards.append(Card("memory", "Peak memory", fmt.bytes_(max(used)), "GPU memory used (NVML)",
+                          "device memory in use by all processes, maximum"))
+    elif mem.get("process_rss_max_bytes"):
+        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem["process_rss_max_bytes"]),
+                          "process RSS (CPU run)", "resident memory of the training process, maximum"))
+    else:
+        cards.append(Card("memory", "Peak memory", "n/a", "not recorded", "", False))
+    return cards
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an evidence link goes: a zoom of the graphs (seconds since start), a section, or a page."""
+
+    label: str
+    anchor: str  # element id to scroll to
+    t0: float | None = None
+    t1: float | None = None
+    href: str | None = None  # another page instead of a zoom
+
+
+def evidence_targets(suggestion: dict[str, Any], summary: dict[str, Any], run_id: str,
+                     start: float | None) -> list[Target]:
+    """Turn a suggestion's evidence into links: time ranges zoom the graphs, kernels open the kernel view."""
+    out: list[Target] = []
+    origin = start or 0.0
+    windows = {(w["rank"], w["index"]): w for w in summary.get("windows") or []}
+    for ev in suggestion.get("evidence") or []:
+        kind, label, d = ev.get("kind"), ev.get("label", ""), ev.get("data") or {}
+        if kind == "window":
+            w = windows.get((d.get("rank"), d.get("index")))
+            if w:
+                pad = max((w["t_end"] - w["t_start"]) * 0.5, 1.0)
+                out.append(Target(f"{label} (zoom)", "ts-section", w["t_start"] - origin - pad,
+                                  w["t_end"] - origin + pad))
+                out.append(Target(f"{label} (kernels)", "", href=f"/run/{run_id}/kernels?window={w['rank']}:{w['index']}"))
+        elif kind == "time_range" and d.get("t0") is not None:
+            out.append(Target(label, "ts-section", float(d["t0"]) - origin, float(d.get("t1", d["t0"])) - origin))
+        elif kind == "metric":
+            panel = panel_of(str(d.get("metric", "")))
+            out.append(Target(label, f"panel-{panel}" if panel else "ts-section"))
+        elif kind in ("phase", "steps"):
+            out.append(Target(label, "steps-section"))
+        elif kind == "rank":
+            out.append(Target(label, "ranks-section"))
+        elif kind == "kernels":
+            query = ""
+            if d.get("category"):
+                query = "?category=" + ",".join(d["category"])
+            elif d.get("names"):
+                query = "?q=" + str(d["names"][0])
+            elif d.get("window") is not None:
+                w = (summary.get("windows") or [None])[0]
+                query = f"?window={w['rank']}:{w['index']}" if w else ""
+            out.append(Target(label, "", href=f"/run/{run_id}/kernels{query}"))
+        elif kind == "probe":
+            out.append(Target(label, "panel-memory"))
+    return out
+
+
+def phase_series(view: StepView, bins: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """Mean seconds per step in each phase over ~``bins`` time bins, and each phase's share of the range."""
+    if not len(view):
+        return np.zeros(0), {}, {}
+    t, n = view.t, view.n.astype(np.float64)
+    if t.size > bins:
+        edges = np.linspace(t[0], t[-1] + 1e-9, bins + 1)
+        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
+        starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+        counts = np.add.reduceat(n, starts)
+        tt = np.add.reduceat(t * n, starts) / counts
+        phases = {p: np.add.reduceat(view.phases[p] * n, starts) / counts for p in PHASE_COLUMNS}
+    else:
+        tt, phases = t, {p: view.phases[p] for p in PHASE_COLUMNS}
+    total_n = n.sum()
+    means = {p: float((view.phases[p] * n).sum() / total_n) for p in PHASE_COLUMNS}
+    whole = sum(means.values()) or 1.0
+    return tt, phases, {p: v / whole for p, v in means.items()}
+
+
+def rank_means(views: list[StepView]) -> list[dict[str, Any]]:
+    """Per rank: mean step time and mean seconds per phase (weighted by steps)."""
+    out = []
+    for v in views:
+        if not len(v):
+            continue
+        n = v.n.astype(np.float64)
+        total = n.sum()
+        out.append({"rank": v.rank, "steps": int(total), "step_s": float((v.dur * n).sum() / total),
+                    "phases": {p: float((v.phases[p] * n).sum() / total) for p in PHASE_COLUMNS}})
+    return out

@@ -1,0 +1,116 @@
+"""Two runs side by side: throughput, step breakdown, utilization distributions, kernels, configuration."""
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, callback, dcc, html
+
+from gpulens.dashboard import comparison, figures
+from gpulens.dashboard import components as ui
+from gpulens.dashboard import data
+from gpulens.dashboard import theme as th
+from gpulens.profiler import GpulensError
+from gpulens.profiler.reader import PHASE_COLUMNS
+from gpulens.dashboard.pages import register
+
+
+AB_COLORS = ["#0072B2", "#E69F00"]
+
+
+def _options() -> list[dict[str, str]]:
+    try:
+        rows, _ = data.runs(wait=0.0)
+    except GpulensError:
+        return []
+    return [{"label": f"{r.name} ({r.status})", "value": r.id} for r in rows if not r.error]
+
+
+def layout(a: str | None = None, b: str | None = None, **_: Any) -> html.Div:
+    options = _options()
+    ids = [o["value"] for o in options]
+    if a not in ids:
+        a = ids[0] if ids else None
+    if b not in ids:
+        b = next((i for i in ids if i != a), None)
+    return html.Div([
+        html.Div([html.H2("Compare runs")], className="page-head"),
+        html.Div([
+            html.Div([html.Label("A", className="ab ab-a"), dcc.Dropdown(id="cmp-a", options=options, value=a,
+                                                                           clearable=False)], className="ab-pick"),
+            html.Div([html.Label("B", className="ab ab-b"), dcc.Dropdown(id="cmp-b", options=options, value=b,
+                                                                           clearable=False)], className="ab-pick"),
+        ], className="two-col"),
+        dcc.Loading(html.Div(id="cmp-body"), type="dot"),
+    ], className="page")
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]], cid: str, row_class=None) -> html.Table:
+    return html.Table([
+        html.Thead(html.Tr([html.Th(label) for _, label in cols])),
+        html.Tbody([html.Tr([html.Td(str(r.get(k, ""))) for k, _ in cols],
+                            className=row_class(r) if row_class else "") for r in rows]),
+    ], className="table", id=cid)
+
+
+@callback(Output("cmp-body", "children"), Input("cmp-a", "value"), Input("cmp-b", "value"), Input("theme", "data"))
+def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
+    theme = theme or "light"
+    if not a_id or not b_id:
+        return ui.notice("Pick two runs to compare (the runs root needs at least two).", "info")
+    try:
+        ra, rb = data.reader(a_id), data.reader(b_id)
+        aa, ab = data.analysis(a_id, wait=60.0), data.analysis(b_id, wait=60.0)
+    except GpulensError as exc:
+        return ui.notice(str(exc), "error", cid="cmp-error")
+    for run, an in ((ra, aa), (rb, ab)):
+        if an is None or an.summary is None:
+            return ui.notice(f"{run.info.name}: {an.error if an else 'still analysing'}", "error", cid="cmp-error")
+    sa, sb = aa.summary, ab.summary
+    na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
+    head = comparison.headline_rows(sa, sb)
+    head_table = _table(head, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A")], "cmp-headline",
+                        lambda r: "" if r["better"] is None else ("better" if r["better"] else "worse"))
+    phases_a = ((sa.get("step_time") or {}).get("phases") or {})
+    phases_b = ((sb.get("step_time") or {}).get("phases") or {})
+    steps_fig = figures.grouped_bars_figure(
+        [th.PHASE_LABELS[p] for p in PHASE_COLUMNS],
+        {na: [(phases_a.get(p) or {}).get("mean_s", 0.0) * 1e3 for p in PHASE_COLUMNS],
+         nb: [(phases_b.get(p) or {}).get("mean_s", 0.0) * 1e3 for p in PHASE_COLUMNS]},
+        AB_COLORS, "ms per step", "Step time by phase (mean per steady step)", theme)
+    metric = "gpm.sm_active" if all(comparison._gpu_mean(s, "gpm.sm_active") is not None for s in (sa, sb)) \
+        else "gpu.util"
+    dists = {}
+    for name, run in ((na, ra), (nb, rb)):
+        gpus = run.gpus_recorded()
+        if gpus:
+            view = run.series_view(metric, gpus[0], max_points=4000)
+            if view is not None and len(view):
+                dists[name] = comparison.histogram(view.v)
+    dist_fig = figures.distribution_figure(dists, AB_COLORS, f"{'SM activity' if metric.startswith('gpm') else 'GPU busy'} "
+                                           f"(%) of GPU 0", theme) if dists else \
+        figures.empty_figure("no GPU utilization recorded in these runs", theme)
+    kd = comparison.kernel_deltas(sa, sb)
+    kd_rows = [{"name": r["name"][:120], "category": r["category"], "a": f"{r['a_us_per_step']:.1f}",
+                "b": f"{r['b_us_per_step']:.1f}", "delta": f"{r['delta_us']:+.1f}", "only": r["only"]} for r in kd]
+    kd_table = _table(kd_rows, [("name", "kernel"), ("category", "category"), ("a", "A µs/step"), ("b", "B µs/step"),
+                                ("delta", "Δ µs/step"), ("only", "only in")], "cmp-kernels") if kd_rows else \
+        html.Div("Kernel deltas need profiler windows in both runs.", className="muted")
+    cfg = comparison.config_diff(sa, sb)
+    cfg_table = _table(cfg, [("key", "setting"), ("a", na), ("b", nb)], "cmp-config",
+                       lambda r: "changed" if r["changed"] else "")
+    notes = []
+    bs_a, bs_b = (sa.get("run") or {}).get("batch_size"), (sb.get("run") or {}).get("batch_size")
+    if bs_a and bs_b and bs_a != bs_b:
+        notes.append(ui.notice(f"Batch sizes differ ({bs_a} vs {bs_b}): compare samples/s, not steps/s or step time.",
+                               "info", cid="cmp-batch-note"))
+    return html.Div([
+        html.H3("Headline"), *notes, head_table,
+        html.Div([dcc.Graph(figure=steps_fig, id="cmp-steps", config={"displaylogo": False}),
+                  dcc.Graph(figure=dist_fig, id="cmp-dist", config={"displaylogo": False})], className="two-col"),
+        html.H3("Kernel time per profiled step"), kd_table,
+        html.H3("What changed in the setup"), cfg_table,
+    ])
+
+
+register(__name__, path="/compare", title="gpulens · compare", name="Compare", order=1, layout=layout)

@@ -1,0 +1,198 @@
+"""The kernel view of a run: per profiler window (or all combined), kernels, categories, launches, copies."""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import dash
+import dash_ag_grid as dag
+from dash import Input, Output, callback, dcc, html
+
+from gpulens import fmt
+from gpulens.dashboard import components as ui
+from gpulens.dashboard.components import GRID_THEME
+from gpulens.dashboard import data, figures
+from gpulens.dashboard import theme as th
+from gpulens.profiler import GpulensError
+from gpulens.profiler.kernel_summary import combine
+from gpulens.dashboard.pages import register
+
+
+ALL_WINDOWS = "all"
+CATEGORIES = tuple(th.CATEGORY_COLORS)
+
+KERNEL_COLUMNS = [
+    {"field": "name", "headerName": "Kernel", "flex": 1, "minWidth": 360, "tooltipField": "name",
+     "filter": "agTextColumnFilter"},
+    {"field": "category", "headerName": "Category", "width": 130, "filter": "agTextColumnFilter"},
+    {"field": "tensor_core", "headerName": "Tensor cores", "width": 120,
+     "headerTooltip": "kernel name matches a tensor-core (HMMA/IMMA/WGMMA) kernel pattern checked on H100",
+     "valueFormatter": {"function": "params.value ? 'yes' : 'no'"}},
+    {"field": "calls", "headerName": "Calls", "width": 90, "filter": "agNumberColumnFilter"},
+    {"field": "total_ms", "headerName": "Total (ms)", "width": 115, "sort": "desc", "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "d3.format('.4~f')(params.value)"}},
+    {"field": "mean_us", "headerName": "Mean (µs)", "width": 110, "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "d3.format('.4~g')(params.value)"}},
+    {"field": "max_us", "headerName": "Max (µs)", "width": 110, "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "d3.format('.4~g')(params.value)"}},
+    {"field": "share_pct", "headerName": "Share of GPU time (%)", "width": 170, "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "d3.format('.2f')(params.value)"}},
+]
+
+
+def layout(run_id: str | None = None, window: str | None = None, category: str | None = None,
+           q: str | None = None, **_: Any) -> html.Div:
+    try:
+        run = data.reader(run_id)
+    except GpulensError as exc:
+        return ui.error_page("Cannot open this run", str(exc))
+    windows = run.windows()
+    options = [{"label": "All windows combined", "value": ALL_WINDOWS}]
+    for w in windows:
+        state = "" if w.status != "failed" else f" — failed: {w.error}"
+        options.append({"label": f"rank {w.rank} · window {w.index} · steps {w.first_step}–{w.last_step}{state}",
+                        "value": f"{w.rank}:{w.index}", "disabled": w.status == "failed"})
+    values = {o["value"] for o in options}
+    cats = [c for c in (category or "").split(",") if c in CATEGORIES]
+    return html.Div([
+        dcc.Store(id="k-run-id", data=run.info.id),
+        html.Div([html.Div([html.H2(f"Kernels · {run.info.name}"), dcc.Link("← run", href=f"/run/{run.info.id}")],
+                           className="title-row")], className="page-head"),
+        ui.notice("No profiler windows in this run: record with track(profile_every=...) or import a trace "
+                  "(gpulens import trace.json).", "info", cid="no-windows") if not windows else html.Div(),
+        html.Div([
+            dcc.Dropdown(id="k-window", options=options, value=window if window in values else ALL_WINDOWS,
+                         clearable=False, style={"minWidth": "420px"}),
+            dcc.Dropdown(id="k-category", options=[{"label": c, "value": c} for c in CATEGORIES], value=cats,
+                         multi=True, placeholder="all categories", style={"minWidth": "260px"}),
+            dcc.Input(id="k-search", type="search", value=q or "", placeholder="kernel name contains…",
+                      debounce=True, className="input"),
+            html.Div(id="k-download"),
+        ], className="toolbar"),
+        html.Div(id="k-cards", className="cards"),
+        html.Div([dcc.Graph(id="k-categories", config={"displaylogo": False}),
+                  dcc.Graph(id="k-temporal", config={"displaylogo": False})], className="two-col"),
+        html.H3("Kernels"),
+        dag.AgGrid(id="k-grid", columnDefs=KERNEL_COLUMNS, rowData=[],
+                   defaultColDef={"sortable": True, "resizable": True, "filter": True},
+                   dashGridOptions={"pagination": True, "paginationPageSize": 50, "tooltipShowDelay": 300,
+                                    "animateRows": False, "rowHeight": 30, "headerHeight": 36,
+                                    "theme": GRID_THEME},
+                   style={"height": "560px", "width": "100%"}, className="grid"),
+        html.Div([html.Div([html.H3("Memory copies"), html.Div(id="k-memcpy")]),
+                  html.Div([html.H3("Synchronisation"), html.Div(id="k-sync")])], className="two-col"),
+        html.Div(id="k-problems"),
+    ], className="page")
+
+
+def window_analysis(run_id: str, window: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """The combined analysis of one window (``rank:index``) or of all; plus unreadable windows and the window."""
+    a = data.analysis(run_id, wait=60.0)
+    if a is None:
+        raise GpulensError("still analysing this run; try again in a moment")
+    if a.error:
+        raise GpulensError(a.error)
+    if window == ALL_WINDOWS:
+        return combine([an for _, an in a.windows]), a.problems, None
+    rank, _, index = window.partition(":")
+    for w, an in a.windows:
+        if str(w.rank) == rank and str(w.index) == index:
+            return combine([an]), a.problems, w
+    raise GpulensError(f"no readable window {window!r} in this run")
+
+
+def kernel_rows(kernels: list[dict[str, Any]], categories: list[str] | None, search: str | None) -> list[dict]:
+    rows = []
+    needle = (search or "").strip().lower()
+    for k in kernels:
+        if categories and k["category"] not in categories:
+            continue
+        if needle and needle not in k["name"].lower():
+            continue
+        rows.append({"name": k["name"], "category": k["category"], "tensor_core": bool(k["tensor_core"]),
+                     "calls": k["calls"], "total_ms": k["total_us"] / 1e3, "mean_us": k["mean_us"],
+                     "max_us": k["max_us"], "share_pct": k["share"] * 100})
+    return rows
+
+
+def kernel_cards(an: dict[str, Any]) -> list[Any]:
+    launch = an.get("launch") or {}
+    gs = (an.get("gpu_summary") or [{}])[0] if an.get("gpu_summary") else {}
+    sync_calls = sum(v["calls"] for k, v in (an.get("sync") or {}).items() if not k.startswith("Memcpy"))
+    return [
+        ui.card("GPU busy in window", fmt.pct(gs.get("gpu_utilization_pct")), "kernel time over window span",
+                cid="kc-busy"),
+        ui.card("Tensor-core share", fmt.pct(an.get("tensor_core_share"), share=True),
+                f"eligible (GEMM/conv): {fmt.pct(an.get('tc_eligible_share'), share=True)}", cid="kc-tc"),
+        ui.card("Kernels per step", f"{launch.get('kernels_per_step', 0):.0f}" if launch else "n/a",
+                f"{launch.get('kernels', 0)} kernels in {launch.get('steps', 0)} steps" if launch else "",
+                cid="kc-per-step"),
+        ui.card("Median kernel", f"{launch['median_kernel_us']:.1f} µs" if launch.get("median_kernel_us") else "n/a",
+                f"{fmt.pct(launch.get('short_kernel_share'), share=True)} shorter than 10 µs" if launch else "",
+                cid="kc-median"),
+        ui.card("Launch (CPU)", f"{launch['median_launch_us']:.1f} µs" if launch.get("median_launch_us") else "n/a",
+                f"{fmt.pct(launch.get('shorter_than_launch_share'), share=True)} of kernels shorter than their launch"
+                if launch else "", cid="kc-launch"),
+        ui.card("Sync calls", str(sync_calls), "cudaDeviceSynchronize, cudaStreamSynchronize, …", cid="kc-sync"),
+    ]
+
+
+@callback(
+    Output("k-grid", "rowData"),
+    Output("k-cards", "children"),
+    Output("k-categories", "figure"),
+    Output("k-temporal", "figure"),
+    Output("k-memcpy", "children"),
+    Output("k-sync", "children"),
+    Output("k-download", "children"),
+    Output("k-problems", "children"),
+    Input("k-run-id", "data"),
+    Input("k-window", "value"),
+    Input("k-category", "value"),
+    Input("k-search", "value"),
+    Input("theme", "data"),
+)
+def kernels_view(run_id: str, window: str, categories: list[str] | None, search: str | None,
+                 theme: str | None) -> tuple:
+    theme = theme or "light"
+    try:
+        an, problems, w = window_analysis(run_id, window or ALL_WINDOWS)
+    except GpulensError as exc:
+        empty = figures.empty_figure(str(exc), theme, 150)
+        return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], []
+    rows = kernel_rows(an.get("kernels") or [], categories, search)
+    cats = an.get("categories_us") or {}
+    total = sum(cats.values()) or 1.0
+    cat_fig = figures.share_bar_figure({k: v / total * 100 for k, v in cats.items()}, th.CATEGORY_COLORS,
+                                       "GPU kernel time by category, % of kernel time", theme)
+    temporal = [{**r, "non_compute_pct": max(r.get("non_compute_pct", 0.0), 0.0)}
+                for r in an.get("temporal_breakdown") or []]
+    tmp_fig = figures.temporal_figure(temporal, theme)
+    memcpy = an.get("memcpy") or []
+    memcpy_table = html.Table([
+        html.Thead(html.Tr([html.Th(h) for h in ("direction", "memory", "count", "bytes", "time", "GB/s")])),
+        html.Tbody([html.Tr([html.Td(m["direction"]), html.Td(m.get("memory", "")), html.Td(str(m["count"])),
+                             html.Td(fmt.bytes_(m["bytes"])), html.Td(f"{m['total_us']:.1f} µs"),
+                             html.Td(f"{m['gb_per_s']:.2f}" if m.get("gb_per_s") is not None else "")])
+                    for m in memcpy])], className="table") if memcpy else html.Div("none", className="muted")
+    sync = an.get("sync") or {}
+    sync_table = html.Table([
+        html.Thead(html.Tr([html.Th("call"), html.Th("calls"), html.Th("time")])),
+        html.Tbody([html.Tr([html.Td(k), html.Td(str(v["calls"])), html.Td(f"{v['total_us']:.1f} µs")])
+                    for k, v in sync.items()])], className="table") if sync else html.Div("none", className="muted")
+    download: list[Any] = []
+    if w is not None and w.path is not None:
+        href = f"/download/trace/{quote(run_id)}/{w.rank}/{w.index}"
+        download = [html.A("Download trace (.json.gz)", href=href, className="btn", id="k-trace-link"),
+                    html.Span(" opens in ui.perfetto.dev or chrome://tracing", className="muted small")]
+    elif w is None and an.get("kernels"):
+        download = [html.Span("pick one window to download its trace", className="muted small")]
+    probs = [ui.notice(f"rank {p['rank']} window {p['window']}: {p['error']}", "warn") for p in problems]
+    if an.get("note"):
+        probs.append(ui.notice(an["note"], "info"))
+    if not an.get("available", True) and an.get("reason"):
+        probs.append(ui.notice(an["reason"], "info"))
+    return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs
+
+
+register(__name__, path_template="/run/<run_id>/kernels", title="gpulens · kernels", name="Kernels", layout=layout)

@@ -1,0 +1,238 @@
+"""Follow a run while it is written: new points within ~1.5 s, zoom kept, bounded browser memory.
+
+The first update sends the last few minutes as a full figure; every later one
+sends only the points recorded since (``extendData``), capped per trace with
+``maxPoints`` so the browser holds a bounded window however long the run
+goes on.  The poll interval is disabled while an update runs, so slow disks
+never pile callbacks up.  A change in the set of lines (a GPU metric that
+appears later) rebuilds the figure with the same ``uirevision``, which keeps
+the user's zoom.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
+
+from gpulens import fmt
+from gpulens.dashboard import components as ui
+from gpulens.dashboard import data, figures
+from gpulens.dashboard.panels import PANELS, timeseries
+from gpulens.profiler import GpulensError, RunReader
+from gpulens.dashboard.pages import register
+
+
+POLL_MS = 1000
+WINDOWS = {60: "1 min", 300: "5 min", 900: "15 min"}
+MAX_POINTS_CAP = 20_000
+
+
+def layout(run_id: str | None = None, **_: Any) -> html.Div:
+    try:
+        run = data.reader(run_id)
+    except GpulensError as exc:
+        return ui.error_page("Cannot follow this run", str(exc))
+    info = run.info
+    return html.Div([
+        dcc.Store(id="live-id", data=info.id),
+        dcc.Store(id="live-cursor", data=None),
+        dcc.Store(id="live-new", data=None),
+        dcc.Store(id="live-applied", data=None),
+        html.Div([
+            html.Div([html.H2(f"Live · {info.name}"), html.Span(id="live-status")], className="title-row"),
+            html.Div([dcc.RadioItems(id="live-window", options=[{"label": v, "value": k} for k, v in WINDOWS.items()],
+                                     value=300, inline=True, className="radio"),
+                      dcc.Link("Run view", href=f"/run/{info.id}", className="btn")], className="links"),
+        ], className="page-head"),
+        html.Div(id="live-notice"),
+        html.Div(id="live-cards", className="cards"),
+        dcc.Graph(id="live-graph", config={"displaylogo": False}, figure=figures.empty_figure("waiting for data…")),
+        html.Section([html.H3("Suggestions so far"), html.Div(id="live-suggestions")]),
+        dcc.Interval(id="live-poll", interval=POLL_MS, n_intervals=0),
+        dcc.Interval(id="live-advice-poll", interval=15_000, n_intervals=0),
+    ], className="page")
+
+
+def _signature(run: RunReader, window_s: int, theme: str) -> list:
+    wanted = {line.metric for spec in PANELS for line in spec.lines}
+    sig = sorted([s.metric, s.gpu, s.rank] for s in run.series_list()
+                 if s.metric in wanted and s.status == "ok" and s.count > 0)
+    return [window_s, theme, len(run.ranks), *sig]
+
+
+def _max_points(x: np.ndarray, window_s: float) -> int:
+    if x.size < 3:
+        return 3000
+    step = float(np.median(np.diff(x))) or 0.1
+    return int(min(max(window_s / max(step, 1e-3) * 1.2, 600), MAX_POINTS_CAP))
+
+
+def new_points(run: RunReader, src: dict[str, Any], after: float) -> tuple[np.ndarray, np.ndarray]:
+    """Raw points of one trace recorded after ``after`` (epoch seconds)."""
+    if src["metric"] == "step":
+        view = run.step_view(src["rank"], after + 1e-6, None, max_points=10**9)
+        return view.t, view.dur / src["scale"]
+    s = run.series(src["metric"], src["gpu"], src["rank"], t0=after + 1e-6)
+    if s is None:
+        return np.zeros(0), np.zeros(0)
+    return s.t, s.v / src["scale"]
+
+
+def live_cards(run: RunReader, now: float | None = None) -> list[Any]:
+    info = run.info
+    now = time.time() if now is None else now
+    origin = info.start or now
+    cards = [ui.card("Elapsed", fmt.seconds((info.end if info.status != "running" else now) - origin),
+                     info.status, cid="live-elapsed")]
+    recent = run.step_view(None, now - 30.0, None, max_points=10**6)
+    total = run.step_view(None, None, None, max_points=100)
+    n_total = int(total.n.sum()) if len(total) else 0
+    if len(recent) >= 2:
+        span = max(float(recent.t[-1] - recent.t[0]), 1e-9)
+        rate = (len(recent) - 1) / span
+        cards.append(ui.card("Steps", f"{n_total:,}", f"{rate:.2f} steps/s (last 30 s) · last "
+                             f"{fmt.seconds(float(recent.dur[-1]))}", cid="live-steps"))
+    else:
+        cards.append(ui.card("Steps", f"{n_total:,}", "no step in the last 30 s", cid="live-steps"))
+    last_t = 0.0
+    for s in run.series_list():
+        if s.t_last:
+            last_t = max(last_t, s.t_last)
+    for gpu in run.gpus_recorded()[:8]:
+        util = run.series("gpu.util", gpu, t0=now - 5.0)
+        mem = run.series("gpu.mem_used", gpu, t0=now - 5.0)
+        u = f"{util.v[-1]:.0f}%" if util is not None and len(util) else "n/a"
+        m = fmt.bytes_(mem.v[-1]) if mem is not None and len(mem) else "n/a"
+        cards.append(ui.card(f"GPU {gpu}", u, f"busy now · {m} used", cid=f"live-gpu-{gpu}"))
+    cpu = run.series("host.cpu", -1, t0=now - 5.0)
+    if cpu is not None and len(cpu):
+        cards.append(ui.card("Host CPU", f"{cpu.v[-1]:.0f}%", "now", cid="live-cpu"))
+    age = now - last_t if last_t else None
+    cards.append(ui.card("Last sample", f"{age:.1f} s ago" if age is not None else "none yet",
+                         "recorded → shown within ~1.5 s", cid="live-age"))
+    return cards
+
+
+@callback(
+    Output("live-graph", "figure"),
+    Output("live-new", "data"),
+    Output("live-cursor", "data"),
+    Output("live-cards", "children"),
+    Output("live-status", "children"),
+    Output("live-notice", "children"),
+    Output("live-poll", "max_intervals"),
+    Input("live-poll", "n_intervals"),
+    Input("live-window", "value"),
+    Input("theme", "data"),
+    State("live-id", "data"),
+    State("live-cursor", "data"),
+    State("viewport", "data"),
+    running=[(Output("live-poll", "disabled"), True, False)],
+)
+def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cursor: dict | None,
+                viewport: dict | None) -> tuple:
+    theme = theme or "light"
+    window_s = int(window_s or 300)
+    try:
+        run = data.reader(run_id)
+    except GpulensError as exc:
+        return (figures.empty_figure(str(exc), theme), no_update, None, [], "",
+                ui.notice(str(exc), "error", cid="live-error"), n)
+    info = run.info
+    status = ui.status_badge(info.status, info.replay, info.status_reason)
+    stop = -1 if info.status == "running" else n + 1  # one last update after the run ends, then stop
+    notice: Any = []
+    if info.status != "running":
+        notice = ui.notice(f"The run is {info.status}: live updates stopped. The run view has the full analysis.",
+                           "info", cid="live-ended")
+    now = time.time()
+    origin = info.start or now
+    cards = live_cards(run, now)
+    sig = _signature(run, window_s, theme)
+    if cursor is None or cursor.get("sig") != sig:
+        width = int((viewport or {}).get("width") or 1400)
+        end = max((info.end or now), now if info.status == "running" else 0.0) - origin
+        ts = timeseries(run, max(end - window_s, 0.0), None, width)
+        fig = figures.timeseries_figure(ts, theme, uirevision=f"live-{run_id}", duration_s=1.0 * window_s,
+                                        typed_arrays=False)
+        fig["layout"]["xaxis"]["title"]["text"] = "time since start (s)"
+        token = f"{run_id}-{time.monotonic_ns()}"
+        fig["layout"]["meta"]["live_token"] = token
+        sources = [{"metric": t.metric, "gpu": t.gpu, "rank": t.rank, "scale": p.spec.scale}
+                   for p in ts.panels for t in p.traces]
+        last, maxpts = [], []
+        for trace_data, panel_trace in zip(fig["data"], (t for p in ts.panels for t in p.traces)):
+            x = panel_trace.x
+            # float() first: float32 + an epoch time stays float32 (NEP 50) and loses minutes of precision
+            last.append(origin + float(np.nanmax(x)) if x.size and np.isfinite(x).any() else origin)
+            maxpts.append(_max_points(x[np.isfinite(x)] if x.size else x, window_s))
+        cursor = {"sig": sig, "sources": sources, "last": last, "max": maxpts, "origin": origin, "token": token}
+        return fig, no_update, cursor, cards, status, notice, stop
+    xs, ys, idx, maxpts = [], [], [], []
+    for i, src in enumerate(cursor["sources"]):
+        t, v = new_points(run, src, cursor["last"][i])
+        if not t.size:
+            continue
+        cursor["last"][i] = float(t[-1])
+        xs.append(np.round(t - cursor["origin"], 3).tolist())
+        ys.append([None if not np.isfinite(y) else float(y) for y in v])
+        idx.append(i)
+        maxpts.append(cursor["max"][i])
+    if not idx:
+        return no_update, no_update, cursor, cards, status, notice, stop
+    update = {"token": cursor["token"], "x": xs, "y": ys, "idx": idx, "max": maxpts, "n": n}
+    return no_update, update, cursor, cards, status, notice, stop
+
+
+# Applying an update in the browser is idempotent: only points newer than a trace's last x are
+# appended, and updates computed for another build of the figure are dropped.  Two overlapping
+# server responses (an interval tick and a theme change) can therefore never duplicate points.
+clientside_callback(
+    """
+    function(upd) {
+        const nu = window.dash_clientside.no_update;
+        if (!upd) { return nu; }
+        const gd = document.querySelector('#live-graph .js-plotly-plot');
+        if (!gd || !gd.data || !gd.layout || !gd.layout.meta || gd.layout.meta.live_token !== upd.token) {
+            return nu;
+        }
+        const xs = [], ys = [], idx = [], mx = [];
+        upd.idx.forEach(function(ti, k) {
+            const tr = gd.data[ti];
+            if (!tr) { return; }
+            let last = -Infinity;
+            for (let j = tr.x.length - 1; j >= 0; j--) { if (tr.x[j] !== null) { last = tr.x[j]; break; } }
+            const nx = [], ny = [];
+            upd.x[k].forEach(function(x, j) { if (x > last) { nx.push(x); ny.push(upd.y[k][j]); } });
+            if (nx.length) { xs.push(nx); ys.push(ny); idx.push(ti); mx.push(upd.max[k]); }
+        });
+        if (idx.length) { Plotly.extendTraces(gd, {x: xs, y: ys}, idx, mx); }
+        return upd.n;
+    }
+    """,
+    Output("live-applied", "data"),
+    Input("live-new", "data"),
+)
+
+
+@callback(Output("live-suggestions", "children"), Input("live-advice-poll", "n_intervals"), State("live-id", "data"))
+def live_suggestions(_n: int, run_id: str) -> Any:
+    try:
+        a = data.analysis(run_id, wait=10.0, live=True)
+    except GpulensError as exc:
+        return ui.notice(str(exc), "error")
+    if a is None:
+        return html.Div("analysing…", className="muted")
+    if a.error:
+        return ui.notice(a.error, "warn")
+    sugg = (a.advice or {}).get("suggestions") or []
+    if not sugg:
+        return html.Div("Nothing found holding this run back so far.", className="muted")
+    return html.Ul([html.Li([html.Span(s["severity"], className=f"sev sev-{s['severity']}"), " ", s["title"], " — ",
+                             s["finding"]]) for s in sugg[:3]])
+
+
+register(__name__, path_template="/live/<run_id>", title="gpulens · live", name="Live", layout=layout)

@@ -1,0 +1,54 @@
+"""Serving the dashboard: checks first, then waitress (a production WSGI server, not Flask's dev one)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from gpulens.dashboard.security import Access, allowed_hosts, check_bind, parse_auth
+from gpulens.profiler import GpulensError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8050
+
+
+def prepare(runs_root: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth: str | None = None,
+            token: str | None = None, allow_host: list[str] | None = None) -> Access:
+    """Validate everything that can be wrong before a socket is opened; one-line errors."""
+    if not 0 <= int(port) <= 65535:
+        raise GpulensError(f"--port {port}: not a TCP port (0-65535)")
+    user, password = parse_auth(auth)
+    if token is not None and len(token) < 16:
+        raise GpulensError("--token must be at least 16 characters (try: python -c 'import secrets; "
+                           "print(secrets.token_urlsafe(24))')")
+    check_bind(host, user, password, token)
+    if not runs_root.is_dir():
+        raise GpulensError(f"{runs_root}: no such runs directory")
+    return Access(host, int(port), user, password, token, allowed_hosts(host, allow_host or []))
+
+
+def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 8,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    from waitress import create_server
+
+    from gpulens.dashboard.app import create_app
+
+    app = create_app(runs_root, access)
+    try:
+        server = create_server(app.server, host=access.host, port=access.port, threads=threads, ident="gpulens",
+                               clear_untrusted_proxy_headers=True)
+    except OSError as exc:
+        raise GpulensError(f"cannot listen on {access.host}:{access.port} ({exc.strerror or exc}); "
+                           "pick another --port") from None
+    shown = f"[{access.host}]" if ":" in access.host else access.host
+    url = f"http://{shown}:{server.effective_port}{open_path}"
+    print(f"gpulens dashboard: {url}  (runs in {runs_root}; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    if access.needs_auth:
+        how = "HTTP Basic user " + access.user if access.password else "token"
+        print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        server.run()
+    finally:
+        server.close()

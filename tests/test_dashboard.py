@@ -1,0 +1,315 @@
+"""The dashboard's data path and callbacks, called as plain functions on real recorded runs."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, SAMPLES, make_root
+
+from gpulens.dashboard import comparison, data, downsample, figures, overview, panels
+from gpulens.dashboard.app import create_app
+from gpulens.profiler import GpulensError, open_run
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("dash") / "runs")
+
+
+@pytest.fixture(scope="module")
+def app(root):
+    return create_app(root)
+
+
+@pytest.fixture(autouse=True)
+def _configured(root):
+    data.configure(root)
+    yield
+
+
+def decode(arr):
+    if isinstance(arr, dict):
+        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=np.float32)
+    return np.asarray([np.nan if v is None else v for v in arr], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- downsampling
+def test_minmax_lttb_keeps_every_spike_and_the_size():
+    t = np.arange(1_000_000, dtype=np.float64) * 0.1
+    v = np.sin(t / 50.0)
+    v[123_457] = 9.0
+    v[765_433] = -7.0
+    x, y = downsample.minmax_lttb(t, v, 1000)
+    assert len(x) == 1000 and np.all(np.diff(x) > 0)
+    assert y.max() == 9.0 and y.min() == -7.0
+
+
+def test_gaps_become_nan_and_output_is_float32_relative_to_origin():
+    t = np.r_[np.arange(0, 100, 0.1), np.arange(300, 400, 0.1)] + 1e9
+    x, y = downsample.for_plot(t, np.ones_like(t), 400, origin=1e9)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    nan = np.flatnonzero(np.isnan(y))
+    assert nan.size == 1 and 100 <= x[nan[0]] <= 300  # one break, inside the hole
+    assert x[0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_bucket_envelope_keeps_extremes():
+    t = np.arange(0, 86400, 60.0)
+    vmin = np.zeros_like(t)
+    vmax = np.full_like(t, 50.0)
+    vmax[700] = 100.0
+    x, y = downsample.for_plot(t, (vmin + vmax) / 2, 500, vmin=vmin, vmax=vmax, bucket=60.0)
+    assert len(x) <= 500 and np.nanmax(y) == 100.0 and np.nanmin(y) == 0.0
+
+
+# ---------------------------------------------------------------------- panels and figures
+def test_timeseries_of_a_gpu_run_has_every_panel_with_units_and_one_colour_per_gpu():
+    run = open_run(SAMPLES / "h100-cnn-input-bound")
+    ts = panels.timeseries(run, width=800)
+    keys = [p.spec.key for p in ts.panels]
+    assert keys == ["util", "tensor", "dram", "memory", "power", "clock", "temp", "pcie", "host_cpu", "proc_cpu",
+                    "disk", "step"]
+    gpu_colours = {t.color_index for p in ts.panels for t in p.traces if t.group == "GPU 0"}
+    assert gpu_colours == {0}
+    util = ts.panels[0].traces[0]
+    raw = run.series("gpu.util", 0)
+    assert np.nanmax(util.y) == pytest.approx(raw.v.max()) and len(util.x) <= 800
+    fig = figures.timeseries_figure(ts, "dark", duration_s=run.info.duration_s)
+    lay = fig["layout"]
+    assert lay["hoversubplots"] == "axis" and lay["hovermode"] == "x unified"
+    assert {tr["xaxis"] for tr in fig["data"]} == {"x"}
+    assert all(tr["type"] == "scatter" for tr in fig["data"])  # SVG: no WebGL contexts
+    titles = [v["title"]["text"] for k, v in lay.items() if k.startswith("yaxis")]
+    assert all(re.search(r"\(.+\)$", t) for t in titles), titles  # a unit on every axis
+    assert lay["yaxis"]["range"] == [0, 105] and lay["yaxis"]["title"]["text"] == "Utilization (%)"
+    assert fig["data"][0]["x"]["dtype"] == "f4"
+    run.close()
+
+
+def test_a_cpu_run_shows_host_panels_and_says_why_there_is_no_gpu():
+    run = open_run(SAMPLES / "cpu-cnn-workers")
+    ts = panels.timeseries(run)
+    assert [p.spec.key for p in ts.panels] == ["host_cpu", "proc_cpu", "disk", "step"]
+    workers = [t for p in ts.panels for t in p.traces if t.metric == "workers.cpu"]
+    assert workers and np.nanmax(workers[0].y) > 0.5  # the DataLoader workers did the work
+    run.close()
+
+
+def test_unsupported_metrics_are_listed_with_their_reason(tmp_path):
+    from gpulens.profiler.writer import RunWriter
+
+    w = RunWriter(tmp_path / "rank-0.db", {"name": "x", "start": 1e9})
+    w.mark_series("gpm.tensor_active", 0, "unsupported", "GPM needs Hopper or newer (compute capability 8.0)")
+    sid = w.series("gpu.util", 0, "%")
+    w.point(sid, 1e9 + 1, 50.0)
+    w.close()
+    run = open_run(tmp_path)
+    ts = panels.timeseries(run)
+    assert [p.spec.key for p in ts.panels] == ["util"]
+    assert ts.unavailable == ["Tensor activity (GPM): not available on this GPU "
+                              "(GPM needs Hopper or newer (compute capability 8.0))"]
+    run.close()
+
+
+def test_zoomed_view_reads_full_resolution_inside_the_range():
+    run = open_run(SAMPLES / "h100-cnn-input-bound")
+    ts = panels.timeseries(run, 5.0, 7.0, width=2000)
+    for p in ts.panels:
+        for tr in p.traces:
+            x = tr.x[np.isfinite(tr.x)]
+            assert x.size and x.min() >= 5.0 - 1e-3 and x.max() <= 7.0 + 1e-3
+    power = next(t for p in ts.panels for t in p.traces if t.metric == "gpu.power")
+    raw = run.series("gpu.power", 0, t0=run.info.start + 5, t1=run.info.start + 7)
+    assert len(power.x) == len(raw)  # 10 Hz for 2 s: every point, nothing dropped
+    run.close()
+
+
+# ---------------------------------------------------------------------- run page
+def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
+    from gpulens.dashboard.pages import run as run_page
+
+    with app.server.app_context():
+        cards, suggestions, targets, events = run_page.run_overview("h100-cnn-input-bound")
+    ids = [c.id for c in cards]
+    assert ids == ["card-gpu_busy", "card-sm_active", "card-tensor_active", "card-dram_bw", "card-mfu",
+                   "card-throughput", "card-step_time", "card-memory"]
+    text = json.dumps(cards[0].to_plotly_json(), default=lambda o: o.to_plotly_json())
+    assert "15.2%" in text  # the mean of NVML utilization.gpu, as `gpulens report` says
+    assert suggestions[0].id == "suggestion-dataloader_bound"
+    zooms = [t for t in targets if t["t0"] is not None]
+    assert zooms, targets  # the profiled window's time range
+    run = open_run(SAMPLES / "h100-cnn-input-bound")
+    w = run.windows()[0]
+    assert zooms[0]["t0"] < w.t_start - run.info.start < w.t_end - run.info.start < zooms[0]["t1"]
+    run.close()
+
+
+def test_headline_says_why_gpm_figures_are_missing():
+    run = open_run(SAMPLES / "cpu-cnn-workers")
+    a = data.analyse(run.path)
+    cards = {c.key: c for c in overview.headline(a.summary)}
+    assert cards["sm_active"].value == "n/a" and "no NVIDIA GPU" in cards["sm_active"].sub
+    assert cards["throughput"].available and cards["memory"].sub == "process RSS (CPU run)"
+    run.close()
+
+
+def test_relayout_parsing():
+    from gpulens.dashboard.pages.run import parse_relayout
+
+    assert parse_relayout({"xaxis.range[0]": 1.5, "xaxis.range[1]": 2.0}, 60.0) == ("zoom", 90.0, 120.0)
+    assert parse_relayout({"xaxis.autorange": True}, 1.0)[0] == "reset"
+    assert parse_relayout({"yaxis3.range[0]": 1, "yaxis3.range[1]": 2}, 1.0)[0] == "none"
+    assert parse_relayout({"xaxis.range": [3, 4]}, 1.0) == ("zoom", 3.0, 4.0)
+    assert parse_relayout(None, 1.0)[0] == "none"
+
+
+def test_ts_and_steps_callbacks_follow_the_range(app):
+    from gpulens.dashboard.pages import run as run_page
+
+    with app.server.app_context():
+        fig, level, missing, anchors = run_page.ts_figure("h100-cnn-input-bound", {"t0": 4.0, "t1": 6.0, "n": 0},
+                                                          "light", {"width": 900})
+        steps = run_page.steps_figure("h100-cnn-input-bound", {"t0": 4.0, "t1": 6.0, "n": 0}, "light",
+                                      {"width": 900})
+    assert fig["layout"]["xaxis"]["range"] == [4.0, 6.0]
+    x = decode(fig["data"][0]["x"])
+    assert np.nanmin(x) >= 4.0 - 1e-3 and np.nanmax(x) <= 6.0 + 1e-3
+    assert "raw samples" in level
+    assert {a.id for a in anchors} >= {"panel-util", "panel-memory", "panel-step"}
+    names = [t["name"] for t in steps["data"]]
+    assert names[0].startswith("data wait") and len(steps["data"]) == 5
+    sx = decode(steps["data"][0]["x"])
+    assert sx.min() >= 4.0 - 0.2 and sx.max() <= 6.0 + 0.2
+
+
+# ---------------------------------------------------------------------- runs list
+def test_runs_list_shows_broken_runs_with_their_error_and_the_rest_complete(app, root):
+    from gpulens.dashboard.pages import runs as runs_page
+
+    with app.server.app_context():
+        rows, poll_off, note, where = runs_page.refresh_runs(0)
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", BROKEN_ID, HOSTILE_ID}
+    broken = by_id[BROKEN_ID]
+    assert broken["status"] == "broken"
+    assert broken["top"].endswith("broken-run/rank-0.db: not a gpulens database (not an SQLite file)")
+    assert "1 unreadable" in note and poll_off  # every analysis done, nothing running: polling stops
+    ok = by_id["h100-cnn-input-bound"]
+    assert ok["run"] == "[h100\\-cnn\\-input\\-bound](/run/h100-cnn-input-bound)"
+    assert ok["top"].startswith("[high] The training loop waits for data")
+    assert ok["gpu"] == "H100 80GB HBM3 × 1" and ok["mfu"] == pytest.approx(1.94, abs=0.01)
+
+
+# ---------------------------------------------------------------------- kernels, compare
+def test_kernels_view_per_window_keeps_names_as_data(app):
+    from gpulens.dashboard.pages import kernels as kpage
+
+    with app.server.app_context():
+        out = kpage.kernels_view(HOSTILE_ID, "0:0", None, None, "light")
+        rows, cards, cat_fig, tmp_fig, memcpy, sync, download, problems = out
+        assert rows and rows[0]["name"] == HOSTILE  # passed to the grid as a value, never as markup
+        assert download[0].href == f"/download/trace/{HOSTILE_ID}/0/0"
+        gemm = kpage.kernels_view("h100-gpt-small-batch", "all", ["gemm"], None, "light")[0]
+    assert gemm and {r["category"] for r in gemm} == {"gemm"}
+    assert sum(r["share_pct"] for r in gemm) < 100
+
+
+def test_compare_two_runs(app):
+    from gpulens.dashboard.pages import compare as cpage
+
+    with app.server.app_context():
+        body = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light")
+    text = json.dumps(body.to_plotly_json(), default=lambda o: o.to_plotly_json())
+    for needle in ("cmp-headline", "cmp-steps", "cmp-dist", "cmp-kernels", "cmp-config", "Samples/s",
+                   "config.model"):
+        assert needle in text
+
+
+def test_config_diff_and_kernel_deltas_are_pure():
+    a = data.analyse(SAMPLES / "h100-gpt-small-batch").summary
+    b = data.analyse(SAMPLES / "h100-gpt-compiled").summary
+    diff = {r["key"]: r for r in comparison.config_diff(a, b)}
+    assert diff["config.precision"]["changed"] and not diff["gpu"]["changed"]
+    deltas = comparison.kernel_deltas(a, b)
+    assert deltas and abs(deltas[0]["delta_us"]) >= abs(deltas[-1]["delta_us"])
+    rows = {r["metric"]: r for r in comparison.headline_rows(a, b)}
+    assert rows["Samples/s"]["better"] is True
+
+
+# ---------------------------------------------------------------------- safety of ids and paths
+@pytest.mark.parametrize("bad", ["../h100-cnn-input-bound", "/etc", "..", "a/b", "", None, 5,
+                                 "h100-cnn-input-bound/../../x"])
+def test_run_ids_that_leave_the_root_are_refused(bad):
+    with pytest.raises(GpulensError):
+        data.run_path(bad)
+
+
+def test_analysis_is_cached_until_the_files_change(tmp_path):
+    import shutil
+
+    shutil.copytree(SAMPLES / "cpu-cnn-workers", tmp_path / "r")
+    data.configure(tmp_path)
+    first = data.analysis("r", wait=30)
+    assert data.analysis("r") is first
+    db = tmp_path / "r" / "rank-0.db"
+    time.sleep(0.01)
+    db.touch()
+    second = data.analysis("r", wait=30)
+    assert second is not first and second.summary["steps"] == first.summary["steps"]
+
+
+# ---------------------------------------------------------------------- live
+def _live_writer(path: Path):
+    import os
+    import socket
+
+    import psutil
+
+    from gpulens.profiler.writer import RunWriter
+
+    start = time.time() - 20.0
+    w = RunWriter(path / "rank-0.db", {"name": "live", "status": "running", "start": start, "host": socket.gethostname(),
+                                       "pid": os.getpid(), "pid_create_time": psutil.Process().create_time()},
+                  flush_interval=0.05)
+    sid = w.series("host.cpu", -1, "%")
+    for i in range(200):
+        w.point(sid, start + i * 0.1, float(i % 100))
+    w.sync()
+    return w, sid, start
+
+
+def test_live_update_sends_a_figure_then_only_new_points(tmp_path, app):
+    from gpulens.dashboard.pages import live
+
+    data.configure(tmp_path)
+    w, sid, start = _live_writer(tmp_path / "live-run")
+    try:
+        fig, upd, cursor, cards, status, notice, stop = live.live_update(0, 60, "light", "live-run", None,
+                                                                        {"width": 800})
+        assert upd is live.no_update and fig["data"] and cursor["token"] == fig["layout"]["meta"]["live_token"]
+        assert stop == -1  # running: keep polling
+        x0 = decode(fig["data"][0]["x"])
+        assert np.nanmax(x0) == pytest.approx(19.9, abs=1e-3)
+        for i in range(200, 215):
+            w.point(sid, start + i * 0.1, 42.0)
+        w.sync()
+        fig2, upd, cursor, *_ = live.live_update(1, 60, "light", "live-run", cursor, {"width": 800})
+        assert fig2 is live.no_update
+        assert upd["idx"] == [0] and upd["token"] == cursor["token"]
+        assert len(upd["x"][0]) == 15 and upd["x"][0][0] == pytest.approx(20.0, abs=1e-3) and set(upd["y"][0]) == {42.0}
+        assert upd["max"][0] >= 600  # the browser keeps a bounded window per trace
+        _, upd3, *_ = live.live_update(2, 60, "light", "live-run", cursor, {"width": 800})
+        assert upd3 is live.no_update  # nothing new: nothing sent
+        ids = [c.id for c in cards]
+        assert "live-age" in ids and "live-steps" in ids
+    finally:
+        w.meta(status="finished", end=time.time())
+        w.close()
+    data.reset()
+    *_, stop = live.live_update(3, 60, "light", "live-run", cursor, {"width": 800})
+    assert stop == 4  # finished: one last update, then the interval stops

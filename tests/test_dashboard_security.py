@@ -1,0 +1,129 @@
+"""The dashboard is safe by default: loopback only, Host allowlist, authentication beyond loopback."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+from dash_support import HOSTILE_ID, make_root
+
+from gpulens.cli import _build_parser, main as cli_main
+from gpulens.dashboard.app import create_app
+from gpulens.dashboard.security import Access, allowed_hosts, check_bind, host_of
+from gpulens.profiler import GpulensError
+
+LOCAL = {"Host": "127.0.0.1:8050"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("sec") / "runs", runs=("cpu-cnn-workers",))
+
+
+def test_default_bind_is_loopback():
+    args = _build_parser().parse_args(["dashboard"])
+    assert args.host == "127.0.0.1" and args.port == 8050
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.5"])
+def test_loopback_needs_no_auth(host):
+    check_bind(host, None, None, None)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gpu-box.example.com"])
+def test_non_loopback_without_auth_is_refused(host):
+    with pytest.raises(GpulensError, match="--auth USER:PASSWORD or --token"):
+        check_bind(host, None, None, None)
+    check_bind(host, "me", "secret", None)
+    check_bind(host, None, None, "t" * 24)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),
+    (["--auth", "nocolon"], "--auth takes USER:PASSWORD"),
+    (["--port", "70000"], "not a TCP port"),
+    (["--token", "short"], "at least 16 characters"),
+])
+def test_cli_refuses_with_one_line(root, capsys, argv, fragment):
+    assert cli_main(["dashboard", str(root), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+
+
+def test_cli_missing_runs_dir(tmp_path, capsys):
+    assert cli_main(["dashboard", str(tmp_path / "nope")]) == 2
+    assert "no such runs directory" in capsys.readouterr().err
+
+
+def test_host_header_allowlist_blocks_dns_rebinding(root):
+    client = create_app(root).server.test_client()
+    assert client.get("/", headers=LOCAL).status_code == 200
+    assert client.get("/", headers={"Host": "localhost:8050"}).status_code == 200
+    assert client.get("/", headers={"Host": "[::1]:8050"}).status_code == 200
+    r = client.get("/", headers={"Host": "attacker.example:8050"})
+    assert r.status_code == 400 and b"not allowed" in r.data
+    assert client.get("/_dash-layout", headers={"Host": "attacker.example"}).status_code == 400
+
+
+def test_host_parsing_and_wide_binds():
+    assert host_of("[::1]:8050") == "::1" and host_of("a.b:1") == "a.b" and host_of("::1") == "::1"
+    assert "gpu-box" in allowed_hosts("0.0.0.0", ["gpu-box"])
+    assert "10.0.0.7" in allowed_hosts("10.0.0.7")
+
+
+def test_basic_auth(root):
+    access = Access("0.0.0.0", 8050, "me", "s3cret", None, allowed_hosts("0.0.0.0", ["box"]))
+    client = create_app(root, access).server.test_client()
+    host = {"Host": "box:8050"}
+    r = client.get("/", headers=host)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    bad = base64.b64encode(b"me:wrong").decode()
+    assert client.get("/", headers={**host, "Authorization": f"Basic {bad}"}).status_code == 401
+    good = base64.b64encode(b"me:s3cret").decode()
+    assert client.get("/", headers={**host, "Authorization": f"Basic {good}"}).status_code == 200
+    assert client.get("/_dash-layout", headers={**host, "Authorization": f"Basic {good}"}).status_code == 200
+    assert client.get("/_dash-layout", headers=host).status_code == 401  # the API too, not only the page
+
+
+def test_token_auth_sets_a_cookie_once(root):
+    token = "t0ken-" + "x" * 20
+    access = Access("0.0.0.0", 8050, None, None, token, allowed_hosts("0.0.0.0", ["box"]))
+    client = create_app(root, access).server.test_client()
+    host = {"Host": "box"}
+    assert client.get("/", headers=host).status_code == 401
+    assert client.get("/?token=wrong", headers=host).status_code == 401
+    r = client.get(f"/run/x?token={token}&a=1", headers=host)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/run/x?a=1")
+    assert "HttpOnly" in r.headers["Set-Cookie"] and "SameSite=Strict" in r.headers["Set-Cookie"]
+    assert client.get("/", headers=host).status_code == 200  # the cookie
+    fresh = create_app(root, access).server.test_client()
+    assert fresh.get("/", headers={**host, "Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_security_headers(root):
+    r = create_app(root).server.test_client().get("/", headers=LOCAL)
+    assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_trace_download_and_traversal(root, tmp_path):
+    make_root(tmp_path / "r2", runs=())
+    client = create_app(tmp_path / "r2").server.test_client()
+    ok = client.get(f"/download/trace/{HOSTILE_ID}/0/0", headers=LOCAL)
+    assert ok.status_code == 200 and ok.data[:2] == b"\x1f\x8b"  # the gzipped trace, as recorded
+    assert "attachment" in ok.headers["Content-Disposition"]
+    for bad in ("..%2F..%2Fetc", "..", "%2Fetc%2Fpasswd", f"{HOSTILE_ID}%2F..%2F..", "nope"):
+        r = client.get(f"/download/trace/{bad}/0/0", headers=LOCAL)
+        # either refused, or (a path the URL parser normalised away) Dash's own page shell: never a file
+        assert r.status_code == 404 or (r.mimetype == "text/html" and b"_dash-config" in r.data), bad
+        assert "Content-Disposition" not in r.headers, bad
+    assert client.get(f"/download/trace/{HOSTILE_ID}/0/99", headers=LOCAL).status_code == 404
+
+
+def test_pages_with_bad_run_ids_show_an_error_not_a_traceback(root):
+    from gpulens.dashboard import data
+    from gpulens.dashboard.pages import kernels, live, run
+
+    data.configure(root)
+    for page in (run, kernels, live):
+        for bad in ("../cpu-cnn-workers", "/etc/passwd", "no-such-run"):
+            text = str(page.layout(run_id=bad).to_plotly_json())
+            assert "page-error" in text and ("invalid run id" in text or "no such run" in text), (page, bad)
