@@ -145,7 +145,7 @@ def main() -> None:
     for label, a, b in (("1 h zoom", span / 2, span / 2 + 3600), ("10 min zoom", span / 2, span / 2 + 600)):
         rng = {"t0": a, "t1": b, "source": "zoom", "n": 0}
 
-        def zoom() -> int:
+        def zoom(rng: dict = rng) -> int:
             with app.server.app_context():
                 outs = [run_page.ts_figure(run_id, rng, "light", viewport),
                         run_page.steps_figure(run_id, rng, "light", viewport)]

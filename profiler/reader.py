@@ -426,30 +426,27 @@ class RunReader:
         exists but was unsupported comes back empty -- ask
         :meth:`series_list` for the reason.
         """
-        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
-        for db in dbs:
-            row = db.query("SELECT id, unit FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
-            if not row:
-                continue
-            sid, unit = row[0]
-            lo = -np.inf if t0 is None else float(t0)
-            hi = np.inf if t1 is None else float(t1)
-            chunks = db.query(
-                "SELECT t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND t0 <= ? ORDER BY t0",
-                (sid, lo if np.isfinite(lo) else -1e300, hi if np.isfinite(hi) else 1e300))
-            if chunks:
-                t = np.concatenate([np.frombuffer(c[0], dtype=np.float64) for c in chunks])
-                v = np.concatenate([np.frombuffer(c[1], dtype=np.float64) for c in chunks])
-                if t.size > 1 and np.any(np.diff(t) < 0):
-                    order = np.argsort(t, kind="stable")
-                    t, v = t[order], v[order]
-                keep = (t >= lo) & (t <= hi)
-                if not keep.all():
-                    t, v = t[keep], v[keep]
-            else:
-                t, v = _EMPTY, _EMPTY
-            return Series(metric, int(gpu), unit, db.rank, t, v)
-        return None
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, unit = hit
+        lo = -np.inf if t0 is None else float(t0)
+        hi = np.inf if t1 is None else float(t1)
+        chunks = db.query(
+            "SELECT t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND t0 <= ? ORDER BY t0",
+            (sid, lo if np.isfinite(lo) else -1e300, hi if np.isfinite(hi) else 1e300))
+        if chunks:
+            t = np.concatenate([np.frombuffer(c[0], dtype=np.float64) for c in chunks])
+            v = np.concatenate([np.frombuffer(c[1], dtype=np.float64) for c in chunks])
+            if t.size > 1 and np.any(np.diff(t) < 0):
+                order = np.argsort(t, kind="stable")
+                t, v = t[order], v[order]
+            keep = (t >= lo) & (t <= hi)
+            if not keep.all():
+                t, v = t[keep], v[keep]
+        else:
+            t, v = _EMPTY, _EMPTY
+        return Series(metric, int(gpu), unit, db.rank, t, v)
 
     def series_view(self, metric: str, gpu: int = -1, t0: float | None = None, t1: float | None = None,
                     max_points: int = 2000, rank: int | None = None) -> SeriesView | None:
@@ -463,52 +460,56 @@ class RunReader:
         then costs ~1,500 rows instead of ~900,000 points.  Runs written
         before rollups existed are always read raw.
         """
-        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
-        for db in dbs:
-            row = db.query("SELECT id, unit FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
-            if not row:
-                continue
-            sid, unit = row[0]
-            lo = -1e300 if t0 is None else float(t0)
-            hi = 1e300 if t1 is None else float(t1)
-            count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
-                "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
-                "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
-            level = None
-            if count > RAW_PER_POINT * max_points and db.has_table("rollups"):
-                span = min(hi, last) - max(lo, first)
-                fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
-                level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
-            if level is None:
-                raw = self.series(metric, gpu, db.rank, t0, t1)
-                assert raw is not None
-                return SeriesView(metric, int(gpu), unit, "raw", raw.t, raw.v)
-            rows = db.query(
-                "SELECT bucket, vmin, vmax, vsum, n FROM rollups WHERE series_id = ? AND level = ? "
-                "AND bucket >= ? AND bucket <= ? ORDER BY bucket",
-                (sid, level, int(np.floor(max(lo, first) / level)), int(np.floor(min(hi, last) / level))))
-            arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
-            return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
-                              arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
-        return None
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, unit = hit
+        lo = -1e300 if t0 is None else float(t0)
+        hi = 1e300 if t1 is None else float(t1)
+        count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
+            "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
+            "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
+        level = None
+        if count > RAW_PER_POINT * max_points and db.has_table("rollups"):
+            span = min(hi, last) - max(lo, first)
+            fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
+            level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+        if level is None:
+            raw = self.series(metric, gpu, db.rank, t0, t1)
+            assert raw is not None
+            return SeriesView(metric, int(gpu), unit, "raw", raw.t, raw.v)
+        rows = db.query(
+            "SELECT bucket, vmin, vmax, vsum, n FROM rollups WHERE series_id = ? AND level = ? "
+            "AND bucket >= ? AND bucket <= ? ORDER BY bucket",
+            (sid, level, int(np.floor(max(lo, first) / level)), int(np.floor(min(hi, last) / level))))
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+        return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
+                          arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
 
     def series_stats(self, metric: str, gpu: int = -1, rank: int | None = None) -> SeriesStats | None:
         """Whole-run count, mean, min and max, exact and cheap: summed from the coarsest rollups."""
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, _ = hit
+        if db.has_table("rollups"):
+            n, total, lo, hi = db.query(
+                "SELECT COALESCE(SUM(n), 0), SUM(vsum), MIN(vmin), MAX(vmax) FROM rollups "
+                "WHERE series_id = ? AND level = ?", (sid, schema.ROLLUP_LEVELS[-1]))[0]
+            return SeriesStats(int(n), total / n if n else None, lo, hi)
+        raw = self.series(metric, gpu, db.rank)
+        v = raw.v[np.isfinite(raw.v)] if raw is not None else _EMPTY
+        if not v.size:
+            return SeriesStats(0, None, None, None)
+        return SeriesStats(int(v.size), float(v.mean()), float(v.min()), float(v.max()))
+
+    def _lookup(self, metric: str, gpu: int, rank: int | None) -> tuple[_RankDB, int, str] | None:
+        """(database, series id, unit) of the first rank holding (metric, gpu), or the given rank's."""
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
         for db in dbs:
-            row = db.query("SELECT id FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
-            if not row:
-                continue
-            if db.has_table("rollups"):
-                n, total, lo, hi = db.query(
-                    "SELECT COALESCE(SUM(n), 0), SUM(vsum), MIN(vmin), MAX(vmax) FROM rollups "
-                    "WHERE series_id = ? AND level = ?", (row[0][0], schema.ROLLUP_LEVELS[-1]))[0]
-                return SeriesStats(int(n), total / n if n else None, lo, hi)
-            raw = self.series(metric, gpu, db.rank)
-            v = raw.v[np.isfinite(raw.v)] if raw is not None else _EMPTY
-            if not v.size:
-                return SeriesStats(0, None, None, None)
-            return SeriesStats(int(v.size), float(v.mean()), float(v.min()), float(v.max()))
+            row = db.query("SELECT id, unit FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
+            if row:
+                return db, int(row[0][0]), str(row[0][1])
         return None
 
     # ------------------------------------------------------------------ steps, events

@@ -60,7 +60,7 @@ def server(root):
             if proc.poll() is not None or time.monotonic() > deadline:
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 proc.kill()
-                raise RuntimeError(f"dashboard did not start: {out}")
+                raise RuntimeError(f"dashboard did not start: {out}") from None
             time.sleep(0.2)
     yield base, proc
     proc.terminate()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dash
 from dash import Input, Output, callback, dcc, html
 
 from gpulens.dashboard import comparison, figures

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import dash
 import dash_ag_grid as dag
 from dash import Input, Output, callback, dcc, html
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import dash
 import numpy as np
 from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
@@ -164,7 +163,7 @@ def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cu
         sources = [{"metric": t.metric, "gpu": t.gpu, "rank": t.rank, "scale": p.spec.scale}
                    for p in ts.panels for t in p.traces]
         last, maxpts = [], []
-        for trace_data, panel_trace in zip(fig["data"], (t for p in ts.panels for t in p.traces)):
+        for panel_trace in (t for p in ts.panels for t in p.traces):
             x = panel_trace.x
             # float() first: float32 + an epoch time stays float32 (NEP 50) and loses minutes of precision
             last.append(origin + float(np.nanmax(x)) if x.size and np.isfinite(x).any() else origin)

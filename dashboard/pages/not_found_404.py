@@ -1,5 +1,4 @@
 """Unknown paths get a page with a way back instead of a blank screen."""
-import dash
 from gpulens.dashboard.pages import register
 from dash import dcc, html
 

@@ -5,7 +5,6 @@ import re
 import time
 from typing import Any
 
-import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
 from gpulens import fmt

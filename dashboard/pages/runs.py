@@ -4,11 +4,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import dash
 import dash_ag_grid as dag
 from dash import Input, Output, callback, dcc, html
 
-from gpulens import fmt
 from gpulens.dashboard import data
 from gpulens.dashboard.components import GRID_THEME
 from gpulens.profiler import GpulensError
