@@ -59,6 +59,34 @@ def _build_parser() -> argparse.ArgumentParser:
     dsh.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="also accept requests for this Host name (reverse proxies, DNS names)")
 
+    run = sub.add_parser("run", help="run a training command unmodified with recording on: gpulens run -- python train.py",
+                         description="Run a training script unmodified with recording on. Steps and phases are "
+                                     "found automatically (optimizer.step, backward, DataLoader, root modules); "
+                                     "torchrun ranks record into one run. Exit status and signals pass through.")
+    run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, as python -m MODULE")
+    run.add_argument("--name", help="run name (default: the script or module name)")
+    run.add_argument("--run-id", help="run id (default: <name>-<date>-<time>-<random>)")
+    run.add_argument("--runs-dir", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+    run.add_argument("--batch-size", type=int, help="samples per step when batches are not tensors")
+    run.add_argument("--profile-every", type=int, metavar="N",
+                     help="torch.profiler window every N steps (default 500; 0 turns windows off)")
+    run.add_argument("--no-flops", action="store_true", help="do not count the FLOPs of one step")
+    run.add_argument("--prometheus-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on PORT (+ local rank under torchrun)")
+    run.add_argument("--prometheus-addr", default=None, metavar="ADDR",
+                     help="address for the metrics endpoint (default 127.0.0.1)")
+    run.add_argument("--quiet", action="store_true", help="no gpulens messages unless something fails")
+    run.add_argument("--no-advise", action="store_true", help="do not print the top suggestions at the end")
+    run.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
+    run.add_argument("command_args", nargs="*", metavar="-- COMMAND ARGS",
+                     help="the training command (or SCRIPT.py ARGS, or -m MODULE ARGS)")
+
+    exp = sub.add_parser("exporter", help="standalone Prometheus exporter of this node's GPUs and host (dcgm-exporter names)")
+    exp.add_argument("--port", type=int, default=9400, help="TCP port (default 9400, as dcgm-exporter)")
+    exp.add_argument("--addr", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1; 0.0.0.0 to let another host scrape it)")
+    exp.add_argument("--interval", type=float, default=1.0, help="seconds between readings (default 1)")
+
     demo = sub.add_parser("demo", help="train a small model on the CPU and follow it live in the dashboard")
     demo.add_argument("--port", type=int, default=8050, help="TCP port (default 8050)")
     demo.add_argument("--seconds", type=float, default=600.0, help="how long the demo trains (default 600)")
@@ -95,6 +123,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gpulens.demo import run_demo
 
     return run_demo(args.port, args.seconds, args.runs_dir)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gpulens.hooks.launch import execute, prepare
+
+    if args.profile_every is not None and args.profile_every < 0:
+        raise GpulensError("--profile-every must be 0 (off) or a positive number of steps")
+    for flag in ("prometheus_port", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise GpulensError(f"--{flag.replace('_', '-')} must be a positive number")
+    launch = prepare(args.command_args, module=args.module, name=args.name, runs_dir=args.runs_dir, run_id=args.run_id,
+                     batch_size=args.batch_size, profile_every=args.profile_every,
+                     count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
+                     prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
+                     advise=False if args.no_advise else None)
+    if args.dry_run:
+        print(" ".join(launch.argv))
+        for key in ("PYTHONPATH", "GPULENS_RUN_ID", "GPULENS_AUTORUN"):
+            print(f"{key}={launch.env[key]}")
+        return EXIT_OK
+    if not args.quiet:
+        print(f"gpulens: recording run {launch.run_id} into {launch.run_dir}", file=sys.stderr)
+    execute(launch)
+    return EXIT_INTERNAL  # not reached: execute() replaces this process
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from gpulens.profiler.prometheus import serve_node
+
+    if args.interval <= 0:
+        raise GpulensError("--interval must be a positive number of seconds")
+    return serve_node(args.port, args.addr, args.interval)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -191,12 +252,48 @@ def _json_default(value: Any) -> Any:
 
 
 COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import,
-            "dashboard": cmd_dashboard, "demo": cmd_demo}
+            "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter}
+
+
+_RUN_VALUE_FLAGS = {"--name", "--run-id", "--runs-dir", "--batch-size", "--profile-every", "--prometheus-port",
+                    "--prometheus-addr"}
+
+
+def _split_run_args(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """``gpulens run``'s own options, and the command after them (which keeps every option of its own).
+
+    argparse would claim the script's ``--lr 3`` as unknown options of ours;
+    the command starts at ``--``, at ``-m MODULE`` or at the first word.
+    """
+    own: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok == "--":
+            return own, tokens[i + 1:]
+        if tok == "-m":
+            return own + tokens[i:i + 2], tokens[i + 2:]
+        if tok in _RUN_VALUE_FLAGS:
+            own += tokens[i:i + 2]
+            i += 2
+            continue
+        if not tok.startswith("-"):
+            return own, tokens[i:]
+        own.append(tok)
+        i += 1
+    return own, []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if argv[:1] == ["run"]:
+        own, command = _split_run_args(argv[1:])
+        argv = ["run", *own]
     args = parser.parse_args(argv)
+    if command is not None:
+        args.command_args = command
     if not args.command:
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -168,6 +168,12 @@ def _step_table(st: dict[str, Any]) -> Table:
         if gpu:
             row.append("")
         table.add_row(*row, style="dim")
+    comm = st.get("comm")
+    if comm:
+        row = ["  all-reduce (overlaps)", fmt.seconds(comm["mean_s"]), fmt.pct(comm["share"], share=True), ""]
+        if gpu:
+            row.append("")
+        table.add_row(*row, style="dim")
     return table
 
 

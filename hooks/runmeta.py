@@ -24,6 +24,41 @@ def rank_env(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def shared_run_id(name: str, env: dict[str, str] | None = None) -> str | None:
+    """One run id that every rank of a torchrun/SLURM job derives alone, without talking to the others.
+
+    Ranks must write into the same run directory, and ``track()`` runs before
+    any process group exists.  In order: torchrun's rendezvous id (the same on
+    every node when given, e.g. ``--rdzv-id=$SLURM_JOB_ID``; random per launch
+    with ``--standalone``), SLURM's job and step ids, else the local torchrun
+    agent (our parent: its pid and start time are the same for the node's
+    ranks).  None for a single process.
+    """
+    import hashlib
+
+    env = os.environ if env is None else env
+    if rank_env(env)["world_size"] <= 1:
+        return None
+    from gpulens.profiler.runstore import slug
+
+    elastic = env.get("TORCHELASTIC_RUN_ID", "")
+    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if elastic and elastic.lower() != "none":
+        key = f"elastic:{elastic}:{restart}"
+    elif env.get("SLURM_JOB_ID"):
+        key = f"slurm:{env['SLURM_JOB_ID']}:{env.get('SLURM_STEP_ID', '')}:{restart}"
+    else:
+        try:
+            import psutil
+
+            parent = psutil.Process(os.getppid())
+            key = f"agent:{parent.pid}:{parent.create_time():.3f}:{env.get('MASTER_PORT', '')}:{restart}"
+        except Exception:
+            return None
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{slug(name)}-{digest}"
+
+
 def torch_meta() -> dict[str, Any]:
     """Versions of torch and its CUDA stack, only if the user's code imported torch.
 

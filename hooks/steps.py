@@ -140,17 +140,7 @@ class StepRecorder:
         if samples is None:
             samples = self._batch_samples if self._batch_samples is not None else self.batch_size
         self._batch_samples = None
-        row: Row = [
-            self.step_index,
-            clock.from_perf(self._step_start),
-            clock.from_perf(now),
-            acc[DATA], acc[FORWARD], acc[BACKWARD], acc[OPTIMIZER], acc[OTHER],
-            samples, tokens, None,
-            None, None, None, None, None, None,  # GPU-side times
-            None, None, None,  # CUDA memory
-            (FLAG_WARMUP if self.step_index < self.warmup_steps else 0) | flags,
-            _extra_json(self._extra) if self._extra else None,
-        ]
+        row = self._row(self._step_start, now, acc, self._extra, samples, tokens, flags)
         self.step_index += 1
         if self.gpu is not None:
             self.gpu.end_step(row, loss, self._timing)
@@ -161,6 +151,47 @@ class StepRecorder:
         self._open_step(now)  # the next step starts where this one ended
         if self.post_step is not None:
             self.post_step(self.step_index, (samples, tokens))
+
+    def _row(self, start: float, end: float, acc: list[float], extra: dict[str, float], samples: int | None,
+             tokens: int | None, flags: int) -> Row:
+        return [
+            self.step_index,
+            clock.from_perf(start),
+            clock.from_perf(end),
+            acc[DATA], acc[FORWARD], acc[BACKWARD], acc[OPTIMIZER], acc[OTHER],
+            samples, tokens, None,
+            None, None, None, None, None, None,  # GPU-side times
+            None, None, None,  # CUDA memory
+            (FLAG_WARMUP if self.step_index < self.warmup_steps else 0) | flags,
+            _extra_json(extra) if extra else None,
+        ]
+
+    def snapshot(self) -> tuple[float, list[float], dict[str, float], int | None]:
+        """Where the open step stands now: a place it may later be cut at (:meth:`emit_until`)."""
+        now = time.perf_counter()
+        if self._open:
+            self._charge(now)
+        return now, list(self._acc), dict(self._extra), self._batch_samples
+
+    def emit_until(self, snap: tuple[float, list[float], dict[str, float], int | None], loss: Any = None) -> None:
+        """Emit the part of the open step before ``snap`` as a step of its own; the rest stays open.
+
+        For boundaries known only in hindsight (was that backward an update or
+        one micro-batch of several?).  Such steps carry no GPU-side phase times.
+        """
+        t, acc, extra, samples = snap
+        if not self._open or t < self._step_start:
+            return
+        row = self._row(self._step_start, t, acc, extra, samples, None, 0)
+        if loss is not None:
+            row[10] = loss_value(loss)
+        self.step_index += 1
+        self._emit(row)
+        self._step_start = t
+        self._acc = [max(a - b, 0.0) for a, b in zip(self._acc, acc)]
+        self._extra = {k: v - extra.get(k, 0.0) for k, v in self._extra.items() if v - extra.get(k, 0.0) > 0}
+        if samples is not None and self._batch_samples is not None:
+            self._batch_samples = (self._batch_samples - samples) or None
 
     def break_step(self) -> None:
         """Discard the open step (an epoch ended): idle time belongs to no step."""

@@ -84,7 +84,8 @@ class TrackedRun:
                  flops_per_step: float | None = None, flops_per_sample: float | None = None,
                  flops_per_token: float | None = None, flops_dtype: str | None = None,
                  model: Any = None, optimizer: Any = None, target_batch: int | None = None,
-                 advise: bool = True) -> None:
+                 advise: bool = True, auto: bool = False, prometheus_port: int | None = None,
+                 prometheus_addr: str = "127.0.0.1") -> None:
         self.name = name or _default_name()
         self.quiet = quiet
         self.path: Path | None = None
@@ -101,8 +102,15 @@ class TrackedRun:
         self._prev_sigterm: Any = None
         self._windows: ProfilerWindows | None = None
         self._flops: Any = None
+        self._auto_wanted = auto
+        self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
+        self._exporter: Any = None
+        self._exit_status: tuple[str, str | None] | None = None
+        self._phase_switched = False
         self._profile = _profile_config(profile, profile_every, profile_steps)
         self._model_meta = model_meta(model, optimizer)
+        self._model = model  # for DDP all-reduce timing once torch is attached; dropped at close
+        self._comm: Any = None
         self._target_batch = target_batch
         self._advise = advise
         self._count_flops = count_flops
@@ -111,6 +119,8 @@ class TrackedRun:
                             "flops_per_token": flops_per_token, "flops_dtype": flops_dtype}
         try:
             self._start(runs_dir, run_id, batch_size, config, sampling, warmup_steps, nvml)
+            if prometheus_port is not None:
+                self._start_exporter(prometheus_port, prometheus_addr)
         except Exception as exc:
             log.warning("gpulens: recording disabled for this run: %s", exc)
             self._closed = True
@@ -120,7 +130,7 @@ class TrackedRun:
                config: dict[str, Any] | None, sampling: SamplingConfig | None,
                warmup_steps: int, nvml: ModuleType | None) -> None:
         ranks = runmeta.rank_env()
-        given = run_id or os.environ.get("GPULENS_RUN_ID")
+        given = run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
         root = runs_root(runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # a generated id that is already taken is drawn again
@@ -163,21 +173,62 @@ class TrackedRun:
             dtype = self._user_flops["flops_dtype"] or "bf16"
             writer.flops(-1, float(self._user_flops["flops_per_step"]),
                          {dtype: float(self._user_flops["flops_per_step"])}, "user")
+        self._rank = ranks["rank"]
+        self._recording = True
         torch = sys.modules.get("torch")
         if torch is not None:
-            if self._profile.enabled:
-                self._windows = ProfilerWindows(torch, self.path, ranks["rank"], self._profile, writer)
+            self.attach_torch(torch)
+        self._install_sigterm()
+        atexit.register(self._atexit)
+        if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
+            log.info("gpulens: recording run %s into %s", run_id, self.path)
+
+    def attach_torch(self, torch: ModuleType) -> None:
+        """Profiler windows, FLOP counting and (``gpulens run``) step detection need torch.
+
+        Called at start when the training code imported torch already, or by
+        ``gpulens run``'s import hook the moment it does.
+        """
+        if not self._recording or self._recorder is None:
+            return
+        writer = self._recorder.writer
+        try:
+            if self._profile.enabled and self._windows is None:
+                self._windows = ProfilerWindows(torch, self.path, self._rank, self._profile, writer)
                 self._windows.begin_if_first()
             user_given = any(self._user_flops[k] for k in ("flops_per_step", "flops_per_sample", "flops_per_token"))
-            if self._count_flops and not user_given:
+            if self._count_flops and not user_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
 
                 self._flops = StepFlops(torch, writer.flops, at=self._flops_step)
-        self._recording = True
-        self._install_sigterm()
-        atexit.register(self._atexit)
+            if self._model is not None:
+                self.attach_comm(torch, self._model)
+            if self._auto_wanted and self._auto is None:
+                from gpulens.hooks.auto import AutoSteps
+
+                self._auto = AutoSteps(self, torch)
+                self._auto.install()
+        except Exception as exc:
+            log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
+
+    def attach_comm(self, torch: ModuleType, model: Any) -> None:
+        """Time the gradient all-reduce of a (gloo) DDP model, stored per step as ``@comm``."""
+        if self._comm is None:
+            from gpulens.hooks.comm import CommTimer
+
+            self._comm = CommTimer()
+        if self._comm.attach(torch, model) and self._recorder is not None:
+            self._recorder.writer.meta(comm_timing="ddp-allreduce-hook")
+
+    def _start_exporter(self, port: int, addr: str) -> None:
+        from gpulens.profiler.prometheus import RunExporter
+
+        ranks = runmeta.rank_env()
+        self._exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
+                                     local_rank=ranks["local_rank"])
+        bound = self._exporter.serve(port + ranks["local_rank"], addr)
         if not self.quiet:
-            log.info("gpulens: recording run %s into %s", run_id, self.path)
+            log.info("gpulens: Prometheus metrics on http://%s:%d/metrics", addr, bound)
 
     def _sync(self) -> None:
         torch = sys.modules.get("torch")
@@ -194,15 +245,66 @@ class TrackedRun:
         """
         if not self._recording:
             return
+        if self._auto is not None and self._auto.boundaries:
+            self._stand_down_auto("run.step()")
+        self._end_step(samples, tokens, loss, True)
+
+    def _auto_step(self, loss: Any = None) -> None:
+        """A step boundary found by :class:`~gpulens.hooks.auto.AutoSteps` (or a framework callback)."""
+        if self._recording:
+            self._end_step(None, None, loss, False)
+
+    def _end_step(self, samples: int | None, tokens: int | None, loss: Any, manual: bool) -> None:
         try:
             rec = self._rec
             if rec.gpu is None:
                 self._maybe_attach_cuda()
             elif rec.step_index & 7 == 0:
                 rec.gpu.poll()
-            rec.step(samples, tokens, loss)
+            rec.step(samples, tokens, loss, manual=manual)
         except Exception as exc:
             self._hook_failed(exc)
+
+    def _stand_down_auto(self, why: str) -> None:
+        """The training code marks steps itself: automatic boundaries would count them twice."""
+        auto, self._auto = self._auto, None
+        if auto is not None:
+            auto.uninstall()
+            self._rec.break_step()
+            self._rec._stack.clear()
+            log.info("gpulens: %s in the training code: automatic step detection off", why)
+
+    def switch_phase(self, name: str | None) -> None:
+        """End the phase begun by the last ``switch_phase`` and begin ``name`` (None: no phase).
+
+        For framework callbacks, whose hooks mark where phases begin and end
+        in different calls, so a ``with run.phase()`` block cannot span them.
+        """
+        if not self._recording:
+            return
+        try:
+            if self._phase_switched:
+                self._rec.exit()
+                self._phase_switched = False
+            if name is not None:
+                slot, custom = phase_slot(name)
+                self._rec.enter(slot, custom)
+                self._phase_switched = True
+        except Exception as exc:
+            self._hook_failed(exc)
+
+    def end_step_here(self, samples: int | None = None, tokens: int | None = None, loss: Any = None) -> None:
+        """Step boundary from a framework callback: like :meth:`step`, keeps phase detection on."""
+        if not self._recording:
+            return
+        if self._phase_switched:
+            self.switch_phase(None)
+        self._end_step(samples, tokens, loss, True)
+
+    def idle(self) -> None:
+        """Between iterations (an epoch ended, evaluation runs): time until the next phase belongs to no step."""
+        if self._recording:
+            self._safe(self._rec.break_step)
 
     def phase(self, name: str) -> Any:
         """Context manager charging the time inside it to ``name``.
@@ -224,6 +326,8 @@ class TrackedRun:
         """
         if not self._recording:
             return iterable
+        if self._auto is not None and self._auto.boundaries:
+            self._stand_down_auto("run.loader()")
         return _TimedLoader(self, iterable)
 
     def _pre_step(self, step: int) -> int:
@@ -234,6 +338,14 @@ class TrackedRun:
         if self._flops is not None and self._flops.counting:
             self._flops.end()
             flags |= FLAG_PROFILED
+        if step == 1 and self._recorder is not None:
+            backend = runmeta.distributed_backend()  # now: the script may destroy its group before exit
+            if backend:
+                self._recorder.writer.meta(distributed_backend=backend)
+        if self._comm is not None and self._comm.models:
+            seconds = self._comm.take(time.perf_counter())
+            if seconds is not None:
+                self._rec._extra["@comm"] = seconds  # '@': a measurement, not a phase of the step
         return flags
 
     def _post_step(self, step: int, shape: Any) -> None:
@@ -300,7 +412,10 @@ class TrackedRun:
         if self._closed:
             return
         self._closed = True
+        if self._auto is not None:
+            self._auto.finish()  # while recording is on: the last iteration's update ends its step
         self._recording = False
+        self._model = None
         with _active_lock:
             if _active is self:
                 _active = None
@@ -312,6 +427,18 @@ class TrackedRun:
         recorder = self._recorder
         if recorder is None:
             return
+        auto_meta: dict[str, Any] = {}
+        if self._auto is not None:
+            auto_meta["auto"] = self._auto.describe()
+            if not self.quiet and not self._auto.updates:
+                print("gpulens: no training step found (no optimizer.step, GradScaler.step or backward seen): "
+                      "recorded device and host samples only", file=sys.stderr)
+        elif self._auto_wanted:
+            auto_meta["auto"] = {"mode": "time-only", "boundary": None,
+                                 "reason": "torch was never imported" if "torch" not in sys.modules
+                                 else "steps were marked by the training code"}
+        if self._exporter is not None:
+            self._exporter.close()
         try:
             if self._flops is not None and self._flops.counting:
                 self._flops.disabled = True
@@ -328,8 +455,10 @@ class TrackedRun:
         except Exception as exc:
             log.warning("gpulens: could not resolve the last GPU timings: %s", exc)
         try:
-            recorder.close(status, error, steps=self._rec.step_index, distributed_backend=runmeta.distributed_backend(),
-                           **runmeta.torch_meta())
+            backend = runmeta.distributed_backend()
+            if backend:
+                auto_meta["distributed_backend"] = backend
+            recorder.close(status, error, steps=self._rec.step_index, **runmeta.torch_meta(), **auto_meta)
         except Exception as exc:
             log.warning("gpulens: closing run %s failed: %s", self.id, exc)
             return
@@ -341,7 +470,8 @@ class TrackedRun:
 
     def _atexit(self) -> None:
         self._nesting = 0
-        self.close("finished")
+        status, error = self._exit_status or ("finished", None)
+        self.close(status, error)
 
     def _install_sigterm(self) -> None:
         """Close the run as 'interrupted' on SIGTERM, then die as SIGTERM would have."""

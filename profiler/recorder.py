@@ -74,8 +74,10 @@ def host_meta() -> dict[str, Any]:
 class Recorder:
     """Writer plus samplers for one rank database."""
 
-    def __init__(self, db_path: Path, meta: dict[str, Any], config: SamplingConfig | None = None,
-                 nvml: ModuleType | None = None, sample_node: bool = True) -> None:
+    def __init__(self, db_path: Path | None, meta: dict[str, Any], config: SamplingConfig | None = None,
+                 nvml: ModuleType | None = None, sample_node: bool = True, sink: Any = None) -> None:
+        """``sink``: anything with the writer's producer methods, instead of a database
+        (``gpulens exporter`` keeps only the latest values)."""
         self.config = config or SamplingConfig()
         self.config.validate()
         meta = dict(meta)
@@ -102,8 +104,14 @@ class Recorder:
             nvml_meta = {"available": False, "reason": "device sampling off for this rank"}
         meta["nvml"] = nvml_meta
         meta["gpus"] = [g for g in nvml_meta.pop("_gpus", [])]
+        self.gpus: list[dict[str, Any]] = meta["gpus"]
 
-        self.writer = RunWriter(db_path, meta, self.config.flush_interval)
+        if sink is not None:
+            self.writer = sink
+        elif db_path is not None:
+            self.writer = RunWriter(db_path, meta, self.config.flush_interval)
+        else:
+            raise ValueError("a Recorder needs a database path or a sink")
         for note in notes:
             self.writer.event("note", note)
         if not nvml_meta.get("available") and sample_node and self.config.devices:

@@ -127,13 +127,20 @@ def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
                for name in PHASES},
         }
     custom: dict[str, float] = {}
+    comm: list[float] = []
     for extra, keep in zip(steps.extra, steady):
         if keep:
             for key, value in extra.items():
-                custom[key] = custom.get(key, 0.0) + value
+                if key == "@comm":
+                    comm.append(value)
+                elif not key.startswith("@"):  # '@' keys are measurements, not phases
+                    custom[key] = custom.get(key, 0.0) + value
     if custom:
         step_time["custom_phases"] = {k: {"mean_s": v / durations.size, "share": v / total}
                                       for k, v in sorted(custom.items())}
+    if comm:
+        # DDP all-reduce wall time (gloo, communication hook): overlaps backward, so not a phase
+        step_time["comm"] = {"steps": len(comm), "mean_s": float(np.mean(comm)), "share": float(np.sum(comm)) / total}
     if total > 0:
         throughput["steps_per_s"] = durations.size / total
         samples = steps.samples[steady]

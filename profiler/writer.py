@@ -64,6 +64,10 @@ class RunWriter:
         self._flush_requested = threading.Event()
         self._stop = threading.Event()
         self._closed = False
+        #: Taps for live exposition (Prometheus): the latest value per series id, and a function
+        #: given every step row.  None (the default) costs one attribute test per record.
+        self.latest: dict[int, tuple[float, float]] | None = None
+        self.step_tap: Any = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
@@ -107,8 +111,16 @@ class RunWriter:
         """Record that a series is unsupported or failed, with the reason (once)."""
         self.series(metric, gpu, unit, status, reason)
 
+    def series_ids(self) -> dict[tuple[str, int], int]:
+        """(metric, gpu) -> series id of every series declared so far."""
+        with self._series_lock:
+            return dict(self._series_ids)
+
     def point(self, sid: int, t: float, value: float) -> None:
         self._points.append((sid, t, value))
+        latest = self.latest
+        if latest is not None:
+            latest[sid] = (t, value)
 
     def points_bulk(self, sid: int, t: np.ndarray, v: np.ndarray) -> None:
         """Many points of one series at once (importers, benchmarks): one chunk, no per-point cost."""
@@ -117,6 +129,12 @@ class RunWriter:
     def step(self, row: tuple[Any, ...]) -> None:
         """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
         self._steps.append(row)
+        tap = self.step_tap
+        if tap is not None:
+            try:
+                tap(row)
+            except Exception:  # exposition must never cost a step
+                self.step_tap = None
 
     def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
               t: float | None = None) -> None:

@@ -236,6 +236,10 @@ def _rank_timings(run: RunReader, done: list) -> list[RankTiming]:
             sb = combine(mine)["step_breakdown_us"]
             if sb.get("Total"):
                 comm_s = sb.get("Communication", 0.0) / 1e6
+        if comm_s is None:  # no window: the DDP all-reduce hook's per-step wall time (gloo)
+            hooked = [e["@comm"] for e, k in zip(steps.extra, keep) if k and "@comm" in e]
+            if hooked:
+                comm_s = float(np.median(hooked))
         compute = step_s - comm_s if comm_s is not None else None
         out.append(RankTiming(rank, int(len(steps)), step_s, compute, comm_s, phases))
     return out

@@ -1,0 +1,453 @@
+"""Steps and phases of an unmodified training loop (``gpulens run``).
+
+No code change means no ``run.step()``: the step boundary has to be read off
+what every PyTorch loop does anyway.  The signals, all through public hooks
+or one thin wrapper each:
+
+* ``optimizer.step`` -- torch's global optimizer pre/post hooks; a
+  ``GradScaler.step`` counts too (it skips ``optimizer.step`` on inf/NaN
+  gradients, and that iteration is still a step);
+* ``loss.backward()`` -- ``torch.autograd.backward`` (Tensor.backward calls it);
+* DataLoader fetches -- ``_BaseDataLoaderIter.__next__`` (single and
+  multi-process loaders), on the training thread only;
+* forward -- instance hooks on the *root* modules (modules that are nobody's
+  child: the model, a DDP or torch.compile wrapper, a loss module), found by
+  a scan of live modules when an optimizer is created and at the first
+  backward; never global module hooks, which would cost every submodule
+  call and reach into compiled code.
+
+A step is one *update*: an optimizer step, or, in a loop without any
+optimizer (manual SGD), a backward.  It ends at the start of the next
+iteration after an update: the next DataLoader fetch when the step fetched
+from one (so gradient accumulation folds its micro-batches into one step,
+and a GAN's two optimizers into one iteration); otherwise the next forward of
+the *anchor* (the first root module forwarded in training mode); and always
+at a second step of an optimizer that already stepped in the open step
+(LBFGS closures, a loop over one batch fetched once).
+Evaluation (the anchor in eval mode or under no_grad, fetches under no_grad)
+ends a pending step and is left out, as epoch gaps are.
+
+Limits (README): a loop that steps one optimizer several times per
+"iteration" without a DataLoader (WGAN critic loops) counts each optimizer
+step of a repeat as a step boundary; forward time outside root modules (the
+loss function as a plain function) counts as "other"; fetches from loaders
+that are not torch DataLoaders are not data wait.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
+
+if TYPE_CHECKING:
+    from gpulens.hooks.tracking import TrackedRun
+
+log = logging.getLogger("gpulens")
+
+#: Root-module scans: at the first backward, and again once warm-up is over (models built late).
+RESCAN_AT_STEPS = (3,)
+#: Before any optimizer has stepped, a backward may be a manual-SGD update or one micro-batch of
+#: gradient accumulation.  Its boundaries are held (cut points noted) until an optimizer steps --
+#: they were micro-batches -- or this many pass without one: a loop without an optimizer.
+TENTATIVE_MAX = 8
+
+
+class AutoSteps:
+    """Drives a :class:`TrackedRun`'s step recorder from torch's own hooks.
+
+    ``boundaries=False`` records phases only (a framework callback decides
+    where steps end).  Every hook body is wrapped: a failure stops automatic
+    recording with one log line and never reaches the training loop.
+    """
+
+    def __init__(self, run: "TrackedRun", torch: Any, boundaries: bool = True) -> None:
+        self.run = run
+        self.torch = torch
+        self.boundaries = boundaries
+        self.active = False
+        self._handles: list[Any] = []
+        self._undo: list[Callable[[], None]] = []
+        self._root_handles: list[Any] = []
+        self._roots: set[int] = set()
+        self._anchor: int | None = None
+        self._train_thread: int | None = threading.main_thread().ident
+        self._opt_depth = 0
+        self._fwd_depth = 0
+        self._stepped: set[int] = set()  # optimizers stepped in the open step
+        self._pending = False  # an update happened since the last boundary
+        self._fetched = False  # a training fetch happened since the last boundary
+        self._tentative_update = False  # the pending update is a backward in a loop not yet known
+        self._held: list[tuple[Any, Any]] = []  # (snapshot, loss) of held boundaries
+        self._no_optimizer = False  # decided: this loop updates without an optimizer
+        self._idle = True  # between training iterations (start, epoch gaps, evaluation)
+        self._iter: Any = None  # the DataLoader iterator fetched from last
+        self._loss: Any = None
+        self._scaled = False
+        self._scanned_at: set[int] = set()
+        self.saw_optimizer = False
+        self.saw_backward = False
+        self.saw_loader = False
+        self.updates = 0
+
+    # ------------------------------------------------------------------ install / remove
+    def install(self) -> None:
+        torch = self.torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._handles.append(register_optimizer_step_pre_hook(self._opt_pre))
+        self._handles.append(register_optimizer_step_post_hook(self._opt_post))
+        self._wrap(torch.autograd, "backward", self._wrap_backward)
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        self._wrap(_BaseDataLoaderIter, "__next__", self._wrap_next)
+        self._wrap(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
+        scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)
+        if scaler is not None and hasattr(scaler, "step"):
+            self._wrap(scaler, "step", self._wrap_scaler_step)
+        self.active = True
+        self._scan_roots()  # models that exist already (track(auto=True) after building them)
+
+    def phases_only(self) -> None:
+        """A framework callback marks the steps; keep timing backward, optimizer, fetches and forward."""
+        self.boundaries = False
+        self._idle = False
+
+    def uninstall(self) -> None:
+        """Remove every hook and wrapper (a manual ``run.step()`` took over, or the run closed)."""
+        self.active = False
+        for handle in self._handles + self._root_handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self._handles, self._root_handles = [], []
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception:
+                pass
+        self._undo = []
+
+    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        wrapped = make(original)
+        wrapped.__wrapped__ = original
+        wrapped.__name__ = getattr(original, "__name__", name)
+        wrapped.__doc__ = getattr(original, "__doc__", None)
+        setattr(owner, name, wrapped)
+
+        def undo() -> None:
+            if getattr(owner, name, None) is wrapped or (isinstance(owner, type) and owner.__dict__.get(name) is wrapped):
+                setattr(owner, name, original)
+
+        self._undo.append(undo)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.warning("gpulens: automatic step detection failed (%s: %s); recording goes on without steps",
+                    type(exc).__name__, exc)
+        self.uninstall()
+
+    @property
+    def _rec(self) -> Any:
+        return self.run._rec
+
+    # ------------------------------------------------------------------ phases
+    def _enter(self, slot: int) -> None:
+        if self._idle:
+            self._idle = False
+            self._rec.break_step()  # the step opens here, not where the last one ended
+        self._rec.enter(slot)
+
+    def _exit(self) -> None:
+        if self._rec._stack:
+            self._rec.exit()
+
+    def _boundary(self) -> None:
+        """End the open step here (an update happened) and start the next one."""
+        if self._pending and not self._idle:
+            loss, self._loss = self._loss, None
+            if self._scaled:
+                loss = None  # GradScaler's backward sees the scaled loss, not the loss
+            if self._tentative_update and not self._no_optimizer:
+                self._held.append((self._rec.snapshot(), loss))
+                if len(self._held) >= TENTATIVE_MAX:
+                    self._release_held()
+            else:
+                self._rec._stack.clear()  # a phase left open by an exception must not leak into the next step
+                self.run._auto_step(loss)
+        self._pending = False
+        self._tentative_update = False
+        self._fetched = False
+        self._stepped.clear()
+
+    def _release_held(self) -> None:
+        """No optimizer came: every held backward boundary was a step of a manual-update loop."""
+        self._no_optimizer = True
+        held, self._held = self._held, []
+        for snap, loss in held:
+            self._rec.emit_until(snap, loss)
+        self.updates += len(held)
+        if self._tentative_update:
+            self._tentative_update = False
+            self.updates += 1
+
+    def _go_idle(self) -> None:
+        """Evaluation or an epoch gap: close a pending step, leave the rest out."""
+        if self._held or self._tentative_update:
+            self._release_held()
+        self._boundary()
+        if not self._idle:
+            self._idle = True
+            self._rec._stack.clear()
+            self._rec.break_step()
+
+    # ------------------------------------------------------------------ optimizer
+    def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            self._opt_depth += 1
+            if self._opt_depth > 1:
+                return
+            if not self.saw_optimizer:
+                self._held.clear()  # the backwards before it were micro-batches of this step
+                self._pending = self._tentative_update = False
+            self.saw_optimizer = True
+            key = id(optimizer)
+            if self.boundaries and self._pending and key in self._stepped:
+                self._boundary()  # the same optimizer again, nothing else between: a new iteration (LBFGS)
+            self._stepped.add(key)
+            self._enter(OPTIMIZER)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            self._opt_depth = max(self._opt_depth - 1, 0)
+            if self._opt_depth:
+                return
+            self._exit()
+            self._updated()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _updated(self) -> None:
+        self._pending = True
+        self.updates += 1
+        if self.updates in RESCAN_AT_STEPS and self.updates not in self._scanned_at:
+            self._scanned_at.add(self.updates)
+            self._scan_roots()
+
+    def _wrap_optimizer_init(self, original: Any) -> Any:
+        auto = self
+
+        def __init__(optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            original(optimizer, *args, **kwargs)
+            if auto.active:  # models exist before their optimizers: hook them before the first forward
+                try:
+                    auto._scan_roots()
+                except Exception as exc:
+                    auto._failed(exc)
+
+        return __init__
+
+    def _wrap_scaler_step(self, original: Any) -> Any:
+        auto = self
+
+        def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            auto._scaled = True
+            auto._opt_pre(optimizer, args, kwargs)  # nested optimizer hooks see depth > 1
+            try:
+                return original(scaler, optimizer, *args, **kwargs)
+            finally:
+                auto._opt_post(optimizer, args, kwargs)
+
+        return step
+
+    # ------------------------------------------------------------------ backward
+    def _wrap_backward(self, original: Any) -> Any:
+        auto = self
+
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if not auto.active:
+                return original(tensors, *args, **kwargs)
+            auto._backward_begin(tensors)
+            try:
+                return original(tensors, *args, **kwargs)
+            finally:
+                auto._backward_end()
+
+        return backward
+
+    def _backward_begin(self, tensors: Any) -> None:
+        try:
+            if not self.saw_backward:
+                self.saw_backward = True
+                self._train_thread = threading.get_ident()
+                self._scan_roots()
+            self._enter(BACKWARD)
+            if not self._scaled and getattr(tensors, "ndim", None) == 0:
+                self._loss = tensors.detach()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _backward_end(self) -> None:
+        try:
+            self._exit()
+            if not self.saw_optimizer and self._opt_depth == 0:
+                # no optimizer in this loop (so far): the backward may be the update
+                if self._no_optimizer:
+                    self._updated()
+                else:
+                    self._pending = self._tentative_update = True
+        except Exception as exc:
+            self._failed(exc)
+
+    # ------------------------------------------------------------------ DataLoader
+    def _wrap_next(self, original: Any) -> Any:
+        auto = self
+
+        def __next__(it: Any) -> Any:
+            if not auto.active or threading.get_ident() != auto._train_thread:
+                return original(it)
+            training = auto._fetch_begin(it)
+            try:
+                batch = original(it)
+            except StopIteration:
+                auto._fetch_end(None, stopped=True, training=training)
+                raise
+            except BaseException:
+                auto._fetch_end(None, stopped=False, training=training)
+                raise
+            auto._fetch_end(batch, stopped=False, training=training)
+            return batch
+
+        return __next__
+
+    def _fetch_begin(self, it: Any) -> bool:
+        try:
+            if not self.torch.is_grad_enabled():
+                if self.boundaries:
+                    self._go_idle()
+                return False
+            self.saw_loader = True
+            new_epoch = it is not self._iter
+            self._iter = it
+            if self.boundaries:
+                if self._pending:
+                    self._boundary()
+                elif new_epoch:
+                    self._go_idle()  # what came before the epoch's first fetch belongs to no step
+            self._fetched = True
+            self._enter(DATA)
+            return True
+        except Exception as exc:
+            self._failed(exc)
+            return False
+
+    def _fetch_end(self, batch: Any, stopped: bool, training: bool) -> None:
+        if not training:
+            return
+        try:
+            self._exit()
+            if stopped:
+                if self.boundaries:
+                    self._go_idle()
+                return
+            n = infer_batch_size(batch)
+            if n is not None:
+                rec = self._rec
+                rec._batch_samples = (rec._batch_samples or 0) + n
+        except Exception as exc:
+            self._failed(exc)
+
+    # ------------------------------------------------------------------ forward of root modules
+    def _scan_roots(self) -> None:
+        """Hook the forward of every live root module (once per module)."""
+        t0 = time.perf_counter()
+        nn = self.torch.nn
+        module_type = nn.Module  # type(), not isinstance(): some objects warn when asked for __class__
+        modules = [obj for obj in gc.get_objects() if issubclass(type(obj), module_type)]
+        children: set[int] = set()
+        for module in modules:
+            for child in module._modules.values():
+                if child is not None:
+                    children.add(id(child))
+        added = 0
+        for module in modules:
+            key = id(module)
+            if key in children or key in self._roots:
+                continue
+            self._roots.add(key)
+            self._root_handles.append(module.register_forward_pre_hook(self._fwd_pre))
+            self._root_handles.append(module.register_forward_hook(self._fwd_post, always_call=True))
+            self.run.attach_comm(self.torch, module)
+            added += 1
+        log.debug("gpulens: %d root modules hooked (%d modules scanned in %.0f ms)", added, len(modules),
+                  (time.perf_counter() - t0) * 1e3)
+
+    def _fwd_pre(self, module: Any, args: Any) -> None:
+        if not self.active or threading.get_ident() != self._train_thread:
+            return
+        try:
+            self._fwd_depth += 1
+            if self._fwd_depth > 1:
+                return  # a root module called inside another (a loss module inside a wrapper)
+            key = id(module)
+            training = module.training and self.torch.is_grad_enabled()
+            if self.boundaries:
+                if self._anchor is None and training and (self._idle or self._pending):
+                    self._anchor = key  # the first model forwarded as an iteration begins
+                if key == self._anchor:
+                    if not training:
+                        self._go_idle()  # the model evaluated
+                        return
+                    if self._pending and not self._fetched:
+                        self._boundary()  # loops that fetch end their steps at the fetch
+            if self._idle and not training:
+                return  # a stray no-grad forward between iterations belongs to no step
+            self._enter(FORWARD)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _fwd_post(self, module: Any, args: Any, output: Any) -> None:
+        if not self.active or threading.get_ident() != self._train_thread:
+            return
+        try:
+            self._fwd_depth = max(self._fwd_depth - 1, 0)
+            if self._fwd_depth == 0 and self._rec._stack and self._rec._stack[-1][0] == FORWARD:
+                self._exit()
+        except Exception as exc:
+            self._failed(exc)
+
+    # ------------------------------------------------------------------ end of the run
+    def finish(self) -> None:
+        """At close: the last iteration's update ends its step (no further fetch or forward comes)."""
+        try:
+            if self.active and self.boundaries:
+                if self._held or self._tentative_update:
+                    self._release_held()
+                self._boundary()
+        except Exception as exc:
+            log.debug("gpulens: could not close the last automatic step: %s", exc)
+        self.uninstall()
+
+    def describe(self) -> dict[str, Any]:
+        """What the detector saw, stored with the run (``auto`` in its metadata)."""
+        if self.saw_loader:
+            boundary = "dataloader"
+        elif self._anchor is not None:
+            boundary = "forward"
+        elif self.saw_optimizer or self.saw_backward:
+            boundary = "optimizer"
+        else:
+            boundary = None
+        return {"mode": "steps" if self.updates else "time-only", "boundary": boundary if self.boundaries else "callback",
+                "optimizer": self.saw_optimizer, "backward": self.saw_backward, "dataloader": self.saw_loader,
+                "root_modules": len(self._roots), "updates": self.updates}

@@ -1,0 +1,174 @@
+"""The in-process half of ``gpulens run``: decide whether this process records, and start.
+
+``gpulens run`` (gpulens/cli.py) sets ``GPULENS_AUTORUN`` (JSON options) and
+``GPULENS_RUN_ID`` and puts ``_bootstrap/`` on PYTHONPATH; every Python
+process of the command then calls :func:`start` from its sitecustomize.
+Launchers (torchrun's agent, accelerate, deepspeed) do not record -- their
+ranks do -- and neither do the recording process' own children (DataLoader
+workers, compile workers): the first process that records marks the
+environment its children inherit.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("gpulens")
+
+ENV_OPTIONS = "GPULENS_AUTORUN"
+ENV_OWNER = "GPULENS_AUTORUN_OWNER"
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+
+#: Command lines of launchers: they start the ranks and must not record themselves.
+LAUNCHER_SCRIPTS = {"torchrun", "accelerate", "deepspeed", "lightning", "fabric"}
+LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch",
+                    "accelerate.commands.accelerate_cli", "deepspeed.launcher.runner"}
+
+_started: Any = None
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """True for torchrun & co. (``sys.orig_argv``: the interpreter, its options, then the program)."""
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1] in LAUNCHER_MODULES
+        if arg in ("-c",):
+            return False
+        if arg.startswith("-"):
+            i += 2 if arg in ("-W", "-X", "-Q") else 1
+            continue
+        return Path(arg).name in LAUNCHER_SCRIPTS
+    return False
+
+
+def program_name(argv: list[str]) -> str:
+    """The script's stem or the module's name (``python -m pkg.train`` -> ``train``)."""
+    args = argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1].rsplit(".", 1)[-1]
+        if arg == "-c":
+            return "python-c"
+        if not arg.startswith("-"):
+            return Path(arg).stem or "run"
+    return "python"
+
+
+def start() -> Any:
+    """Start recording this process if ``gpulens run`` asked for it and it is a training process."""
+    global _started
+    if _started is not None:
+        return _started
+    raw = os.environ.get(ENV_OPTIONS)
+    if raw is None:
+        return None
+    owner = os.environ.get(ENV_OWNER)
+    if owner and owner != str(os.getpid()):
+        return None  # a child of a recording process (DataLoader worker, compile worker)
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    if is_launcher(argv):
+        return None
+    try:
+        options = json.loads(raw)
+        if not isinstance(options, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        print(f"gpulens: not recording: bad {ENV_OPTIONS} ({exc})", file=sys.stderr)
+        return None
+    os.environ[ENV_OWNER] = str(os.getpid())
+    _configure_logging(bool(options.get("quiet")))
+    from gpulens.hooks.tracking import track
+
+    name = options.pop("name", None) or program_name(argv)
+    kwargs = {k: v for k, v in options.items() if k in _TRACK_OPTIONS}
+    run = track(name, auto=True, **kwargs)
+    if run._closed:
+        return None
+    _started = run
+    _install_excepthook(run)
+    if "torch" in sys.modules:
+        run.attach_torch(sys.modules["torch"])
+    else:
+        sys.meta_path.insert(0, _TorchImportHook(run))
+    return run
+
+
+_TRACK_OPTIONS = {"runs_dir", "run_id", "batch_size", "profile_every", "profile_steps", "count_flops",
+                  "warmup_steps", "quiet", "advise", "prometheus_port", "prometheus_addr", "sync_phases"}
+
+
+def _configure_logging(quiet: bool) -> None:
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _install_excepthook(run: Any) -> None:
+    """An exception that ends the script decides the run's status (atexit runs after this hook)."""
+    previous = sys.excepthook
+
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if issubclass(exc_type, KeyboardInterrupt):
+                run._exit_status = ("interrupted", "KeyboardInterrupt")
+            elif not (issubclass(exc_type, SystemExit) and exc.code in (0, None)):
+                run._exit_status = ("crashed", f"{exc_type.__name__}: {exc}")
+        except Exception:
+            pass
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+    original_exit = sys.exit
+
+    def exit(code: Any = None) -> None:  # sys.exit(1) from the script: a failed run, not a finished one
+        if code not in (0, None):
+            run._exit_status = ("crashed", f"exit status {code}")
+        original_exit(code)
+
+    sys.exit = exit
+
+
+class _TorchImportHook(importlib.abc.MetaPathFinder):
+    """Calls ``run.attach_torch(torch)`` the moment ``import torch`` has finished."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "torch" or getattr(self._busy, "on", False):
+            return None
+        self._busy.on = True
+        try:
+            spec = importlib.util.find_spec("torch")
+        finally:
+            self._busy.on = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader, run, finder = spec.loader, self.run, self
+        original = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original(module)
+            try:
+                sys.meta_path.remove(finder)
+            except ValueError:
+                pass
+            run.attach_torch(module)
+
+        loader.exec_module = exec_module  # this loader instance serves torch/__init__.py only
+        return spec

@@ -1,0 +1,89 @@
+"""``gpulens run``: run a training command unmodified, with recording on.
+
+The command is *exec*'d, not spawned: the script keeps gpulens' process id,
+so its exit status and the signals sent to it (Ctrl-C, SIGTERM from a
+scheduler, SIGKILL) are its own, unchanged.  Recording starts inside it from
+a sitecustomize that PYTHONPATH puts first (``_bootstrap/``), which also
+reaches the ranks torchrun starts; see :mod:`gpulens.hooks.autorun`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpulens.hooks.autorun import BOOTSTRAP_DIR, ENV_OPTIONS, ENV_OWNER, LAUNCHER_SCRIPTS, program_name
+from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.runstore import new_run_id, run_dir_in, runs_root, validate_run_id
+
+
+@dataclass
+class Launch:
+    """What to exec and with which environment (a pure description, for tests and ``--dry-run``)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    run_id: str
+    run_dir: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def command_line(command: list[str], module: str | None) -> list[str]:
+    """The argv to exec: ``-m mod args`` and ``train.py args`` run under this interpreter."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if module:
+        return [sys.executable, "-m", module, *command]
+    if not command:
+        raise GpulensError("nothing to run: give a command after '--', e.g. gpulens run -- python train.py")
+    if command[0].endswith(".py"):
+        return [sys.executable, *command]
+    return list(command)
+
+
+def name_of(argv: list[str]) -> str:
+    """A run name from the command: the script or module, also behind torchrun's options."""
+    exe = Path(argv[0]).name
+    if exe in LAUNCHER_SCRIPTS or exe.startswith("python"):
+        args = argv[1:]
+        for i, arg in enumerate(args):
+            if arg == "-m" and i + 1 < len(args) and exe.startswith("python"):
+                return program_name(argv)
+            if arg.endswith(".py"):
+                return Path(arg).stem
+        return program_name(argv) if exe.startswith("python") else exe
+    return Path(argv[0]).stem or "run"
+
+
+def prepare(command: list[str], module: str | None = None, name: str | None = None,
+            runs_dir: str | None = None, run_id: str | None = None,
+            env: dict[str, str] | None = None, **options: Any) -> Launch:
+    argv = command_line(command, module)
+    if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
+        raise GpulensError(f"command not found: {argv[0]}")
+    base = dict(os.environ if env is None else env)
+    root = runs_root(runs_dir).resolve()
+    run_name = name or name_of(argv)
+    rid = validate_run_id(run_id) if run_id else new_run_id(run_name)
+    run_dir = run_dir_in(root, rid)
+    opts = {"name": run_name, "runs_dir": str(root), **{k: v for k, v in options.items() if v is not None}}
+    base.pop(ENV_OWNER, None)  # gpulens run from inside a recorded process records the new command
+    base[ENV_OPTIONS] = json.dumps(opts)
+    base["GPULENS_RUN_ID"] = rid
+    path = base.get("PYTHONPATH")
+    base["PYTHONPATH"] = str(BOOTSTRAP_DIR) + (os.pathsep + path if path else "")
+    return Launch(argv, base, rid, run_dir, opts)
+
+
+def execute(launch: Launch) -> None:
+    """Replace this process with the command (returns only by raising)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(launch.argv[0], launch.argv, launch.env)
+    except OSError as exc:
+        raise GpulensError(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
