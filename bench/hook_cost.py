@@ -50,6 +50,29 @@ def loop(run, n: int, loss) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def auto_loop(n: int, runs_dir: str | None, quiet) -> float:
+    """An unmodified tiny training loop; with ``runs_dir`` under gpulens run's step detection."""
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loader = torch.utils.data.DataLoader([torch.ones(2, 4)] * n, batch_size=None)
+    run = None
+    if runs_dir is not None:
+        run = gpulens.track("hook-cost-auto", runs_dir=runs_dir, quiet=True, sampling=quiet, auto=True,
+                            profile=False, count_flops=False, advise=False)
+    try:
+        t0 = time.perf_counter()
+        for i, x in enumerate(loader):
+            if i == 10:  # after the one-off root-module scans (gc walk) of the first steps
+                t0 = time.perf_counter()
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        return (time.perf_counter() - t0) / (n - 10)
+    finally:
+        if run is not None:
+            run.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -70,11 +93,19 @@ def main() -> None:
                     time.sleep(1.1)
                     run.step()
                     arm.append(loop(run, args.steps, loss))
+    auto_base, auto = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            auto_base.append(auto_loop(args.steps // 5, None, quiet))
+            auto.append(auto_loop(args.steps // 5, tmp, quiet))
     b, h, d = statistics.median(base), statistics.median(hooked), statistics.median(defaults)
+    ab, aa = statistics.median(auto_base), statistics.median(auto)
     print(f"device {args.device}: baseline loop {b * 1e6:.2f} µs/step, hot path {h * 1e6:.2f} µs/step, "
           f"defaults (profiler windows every 500 steps) {d * 1e6:.2f} µs/step")
     print(f"hook cost: {(h - b) * 1e6:.1f} µs per step = {(h - b) / 5e-3 * 100:.2f}% of a 5 ms step; "
           f"with profiler windows amortised {(d - b) * 1e6:.1f} µs per step")
+    print(f"gpulens run (automatic steps), tiny real loop: plain {ab * 1e6:.1f} µs/step, detected "
+          f"{aa * 1e6:.1f} µs/step: {(aa - ab) * 1e6:.1f} µs per step = {(aa - ab) / 5e-3 * 100:.2f}% of a 5 ms step")
 
 
 if __name__ == "__main__":

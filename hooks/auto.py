@@ -66,6 +66,7 @@ class AutoSteps:
 
     def __init__(self, run: "TrackedRun", torch: Any, boundaries: bool = True) -> None:
         self.run = run
+        self._rec = run._rec  # the run's StepRecorder (hot path: no property lookups)
         self.torch = torch
         self.boundaries = boundaries
         self.active = False
@@ -151,9 +152,6 @@ class AutoSteps:
                     type(exc).__name__, exc)
         self.uninstall()
 
-    @property
-    def _rec(self) -> Any:
-        return self.run._rec
 
     # ------------------------------------------------------------------ phases
     def _enter(self, slot: int) -> None:

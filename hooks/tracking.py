@@ -105,6 +105,7 @@ class TrackedRun:
         self._auto_wanted = auto
         self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
         self._exporter: Any = None
+        self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
         self._exit_status: tuple[str, str | None] | None = None
         self._phase_switched = False
         self._profile = _profile_config(profile, profile_every, profile_steps)
@@ -226,7 +227,8 @@ class TrackedRun:
         ranks = runmeta.rank_env()
         self._exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
                                      local_rank=ranks["local_rank"])
-        bound = self._exporter.serve(port + ranks["local_rank"], addr)
+        bound = self._exporter.serve(port + ranks["local_rank"] if port else 0, addr)
+        self.prometheus_url = f"http://{addr}:{bound}/metrics"
         if not self.quiet:
             log.info("gpulens: Prometheus metrics on http://%s:%d/metrics", addr, bound)
 

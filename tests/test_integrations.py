@@ -1,0 +1,130 @@
+"""Framework callbacks with the real libraries: Lightning (both import paths) and the HF Trainer.
+
+Tiny models built from code on the CPU, synthetic data, nothing downloaded.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from gpulens.profiler import open_run
+
+
+def _only_run(root):
+    runs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return open_run(runs[0])
+
+
+# ----------------------------------------------------------------------------- Lightning
+def _lightning_fit(pl, root, accumulate: int = 1, fail_at: int | None = None):
+    from gpulens.integrations.lightning import GpuLensCallback
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.save_hyperparameters({"width": 64})
+            self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+
+        def training_step(self, batch, batch_idx):
+            if fail_at is not None and self.global_step == fail_at:
+                raise RuntimeError("boom in training_step")
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    x = torch.randn(160, 32)
+    data = TensorDataset(x, (x.sum(1) > 0).long())
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=3,
+                         accumulate_grad_batches=accumulate,
+                         callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False)])
+    trainer.fit(Classifier(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
+    return trainer
+
+
+@pytest.mark.parametrize("import_path", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_callback_records_one_step_per_optimizer_step(tmp_path, import_path):
+    pl = pytest.importorskip(import_path)
+    trainer = _lightning_fit(pl, tmp_path)
+    reader = _only_run(tmp_path)
+    steps = reader.steps()
+    assert len(steps) == trainer.global_step == 20
+    meta = reader.meta()
+    assert meta["status"] == "finished" and meta["name"] == "Classifier" and meta["steps_by"] == "lightning"
+    assert meta["config"]["hparams"] == {"width": 64}
+    later = slice(2, None)
+    for phase in ("data_wait", "forward", "backward", "optimizer"):
+        assert (getattr(steps, phase)[later] > 0).all(), phase
+    assert set(steps.samples) == {16}
+    assert np.isfinite(steps.loss).all()
+    # validation belongs to no step: no step is much longer than the typical one
+    assert steps.duration[later].max() < 10 * np.median(steps.duration[later]) + 0.05
+
+
+def test_lightning_gradient_accumulation_and_crash(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    trainer = _lightning_fit(pl, tmp_path / "acc", accumulate=2)
+    steps = _only_run(tmp_path / "acc").steps()
+    assert len(steps) == trainer.global_step == 10
+    assert set(steps.samples) == {32}
+    with pytest.raises(RuntimeError, match="boom"):
+        _lightning_fit(pl, tmp_path / "crash", fail_at=4)
+    meta = _only_run(tmp_path / "crash").meta()
+    assert meta["status"] == "crashed" and "boom in training_step" in meta["error"]
+
+
+# ----------------------------------------------------------------------------- Hugging Face Trainer
+class _Tokens(Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 100, (n, 12), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        ids = self.ids[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": int(ids.sum() % 2)}
+
+
+def test_hf_trainer_callback(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from gpulens.integrations.hf import GpuLensCallback
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        num_train_epochs=2, eval_strategy="epoch", per_device_eval_batch_size=8, save_strategy="no",
+        logging_steps=5, report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    root = tmp_path / "runs"
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(96), eval_dataset=_Tokens(32),
+                                   callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False)])
+    trainer.train()
+    reader = _only_run(root)
+    steps = reader.steps()
+    assert len(steps) == trainer.state.global_step == 12  # 96 / (8 x 2) x 2 epochs
+    meta = reader.meta()
+    assert meta["status"] == "finished" and meta["steps_by"] == "hf"
+    assert meta["batch_size"] == 16 and meta["model"]["params"] > 0
+    later = slice(2, None)
+    for phase in ("data_wait", "forward", "backward", "optimizer"):
+        assert (getattr(steps, phase)[later] > 0).all(), phase
+    assert set(steps.samples[later]) == {16}  # two micro-batches of 8 per step
+    # the hooks are gone after training
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    assert not hasattr(_BaseDataLoaderIter.__next__, "__wrapped__")
