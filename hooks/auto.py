@@ -89,6 +89,7 @@ class AutoSteps:
         self._loss: Any = None
         self._scaled = False
         self._scanned_at: set[int] = set()
+        self._fwd_seen = False  # a hooked root module ran forward
         self.saw_optimizer = False
         self.saw_backward = False
         self.saw_loader = False
@@ -152,7 +153,6 @@ class AutoSteps:
                     type(exc).__name__, exc)
         self.uninstall()
 
-
     # ------------------------------------------------------------------ phases
     def _enter(self, slot: int) -> None:
         if self._idle:
@@ -172,6 +172,7 @@ class AutoSteps:
                 loss = None  # GradScaler's backward sees the scaled loss, not the loss
             if self._tentative_update and not self._no_optimizer:
                 self._held.append((self._rec.snapshot(), loss))
+                self._tentative_update = False  # held now
                 if len(self._held) >= TENTATIVE_MAX:
                     self._release_held()
             else:
@@ -186,8 +187,14 @@ class AutoSteps:
         """No optimizer came: every held backward boundary was a step of a manual-update loop."""
         self._no_optimizer = True
         held, self._held = self._held, []
-        for snap, loss in held:
-            self._rec.emit_until(snap, loss)
+        prev_acc, prev_extra, prev_samples = None, {}, 0
+        for (t, acc, extra, samples), loss in held:
+            # snapshots count from the held steps' common start: cut them into consecutive parts
+            part_acc = acc if prev_acc is None else [a - b for a, b in zip(acc, prev_acc)]
+            part_extra = {k: v - prev_extra.get(k, 0.0) for k, v in extra.items() if v - prev_extra.get(k, 0.0) > 0}
+            part_samples = (samples - prev_samples) or None if samples is not None else None
+            self._rec.emit_until((t, part_acc, part_extra, part_samples), loss)
+            prev_acc, prev_extra, prev_samples = acc, extra, samples or 0
         self.updates += len(held)
         if self._tentative_update:
             self._tentative_update = False
@@ -240,7 +247,8 @@ class AutoSteps:
         self.updates += 1
         if self.updates in RESCAN_AT_STEPS and self.updates not in self._scanned_at:
             self._scanned_at.add(self.updates)
-            self._scan_roots()
+            if not self._fwd_seen:
+                self._scan_roots()
 
     def _wrap_optimizer_init(self, original: Any) -> Any:
         auto = self
@@ -288,7 +296,8 @@ class AutoSteps:
             if not self.saw_backward:
                 self.saw_backward = True
                 self._train_thread = threading.get_ident()
-                self._scan_roots()
+                if not self._fwd_seen:  # no hooked model ran forward yet: look for it (a gc walk, ~0.1 s)
+                    self._scan_roots()
             self._enter(BACKWARD)
             if not self._scaled and getattr(tensors, "ndim", None) == 0:
                 self._loss = tensors.detach()
@@ -394,6 +403,7 @@ class AutoSteps:
         if not self.active or threading.get_ident() != self._train_thread:
             return
         try:
+            self._fwd_seen = True
             self._fwd_depth += 1
             if self._fwd_depth > 1:
                 return  # a root module called inside another (a loss module inside a wrapper)

@@ -125,7 +125,11 @@ def test_manual_sgd_without_optimizer_and_evaluation_left_out(runs_dir):
     assert len(steps) == 20
     # no step swallowed the evaluation (10 forwards, as long as a training step's forward at least)
     fwd = float(np.median(steps.forward[2:]))
-    assert steps.forward.max() < 8 * fwd + 0.01
+    assert steps.forward[2:].max() < 8 * fwd + 0.002  # (steps 0-1: the model's first, cold calls)
+    # the first steps, held until it was clear no optimizer would come, were cut into single iterations:
+    # each as long as one, not growing with the number held
+    held = steps.forward[2:8]
+    assert held.max() < 8 * fwd + 0.002 and not (np.diff(held) > 0).all()
 
 
 def test_lbfgs_closure_steps(runs_dir):
