@@ -126,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gpulens.hooks.launch import execute, prepare
+    from gpulens.hooks.launch import execute, interpreter_note, prepare
 
     if args.profile_every is not None and args.profile_every < 0:
         raise GpulensError("--profile-every must be 0 (off) or a positive number of steps")
@@ -139,6 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                      count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
                      prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
                      advise=False if args.no_advise else None)
+    note = interpreter_note(launch.argv)
+    if note:
+        print(note, file=sys.stderr)
     if args.dry_run:
         print(" ".join(launch.argv))
         for key in ("PYTHONPATH", "GPULENS_RUN_ID", "GPULENS_AUTORUN"):

@@ -79,6 +79,19 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     return Launch(argv, base, rid, run_dir, opts)
 
 
+def interpreter_note(argv: list[str]) -> str | None:
+    """A warning when the command's ``python`` is another interpreter than gpulens' own (it may lack gpulens)."""
+    if not Path(argv[0]).name.startswith("python"):
+        return None
+    found = shutil.which(argv[0])
+    if found is None or os.path.realpath(found) == os.path.realpath(sys.executable):
+        return None
+    if Path(found).parent == Path(sys.executable).parent:  # the same environment (python vs python3)
+        return None
+    return (f"gpulens: note: {argv[0]} is {found}, not {sys.executable}; if it cannot import gpulens "
+            "the script runs unrecorded (activate the environment gpulens is installed in)")
+
+
 def execute(launch: Launch) -> None:
     """Replace this process with the command (returns only by raising)."""
     sys.stdout.flush()

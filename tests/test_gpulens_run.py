@@ -195,6 +195,19 @@ def test_dry_run_shows_the_command_and_environment(tmp_path):
     assert json.loads(env["GPULENS_AUTORUN"])["profile_every"] == 0
 
 
+def test_a_foreign_python_is_pointed_out(tmp_path):
+    from gpulens.hooks.launch import interpreter_note
+
+    assert interpreter_note([PY, "t.py"]) is None
+    assert interpreter_note(["bash", "t.sh"]) is None
+    other = tmp_path / "bin" / "python3"
+    other.parent.mkdir()
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    note = interpreter_note([str(other), "t.py"])
+    assert note and str(other) in note and "runs unrecorded" in note
+
+
 def test_argument_splitting_and_names():
     assert _split_run_args(["--name", "x", "--", "python", "t.py", "--name", "y"]) == (
         ["--name", "x"], ["python", "t.py", "--name", "y"])
