@@ -258,16 +258,20 @@ COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": 
             "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter}
 
 
-_RUN_VALUE_FLAGS = {"--name", "--run-id", "--runs-dir", "--batch-size", "--profile-every", "--prometheus-port",
-                    "--prometheus-addr"}
+def _run_value_flags() -> set[str]:
+    """``gpulens run``'s options that take a value, read off its parser (one list, not two)."""
+    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag for action in sub.choices["run"]._actions if action.nargs != 0 and action.option_strings
+            for flag in action.option_strings if flag != "-m"}
 
 
-def _split_run_args(tokens: list[str]) -> tuple[list[str], list[str]]:
+def _split_run_args(tokens: list[str], value_flags: set[str] | None = None) -> tuple[list[str], list[str]]:
     """``gpulens run``'s own options, and the command after them (which keeps every option of its own).
 
     argparse would claim the script's ``--lr 3`` as unknown options of ours;
     the command starts at ``--``, at ``-m MODULE`` or at the first word.
     """
+    value_flags = _run_value_flags() if value_flags is None else value_flags
     own: list[str] = []
     i = 0
     while i < len(tokens):
@@ -276,7 +280,7 @@ def _split_run_args(tokens: list[str]) -> tuple[list[str], list[str]]:
             return own, tokens[i + 1:]
         if tok == "-m":
             return own + tokens[i:i + 2], tokens[i + 2:]
-        if tok in _RUN_VALUE_FLAGS:
+        if tok in value_flags:
             own += tokens[i:i + 2]
             i += 2
             continue

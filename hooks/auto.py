@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gpulens")
 
-#: Root-module scans: at the first backward, and again once warm-up is over (models built late).
-RESCAN_AT_STEPS = (3,)
+#: Root-module scan again at this update if no hooked model has run forward (models built late).
+RESCAN_AT_UPDATE = 3
 #: Before any optimizer has stepped, a backward may be a manual-SGD update or one micro-batch of
 #: gradient accumulation.  Its boundaries are held (cut points noted) until an optimizer steps --
 #: they were micro-batches -- or this many pass without one: a loop without an optimizer.
@@ -88,7 +88,6 @@ class AutoSteps:
         self._iter: Any = None  # the DataLoader iterator fetched from last
         self._loss: Any = None
         self._scaled = False
-        self._scanned_at: set[int] = set()
         self._fwd_seen = False  # a hooked root module ran forward
         self.saw_optimizer = False
         self.saw_backward = False
@@ -143,7 +142,7 @@ class AutoSteps:
         setattr(owner, name, wrapped)
 
         def undo() -> None:
-            if getattr(owner, name, None) is wrapped or (isinstance(owner, type) and owner.__dict__.get(name) is wrapped):
+            if getattr(owner, name, None) is wrapped:
                 setattr(owner, name, original)
 
         self._undo.append(undo)
@@ -245,10 +244,8 @@ class AutoSteps:
     def _updated(self) -> None:
         self._pending = True
         self.updates += 1
-        if self.updates in RESCAN_AT_STEPS and self.updates not in self._scanned_at:
-            self._scanned_at.add(self.updates)
-            if not self._fwd_seen:
-                self._scan_roots()
+        if self.updates == RESCAN_AT_UPDATE and not self._fwd_seen:
+            self._scan_roots()
 
     def _wrap_optimizer_init(self, original: Any) -> Any:
         auto = self

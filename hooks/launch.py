@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ class Launch:
     env: dict[str, str]
     run_id: str
     run_dir: Path
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def command_line(command: list[str], module: str | None) -> list[str]:
@@ -76,7 +75,7 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     base["GPULENS_RUN_ID"] = rid
     path = base.get("PYTHONPATH")
     base["PYTHONPATH"] = str(BOOTSTRAP_DIR) + (os.pathsep + path if path else "")
-    return Launch(argv, base, rid, run_dir, opts)
+    return Launch(argv, base, rid, run_dir)
 
 
 def interpreter_note(argv: list[str]) -> str | None:

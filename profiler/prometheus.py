@@ -19,6 +19,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -279,7 +280,7 @@ class LatestSink:
         self.latest: dict[int, tuple[float, float]] = {}
         self._ids: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
-        self.events: list[tuple[str, str]] = []
+        self.events: deque[tuple[str, str]] = deque(maxlen=100)
 
     def series(self, metric: str, gpu: int = -1, unit: str = "", status: str = "ok", reason: str | None = None) -> int:
         with self._lock:
@@ -295,7 +296,7 @@ class LatestSink:
         self.latest[sid] = (t, value)
 
     def event(self, kind: str, message: str, *args: Any, **kwargs: Any) -> None:
-        self.events = (self.events + [(kind, message)])[-100:]
+        self.events.append((kind, message))
         if kind in ("gpu_lost", "xid", "sampler_error"):
             log.warning("gpulens exporter: %s: %s", kind, message)
 
@@ -310,8 +311,8 @@ def serve_node(port: int, addr: str, interval: float) -> int:
     """``gpulens exporter``: sample this node's GPUs and host and serve them until interrupted."""
     from gpulens.profiler.recorder import Recorder, SamplingConfig
 
-    fast = max(interval, 0.2)
-    config = SamplingConfig(device_interval=interval, util_interval=fast, gpm_interval=max(interval, 0.2),
+    fast = max(interval, 0.2)  # utilization and GPM refresh no faster
+    config = SamplingConfig(device_interval=interval, util_interval=fast, gpm_interval=fast,
                             slow_interval=max(interval, 1.0), host_interval=interval, workers_interval=max(interval, 1.0))
     sink = LatestSink()
     recorder = Recorder(None, {}, config, sink=sink)

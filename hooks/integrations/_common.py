@@ -30,15 +30,10 @@ def start_run(name: str | None, kwargs: dict[str, Any], steps_by: str, **known: 
             auto.phases_only()
     elif steps_by == "hf" and "torch" in sys.modules:
         # forward/backward/optimizer/data wait inside HF's step come from the same hooks as gpulens run's
-        try:
-            from gpulens.hooks.auto import AutoSteps
-
-            run._auto = AutoSteps(run, sys.modules["torch"], boundaries=False)
+        run._auto_wanted = True
+        run.attach_torch(sys.modules["torch"])
+        if run._auto is not None:
             run._auto.phases_only()
-            run._auto.install()
-        except Exception as exc:
-            log.info("gpulens: phase timing inside HF steps unavailable: %s", exc)
-            run._auto = None
     if run._recorder is not None:
         run._recorder.writer.meta(steps_by=steps_by)
     return run
