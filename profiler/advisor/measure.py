@@ -103,6 +103,28 @@ def _mean(metrics: dict[str, Any], name: str) -> float | None:
     return float(m["mean"]) if m else None
 
 
+def _worker_load(run: RunReader) -> tuple[float | None, float | None]:
+    """Mean number of DataLoader workers and their CPU (cores), while they were alive.
+
+    Averaged over the whole run, the time before workers start and between
+    epochs (workers torn down) counts as zero workers and zero CPU, so busy
+    workers of a short run read as half-idle.  Only readings whose workers
+    also existed at the previous reading count: a child first seen
+    contributes CPU from its next reading on.
+    """
+    count, cpu = run.series("workers.count"), run.series("workers.cpu")
+    if count is None or cpu is None or not len(count) or not len(cpu):
+        return None, None
+    alive = count.v > 0
+    both = alive[1:] & alive[:-1]
+    t_ok = count.t[1:][both]
+    at = np.searchsorted(cpu.t, t_ok)
+    ok = (at < len(cpu.t)) & (cpu.t[np.minimum(at, len(cpu.t) - 1)] == t_ok)
+    if not ok.any():
+        return float(count.v.mean()), float(cpu.v.mean())
+    return float(count.v[1:][both][ok].mean()), float(cpu.v[at[ok]].mean())
+
+
 def measure(run: RunReader, done: list | None = None, summary: dict[str, Any] | None = None) -> Measurements:
     """Measurements of a run; ``done`` (window analyses) and ``summary`` are reused when given."""
     if done is None:
@@ -150,8 +172,7 @@ def measure(run: RunReader, done: list | None = None, summary: dict[str, Any] | 
         if tp.get("tokens_per_s"):
             m.tokens_per_step = tp["tokens_per_s"] / tp["steps_per_s"]
     host = summary["host"]["metrics"]
-    m.workers = _mean(host, "workers.count")
-    m.workers_cpu = _mean(host, "workers.cpu")
+    m.workers, m.workers_cpu = _worker_load(run)
     m.proc_cpu = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
