@@ -5,6 +5,7 @@ import datetime as dt
 from typing import Any
 
 from rich.console import Console, Group
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -36,10 +37,10 @@ def _bar(share: float | None, width: int = 24) -> str:
 
 def render(summary: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(Group(*_blocks(summary)))
+    console.print(Group(*_blocks(summary, console.width)))
 
 
-def _blocks(s: dict[str, Any]) -> list[Any]:
+def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     run = s["run"]
     out: list[Any] = []
     status = s["status"]
@@ -107,11 +108,11 @@ def _blocks(s: dict[str, Any]) -> list[Any]:
         out.append(_metric_table(f"GPU {gpu['index']} · {gpu['name']} · "
                                  f"{fmt.bytes_(gpu.get('memory_total_bytes'))}"
                                  + (f" · {gpu['energy_j'] / 3600:.2f} Wh" if gpu.get("energy_j") else ""),
-                                 gpu["metrics"], gpu["not_available"], _GPU_ORDER))
+                                 gpu["metrics"], gpu["not_available"], _GPU_ORDER, width))
     if s["host"]["metrics"] or not run.get("imported_from"):
         out.append(Text(""))
         out.append(_metric_table("Host and training process", s["host"]["metrics"], s["host"]["not_available"],
-                                 _HOST_ORDER))
+                                 _HOST_ORDER, width))
     out.append(Text(""))
     out.extend(_kernel_blocks(s))
     mem = s["memory"]
@@ -177,14 +178,16 @@ def _step_table(st: dict[str, Any]) -> Table:
     return table
 
 
-def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], order: tuple[str, ...]) -> Any:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric", no_wrap=True)
-    for col in ("mean", "p50", "p90", "p99", "max"):
-        table.add_column(col, justify="right", no_wrap=True)
+#: Statistics of a metric table, dropped from the right of this list when the terminal is too narrow.
+_STATS = ("mean", "p50", "p90", "p99", "max")
+_DROP_ORDER = ("p99", "p50", "p90")
+
+
+def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], order: tuple[str, ...],
+                  width: int = 120) -> Any:
     names = [m for m in order if m in metrics] + sorted(m for m in metrics if m not in order)
     notes: list[Text] = []
-    shown = 0
+    rows: list[tuple[str, dict[str, str]]] = []
     for name in names:
         m = metrics[name]
         if name == "gpu.energy":
@@ -198,16 +201,36 @@ def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], 
             notes.append(Text(f"  clocks held back by: {reasons}" if reasons
                               else "  clocks held back by: nothing (no power or thermal throttling)"))
             continue
-        table.add_row(metric_label(name), *(fmt.value(m[k], m["unit"]) for k in ("mean", "p50", "p90", "p99", "max")))
-        shown += 1
+        rows.append((metric_label(name), {k: fmt.value(m[k], m["unit"]) for k in _STATS}))
+    stats = _fitting_stats(rows, width)
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for col in stats:
+        table.add_column(col, justify="right", no_wrap=True)
+    for label, values in rows:
+        table.add_row(label, *(values[k] for k in stats))
+    shown = len(rows)
     if not shown:
-        table.add_row(Text("nothing recorded", style="dim"), "", "", "", "", "")
+        table.add_row(Text("nothing recorded", style="dim"), *("" for _ in stats))
     by_reason: dict[str, list[str]] = {}
     for name, reason in sorted(missing.items()):
         by_reason.setdefault(reason, []).append(metric_label(name))
     notes += [Text(f"  not available: {', '.join(labels)} ({reason})", style="dim yellow")
               for reason, labels in by_reason.items()]
     return Group(table, *notes) if notes else table
+
+
+def _fitting_stats(rows: list[tuple[str, dict[str, str]]], width: int) -> list[str]:
+    """The statistics whose columns fit ``width`` without cutting a label or a value short."""
+    label_w = max([len("metric"), *(len(label) for label, _ in rows)])
+    value_w = {k: max([len(k), *(len(v[k]) for _, v in rows)]) for k in _STATS}
+    stats = list(_STATS)
+    for drop in (None, *_DROP_ORDER):
+        if drop is not None:
+            stats.remove(drop)
+        if label_w + sum(value_w[k] for k in stats) + 3 * (len(stats) + 1) + 1 <= width:
+            break
+    return stats
 
 
 def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
@@ -306,6 +329,20 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
 _SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
 
 
+def _indented(text: Text, left: int) -> Padding:
+    """``text`` wrapped at the terminal's width, every line ``left`` columns in."""
+    return Padding(text, (0, 0, 0, left))
+
+
+def _numbered(number: str, text: Text) -> Table:
+    """``number`` then ``text``, whose wrapped lines continue under the text, not under the number."""
+    table = Table.grid()
+    table.add_column(width=len(number), no_wrap=True)
+    table.add_column()
+    table.add_row(number, text)
+    return table
+
+
 def render_advice(advice: dict[str, Any], full: bool = True, console: Console | None = None) -> None:
     (console or Console()).print(Group(*_advice_blocks(advice, full)))
 
@@ -318,16 +355,16 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
     if not items:
         out.append(Text("  nothing in this run calls for a change", style="green"))
     for i, s in enumerate(items, 1):
-        line = Text.assemble(f"{i:>2}. ", (f"[{s['severity']}] ", _SEVERITY_STYLE[s["severity"]]), (s["title"], "bold"),
+        line = Text.assemble((f"[{s['severity']}] ", _SEVERITY_STYLE[s["severity"]]), (s["title"], "bold"),
                              f" — {s['expected_gain']}")
-        out.append(line)
-        out.append(Text(f"     {s['finding']}", style="dim" if not full else ""))
+        out.append(_numbered(f"{i:>2}. ", line))
+        out.append(_indented(Text(s["finding"], style="dim" if not full else ""), 5))
         if full:
-            out.append(Text(f"     do: {s['action']}"))
+            out.append(_indented(Text(f"do: {s['action']}"), 5))
             if s.get("snippet"):
-                out.append(Text("\n".join("       " + ln for ln in s["snippet"].splitlines()), style="cyan"))
-            out.append(Text(f"     gain: {s['gain_estimate']} · confidence {s['confidence']} · id {s['id']}",
-                            style="dim"))
+                out.append(_indented(Text(s["snippet"], style="cyan"), 7))
+            out.append(_indented(Text(f"gain: {s['gain_estimate']} · confidence {s['confidence']} · id {s['id']}",
+                                      style="dim"), 5))
     if full and advice.get("not_evaluated"):
         out.append(Text("Not evaluated (missing measurements):", style="bold"))
         for n in advice["not_evaluated"]:

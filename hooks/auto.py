@@ -41,6 +41,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from gpulens.hooks.hidden_hooks import ModuleHooks, gpulens_hook, tracing
 from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ log = logging.getLogger("gpulens")
 
 #: Root-module scan again at this update if no hooked model has run forward (models built late).
 RESCAN_AT_UPDATE = 3
+#: Root-module scans at most from ``model.train()`` / ``model.zero_grad()`` before a hooked forward ran.
+LATE_SCANS = 4
 #: Before any optimizer has stepped, a backward may be a manual-SGD update or one micro-batch of
 #: gradient accumulation.  Its boundaries are held (cut points noted) until an optimizer steps --
 #: they were micro-batches -- or this many pass without one: a loop without an optimizer.
@@ -72,7 +75,7 @@ class AutoSteps:
         self.active = False
         self._handles: list[Any] = []
         self._undo: list[Callable[[], None]] = []
-        self._root_handles: list[Any] = []
+        self._module_hooks = ModuleHooks(torch)
         self._roots: set[int] = set()
         self._anchor: int | None = None
         self._train_thread: int | None = threading.main_thread().ident
@@ -87,8 +90,10 @@ class AutoSteps:
         self._idle = True  # between training iterations (start, epoch gaps, evaluation)
         self._iter: Any = None  # the DataLoader iterator fetched from last
         self._loss: Any = None
-        self._scaled = False
         self._fwd_seen = False  # a hooked root module ran forward
+        self._fwd_in_step = False  # ... in the open step
+        self._late_scans = 0
+        self._model_call_depth = 0
         self.saw_optimizer = False
         self.saw_backward = False
         self.saw_loader = False
@@ -106,6 +111,10 @@ class AutoSteps:
 
         self._wrap(_BaseDataLoaderIter, "__next__", self._wrap_next)
         self._wrap(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
+        for name in ("train", "zero_grad"):  # called on the model before its first forward in most loops
+            self._wrap(torch.nn.Module, name, self._wrap_model_call)
+        if callable(getattr(torch, "compile", None)):  # its wrapper is a new root, created after the scans
+            self._wrap(torch, "compile", self._wrap_compile)
         scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)
         if scaler is not None and hasattr(scaler, "step"):
             self._wrap(scaler, "step", self._wrap_scaler_step)
@@ -120,12 +129,13 @@ class AutoSteps:
     def uninstall(self) -> None:
         """Remove every hook and wrapper (a manual ``run.step()`` took over, or the run closed)."""
         self.active = False
-        for handle in self._handles + self._root_handles:
+        for handle in self._handles:
             try:
                 handle.remove()
             except Exception:
                 pass
-        self._handles, self._root_handles = [], []
+        self._handles = []
+        self._module_hooks.remove()
         for undo in reversed(self._undo):
             try:
                 undo()
@@ -167,8 +177,6 @@ class AutoSteps:
         """End the open step here (an update happened) and start the next one."""
         if self._pending and not self._idle:
             loss, self._loss = self._loss, None
-            if self._scaled:
-                loss = None  # GradScaler's backward sees the scaled loss, not the loss
             if self._tentative_update and not self._no_optimizer:
                 self._held.append((self._rec.snapshot(), loss))
                 self._tentative_update = False  # held now
@@ -180,6 +188,7 @@ class AutoSteps:
         self._pending = False
         self._tentative_update = False
         self._fetched = False
+        self._fwd_in_step = False
         self._stepped.clear()
 
     def _release_held(self) -> None:
@@ -260,11 +269,53 @@ class AutoSteps:
 
         return __init__
 
+    def _wrap_model_call(self, original: Any) -> Any:
+        """``model.train()`` / ``model.zero_grad()``: hook the models before their first forward.
+
+        Loops without an optimizer (manual SGD) would otherwise be hooked only
+        at their first backward, and step 0's forward go unmeasured.  Costs a
+        flag test once a hooked forward ran; ``train()`` recurses into every
+        submodule, so only the outermost call scans.
+        """
+        auto = self
+
+        def method(module: Any, *args: Any, **kwargs: Any) -> Any:
+            if auto._fwd_seen or not auto.active or auto._late_scans >= LATE_SCANS:
+                return original(module, *args, **kwargs)
+            auto._model_call_depth += 1
+            try:
+                return original(module, *args, **kwargs)
+            finally:
+                auto._model_call_depth -= 1
+                if auto._model_call_depth == 0 and id(module) not in auto._roots:
+                    auto._late_scans += 1
+                    try:
+                        auto._scan_roots()
+                    except Exception as exc:
+                        auto._failed(exc)
+
+        return method
+
+    def _wrap_compile(self, original: Any) -> Any:
+        """``torch.compile(model)``: hook the wrapper it returns (hooks inside the graph are traced away)."""
+        auto = self
+
+        def compile(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if auto.active and not auto._fwd_seen and isinstance(result, auto.torch.nn.Module):
+                try:
+                    auto._scan_roots()
+                except Exception as exc:
+                    auto._failed(exc)
+            return result
+
+        return compile
+
     def _wrap_scaler_step(self, original: Any) -> Any:
         auto = self
 
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            auto._scaled = True
+            auto._unscale_loss(scaler)
             auto._opt_pre(optimizer, args, kwargs)  # nested optimizer hooks see depth > 1
             try:
                 return original(scaler, optimizer, *args, **kwargs)
@@ -272,6 +323,22 @@ class AutoSteps:
                 auto._opt_post(optimizer, args, kwargs)
 
         return step
+
+    def _unscale_loss(self, scaler: Any) -> None:
+        """An enabled GradScaler's backward saw ``loss * scale``: divide it back (on the device, no sync).
+
+        The scale is read before ``scaler.update()`` changes it in place.  A
+        disabled scaler (``GradScaler(enabled=False)``, bf16 and CPU recipes)
+        passes the loss through unscaled.
+        """
+        if not self.active or self._loss is None:
+            return
+        try:
+            if scaler.is_enabled():
+                scale = getattr(scaler, "_scale", None)
+                self._loss = self._loss / scale if scale is not None else None
+        except Exception:
+            self._loss = None  # a loss we cannot read is left out, never a wrong one
 
     # ------------------------------------------------------------------ backward
     def _wrap_backward(self, original: Any) -> Any:
@@ -290,13 +357,17 @@ class AutoSteps:
 
     def _backward_begin(self, tensors: Any) -> None:
         try:
+            if not self._fwd_in_step and not self._idle:
+                # no hooked forward in this step (a model hooked only now, a compiled or functional model):
+                # the time since the last phase was the forward
+                self._rec.charge_to(FORWARD)
             if not self.saw_backward:
                 self.saw_backward = True
                 self._train_thread = threading.get_ident()
                 if not self._fwd_seen:  # no hooked model ran forward yet: look for it (a gc walk, ~0.1 s)
                     self._scan_roots()
             self._enter(BACKWARD)
-            if not self._scaled and getattr(tensors, "ndim", None) == 0:
+            if getattr(tensors, "ndim", None) == 0:
                 self._loss = tensors.detach()
         except Exception as exc:
             self._failed(exc)
@@ -389,15 +460,15 @@ class AutoSteps:
             if key in children or key in self._roots:
                 continue
             self._roots.add(key)
-            self._root_handles.append(module.register_forward_pre_hook(self._fwd_pre))
-            self._root_handles.append(module.register_forward_hook(self._fwd_post, always_call=True))
+            self._module_hooks.forward(module, self._fwd_pre, self._fwd_post)
             self.run.attach_comm(self.torch, module)
             added += 1
         log.debug("gpulens: %d root modules hooked (%d modules scanned in %.0f ms)", added, len(modules),
                   (time.perf_counter() - t0) * 1e3)
 
+    @gpulens_hook
     def _fwd_pre(self, module: Any, args: Any) -> None:
-        if not self.active or threading.get_ident() != self._train_thread:
+        if tracing(self.torch) or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
             self._fwd_seen = True
@@ -417,12 +488,14 @@ class AutoSteps:
                         self._boundary()  # loops that fetch end their steps at the fetch
             if self._idle and not training:
                 return  # a stray no-grad forward between iterations belongs to no step
+            self._fwd_in_step = True
             self._enter(FORWARD)
         except Exception as exc:
             self._failed(exc)
 
+    @gpulens_hook
     def _fwd_post(self, module: Any, args: Any, output: Any) -> None:
-        if not self.active or threading.get_ident() != self._train_thread:
+        if tracing(self.torch) or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
             self._fwd_depth = max(self._fwd_depth - 1, 0)

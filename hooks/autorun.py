@@ -4,9 +4,10 @@
 ``GPULENS_RUN_ID`` and puts ``_bootstrap/`` on PYTHONPATH; every Python
 process of the command then calls :func:`start` from its sitecustomize.
 Launchers (torchrun's agent, accelerate, deepspeed) do not record -- their
-ranks do -- and neither do the recording process' own children (DataLoader
-workers, compile workers): the first process that records marks the
-environment its children inherit.
+ranks do.  The first process that records marks the environment its
+children inherit; a child (a DataLoader or compile worker, an ``mp.spawn``
+rank, a hogwild process) records only once it trains
+(:mod:`gpulens.hooks.children`).
 """
 from __future__ import annotations
 
@@ -73,10 +74,9 @@ def start() -> Any:
     if raw is None:
         return None
     owner = os.environ.get(ENV_OWNER)
-    if owner and owner != str(os.getpid()):
-        return None  # a child of a recording process (DataLoader worker, compile worker)
+    child = bool(owner) and owner != str(os.getpid())
     argv = list(getattr(sys, "orig_argv", sys.argv))
-    if is_launcher(argv):
+    if not child and is_launcher(argv):
         return None
     try:
         options = json.loads(raw)
@@ -85,22 +85,49 @@ def start() -> Any:
     except ValueError as exc:
         print(f"gpulens: not recording: bad {ENV_OPTIONS} ({exc})", file=sys.stderr)
         return None
-    os.environ[ENV_OWNER] = str(os.getpid())
+    from gpulens.hooks import children
+
     _configure_logging(bool(options.get("quiet")))
+    options["name"] = options.get("name") or program_name(argv)
+    children.install_fork_handler(lambda: _started, options)
+    if child:  # a spawned child of a recording process: recorded if and when it trains
+        children.arm(options, start_method="spawn")
+        return None
+    os.environ[ENV_OWNER] = str(os.getpid())
     from gpulens.hooks.tracking import track
 
-    name = options.pop("name", None) or program_name(argv)
-    kwargs = {k: v for k, v in options.items() if k in _TRACK_OPTIONS}
-    run = track(name, auto=True, **kwargs)
+    run = track(options["name"], auto=True, **track_options(options))
     if run._closed:
         return None
-    _started = run
-    _install_excepthook(run)
+    adopt(run)
     if "torch" in sys.modules:
         run.attach_torch(sys.modules["torch"])
     else:
-        sys.meta_path.insert(0, _TorchImportHook(run))
+        when_torch_imported(run.attach_torch)
     return run
+
+
+def track_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``track()`` keyword arguments among ``gpulens run``'s options."""
+    return {k: v for k, v in options.items() if k in _TRACK_OPTIONS}
+
+
+def adopt(run: Any) -> None:
+    """``run`` is this process' recording: its exit status decides the run's."""
+    global _started
+    _started = run
+    _install_excepthook(run)
+
+
+def forget_started() -> None:
+    """A forked child: the run it inherited is the parent's."""
+    global _started
+    _started = None
+
+
+def when_torch_imported(callback: Any) -> None:
+    """Call ``callback(torch)`` the moment ``import torch`` has finished."""
+    sys.meta_path.insert(0, _TorchImportHook(callback))
 
 
 _TRACK_OPTIONS = {"runs_dir", "run_id", "batch_size", "profile_every", "profile_steps", "count_flops",
@@ -143,10 +170,10 @@ def _install_excepthook(run: Any) -> None:
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Calls ``run.attach_torch(torch)`` the moment ``import torch`` has finished."""
+    """Calls ``callback(torch)`` the moment ``import torch`` has finished."""
 
-    def __init__(self, run: Any) -> None:
-        self.run = run
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
         self._busy = threading.local()
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
@@ -159,7 +186,7 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
             self._busy.on = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        loader, run, finder = spec.loader, self.run, self
+        loader, callback, finder = spec.loader, self.callback, self
         original = loader.exec_module
 
         def exec_module(module: Any) -> None:
@@ -168,7 +195,10 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
                 sys.meta_path.remove(finder)
             except ValueError:
                 pass
-            run.attach_torch(module)
+            try:
+                callback(module)
+            except Exception as exc:  # recording must never break the user's import
+                log.warning("gpulens: could not attach to torch: %s", exc)
 
         loader.exec_module = exec_module  # this loader instance serves torch/__init__.py only
         return spec

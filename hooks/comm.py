@@ -11,7 +11,10 @@ GPUs the communication time comes from the profiler windows' kernels.
 DDP accepts one communication hook per model: ours is added only to models
 without one, at the first backward (registration after that is refused by
 DDP itself, so a user hook registered later in training would fail -- DDP's
-documentation asks for hooks before training starts).
+documentation asks for hooks before training starts).  DDP cannot take a hook
+back, so after the run closes ours goes on averaging, as the default does,
+without timing; and DDP models pickle and copy without it (the class stays
+hidden, :mod:`gpulens.hooks.hidden_hooks`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import logging
 import threading
 import time
 from typing import Any
+
+from gpulens.hooks.hidden_hooks import gpulens_hook, hide_class
 
 log = logging.getLogger("gpulens")
 
@@ -30,6 +35,7 @@ class CommTimer:
         self._intervals: list[tuple[float, float]] = []
         self._lock = threading.Lock()
         self.models = 0
+        self.closed = False
 
     def attach(self, torch: Any, model: Any) -> bool:
         """Time ``model``'s all-reduces if it is a gloo DDP model without a hook of its own."""
@@ -44,10 +50,12 @@ class CommTimer:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
             allreduce = default_hooks.allreduce_hook
-            intervals, lock, clock = self._intervals, self._lock, time.perf_counter
+            intervals, lock, clock, timer = self._intervals, self._lock, time.perf_counter, self
 
             def gpulens_timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
                 # no annotations: DDP checks them, and this module's are strings
+                if timer.closed:
+                    return allreduce(state, bucket)
                 t0 = clock()
 
                 def done(fut):  # type: ignore[no-untyped-def]
@@ -57,12 +65,19 @@ class CommTimer:
 
                 return allreduce(state, bucket).then(done)
 
-            model.register_comm_hook(group, gpulens_timed_allreduce)
+            hide_class(type(model), torch)  # for good: the hook stays with the model
+            model.register_comm_hook(group, gpulens_hook(gpulens_timed_allreduce))
         except Exception as exc:
             log.info("gpulens: DDP all-reduce not timed: %s", exc)
             return False
         self.models += 1
         return True
+
+    def close(self) -> None:
+        """Stop timing (the hooks stay registered: DDP has no way to remove them)."""
+        self.closed = True
+        with self._lock:
+            self._intervals.clear()
 
     def take(self, until: float) -> float | None:
         """Seconds in all-reduce (union of intervals) among those finished by ``until``; None if none."""

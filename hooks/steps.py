@@ -119,6 +119,17 @@ class StepRecorder:
             self._open_step(now)
         self._stack.append((slot, name))
 
+    def charge_to(self, slot: int) -> None:
+        """Charge the time since the last transition to ``slot`` instead of "other" (no phase was open).
+
+        For a phase known only in hindsight: a backward that follows no timed
+        forward was preceded by one that ran outside any hooked module.
+        """
+        if self._open and not self._stack:
+            self._stack.append((slot, None))
+            self._charge(self._now())
+            self._stack.pop()
+
     def exit(self) -> None:
         now = self._now()
         if self._open:

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from gpulens.hooks import runmeta
+from gpulens.hooks.exit_status import interrupted_at_exit, keep_sigint_exit
 from gpulens.hooks.modelinfo import model_meta
 from gpulens.hooks.profiling import ProfileConfig, ProfilerWindows
 from gpulens.hooks.steps import StepRecorder, phase_slot
@@ -38,6 +39,9 @@ from gpulens.profiler.schema import FLAG_PROFILED
 from gpulens.profiler.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
 
 log = logging.getLogger("gpulens")
+
+#: Without profiler windows, FLOPs are counted at this step (after start-up effects).
+DEFAULT_FLOPS_STEP = 5
 
 _active_lock = threading.Lock()
 _active: "TrackedRun | None" = None
@@ -80,12 +84,12 @@ class TrackedRun:
                  sync_phases: bool = False, cuda_timing_interval: float = 0.1,
                  warmup_steps: int = 2, quiet: bool = False, nvml: ModuleType | None = None,
                  profile: ProfileConfig | bool | None = None, profile_every: int | None = None,
-                 profile_steps: int | None = None, count_flops: bool = True, flops_step: int = 5,
+                 profile_steps: int | None = None, count_flops: bool = True, flops_step: int | None = None,
                  flops_per_step: float | None = None, flops_per_sample: float | None = None,
                  flops_per_token: float | None = None, flops_dtype: str | None = None,
                  model: Any = None, optimizer: Any = None, target_batch: int | None = None,
                  advise: bool = True, auto: bool = False, prometheus_port: int | None = None,
-                 prometheus_addr: str = "127.0.0.1") -> None:
+                 prometheus_addr: str = "127.0.0.1", child: dict[str, Any] | None = None) -> None:
         self.name = name or _default_name()
         self.quiet = quiet
         self.path: Path | None = None
@@ -113,6 +117,7 @@ class TrackedRun:
         self._model = model  # for DDP all-reduce timing once torch is attached; dropped at close
         self._comm: Any = None
         self._target_batch = target_batch
+        self._child = child  # a child process of the recording one (gpulens.hooks.children)
         self._advise = advise
         self._count_flops = count_flops
         self._flops_step = flops_step
@@ -131,6 +136,12 @@ class TrackedRun:
                config: dict[str, Any] | None, sampling: SamplingConfig | None,
                warmup_steps: int, nvml: ModuleType | None) -> None:
         ranks = runmeta.rank_env()
+        # only one process per node samples the node's GPUs and host
+        sample_node = ranks["local_rank"] == 0
+        if self._child is not None:  # the recording parent samples the node; its rank is taken
+            ranks = {"rank": 1 + int(self._child.get("process_group_rank") or 0), "local_rank": 0,
+                     "world_size": int(self._child.get("process_group_world_size") or 1), "local_world_size": 1}
+            sample_node = False
         given = run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
         root = runs_root(runs_dir)
         root.mkdir(parents=True, exist_ok=True)
@@ -156,14 +167,24 @@ class TrackedRun:
             "user_flops": {k: v for k, v in self._user_flops.items() if v is not None} or None,
             "model": self._model_meta,
             "target_batch": self._target_batch,
+            "recorded_by": "gpulens run" if self._auto_wanted else "track",
             "distributed_backend": runmeta.distributed_backend(),
             **ranks,
             **runmeta.command_meta(),
             **runmeta.torch_meta(),
         }
-        # only one process per node samples the node's GPUs and host
-        sample_node = ranks["local_rank"] == 0
-        self._recorder = Recorder(self.path / rank_db_name(ranks["rank"]), meta, sampling, nvml, sample_node)
+        if self._child is not None:
+            meta["child"] = self._child
+            _announce_trainer(self.path)
+        for claim in range(256 if self._child is not None else 1):
+            try:  # a child takes the first free rank from its own on; any other process has its rank
+                self._recorder = Recorder(self.path / rank_db_name(ranks["rank"] + claim),
+                                          {**meta, "rank": ranks["rank"] + claim}, sampling, nvml, sample_node)
+                ranks["rank"] += claim
+                break
+            except FileExistsError:
+                if self._child is None or claim == 255:
+                    raise
         writer = self._recorder.writer
         self._emit = lambda row: writer.step(tuple(row))
         self._rec = StepRecorder(self._emit, warmup_steps=warmup_steps, batch_size=batch_size,
@@ -201,7 +222,7 @@ class TrackedRun:
             if self._count_flops and not user_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
 
-                self._flops = StepFlops(torch, writer.flops, at=self._flops_step)
+                self._flops = StepFlops(torch, writer.flops, at=self._flops_at())
             if self._model is not None:
                 self.attach_comm(torch, self._model)
             if self._auto_wanted and self._auto is None:
@@ -211,6 +232,18 @@ class TrackedRun:
                 self._auto.install()
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
+
+    def _flops_at(self) -> int:
+        """The step whose FLOPs are counted: the first profiler window's warm-up step by default.
+
+        Counting runs every op through a Python dispatch mode, so that step is
+        slower; the warm-up step of a window is slow already and left out of
+        throughput, so the user's log shows one slow stretch instead of two.
+        """
+        if self._flops_step is not None:
+            return self._flops_step
+        cfg = self._profile
+        return cfg.window_start(0) if cfg.enabled and cfg.warmup > 0 else DEFAULT_FLOPS_STEP
 
     def attach_comm(self, torch: ModuleType, model: Any) -> None:
         """Time the gradient all-reduce of a (gloo) DDP model, stored per step as ``@comm``."""
@@ -335,10 +368,10 @@ class TrackedRun:
     def _pre_step(self, step: int) -> int:
         """At the end of ``step``: advance the profiler window, stop FLOP counting; flags for the step."""
         flags = 0
-        if self._windows is not None and self._windows.on_step_end(step):
-            flags |= FLAG_PROFILED
         if self._flops is not None and self._flops.counting:
-            self._flops.end()
+            self._flops.end()  # before the window moves on: the dispatch mode leaves first
+            flags |= FLAG_PROFILED
+        if self._windows is not None and self._windows.on_step_end(step):
             flags |= FLAG_PROFILED
         if step == 1 and self._recorder is not None:
             backend = runmeta.distributed_backend()  # now: the script may destroy its group before exit
@@ -351,11 +384,12 @@ class TrackedRun:
         return flags
 
     def _post_step(self, step: int, shape: Any) -> None:
-        """As ``step`` opens: count its FLOPs if due (not inside a profiler window)."""
+        """As ``step`` opens: count its FLOPs if due (in a window's warm-up step, never in a recorded one)."""
         flops = self._flops
         if flops is not None and flops.want(step, shape):
-            if self._windows is None or not self._windows.profiled(step):
-                flops.begin(step, shape)
+            windows = self._windows
+            if windows is None or not windows.profiled(step) or windows.warming_up(step):
+                flops.begin(step, shape)  # never in a recorded window step: its trace would time the counter
 
     def _maybe_attach_cuda(self) -> None:
         now = time.perf_counter()
@@ -418,6 +452,8 @@ class TrackedRun:
             self._auto.finish()  # while recording is on: the last iteration's update ends its step
         self._recording = False
         self._model = None
+        if self._comm is not None:
+            self._comm.close()
         with _active_lock:
             if _active is self:
                 _active = None
@@ -430,11 +466,16 @@ class TrackedRun:
         if recorder is None:
             return
         auto_meta: dict[str, Any] = {}
+        children: dict[int, int] = {}
         if self._auto is not None:
             auto_meta["auto"] = self._auto.describe()
-            if not self.quiet and not self._auto.updates:
-                print("gpulens: no training step found (no optimizer.step, GradScaler.step or backward seen): "
-                      "recorded device and host samples only", file=sys.stderr)
+            if not self._auto.updates and self._child is None:
+                children = _child_ranks(self.path, self._rank)
+                if children:
+                    auto_meta["auto"]["children"] = sorted(children)
+                elif not self.quiet:
+                    print("gpulens: no training step found (no optimizer.step, GradScaler.step or backward in this "
+                          "process or a child of it): recorded device and host samples only", file=sys.stderr)
         elif self._auto_wanted:
             auto_meta["auto"] = {"mode": "time-only", "boundary": None,
                                  "reason": "torch was never imported" if "torch" not in sys.modules
@@ -464,16 +505,51 @@ class TrackedRun:
         except Exception as exc:
             log.warning("gpulens: closing run %s failed: %s", self.id, exc)
             return
-        if not self.quiet:
-            print(f"gpulens: run {self.id} {status}: {self._rec.step_index} steps -> "
-                  f"gpulens report {self.path}", file=sys.stderr)
-            if self._advise and runmeta.rank_env()["rank"] == 0:
+        if not self.quiet and self._child is None:  # the parent speaks for the run
+            if children:
+                steps = (f"training ran in {len(children)} child process(es), recorded as rank(s) "
+                         f"{', '.join(str(r) for r in sorted(children))} ({sum(children.values())} steps)")
+            else:
+                steps = f"{self._rec.step_index} steps"
+            print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {self.path}", file=sys.stderr)
+            if self._advise and self._rank == 0:
                 _print_top_advice(self.path)
+
+    def orphan(self) -> None:
+        """In a forked child: this run belongs to the parent; stop feeding it and never close it here.
+
+        The child has a copy of the run without its threads, and the database
+        connection must not be used across fork; the parent goes on writing.
+        """
+        self._recording = False
+        self._closed = True
+        self._restore_sigterm()  # the handler closes the parent's run; a run of the child installs its own
+        auto, self._auto = self._auto, None
+        if auto is not None:
+            auto.uninstall()  # the wrappers and module hooks of this process' copy of torch
+        flops = self._flops
+        if flops is not None and flops.counting:  # forked in the middle of a FLOP-counted step
+            flops.disabled = True
+            try:
+                flops._mode.__exit__(None, None, None)
+            except Exception:
+                pass
+            flops._mode = None
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:
+            pass
 
     def _atexit(self) -> None:
         self._nesting = 0
-        status, error = self._exit_status or ("finished", None)
-        self.close(status, error)
+        interrupted = interrupted_at_exit()
+        status, error = self._exit_status or (("interrupted", "KeyboardInterrupt") if interrupted
+                                              else ("finished", None))
+        try:
+            self.close(status, error)
+        finally:
+            if interrupted:
+                keep_sigint_exit()  # closing may have imported modules; the script still dies of Ctrl-C
 
     def _install_sigterm(self) -> None:
         """Close the run as 'interrupted' on SIGTERM, then die as SIGTERM would have."""
@@ -552,8 +628,9 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     throughput figures, default 2), ``quiet``; profiling: ``profile``
     (a :class:`ProfileConfig`, or False), ``profile_every`` (default 500
     steps, 0 turns windows off), ``profile_steps`` (active steps per window,
-    default 3); FLOPs: ``count_flops`` (default True: step ``flops_step``=5
-    is counted with torch's FLOP formulas), or give ``flops_per_step`` /
+    default 3); FLOPs: ``count_flops`` (default True: one step is counted
+    with torch's FLOP formulas -- ``flops_step``, by default the first
+    profiler window's warm-up step, or step 5 without windows), or give ``flops_per_step`` /
     ``flops_per_sample`` / ``flops_per_token`` (e.g. 6N for a transformer)
     with ``flops_dtype``; advisor inputs: ``model`` and ``optimizer`` (parameter
     count, wrapper, optimizer type), ``target_batch`` (global batch you want);
@@ -573,6 +650,32 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
         with _active_lock:
             _active = run
     return run
+
+
+def _announce_trainer(run_dir: Path) -> None:
+    """Tell the parent's sampler that this child is a rank, not a DataLoader worker."""
+    from gpulens.profiler.proctree import TRAINERS_DIR
+
+    try:
+        (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
+        (run_dir / TRAINERS_DIR / str(os.getpid())).touch()
+    except OSError as exc:
+        log.debug("gpulens: could not announce this child as a rank: %s", exc)
+
+
+def _child_ranks(path: Path | None, own: int) -> dict[int, int]:
+    """Rank -> steps of the ranks this process' children recorded (asked when this process trained nothing)."""
+    if path is None:
+        return {}
+    try:
+        from gpulens.profiler import open_run
+
+        with open_run(path) as reader:
+            return {rank: len(reader.steps(rank)) for rank in reader.ranks if rank != own
+                    and (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
+    except Exception as exc:
+        log.debug("gpulens: could not look for child ranks: %s", exc)
+        return {}
 
 
 def _print_top_advice(path: Path | None, limit: int = 3) -> None:

@@ -163,7 +163,7 @@ class HostSampler:
         """CPU and memory of the child processes (DataLoader workers): one /proc read each."""
         dt = None if self._prev_workers_t is None else t - self._prev_workers_t
         self._prev_workers_t = t
-        children = self.tree.children()
+        children = self.tree.workers()
         cpu_delta = 0.0
         rss = 0.0
         seen: dict[int, float] = {}

@@ -22,6 +22,7 @@ import numpy as np
 
 from gpulens.profiler import schema
 from gpulens.profiler.errors import RunError
+from gpulens.profiler.schema import SAMPLED_ELSEWHERE
 from gpulens.profiler.runstore import rank_dbs
 
 #: A run whose heartbeat is older than this, seen from another host (where
@@ -190,7 +191,7 @@ class RunInfo:
     start: float | None
     end: float | None  # end, or last heartbeat for running/crashed runs
     ranks: list[int]
-    meta: dict[str, Any]  # rank 0's metadata (or the lowest rank's)
+    meta: dict[str, Any]  # the primary rank's metadata (see RunReader.primary_rank)
 
     @property
     def duration_s(self) -> float | None:
@@ -246,6 +247,9 @@ class _RankDB:
 
     def reload_meta(self) -> None:
         self.meta = {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+
+    def has_steps(self) -> bool:
+        return self.has_table("steps") and bool(self.query("SELECT 1 FROM steps LIMIT 1"))
 
     def close(self) -> None:
         with self._lock:
@@ -371,8 +375,26 @@ class RunReader:
         self.info = self._make_info()
         return self.info
 
+    @property
+    def primary_rank(self) -> int:
+        """The rank read when none is named: the lowest that recorded steps, else the lowest.
+
+        Rank 0 when it trained.  When training ran in child processes
+        (``mp.spawn``, hogwild), rank 0 is the parent, which recorded the
+        node's samples but no step, and the first child that trained speaks
+        for the run.
+        """
+        return self._primary
+
     def _make_info(self) -> RunInfo:
-        first = self._dbs[self.ranks[0]].meta
+        self._primary = next((rank for rank, db in self._dbs.items() if db.has_steps()), self.ranks[0])
+        first = self._dbs[self._primary].meta
+        if (first.get("nvml") or {}).get("reason") == SAMPLED_ELSEWHERE:
+            # a child that trained: GPUs and driver are those of the process that sampled the node
+            sampler = next((db.meta for db in self._dbs.values()
+                            if (db.meta.get("nvml") or {}).get("reason") != SAMPLED_ELSEWHERE), None)
+            if sampler is not None:
+                first = {**first, "gpus": sampler.get("gpus") or [], "nvml": sampler.get("nvml")}
         states = [rank_status(db.meta) for db in self._dbs.values()]
         status, reason = _combine_status(states)
         starts = [db.meta.get("start") for db in self._dbs.values() if db.meta.get("start")]
@@ -395,7 +417,7 @@ class RunReader:
 
     def _db(self, rank: int | None) -> _RankDB:
         if rank is None:
-            return self._dbs[self.ranks[0]]
+            return self._dbs[self._primary]
         try:
             return self._dbs[rank]
         except KeyError:

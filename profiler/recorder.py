@@ -21,8 +21,9 @@ import psutil
 from gpulens.profiler import clock, nvml as nvml_api
 from gpulens.profiler.device_sampler import DeviceSampler, GpuState
 from gpulens.profiler.host_sampler import HostSampler
-from gpulens.profiler.proctree import ProcessTree
+from gpulens.profiler.proctree import TRAINERS_DIR, ProcessTree
 from gpulens.profiler.sampling import SamplerThread, Task
+from gpulens.profiler.schema import SAMPLED_ELSEWHERE
 from gpulens.profiler.writer import RunWriter
 
 log = logging.getLogger("gpulens")
@@ -101,7 +102,7 @@ class Recorder:
         if sample_node and self.config.devices:
             gpu_states, nvml_meta = self._open_nvml(nvml, notes)
         else:
-            nvml_meta = {"available": False, "reason": "device sampling off for this rank"}
+            nvml_meta = {"available": False, "reason": SAMPLED_ELSEWHERE}
         meta["nvml"] = nvml_meta
         meta["gpus"] = [g for g in nvml_meta.pop("_gpus", [])]
         self.gpus: list[dict[str, Any]] = meta["gpus"]
@@ -117,7 +118,9 @@ class Recorder:
         if not nvml_meta.get("available") and sample_node and self.config.devices:
             self.writer.event("nvml_unavailable", nvml_meta.get("reason", "NVML unavailable"))
 
-        self.tree = ProcessTree()
+        # children are listed as often as the workers are read (a /proc walk; 1 s by default)
+        self.tree = ProcessTree(refresh_s=self.config.workers_interval,
+                                trainers=Path(db_path).parent / TRAINERS_DIR if db_path is not None else None)
         fast: list[Task] = []
         slow: list[Task] = []
         if gpu_states and self._nvml is not None:

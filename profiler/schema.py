@@ -54,6 +54,9 @@ ROLLUP_LEVELS = (1, 10, 60, 600)
 FLAG_WARMUP = 1
 FLAG_PROFILED = 2
 
+#: meta["nvml"]["reason"] of a rank that leaves the node's GPUs and host to the process sampling them.
+SAMPLED_ELSEWHERE = "device sampling off for this rank"
+
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,

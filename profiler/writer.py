@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -70,8 +71,10 @@ class RunWriter:
         self.step_tap: Any = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database")
+        try:  # created here, atomically: two processes claiming one rank cannot both get it
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database") from None
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")

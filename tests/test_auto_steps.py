@@ -168,18 +168,42 @@ def test_grad_scaler_step_counts_even_when_it_skips_the_optimizer(runs_dir):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     run = _auto_run(runs_dir)
+    losses = []
     for i, (x, y) in enumerate(loader):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         if i == 2:
-            loss = loss * float("inf")  # inf gradients: GradScaler skips optimizer.step
+            loss = loss * float("inf")  # inf gradients: GradScaler skips optimizer.step (and halves the scale)
+        losses.append(loss.item())
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
     run.close()
     _, steps = _steps(run)
     assert len(steps) == 6
-    assert not np.isfinite(steps.loss).any()  # scaled losses are not the loss: not recorded
+    # the backward saw loss * scale; the recorded loss is the loss, also after update() changed the scale
+    assert np.allclose(steps.loss[[0, 1, 3, 4, 5]], np.array(losses)[[0, 1, 3, 4, 5]], rtol=1e-6)
+    assert np.isinf(steps.loss[2])
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_loss_is_recorded_through_a_grad_scaler_enabled_or_not(runs_dir, enabled):
+    """GradScaler(enabled=False) (bf16 and CPU recipes) passes the loss through unscaled."""
+    model, loader = _mlp(), _data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=enabled)
+    run = _auto_run(runs_dir)
+    losses = []
+    for x, y in loader:
+        loss = nn.functional.cross_entropy(model(x), y)
+        losses.append(loss.item())
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    run.close()
+    _, steps = _steps(run)
+    assert np.allclose(steps.loss, losses, rtol=1e-6)
 
 
 def test_cnn_with_dataloader_workers(runs_dir):

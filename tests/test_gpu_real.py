@@ -266,6 +266,45 @@ def test_profiled_cuda_run_reports_kernel_view(tmp_path, gpu_out):
     assert s["launch"]["kernels_per_step"] > 10
     assert s["step_breakdown_us"]["Kernel"] > 0
     flagged = run.steps().flags
-    assert (flagged & 2).sum() >= 8  # two windows of warmup + active steps, plus the FLOP-counted step
+    assert (flagged & 2).sum() >= 8  # two windows of warmup + active steps (FLOPs counted in the first warm-up)
     _note(gpu_out, "kernel_view", {k: s[k] for k in ("gpu_summary", "temporal_breakdown", "step_breakdown_us",
                                                      "tensor_core_share", "mfu")})
+
+
+def test_cuda_windows_shapes_first_window_and_unscaled_fp16_loss(tmp_path, gpu_out):
+    """On CUDA the first window keeps input shapes (GEMM alignment), later ones not (a shorter stop); an
+    enabled GradScaler's loss is recorded unscaled, without a sync."""
+    import torch
+    import torch.nn as nn
+
+    import gpulens
+    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.profiler import open_run
+    from gpulens.profiler.trace import load_trace
+
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.randn(512, 1024, device="cuda")
+    run = gpulens.track("fp16-scaler", runs_dir=tmp_path, auto=True, quiet=True, advise=False,
+                        profile=ProfileConfig(every=10, first=4, warmup=1, active=2))
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(x).float().square().mean()
+        losses.append(loss.detach())
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    run.close()
+    reader = open_run(run.path)
+    steps = reader.steps()
+    expected = torch.stack(losses).cpu().numpy()
+    got = steps.loss
+    ok = np.isfinite(got)
+    assert ok.sum() >= 10 and np.allclose(got[ok], expected[:len(got)][ok], rtol=1e-3)
+    windows = reader.windows()
+    shaped = [bool(load_trace(w.path).input_dims) for w in windows]
+    assert shaped[0] and not any(shaped[1:])
+    _note(gpu_out, "fp16_scaler_shapes", {"losses_recorded": int(ok.sum()), "windows_with_shapes": shaped})

@@ -22,7 +22,8 @@ def test_phases_sum_to_step_time(runs_dir):
     loader = DataLoader(SlowImages(n=160, delay=0.001), batch_size=16)
     with gpulens.track("phases", quiet=True) as run:
         train_cnn(run, loader, epochs=2)
-    steps = open_run(run.path).steps()
+    reader = open_run(run.path)
+    steps = reader.steps()
     assert len(steps) == 20
     duration = steps.duration
     assert np.all(np.abs(_phase_sum(steps) - duration) <= 0.05 * duration)
@@ -31,7 +32,10 @@ def test_phases_sum_to_step_time(runs_dir):
     assert (steps.samples == 16).all()  # inferred from the batch
     assert np.isfinite(steps.loss).all()
     assert (steps.flags[:2] & 1).all() and not (steps.flags[2:] & 1).any()  # warm-up steps
-    assert steps.flags[5] & 2  # the FLOP-counted step is flagged as profiled
+    # FLOPs are counted on the profiler window's warm-up step (10), itself slow and left out of throughput:
+    # the window (10-13) is the one stretch of slow steps, and no other step is flagged
+    assert [f.step for f in reader.flops()] == [10]
+    assert [i for i in range(20) if steps.flags[i] & 2] == [10, 11, 12, 13]
 
 
 def test_input_bound_loop_shows_data_wait_above_half(runs_dir):

@@ -235,7 +235,7 @@ def test_cpu_only_trace_from_real_training(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
     with gpulens.track("cpu-prof", runs_dir=tmp_path, quiet=True,
-                       profile=gpulens.ProfileConfig(every=10, first=3, warmup=1, active=2)) as run:
+                       profile=gpulens.ProfileConfig(every=10, first=3, warmup=1, active=2, record_shapes=True)) as run:
         for _ in range(25):
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
@@ -257,8 +257,10 @@ def test_cpu_only_trace_from_real_training(tmp_path):
     assert summary["trace_analysis"]["reason"].startswith("no GPU activity")
     flags = reader.steps().flags
     assert all(flags[i] & 2 for i in (3, 4, 5, 13, 14, 15))
-    # shapes are kept for GEMM-like ops (GEMM alignment advice needs them)
-    assert any(trace.names[trace.name[i]] == "aten::addmm" for i in trace.input_dims)
+    # shapes asked for are kept for GEMM-like ops (GEMM alignment advice needs them), in every window
+    for window in windows:
+        shaped = load_trace(window.path)
+        assert any(shaped.names[shaped.name[i]] == "aten::addmm" for i in shaped.input_dims)
 
 
 def test_profiling_can_be_turned_off(tmp_path):

@@ -30,6 +30,7 @@ class RankTiming:
 class Measurements:
     run_id: str
     imported: bool = False
+    recorded_by: str = "track"  # track | gpulens run | import: what a hint tells the user to do
     device: str = "cpu"  # cuda | cpu
     gpu_name: str | None = None
     compute_capability: float | None = None
@@ -125,6 +126,13 @@ def _worker_load(run: RunReader) -> tuple[float | None, float | None]:
     return float(count.v[1:][both][ok].mean()), float(cpu.v[at[ok]].mean())
 
 
+def recorded_by(meta: dict[str, Any]) -> str:
+    """``gpulens run`` (automatic steps) or ``track`` (the training code calls gpulens)."""
+    if meta.get("recorded_by"):
+        return str(meta["recorded_by"])
+    return "gpulens run" if "auto" in meta else "track"  # runs recorded before the key existed
+
+
 def measure(run: RunReader, done: list | None = None, summary: dict[str, Any] | None = None) -> Measurements:
     """Measurements of a run; ``done`` (window analyses) and ``summary`` are reused when given."""
     if done is None:
@@ -136,6 +144,7 @@ def measure(run: RunReader, done: list | None = None, summary: dict[str, Any] | 
         summary = summarize_data(data)
     meta = run.info.meta
     m = Measurements(run_id=run.info.id, imported=bool(meta.get("imported")))
+    m.recorded_by = "import" if m.imported else recorded_by(meta)
     m.t_start, m.t_end = run.info.start, run.info.end
     gpus = summary["gpus"]
     if gpus:

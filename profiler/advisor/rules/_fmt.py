@@ -14,6 +14,11 @@ def gib(b: float | None) -> str:
     return "n/a" if b is None else f"{b / 2**30:.1f} GiB"
 
 
+def how(m, in_track: str, in_run: str) -> str:  # noqa: ANN001 - Measurements, avoiding a cycle
+    """The hint that fits how the run was recorded: code calling gpulens, or ``gpulens run`` without code."""
+    return in_run if m.recorded_by == "gpulens run" else in_track
+
+
 def busy_fraction(m) -> float:  # noqa: ANN001 - Measurements, avoiding a cycle
     """Share of time the GPU runs kernels (kernel view if present, else NVML), 1.0 on CPU runs."""
     if m.kernel_util is not None:

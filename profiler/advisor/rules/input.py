@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gpulens.profiler.advisor.measure import Measurements
 from gpulens.profiler.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.advisor.rules._fmt import pct
+from gpulens.profiler.advisor.rules._fmt import how, pct
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
 
@@ -24,10 +24,14 @@ def suggested_workers(m: Measurements) -> int:
 
 def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     if m.steps == 0:
-        return NotEvaluated("dataloader_bound", "needs step records: call run.step() or iterate run.loader(...)")
+        return NotEvaluated("dataloader_bound", how(
+            m, "needs step records: call run.step() or iterate run.loader(...)",
+            "needs training steps: gpulens run found no optimizer.step, GradScaler.step or backward"))
     share, source = wait_share(m)
     if share is None:
-        return NotEvaluated("dataloader_bound", "needs the data wait: iterate the DataLoader through run.loader()")
+        return NotEvaluated("dataloader_bound", how(
+            m, "needs the data wait: iterate the DataLoader through run.loader()",
+            "needs the data wait: gpulens run times torch DataLoader fetches, and this loop used none"))
     if share <= THRESHOLD:
         return None
     workers = round(m.workers) if m.workers is not None else None

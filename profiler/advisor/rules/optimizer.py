@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gpulens.profiler.advisor.measure import Measurements
 from gpulens.profiler.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.advisor.rules._fmt import pct
+from gpulens.profiler.advisor.rules._fmt import how, pct
 
 THRESHOLD = 0.10  # ADVISOR-RULES [heur]: optimizer phase > 10% of step
 
@@ -13,7 +13,9 @@ def slow_optimizer(m: Measurements) -> Suggestion | NotEvaluated | None:
         return None
     instrumented = any(m.phase_share.get(p, 0.0) > 0 for p in ("forward", "backward", "optimizer"))
     if not instrumented:
-        return NotEvaluated("slow_optimizer", "needs the optimizer phase: wrap opt.step() in run.phase('optimizer')")
+        return NotEvaluated("slow_optimizer", how(
+            m, "needs the optimizer phase: wrap opt.step() in run.phase('optimizer')",
+            "needs the optimizer phase: gpulens run saw no torch.optim optimizer step"))
     share = m.phase_share.get("optimizer", 0.0)
     gpu_share = (m.gpu_phase_share or {}).get("optimizer")
     if m.device == "cuda" and gpu_share is not None:

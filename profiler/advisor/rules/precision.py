@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gpulens.profiler.advisor.measure import Measurements
 from gpulens.profiler.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.advisor.rules._fmt import busy_fraction, pct
+from gpulens.profiler.advisor.rules._fmt import busy_fraction, how, pct
 
 TF32_PEAKS = {"H100": "67 -> 494.5 TFLOP/s on H100 SXM", "H200": "67 -> 494.5 TFLOP/s on H200",
               "A100": "19.5 -> 156 TFLOP/s on A100"}
@@ -11,7 +11,8 @@ TF32_PEAKS = {"H100": "67 -> 494.5 TFLOP/s on H100 SXM", "H200": "67 -> 494.5 TF
 
 def _kernels_needed(m: Measurements, rule: str) -> NotEvaluated | None:
     if m.device == "cuda" and not m.has_kernels:
-        return NotEvaluated(rule, "needs a profiler window with CUDA kernels (track(profile_every=...))")
+        return NotEvaluated(rule, how(m, "needs a profiler window with CUDA kernels (track(profile_every=...))",
+                                          "needs a profiler window with CUDA kernels (gpulens run --profile-every N)"))
     return None
 
 

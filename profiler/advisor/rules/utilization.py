@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gpulens.profiler.advisor.measure import Measurements
 from gpulens.profiler.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.advisor.rules._fmt import busy_fraction, pct
+from gpulens.profiler.advisor.rules._fmt import busy_fraction, how, pct
 
 
 def low_gpu_busy(m: Measurements) -> Suggestion | None:
@@ -32,7 +32,8 @@ def launch_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     if m.device != "cuda":
         return None
     if not m.launch:
-        return NotEvaluated("launch_bound", "needs a profiler window with CUDA kernels (track(profile_every=...))")
+        return NotEvaluated("launch_bound", how(m, "needs a profiler window with CUDA kernels (track(profile_every=...))",
+                                 "needs a profiler window with CUDA kernels (gpulens run --profile-every N)"))
     # judge the compute part of the step: time waiting for data is not launch overhead
     data = m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0
     compute = max(1e-6, 1.0 - data)
