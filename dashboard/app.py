@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import dash
-from dash import Dash, Input, Output, State, clientside_callback, dcc, html
+from dash import ClientsideFunction, Dash, Input, Output, State, clientside_callback, dcc, html
 
 from gpulens import __version__
 from gpulens.dashboard import data
-from gpulens.dashboard.security import Access, install
+from gpulens.dashboard.security import Access, content_security_policy, install
 
 PAGE_MODULES = (
     "gpulens.dashboard.pages.runs",
@@ -77,28 +77,19 @@ def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwarg
     _register_routes(app)
     with app.server.app_context():
         app._setup_server()  # take this app's callbacks out of the global registry now
+    content_security_policy(app.server, app.csp_hashes)  # read per response: Dash adds inline scripts late
     return app
 
 
 def _register_shell_callbacks() -> None:
-    clientside_callback(
-        """
-        function(n, theme) {
-            var t = theme;
-            if (!t) { t = (window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches)
-                      ? 'dark' : 'light'; }
-            if (n) { t = (t === 'dark') ? 'light' : 'dark'; }
-            document.documentElement.dataset.theme = t;
-            document.body.dataset.agThemeMode = t;
-            return t;
-        }
-        """,
+    clientside_callback(  # the functions live in assets/gpulens.js (no inline scripts: see the CSP)
+        ClientsideFunction("gpulens", "theme"),
         Output("theme", "data"),
         Input("theme-toggle", "n_clicks"),
         State("theme", "data"),
     )
     clientside_callback(
-        "function(_) { return {width: Math.max(400, Math.min(window.innerWidth - 80, 2400))}; }",
+        ClientsideFunction("gpulens", "viewport"),
         Output("viewport", "data"),
         Input("theme-toggle", "id"),
     )

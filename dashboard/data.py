@@ -127,6 +127,7 @@ class Analysis:
     problems: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    broken: bool = False  # the run's files could not be read (RunError), not an analysis bug
 
 
 def analyse(path: Path) -> Analysis:
@@ -143,7 +144,7 @@ def analyse(path: Path) -> Analysis:
             advice = advise(run, done, summary).as_dict()
         return Analysis(summary, advice, done, problems, None, time.perf_counter() - t0)
     except GpulensError as exc:
-        return Analysis(error=str(exc), seconds=time.perf_counter() - t0)
+        return Analysis(error=str(exc), seconds=time.perf_counter() - t0, broken=True)
     except Exception as exc:  # a bug in one analysis must not take the page down
         return Analysis(error=f"analysis failed: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
 

@@ -42,10 +42,21 @@ def time_unit(duration_s: float) -> tuple[float, str]:
     return 1.0, "s"
 
 
+def plain_text(text: str) -> str:
+    """Text from a run (its name, an error naming a path) as Plotly shows it: as text.
+
+    Plotly renders a subset of HTML in names, titles and hover labels --
+    ``<a href>`` becomes a live link -- and reads ``%{...}`` in hover
+    templates; both are escaped.
+    """
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("%{", "&#37;{"))
+
+
 def empty_figure(message: str, theme: str = "light", height: int = 200) -> dict[str, Any]:
     layout = th.base_layout(theme, height=height)
     layout.update(xaxis={"visible": False}, yaxis={"visible": False},
-                  annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper",
+                  annotations=[{"text": plain_text(message), "showarrow": False, "xref": "paper", "yref": "paper",
                                 "x": 0.5, "y": 0.5, "font": {"size": 14, "color": layout["_muted"]}}])
     return {"data": [], "layout": th.finish(layout)}
 
@@ -216,8 +227,9 @@ def grouped_bars_figure(categories: list[str], series: dict[str, list[float]], c
     """A few named bar groups (compare: phase times of run A vs run B)."""
     layout = th.base_layout(theme, height=320, barmode="group", title={"text": title, "font": {"size": 13}},
                             legend={**_BOTTOM_LEGEND, "y": -0.15})
-    data = [{"type": "bar", "name": name, "x": categories, "y": values, "marker": {"color": colors[i % len(colors)]},
-             "hovertemplate": f"{name} %{{x}}: %{{y:.3~g}} {unit}<extra></extra>"}
+    data = [{"type": "bar", "name": plain_text(name), "x": categories, "y": values,
+             "marker": {"color": colors[i % len(colors)]},
+             "hovertemplate": f"{plain_text(name)} %{{x}}: %{{y:.3~g}} {unit}<extra></extra>"}
             for i, (name, values) in enumerate(series.items())]
     layout["yaxis"] = th.axis(layout, title={"text": unit}, rangemode="tozero")
     layout["xaxis"] = th.axis(layout)
@@ -234,10 +246,10 @@ def distribution_figure(dists: dict[str, tuple[np.ndarray, np.ndarray]], colors:
     data = []
     for i, (name, (edges, weights)) in enumerate(dists.items()):
         centers = (edges[:-1] + edges[1:]) / 2
-        data.append({"type": "bar", "name": name, "x": centers.tolist(), "y": (weights * 100).tolist(),
+        data.append({"type": "bar", "name": plain_text(name), "x": centers.tolist(), "y": (weights * 100).tolist(),
                      "width": float(edges[1] - edges[0]) if edges.size > 1 else 1.0, "opacity": 0.6,
                      "marker": {"color": colors[i % len(colors)]},
-                     "hovertemplate": f"{name}: %{{y:.1f}}% of samples at %{{x:.0f}}<extra></extra>"})
+                     "hovertemplate": f"{plain_text(name)}: %{{y:.1f}}% of samples at %{{x:.0f}}<extra></extra>"})
     layout["xaxis"] = th.axis(layout, title={"text": xtitle}, range=[0, 100])
     layout["yaxis"] = th.axis(layout, title={"text": "% of samples"}, rangemode="tozero")
     return {"data": data, "layout": th.finish(layout)}

@@ -1,27 +1,41 @@
 """Who may talk to the dashboard: loopback by default, authentication for anything wider.
 
 Three layers, all on by default:
-- binding: a non-loopback address is refused unless ``--auth user:password``
-  or ``--token`` is given (:func:`check_bind`);
+- binding: a non-loopback address is refused unless a password (``--auth-file``,
+  ``$GPULENS_AUTH``, ``--auth``) of at least 12 characters or a token of at
+  least 16 is given (:func:`check_bind`);
 - Host header: requests must name an allowed host, which stops DNS-rebinding
   pages in the user's browser from reaching a loopback dashboard;
 - authentication: HTTP Basic or a bearer token (also accepted once as
-  ``?token=``, then kept in an HttpOnly cookie), compared in constant time.
+  ``?token=``, then kept in an HttpOnly cookie), compared in constant time;
+  a client that keeps failing waits longer and longer (HTTP 429).
+Plus a Content-Security-Policy and request bodies capped at :data:`MAX_BODY`.
 """
 from __future__ import annotations
 
 import base64
 import hmac
 import ipaddress
+import os
 import socket
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 from gpulens.profiler import GpulensError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TOKEN_COOKIE = "gpulens_token"
+#: Largest request body accepted (Dash callback payloads are kilobytes): bigger ones get 413 unread.
+MAX_BODY = 4 << 20
+#: Shortest password accepted beyond loopback (tokens: 16 characters).
+MIN_PASSWORD = 12
+#: Failed authentications from one address before it has to wait, and the longest wait (seconds).
+FREE_FAILURES, MAX_WAIT_S = 5, 60.0
+ENV_AUTH = "GPULENS_AUTH"
 
 
 @dataclass(frozen=True)
@@ -47,25 +61,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_auth(value: str | None) -> tuple[str | None, str | None]:
+def parse_auth(value: str | None, source: str = "--auth") -> tuple[str | None, str | None]:
     if value is None:
         return None, None
-    user, sep, password = value.partition(":")
+    user, sep, password = value.strip("\r\n").partition(":")
     if not sep or not user or not password:
-        raise GpulensError("--auth takes USER:PASSWORD (both non-empty)")
+        raise GpulensError(f"{source} takes USER:PASSWORD (both non-empty)")
     return user, password
 
 
+def auth_setting(argv_value: str | None, file: str | None,
+                 env: dict[str, str] | None = None) -> tuple[str | None, str, str | None]:
+    """(USER:PASSWORD, where it came from, a warning): ``--auth-file``, else ``$GPULENS_AUTH``, else ``--auth``.
+
+    ``--auth`` on the command line is readable by every local user
+    (``ps``, /proc/PID/cmdline); it still works, with a warning.
+    """
+    env = os.environ if env is None else env
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                return fh.readline().strip(), f"--auth-file {file}", None
+        except (OSError, UnicodeError) as exc:
+            raise GpulensError(f"--auth-file {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if env.get(ENV_AUTH):
+        return env[ENV_AUTH], ENV_AUTH, None
+    if argv_value is not None:
+        return argv_value, "--auth", ("gpulens: warning: the password given with --auth is visible to every local "
+                                      f"user (ps, /proc/PID/cmdline); prefer {ENV_AUTH}=USER:PASSWORD or --auth-file")
+    return None, "--auth", None
+
+
 def check_bind(host: str, user: str | None, password: str | None, token: str | None) -> None:
-    """Refuse to serve beyond loopback without authentication."""
+    """Refuse to serve beyond loopback without authentication strong enough to face a network."""
     if is_loopback(host):
         return
+    if password and len(password) < MIN_PASSWORD:
+        raise GpulensError(f"refusing to serve on {host} with a password of {len(password)} characters: "
+                           f"use at least {MIN_PASSWORD} (or a --token of 16 or more)")
     if password or token:
         return
     raise GpulensError(
         f"refusing to serve on {host}: binding beyond loopback exposes your runs; "
-        "add --auth USER:PASSWORD or --token TOKEN (or keep the default --host 127.0.0.1 "
-        "and use an SSH tunnel: ssh -L 8050:127.0.0.1:8050 HOST)")
+        "set GPULENS_AUTH=USER:PASSWORD (or --auth-file FILE, --auth USER:PASSWORD) or --token TOKEN "
+        "(or keep the default --host 127.0.0.1 and use an SSH tunnel: ssh -L 8050:127.0.0.1:8050 HOST)")
 
 
 def _local_names() -> set[str]:
@@ -113,19 +152,94 @@ def _basic_ok(header: str, user: str, password: str) -> bool:
                                                                                       password.encode())
 
 
+def content_security_policy(server: Any, script_hashes: Callable[[], list[str]]) -> None:
+    """Scripts only from the dashboard itself (Dash's own inline scripts by hash): a name that slipped
+    through as HTML could not run code or load anything from elsewhere.  Inline styles stay allowed
+    (Plotly and Dash set style attributes)."""
+
+    @server.after_request
+    def _csp(resp: Any) -> Any:
+        resp.headers.setdefault("Content-Security-Policy", csp(script_hashes()))
+        return resp
+
+
+def csp(script_hashes: list[str]) -> str:
+    return "; ".join((
+        "default-src 'self'",
+        "script-src 'self' " + " ".join(script_hashes),
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ))
+
+
+class Backoff:
+    """Failed authentications per client address: after :data:`FREE_FAILURES`, each further one doubles
+    the wait (up to :data:`MAX_WAIT_S`) before that address is heard again.  Bounded memory."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (failures, wait until)
+
+    def wait_s(self, addr: str, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            _, until = self._seen.get(addr, (0, 0.0))
+        return max(0.0, until - now)
+
+    def failed(self, addr: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            count = self._seen.pop(addr, (0, 0.0))[0] + 1
+            wait = min(2.0 ** (count - FREE_FAILURES), MAX_WAIT_S) if count >= FREE_FAILURES else 0.0
+            self._seen[addr] = (count, now + wait)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+    def succeeded(self, addr: str) -> None:
+        with self._lock:
+            self._seen.pop(addr, None)
+
+
 def install(server: Any, access: Access) -> None:
     """Register the Host check, authentication and security headers on the Flask server."""
     from flask import Response, redirect, request
 
     allowed = access.allowed_hosts or allowed_hosts(access.host)
+    server.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    backoff = Backoff()
 
     @server.before_request
     def _guard() -> Any:
         if host_of(request.host) not in allowed:
             return Response(f"gpulens: host {request.host!r} not allowed (see --allow-host)\n", 400,
                             mimetype="text/plain")
+        if (request.content_length or 0) > MAX_BODY:
+            return Response(f"gpulens: request body over {MAX_BODY >> 20} MiB\n", 413, mimetype="text/plain")
         if not access.needs_auth:
             return None
+        client = request.remote_addr or "?"
+        wait = backoff.wait_s(client)
+        if wait > 0:
+            return Response("gpulens: too many failed logins; try again later\n", 429, mimetype="text/plain",
+                            headers={"Retry-After": str(int(wait) + 1)})
+        ok = _authenticated(access)
+        if ok is not False:
+            backoff.succeeded(client)
+            return None if ok is True else ok
+        backoff.failed(client)
+        return Response("gpulens: authentication required\n", 401, mimetype="text/plain",
+                        headers={"WWW-Authenticate": 'Basic realm="gpulens", charset="UTF-8"'}
+                        if access.password else {})
+
+    def _authenticated(access: Access) -> Any:
+        """True, a response (the ?token= redirect that sets the cookie: a success), or False."""
         if access.token:
             given = request.args.get("token")
             if given is not None and hmac.compare_digest(given.encode(), access.token.encode()):
@@ -133,18 +247,16 @@ def install(server: Any, access: Access) -> None:
                 target = request.path + ("?" + urlencode(args) if args else "")
                 resp = redirect(target)
                 resp.set_cookie(TOKEN_COOKIE, access.token, httponly=True, samesite="Strict")
-                return resp
+                return resp  # truthy: counts as a success
             auth = request.headers.get("Authorization", "")
             cookie = request.cookies.get(TOKEN_COOKIE, "")
             for candidate in (auth[7:].strip() if auth.lower().startswith("bearer ") else "", cookie):
                 if candidate and hmac.compare_digest(candidate.encode(), access.token.encode()):
-                    return None
+                    return True
         if access.password and access.user:
             if _basic_ok(request.headers.get("Authorization", ""), access.user, access.password):
-                return None
-        return Response("gpulens: authentication required\n", 401, mimetype="text/plain",
-                        headers={"WWW-Authenticate": 'Basic realm="gpulens", charset="UTF-8"'}
-                        if access.password else {})
+                return True
+        return False
 
     @server.after_request
     def _headers(resp: Any) -> Any:

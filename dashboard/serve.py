@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gpulens.dashboard.security import Access, allowed_hosts, check_bind, parse_auth
+from gpulens.dashboard.security import MAX_BODY, Access, allowed_hosts, check_bind, parse_auth
 from gpulens.profiler import GpulensError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -13,11 +13,11 @@ DEFAULT_PORT = 8050
 
 
 def prepare(runs_root: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth: str | None = None,
-            token: str | None = None, allow_host: list[str] | None = None) -> Access:
+            token: str | None = None, allow_host: list[str] | None = None, auth_source: str = "--auth") -> Access:
     """Validate everything that can be wrong before a socket is opened; one-line errors."""
     if not 0 <= int(port) <= 65535:
         raise GpulensError(f"--port {port}: not a TCP port (0-65535)")
-    user, password = parse_auth(auth)
+    user, password = parse_auth(auth, auth_source)
     if token is not None and len(token) < 16:
         raise GpulensError("--token must be at least 16 characters (try: python -c 'import secrets; "
                            "print(secrets.token_urlsafe(24))')")
@@ -36,7 +36,7 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
     app = create_app(runs_root, access)
     try:
         server = create_server(app.server, host=access.host, port=access.port, threads=threads, ident="gpulens",
-                               clear_untrusted_proxy_headers=True)
+                               clear_untrusted_proxy_headers=True, max_request_body_size=MAX_BODY)
     except OSError as exc:
         raise GpulensError(f"cannot listen on {access.host}:{access.port} ({exc.strerror or exc}); "
                            "pick another --port") from None

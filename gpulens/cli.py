@@ -53,8 +53,11 @@ def _build_parser() -> argparse.ArgumentParser:
     dsh.add_argument("--host", default="127.0.0.1",
                      help="address to bind (default 127.0.0.1; anything else needs --auth or --token)")
     dsh.add_argument("--port", type=int, default=8050, help="TCP port (default 8050; 0 picks a free one)")
-    dsh.add_argument("--auth", metavar="USER:PASSWORD", help="require HTTP Basic authentication")
-    dsh.add_argument("--token", default=os.environ.get("GPULENS_TOKEN"),
+    dsh.add_argument("--auth", metavar="USER:PASSWORD",
+                     help="require HTTP Basic authentication (visible in the process list: prefer $GPULENS_AUTH "
+                          "or --auth-file)")
+    dsh.add_argument("--auth-file", metavar="FILE", help="require HTTP Basic authentication; FILE holds USER:PASSWORD")
+    dsh.add_argument("--token", default=os.environ.get("GPULENS_TOKEN") or None,
                      help="require this bearer token (or ?token=... once); default $GPULENS_TOKEN")
     dsh.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="also accept requests for this Host name (reverse proxies, DNS names)")
@@ -114,7 +117,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         if samples is not None:
             print(f"gpulens: no runs in {root} yet; showing the sample runs in {samples}", file=sys.stderr)
             root = samples
-    access = prepare(root, args.host, args.port, args.auth, args.token, args.allow_host)
+    from gpulens.dashboard.security import auth_setting
+
+    auth, source, warning = auth_setting(args.auth, args.auth_file)
+    access = prepare(root, args.host, args.port, auth, args.token, args.allow_host, auth_source=source)
+    if warning:  # after the checks: bad input stays one line
+        print(warning, file=sys.stderr)
     serve(root, access)
     return EXIT_OK
 
@@ -138,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, profile_every=args.profile_every,
                      count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
                      prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
-                     advise=False if args.no_advise else None)
+                     advise=False if args.no_advise else None, check_script=not args.dry_run)
     note = interpreter_note(launch.argv)
     if note:
         print(note, file=sys.stderr)
@@ -214,37 +222,42 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from gpulens import fmt
     from gpulens.profiler import list_runs, open_run, runs_root
-    from gpulens.profiler.errors import RunError
+    from gpulens.profiler.runstore import validate_run_id
 
     root = runs_root(args.runs_dir)
     if not root.is_dir():
         raise GpulensError(f"{root}: no such runs directory")
     rows: list[dict[str, Any]] = []
     for path in list_runs(root):
+        shown = fmt.safe_text(path.name)
         try:
+            validate_run_id(path.name)
             with open_run(path) as run:
                 info = run.info
                 n_steps = len(run.steps())
-                rows.append({"id": info.id, "name": info.name, "status": info.status,
-                             "gpus": [g.get("name") for g in info.gpus], "start": info.start,
+                rows.append({"id": info.id, "name": fmt.safe_text(info.name), "status": info.status,
+                             "gpus": [fmt.safe_text(g.get("name")) for g in info.gpus], "start": info.start,
                              "duration_s": info.duration_s, "steps": n_steps, "error": None})
-        except RunError as exc:
-            rows.append({"id": path.name, "name": None, "status": "broken", "gpus": [], "start": None,
-                         "duration_s": None, "steps": None, "error": str(exc)})
+        except (GpulensError, OSError) as exc:  # one broken run is shown as broken; the rest list
+            reason = str(exc) if isinstance(exc, GpulensError) else f"cannot read ({exc.strerror or exc})"
+            rows.append({"id": shown, "name": None, "status": "broken", "gpus": [], "start": None,
+                         "duration_s": None, "steps": None, "error": fmt.safe_text(reason)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"runs in {root}", title_justify="left")
+    table = Table(title=Text(f"runs in {fmt.safe_text(root)}"), title_justify="left")
     for col in ("run", "status", "GPUs", "duration", "steps"):
         table.add_column(col)
     for r in rows:
         gpus = f"{len(r['gpus'])} × {r['gpus'][0]}" if r["gpus"] else "-"
         status = r["status"] if not r["error"] else f"broken: {r['error']}"
-        table.add_row(r["id"], status, gpus, fmt.seconds(r["duration_s"]), str(r["steps"] if r["steps"] is not None else "-"))
-    Console().print(table)
+        table.add_row(Text(r["id"]), Text(status), Text(gpus), fmt.seconds(r["duration_s"]),
+                      str(r["steps"] if r["steps"] is not None else "-"))
+    Console(markup=False, emoji=False).print(table)
     return EXIT_OK
 
 

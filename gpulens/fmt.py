@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def is_num(x: object) -> bool:
@@ -114,3 +115,23 @@ def us(x: float | None) -> str:
     if not is_num(x):
         return "n/a"
     return seconds(float(x) / 1e6)  # type: ignore[arg-type]
+
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def safe_text(value: object) -> str:
+    """Untrusted text (run, host, kernel names) for a terminal: control characters and undecodable bytes escaped.
+
+    A name read from a file or a directory may carry ANSI escape sequences
+    (which would drive the user's terminal) or bytes that are not UTF-8
+    (which would stop printing with an encoding error).
+    """
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def _escape(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

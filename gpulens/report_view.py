@@ -11,6 +11,7 @@ from rich.text import Text
 
 from gpulens import fmt
 from gpulens.profiler.summary import PHASES, metric_label
+from gpulens.profiler.writer import describe_lost
 
 _PHASE_LABEL = {"data_wait": "data wait", "forward": "forward", "backward": "backward",
                 "optimizer": "optimizer", "other": "other"}
@@ -35,9 +36,31 @@ def _bar(share: float | None, width: int = 24) -> str:
     return "█" * n + "·" * (width - n)
 
 
+def terminal() -> Console:
+    """A console that prints text as text: no rich markup or emoji codes read out of run or kernel names."""
+    return Console(markup=False, emoji=False)
+
+
+def sanitized(value: Any) -> Any:
+    """``value`` with every string made safe for a terminal (:func:`gpulens.fmt.safe_text`).
+
+    Names come from files and traces -- a run name, a host, a kernel -- and
+    may hold escape sequences or bytes that are not UTF-8.
+    """
+    if isinstance(value, str):
+        return fmt.safe_text(value)
+    if isinstance(value, dict):
+        return {sanitized(k): sanitized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sanitized(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(sanitized(v) for v in value)
+    return value
+
+
 def render(summary: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(Group(*_blocks(summary, console.width)))
+    console = console or terminal()
+    console.print(Group(*_blocks(sanitized(summary), console.width)))
 
 
 def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
@@ -81,6 +104,9 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     if ex.get("warmup") or ex.get("profiled"):
         steps_line += f" ({ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled left out of the figures)"
     head.add_row("steps", steps_line)
+    for rank, lost in (s.get("records_lost") or {}).items():
+        head.add_row("lost", Text(f"rank {rank}: {describe_lost(lost)} never reached the database (a full disk, "
+                                  "or steps faster than the writer)", style="yellow"))
     parts = [fmt.rate(tp.get("steps_per_s"), "steps")]
     if tp.get("samples_per_s") is not None:
         parts.append(fmt.rate(tp["samples_per_s"], "samples"))
@@ -344,7 +370,7 @@ def _numbered(number: str, text: Text) -> Table:
 
 
 def render_advice(advice: dict[str, Any], full: bool = True, console: Console | None = None) -> None:
-    (console or Console()).print(Group(*_advice_blocks(advice, full)))
+    (console or terminal()).print(Group(*_advice_blocks(sanitized(advice), full)))
 
 
 def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:

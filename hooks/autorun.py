@@ -52,6 +52,14 @@ def is_launcher(argv: list[str]) -> bool:
     return False
 
 
+def _script_missing(argv: list[str]) -> bool:
+    """``python missing.py``: Python is about to say it cannot open the file; there is nothing to record."""
+    from gpulens.hooks.launch import python_script
+
+    script = python_script([Path(sys.executable).name, *argv[1:]])
+    return script is not None and not Path(script).is_file()
+
+
 def program_name(argv: list[str]) -> str:
     """The script's stem or the module's name (``python -m pkg.train`` -> ``train``)."""
     args = argv[1:]
@@ -67,7 +75,6 @@ def program_name(argv: list[str]) -> str:
 
 def start() -> Any:
     """Start recording this process if ``gpulens run`` asked for it and it is a training process."""
-    global _started
     if _started is not None:
         return _started
     raw = os.environ.get(ENV_OPTIONS)
@@ -76,7 +83,7 @@ def start() -> Any:
     owner = os.environ.get(ENV_OWNER)
     child = bool(owner) and owner != str(os.getpid())
     argv = list(getattr(sys, "orig_argv", sys.argv))
-    if not child and is_launcher(argv):
+    if not child and (is_launcher(argv) or _script_missing(argv)):
         return None
     try:
         options = json.loads(raw)

@@ -44,6 +44,23 @@ def command_line(command: list[str], module: str | None) -> list[str]:
     return list(command)
 
 
+def python_script(argv: list[str]) -> str | None:
+    """The script a ``python [options] script.py ...`` command runs (None for -m, -c, other programs)."""
+    if not Path(argv[0]).name.startswith("python"):
+        return None
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-m", "-c") or arg.startswith(("-m", "-c")) and len(arg) > 2 and arg[1] in "mc":
+            return None
+        if arg.startswith("-"):
+            i += 2 if arg in ("-W", "-X", "-Q") else 1
+            continue
+        return arg if arg != "-" else None
+    return None
+
+
 def name_of(argv: list[str]) -> str:
     """A run name from the command: the script or module, also behind torchrun's options."""
     exe = Path(argv[0]).name
@@ -60,7 +77,8 @@ def name_of(argv: list[str]) -> str:
 
 def prepare(command: list[str], module: str | None = None, name: str | None = None,
             runs_dir: str | None = None, run_id: str | None = None,
-            env: dict[str, str] | None = None, **options: Any) -> Launch:
+            env: dict[str, str] | None = None, check_script: bool = True, **options: Any) -> Launch:
+    """``check_script``: a ``python missing.py`` command is an error here, not an empty run (off for --dry-run)."""
     argv = command_line(command, module)
     if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
         raise GpulensError(f"command not found: {argv[0]}")
@@ -69,6 +87,9 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     run_name = name or name_of(argv)
     rid = validate_run_id(run_id) if run_id else new_run_id(run_name)
     run_dir = run_dir_in(root, rid)
+    script = python_script(argv) if check_script else None
+    if script is not None and not Path(script).is_file():
+        raise GpulensError(f"{argv[0]}: can't open file {script!r}: no such file")
     opts = {"name": run_name, "runs_dir": str(root), **{k: v for k, v in options.items() if v is not None}}
     base.pop(ENV_OWNER, None)  # gpulens run from inside a recorded process records the new command
     base[ENV_OPTIONS] = json.dumps(opts)

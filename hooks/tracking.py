@@ -125,11 +125,31 @@ class TrackedRun:
                             "flops_per_token": flops_per_token, "flops_dtype": flops_dtype}
         try:
             self._start(runs_dir, run_id, batch_size, config, sampling, warmup_steps, nvml)
-            if prometheus_port is not None:
-                self._start_exporter(prometheus_port, prometheus_addr)
         except Exception as exc:
             log.warning("gpulens: recording disabled for this run: %s", exc)
-            self._closed = True
+            self._abandon_start(exc)
+            return
+        if prometheus_port is not None:
+            try:
+                self._start_exporter(prometheus_port, prometheus_addr)
+            except Exception as exc:  # the run is recorded and closed as usual, only not served
+                log.warning("gpulens: Prometheus metrics not served (%s); recording goes on without them", exc)
+
+    def _abandon_start(self, exc: BaseException) -> None:
+        """Recording could not start: undo what did start (threads, handlers), so nothing is left half-open."""
+        self._recording = False
+        self._closed = True
+        self._restore_sigterm()
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:
+            pass
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            try:
+                recorder.close("crashed", f"recording could not start: {type(exc).__name__}: {exc}")
+            except Exception:
+                pass
 
     # ------------------------------------------------------------------ set-up
     def _start(self, runs_dir: Any, run_id: str | None, batch_size: int | None,
@@ -258,9 +278,14 @@ class TrackedRun:
         from gpulens.profiler.prometheus import RunExporter
 
         ranks = runmeta.rank_env()
-        self._exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
-                                     local_rank=ranks["local_rank"])
-        bound = self._exporter.serve(port + ranks["local_rank"] if port else 0, addr)
+        exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
+                               local_rank=ranks["local_rank"])
+        try:
+            bound = exporter.serve(port + ranks["local_rank"] if port else 0, addr)
+        except BaseException:
+            exporter.close()  # detach its taps from the writer
+            raise
+        self._exporter = exporter
         self.prometheus_url = f"http://{addr}:{bound}/metrics"
         if not self.quiet:
             log.info("gpulens: Prometheus metrics on http://%s:%d/metrics", addr, bound)

@@ -13,5 +13,11 @@ class RunError(GpulensError):
 
     def __init__(self, path: str | Path, message: str) -> None:
         self.path = str(path)
-        self.message = message
-        super().__init__(f"{self.path}: {message}")
+        self.message = one_line(message)
+        super().__init__(f"{self.path}: {self.message}")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` (SQLite quotes whole schemas in some errors) as one line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -11,7 +11,9 @@ a recorded run.  It has no NVML or host samples, and says so.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +76,74 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
     return rows
 
 
+@dataclass
+class _Rank:
+    """One trace, checked and turned into what its rank database will hold, before anything is written."""
+
+    path: Path
+    trace: Trace
+    rank: int
+    gpus: list[dict[str, Any]]
+    steps: list[tuple[Any, ...]]
+    world: int
+
+
+def _checked(path: str | Path, trace: Trace, rank: int) -> _Rank:
+    """The trace's metadata as the PyTorch profiler writes it, or a one-line error naming the file."""
+    try:
+        dist = trace.meta.get("distributedInfo") or {}
+        if not isinstance(dist, dict):
+            raise TypeError(f"distributedInfo is a {type(dist).__name__}, not an object")
+        if not isinstance(trace.device_properties, list) or not all(isinstance(p, dict)
+                                                                    for p in trace.device_properties):
+            raise TypeError("deviceProperties is not a list of objects")
+        world = int(dist.get("world_size", 1) or 1)
+        return _Rank(Path(path), trace, rank, _gpus(trace), _step_rows(trace), world)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+        raise GpulensError(f"{path}: not a PyTorch profiler trace gpulens can import ({exc})") from None
+
+
 def import_traces(paths: list[str | Path], root: Path, name: str | None = None) -> Path:
-    """Create a run under ``root`` from trace files; returns its directory."""
+    """Create a run under ``root`` from trace files; returns its directory.
+
+    Every file is read and checked first; the run is written into a hidden
+    directory and renamed into place at the end, so bad input leaves nothing
+    behind, and a run appears complete or not at all.
+    """
     if not paths:
         raise GpulensError("no trace files given")
-    traces = [load_trace(p) for p in paths]  # every file validated before anything is written
+    if root.exists() and not root.is_dir():
+        raise GpulensError(f"{root}: not a directory (the runs root)")
+    traces = [load_trace(p) for p in paths]
     ranks = [t.rank for t in traces]
     if len(set(ranks)) != len(ranks):
         ranks = list(range(len(traces)))
+    checked = [_checked(p, t, r) for p, t, r in zip(paths, traces, ranks)]
     base = name or Path(str(paths[0])).name.split(".")[0]
-    root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id(f"imported-{slug(base)}")
-    run_dir = run_dir_in(root, run_id)
-    (run_dir / "traces").mkdir(parents=True)
-    world = max(len(traces), max((int((t.meta.get("distributedInfo") or {}).get("world_size", 1) or 1)
-                                  for t in traces), default=1))
-    for trace, rank, src in zip(traces, ranks, paths):
-        src = Path(src)
+    run_dir = run_dir_in(root, run_id) if root.exists() else root / run_id
+    staging = root / f".importing-{run_id}"
+    try:
+        (staging / "traces").mkdir(parents=True)
+        _write(checked, staging, run_id, base, max([len(checked), *(c.world for c in checked)]))
+        os.rename(staging, run_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise GpulensError(f"cannot write the run under {root}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _write(checked: list[_Rank], run_dir: Path, run_id: str, base: str, world: int) -> None:
+    first = checked[0].rank
+    for item in checked:
+        trace, rank, src = item.trace, item.rank, item.path
         dest = run_dir / "traces" / f"rank-{rank}.imported.pt.trace.json.gz"
-        if src.read_bytes()[:2] == b"\x1f\x8b":
+        with open(src, "rb") as fin:
+            gzipped = fin.read(2) == b"\x1f\x8b"
+        if gzipped:
             shutil.copyfile(src, dest)
         else:
             with open(src, "rb") as fin, gzip.open(dest, "wb") as fout:
@@ -102,16 +153,15 @@ def import_traces(paths: list[str | Path], root: Path, name: str | None = None) 
         meta = {
             "run_id": run_id, "name": base, "status": "finished", "start": start, "end": end,
             "rank": rank, "local_rank": rank, "world_size": world, "imported_from": str(src.resolve()),
-            "gpus": _gpus(trace) if rank == ranks[0] else [],
+            "gpus": item.gpus if rank == first else [],
             "nvml": {"available": False, "reason": "imported trace: no NVML samples"},
             "host": None, "host_info": {}, "command": None, "torch_version": None, "replay": False,
             "imported": True, "warmup_steps": 0, "pid": None,
         }
         writer = RunWriter(run_dir / rank_db_name(rank), meta)
-        for row in _step_rows(trace):
+        for row in item.steps:
             writer.step(row)
-        steps = [r[0] for r in _step_rows(trace)]
+        steps = [r[0] for r in item.steps]
         writer.window(0, min(steps) if steps else 0, max(steps) if steps else 0, start, end,
                       f"traces/{dest.name}", "imported", None)
         writer.close(status="finished", end=end, steps=len(steps))
-    return run_dir

@@ -15,6 +15,7 @@ Values are the latest readings, taken from the recorder as it writes them
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import socket
 import threading
@@ -23,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.schema import STEP_COLUMNS
 
 log = logging.getLogger("gpulens")
@@ -233,15 +235,43 @@ class MetricsCollector:
                 yield fam
 
 
+def check_endpoint(port: int, addr: str) -> None:
+    """A port and address one can bind, or a one-line :class:`GpulensError` saying which is wrong."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise GpulensError(f"port {port} is not a TCP port (0-65535)")
+    try:
+        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise GpulensError(f"cannot bind to address {addr!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if port == 0:
+        return
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:  # free now? (the server binds it a moment later)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise GpulensError(f"port {port} on {addr} is already in use (another exporter or run?)") from None
+            raise GpulensError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+
+
 class _Server:
     """prometheus-client's HTTP server on its own registry (never the process-global one)."""
 
     def __init__(self, collector: MetricsCollector, port: int, addr: str) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
 
+        check_endpoint(port, addr)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self.server, self.thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            self.server, self.thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise GpulensError(f"port {port} on {addr} is already in use (another exporter or run?)") from None
+            raise GpulensError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
         self.port = self.server.server_address[1]
 
     def close(self) -> None:
@@ -311,13 +341,18 @@ def serve_node(port: int, addr: str, interval: float) -> int:
     """``gpulens exporter``: sample this node's GPUs and host and serve them until interrupted."""
     from gpulens.profiler.recorder import Recorder, SamplingConfig
 
+    check_endpoint(port, addr)  # bad input says so before any sampling starts
     fast = max(interval, 0.2)  # utilization and GPM refresh no faster
     config = SamplingConfig(device_interval=interval, util_interval=fast, gpm_interval=fast,
                             slow_interval=max(interval, 1.0), host_interval=interval, workers_interval=max(interval, 1.0))
     sink = LatestSink()
     recorder = Recorder(None, {}, config, sink=sink)
     collector = MetricsCollector(sink, list(recorder.gpus or []), process_metrics=False)
-    server = _Server(collector, port, addr)
+    try:
+        server = _Server(collector, port, addr)
+    except BaseException:
+        recorder.close()
+        raise
     gpus = len(recorder.gpus or [])
     print(f"gpulens exporter: {gpus} GPU(s){'' if gpus else ' (no NVIDIA GPU: host metrics only)'}; "
           f"metrics on http://{addr}:{server.port}/metrics (Ctrl-C stops)", flush=True)

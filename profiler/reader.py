@@ -7,7 +7,9 @@ after it finished (a single database file per rank).
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import socket
 import sqlite3
 import struct
@@ -228,11 +230,14 @@ class _RankDB:
             except sqlite3.DatabaseError as exc:
                 self.conn.close()
                 raise RunError(path, _db_error(exc)) from None
+            except ValueError as exc:  # stored text that is not UTF-8
+                self.conn.close()
+                raise RunError(path, f"corrupt database ({exc})") from None
         try:
-            self.meta = {k: json.loads(v) for k, v in rows}
-        except ValueError:
+            self.meta = _checked_meta(rows)
+        except RunError as exc:
             self.conn.close()
-            raise RunError(path, "corrupt database: metadata is not valid JSON") from None
+            raise RunError(path, exc.message) from None
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -246,7 +251,10 @@ class _RankDB:
         return bool(self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def reload_meta(self) -> None:
-        self.meta = {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+        try:
+            self.meta = _checked_meta(self.query("SELECT key, value FROM meta"))
+        except RunError as exc:
+            raise RunError(self.path, exc.message) from None
 
     def has_steps(self) -> bool:
         return self.has_table("steps") and bool(self.query("SELECT 1 FROM steps LIMIT 1"))
@@ -254,6 +262,72 @@ class _RankDB:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+_OPTIONAL_STR = (str, type(None))
+_OPTIONAL_DICT = (dict, type(None))
+#: Types of the metadata keys the readers and analyses rely on: a run whose metadata says otherwise is broken.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int, type(None)), "pid_create_time": _OPTIONAL_NUMBER, "start": _OPTIONAL_NUMBER,
+    "end": _OPTIONAL_NUMBER, "heartbeat": _OPTIONAL_NUMBER, "status": (str,), "error": _OPTIONAL_STR,
+    "name": _OPTIONAL_STR, "host": _OPTIONAL_STR, "rank": (int,), "local_rank": (int,), "world_size": (int,),
+    "local_world_size": (int,), "gpus": (list, type(None)), "nvml": _OPTIONAL_DICT, "host_info": _OPTIONAL_DICT,
+    "batch_size": _OPTIONAL_NUMBER, "warmup_steps": (int, type(None)), "steps": (int, type(None)),
+    "model": _OPTIONAL_DICT, "auto": _OPTIONAL_DICT, "child": _OPTIONAL_DICT, "profile": _OPTIONAL_DICT,
+    "sampling": _OPTIONAL_DICT, "batch_probe": _OPTIONAL_DICT, "user_flops": _OPTIONAL_DICT,
+}
+
+
+def _checked_meta(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The metadata rows decoded, with the types the readers rely on; RunError (one line) otherwise."""
+    meta: dict[str, Any] = {}
+    for key, value in rows:
+        try:
+            meta[str(key)] = json.loads(value)
+        except (TypeError, ValueError):
+            raise RunError("", f"corrupt metadata: {str(key)[:40]!r} is not valid JSON") from None
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            raise RunError("", f"corrupt metadata: {key} is {_short(value)}, not {' or '.join(t.__name__ for t in types)}")
+    if any(not isinstance(g, dict) for g in meta.get("gpus") or []):
+        raise RunError("", "corrupt metadata: gpus is not a list of GPU records")
+    return meta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def corrupt_run_errors(method: Any) -> Any:
+    """Decoding and type errors inside a reader method become the run's one-line :class:`RunError`.
+
+    Whatever a damaged or foreign file holds, reading it ends in a valid
+    value or in that error -- never in an exception that escapes the one
+    run (and takes a runs list or a dashboard page down with it).
+    """
+    @functools.wraps(method)
+    def wrapper(self: "RunReader", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RunError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise RunError(self.path, f"corrupt run data ({type(exc).__name__}: {_short_text(exc)})") from None
+
+    return wrapper
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, OverflowError,
+                  sqlite3.Error, MemoryError)
+
+
+def _short_text(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _db_error(exc: sqlite3.DatabaseError) -> str:
@@ -270,7 +344,14 @@ def _check_not_truncated(path: Path) -> None:
 
     A truncated database often still opens and fails later with "malformed"
     on some query; checking the header up front names the problem exactly.
+    Not while a WAL file is there: the pages may live in it (a run whose
+    disk filled up mid-checkpoint has a short main file and a complete WAL).
     """
+    try:
+        if Path(f"{path}-wal").stat().st_size > 32:  # more than a WAL header: frames to read
+            return
+    except OSError:
+        pass
     with open(path, "rb") as fh:
         head = fh.read(100)
     page_size = struct.unpack(">H", head[16:18])[0]
@@ -285,7 +366,7 @@ def _check_not_truncated(path: Path) -> None:
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro"  # bytes: any file name, UTF-8 or not
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -296,12 +377,16 @@ def _connect_ro(path: Path) -> sqlite3.Connection:
         pass
     except sqlite3.DatabaseError as exc:
         raise RunError(path, _db_error(exc)) from None
+    except ValueError as exc:  # text in the schema that is not UTF-8
+        raise RunError(path, f"corrupt database ({exc})") from None
     try:
         conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=10, check_same_thread=False)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return conn
     except sqlite3.DatabaseError as exc:
         raise RunError(path, _db_error(exc)) from None
+    except ValueError as exc:
+        raise RunError(path, f"corrupt database ({exc})") from None
 
 
 def _pid_alive(pid: int, create_time: float | None) -> bool:
@@ -353,7 +438,10 @@ class RunReader:
             raise RunError(self.path, "not a gpulens run (no rank-N.db inside)")
         self._dbs: dict[int, _RankDB] = {}
         try:
+            inside = self.path.resolve()
             for rank, db_path in dbs.items():
+                if db_path.resolve().parent != inside:  # a link to a file elsewhere, like a link out of the root
+                    raise RunError(db_path, "a symbolic link out of its run directory: refused")
                 self._dbs[rank] = _RankDB(rank, db_path)
         except RunError:
             self.close()
@@ -368,6 +456,7 @@ class RunReader:
     def meta(self, rank: int | None = None) -> dict[str, Any]:
         return dict(self._db(rank).meta)
 
+    @corrupt_run_errors
     def refresh(self) -> RunInfo:
         """Re-read metadata (status, heartbeat) of a run that is still being written."""
         for db in self._dbs.values():
@@ -386,6 +475,7 @@ class RunReader:
         """
         return self._primary
 
+    @corrupt_run_errors
     def _make_info(self) -> RunInfo:
         self._primary = next((rank for rank, db in self._dbs.items() if db.has_steps()), self.ranks[0])
         first = self._dbs[self._primary].meta
@@ -424,6 +514,7 @@ class RunReader:
             raise RunError(self.path, f"no rank {rank} in this run (ranks: {self.ranks})") from None
 
     # ------------------------------------------------------------------ series
+    @corrupt_run_errors
     def series_list(self, rank: int | None = None) -> list[SeriesInfo]:
         """Every series declared in the run, with its status and point count."""
         out: list[SeriesInfo] = []
@@ -437,9 +528,11 @@ class RunReader:
                 out.append(SeriesInfo(metric, gpu, unit, db.rank, status, reason, int(n or 0), t0, t1))
         return out
 
+    @corrupt_run_errors
     def gpus_recorded(self) -> list[int]:
         return sorted({s.gpu for s in self.series_list() if s.gpu >= 0})
 
+    @corrupt_run_errors
     def series(self, metric: str, gpu: int = -1, rank: int | None = None,
                t0: float | None = None, t1: float | None = None) -> Series | None:
         """Points of one series in ``[t0, t1]`` (whole run by default).
@@ -470,6 +563,7 @@ class RunReader:
             t, v = _EMPTY, _EMPTY
         return Series(metric, int(gpu), unit, db.rank, t, v)
 
+    @corrupt_run_errors
     def series_view(self, metric: str, gpu: int = -1, t0: float | None = None, t1: float | None = None,
                     max_points: int = 2000, rank: int | None = None) -> SeriesView | None:
         """The series in [t0, t1] at about ``max_points`` resolution, from raw points or rollups.
@@ -508,6 +602,7 @@ class RunReader:
         return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
                           arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
 
+    @corrupt_run_errors
     def series_stats(self, metric: str, gpu: int = -1, rank: int | None = None) -> SeriesStats | None:
         """Whole-run count, mean, min and max, exact and cheap: summed from the coarsest rollups."""
         hit = self._lookup(metric, gpu, rank)
@@ -535,6 +630,7 @@ class RunReader:
         return None
 
     # ------------------------------------------------------------------ steps, events
+    @corrupt_run_errors
     def steps(self, rank: int | None = None, t0: float | None = None,
               t1: float | None = None) -> StepTable:
         db = self._db(rank)
@@ -555,8 +651,11 @@ class RunReader:
             else:
                 columns[name] = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
         extra = [json.loads(r[extra_idx]) if r[extra_idx] else {} for r in rows]
+        if not all(isinstance(e, dict) for e in extra):
+            raise RunError(db.path, "corrupt step records: an extra field is not a JSON object")
         return StepTable(db.rank, columns, extra)
 
+    @corrupt_run_errors
     def step_view(self, rank: int | None = None, t0: float | None = None, t1: float | None = None,
                   max_points: int = 2000) -> StepView:
         """Step times in [t0, t1] for plotting: per step, or per rollup bucket when there are too many."""
@@ -589,6 +688,7 @@ class RunReader:
                         {p: arr[:, 5 + i] / n for i, p in enumerate(PHASE_COLUMNS)},
                         arr[:, 1].astype(np.int64), level)
 
+    @corrupt_run_errors
     def events(self, rank: int | None = None, kind: str | None = None) -> list[Event]:
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
         out: list[Event] = []
@@ -602,6 +702,7 @@ class RunReader:
                 out.append(Event(t, k, gpu, message, json.loads(data) if data else None, db.rank))
         return sorted(out, key=lambda e: e.t)
 
+    @corrupt_run_errors
     def windows(self, rank: int | None = None) -> list[Window]:
         """Profiler windows of one rank (or all), oldest first."""
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
@@ -619,6 +720,7 @@ class RunReader:
                 out.append(Window(db.rank, wid, first, last, t0, t1, full, status, error))
         return out
 
+    @corrupt_run_errors
     def flops(self, rank: int | None = None) -> list[FlopCount]:
         dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
         out: list[FlopCount] = []

@@ -74,7 +74,9 @@ def gather(run: RunReader, done: list | None = None, problems: list | None = Non
     return RunData(
         info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
               "status_reason": info.status_reason, "start": info.start, "end": info.end,
-              "duration_s": info.duration_s, "ranks": info.ranks, "replay": info.replay},
+              "duration_s": info.duration_s, "ranks": info.ranks, "replay": info.replay,
+              "records_lost": {str(r): run.meta(r)["records_lost"] for r in info.ranks
+                               if run.meta(r).get("records_lost")}},
         meta=info.meta,
         steps=run.steps(),
         series=infos,
@@ -262,6 +264,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
                 "config": meta.get("config") or {}},
         "status": data.info["status"],
         "status_reason": data.info["status_reason"],
+        "records_lost": data.info.get("records_lost") or {},
         "duration_s": data.info["duration_s"],
         "steps": len(steps),
         "step_time": step_time,

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,11 +29,25 @@ log = logging.getLogger("gpulens")
 #: Chunks with fewer points than this are merged every COMPACT_EVERY_S seconds (and at close).
 SMALL_CHUNK = 1024
 COMPACT_EVERY_S = 60.0
+#: Rows waiting for the writer thread beyond these are dropped, oldest first, and counted: memory
+#: stays bounded however fast steps come, and one flush stays short -- the writer commits ~450k step
+#: rows/s alone but ~30k/s behind a loop that never lets go of the GIL, so 10k steps are a third of a
+#: second, and a SIGKILL loses under a second of steps at any rate (bench/writer_backlog.py).
+MAX_PENDING = {"steps": 10_000, "points": 200_000, "events": 10_000, "bulk": 1_000}
+#: Disk space set aside at the start and given back at close, so a run whose disk filled up can still
+#: write its final status.
+RESERVE_BYTES = 128 << 10
+#: Errors after which a batch is kept and tried again (the disk may free up), not dropped.
+_RETRY_ERRORS = ("disk is full", "disk i/o error", "no space left", "file too large", "quota")
 
-_STEP_INSERT = (
-    f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in schema.STEP_COLUMNS)})"
-)
+#: Step rows go in this many per statement.  sqlite3 lets go of the GIL around every statement it
+#: steps, and taking it back waits out the interpreter's switch interval (5 ms) while the training
+#: thread runs Python: one row per statement is 200 rows/s at best behind a tight loop, 512 per
+#: statement keeps up with any loop (22 columns x 512 = 11,264 parameters, under SQLite's 32,766).
+ROWS_PER_INSERT = 512
+_STEP_ROW = f"({', '.join('?' for _ in schema.STEP_COLUMNS)})"
+_STEP_INSERT = f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) VALUES "
+_STEP_INSERT_FULL = _STEP_INSERT + ", ".join([_STEP_ROW] * ROWS_PER_INSERT)
 
 
 class RunWriter:
@@ -58,7 +73,10 @@ class RunWriter:
         self._meta_lock = threading.Lock()
         self._series_lock = threading.Lock()
         self._series_ids: dict[tuple[str, int], int] = {}
-        self._dropped = 0
+        self._dropped = 0  # rows lost: not writable (an error other than a full disk)
+        self._overflow = {kind: 0 for kind in MAX_PENDING}  # rows dropped because too many were waiting
+        self._reported: dict[str, Any] = {}  # what meta "records_lost" said last
+        self._failing: tuple[float, str] | None = None  # (since, error) while flushes keep failing
         self._last_error: str | None = None
         self._flushed = threading.Condition()
         self._flush_count = 0
@@ -92,6 +110,8 @@ class RunWriter:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             raise
+        self._reserve = self.path.with_name(f".{self.path.name}.reserve")
+        _set_aside(self._reserve, RESERVE_BYTES)
         self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
         self._thread.start()
 
@@ -119,19 +139,35 @@ class RunWriter:
         with self._series_lock:
             return dict(self._series_ids)
 
+    def _bounded(self, kind: str, queue: deque) -> None:
+        """Called before an append: make room in ``queue`` by dropping its oldest row, counted."""
+        if len(queue) >= MAX_PENDING[kind]:
+            try:
+                queue.popleft()
+                self._overflow[kind] += 1
+            except IndexError:
+                pass
+
     def point(self, sid: int, t: float, value: float) -> None:
-        self._points.append((sid, t, value))
+        points = self._points
+        if len(points) >= MAX_PENDING["points"]:
+            self._bounded("points", points)
+        points.append((sid, t, value))
         latest = self.latest
         if latest is not None:
             latest[sid] = (t, value)
 
     def points_bulk(self, sid: int, t: np.ndarray, v: np.ndarray) -> None:
         """Many points of one series at once (importers, benchmarks): one chunk, no per-point cost."""
+        self._bounded("bulk", self._bulk)
         self._bulk.append((sid, np.asarray(t, dtype=np.float64), np.asarray(v, dtype=np.float64)))
 
     def step(self, row: tuple[Any, ...]) -> None:
         """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
-        self._steps.append(row)
+        steps = self._steps
+        if len(steps) >= MAX_PENDING["steps"]:
+            self._bounded("steps", steps)
+        steps.append(row)
         tap = self.step_tap
         if tap is not None:
             try:
@@ -141,6 +177,7 @@ class RunWriter:
 
     def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
               t: float | None = None) -> None:
+        self._bounded("events", self._events)
         self._events.append((t if t is not None else clock.now(), kind, int(gpu), message,
                              json.dumps(data) if data is not None else None))
 
@@ -166,28 +203,49 @@ class RunWriter:
     # ------------------------------------------------------------------ writer thread
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._flush_requested.wait(self.flush_interval)
+            if len(self._steps) < MAX_PENDING["steps"] // 2 or self._failing is not None:
+                self._flush_requested.wait(self.flush_interval)  # else a backlog builds: write it right away
             self._flush_requested.clear()
             self._flush_once()
             if time.monotonic() - self._last_compact >= COMPACT_EVERY_S:
                 self._compact_once()
 
-    def _flush_once(self) -> None:
+    def _flush_once(self) -> bool:
+        """Commit what is waiting; False if it could not be written (it waits for the next try, or is lost)."""
+        batch = self._take()
+        ok = True
         try:
-            self._flush()
+            self._flush(batch)
+            if self._failing is not None:
+                since, error = self._failing
+                self._failing = None
+                self.event("write_recovered", f"writing works again after failing since "
+                                              f"{time.strftime('%H:%M:%S', time.localtime(since))} ({error})")
         except Exception as exc:  # never let a disk problem kill the thread
-            message = f"{type(exc).__name__}: {exc}"
-            if message != self._last_error:
-                log.warning("gpulens: cannot write %s (%s); dropping this interval's records",
-                            self.path, message)
-                self._last_error = message
+            ok = False
             try:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            message = f"{type(exc).__name__}: {exc}"
+            if _retryable(exc):  # a full disk may free up: keep the rows (bounded) for the next try
+                self._requeue(batch)
+                if self._failing is None:
+                    self._failing = (clock.now(), str(exc))
+                    log.warning("gpulens: cannot write %s (%s); keeping up to %d steps to retry, dropping older "
+                                "ones (counted)", self.path, message, MAX_PENDING["steps"])
+            else:  # the rows are lost (counted); the metadata (a final status) is tried again
+                self._dropped += batch.rows()
+                with self._meta_lock:
+                    self._meta_updates = {**batch.meta, **self._meta_updates}
+                if message != self._last_error:
+                    log.warning("gpulens: cannot write %s (%s); dropping this interval's records",
+                                self.path, message)
+            self._last_error = message
         with self._flushed:
             self._flush_count += 1
             self._flushed.notify_all()
+        return ok
 
     def _compact_once(self) -> None:
         self._last_compact = time.monotonic()
@@ -237,57 +295,83 @@ class RunWriter:
             out.append(queue.popleft())
         return out
 
-    def _flush(self) -> None:
-        series_rows = self._drain(self._series_rows)
-        points = self._drain(self._points)
-        bulk = self._drain(self._bulk)
-        steps = self._drain(self._steps)
-        events = self._drain(self._events)
-        windows = self._drain(self._windows)
-        flops = self._drain(self._flops)
+    def _take(self) -> "_Batch":
         with self._meta_lock:
             meta, self._meta_updates = self._meta_updates, {}
+        return _Batch(self._drain(self._series_rows), self._drain(self._points), self._drain(self._bulk),
+                      self._drain(self._steps), self._drain(self._events), self._drain(self._windows),
+                      self._drain(self._flops), meta)
+
+    def _requeue(self, batch: "_Batch") -> None:
+        """Put a batch that could not be written back in front of what came since, within the bounds."""
+        for queue, rows, kind in ((self._series_rows, batch.series_rows, None), (self._points, batch.points, "points"),
+                                  (self._bulk, batch.bulk, "bulk"), (self._steps, batch.steps, "steps"),
+                                  (self._events, batch.events, "events"), (self._windows, batch.windows, None),
+                                  (self._flops, batch.flops, None)):
+            if not rows:
+                continue
+            if kind is not None:
+                room = max(0, MAX_PENDING[kind] - len(queue))
+                if len(rows) > room:
+                    self._overflow[kind] += len(rows) - room
+                    rows = rows[len(rows) - room:] if room else []
+            queue.extendleft(reversed(rows))
+        with self._meta_lock:
+            self._meta_updates = {**batch.meta, **self._meta_updates}
+
+    def lost(self) -> dict[str, int]:
+        """Rows that never reached the database (meta ``records_lost``): dropped, oldest first, from a
+        backlog over :data:`MAX_PENDING` (``steps``, ``points``, ``events``, ``bulk``), or ``unwritable``."""
+        out = {kind: n for kind, n in self._overflow.items() if n}
+        if self._dropped:
+            out["unwritable"] = self._dropped
+        return out
+
+    def _flush(self, batch: "_Batch") -> None:
+        series_rows, points, bulk, steps = batch.series_rows, batch.points, batch.bulk, batch.steps
+        events, windows, flops, meta = batch.events, batch.windows, batch.flops, dict(batch.meta)
         meta["heartbeat"] = clock.now()
+        lost = self.lost()
+        if lost != self._reported:
+            meta["records_lost"] = lost
 
         conn = self._conn
         conn.execute("BEGIN")
-        try:
-            for row in series_rows:
-                if row[0] == "insert":
-                    conn.execute(
-                        "INSERT OR IGNORE INTO series (id, metric, gpu, unit, status, reason) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", row[1:])
-                else:
-                    conn.execute("UPDATE series SET status = ?, reason = ? WHERE id = ?",
-                                 (row[2], row[3], row[1]))
-            chunks = _chunk_rows(points) if points else []
-            chunks += [_chunk(sid, t, v) for sid, t, v in bulk if t.size]
-            if chunks:
-                conn.executemany(
-                    "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", chunks)
-                conn.executemany(_ROLLUP_UPSERT, _rollup_rows(chunks))
-                for sid, t0, _t1, n, _t, _v in chunks:
-                    if n < SMALL_CHUNK:
-                        self._small[sid] = min(self._small.get(sid, np.inf), t0)
-            if steps:
-                conn.executemany(_STEP_INSERT, steps)
-                conn.executemany(_STEP_ROLLUP_UPSERT, _step_rollup_rows(steps))
-            if events:
-                conn.executemany(
-                    "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
-            if windows:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", windows)
-            if flops:
-                conn.executemany("INSERT OR REPLACE INTO flops (step, total, by_dtype, source) VALUES (?, ?, ?, ?)",
-                                 flops)
-            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             [(k, json.dumps(v)) for k, v in meta.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            self._dropped += len(points) + len(steps) + len(events)
-            raise
+        for row in series_rows:
+            if row[0] == "insert":
+                conn.execute(
+                    "INSERT OR IGNORE INTO series (id, metric, gpu, unit, status, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", row[1:])
+            else:
+                conn.execute("UPDATE series SET status = ?, reason = ? WHERE id = ?",
+                             (row[2], row[3], row[1]))
+        chunks = _chunk_rows(points) if points else []
+        chunks += [_chunk(sid, t, v) for sid, t, v in bulk if t.size]
+        if chunks:
+            conn.executemany(
+                "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", chunks)
+            conn.executemany(_ROLLUP_UPSERT, _rollup_rows(chunks))
+            for sid, t0, _t1, n, _t, _v in chunks:
+                if n < SMALL_CHUNK:
+                    self._small[sid] = min(self._small.get(sid, np.inf), t0)
+        if steps:
+            _insert_steps(conn, steps)
+            conn.executemany(_STEP_ROLLUP_UPSERT, _step_rollup_rows(steps))
+        if events:
+            conn.executemany(
+                "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
+        if windows:
+            conn.executemany(
+                "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", windows)
+        if flops:
+            conn.executemany("INSERT OR REPLACE INTO flops (step, total, by_dtype, source) VALUES (?, ?, ?, ?)",
+                             flops)
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         [(k, json.dumps(v)) for k, v in meta.items()])
+        conn.execute("COMMIT")
+        if "records_lost" in meta:
+            self._reported = meta["records_lost"]
         self._last_error = None
 
     # ------------------------------------------------------------------ close
@@ -296,7 +380,11 @@ class RunWriter:
 
         Switching back from WAL to a rollback journal at the end makes a
         finished run one self-contained file that opens read-only anywhere
-        (a copied run, a read-only sample_runs/ checkout).
+        (a copied run, a read-only sample_runs/ checkout).  On a full disk
+        the space set aside at the start is given back so the final status
+        still lands (the run stays a valid WAL database); if even that fails,
+        the rows still waiting are dropped, counted, and only the status is
+        written.
         """
         if self._closed:
             return
@@ -304,19 +392,96 @@ class RunWriter:
         self._stop.set()
         self._flush_requested.set()
         self._thread.join(timeout=30)
-        self._flush_once()
-        self._compact_once()
-        if self._dropped:
-            log.warning("gpulens: %d records could not be written to %s", self._dropped, self.path)
+        ok = self._flush_once()
+        if not ok:
+            self._reserve.unlink(missing_ok=True)  # the run's last words need the space more
+            ok = self._flush_once()
+        if not ok:
+            waiting = self._take()
+            self._dropped += waiting.rows()
+            ok = self._write_meta({**waiting.meta, "records_lost": self.lost()})
+        if ok:
+            self._compact_once()
+        lost = self.lost()
+        if lost:
+            log.warning("gpulens: %s records never reached %s (%s)", f"{sum(lost.values()):,}", self.path,
+                        describe_lost(lost))
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error:
-            pass  # another reader holds the WAL open: it stays a valid WAL database
+            pass  # a reader holds the WAL open, or the disk is full: it stays a valid WAL database
         self._conn.close()
+        self._reserve.unlink(missing_ok=True)
         with self._flushed:
             self._closed = True
             self._flushed.notify_all()
+
+    def _write_meta(self, meta: dict[str, Any]) -> bool:
+        """Only metadata, in one small transaction (the final status when nothing else fits)."""
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   [(k, json.dumps(v)) for k, v in meta.items()])
+            self._conn.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            log.warning("gpulens: could not write the final status of %s (%s): it will read as crashed",
+                        self.path, exc)
+            return False
+
+
+@dataclass
+class _Batch:
+    """Everything one flush takes from the queues."""
+
+    series_rows: list
+    points: list
+    bulk: list
+    steps: list
+    events: list
+    windows: list
+    flops: list
+    meta: dict[str, Any]
+
+    def rows(self) -> int:
+        return len(self.points) + len(self.steps) + len(self.events) + sum(int(t.size) for _, t, _ in self.bulk)
+
+
+def _insert_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> None:
+    for i in range(0, len(steps), ROWS_PER_INSERT):
+        part = steps[i:i + ROWS_PER_INSERT]
+        sql = _STEP_INSERT_FULL if len(part) == ROWS_PER_INSERT else _STEP_INSERT + ", ".join([_STEP_ROW] * len(part))
+        conn.execute(sql, [value for row in part for value in row])
+
+
+def describe_lost(lost: dict[str, int]) -> str:
+    """``records_lost`` in words: '175,944 steps from a full backlog, 50,282 rows not writable'."""
+    parts = [f"{n:,} {kind} from a full backlog" for kind, n in lost.items() if kind != "unwritable"]
+    if lost.get("unwritable"):
+        parts.append(f"{lost['unwritable']:,} rows not writable")
+    return ", ".join(parts)
+
+
+def _retryable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (sqlite3.OperationalError, OSError)) and any(e in text for e in _RETRY_ERRORS)
+
+
+def _set_aside(path: Path, size: int) -> None:
+    """Hold ``size`` bytes of the disk in ``path`` (given back at close); nothing if there is no room now."""
+    try:
+        with open(path, "wb") as fh:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+            else:
+                fh.write(b"\0" * size)
+    except OSError:
+        path.unlink(missing_ok=True)
 
 
 _STEP_ROLLUP_UPSERT = (

@@ -92,6 +92,19 @@ def page(browser, request):
     assert not [e for e in errors if "favicon" not in e], errors  # no JS errors, no failed callbacks
 
 
+def _wait_for(pg, js: str, arg=None, timeout: float = 20.0):
+    """Poll a JS expression from here until it is truthy.  Playwright's wait_for_function evals its predicate
+    in the page, which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pg.evaluate(js, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {js}")
+        time.sleep(0.1)
+
+
 def _graph_data(pg, graph_id: str) -> dict:
     return pg.evaluate(f"""() => {{
         const gd = document.querySelector('#{graph_id} .js-plotly-plot');
@@ -129,7 +142,7 @@ def test_runs_list_renders_with_the_broken_run_and_opens_a_run(server, page):
         assert run_id in grid
     broken = " ".join(page.locator(f"#runs-grid .ag-row[row-id='{BROKEN_ID}']").all_inner_texts())
     assert "not a gpulens database" in broken and "broken" in broken
-    page.wait_for_function("document.querySelector('#runs-grid').innerText.includes('The training loop waits')")
+    _wait_for(page, "document.querySelector('#runs-grid').innerText.includes('The training loop waits')")
     page.click("#runs-grid a[href='/run/h100-cnn-input-bound']")
     page.wait_for_url("**/run/h100-cnn-input-bound")
     data = _wait_graph(page, "ts-graph")
@@ -146,13 +159,13 @@ def test_zoom_reads_full_resolution_and_evidence_links_zoom(server, page):
     _wait_graph(page, "ts-graph")
     page.evaluate("() => Plotly.relayout(document.querySelector('#ts-graph .js-plotly-plot'), "
                   "{'xaxis.range[0]': 5, 'xaxis.range[1]': 7})")
-    page.wait_for_function("document.querySelector('#ts-level').innerText.startsWith('5.0–7.0 s')")
+    _wait_for(page, "document.querySelector('#ts-level').innerText.startsWith('5.0–7.0 s')")
     d = _graph_data(page, "ts-graph")
     lo = min(x[0] for x in d["x"] if x[0] is not None)
     hi = max(x[1] for x in d["x"] if x[1] is not None)
     assert 5.0 - 1e-3 <= lo and hi <= 7.0 + 1e-3 and d["range"] == [5, 7]
     page.click("text=profiled steps (zoom)")
-    page.wait_for_function("""() => { const r = document.querySelector('#ts-graph .js-plotly-plot').layout.xaxis.range;
+    _wait_for(page, """() => { const r = document.querySelector('#ts-graph .js-plotly-plot').layout.xaxis.range;
                               return r && r[0] > 0.5 && r[1] - r[0] < 4; }""")
     steps = _graph_data(page, "steps-graph")
     assert steps["range"] is not None  # the step breakdown follows the same range
@@ -178,10 +191,10 @@ def test_compare_page_and_theme_toggle(server, page):
     assert "Samples/s" in page.inner_text("#cmp-headline")
     before = page.evaluate("document.documentElement.dataset.theme")
     page.click("#theme-toggle")
-    page.wait_for_function(f"document.documentElement.dataset.theme !== '{before}'")
+    _wait_for(page, f"document.documentElement.dataset.theme !== '{before}'")
     after = page.evaluate("document.documentElement.dataset.theme")
     assert {before, after} == {"light", "dark"}
-    page.wait_for_function("""(want) => { const gd = document.querySelector('#cmp-steps .js-plotly-plot');
+    _wait_for(page, """(want) => { const gd = document.querySelector('#cmp-steps .js-plotly-plot');
         return gd && gd.layout.font.color === want; }""", arg="#e6edf3" if after == "dark" else "#1f2328")
 
 

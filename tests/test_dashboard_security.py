@@ -31,9 +31,11 @@ def test_loopback_needs_no_auth(host):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gpu-box.example.com"])
 def test_non_loopback_without_auth_is_refused(host):
-    with pytest.raises(GpulensError, match="--auth USER:PASSWORD or --token"):
+    with pytest.raises(GpulensError, match="GPULENS_AUTH=USER:PASSWORD .* or --token"):
         check_bind(host, None, None, None)
-    check_bind(host, "me", "secret", None)
+    with pytest.raises(GpulensError, match="a password of 6 characters: use at least 12"):
+        check_bind(host, "me", "secret", None)  # a network deserves more than a 6-letter password
+    check_bind(host, "me", "correct horse battery", None)
     check_bind(host, None, None, "t" * 24)
 
 

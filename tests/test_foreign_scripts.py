@@ -10,7 +10,6 @@ tests/scripts/ follow the public examples' patterns.
 from __future__ import annotations
 
 import copy
-import io
 import os
 import pickle
 import re

@@ -10,11 +10,14 @@ the user's zoom.
 """
 from __future__ import annotations
 
+import secrets
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from gpulens import fmt
 from gpulens.dashboard import components as ui
@@ -27,6 +30,54 @@ from gpulens.dashboard.pages import register
 POLL_MS = 1000
 WINDOWS = {60: "1 min", 300: "5 min", 900: "15 min"}
 MAX_POINTS_CAP = 20_000
+
+
+class _Builds:
+    """What each live figure was built from (its traces, origin, caps), kept here, keyed by a random token.
+
+    The browser only echoes the token and how far each trace has got: a
+    forged cursor can name no other source, and asks for at most one
+    window of points per trace, so an update costs what a real one does.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._builds: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def add(self, build: dict[str, Any]) -> str:
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._builds[token] = build
+            while len(self._builds) > self.size:
+                self._builds.popitem(last=False)
+        return token
+
+    def get(self, token: Any) -> dict[str, Any] | None:
+        if not isinstance(token, str):
+            return None
+        with self._lock:
+            build = self._builds.get(token)
+            if build is not None:
+                self._builds.move_to_end(token)
+            return build
+
+
+_builds = _Builds()
+
+
+def _positions(cursor: Any, build: dict[str, Any], now: float) -> list[float] | None:
+    """The client's per-trace positions, if they fit its build; none earlier than the build's window."""
+    last = cursor.get("last") if isinstance(cursor, dict) else None
+    if not isinstance(last, list) or len(last) != len(build["sources"]):
+        return None
+    floor = now - build["window_s"] - 60.0
+    out = []
+    for value in last:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+            return None
+        out.append(max(float(value), floor))
+    return out
 
 
 def layout(run_id: str | None = None, **_: Any) -> html.Div:
@@ -151,15 +202,15 @@ def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cu
     origin = info.start or now
     cards = live_cards(run, now)
     sig = _signature(run, window_s, theme)
-    if cursor is None or cursor.get("sig") != sig:
+    build = _builds.get(cursor.get("token")) if isinstance(cursor, dict) else None
+    last = _positions(cursor, build, now) if build is not None and build["run"] == run_id else None
+    if last is None or build is None or build["sig"] != sig:
         width = int((viewport or {}).get("width") or 1400)
         end = max((info.end or now), now if info.status == "running" else 0.0) - origin
         ts = timeseries(run, max(end - window_s, 0.0), None, width)
         fig = figures.timeseries_figure(ts, theme, uirevision=f"live-{run_id}", duration_s=1.0 * window_s,
                                         typed_arrays=False)
         fig["layout"]["xaxis"]["title"]["text"] = "time since start (s)"
-        token = f"{run_id}-{time.monotonic_ns()}"
-        fig["layout"]["meta"]["live_token"] = token
         sources = [{"metric": t.metric, "gpu": t.gpu, "rank": t.rank, "scale": p.spec.scale}
                    for p in ts.panels for t in p.traces]
         last, maxpts = [], []
@@ -168,50 +219,32 @@ def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cu
             # float() first: float32 + an epoch time stays float32 (NEP 50) and loses minutes of precision
             last.append(origin + float(np.nanmax(x)) if x.size and np.isfinite(x).any() else origin)
             maxpts.append(_max_points(x[np.isfinite(x)] if x.size else x, window_s))
-        cursor = {"sig": sig, "sources": sources, "last": last, "max": maxpts, "origin": origin, "token": token}
-        return fig, no_update, cursor, cards, status, notice, stop
+        token = _builds.add({"run": run_id, "sig": sig, "sources": sources, "max": maxpts, "origin": origin,
+                             "window_s": window_s})
+        fig["layout"]["meta"]["live_token"] = token
+        return fig, no_update, {"token": token, "last": last}, cards, status, notice, stop
     xs, ys, idx, maxpts = [], [], [], []
-    for i, src in enumerate(cursor["sources"]):
-        t, v = new_points(run, src, cursor["last"][i])
+    for i, src in enumerate(build["sources"]):
+        t, v = new_points(run, src, last[i])
         if not t.size:
             continue
-        cursor["last"][i] = float(t[-1])
-        xs.append(np.round(t - cursor["origin"], 3).tolist())
+        t, v = t[-build["max"][i]:], v[-build["max"][i]:]  # never more than the trace keeps
+        last[i] = float(t[-1])
+        xs.append(np.round(t - build["origin"], 3).tolist())
         ys.append([None if not np.isfinite(y) else float(y) for y in v])
         idx.append(i)
-        maxpts.append(cursor["max"][i])
+        maxpts.append(build["max"][i])
+    cursor = {"token": cursor["token"], "last": last}
     if not idx:
         return no_update, no_update, cursor, cards, status, notice, stop
     update = {"token": cursor["token"], "x": xs, "y": ys, "idx": idx, "max": maxpts, "n": n}
     return no_update, update, cursor, cards, status, notice, stop
 
 
-# Applying an update in the browser is idempotent: only points newer than a trace's last x are
-# appended, and updates computed for another build of the figure are dropped.  Two overlapping
-# server responses (an interval tick and a theme change) can therefore never duplicate points.
+# Applying an update in the browser is idempotent (assets/gpulens.js, liveExtend): only points newer
+# than a trace's last x are appended, and updates for another build of the figure are dropped.
 clientside_callback(
-    """
-    function(upd) {
-        const nu = window.dash_clientside.no_update;
-        if (!upd) { return nu; }
-        const gd = document.querySelector('#live-graph .js-plotly-plot');
-        if (!gd || !gd.data || !gd.layout || !gd.layout.meta || gd.layout.meta.live_token !== upd.token) {
-            return nu;
-        }
-        const xs = [], ys = [], idx = [], mx = [];
-        upd.idx.forEach(function(ti, k) {
-            const tr = gd.data[ti];
-            if (!tr) { return; }
-            let last = -Infinity;
-            for (let j = tr.x.length - 1; j >= 0; j--) { if (tr.x[j] !== null) { last = tr.x[j]; break; } }
-            const nx = [], ny = [];
-            upd.x[k].forEach(function(x, j) { if (x > last) { nx.push(x); ny.push(upd.y[k][j]); } });
-            if (nx.length) { xs.push(nx); ys.push(ny); idx.push(ti); mx.push(upd.max[k]); }
-        });
-        if (idx.length) { Plotly.extendTraces(gd, {x: xs, y: ys}, idx, mx); }
-        return upd.n;
-    }
-    """,
+    ClientsideFunction("gpulens", "liveExtend"),
     Output("live-applied", "data"),
     Input("live-new", "data"),
 )

@@ -90,7 +90,11 @@ def run_row(row: data.RunRow) -> dict[str, Any]:
         out["top"] = "analysing…"
         return out
     if a.error:
-        out["top"] = f"analysis failed: {a.error}"
+        if a.broken:  # the run opened, but some of its data cannot be read
+            out["status"] = "broken"
+            out["top"] = a.error
+        else:
+            out["top"] = f"analysis failed: {a.error}"
         return out
     s = a.summary or {}
     tp = s.get("throughput") or {}

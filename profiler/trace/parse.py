@@ -8,8 +8,8 @@ trace raises :class:`TraceError` with a one-line reason naming the file.
 """
 from __future__ import annotations
 
-import gzip
 import json
+import os
 import re
 import zlib
 from operator import attrgetter
@@ -85,13 +85,48 @@ def _read_bytes(p: Path) -> bytes:
     if not raw:
         raise TraceError(p, "empty file, not a trace")
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except EOFError:
-            raise TraceError(p, "truncated gzip file (it ends before the end of the compressed data)") from None
-        except (OSError, zlib.error) as exc:
-            raise TraceError(p, f"corrupt gzip file ({exc})") from None
+        raw = _gunzip(p, raw)
+    elif len(raw) > max_trace_bytes():
+        raise TraceError(p, f"{len(raw) / 2**20:.0f} MiB of JSON: more than the {max_trace_bytes() / 2**20:.0f} MiB "
+                            f"a trace may hold here (set {ENV_MAX_TRACE} to raise it)")
     return raw
+
+
+#: Environment variable raising the cap on a trace's decompressed size (bytes).
+ENV_MAX_TRACE = "GPULENS_MAX_TRACE_BYTES"
+#: Real Kineto JSON compresses 10-20x; a "trace" that inflates more than this is a gzip bomb, not a trace.
+MAX_RATIO = 100
+
+
+def max_trace_bytes() -> int:
+    """Most bytes of JSON a trace may decompress to (4 GiB, or ``$GPULENS_MAX_TRACE_BYTES``)."""
+    try:
+        return max(1, int(os.environ.get(ENV_MAX_TRACE, "")))
+    except ValueError:
+        return 4 << 30
+
+
+def _gunzip(p: Path, raw: bytes) -> bytes:
+    """Decompress in bounded pieces: a small file cannot make us hold gigabytes."""
+    limit = min(max_trace_bytes(), max(64 << 20, MAX_RATIO * len(raw)))
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=31)  # one gzip member at a time (concatenated members are valid)
+            while data:
+                out += inflater.decompress(data, 1 << 20)
+                if len(out) > limit:
+                    raise TraceError(p, f"decompresses to more than {limit / 2**20:.0f} MiB "
+                                        f"({len(raw) / 2**20:.1f} MiB compressed): not a profiler trace, or "
+                                        f"a larger one than allowed (set {ENV_MAX_TRACE})")
+                data = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise TraceError(p, "truncated gzip file (it ends before the end of the compressed data)")
+            data = inflater.unused_data
+    except zlib.error as exc:
+        raise TraceError(p, f"corrupt gzip file ({exc})") from None
+    return bytes(out)
 
 
 def _json_error(p: Path, raw: bytes, exc: Exception) -> TraceError:
@@ -139,6 +174,11 @@ def load_trace(path: str | Path, rank: int | None = None) -> Trace:
         raise TraceError(p, "empty trace (no events)")
     if not _is_pytorch(meta, events):
         raise TraceError(p, "not a PyTorch profiler trace (no PyTorch event categories or metadata)")
+    if not isinstance(meta.get("distributedInfo") or {}, dict):
+        raise TraceError(p, "distributedInfo is not an object, as the PyTorch profiler writes it")
+    props = meta.get("deviceProperties") or []
+    if not isinstance(props, list) or not all(isinstance(d, dict) for d in props):
+        raise TraceError(p, "deviceProperties is not a list of objects, as the PyTorch profiler writes it")
     if not isinstance(events[0], _Event):  # came through the generic parser
         events = [_as_event(e) for e in events if isinstance(e, dict)]
     trace = parse_events(events, meta, str(p), rank)
