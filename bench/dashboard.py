@@ -52,8 +52,8 @@ def _signal(metric: str, t: np.ndarray, gpu: int, rng: np.random.Generator) -> n
 
 
 def build(path: Path, hours: float) -> None:
-    from gpulens.profiler.schema import STEP_COLUMNS
-    from gpulens.profiler.writer import RunWriter
+    from gpulens.profiler.store.schema import STEP_COLUMNS
+    from gpulens.profiler.store.writer import RunWriter
 
     rng = np.random.default_rng(0)
     seconds = hours * 3600.0

@@ -22,7 +22,7 @@ import time
 import torch
 
 import gpulens
-from gpulens.profiler.recorder import SamplingConfig
+from gpulens.profiler.record.recorder import SamplingConfig
 
 
 def loop(run, n: int, loss) -> float:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import gpulens
-from gpulens.profiler.recorder import SamplingConfig
+from gpulens.profiler.record.recorder import SamplingConfig
 
 
 #: wall time by default; --clock thread: CPU time of the training thread, which neighbours on a

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpulens.profiler.recorder import Recorder, SamplingConfig
-from gpulens.profiler.sampling import SamplerThread, Task
+from gpulens.profiler.record.recorder import Recorder, SamplingConfig
+from gpulens.profiler.record.sampling import SamplerThread, Task
 
 
 def measure(interval: float, seconds: float) -> dict[str, dict[str, float]]:

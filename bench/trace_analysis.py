@@ -11,6 +11,12 @@ ids), each tool runs in its own fresh process:
   get_gpu_kernel_breakdown.
 
 Prints wall time and peak RSS of both and the ratios.
+
+``--end-to-end``: what a user runs instead -- ``gpulens import TRACE`` then
+``gpulens report RUN --json`` (two fresh processes; the report reads the
+window analysis the import kept) against HTA's load + temporal + kernel
+breakdown, in ``--pairs`` alternating pairs: the median speed-up with a 95 %
+bootstrap interval, and both peak RSS.
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ DEFAULT = SHARED / "hta__trace_diff__control__control.json.gz"
 GPULENS = """
 import sys, time, resource
 t0 = time.perf_counter()
-from gpulens.profiler.trace import load_trace
-from gpulens.profiler.trace.analysis import analyze
+from gpulens.profiler.analysis.trace import load_trace
+from gpulens.profiler.analysis.trace.analysis import analyze
 a = analyze(load_trace(sys.argv[1]))
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, a["temporal_breakdown"]["idle_pct"])
 """
@@ -99,13 +105,56 @@ def compare(label: str, trace: Path, mb: float) -> None:
     print(f"  speed-up {h_wall / g_wall:.1f}x   memory ratio (HTA / gpulens) {h_rss / g_rss:.1f}x")
 
 
+def timed(argv: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of a command in a fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True, text=True, check=True)
+    return time.perf_counter() - t0, float(proc.stderr.strip().splitlines()[-1]) / 1024, proc.stdout
+
+
+def end_to_end(trace: Path, pairs: int) -> None:
+    from stats import fmt_ci
+
+    gpulens = str(Path(sys.executable).with_name("gpulens"))
+    ratios, ours, theirs, rss_ours, rss_theirs = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        hta_dir = Path(tmp) / "hta"
+        hta_dir.mkdir()
+        os.symlink(trace, hta_dir / trace.name)
+        for i in range(pairs):
+            def gl() -> tuple[float, float]:
+                t1, r1, out = timed([gpulens, "import", str(trace), "--runs-dir", str(Path(tmp) / f"runs{i}")])
+                t2, r2, _ = timed([gpulens, "report", out.strip(), "--json"])
+                return t1 + t2, max(r1, r2)
+
+            def ht() -> tuple[float, float]:
+                t, r, _ = timed([sys.executable, "-c", HTA, str(hta_dir)])
+                return t, r
+
+            (g, gr), (h, hr) = (gl(), ht()) if i % 2 == 0 else tuple(reversed((ht(), gl())))
+            ours.append(g)
+            theirs.append(h)
+            rss_ours.append(gr)
+            rss_theirs.append(hr)
+            ratios.append(h / g)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    print(f"{trace.name}: gpulens import + report --json {med(ours):.2f} s (peak RSS {max(rss_ours):.0f} MiB); "
+          f"HTA load + temporal + kernel breakdown {med(theirs):.2f} s (peak RSS {max(rss_theirs):.0f} MiB)")
+    print("  " + fmt_ci("speed-up (HTA time / gpulens time)", ratios))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", type=Path, default=DEFAULT)
     ap.add_argument("--synthetic-mb", type=float, default=200.0)
+    ap.add_argument("--end-to-end", action="store_true", help="gpulens import + report vs HTA, in pairs")
+    ap.add_argument("--pairs", type=int, default=8)
     args = ap.parse_args()
     if not args.trace.exists():
         sys.exit(f"trace_analysis.py: {args.trace} not found (the shared traces live in ../shared/data/traces)")
+    if args.end_to_end:
+        end_to_end(args.trace, args.pairs)
+        return
     raw_mb = len(gzip.decompress(args.trace.read_bytes())) / 1e6
     compare(f"real trace {args.trace.name}", args.trace, raw_mb)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,12 +19,12 @@ HEADLINE = (
     ("Steps/s", lambda s: (s.get("throughput") or {}).get("steps_per_s"), lambda v: f"{v:.3f}", True),
     ("Step time (median)", lambda s: (s.get("step_time") or {}).get("median_s"), fmt.seconds, False),
     ("Data wait share", lambda s: (((s.get("step_time") or {}).get("phases") or {}).get("data_wait") or {})
-     .get("share"), lambda v: fmt.pct(v, share=True), False),
-    ("GPU busy (NVML)", lambda s: _gpu_mean(s, "gpu.util"), fmt.pct, True),
-    ("SM activity (GPM)", lambda s: _gpu_mean(s, "gpm.sm_active"), fmt.pct, True),
-    ("Tensor activity (GPM)", lambda s: _gpu_mean(s, "gpm.tensor_active"), fmt.pct, True),
-    ("MFU", lambda s: (s.get("mfu") or {}).get("mfu_pct"), fmt.pct, True),
-    ("Tensor-core share of kernel time", lambda s: s.get("tensor_core_share"), lambda v: fmt.pct(v, share=True), True),
+     .get("share"), lambda v: fmt.share(v), False),
+    ("GPU busy (NVML)", lambda s: _gpu_mean(s, "gpu.util"), fmt.percent, True),
+    ("SM activity (GPM)", lambda s: _gpu_mean(s, "gpm.sm_active"), fmt.percent, True),
+    ("Tensor activity (GPM)", lambda s: _gpu_mean(s, "gpm.tensor_active"), fmt.percent, True),
+    ("MFU", lambda s: (s.get("mfu") or {}).get("mfu_pct"), fmt.percent, True),
+    ("Tensor-core share of kernel time", lambda s: s.get("tensor_core_share"), lambda v: fmt.share(v), True),
     ("Peak CUDA memory", lambda s: (s.get("memory") or {}).get("cuda_peak_allocated_bytes"), fmt.bytes_, None),
     ("Power (mean)", lambda s: _gpu_mean(s, "gpu.power"), lambda v: f"{v:.0f} W", None),
 )

@@ -6,11 +6,10 @@ renders as text: nothing here builds HTML from data.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dash import dcc, html
-
-from gpulens import fmt
 
 #: AG Grid's Quartz theme, denser: dashboards show many columns (dark mode follows data-ag-theme-mode).
 GRID_THEME = {"function": "themeQuartz.withParams({spacing: 5, fontSize: 13, headerFontSize: 13})"}
@@ -81,7 +80,3 @@ def suggestion_card(s: dict[str, Any], index: int, evidence_buttons: list[Any]) 
     body.append(html.Div(f"rule {s['id']}", className="muted small"))
     return html.Details([summary, html.Div(body, className="sugg-body")], open=index == 0,
                         className="suggestion", id=f"suggestion-{s['id']}")
-
-
-def pct_or_na(value: float | None, share: bool = False) -> str:
-    return fmt.pct(value, share=share)

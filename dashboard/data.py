@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpulens.profiler import GpulensError, RunError, RunReader, open_run
-from gpulens.profiler.runstore import is_run_dir, list_runs, rank_dbs, run_dir_in
+from gpulens.profiler.store.runstore import is_run_dir, list_runs, rank_dbs, run_dir_in
 
 CONFIG_KEY = "GPULENS_RUNS_ROOT"
 _default_root: Path | None = None
@@ -132,17 +132,17 @@ class Analysis:
 
 def analyse(path: Path) -> Analysis:
     """Everything ``gpulens report`` computes, for one run; errors become ``Analysis.error``."""
-    from gpulens.profiler.advisor import advise
-    from gpulens.profiler.kernel_summary import window_analyses
-    from gpulens.profiler.summary import gather, summarize_data
+    from gpulens.profiler import RunAnalysis
 
     t0 = time.perf_counter()
     try:
         with open_run(path) as run:
-            done, problems = window_analyses(run)
-            summary = summarize_data(gather(run, done, problems))
-            advice = advise(run, done, summary).as_dict()
-        return Analysis(summary, advice, done, problems, None, time.perf_counter() - t0)
+            analysis = RunAnalysis(run)
+            summary = analysis.summary
+            advice = analysis.advice.as_dict()
+            windows = [(a.window, a.analysis) for a in analysis.windows]
+            problems = [p.as_dict() for p in analysis.window_problems]
+        return Analysis(summary, advice, windows, problems, None, time.perf_counter() - t0)
     except GpulensError as exc:
         return Analysis(error=str(exc), seconds=time.perf_counter() - t0, broken=True)
     except Exception as exc:  # a bug in one analysis must not take the page down

@@ -13,7 +13,7 @@ import numpy as np
 
 from gpulens import fmt
 from gpulens.dashboard.panels import panel_of
-from gpulens.profiler.reader import PHASE_COLUMNS, StepView
+from gpulens.profiler.store.reader import PHASE_COLUMNS, StepView
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     cards: list[Card] = []
     n_gpus = len(summary.get("gpus") or [])
     busy, why = _gpu_mean(summary, "gpu.util")
-    cards.append(Card("gpu_busy", "GPU busy", fmt.pct(busy), why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else
+    cards.append(Card("gpu_busy", "GPU busy", fmt.percent(busy), why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else
                       "NVML: time any kernel ran"),
                       "NVML utilization.gpu: share of time at least one kernel ran. 100% does not mean all SMs "
                       "worked: see SM activity.", busy is not None))
@@ -58,12 +58,12 @@ def headline(summary: dict[str, Any]) -> list[Card]:
             ("tensor_active", "gpm.tensor_active", "Tensor activity", "GPM: time the tensor cores issued work"),
             ("dram_bw", "gpm.dram_bw", "DRAM bandwidth", "GPM: DRAM bandwidth used over its peak")):
         value, why = _gpu_mean(summary, metric)
-        cards.append(Card(key, label, fmt.pct(value), "GPM mean" if value is not None else f"n/a: {why}", title,
+        cards.append(Card(key, label, fmt.percent(value), "GPM mean" if value is not None else f"n/a: {why}", title,
                           value is not None))
     mfu = summary.get("mfu") or {}
     if mfu.get("mfu_pct") is not None:
         peak = mfu.get("peak") or {}
-        cards.append(Card("mfu", "MFU", fmt.pct(mfu["mfu_pct"]),
+        cards.append(Card("mfu", "MFU", fmt.percent(mfu["mfu_pct"]),
                           f"{mfu.get('achieved_tflops', 0):.1f} TFLOP/s of {peak.get('gpu', 'peak')}",
                           f"model FLOPs ({mfu.get('source')}) per second over the dense peak of the dtypes used"))
     else:
@@ -129,7 +129,8 @@ def evidence_targets(suggestion: dict[str, Any], summary: dict[str, Any], run_id
                 pad = max((w["t_end"] - w["t_start"]) * 0.5, 1.0)
                 out.append(Target(f"{label} (zoom)", "ts-section", w["t_start"] - origin - pad,
                                   w["t_end"] - origin + pad))
-                out.append(Target(f"{label} (kernels)", "", href=f"/run/{run_id}/kernels?window={w['rank']}:{w['index']}"))
+                out.append(Target(f"{label} (kernels)", "",
+                                  href=f"/run/{run_id}/kernels?window={w['rank']}:{w['index']}"))
         elif kind == "time_range" and d.get("t0") is not None:
             out.append(Target(label, "ts-section", float(d["t0"]) - origin, float(d.get("t1", d["t0"])) - origin))
         elif kind == "metric":

@@ -15,8 +15,8 @@ import numpy as np
 
 from gpulens.dashboard.downsample import for_plot
 from gpulens.profiler import RunReader
-from gpulens.profiler.metrics import CATALOG
-from gpulens.profiler.reader import SeriesInfo
+from gpulens.profiler.store.metrics import CATALOG
+from gpulens.profiler.store.reader import SeriesInfo
 
 
 @dataclass(frozen=True)

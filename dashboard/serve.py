@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gpulens.dashboard.security import MAX_BODY, Access, allowed_hosts, check_bind, parse_auth
 from gpulens.profiler import GpulensError

@@ -17,12 +17,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from gpulens.hooks.probe import probe_batch_sizes
     from gpulens.hooks.profiling import ProfileConfig
     from gpulens.hooks.tracking import TrackedRun, track
-    from gpulens.profiler.recorder import SamplingConfig
+    from gpulens.profiler.record.recorder import SamplingConfig
 
 _LAZY = {
     "track": ("gpulens.hooks.tracking", "track"),
     "TrackedRun": ("gpulens.hooks.tracking", "TrackedRun"),
-    "SamplingConfig": ("gpulens.profiler.recorder", "SamplingConfig"),
+    "SamplingConfig": ("gpulens.profiler.record.recorder", "SamplingConfig"),
     "ProfileConfig": ("gpulens.hooks.profiling", "ProfileConfig"),
     "probe_batch_sizes": ("gpulens.hooks.probe", "probe_batch_sizes"),
 }

@@ -10,7 +10,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gpulens.profiler.errors import GpulensError
 
@@ -62,7 +63,8 @@ def _build_parser() -> argparse.ArgumentParser:
     dsh.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="also accept requests for this Host name (reverse proxies, DNS names)")
 
-    run = sub.add_parser("run", help="run a training command unmodified with recording on: gpulens run -- python train.py",
+    run = sub.add_parser("run", help="run a training command unmodified with recording on: "
+                                     "gpulens run -- python train.py",
                          description="Run a training script unmodified with recording on. Steps and phases are "
                                      "found automatically (optimizer.step, backward, DataLoader, root modules); "
                                      "torchrun ranks record into one run. Exit status and signals pass through.")
@@ -84,7 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("command_args", nargs="*", metavar="-- COMMAND ARGS",
                      help="the training command (or SCRIPT.py ARGS, or -m MODULE ARGS)")
 
-    exp = sub.add_parser("exporter", help="standalone Prometheus exporter of this node's GPUs and host (dcgm-exporter names)")
+    exp = sub.add_parser("exporter",
+                         help="standalone Prometheus exporter of this node's GPUs and host (dcgm-exporter names)")
     exp.add_argument("--port", type=int, default=9400, help="TCP port (default 9400, as dcgm-exporter)")
     exp.add_argument("--addr", default="127.0.0.1",
                      help="address to bind (default 127.0.0.1; 0.0.0.0 to let another host scrape it)")
@@ -97,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sample_runs_dir() -> "Path | None":  # noqa: F821 (Path imported inside, like every command here)
+def sample_runs_dir() -> Path | None:  # noqa: F821 (Path imported inside, like every command here)
     """The repository's sample_runs/ (a source checkout or editable install), if there is one."""
     from pathlib import Path
 
@@ -162,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from gpulens.profiler.prometheus import serve_node
+    from gpulens.profiler.export.prometheus import serve_node
 
     if args.interval <= 0:
         raise GpulensError("--interval must be a positive number of seconds")
@@ -172,17 +175,11 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gpulens.profiler import open_run, resolve_run
-
-    from gpulens.profiler.advisor import advise
-    from gpulens.profiler.kernel_summary import window_analyses
-    from gpulens.profiler.summary import gather, summarize_data
+    from gpulens.profiler import RunAnalysis, open_run, resolve_run
 
     root = Path(args.runs_dir) if args.runs_dir else None
     with open_run(resolve_run(args.run, root)) as run:
-        done, problems = window_analyses(run)  # analysed once for the report and the advice
-        summary = summarize_data(gather(run, done, problems))
-        summary["suggestions"] = advise(run, done, summary).as_dict()
+        summary = RunAnalysis(run).report().as_dict()
     if args.json:
         print(json.dumps(summary, indent=2, default=_json_default))
     else:
@@ -195,12 +192,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gpulens.profiler import open_run, resolve_run
-    from gpulens.profiler.advisor import advise
+    from gpulens.profiler import RunAnalysis, open_run, resolve_run
 
     root = Path(args.runs_dir) if args.runs_dir else None
     with open_run(resolve_run(args.run, root)) as run:
-        advice = advise(run).as_dict()
+        advice = RunAnalysis(run).advice.as_dict()
     if args.json:
         print(json.dumps(advice, indent=2, default=_json_default))
     else:
@@ -212,7 +208,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from gpulens.profiler import runs_root
-    from gpulens.profiler.importer import import_traces
+    from gpulens.profiler.store.importer import import_traces
 
     run_dir = import_traces(args.traces, runs_root(args.runs_dir), args.name)
     print(run_dir)
@@ -222,7 +218,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from gpulens import fmt
     from gpulens.profiler import list_runs, open_run, runs_root
-    from gpulens.profiler.runstore import validate_run_id
+    from gpulens.profiler.store.runstore import validate_run_id
 
     root = runs_root(args.runs_dir)
     if not root.is_dir():

@@ -68,7 +68,7 @@ def run_demo(port: int, seconds: float, runs_dir: str | None) -> int:
     if importlib.util.find_spec("torch") is None:
         raise GpulensError("gpulens demo trains a small model on the CPU and needs PyTorch: pip install torch")
     from gpulens.dashboard.serve import prepare, serve
-    from gpulens.profiler.runstore import new_run_id
+    from gpulens.profiler.store.runstore import new_run_id
 
     root = Path(runs_dir) if runs_dir else Path(tempfile.mkdtemp(prefix="gpulens-demo-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""Human formatting of measured values (terminal report, later the dashboard)."""
+"""Human formatting of measured values: the terminal report, the dashboard and the advisor's findings.
+
+Two names for two meanings: :func:`percent` takes a value that is a
+percentage already, :func:`share` a fraction.
+"""
 from __future__ import annotations
 
 import math
@@ -33,11 +37,28 @@ def seconds(x: float | None) -> str:
     return f"{v * 1e6:.0f} µs"
 
 
-def pct(x: float | None, share: bool = False) -> str:
-    if not is_num(x):
+def percent(value: float | None, digits: int = 1) -> str:
+    """A value that is a percentage already (GPU busy 93.2): '93.2%'."""
+    if not is_num(value):
         return "n/a"
-    v = float(x) * (100.0 if share else 1.0)  # type: ignore[arg-type]
-    return f"{v:.1f}%"
+    return f"{float(value):.{digits}f}%"  # type: ignore[arg-type]
+
+
+def share(fraction: float | None, digits: int = 1) -> str:
+    """A fraction (0.932 of the step) as a percentage: '93.2%'."""
+    if fraction is None:
+        return "n/a"
+    return f"{100 * float(fraction):.{digits}f}%"
+
+
+def ms(seconds: float | None) -> str:
+    """Always in milliseconds (findings compare like with like): '12.3 ms'."""
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def gib(nbytes: float | None) -> str:
+    """Always in GiB: '1.2 GiB'."""
+    return "n/a" if nbytes is None else f"{nbytes / 2**30:.1f} GiB"
 
 
 def value(x: float | None, unit: str) -> str:
@@ -130,7 +151,7 @@ def safe_text(value: object) -> str:
     return _UNSAFE.sub(_escape, str(value))
 
 
-def _escape(match: "re.Match[str]") -> str:
+def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"

@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gpulens import fmt
-from gpulens.profiler.summary import PHASES, metric_label
-from gpulens.profiler.writer import describe_lost
+from gpulens.profiler.analysis.summary import PHASES, metric_label
+from gpulens.profiler.store.writer import describe_lost
 
 _PHASE_LABEL = {"data_wait": "data wait", "forward": "forward", "backward": "backward",
                 "optimizer": "optimizer", "other": "other"}
@@ -186,18 +186,18 @@ def _step_table(st: dict[str, Any]) -> Table:
         return table
     for name in PHASES:
         ph = st["phases"][name]
-        row = [_PHASE_LABEL[name], fmt.seconds(ph["mean_s"]), fmt.pct(ph["share"], share=True), _bar(ph["share"])]
+        row = [_PHASE_LABEL[name], fmt.seconds(ph["mean_s"]), fmt.share(ph["share"]), _bar(ph["share"])]
         if gpu:
-            row.append(fmt.pct(gpu[name]["share"], share=True))
+            row.append(fmt.share(gpu[name]["share"]))
         table.add_row(*row)
     for name, ph in (st.get("custom_phases") or {}).items():
-        row = [f"  {name} (in other)", fmt.seconds(ph["mean_s"]), fmt.pct(ph["share"], share=True), ""]
+        row = [f"  {name} (in other)", fmt.seconds(ph["mean_s"]), fmt.share(ph["share"]), ""]
         if gpu:
             row.append("")
         table.add_row(*row, style="dim")
     comm = st.get("comm")
     if comm:
-        row = ["  all-reduce (overlaps)", fmt.seconds(comm["mean_s"]), fmt.pct(comm["share"], share=True), ""]
+        row = ["  all-reduce (overlaps)", fmt.seconds(comm["mean_s"]), fmt.share(comm["share"]), ""]
         if gpu:
             row.append("")
         table.add_row(*row, style="dim")
@@ -273,7 +273,8 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         out.append(Text(f"  window {err['window']} (rank {err['rank']}) unreadable: {err['error']}", style="red"))
     mfu = s["mfu"]
     if mfu["available"]:
-        line = f"  FLOPs per step {mfu['flops_per_step'] / 1e9:.3g} GFLOP ({', '.join(f'{k} {v / 1e9:.3g}' for k, v in mfu['by_dtype'].items())}; {mfu['source']})"
+        by_dtype = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in mfu["by_dtype"].items())
+        line = f"  FLOPs per step {mfu['flops_per_step'] / 1e9:.3g} GFLOP ({by_dtype}; {mfu['source']})"
         out.append(Text(line))
         ach = mfu["achieved_tflops"]
         ach_s = f"{ach:.3g} TFLOP/s achieved" if ach is not None else "achieved n/a"
@@ -288,9 +289,9 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         for col in ("rank", "device", "GPU utilization", "est. SM efficiency", "est. occupancy", "tensor cores"):
             t.add_column(col, justify="right")
         for g in s["gpu_summary"]:
-            t.add_row(str(g["rank"]), str(g["device"]), fmt.pct(g["gpu_utilization_pct"]),
-                      fmt.pct(g["sm_efficiency_pct"]), fmt.pct(g["achieved_occupancy_pct"]),
-                      fmt.pct(g["tensor_core_pct"]))
+            t.add_row(str(g["rank"]), str(g["device"]), fmt.percent(g["gpu_utilization_pct"]),
+                      fmt.percent(g["sm_efficiency_pct"]), fmt.percent(g["achieved_occupancy_pct"]),
+                      fmt.percent(g["tensor_core_pct"]))
         out.append(t)
     sb = s["step_breakdown_us"]
     if sb and sb.get("Total"):
@@ -302,21 +303,22 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         for k, v in sb.items():
             if k == "Total" or v <= 0:
                 continue
-            t.add_row(k, fmt.us(v), fmt.pct(v / sb["Total"], share=True), _bar(v / sb["Total"]))
+            t.add_row(k, fmt.us(v), fmt.share(v / sb["Total"]), _bar(v / sb["Total"]))
         out.append(t)
     if s["temporal_breakdown"]:
         t = Table(title="Temporal breakdown (HTA definitions)", title_justify="left")
         for col in ("rank", "idle", "compute", "non-compute", "GPU span"):
             t.add_column(col, justify="right")
         for r in s["temporal_breakdown"]:
-            t.add_row(str(r["rank"]), fmt.pct(r["idle_pct"]), fmt.pct(r["compute_pct"]), fmt.pct(r["non_compute_pct"]),
+            t.add_row(str(r["rank"]), fmt.percent(r["idle_pct"]), fmt.percent(r["compute_pct"]),
+                      fmt.percent(r["non_compute_pct"]),
                       fmt.us(r["span_us"]))
         out.append(t)
     if s["kernels"]:
         tc = s["tensor_core_share"]
         elig = s["tc_eligible_share"]
-        title = f"Top kernels ({len(s['kernels'])} in all · tensor cores {fmt.pct(tc, share=True)} of kernel time"
-        title += f" · {fmt.pct(elig, share=True)} launched by tensor-core-eligible ops)" if elig is not None else ")"
+        title = f"Top kernels ({len(s['kernels'])} in all · tensor cores {fmt.share(tc)} of kernel time"
+        title += f" · {fmt.share(elig)} launched by tensor-core-eligible ops)" if elig is not None else ")"
         t = Table(title=title, title_justify="left")
         t.add_column("kernel", no_wrap=True, max_width=46)
         t.add_column("category", no_wrap=True)
@@ -324,7 +326,7 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
             t.add_column(col, justify="right", no_wrap=True)
         for k in s["kernels"][:12]:
             t.add_row(fmt.short_name(k["name"], 46), k["category"], "yes" if k["tensor_core"] else "-",
-                      str(k["calls"]), fmt.us(k["total_us"]), fmt.us(k["mean_us"]), fmt.pct(k["share"], share=True))
+                      str(k["calls"]), fmt.us(k["total_us"]), fmt.us(k["mean_us"]), fmt.share(k["share"]))
         out.append(t)
         cats = s["categories_us"]
         total = sum(cats.values()) or 1.0
@@ -335,8 +337,8 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         kps = launch["kernels_per_step"]
         out.append(Text(
             f"  launches: {kps:.0f} kernels/step · median kernel {fmt.us(launch['median_kernel_us'])} · "
-            f"{fmt.pct(launch['short_kernel_share'], share=True)} shorter than 10 µs · "
-            f"{fmt.pct(launch['shorter_than_launch_share'], share=True)} shorter than their launch call · "
+            f"{fmt.share(launch['short_kernel_share'])} shorter than 10 µs · "
+            f"{fmt.share(launch['shorter_than_launch_share'])} shorter than their launch call · "
             f"{launch['launch_delay_outliers']} launch delays > 100 µs" if kps is not None else
             f"  launches: {launch['kernels']} kernels · median kernel {fmt.us(launch['median_kernel_us'])}"))
     if s["sync"]:

@@ -39,7 +39,8 @@ import gc
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gpulens.hooks.hidden_hooks import ModuleHooks, gpulens_hook, tracing
 from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
@@ -67,9 +68,9 @@ class AutoSteps:
     recording with one log line and never reaches the training loop.
     """
 
-    def __init__(self, run: "TrackedRun", torch: Any, boundaries: bool = True) -> None:
+    def __init__(self, run: TrackedRun, torch: Any, boundaries: bool = True) -> None:
         self.run = run
-        self._rec = run._rec  # the run's StepRecorder (hot path: no property lookups)
+        self._rec = run.step_recorder  # kept here: the hot path does no property lookups
         self.torch = torch
         self.boundaries = boundaries
         self.active = False
@@ -184,7 +185,7 @@ class AutoSteps:
                     self._release_held()
             else:
                 self._rec._stack.clear()  # a phase left open by an exception must not leak into the next step
-                self.run._auto_step(loss)
+                self.run.auto_step(loss)
         self._pending = False
         self._tentative_update = False
         self._fetched = False
@@ -526,6 +527,7 @@ class AutoSteps:
             boundary = "optimizer"
         else:
             boundary = None
-        return {"mode": "steps" if self.updates else "time-only", "boundary": boundary if self.boundaries else "callback",
+        return {"mode": "steps" if self.updates else "time-only",
+                "boundary": boundary if self.boundaries else "callback",
                 "optimizer": self.saw_optimizer, "backward": self.saw_backward, "dataloader": self.saw_loader,
                 "root_modules": len(self._roots), "updates": self.updates}

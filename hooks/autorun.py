@@ -104,7 +104,7 @@ def start() -> Any:
     from gpulens.hooks.tracking import track
 
     run = track(options["name"], auto=True, **track_options(options))
-    if run._closed:
+    if run.closed:
         return None
     adopt(run)
     if "torch" in sys.modules:
@@ -115,15 +115,17 @@ def start() -> Any:
 
 
 def track_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``track()`` keyword arguments among ``gpulens run``'s options."""
-    return {k: v for k, v in options.items() if k in _TRACK_OPTIONS}
+    """The ``track()`` keyword arguments among ``gpulens run``'s options (the rest are its own)."""
+    from gpulens.hooks.options import JSON_OPTIONS
+
+    return {k: v for k, v in options.items() if k in JSON_OPTIONS}
 
 
 def adopt(run: Any) -> None:
     """``run`` is this process' recording: its exit status decides the run's."""
     global _started
     _started = run
-    _install_excepthook(run)
+    run.watch_script_exit()
 
 
 def forget_started() -> None:
@@ -137,8 +139,6 @@ def when_torch_imported(callback: Any) -> None:
     sys.meta_path.insert(0, _TorchImportHook(callback))
 
 
-_TRACK_OPTIONS = {"runs_dir", "run_id", "batch_size", "profile_every", "profile_steps", "count_flops",
-                  "warmup_steps", "quiet", "advise", "prometheus_port", "prometheus_addr", "sync_phases"}
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -149,31 +149,6 @@ def _configure_logging(quiet: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
-
-
-def _install_excepthook(run: Any) -> None:
-    """An exception that ends the script decides the run's status (atexit runs after this hook)."""
-    previous = sys.excepthook
-
-    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if issubclass(exc_type, KeyboardInterrupt):
-                run._exit_status = ("interrupted", "KeyboardInterrupt")
-            elif not (issubclass(exc_type, SystemExit) and exc.code in (0, None)):
-                run._exit_status = ("crashed", f"{exc_type.__name__}: {exc}")
-        except Exception:
-            pass
-        previous(exc_type, exc, tb)
-
-    sys.excepthook = hook
-    original_exit = sys.exit
-
-    def exit(code: Any = None) -> None:  # sys.exit(1) from the script: a failed run, not a finished one
-        if code not in (0, None):
-            run._exit_status = ("crashed", f"exit status {code}")
-        original_exit(code)
-
-    sys.exit = exit
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):

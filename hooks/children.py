@@ -22,12 +22,14 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("gpulens")
 
 _lock = threading.Lock()
-_armed: "_Trigger | None" = None
+_armed: _Trigger | None = None
 _fork_handler_installed = False
 
 
@@ -117,13 +119,13 @@ def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> 
     kwargs["advise"] = False  # the parent advises on the whole run when it ends
     kwargs.pop("prometheus_port", None)  # the parent's exporter holds the port
     run = track(options.get("name") or "run", auto=True, child=child, **kwargs)
-    if run._closed:
+    if run.closed:
         return
     autorun.adopt(run)
     try:  # forked multiprocessing children end in os._exit(): close through multiprocessing's exit hook
         from multiprocessing import util
 
-        util.Finalize(None, run._atexit, exitpriority=10)
+        util.Finalize(None, run.close_at_exit, exitpriority=10)
     except Exception:
         pass
 
@@ -135,3 +137,29 @@ def _parent_pid() -> int | None:
         return int(os.environ.get(ENV_OWNER, ""))
     except ValueError:
         return None
+
+
+def announce_trainer(run_dir: Path) -> None:
+    """Tell the parent's sampler that this child is a rank, not a DataLoader worker."""
+    from gpulens.profiler.record.proctree import TRAINERS_DIR
+
+    try:
+        (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
+        (run_dir / TRAINERS_DIR / str(os.getpid())).touch()
+    except OSError as exc:
+        log.debug("gpulens: could not announce this child as a rank: %s", exc)
+
+
+def child_ranks(path: Path | None, own: int) -> dict[int, int]:
+    """Rank -> steps of the ranks this process' children recorded (asked when this process trained nothing)."""
+    if path is None:
+        return {}
+    try:
+        from gpulens.profiler import open_run
+
+        with open_run(path) as reader:
+            return {rank: len(reader.steps(rank)) for rank in reader.ranks if rank != own
+                    and (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
+    except Exception as exc:
+        log.debug("gpulens: could not look for child ranks: %s", exc)
+        return {}

@@ -10,7 +10,8 @@ profiled so throughput figures leave it out.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("gpulens")
 

@@ -28,7 +28,8 @@ import contextlib
 import copyreg
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 #: Attribute set on gpulens' hook functions (bound methods read it through to their function).
 MARK = "__gpulens_hook__"
@@ -71,6 +72,7 @@ def state_without_ours(state: Any) -> Any:
             ours.update(key for key, hook in hooks.items() if is_gpulens_hook(hook))
     comm = state.get("_comm_hooks")
     comm_ours = isinstance(comm, list) and any(_is_our_comm(entry) for entry in comm)
+    comm_list: list[Any] = comm if isinstance(comm, list) else []
     if not ours and not comm_ours:
         return state
     state = dict(state)
@@ -79,7 +81,7 @@ def state_without_ours(state: Any) -> Any:
         if isinstance(table, dict) and any(key in ours for key in table):
             state[name] = OrderedDict((k, v) for k, v in table.items() if k not in ours)
     if comm_ours:
-        state["_comm_hooks"] = [entry for entry in comm if not _is_our_comm(entry)]
+        state["_comm_hooks"] = [entry for entry in comm_list if not _is_our_comm(entry)]
     return state
 
 

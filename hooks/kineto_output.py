@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 #: ``LEVEL:YYYY-MM-DD HH:MM:SS pid:tid File.cpp:line] message`` -- glog-style lines of libkineto.
 _KINETO = re.compile(rb"^(USDT|STAGE|VERBOSE|INFO|WARNING|ERROR):\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ "

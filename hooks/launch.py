@@ -18,7 +18,7 @@ from typing import Any
 
 from gpulens.hooks.autorun import BOOTSTRAP_DIR, ENV_OPTIONS, ENV_OWNER, LAUNCHER_SCRIPTS, program_name
 from gpulens.profiler.errors import GpulensError
-from gpulens.profiler.runstore import new_run_id, run_dir_in, runs_root, validate_run_id
+from gpulens.profiler.store.runstore import new_run_id, run_dir_in, runs_root, validate_run_id
 
 
 @dataclass

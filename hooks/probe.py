@@ -22,10 +22,11 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from gpulens.profiler.batch_model import DEFAULT_MARGIN, BatchFit, fit
+from gpulens.profiler.analysis.batch_model import DEFAULT_MARGIN, BatchFit, fit
 
 log = logging.getLogger("gpulens")
 
@@ -166,10 +167,11 @@ def _probe_one(torch: Any, model: Any, make_batch: Callable[[int], Any], size: i
     else:
         gc.collect()
         base = float(_status_bytes("VmRSS:"))
-        growth, times = _probe_cpu_forked(
-            torch, lambda: _steps(torch, model, inputs, target, optimizer, loss_fn, steps, cuda, device))
+        def one_probe() -> list[float]:
+            return _steps(torch, model, inputs, target, optimizer, loss_fn, steps, cuda, device)
+
+        growth, times = _probe_cpu_forked(torch, one_probe)
         peak = base + growth
-    del inputs, target, batch
     return {"batch": size, "peak_bytes": peak, "step_s": statistics.median(times[1:] or times)}
 
 
@@ -198,9 +200,9 @@ def _store(result: ProbeResult) -> None:
     try:
         from gpulens.hooks import tracking
 
-        run = tracking._active
-        if run is not None and not run._closed and run._recorder is not None:
-            run._recorder.writer.meta(batch_probe=result.as_meta())
+        run = tracking.active_run()
+        if run is not None:
+            run.set_meta(batch_probe=result.as_meta())
     except Exception as exc:
         log.info("gpulens: probe not stored with the run: %s", exc)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from gpulens.hooks.kineto_output import kineto_quiet
-from gpulens.profiler import clock
-from gpulens.profiler.writer import RunWriter
+from gpulens.profiler.store import clock
+from gpulens.profiler.store.writer import RunWriter
 
 log = logging.getLogger("gpulens")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 def rank_env(env: dict[str, str] | None = None) -> dict[str, Any]:
     """torch.distributed / torchrun rank variables (defaults: a single process)."""
-    env = os.environ if env is None else env
+    env = dict(os.environ) if env is None else env
 
     def num(name: str, default: int) -> int:
         try:
@@ -36,10 +36,10 @@ def shared_run_id(name: str, env: dict[str, str] | None = None) -> str | None:
     """
     import hashlib
 
-    env = os.environ if env is None else env
+    env = dict(os.environ) if env is None else env
     if rank_env(env)["world_size"] <= 1:
         return None
-    from gpulens.profiler.runstore import slug
+    from gpulens.profiler.store.runstore import slug
 
     elastic = env.get("TORCHELASTIC_RUN_ID", "")
     restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -99,3 +99,47 @@ def distributed_backend() -> str | None:
     except Exception:
         return None
     return None
+
+
+def start_meta(options: Any, run_id: str, profile: Any, model: dict[str, Any] | None,
+               ranks: dict[str, Any]) -> dict[str, Any]:
+    """A rank's metadata as recording starts (``options``: :class:`~gpulens.hooks.options.RunOptions`)."""
+    from gpulens import __version__
+    from gpulens.profiler.store import clock
+
+    user_flops = {k: v for k, v in options.user_flops.items() if v is not None}
+    return {
+        "gpulens_version": __version__,
+        "run_id": run_id,
+        "name": options.name,
+        "start": clock.now(),
+        "status": "running",
+        "batch_size": options.batch_size,
+        "config": jsonable(options.config or {}),
+        "warmup_steps": options.warmup_steps,
+        "sync_phases": options.sync_phases,
+        "profile": vars(profile) if profile.enabled else None,
+        "user_flops": user_flops or None,
+        "model": model,
+        "target_batch": options.target_batch,
+        "recorded_by": "gpulens run" if options.auto else "track",
+        "distributed_backend": distributed_backend(),
+        **ranks,
+        **command_meta(),
+        **torch_meta(),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it (a user's config may carry objects: their repr)."""
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [jsonable(v) for v in value]
+        return repr(value)

@@ -9,13 +9,14 @@ else (GPU event resolution, writing) happens off this path or later.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from gpulens.profiler import clock
-from gpulens.profiler.schema import FLAG_WARMUP
+from gpulens.profiler.store import clock
+from gpulens.profiler.store.schema import FLAG_WARMUP, PHASES
 
 DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
-PHASE_NAMES = ("data_wait", "forward", "backward", "optimizer", "other")
+PHASE_NAMES = PHASES  # slot i of the step recorder is PHASES[i]
 ALIASES = {
     "data_wait": DATA, "data": DATA, "dataloader": DATA, "data_loading": DATA, "input": DATA,
     "forward": FORWARD, "fwd": FORWARD, "fw": FORWARD,

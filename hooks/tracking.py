@@ -16,35 +16,32 @@ errors, and all I/O happens on background threads.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from gpulens.hooks import runmeta
-from gpulens.hooks.exit_status import interrupted_at_exit, keep_sigint_exit
+from gpulens.hooks.children import announce_trainer, child_ranks
+from gpulens.hooks.lifecycle import Lifecycle
 from gpulens.hooks.modelinfo import model_meta
-from gpulens.hooks.profiling import ProfileConfig, ProfilerWindows
+from gpulens.hooks.options import RunOptions
+from gpulens.hooks.profiling import ProfilerWindows
 from gpulens.hooks.steps import StepRecorder, phase_slot
-from gpulens.profiler import clock
-from gpulens.profiler.recorder import Recorder, SamplingConfig
-from gpulens.profiler.schema import FLAG_PROFILED
-from gpulens.profiler.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
+from gpulens.profiler.record.recorder import Recorder
+from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
+from gpulens.profiler.store.schema import FLAG_PROFILED
 
 log = logging.getLogger("gpulens")
 
-#: Without profiler windows, FLOPs are counted at this step (after start-up effects).
-DEFAULT_FLOPS_STEP = 5
-
 _active_lock = threading.Lock()
-_active: "TrackedRun | None" = None
+_active: TrackedRun | None = None
 _NULL = contextlib.nullcontext()
 
 
@@ -53,7 +50,7 @@ class _Phase:
 
     __slots__ = ("_run", "_slot", "_name")
 
-    def __init__(self, run: "TrackedRun", slot: int, name: str | None) -> None:
+    def __init__(self, run: TrackedRun, slot: int, name: str | None) -> None:
         self._run = run
         self._slot = slot
         self._name = name
@@ -78,20 +75,12 @@ class _Phase:
 class TrackedRun:
     """One recorded run (this process' rank).  Use :func:`track` to create it."""
 
-    def __init__(self, name: str | None = None, *, runs_dir: str | os.PathLike[str] | None = None,
-                 run_id: str | None = None, batch_size: int | None = None,
-                 config: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
-                 sync_phases: bool = False, cuda_timing_interval: float = 0.1,
-                 warmup_steps: int = 2, quiet: bool = False, nvml: ModuleType | None = None,
-                 profile: ProfileConfig | bool | None = None, profile_every: int | None = None,
-                 profile_steps: int | None = None, count_flops: bool = True, flops_step: int | None = None,
-                 flops_per_step: float | None = None, flops_per_sample: float | None = None,
-                 flops_per_token: float | None = None, flops_dtype: str | None = None,
-                 model: Any = None, optimizer: Any = None, target_batch: int | None = None,
-                 advise: bool = True, auto: bool = False, prometheus_port: int | None = None,
-                 prometheus_addr: str = "127.0.0.1", child: dict[str, Any] | None = None) -> None:
-        self.name = name or _default_name()
-        self.quiet = quiet
+    def __init__(self, name: str | None = None, *, options: RunOptions | None = None, **kwargs: Any) -> None:
+        """``options`` (a :class:`RunOptions`), or its fields as keyword arguments (what :func:`track` takes)."""
+        opts = options if options is not None else RunOptions(name=name, **kwargs)
+        self.options = opts
+        self.name: str = opts.name or "run"
+        self.quiet = opts.quiet
         self.path: Path | None = None
         self.id: str | None = None
         self._recording = False
@@ -99,39 +88,31 @@ class TrackedRun:
         self._nesting = 0
         self._failures = 0
         self._cuda_checked = 0.0
-        self._cuda_timing_interval = cuda_timing_interval
-        self._sync_phases = sync_phases
         self._phases: dict[str, _Phase] = {}
         self._recorder: Recorder | None = None
-        self._prev_sigterm: Any = None
+        self._lifecycle = Lifecycle(self._close_at_exit)
         self._windows: ProfilerWindows | None = None
         self._flops: Any = None
-        self._auto_wanted = auto
+        self._auto_wanted = opts.auto
         self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
         self._exporter: Any = None
         self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
-        self._exit_status: tuple[str, str | None] | None = None
         self._phase_switched = False
-        self._profile = _profile_config(profile, profile_every, profile_steps)
-        self._model_meta = model_meta(model, optimizer)
-        self._model = model  # for DDP all-reduce timing once torch is attached; dropped at close
+        self._profile = opts.profile_config()
+        self._model_meta = model_meta(opts.model, opts.optimizer)
+        self._model = opts.model  # for DDP all-reduce timing once torch is attached; dropped at close
         self._comm: Any = None
-        self._target_batch = target_batch
-        self._child = child  # a child process of the recording one (gpulens.hooks.children)
-        self._advise = advise
-        self._count_flops = count_flops
-        self._flops_step = flops_step
-        self._user_flops = {"flops_per_step": flops_per_step, "flops_per_sample": flops_per_sample,
-                            "flops_per_token": flops_per_token, "flops_dtype": flops_dtype}
+        self._child = opts.child  # a child process of the recording one (gpulens.hooks.children)
+        self._rank = 0
         try:
-            self._start(runs_dir, run_id, batch_size, config, sampling, warmup_steps, nvml)
+            self._start()
         except Exception as exc:
             log.warning("gpulens: recording disabled for this run: %s", exc)
             self._abandon_start(exc)
             return
-        if prometheus_port is not None:
+        if opts.prometheus_port is not None:
             try:
-                self._start_exporter(prometheus_port, prometheus_addr)
+                self._start_exporter(opts.prometheus_port, opts.prometheus_addr)
             except Exception as exc:  # the run is recorded and closed as usual, only not served
                 log.warning("gpulens: Prometheus metrics not served (%s); recording goes on without them", exc)
 
@@ -139,11 +120,7 @@ class TrackedRun:
         """Recording could not start: undo what did start (threads, handlers), so nothing is left half-open."""
         self._recording = False
         self._closed = True
-        self._restore_sigterm()
-        try:
-            atexit.unregister(self._atexit)
-        except Exception:
-            pass
+        self._lifecycle.uninstall()
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             try:
@@ -152,9 +129,8 @@ class TrackedRun:
                 pass
 
     # ------------------------------------------------------------------ set-up
-    def _start(self, runs_dir: Any, run_id: str | None, batch_size: int | None,
-               config: dict[str, Any] | None, sampling: SamplingConfig | None,
-               warmup_steps: int, nvml: ModuleType | None) -> None:
+    def _start(self) -> None:
+        opts = self.options
         ranks = runmeta.rank_env()
         # only one process per node samples the node's GPUs and host
         sample_node = ranks["local_rank"] == 0
@@ -162,68 +138,48 @@ class TrackedRun:
             ranks = {"rank": 1 + int(self._child.get("process_group_rank") or 0), "local_rank": 0,
                      "world_size": int(self._child.get("process_group_world_size") or 1), "local_world_size": 1}
             sample_node = False
-        given = run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
-        root = runs_root(runs_dir)
+        given = opts.run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
+        root = runs_root(opts.runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # a generated id that is already taken is drawn again
             run_id = given or new_run_id(self.name)
             validate_run_id(run_id)
-            self.path = run_dir_in(root, run_id)
-            if given or not (self.path / rank_db_name(ranks["rank"])).exists():
+            path = run_dir_in(root, run_id)
+            if given or not (path / rank_db_name(ranks["rank"])).exists():
                 break
-        self.path.mkdir(exist_ok=True)
-        self.id = run_id
-        meta: dict[str, Any] = {
-            "gpulens_version": _version(),
-            "run_id": run_id,
-            "name": self.name,
-            "start": clock.now(),
-            "status": "running",
-            "batch_size": batch_size,
-            "config": _jsonable(config or {}),
-            "warmup_steps": warmup_steps,
-            "sync_phases": self._sync_phases,
-            "profile": vars(self._profile) if self._profile.enabled else None,
-            "user_flops": {k: v for k, v in self._user_flops.items() if v is not None} or None,
-            "model": self._model_meta,
-            "target_batch": self._target_batch,
-            "recorded_by": "gpulens run" if self._auto_wanted else "track",
-            "distributed_backend": runmeta.distributed_backend(),
-            **ranks,
-            **runmeta.command_meta(),
-            **runmeta.torch_meta(),
-        }
+        path.mkdir(exist_ok=True)
+        self.path, self.id = path, run_id
+        meta = runmeta.start_meta(opts, run_id, self._profile, self._model_meta, ranks)
         if self._child is not None:
             meta["child"] = self._child
-            _announce_trainer(self.path)
+            announce_trainer(path)
         for claim in range(256 if self._child is not None else 1):
             try:  # a child takes the first free rank from its own on; any other process has its rank
-                self._recorder = Recorder(self.path / rank_db_name(ranks["rank"] + claim),
-                                          {**meta, "rank": ranks["rank"] + claim}, sampling, nvml, sample_node)
+                recorder = Recorder(path / rank_db_name(ranks["rank"] + claim),
+                                    {**meta, "rank": ranks["rank"] + claim}, opts.sampling, opts.nvml, sample_node)
                 ranks["rank"] += claim
                 break
             except FileExistsError:
                 if self._child is None or claim == 255:
                     raise
-        writer = self._recorder.writer
+        self._recorder = recorder
+        writer = recorder.writer
         self._emit = lambda row: writer.step(tuple(row))
-        self._rec = StepRecorder(self._emit, warmup_steps=warmup_steps, batch_size=batch_size,
-                                 sync=self._sync if self._sync_phases else None)
+        self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
+                                 sync=self._sync if opts.sync_phases else None)
         self._rec.pre_step = self._pre_step
         self._rec.post_step = self._post_step
-        if self._user_flops["flops_per_step"]:
-            dtype = self._user_flops["flops_dtype"] or "bf16"
-            writer.flops(-1, float(self._user_flops["flops_per_step"]),
-                         {dtype: float(self._user_flops["flops_per_step"])}, "user")
+        if opts.flops_per_step:
+            dtype = opts.flops_dtype or "bf16"
+            writer.flops(-1, float(opts.flops_per_step), {dtype: float(opts.flops_per_step)}, "user")
         self._rank = ranks["rank"]
         self._recording = True
         torch = sys.modules.get("torch")
         if torch is not None:
             self.attach_torch(torch)
-        self._install_sigterm()
-        atexit.register(self._atexit)
+        self._lifecycle.install()
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
-            log.info("gpulens: recording run %s into %s", run_id, self.path)
+            log.info("gpulens: recording run %s into %s", run_id, path)
 
     def attach_torch(self, torch: ModuleType) -> None:
         """Profiler windows, FLOP counting and (``gpulens run``) step detection need torch.
@@ -231,18 +187,17 @@ class TrackedRun:
         Called at start when the training code imported torch already, or by
         ``gpulens run``'s import hook the moment it does.
         """
-        if not self._recording or self._recorder is None:
+        if not self._recording or self._recorder is None or self.path is None:
             return
         writer = self._recorder.writer
         try:
             if self._profile.enabled and self._windows is None:
                 self._windows = ProfilerWindows(torch, self.path, self._rank, self._profile, writer)
                 self._windows.begin_if_first()
-            user_given = any(self._user_flops[k] for k in ("flops_per_step", "flops_per_sample", "flops_per_token"))
-            if self._count_flops and not user_given and self._flops is None:
+            if self.options.count_flops and not self.options.flops_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
 
-                self._flops = StepFlops(torch, writer.flops, at=self._flops_at())
+                self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at(self._profile))
             if self._model is not None:
                 self.attach_comm(torch, self._model)
             if self._auto_wanted and self._auto is None:
@@ -253,29 +208,17 @@ class TrackedRun:
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
 
-    def _flops_at(self) -> int:
-        """The step whose FLOPs are counted: the first profiler window's warm-up step by default.
-
-        Counting runs every op through a Python dispatch mode, so that step is
-        slower; the warm-up step of a window is slow already and left out of
-        throughput, so the user's log shows one slow stretch instead of two.
-        """
-        if self._flops_step is not None:
-            return self._flops_step
-        cfg = self._profile
-        return cfg.window_start(0) if cfg.enabled and cfg.warmup > 0 else DEFAULT_FLOPS_STEP
-
     def attach_comm(self, torch: ModuleType, model: Any) -> None:
         """Time the gradient all-reduce of a (gloo) DDP model, stored per step as ``@comm``."""
         if self._comm is None:
             from gpulens.hooks.comm import CommTimer
 
             self._comm = CommTimer()
-        if self._comm.attach(torch, model) and self._recorder is not None:
-            self._recorder.writer.meta(comm_timing="ddp-allreduce-hook")
+        if self._comm.attach(torch, model):
+            self.set_meta(comm_timing="ddp-allreduce-hook")
 
     def _start_exporter(self, port: int, addr: str) -> None:
-        from gpulens.profiler.prometheus import RunExporter
+        from gpulens.profiler.export.prometheus import RunExporter
 
         ranks = runmeta.rank_env()
         exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
@@ -309,7 +252,7 @@ class TrackedRun:
             self._stand_down_auto("run.step()")
         self._end_step(samples, tokens, loss, True)
 
-    def _auto_step(self, loss: Any = None) -> None:
+    def auto_step(self, loss: Any = None) -> None:
         """A step boundary found by :class:`~gpulens.hooks.auto.AutoSteps` (or a framework callback)."""
         if self._recording:
             self._end_step(None, None, loss, False)
@@ -426,7 +369,7 @@ class TrackedRun:
             return
         from gpulens.hooks.cuda import CudaStepTimer
 
-        self._rec.gpu = CudaStepTimer(torch, self._emit, interval=self._cuda_timing_interval)
+        self._rec.gpu = CudaStepTimer(torch, self._emit, interval=self.options.cuda_timing_interval)
         if self._recorder is not None:
             self._recorder.writer.meta(cuda_device=torch.cuda.current_device(), **runmeta.torch_meta())
 
@@ -447,7 +390,7 @@ class TrackedRun:
             self._recording = False
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "TrackedRun":
+    def __enter__(self) -> TrackedRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -482,11 +425,7 @@ class TrackedRun:
         with _active_lock:
             if _active is self:
                 _active = None
-        self._restore_sigterm()
-        try:
-            atexit.unregister(self._atexit)
-        except Exception:
-            pass
+        self._lifecycle.uninstall()
         recorder = self._recorder
         if recorder is None:
             return
@@ -495,7 +434,7 @@ class TrackedRun:
         if self._auto is not None:
             auto_meta["auto"] = self._auto.describe()
             if not self._auto.updates and self._child is None:
-                children = _child_ranks(self.path, self._rank)
+                children = child_ranks(self.path, self._rank)
                 if children:
                     auto_meta["auto"]["children"] = sorted(children)
                 elif not self.quiet:
@@ -537,7 +476,7 @@ class TrackedRun:
             else:
                 steps = f"{self._rec.step_index} steps"
             print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {self.path}", file=sys.stderr)
-            if self._advise and self._rank == 0:
+            if self.options.advise and self._rank == 0:
                 _print_top_advice(self.path)
 
     def orphan(self) -> None:
@@ -548,7 +487,7 @@ class TrackedRun:
         """
         self._recording = False
         self._closed = True
-        self._restore_sigterm()  # the handler closes the parent's run; a run of the child installs its own
+        self._lifecycle.uninstall()  # its SIGTERM handler and atexit close the parent's run: not here
         auto, self._auto = self._auto, None
         if auto is not None:
             auto.uninstall()  # the wrappers and module hooks of this process' copy of torch
@@ -560,48 +499,57 @@ class TrackedRun:
             except Exception:
                 pass
             flops._mode = None
-        try:
-            atexit.unregister(self._atexit)
-        except Exception:
-            pass
 
-    def _atexit(self) -> None:
-        self._nesting = 0
-        interrupted = interrupted_at_exit()
-        status, error = self._exit_status or (("interrupted", "KeyboardInterrupt") if interrupted
-                                              else ("finished", None))
-        try:
-            self.close(status, error)
-        finally:
-            if interrupted:
-                keep_sigint_exit()  # closing may have imported modules; the script still dies of Ctrl-C
+    def _close_at_exit(self, status: str, error: str | None) -> None:
+        self._nesting = 0  # the interpreter is leaving: nested track() blocks end with it
+        self.close(status, error)
 
-    def _install_sigterm(self) -> None:
-        """Close the run as 'interrupted' on SIGTERM, then die as SIGTERM would have."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                return
-            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError):
-            self._prev_sigterm = None
+    # ------------------------------------------------------------------ for gpulens' own hooks
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def _restore_sigterm(self) -> None:
-        if self._prev_sigterm is None:
-            return
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm)
-        except (ValueError, OSError):
-            pass
-        self._prev_sigterm = None
+    @property
+    def recording(self) -> bool:
+        return self._recording
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._nesting = 0
-        self.close("interrupted", "SIGTERM")
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    @property
+    def step_recorder(self) -> StepRecorder:
+        """The step and phase accounting (for :class:`~gpulens.hooks.auto.AutoSteps`' hot path)."""
+        return self._rec
+
+    def set_meta(self, **values: Any) -> None:
+        """Add to this rank's metadata (a probe result, how steps were found, ...)."""
+        if self._recorder is not None and not self._closed:
+            self._recorder.writer.meta(**values)
+
+    def watch_script_exit(self) -> None:
+        """``gpulens run``: the script's uncaught exception, Ctrl-C or ``sys.exit(n)`` decides the status."""
+        self._lifecycle.watch_script_exit()
+
+    def close_at_exit(self) -> None:
+        """Close as the interpreter would at exit (multiprocessing children leave through ``os._exit``)."""
+        self._lifecycle.at_exit()
+
+    def let_framework_mark_steps(self, steps_by: str) -> None:
+        """A framework callback says where steps end (``lightning``, ``hf``).
+
+        Automatic boundaries stand down; for the HF Trainer, which has no
+        hooks around forward and backward, gpulens run's hooks keep timing
+        the phases inside its steps.
+        """
+        auto = self._auto
+        if auto is not None:
+            if steps_by == "lightning":
+                self._stand_down_auto("the Lightning callback")
+            else:
+                auto.phases_only()
+        elif steps_by == "hf" and "torch" in sys.modules:
+            self._auto_wanted = True
+            self.attach_torch(sys.modules["torch"])
+            if self._auto is not None:
+                self._auto.phases_only()
+        self.set_meta(steps_by=steps_by)
 
     @property
     def steps(self) -> int:
@@ -677,42 +625,15 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     return run
 
 
-def _announce_trainer(run_dir: Path) -> None:
-    """Tell the parent's sampler that this child is a rank, not a DataLoader worker."""
-    from gpulens.profiler.proctree import TRAINERS_DIR
-
-    try:
-        (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
-        (run_dir / TRAINERS_DIR / str(os.getpid())).touch()
-    except OSError as exc:
-        log.debug("gpulens: could not announce this child as a rank: %s", exc)
-
-
-def _child_ranks(path: Path | None, own: int) -> dict[int, int]:
-    """Rank -> steps of the ranks this process' children recorded (asked when this process trained nothing)."""
-    if path is None:
-        return {}
-    try:
-        from gpulens.profiler import open_run
-
-        with open_run(path) as reader:
-            return {rank: len(reader.steps(rank)) for rank in reader.ranks if rank != own
-                    and (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
-    except Exception as exc:
-        log.debug("gpulens: could not look for child ranks: %s", exc)
-        return {}
-
-
 def _print_top_advice(path: Path | None, limit: int = 3) -> None:
     """The three most important suggestions, in a short block at the end of the run."""
     if path is None:
         return
     try:
-        from gpulens.profiler import open_run
-        from gpulens.profiler.advisor import advise
+        from gpulens.profiler import RunAnalysis, open_run
 
         with open_run(path) as reader:
-            advice = advise(reader)
+            advice = RunAnalysis(reader).advice  # also keeps the windows' analyses for later reports
     except Exception as exc:  # advice is a courtesy; it must never fail the program at exit
         log.info("gpulens: no advice: %s", exc)
         return
@@ -725,42 +646,7 @@ def _print_top_advice(path: Path | None, limit: int = 3) -> None:
         print(f"  [{s.severity}] {s.title}: {s.finding}", file=sys.stderr)
 
 
-def _profile_config(profile: ProfileConfig | bool | None, every: int | None,
-                    steps: int | None) -> ProfileConfig:
-    if isinstance(profile, ProfileConfig):
-        cfg = profile
-    elif profile is False:
-        cfg = ProfileConfig(every=0)
-    else:
-        cfg = ProfileConfig()
-    if every is not None:
-        cfg.every = every
-    if steps is not None:
-        cfg.active = steps
-    cfg.validate()
-    return cfg
-
-
-def _default_name() -> str:
-    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "python"
-    return script or "run"
-
-
-def _version() -> str:
-    from gpulens import __version__
-
-    return __version__
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        if isinstance(value, dict):
-            return {str(k): _jsonable(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [_jsonable(v) for v in value]
-        return repr(value)
+def active_run() -> TrackedRun | None:
+    """The run this process is recording now, if any (a probe stores its result there)."""
+    with _active_lock:
+        return _active if _active is not None and not _active._closed else None

@@ -1,11 +1,25 @@
-"""Measurement and analysis: samplers, run store, reader API, summaries.
+"""Measurement and analysis, in four sub-packages by job: ``record`` (samplers), ``store`` (the run on
+disk: schema, writer, reader, runs root), ``analysis`` (summary, kernel view, advisor: one door,
+:class:`RunAnalysis`), ``export`` (Prometheus).
 
-Nothing in here imports Dash or torch: the dashboard and the advisor read runs
-through :func:`open_run` alone, and viewing a run must work without torch.
+Nothing in here imports Dash or torch: runs are read through :func:`open_run` and understood
+through :class:`RunAnalysis`, and viewing a run never needs torch.
 """
+from typing import Any
+
 from gpulens.profiler.errors import GpulensError, RunError
-from gpulens.profiler.reader import FlopCount, RunReader, Series, SeriesStats, SeriesView, StepTable, StepView, Window, open_run
-from gpulens.profiler.runstore import list_runs, resolve_run, runs_root
+from gpulens.profiler.store.reader import (
+    FlopCount,
+    RunReader,
+    Series,
+    SeriesStats,
+    SeriesView,
+    StepTable,
+    StepView,
+    Window,
+    open_run,
+)
+from gpulens.profiler.store.runstore import list_runs, resolve_run, runs_root
 
 __all__ = [
     "GpulensError",
@@ -22,4 +36,13 @@ __all__ = [
     "list_runs",
     "resolve_run",
     "runs_root",
+    "RunAnalysis",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunAnalysis":  # imported on first use: reading a run does not need the analysis modules
+        from gpulens.profiler.analysis.run_analysis import RunAnalysis
+
+        return RunAnalysis
+    raise AttributeError(f"module 'gpulens.profiler' has no attribute {name!r}")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import gpulens
-from gpulens.profiler.runstore import is_run_dir
+from gpulens.profiler.store.runstore import is_run_dir
 
 HERE = Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from gpulens.profiler import open_run
-from gpulens.profiler.recorder import Recorder, SamplingConfig
+from gpulens.profiler.record.recorder import Recorder, SamplingConfig
 
 FAST = dict(device_interval=0.02, util_interval=0.05, gpm_interval=0.12, slow_interval=0.1,
             host_interval=0.02, workers_interval=0.1, flush_interval=0.1)

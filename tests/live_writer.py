@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from gpulens.profiler.schema import STEP_COLUMNS
-from gpulens.profiler.writer import RunWriter
+from gpulens.profiler.store.schema import STEP_COLUMNS
+from gpulens.profiler.store.writer import RunWriter
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from train_loops import SlowImages, train_cnn
 import gpulens
 from gpulens.cli import main as cli_main
 from gpulens.profiler import open_run
-from gpulens.profiler.advisor import Measurements, advise, advise_measurements
-from gpulens.profiler.advisor.measure import RankTiming
-from gpulens.profiler.advisor.model import SEVERITIES
-from gpulens.profiler.recorder import SamplingConfig
+from gpulens.profiler.analysis.advisor import Measurements, advise, advise_measurements
+from gpulens.profiler.analysis.advisor.measure import RankTiming
+from gpulens.profiler.analysis.advisor.model import SEVERITIES
+from gpulens.profiler.record.recorder import SamplingConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"
@@ -55,7 +55,7 @@ def test_input_bound_run_ranks_dataloader_first_with_the_measured_share(runs_dir
     advice = advise(reader)
     top = advice.suggestions[0]
     assert top.id == "dataloader_bound" and top.severity == "high"
-    from gpulens.profiler.summary import summarize
+    from gpulens.profiler.analysis.summary import summarize
 
     share = summarize(reader)["step_time"]["phases"]["data_wait"]["share"]
     assert f"{100 * share:.1f}%" in top.finding

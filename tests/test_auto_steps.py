@@ -107,7 +107,7 @@ def test_two_optimizers_without_a_dataloader_count_one_step_per_iteration(runs_d
 
 
 def test_manual_sgd_without_optimizer_and_evaluation_left_out(runs_dir):
-    from gpulens.profiler import clock
+    from gpulens.profiler.store import clock
 
     model = _mlp()
     data = torch.randn(20, 16, 32)

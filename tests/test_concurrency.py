@@ -13,7 +13,7 @@ from gpulens.profiler import RunError, open_run
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from gpulens.profiler.writer import RunWriter
+    from gpulens.profiler.store.writer import RunWriter
     w = RunWriter(Path(sys.argv[1]) / "rank-0.db", {"name": "live", "status": "running", "start": time.time()},
                   flush_interval=0.1)
     sid = w.series("host.cpu", -1, "%")

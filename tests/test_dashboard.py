@@ -101,7 +101,7 @@ def test_a_cpu_run_shows_host_panels_and_says_why_there_is_no_gpu():
 
 
 def test_unsupported_metrics_are_listed_with_their_reason(tmp_path):
-    from gpulens.profiler.writer import RunWriter
+    from gpulens.profiler.store.writer import RunWriter
 
     w = RunWriter(tmp_path / "rank-0.db", {"name": "x", "start": 1e9})
     w.mark_series("gpm.tensor_active", 0, "unsupported", "GPM needs Hopper or newer (compute capability 8.0)")
@@ -270,7 +270,7 @@ def _live_writer(path: Path):
 
     import psutil
 
-    from gpulens.profiler.writer import RunWriter
+    from gpulens.profiler.store.writer import RunWriter
 
     start = time.time() - 20.0
     w = RunWriter(path / "rank-0.db", {"name": "live", "status": "running", "start": start, "host": socket.gethostname(),

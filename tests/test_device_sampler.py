@@ -11,8 +11,10 @@ from helpers import record_for
 
 import pynvml
 
-from gpulens.profiler import device_sampler, nvml as nvml_api
-from gpulens.profiler.metrics import CATALOG
+from gpulens.profiler.record import device_sampler
+
+from gpulens.profiler.record import nvml as nvml_api
+from gpulens.profiler.store.metrics import CATALOG
 
 NVML_METRICS = sorted(m for m, d in CATALOG.items() if d.source == "nvml")
 GPM_METRICS = sorted(m for m, d in CATALOG.items() if d.source == "gpm")

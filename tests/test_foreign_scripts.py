@@ -281,7 +281,7 @@ def test_dataloader_worker_processes_stay_unrecorded(tmp_path):
 
 
 def test_training_children_are_not_counted_as_dataloader_workers(tmp_path):
-    from gpulens.profiler.proctree import ProcessTree
+    from gpulens.profiler.record.proctree import ProcessTree
 
     child = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
     try:
@@ -323,7 +323,7 @@ def test_trace_export_runs_off_the_training_thread_at_low_priority(runs_dir, mon
     reader = open_run(run.path)
     assert [w.status for w in reader.windows()] == ["ok", "ok"]
     assert reader.flops()[0].step == 2  # FLOPs counted on the first window's warm-up step
-    from gpulens.profiler.trace import load_trace
+    from gpulens.profiler.analysis.trace import load_trace
 
     assert not load_trace(reader.windows()[0].path).input_dims  # no shapes on a CPU run: a 3x shorter stop
 

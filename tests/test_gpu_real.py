@@ -26,7 +26,7 @@ def _record(tmp_path, load, seconds: float, name: str):
     import torch
 
     from gpulens.profiler import open_run
-    from gpulens.profiler.recorder import Recorder
+    from gpulens.profiler.record.recorder import Recorder
 
     run_dir = tmp_path / name
     rec = Recorder(run_dir / "rank-0.db", {"name": name}, None)
@@ -208,12 +208,12 @@ def test_tensor_core_classification_agrees_with_gpm(tmp_path, gpu_out, dtype, tf
     """Kernels we call tensor-core must show GPM tensor activity in the same windows, and vice versa."""
     import torch
 
-    from gpulens.profiler.kernel_summary import kernel_summary
+    from gpulens.profiler import RunAnalysis
 
     if torch.cuda.get_device_properties(0).major < 9:
         pytest.skip("GPM needs Hopper or newer")
     run = _train_mlp(tmp_path, f"tc-{dtype}-{tf32}", dtype, tf32)
-    ks = kernel_summary(run)
+    ks = RunAnalysis(run).kernel_view
     assert ks["windows"], ks["window_errors"]
     assert ks["has_gpu"] and ks["kernels"]
     tensor = []
@@ -238,7 +238,7 @@ def test_mfu_of_a_bf16_matmul_loop_is_near_the_measured_ceiling(tmp_path, gpu_ou
 
     import gpulens
     from gpulens.profiler import open_run
-    from gpulens.profiler.summary import summarize
+    from gpulens.profiler.analysis.summary import summarize
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -257,7 +257,7 @@ def test_mfu_of_a_bf16_matmul_loop_is_near_the_measured_ceiling(tmp_path, gpu_ou
 
 
 def test_profiled_cuda_run_reports_kernel_view(tmp_path, gpu_out):
-    from gpulens.profiler.summary import summarize
+    from gpulens.profiler.analysis.summary import summarize
 
     run = _train_mlp(tmp_path, "kernel-view", "bf16")
     s = summarize(run)
@@ -280,7 +280,7 @@ def test_cuda_windows_shapes_first_window_and_unscaled_fp16_loss(tmp_path, gpu_o
     import gpulens
     from gpulens.hooks.profiling import ProfileConfig
     from gpulens.profiler import open_run
-    from gpulens.profiler.trace import load_trace
+    from gpulens.profiler.analysis.trace import load_trace
 
     model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)

@@ -118,7 +118,7 @@ def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_
 
 
 def test_the_writer_backlog_is_bounded_and_what_it_drops_is_counted(tmp_path, monkeypatch):
-    from gpulens.profiler import writer as writer_mod
+    from gpulens.profiler.store import writer as writer_mod
 
     monkeypatch.setitem(writer_mod.MAX_PENDING, "steps", 1000)
     w = writer_mod.RunWriter(tmp_path / "rank-0.db", {"name": "backlog", "status": "running"}, flush_interval=60)
@@ -384,7 +384,7 @@ def test_a_rank_database_linked_from_outside_the_run_is_refused(tmp_path):
 
 
 def test_a_row_the_database_refuses_loses_itself_not_the_final_status(tmp_path):
-    from gpulens.profiler.writer import RunWriter
+    from gpulens.profiler.store.writer import RunWriter
 
     w = RunWriter(tmp_path / "rank-0.db", {"name": "refused", "status": "running"}, flush_interval=60)
     w.step((0, 1e9, 1e9 + 1, 0.0, None, 0.1, 0.1, 0.1, 8, None, 1.0) + (None,) * 9 + (0, None))  # NULL forward

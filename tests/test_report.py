@@ -13,7 +13,7 @@ from train_loops import SlowImages, train_cnn
 import gpulens
 from gpulens.cli import main as cli_main
 from gpulens.profiler import list_runs, open_run
-from gpulens.profiler.summary import summarize
+from gpulens.profiler.analysis.summary import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"

@@ -8,7 +8,7 @@ import pytest
 import gpulens
 from gpulens.profiler import RunError, resolve_run, runs_root
 from gpulens.profiler.errors import GpulensError
-from gpulens.profiler.runstore import list_runs, new_run_id, run_dir_in, slug, validate_run_id
+from gpulens.profiler.store.runstore import list_runs, new_run_id, run_dir_in, slug, validate_run_id
 
 
 def test_runs_root_precedence(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpulens.profiler import open_run
-from gpulens.profiler.writer import RunWriter
+from gpulens.profiler.store.writer import RunWriter
 
 
 def _write(path, chunks):
@@ -55,7 +55,7 @@ def test_small_series_are_read_raw(tmp_path):
 
 
 def test_small_chunks_are_compacted_without_losing_a_point(tmp_path, monkeypatch):
-    from gpulens.profiler import writer as writer_mod
+    from gpulens.profiler.store import writer as writer_mod
 
     monkeypatch.setattr(writer_mod, "COMPACT_EVERY_S", 0.0)  # compact after every flush
     w = RunWriter(tmp_path / "rank-0.db", {"name": "compact"}, flush_interval=0.01)
@@ -82,7 +82,7 @@ def reader_stats(v):
 
 
 def test_step_view_buckets_agree_with_the_steps(tmp_path):
-    from gpulens.profiler import schema
+    from gpulens.profiler.store import schema
 
     w = RunWriter(tmp_path / "rank-0.db", {"name": "steps"}, flush_interval=0.05)
     rng = np.random.default_rng(1)

@@ -11,7 +11,7 @@ from train_loops import SlowImages, train_cnn
 import gpulens
 from gpulens.hooks.steps import StepRecorder
 from gpulens.profiler import open_run
-from gpulens.profiler.summary import summarize
+from gpulens.profiler.analysis.summary import summarize
 
 
 def _phase_sum(steps):
@@ -128,7 +128,7 @@ def test_hook_cost_per_step_is_microseconds():
 
 @pytest.mark.parametrize("workers", [2])
 def test_dataloader_workers_cpu_is_recorded_separately(runs_dir, workers):
-    from gpulens.profiler.recorder import SamplingConfig
+    from gpulens.profiler.record.recorder import SamplingConfig
 
     loader = DataLoader(SlowImages(n=480, cpu_work=60), batch_size=8, num_workers=workers)
     with gpulens.track("workers", quiet=True,

@@ -15,15 +15,15 @@ import pytest
 
 from gpulens.cli import main as cli_main
 from gpulens.profiler import open_run
-from gpulens.profiler.summary import summarize
-from gpulens.profiler.trace import TraceError, load_trace
-from gpulens.profiler.trace import intervals as iv
-from gpulens.profiler.trace.analysis import analyze
-from gpulens.profiler.trace.gpu_summary import gpu_summary, step_breakdown
-from gpulens.profiler.trace.kernels import kernel_table
-from gpulens.profiler.trace.patterns import classify
-from gpulens.profiler.trace.tc_eligible import tc_eligible_share
-from gpulens.profiler.trace.temporal import hta_gpu_events, temporal_breakdown
+from gpulens.profiler.analysis.summary import summarize
+from gpulens.profiler.analysis.trace import TraceError, load_trace
+from gpulens.profiler.analysis.trace import intervals as iv
+from gpulens.profiler.analysis.trace.analysis import analyze
+from gpulens.profiler.analysis.trace.gpu_summary import gpu_summary, step_breakdown
+from gpulens.profiler.analysis.trace.kernels import kernel_table
+from gpulens.profiler.analysis.trace.patterns import classify
+from gpulens.profiler.analysis.trace.tc_eligible import tc_eligible_share
+from gpulens.profiler.analysis.trace.temporal import hta_gpu_events, temporal_breakdown
 
 TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
 DATA = Path(__file__).resolve().parent / "data"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gpulens.profiler import open_run
-from gpulens.profiler.recorder import Recorder, SamplingConfig
+from gpulens.profiler.record.recorder import Recorder, SamplingConfig
 
 
 def cases():

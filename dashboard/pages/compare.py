@@ -5,14 +5,12 @@ from typing import Any
 
 from dash import Input, Output, callback, dcc, html
 
-from gpulens.dashboard import comparison, figures
+from gpulens.dashboard import comparison, data, figures
 from gpulens.dashboard import components as ui
-from gpulens.dashboard import data
 from gpulens.dashboard import theme as th
-from gpulens.profiler import GpulensError
-from gpulens.profiler.reader import PHASE_COLUMNS
 from gpulens.dashboard.pages import register
-
+from gpulens.profiler import GpulensError
+from gpulens.profiler.store.reader import PHASE_COLUMNS
 
 AB_COLORS = ["#0072B2", "#E69F00"]
 
@@ -86,7 +84,8 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
             view = run.series_view(metric, gpus[0], max_points=4000)
             if view is not None and len(view):
                 dists[name] = comparison.histogram(view.v)
-    dist_fig = figures.distribution_figure(dists, AB_COLORS, f"{'SM activity' if metric.startswith('gpm') else 'GPU busy'} "
+    what = "SM activity" if metric.startswith("gpm") else "GPU busy"
+    dist_fig = figures.distribution_figure(dists, AB_COLORS, f"{what} "
                                            f"(%) of GPU 0", theme) if dists else \
         figures.empty_figure("no GPU utilization recorded in these runs", theme)
     kd = comparison.kernel_deltas(sa, sb)

@@ -9,13 +9,12 @@ from dash import Input, Output, callback, dcc, html
 
 from gpulens import fmt
 from gpulens.dashboard import components as ui
-from gpulens.dashboard.components import GRID_THEME
 from gpulens.dashboard import data, figures
 from gpulens.dashboard import theme as th
-from gpulens.profiler import GpulensError
-from gpulens.profiler.kernel_summary import combine
+from gpulens.dashboard.components import GRID_THEME
 from gpulens.dashboard.pages import register
-
+from gpulens.profiler import GpulensError
+from gpulens.profiler.analysis.kernel_view import combine
 
 ALL_WINDOWS = "all"
 CATEGORIES = tuple(th.CATEGORY_COLORS)
@@ -119,18 +118,18 @@ def kernel_cards(an: dict[str, Any]) -> list[Any]:
     gs = (an.get("gpu_summary") or [{}])[0] if an.get("gpu_summary") else {}
     sync_calls = sum(v["calls"] for k, v in (an.get("sync") or {}).items() if not k.startswith("Memcpy"))
     return [
-        ui.card("GPU busy in window", fmt.pct(gs.get("gpu_utilization_pct")), "kernel time over window span",
+        ui.card("GPU busy in window", fmt.percent(gs.get("gpu_utilization_pct")), "kernel time over window span",
                 cid="kc-busy"),
-        ui.card("Tensor-core share", fmt.pct(an.get("tensor_core_share"), share=True),
-                f"eligible (GEMM/conv): {fmt.pct(an.get('tc_eligible_share'), share=True)}", cid="kc-tc"),
+        ui.card("Tensor-core share", fmt.share(an.get("tensor_core_share")),
+                f"eligible (GEMM/conv): {fmt.share(an.get('tc_eligible_share'))}", cid="kc-tc"),
         ui.card("Kernels per step", f"{launch.get('kernels_per_step', 0):.0f}" if launch else "n/a",
                 f"{launch.get('kernels', 0)} kernels in {launch.get('steps', 0)} steps" if launch else "",
                 cid="kc-per-step"),
         ui.card("Median kernel", f"{launch['median_kernel_us']:.1f} µs" if launch.get("median_kernel_us") else "n/a",
-                f"{fmt.pct(launch.get('short_kernel_share'), share=True)} shorter than 10 µs" if launch else "",
+                f"{fmt.share(launch.get('short_kernel_share'))} shorter than 10 µs" if launch else "",
                 cid="kc-median"),
         ui.card("Launch (CPU)", f"{launch['median_launch_us']:.1f} µs" if launch.get("median_launch_us") else "n/a",
-                f"{fmt.pct(launch.get('shorter_than_launch_share'), share=True)} of kernels shorter than their launch"
+                f"{fmt.share(launch.get('shorter_than_launch_share'))} of kernels shorter than their launch"
                 if launch else "", cid="kc-launch"),
         ui.card("Sync calls", str(sync_calls), "cudaDeviceSynchronize, cudaStreamSynchronize, …", cid="kc-sync"),
     ]

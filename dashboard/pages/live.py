@@ -22,10 +22,9 @@ from dash import ClientsideFunction, Input, Output, State, callback, clientside_
 from gpulens import fmt
 from gpulens.dashboard import components as ui
 from gpulens.dashboard import data, figures
+from gpulens.dashboard.pages import register
 from gpulens.dashboard.panels import PANELS, timeseries
 from gpulens.profiler import GpulensError, RunReader
-from gpulens.dashboard.pages import register
-
 
 POLL_MS = 1000
 WINDOWS = {60: "1 min", 300: "5 min", 900: "15 min"}

@@ -1,7 +1,7 @@
 """Unknown paths get a page with a way back instead of a blank screen."""
-from gpulens.dashboard.pages import register
 from dash import dcc, html
 
+from gpulens.dashboard.pages import register
 
 
 def layout(**_: object) -> html.Div:

@@ -10,10 +10,9 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 from gpulens import fmt
 from gpulens.dashboard import components as ui
 from gpulens.dashboard import data, figures, overview
+from gpulens.dashboard.pages import register
 from gpulens.dashboard.panels import timeseries
 from gpulens.profiler import GpulensError
-from gpulens.dashboard.pages import register
-
 
 GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": False,
                 "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],

@@ -9,9 +9,8 @@ from dash import Input, Output, callback, dcc, html
 
 from gpulens.dashboard import data
 from gpulens.dashboard.components import GRID_THEME
-from gpulens.profiler import GpulensError
 from gpulens.dashboard.pages import register
-
+from gpulens.profiler import GpulensError
 
 #: While any analysis is pending or a run is live, the list refreshes this often.
 POLL_MS = 2000

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 log = logging.getLogger("gpulens")
@@ -20,22 +19,9 @@ def start_run(name: str | None, kwargs: dict[str, Any], steps_by: str, **known: 
     options = {k: v for k, v in known.items() if v is not None}
     options.update(kwargs)
     run = track(name, **options)
-    if run._closed:
+    if run.closed:
         return None
-    auto = run._auto
-    if auto is not None:
-        if steps_by == "lightning":
-            run._stand_down_auto("the Lightning callback")
-        else:
-            auto.phases_only()
-    elif steps_by == "hf" and "torch" in sys.modules:
-        # forward/backward/optimizer/data wait inside HF's step come from the same hooks as gpulens run's
-        run._auto_wanted = True
-        run.attach_torch(sys.modules["torch"])
-        if run._auto is not None:
-            run._auto.phases_only()
-    if run._recorder is not None:
-        run._recorder.writer.meta(steps_by=steps_by)
+    run.let_framework_mark_steps(steps_by)
     return run
 
 

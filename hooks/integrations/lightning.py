@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpulens.integrations._common import end_run, loss_of, start_run
 from gpulens.hooks.steps import infer_batch_size
+from gpulens.integrations._common import end_run, loss_of, start_run
 
 
 def _bases() -> tuple[type, ...]:

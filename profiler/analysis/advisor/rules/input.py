@@ -1,0 +1,114 @@
+"""Input pipeline: is the loop waiting for data, and why?"""
+from __future__ import annotations
+
+from gpulens import fmt
+from gpulens.profiler.analysis.advisor.measure import Measurements
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
+from gpulens.profiler.analysis.advisor.rules._fmt import how
+
+THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
+
+
+def wait_share(m: Measurements) -> tuple[float | None, str]:
+    if m.imported and m.loader_share_trace is not None:
+        return m.loader_share_trace, "DataLoader spans in the profiled steps"
+    share = m.phase_share.get("data_wait")
+    if share is None and m.loader_share_trace is not None:
+        return m.loader_share_trace, "DataLoader spans in the profiled steps"
+    return share, "time in the DataLoader, every step"
+
+
+def suggested_workers(m: Measurements) -> int:
+    cores = m.cpu_count or 4
+    return max(1, cores // max(1, m.local_world_size) - 1)
+
+
+def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
+    if m.steps == 0:
+        return NotEvaluated("dataloader_bound", how(
+            m, "needs step records: call run.step() or iterate run.loader(...)",
+            "needs training steps: gpulens run found no optimizer.step, GradScaler.step or backward"))
+    share, source = wait_share(m)
+    if share is None:
+        return NotEvaluated("dataloader_bound", how(
+            m, "needs the data wait: iterate the DataLoader through run.loader()",
+            "needs the data wait: gpulens run times torch DataLoader fetches, and this loop used none"))
+    if share <= THRESHOLD:
+        return None
+    workers = round(m.workers) if m.workers is not None else None
+    n = suggested_workers(m)
+    finding = f"{fmt.share(share)} of step time is spent waiting for the next batch ({source})"
+    if m.loader_share_trace is not None and source.startswith("time in"):
+        finding += f"; profiled steps: {fmt.share(m.loader_share_trace)} in DataLoader"
+    if m.gpu_phase_share and m.gpu_phase_share.get("data_wait") is not None:
+        finding += f"; the GPU stream idles through {fmt.share(m.gpu_phase_share['data_wait'])} of its time meanwhile"
+    if workers is not None:
+        finding += f"; DataLoader worker processes: {workers}"
+    severity = "high" if share >= 0.25 else "medium" if share >= 0.10 else "low"
+    evidence = [Evidence("phase", "data wait per step", {"phase": "data_wait", "share": share}),
+                Evidence("metric", "DataLoader workers' CPU", {"metric": "workers.cpu", "gpu": -1})]
+    if m.windows:
+        w = m.windows[0]
+        evidence.append(Evidence("window", "profiled steps", {"rank": w["rank"], "index": w["index"]}))
+    return Suggestion(
+        id="dataloader_bound", severity=severity,
+        title="The training loop waits for data",
+        finding=finding,
+        action=(f"Load batches in parallel and ahead of time: num_workers={n} (about one per core: "
+                f"{m.cpu_count or '?'} cores / {m.local_world_size} process(es), minus one), pinned memory "
+                "with non_blocking copies, persistent workers and a deeper prefetch."),
+        snippet=(f"loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
+                 f"                    num_workers={n}, pin_memory=True,\n"
+                 f"                    persistent_workers=True, prefetch_factor=4)\n"
+                 f"for x, y in loader:\n"
+                 f"    x = x.to(device, non_blocking=True); y = y.to(device, non_blocking=True)"),
+        expected_gain=f"up to {fmt.share(share, 0)} shorter steps",
+        gain_estimate="upper bound: the measured data-wait share, which vanishes when loading overlaps compute",
+        confidence="high", evidence=evidence, gain_fraction=share)
+
+
+def dataloader_kind(m: Measurements) -> Suggestion | None:
+    """When the loop waits for data and workers exist: are they busy (CPU-bound) or idle (storage-bound)?"""
+    share, _ = wait_share(m)
+    if share is None or share <= THRESHOLD or not m.workers or m.workers < 0.5 or m.workers_cpu is None:
+        return None
+    per_worker = m.workers_cpu / m.workers
+    host = m.host_cpu_pct
+    if per_worker >= 0.6:
+        saturated = host is not None and host >= 85
+        finding = (f"the {m.workers:.0f} DataLoader workers are busy: {per_worker:.0%} of a core each "
+                   f"({m.workers_cpu:.1f} cores), host CPU {host:.0f}%" if host is not None else
+                   f"the {m.workers:.0f} DataLoader workers are busy: {per_worker:.0%} of a core each")
+        action = ("The host CPU is saturated: make the per-sample work cheaper (decode once and cache, "
+                  "smaller source images, torchvision.transforms.v2 on uint8 tensors), or move augmentation "
+                  "to the GPU (transforms on batched CUDA tensors, NVIDIA DALI)." if saturated else
+                  f"Transforms are CPU-bound and cores are free: raise num_workers towards "
+                  f"{suggested_workers(m)}, and keep per-sample work cheap.")
+        return Suggestion(
+            id="dataloader_kind", severity="medium", title="Data loading is CPU-bound in the workers",
+            finding=finding, action=action, expected_gain=f"part of the {fmt.share(share, 0)} data wait",
+            gain_estimate="bounded by the data-wait share", confidence="medium",
+            evidence=[Evidence("metric", "workers' CPU", {"metric": "workers.cpu", "gpu": -1}),
+                      Evidence("metric", "host CPU", {"metric": "host.cpu", "gpu": -1})],
+            gain_fraction=share * 0.9)
+    if per_worker <= 0.3 and share >= 0.15:
+        # idle workers while the loop waits a lot: they wait on reads.  (With a small wait, idle workers only
+        # mean the data is cheap -- in-memory datasets -- so that case says nothing.)
+        disk = m.disk_read_bps
+        finding = (f"the {m.workers:.0f} DataLoader workers are mostly idle ({per_worker:.0%} of a core each) "
+                   f"while the loop waits {fmt.share(share)} of the time: they are waiting on storage or the network")
+        if disk:
+            finding += f" (disk reads {disk / 2**20:.0f} MiB/s)"
+        return Suggestion(
+            id="dataloader_kind", severity="medium", title="Data loading is I/O-bound",
+            finding=finding,
+            action=("Hide and cut the read latency: more workers and a deeper prefetch_factor (reads overlap), "
+                    "cache the dataset in RAM or on local NVMe, pack small files into large shards read "
+                    "sequentially (WebDataset, tar/parquet)."),
+            snippet="DataLoader(dataset, num_workers=16, prefetch_factor=8, persistent_workers=True, pin_memory=True)",
+            expected_gain=f"part of the {fmt.share(share, 0)} data wait",
+            gain_estimate="bounded by the data-wait share",
+            confidence="medium", evidence=[Evidence("metric", "workers' CPU", {"metric": "workers.cpu", "gpu": -1}),
+                                           Evidence("metric", "disk reads", {"metric": "host.disk_read", "gpu": -1})],
+            gain_fraction=share * 0.9)
+    return None

@@ -1,0 +1,316 @@
+"""Run summary: the figures behind ``gpulens report`` and its ``--json`` output.
+
+:func:`summarize_data` is a pure function of arrays and metadata (easy to test
+on recorded data); :func:`summarize` only gathers them through the reader.
+The JSON keys are a stable, documented interface (README, "report --json").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpulens.profiler.analysis.peaks import mfu
+from gpulens.profiler.store import schema
+from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
+from gpulens.profiler.store.reader import Event, FlopCount, RunReader, Series, SeriesInfo, StepTable
+from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP
+
+REPORT_SCHEMA = "gpulens.report/1"
+PHASES = schema.PHASES
+
+
+def stats(values: np.ndarray) -> dict[str, float | int] | None:
+    """count, mean, min, p50, p90, p99, max of the finite values (None if none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"count": int(v.size), "mean": float(v.mean()), "min": float(v.min()),
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(v.max())}
+
+
+@dataclass
+class RunData:
+    """Everything the summary needs, read once from a run."""
+
+    info: dict[str, Any]
+    meta: dict[str, Any]
+    steps: StepTable
+    series: list[SeriesInfo]
+    metrics: dict[tuple[str, int], dict[str, Any] | None]  # metric_entry() per (metric, gpu)
+    events: list[Event]
+    kernel: dict[str, Any] | None = None  # the kernel view (analysis.kernel_view); None = not gathered
+    flops: list[FlopCount] | None = None
+
+
+def metric_entry(series: Series) -> dict[str, Any] | None:
+    """Statistics of one series, plus its change (counters) and clock-event shares (throttle mask)."""
+    st = stats(series.v)
+    if st is None:
+        return None
+    entry: dict[str, Any] = {"unit": series.unit, **st}
+    if series.metric in CATALOG and CATALOG[series.metric].counter:
+        entry["change"] = float(series.v[-1] - series.v[0])
+    if series.metric == "gpu.throttle":
+        masks = series.v[np.isfinite(series.v)].astype(np.int64)
+        entry["reasons"] = {name: float(np.mean((masks & bit) != 0))
+                            for bit, name in THROTTLE_REASONS.items() if np.any(masks & bit)}
+    return entry
+
+
+def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
+    """Read what the summary needs, one series at a time: a day-long 8-GPU run never sits in memory whole."""
+    infos = run.series_list()
+    metrics: dict[tuple[str, int], dict[str, Any] | None] = {}
+    for s in infos:
+        if s.status == "ok" and (s.metric, s.gpu) not in metrics:
+            got = run.series(s.metric, s.gpu, rank=s.rank)
+            if got is not None:
+                metrics[(s.metric, s.gpu)] = metric_entry(got)
+    info = run.info
+    return RunData(
+        info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
+              "status_reason": info.status_reason, "start": info.start, "end": info.end,
+              "duration_s": info.duration_s, "ranks": info.ranks, "replay": info.replay,
+              "records_lost": {str(r): run.meta(r)["records_lost"] for r in info.ranks
+                               if run.meta(r).get("records_lost")}},
+        meta=info.meta,
+        steps=run.steps(),
+        series=infos,
+        metrics=metrics,
+        events=run.events(),
+        kernel=kernel,
+        flops=run.flops(),
+    )
+
+
+def summarize(run: RunReader) -> dict[str, Any]:
+    """The report's figures of ``run`` (through :class:`RunAnalysis`, like every caller)."""
+    from gpulens.profiler.analysis.run_analysis import RunAnalysis
+
+    return RunAnalysis(run).summary
+
+
+def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step-time statistics and throughput over the steady steps."""
+    n = len(steps)
+    flags = steps.flags if n else np.zeros(0, dtype=np.int64)
+    excluded = {"warmup": int(np.count_nonzero(flags & FLAG_WARMUP)),
+                "profiled": int(np.count_nonzero(flags & FLAG_PROFILED))}
+    steady = flags == 0
+    if n and not steady.any():
+        steady = np.ones(n, dtype=bool)  # too short to have steady steps: use them all
+    durations = steps.duration[steady] if n else np.zeros(0)
+    step_time: dict[str, Any] = {"count": int(durations.size), "excluded": excluded}
+    throughput: dict[str, Any] = {"steps_per_s": None, "samples_per_s": None, "tokens_per_s": None}
+    if durations.size == 0:
+        step_time.update({"mean_s": None, "median_s": None, "p90_s": None, "p99_s": None, "phases": {}})
+        return step_time, throughput
+    total = float(durations.sum())
+    st = stats(durations)
+    assert st is not None
+    step_time.update({"mean_s": st["mean"], "median_s": st["p50"], "p90_s": st["p90"],
+                      "p99_s": st["p99"], "max_s": st["max"]})
+    phases = {}
+    for name in PHASES:
+        col = getattr(steps, name)[steady]
+        phases[name] = {"mean_s": float(col.mean()), "share": float(col.sum() / total) if total > 0 else None}
+    step_time["phases"] = phases
+    gpu_step = steps.gpu_step[steady]
+    timed = np.isfinite(gpu_step)
+    if timed.any():
+        gpu_total = float(gpu_step[timed].sum())
+        step_time["gpu_phases"] = {
+            "steps_timed": int(timed.sum()),
+            "mean_step_s": float(gpu_step[timed].mean()),
+            **{name: {"mean_s": float(getattr(steps, f"gpu_{name}")[steady][timed].mean()),
+                      "share": float(getattr(steps, f"gpu_{name}")[steady][timed].sum() / gpu_total)
+                      if gpu_total > 0 else None}
+               for name in PHASES},
+        }
+    custom: dict[str, float] = {}
+    comm: list[float] = []
+    for extra, keep in zip(steps.extra, steady):
+        if keep:
+            for key, value in extra.items():
+                if key == "@comm":
+                    comm.append(value)
+                elif not key.startswith("@"):  # '@' keys are measurements, not phases
+                    custom[key] = custom.get(key, 0.0) + value
+    if custom:
+        step_time["custom_phases"] = {k: {"mean_s": v / durations.size, "share": v / total}
+                                      for k, v in sorted(custom.items())}
+    if comm:
+        # DDP all-reduce wall time (gloo, communication hook): overlaps backward, so not a phase
+        step_time["comm"] = {"steps": len(comm), "mean_s": float(np.mean(comm)), "share": float(np.sum(comm)) / total}
+    if total > 0:
+        throughput["steps_per_s"] = durations.size / total
+        samples = steps.samples[steady]
+        if np.isfinite(samples).any():
+            known = np.isfinite(samples)
+            throughput["samples_per_s"] = float(samples[known].sum() / durations[known].sum())
+        tokens = steps.tokens[steady]
+        if np.isfinite(tokens).any():
+            known = np.isfinite(tokens)
+            throughput["tokens_per_s"] = float(tokens[known].sum() / durations[known].sum())
+    return step_time, throughput
+
+
+def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per step (counted or given), achieved TFLOP/s and MFU against the GPU's dense peak."""
+    meta = data.meta
+    gpus = meta.get("gpus") or []
+    device = gpus[0]["name"] if gpus else None
+    step_s = step_time.get("median_s")
+    flops = [f for f in (data.flops or []) if f.rank == data.steps.rank]
+    user = meta.get("user_flops") or {}
+    by_dtype: dict[str, float] | None = None
+    source = None
+    counted_step = None
+    given = [f for f in flops if f.source == "user"]
+    counted = [f for f in flops if f.source != "user" and f.total > 0]
+    if given:
+        by_dtype, source = given[-1].by_dtype, "user: flops_per_step"
+    elif user.get("flops_per_sample") or user.get("flops_per_token"):
+        steady = data.steps.steady() if len(data.steps) else np.zeros(0, dtype=bool)
+        per = "samples" if user.get("flops_per_sample") else "tokens"
+        counts = getattr(data.steps, per)[steady] if steady.any() else np.zeros(0)
+        counts = counts[np.isfinite(counts)]
+        if counts.size:
+            dtype = user.get("flops_dtype") or "bf16"
+            by_dtype = {dtype: float(user[f"flops_per_{per[:-1]}"]) * float(np.median(counts))}
+            source = f"user: flops_per_{per[:-1]} x median {per} per step"
+    elif counted:
+        by_dtype, source, counted_step = counted[-1].by_dtype, counted[-1].source, counted[-1].step
+    if by_dtype is None:
+        return {"available": False, "reason": "no FLOPs recorded (count_flops off, or the run ended before "
+                "the counted step)", "flops_per_step": None, "by_dtype": {}, "achieved_tflops": None,
+                "mfu_pct": None, "peak": None, "source": None, "device": device}
+    out = mfu(by_dtype, step_s, device)
+    out.update({"available": True, "source": source, "device": device, "counted_step": counted_step})
+    return out
+
+
+def _metric_block(data: RunData, gpu: int, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
+    metrics: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for s in data.series:
+        if s.gpu != gpu or not s.metric.startswith(prefixes):
+            continue
+        if s.status != "ok":
+            missing[s.metric] = f"{s.status}: {s.reason}" if s.reason else s.status
+            continue
+        entry = data.metrics.get((s.metric, s.gpu))
+        if entry is None:
+            missing[s.metric] = "no samples recorded"
+            continue
+        metrics[s.metric] = entry
+    return metrics, missing
+
+
+def summarize_data(data: RunData) -> dict[str, Any]:
+    meta = data.meta
+    step_time, throughput = step_summary(data.steps)
+    steps = data.steps
+
+    gpus = []
+    for gpu in meta.get("gpus") or []:
+        idx = int(gpu["index"])
+        metrics, missing = _metric_block(data, idx, ("gpu.", "gpm."))
+        energy = data.metrics.get(("gpu.energy", idx))
+        gpus.append({
+            "index": idx, "name": gpu.get("name"), "uuid": gpu.get("uuid"),
+            "memory_total_bytes": gpu.get("memory_total"),
+            "compute_capability": gpu.get("compute_capability"),
+            "gpm_supported": gpu.get("gpm_supported"),
+            "energy_j": energy["change"] if energy is not None and energy["count"] > 1 else None,
+            "metrics": metrics,
+            "not_available": missing,
+        })
+    host_metrics, host_missing = _metric_block(data, -1, ("host.", "proc.", "workers."))
+
+    mem_peak = steps.mem_peak if len(steps) else np.zeros(0)
+    mem_reserved = steps.mem_reserved if len(steps) else np.zeros(0)
+    memory = {
+        "cuda_peak_allocated_bytes": _nanmax(mem_peak),
+        "cuda_peak_reserved_bytes": _nanmax(mem_reserved),
+        "gpu_memory_used_max_bytes": {str(g["index"]): g["metrics"].get("gpu.mem_used", {}).get("max")
+                                      for g in gpus},
+        "process_rss_max_bytes": host_metrics.get("proc.rss", {}).get("max"),
+        "workers_rss_max_bytes": host_metrics.get("workers.rss", {}).get("max"),
+    }
+
+    samples: dict[str, Any] = {}
+    for s in data.series:
+        key = s.metric if s.gpu < 0 else f"gpu{s.gpu}/{s.metric}"
+        if s.rank and key in samples:
+            key = f"rank{s.rank}/{key}"
+        samples[key] = {"count": s.count, "first": s.t_first, "last": s.t_last, "status": s.status}
+    if len(steps):
+        samples["steps"] = {"count": len(steps), "first": float(steps.t_start[0]),
+                            "last": float(steps.t_end[-1]), "status": "ok"}
+
+    loss = steps.loss[np.isfinite(steps.loss)] if len(steps) else np.zeros(0)
+    nvml = meta.get("nvml") or {}
+    from gpulens.profiler.analysis.kernel_view import empty
+
+    kernel = data.kernel if data.kernel is not None else empty("trace analysis not gathered")
+    return {
+        "schema": REPORT_SCHEMA,
+        "run": {**data.info, "host": meta.get("host"), "command": meta.get("command"),
+                "torch_version": meta.get("torch_version"), "gpulens_version": meta.get("gpulens_version"),
+                "world_size": meta.get("world_size", 1), "batch_size": meta.get("batch_size"),
+                "imported_from": meta.get("imported_from"),
+                "config": meta.get("config") or {}},
+        "status": data.info["status"],
+        "status_reason": data.info["status_reason"],
+        "records_lost": data.info.get("records_lost") or {},
+        "duration_s": data.info["duration_s"],
+        "steps": len(steps),
+        "step_time": step_time,
+        "throughput": throughput,
+        "loss": {"first": float(loss[0]), "last": float(loss[-1]), "count": int(loss.size)} if loss.size else None,
+        "gpus": gpus,
+        "nvml": {"available": bool(nvml.get("available")), "reason": nvml.get("reason"),
+                 "driver_version": nvml.get("driver_version"),
+                 "cuda_driver_version": nvml.get("cuda_driver_version")},
+        "host": {"info": meta.get("host_info") or {}, "metrics": host_metrics, "not_available": host_missing},
+        "memory": memory,
+        "samples": samples,
+        "events": [{"t": e.t, "kind": e.kind, "gpu": e.gpu, "message": e.message, "rank": e.rank}
+                   for e in data.events],
+        "mfu": mfu_summary(data, step_time),
+        "trace_analysis": {"available": kernel["available"], "reason": kernel["reason"],
+                           "has_gpu": kernel["has_gpu"]},
+        "windows": kernel.get("windows", []),
+        "window_errors": kernel.get("window_errors", []),
+        "kernels": [{"name": k["name"], "calls": k["calls"], "total_us": k["total_us"], "mean_us": k["mean_us"],
+                     "max_us": k["max_us"], "share": k["share"], "category": k["category"],
+                     "tensor_core": k["tensor_core"]} for k in kernel["kernels"]],
+        "categories_us": kernel["categories_us"],
+        "tensor_core_share": kernel["tensor_core_share"],
+        "tc_eligible_share": kernel["tc_eligible_share"],
+        "temporal_breakdown": kernel["temporal_breakdown"],
+        "gpu_summary": kernel["gpu_summary"],
+        "step_breakdown_us": kernel["step_breakdown_us"],
+        "launch": kernel["launch"],
+        "sync": kernel["sync"],
+        "memcpy": kernel["memcpy"],
+        "idle": kernel["idle"],
+        "top_cpu_ops": kernel["top_cpu_ops"],
+        "gemm_shapes": kernel.get("gemm_shapes", []),
+    }
+
+
+def _nanmax(values: np.ndarray) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.max()) if v.size else None
+
+
+def metric_label(name: str) -> str:
+    metric = CATALOG.get(name)
+    return metric.label if metric else name

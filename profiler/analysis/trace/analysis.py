@@ -1,0 +1,45 @@
+"""Every analysis of one trace at once, as plain JSON-able data."""
+from __future__ import annotations
+
+from typing import Any
+
+from gpulens.profiler.analysis.trace.cpu_ops import cpu_op_table
+from gpulens.profiler.analysis.trace.gemm_shapes import gemm_shapes
+from gpulens.profiler.analysis.trace.gpu_summary import gpu_summary, step_breakdown
+from gpulens.profiler.analysis.trace.idle import idle_breakdown
+from gpulens.profiler.analysis.trace.kernels import category_times, kernel_table, tensor_core_share
+from gpulens.profiler.analysis.trace.launch import launch_stats, sync_stats
+from gpulens.profiler.analysis.trace.memcpy import memcpy_stats
+from gpulens.profiler.analysis.trace.model import Trace
+from gpulens.profiler.analysis.trace.tc_eligible import tc_eligible_share
+from gpulens.profiler.analysis.trace.temporal import stream_breakdown, temporal_breakdown
+
+NO_GPU = "no GPU activity in this trace"
+
+
+def analyze(trace: Trace) -> dict[str, Any]:
+    kernels = kernel_table(trace)
+    has_gpu = trace.has_gpu
+    out: dict[str, Any] = {
+        "rank": trace.rank,
+        "path": trace.path,
+        "events": len(trace),
+        "devices": trace.device_properties,
+        "has_gpu": has_gpu,
+        "note": None if has_gpu else NO_GPU,
+        "kernels": [k.as_dict() for k in kernels],
+        "categories_us": category_times(kernels),
+        "tensor_core_share": tensor_core_share(trace),
+        "tc_eligible_share": tc_eligible_share(trace),
+        "temporal_breakdown": temporal_breakdown(trace),
+        "streams": stream_breakdown(trace),
+        "idle": idle_breakdown(trace),
+        "launch": launch_stats(trace),
+        "sync": sync_stats(trace),
+        "memcpy": memcpy_stats(trace),
+        "cpu_ops": cpu_op_table(trace, limit=30),
+        "gemm_shapes": gemm_shapes(trace)[:50],
+        "gpu_summary": gpu_summary(trace),
+        "step_breakdown": step_breakdown(trace),
+    }
+    return out

@@ -1,0 +1,79 @@
+"""Window analyses kept beside their traces, so a trace is parsed once, not on every report or page.
+
+``traces/<trace>.gpulens-analysis.json`` holds :func:`analyze`'s result with
+the trace file's size and modification time and the analysis version: a
+changed trace, or an analysis gpulens computes differently now, reads as
+no cache.  Writing is best effort (a read-only run is analysed in memory,
+every time, as before) and atomic (a reader never sees half a file).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger("gpulens")
+
+#: Bump when an analyzer's output changes: every cached analysis is then recomputed.
+ANALYSIS_VERSION = 1
+SUFFIX = ".gpulens-analysis.json"
+
+
+def cache_path(trace: Path) -> Path:
+    return trace.with_name(trace.name + SUFFIX)
+
+
+def _key(trace: Path, rank: int) -> dict[str, Any] | None:
+    try:
+        st = trace.stat()
+    except OSError:
+        return None
+    from gpulens import __version__
+
+    return {"version": f"{__version__}/{ANALYSIS_VERSION}", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "rank": rank}
+
+
+def load(trace: Path, rank: int) -> dict[str, Any] | None:
+    """The cached analysis of ``trace`` if it is still the analysis of that file, else None."""
+    key = _key(trace, rank)
+    if key is None:
+        return None
+    try:
+        doc = msgspec.json.decode(cache_path(trace).read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("analysis"), dict):
+        return None
+    return doc["analysis"]
+
+
+def store(trace: Path, rank: int, analysis: dict[str, Any]) -> None:
+    key = _key(trace, rank)
+    if key is None:
+        return
+    path = cache_path(trace)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(msgspec.json.encode({"key": key, "analysis": analysis}, enc_hook=_plain))
+        os.replace(tmp, path)
+    except (OSError, TypeError, msgspec.EncodeError) as exc:  # a read-only run: analysed in memory only
+        tmp.unlink(missing_ok=True)
+        log.debug("gpulens: window analysis not cached (%s)", exc)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and paths as JSON values (what json.dumps(default=...) would have written)."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot cache a {type(value).__name__}")
+
+
+def normalised(analysis: dict[str, Any]) -> dict[str, Any]:
+    """``analysis`` as it reads back from its cache (tuples as lists, numpy as Python): one shape either way."""
+    return msgspec.json.decode(msgspec.json.encode(analysis, enc_hook=_plain))

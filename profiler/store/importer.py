@@ -1,0 +1,171 @@
+"""``gpulens import``: PyTorch profiler traces from elsewhere become a run.
+
+Each trace file is one rank (as ``tensorboard_trace_handler`` writes them);
+the run gets one database per rank with the steps found in the trace
+(``ProfilerStep#N`` spans, data wait from DataLoader spans, optimizer time
+from ``Optimizer.step#`` spans, the rest as "other"), the GPUs named in the
+trace's ``deviceProperties``, and the trace itself, gzipped, as the run's one
+profiler window -- so the report, the advisor and the dashboard show it like
+a recorded run.  It has no NVML or host samples, and says so.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpulens.profiler.analysis import window_cache
+from gpulens.profiler.analysis.trace import intervals as iv
+from gpulens.profiler.analysis.trace.analysis import analyze
+from gpulens.profiler.analysis.trace.model import Cat, Trace
+from gpulens.profiler.analysis.trace.parse import load_trace
+from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, slug
+from gpulens.profiler.store.schema import STEP_COLUMNS
+from gpulens.profiler.store.writer import RunWriter
+
+
+def _gpus(trace: Trace) -> list[dict[str, Any]]:
+    """GPUs the trace ran on (deviceProperties lists every GPU of the machine)."""
+    used = set(np.unique(trace.device[trace.gpu_work()]).tolist())
+    out = []
+    for prop in trace.device_properties:
+        if used and int(prop.get("id", -1)) not in used:
+            continue
+        major, minor = prop.get("computeMajor"), prop.get("computeMinor")
+        out.append({"index": int(prop.get("id", len(out))), "nvml_index": None, "name": prop.get("name"),
+                    "uuid": None, "pci_bus_id": None, "memory_total": prop.get("totalGlobalMem"),
+                    "compute_capability": f"{major}.{minor}" if major is not None else None,
+                    "sm_count": prop.get("numSms"), "power_limit_w": None, "max_sm_clock_mhz": None,
+                    "mig_enabled": None, "gpm_supported": None, "gpm_reason": "imported trace: no GPM samples"})
+    return out
+
+
+def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
+    steps = np.flatnonzero(trace.mask(Cat.PROFILER_STEP))
+    if steps.size == 0:
+        return []
+    steps = steps[np.argsort(trace.ts[steps], kind="stable")]
+    ops = trace.mask(Cat.CPU_OP, Cat.USER_ANNOTATION)
+    names = trace.names_where(ops)
+    op_ts, op_end = trace.ts[ops], trace.end[ops]
+    loader = np.fromiter((n.startswith("enumerate(DataLoader)#") or n.startswith("enumerate(DataPipe)#")
+                          for n in names), dtype=bool, count=len(names))
+    optim = np.fromiter((n.startswith("Optimizer.step#") for n in names), dtype=bool, count=len(names))
+    data_u = iv.merge(op_ts[loader], op_end[loader])
+    opt_u = iv.merge(op_ts[optim], op_end[optim])
+    a, b = trace.ts[steps], trace.end[steps]
+    data = iv.overlap(data_u, a, b)
+    opt = iv.overlap(opt_u, a, b)
+    off = trace.epoch_offset_us
+    rows = []
+    for j, i in enumerate(steps):
+        name = trace.names[trace.name[i]]
+        try:
+            number = int(name.split("#", 1)[1])
+        except (IndexError, ValueError):
+            number = j
+        dur = (b[j] - a[j]) / 1e6
+        d, o = data[j] / 1e6, opt[j] / 1e6
+        row = [number, (a[j] + off) / 1e6, (b[j] + off) / 1e6, d, 0.0, 0.0, o, max(0.0, dur - d - o)]
+        row += [None] * (len(STEP_COLUMNS) - len(row) - 2) + [0, None]
+        rows.append(tuple(row))
+    return rows
+
+
+@dataclass
+class _Rank:
+    """One trace, checked and turned into what its rank database will hold, before anything is written."""
+
+    path: Path
+    trace: Trace
+    rank: int
+    gpus: list[dict[str, Any]]
+    steps: list[tuple[Any, ...]]
+    world: int
+
+
+def _checked(path: str | Path, trace: Trace, rank: int) -> _Rank:
+    """The trace's metadata as the PyTorch profiler writes it, or a one-line error naming the file."""
+    try:
+        dist = trace.meta.get("distributedInfo") or {}
+        if not isinstance(dist, dict):
+            raise TypeError(f"distributedInfo is a {type(dist).__name__}, not an object")
+        if not isinstance(trace.device_properties, list) or not all(isinstance(p, dict)
+                                                                    for p in trace.device_properties):
+            raise TypeError("deviceProperties is not a list of objects")
+        world = int(dist.get("world_size", 1) or 1)
+        return _Rank(Path(path), trace, rank, _gpus(trace), _step_rows(trace), world)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+        raise GpulensError(f"{path}: not a PyTorch profiler trace gpulens can import ({exc})") from None
+
+
+def import_traces(paths: list[str | Path], root: Path, name: str | None = None) -> Path:
+    """Create a run under ``root`` from trace files; returns its directory.
+
+    Every file is read and checked first; the run is written into a hidden
+    directory and renamed into place at the end, so bad input leaves nothing
+    behind, and a run appears complete or not at all.
+    """
+    if not paths:
+        raise GpulensError("no trace files given")
+    if root.exists() and not root.is_dir():
+        raise GpulensError(f"{root}: not a directory (the runs root)")
+    traces = [load_trace(p) for p in paths]
+    ranks = [t.rank for t in traces]
+    if len(set(ranks)) != len(ranks):
+        ranks = list(range(len(traces)))
+    checked = [_checked(p, t, r) for p, t, r in zip(paths, traces, ranks)]
+    base = name or Path(str(paths[0])).name.split(".")[0]
+    run_id = new_run_id(f"imported-{slug(base)}")
+    run_dir = run_dir_in(root, run_id) if root.exists() else root / run_id
+    staging = root / f".importing-{run_id}"
+    try:
+        (staging / "traces").mkdir(parents=True)
+        _write(checked, staging, run_id, base, max([len(checked), *(c.world for c in checked)]))
+        os.rename(staging, run_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise GpulensError(f"cannot write the run under {root}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _write(checked: list[_Rank], run_dir: Path, run_id: str, base: str, world: int) -> None:
+    first = checked[0].rank
+    for item in checked:
+        trace, rank, src = item.trace, item.rank, item.path
+        dest = run_dir / "traces" / f"rank-{rank}.imported.pt.trace.json.gz"
+        with open(src, "rb") as fin:
+            gzipped = fin.read(2) == b"\x1f\x8b"
+        if gzipped:
+            shutil.copyfile(src, dest)
+        else:
+            with open(src, "rb") as fin, gzip.open(dest, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        # analysed now, from the trace already in memory: reports never parse it again
+        window_cache.store(dest, rank, window_cache.normalised(analyze(trace)))
+        off = trace.epoch_offset_us
+        start, end = (float(trace.ts.min()) + off) / 1e6, (float(trace.end.max()) + off) / 1e6
+        meta = {
+            "run_id": run_id, "name": base, "status": "finished", "start": start, "end": end,
+            "rank": rank, "local_rank": rank, "world_size": world, "imported_from": str(src.resolve()),
+            "gpus": item.gpus if rank == first else [],
+            "nvml": {"available": False, "reason": "imported trace: no NVML samples"},
+            "host": None, "host_info": {}, "command": None, "torch_version": None, "replay": False,
+            "imported": True, "warmup_steps": 0, "pid": None,
+        }
+        writer = RunWriter(run_dir / rank_db_name(rank), meta)
+        for row in item.steps:
+            writer.step(row)
+        steps = [r[0] for r in item.steps]
+        writer.window(0, min(steps) if steps else 0, max(steps) if steps else 0, start, end,
+                      f"traces/{dest.name}", "imported", None)
+        writer.close(status="finished", end=end, steps=len(steps))

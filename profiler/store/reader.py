@@ -1,0 +1,755 @@
+"""The reader API: the only way the report, the advisor and the dashboard see a run.
+
+Every method returns plain numpy arrays or dataclasses; nothing here knows
+about plots.  A run can be read while it is being written (WAL snapshot
+reads), after it crashed (the WAL holds everything up to the last flush), or
+after it finished (a single database file per rank).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from gpulens.profiler.errors import RunError
+from gpulens.profiler.store import schema
+from gpulens.profiler.store.runstore import rank_dbs
+from gpulens.profiler.store.schema import SAMPLED_ELSEWHERE
+
+#: A run whose heartbeat is older than this, seen from another host (where
+#: the writer's pid cannot be checked), is reported as crashed.
+STALE_AFTER_S = 60.0
+
+
+@dataclass
+class Series:
+    """One metric of one GPU (or of the host) over a time range."""
+
+    metric: str
+    gpu: int
+    unit: str
+    rank: int
+    t: np.ndarray  # float64 epoch seconds, ascending
+    v: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+@dataclass
+class SeriesView:
+    """A series over a range at about the resolution asked for.
+
+    ``kind`` is "raw" (every point: ``v`` set, ``vmin``/``vmax`` None) or
+    "buckets" (pre-aggregated: ``t`` is each bucket's start, ``v`` its mean,
+    ``vmin``/``vmax`` its extremes, ``level`` its width in seconds).
+    """
+
+    metric: str
+    gpu: int
+    unit: str
+    kind: str
+    t: np.ndarray
+    v: np.ndarray
+    vmin: np.ndarray | None = None
+    vmax: np.ndarray | None = None
+    level: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+@dataclass
+class StepView:
+    """Step times over a range: one row per step ("raw") or per time bucket ("buckets").
+
+    ``t`` is the step end (raw) or bucket start (buckets), epoch seconds;
+    ``dur`` the step time (mean per bucket), ``dur_min``/``dur_max`` its
+    extremes per bucket; ``phases`` the mean seconds per step of each phase
+    (data_wait, forward, backward, optimizer, other); ``n`` steps per row.
+    """
+
+    rank: int
+    kind: str
+    t: np.ndarray
+    dur: np.ndarray
+    dur_min: np.ndarray
+    dur_max: np.ndarray
+    phases: dict[str, np.ndarray]
+    n: np.ndarray
+    level: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+@dataclass(frozen=True)
+class SeriesStats:
+    """Exact count / mean / min / max of a series over a range (from rollups when there are any)."""
+
+    n: int
+    mean: float | None
+    vmin: float | None
+    vmax: float | None
+
+
+PHASE_COLUMNS = schema.PHASES  # the phase columns of the steps table
+
+#: A view reads raw points while the range holds at most this many per point asked for.
+RAW_PER_POINT = 50
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    metric: str
+    gpu: int
+    unit: str
+    rank: int
+    status: str  # ok | unsupported | failed
+    reason: str | None
+    count: int
+    t_first: float | None
+    t_last: float | None
+
+
+@dataclass
+class StepTable:
+    """Per-step records of one rank, one numpy array per column of ``steps``."""
+
+    rank: int
+    columns: dict[str, np.ndarray]
+    extra: list[dict[str, float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.columns["step"].size)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["columns"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def duration(self) -> np.ndarray:
+        return self.columns["t_end"] - self.columns["t_start"]
+
+    def steady(self) -> np.ndarray:
+        """Mask of steps that count for throughput (not warm-up, not profiled)."""
+        return self.columns["flags"] == 0
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    kind: str
+    gpu: int
+    message: str
+    data: dict[str, Any] | None
+    rank: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """A torch.profiler window of one rank: its steps and its (gzipped) chrome trace."""
+
+    rank: int
+    index: int
+    first_step: int
+    last_step: int
+    t_start: float
+    t_end: float
+    path: Path | None  # absolute path of the trace, None when the window failed
+    status: str  # ok | failed | imported
+    error: str | None
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    rank: int
+    step: int
+    total: float
+    by_dtype: dict[str, float]
+    source: str
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: Path
+    name: str
+    status: str  # running | finished | crashed | interrupted
+    status_reason: str | None
+    start: float | None
+    end: float | None  # end, or last heartbeat for running/crashed runs
+    ranks: list[int]
+    meta: dict[str, Any]  # the primary rank's metadata (see RunReader.primary_rank)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return max(0.0, self.end - self.start)
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        return list(self.meta.get("gpus") or [])
+
+    @property
+    def replay(self) -> bool:
+        return bool(self.meta.get("replay"))
+
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+class _RankDB:
+    """A read-only connection to one rank database, with one-line errors."""
+
+    def __init__(self, rank: int, path: Path) -> None:
+        self.rank = rank
+        self.path = path
+        self._lock = threading.Lock()
+        schema.check_header(path)
+        _check_not_truncated(path)
+        self.conn = _connect_ro(path)
+        with self._lock:
+            try:
+                schema.check_version(self.conn, path)
+                rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise RunError(path, _db_error(exc)) from None
+            except ValueError as exc:  # stored text that is not UTF-8
+                self.conn.close()
+                raise RunError(path, f"corrupt database ({exc})") from None
+        try:
+            self.meta = _checked_meta(rows)
+        except RunError as exc:
+            self.conn.close()
+            raise RunError(path, exc.message) from None
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise RunError(self.path, _db_error(exc)) from None
+
+    def has_table(self, name: str) -> bool:
+        """Older databases (first sample runs) lack later tables: read those as empty."""
+        return bool(self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def reload_meta(self) -> None:
+        try:
+            self.meta = _checked_meta(self.query("SELECT key, value FROM meta"))
+        except RunError as exc:
+            raise RunError(self.path, exc.message) from None
+
+    def has_steps(self) -> bool:
+        return self.has_table("steps") and bool(self.query("SELECT 1 FROM steps LIMIT 1"))
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+_OPTIONAL_STR = (str, type(None))
+_OPTIONAL_DICT = (dict, type(None))
+#: Types of the metadata keys the readers and analyses rely on: a run whose metadata says otherwise is broken.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int, type(None)), "pid_create_time": _OPTIONAL_NUMBER, "start": _OPTIONAL_NUMBER,
+    "end": _OPTIONAL_NUMBER, "heartbeat": _OPTIONAL_NUMBER, "status": (str,), "error": _OPTIONAL_STR,
+    "name": _OPTIONAL_STR, "host": _OPTIONAL_STR, "rank": (int,), "local_rank": (int,), "world_size": (int,),
+    "local_world_size": (int,), "gpus": (list, type(None)), "nvml": _OPTIONAL_DICT, "host_info": _OPTIONAL_DICT,
+    "batch_size": _OPTIONAL_NUMBER, "warmup_steps": (int, type(None)), "steps": (int, type(None)),
+    "model": _OPTIONAL_DICT, "auto": _OPTIONAL_DICT, "child": _OPTIONAL_DICT, "profile": _OPTIONAL_DICT,
+    "sampling": _OPTIONAL_DICT, "batch_probe": _OPTIONAL_DICT, "user_flops": _OPTIONAL_DICT,
+}
+
+
+def _checked_meta(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The metadata rows decoded, with the types the readers rely on; RunError (one line) otherwise."""
+    meta: dict[str, Any] = {}
+    for key, value in rows:
+        try:
+            meta[str(key)] = json.loads(value)
+        except (TypeError, ValueError):
+            raise RunError("", f"corrupt metadata: {str(key)[:40]!r} is not valid JSON") from None
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            expected = " or ".join(t.__name__ for t in types)
+            raise RunError("", f"corrupt metadata: {key} is {_short(value)}, not {expected}")
+    if any(not isinstance(g, dict) for g in meta.get("gpus") or []):
+        raise RunError("", "corrupt metadata: gpus is not a list of GPU records")
+    return meta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def corrupt_run_errors(method: Any) -> Any:
+    """Decoding and type errors inside a reader method become the run's one-line :class:`RunError`.
+
+    Whatever a damaged or foreign file holds, reading it ends in a valid
+    value or in that error -- never in an exception that escapes the one
+    run (and takes a runs list or a dashboard page down with it).
+    """
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RunError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise RunError(self.path, f"corrupt run data ({type(exc).__name__}: {_short_text(exc)})") from None
+
+    return wrapper
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, OverflowError,
+                  sqlite3.Error, MemoryError)
+
+
+def _short_text(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _db_error(exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        return f"corrupt or truncated database ({text})"
+    if "locked" in text or "busy" in text:
+        return f"database busy ({text}); try again"
+    return f"cannot read database ({text})"
+
+
+def _check_not_truncated(path: Path) -> None:
+    """Compare the page count in the header with the file size.
+
+    A truncated database often still opens and fails later with "malformed"
+    on some query; checking the header up front names the problem exactly.
+    Not while a WAL file is there: the pages may live in it (a run whose
+    disk filled up mid-checkpoint has a short main file and a complete WAL).
+    """
+    try:
+        if Path(f"{path}-wal").stat().st_size > 32:  # more than a WAL header: frames to read
+            return
+    except OSError:
+        pass
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    page_size = struct.unpack(">H", head[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter = struct.unpack(">I", head[24:28])[0]
+    pages = struct.unpack(">I", head[28:32])[0]
+    valid_for = struct.unpack(">I", head[92:96])[0]
+    if pages and change_counter == valid_for and page_size:
+        size = path.stat().st_size
+        if size < pages * page_size:
+            raise RunError(path, f"truncated database ({size} bytes, header says {pages * page_size})")
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro"  # bytes: any file name, UTF-8 or not
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        # A WAL database in a read-only directory without its -shm file:
+        # read the main file as immutable instead (a finished or copied run).
+        pass
+    except sqlite3.DatabaseError as exc:
+        raise RunError(path, _db_error(exc)) from None
+    except ValueError as exc:  # text in the schema that is not UTF-8
+        raise RunError(path, f"corrupt database ({exc})") from None
+    try:
+        conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=10, check_same_thread=False)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        raise RunError(path, _db_error(exc)) from None
+    except ValueError as exc:
+        raise RunError(path, f"corrupt database ({exc})") from None
+
+
+def _pid_alive(pid: int, create_time: float | None) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 2.0:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def rank_status(meta: dict[str, Any], now: float | None = None,
+                hostname: str | None = None) -> tuple[str, str | None]:
+    """Effective status of one rank: a 'running' rank whose process is gone crashed."""
+    status = meta.get("status", "running")
+    if status != "running":
+        return status, meta.get("error")
+    now = time.time() if now is None else now
+    hostname = socket.gethostname() if hostname is None else hostname
+    heartbeat = meta.get("heartbeat") or meta.get("start") or 0.0
+    pid = meta.get("pid")
+    if meta.get("host") == hostname and pid:
+        if not _pid_alive(int(pid), meta.get("pid_create_time")):
+            return "crashed", f"process {pid} ended without closing the run (killed or crashed)"
+        return "running", None
+    if now - heartbeat > STALE_AFTER_S:
+        return "crashed", f"no heartbeat for {now - heartbeat:.0f} s (writer on {meta.get('host')} gone)"
+    return "running", None
+
+
+def _combine_status(states: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    for wanted in ("running", "crashed", "interrupted"):
+        for status, reason in states:
+            if status == wanted:
+                return status, reason
+    return (states[0] if states else ("finished", None))
+
+
+class RunReader:
+    """Read access to one run directory (all of its ranks)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir)
+        dbs = rank_dbs(self.path)
+        if not dbs:
+            raise RunError(self.path, "not a gpulens run (no rank-N.db inside)")
+        self._dbs: dict[int, _RankDB] = {}
+        try:
+            inside = self.path.resolve()
+            for rank, db_path in dbs.items():
+                if db_path.resolve().parent != inside:  # a link to a file elsewhere, like a link out of the root
+                    raise RunError(db_path, "a symbolic link out of its run directory: refused")
+                self._dbs[rank] = _RankDB(rank, db_path)
+        except RunError:
+            self.close()
+            raise
+        self.info = self._make_info()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def ranks(self) -> list[int]:
+        return list(self._dbs)
+
+    def meta(self, rank: int | None = None) -> dict[str, Any]:
+        return dict(self._db(rank).meta)
+
+    @corrupt_run_errors
+    def refresh(self) -> RunInfo:
+        """Re-read metadata (status, heartbeat) of a run that is still being written."""
+        for db in self._dbs.values():
+            db.reload_meta()
+        self.info = self._make_info()
+        return self.info
+
+    @property
+    def primary_rank(self) -> int:
+        """The rank read when none is named: the lowest that recorded steps, else the lowest.
+
+        Rank 0 when it trained.  When training ran in child processes
+        (``mp.spawn``, hogwild), rank 0 is the parent, which recorded the
+        node's samples but no step, and the first child that trained speaks
+        for the run.
+        """
+        return self._primary
+
+    @corrupt_run_errors
+    def _make_info(self) -> RunInfo:
+        self._primary = next((rank for rank, db in self._dbs.items() if db.has_steps()), self.ranks[0])
+        first = self._dbs[self._primary].meta
+        if (first.get("nvml") or {}).get("reason") == SAMPLED_ELSEWHERE:
+            # a child that trained: GPUs and driver are those of the process that sampled the node
+            sampler = next((db.meta for db in self._dbs.values()
+                            if (db.meta.get("nvml") or {}).get("reason") != SAMPLED_ELSEWHERE), None)
+            if sampler is not None:
+                first = {**first, "gpus": sampler.get("gpus") or [], "nvml": sampler.get("nvml")}
+        states = [rank_status(db.meta) for db in self._dbs.values()]
+        status, reason = _combine_status(states)
+        starts: list[float] = [db.meta["start"] for db in self._dbs.values() if db.meta.get("start")]
+        ends = []
+        for db in self._dbs.values():
+            end = db.meta.get("end") or db.meta.get("heartbeat") or db.meta.get("start")
+            if end:
+                ends.append(end)
+        return RunInfo(
+            id=self.path.name,
+            path=self.path,
+            name=str(first.get("name") or self.path.name),
+            status=status,
+            status_reason=reason,
+            start=min(starts) if starts else None,
+            end=max(ends) if ends else None,
+            ranks=self.ranks,
+            meta=first,
+        )
+
+    def _db(self, rank: int | None) -> _RankDB:
+        if rank is None:
+            return self._dbs[self._primary]
+        try:
+            return self._dbs[rank]
+        except KeyError:
+            raise RunError(self.path, f"no rank {rank} in this run (ranks: {self.ranks})") from None
+
+    # ------------------------------------------------------------------ series
+    @corrupt_run_errors
+    def series_list(self, rank: int | None = None) -> list[SeriesInfo]:
+        """Every series declared in the run, with its status and point count."""
+        out: list[SeriesInfo] = []
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        for db in dbs:
+            stats = {sid: (n, t0, t1) for sid, n, t0, t1 in db.query(
+                "SELECT series_id, SUM(n), MIN(t0), MAX(t1) FROM chunks GROUP BY series_id")}
+            for sid, metric, gpu, unit, status, reason in db.query(
+                    "SELECT id, metric, gpu, unit, status, reason FROM series ORDER BY gpu, metric"):
+                n, t0, t1 = stats.get(sid, (0, None, None))
+                out.append(SeriesInfo(metric, gpu, unit, db.rank, status, reason, int(n or 0), t0, t1))
+        return out
+
+    @corrupt_run_errors
+    def gpus_recorded(self) -> list[int]:
+        return sorted({s.gpu for s in self.series_list() if s.gpu >= 0})
+
+    @corrupt_run_errors
+    def series(self, metric: str, gpu: int = -1, rank: int | None = None,
+               t0: float | None = None, t1: float | None = None) -> Series | None:
+        """Points of one series in ``[t0, t1]`` (whole run by default).
+
+        Returns ``None`` when the run has no such series at all; a series that
+        exists but was unsupported comes back empty -- ask
+        :meth:`series_list` for the reason.
+        """
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, unit = hit
+        lo = -np.inf if t0 is None else float(t0)
+        hi = np.inf if t1 is None else float(t1)
+        chunks = db.query(
+            "SELECT t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND t0 <= ? ORDER BY t0",
+            (sid, lo if np.isfinite(lo) else -1e300, hi if np.isfinite(hi) else 1e300))
+        if chunks:
+            t = np.concatenate([np.frombuffer(c[0], dtype=np.float64) for c in chunks])
+            v = np.concatenate([np.frombuffer(c[1], dtype=np.float64) for c in chunks])
+            if t.size > 1 and np.any(np.diff(t) < 0):
+                order = np.argsort(t, kind="stable")
+                t, v = t[order], v[order]
+            keep = (t >= lo) & (t <= hi)
+            if not keep.all():
+                t, v = t[keep], v[keep]
+        else:
+            t, v = _EMPTY, _EMPTY
+        return Series(metric, int(gpu), unit, db.rank, t, v)
+
+    @corrupt_run_errors
+    def series_view(self, metric: str, gpu: int = -1, t0: float | None = None, t1: float | None = None,
+                    max_points: int = 2000, rank: int | None = None) -> SeriesView | None:
+        """The series in [t0, t1] at about ``max_points`` resolution, from raw points or rollups.
+
+        Raw points are read while the range holds at most RAW_PER_POINT x
+        ``max_points`` of them (a zoom: a few large BLOBs, cheaper than
+        thousands of bucket rows); beyond that, the coarsest rollup level that
+        still gives ``max_points / 2`` buckets, each at most two pixels wide,
+        whose min/max envelope loses nothing visible.  A day-long 10 Hz series
+        then costs ~1,500 rows instead of ~900,000 points.  Runs written
+        before rollups existed are always read raw.
+        """
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, unit = hit
+        lo = -1e300 if t0 is None else float(t0)
+        hi = 1e300 if t1 is None else float(t1)
+        count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
+            "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
+            "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
+        level = None
+        if count > RAW_PER_POINT * max_points and db.has_table("rollups"):
+            span = min(hi, last) - max(lo, first)
+            fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
+            level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+        if level is None:
+            raw = self.series(metric, gpu, db.rank, t0, t1)
+            assert raw is not None
+            return SeriesView(metric, int(gpu), unit, "raw", raw.t, raw.v)
+        rows = db.query(
+            "SELECT bucket, vmin, vmax, vsum, n FROM rollups WHERE series_id = ? AND level = ? "
+            "AND bucket >= ? AND bucket <= ? ORDER BY bucket",
+            (sid, level, int(np.floor(max(lo, first) / level)), int(np.floor(min(hi, last) / level))))
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+        return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
+                          arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
+
+    @corrupt_run_errors
+    def series_stats(self, metric: str, gpu: int = -1, rank: int | None = None) -> SeriesStats | None:
+        """Whole-run count, mean, min and max, exact and cheap: summed from the coarsest rollups."""
+        hit = self._lookup(metric, gpu, rank)
+        if hit is None:
+            return None
+        db, sid, _ = hit
+        if db.has_table("rollups"):
+            n, total, lo, hi = db.query(
+                "SELECT COALESCE(SUM(n), 0), SUM(vsum), MIN(vmin), MAX(vmax) FROM rollups "
+                "WHERE series_id = ? AND level = ?", (sid, schema.ROLLUP_LEVELS[-1]))[0]
+            return SeriesStats(int(n), total / n if n else None, lo, hi)
+        raw = self.series(metric, gpu, db.rank)
+        v = raw.v[np.isfinite(raw.v)] if raw is not None else _EMPTY
+        if not v.size:
+            return SeriesStats(0, None, None, None)
+        return SeriesStats(int(v.size), float(v.mean()), float(v.min()), float(v.max()))
+
+    def _lookup(self, metric: str, gpu: int, rank: int | None) -> tuple[_RankDB, int, str] | None:
+        """(database, series id, unit) of the first rank holding (metric, gpu), or the given rank's."""
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        for db in dbs:
+            row = db.query("SELECT id, unit FROM series WHERE metric = ? AND gpu = ?", (metric, int(gpu)))
+            if row:
+                return db, int(row[0][0]), str(row[0][1])
+        return None
+
+    # ------------------------------------------------------------------ steps, events
+    @corrupt_run_errors
+    def steps(self, rank: int | None = None, t0: float | None = None,
+              t1: float | None = None) -> StepTable:
+        db = self._db(rank)
+        where = ""
+        params: tuple[float, ...] = ()
+        if t0 is not None or t1 is not None:
+            where = " WHERE t_end >= ? AND t_start <= ?"
+            params = (-1e300 if t0 is None else t0, 1e300 if t1 is None else t1)
+        cols = schema.STEP_COLUMNS
+        rows = db.query(f"SELECT {', '.join(cols)} FROM steps{where} ORDER BY step", params)
+        extra_idx = cols.index("extra")
+        columns: dict[str, np.ndarray] = {}
+        for i, name in enumerate(cols):
+            if name == "extra":
+                continue
+            values = [r[i] for r in rows]
+            if name in ("step", "flags"):
+                columns[name] = np.asarray(values, dtype=np.int64)
+            else:
+                columns[name] = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+        extra = [json.loads(r[extra_idx]) if r[extra_idx] else {} for r in rows]
+        if not all(isinstance(e, dict) for e in extra):
+            raise RunError(db.path, "corrupt step records: an extra field is not a JSON object")
+        return StepTable(db.rank, columns, extra)
+
+    @corrupt_run_errors
+    def step_view(self, rank: int | None = None, t0: float | None = None, t1: float | None = None,
+                  max_points: int = 2000) -> StepView:
+        """Step times in [t0, t1] for plotting: per step, or per rollup bucket when there are too many."""
+        db = self._db(rank)
+        lo = -1e300 if t0 is None else float(t0)
+        hi = 1e300 if t1 is None else float(t1)
+        level = None
+        if db.has_table("step_rollups"):
+            first = db.query("SELECT step, t_end FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
+            last = db.query("SELECT step, t_end FROM steps WHERE t_end <= ? ORDER BY t_end DESC LIMIT 1", (hi,))
+            if first and last and last[0][0] - first[0][0] + 1 > RAW_PER_POINT * max_points:
+                span = last[0][1] - first[0][1]
+                fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
+                level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+        if level is None:
+            rows = db.query(
+                f"SELECT t_end, t_end - t_start, {', '.join(PHASE_COLUMNS)} FROM steps "
+                "WHERE t_end >= ? AND t_end <= ? ORDER BY t_end", (lo, hi))
+            arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2 + len(PHASE_COLUMNS))
+            return StepView(db.rank, "raw", arr[:, 0], arr[:, 1], arr[:, 1], arr[:, 1],
+                            {p: arr[:, 2 + i] for i, p in enumerate(PHASE_COLUMNS)},
+                            np.ones(arr.shape[0], dtype=np.int64))
+        rows = db.query(
+            f"SELECT bucket, n, dur_sum, dur_min, dur_max, {', '.join(PHASE_COLUMNS)} FROM step_rollups "
+            "WHERE level = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket",
+            (level, int(max(np.floor(lo / level), -2**62)), int(min(np.floor(hi / level), 2**62))))
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5 + len(PHASE_COLUMNS))
+        n = np.maximum(arr[:, 1], 1)
+        return StepView(db.rank, "buckets", arr[:, 0] * level, arr[:, 2] / n, arr[:, 3], arr[:, 4],
+                        {p: arr[:, 5 + i] / n for i, p in enumerate(PHASE_COLUMNS)},
+                        arr[:, 1].astype(np.int64), level)
+
+    @corrupt_run_errors
+    def events(self, rank: int | None = None, kind: str | None = None) -> list[Event]:
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[Event] = []
+        for db in dbs:
+            sql = "SELECT t, kind, gpu, message, data FROM events"
+            params: tuple[Any, ...] = ()
+            if kind:
+                sql += " WHERE kind = ?"
+                params = (kind,)
+            for t, k, gpu, message, data in db.query(sql + " ORDER BY t", params):
+                out.append(Event(t, k, gpu, message, json.loads(data) if data else None, db.rank))
+        return sorted(out, key=lambda e: e.t)
+
+    @corrupt_run_errors
+    def windows(self, rank: int | None = None) -> list[Window]:
+        """Profiler windows of one rank (or all), oldest first."""
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[Window] = []
+        for db in dbs:
+            if not db.has_table("windows"):
+                continue
+            for wid, first, last, t0, t1, path, status, error in db.query(
+                    "SELECT id, first_step, last_step, t_start, t_end, path, status, error FROM windows ORDER BY id"):
+                full = None
+                if path:
+                    full = (self.path / path).resolve()
+                    if self.path.resolve() not in full.parents:  # never follow a path out of the run
+                        full, status, error = None, "failed", f"trace path {path!r} leaves the run directory"
+                out.append(Window(db.rank, wid, first, last, t0, t1, full, status, error))
+        return out
+
+    @corrupt_run_errors
+    def flops(self, rank: int | None = None) -> list[FlopCount]:
+        dbs = [self._db(rank)] if rank is not None else list(self._dbs.values())
+        out: list[FlopCount] = []
+        for db in dbs:
+            if not db.has_table("flops"):
+                continue
+            for step, total, by_dtype, source in db.query(
+                    "SELECT step, total, by_dtype, source FROM flops ORDER BY step"):
+                out.append(FlopCount(db.rank, step, total, json.loads(by_dtype), source))
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[SeriesInfo]:
+        return iter(self.series_list())
+
+
+def open_run(path: str | Path) -> RunReader:
+    """Open a run directory for reading; raises :class:`RunError` with one line."""
+    return RunReader(path)

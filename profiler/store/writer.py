@@ -1,0 +1,567 @@
+"""The rank's database writer: batched, off the training thread, crash-safe.
+
+Producers (the training thread, sampler threads) only append tuples to
+deques -- an atomic, lock-free operation under the GIL -- and a background
+thread commits everything that arrived in one transaction every
+``flush_interval`` seconds.  The database runs in WAL mode, so readers see a
+consistent snapshot while the run is written, and a process killed with
+SIGKILL loses at most the last interval.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpulens.profiler.store import clock, schema
+
+log = logging.getLogger("gpulens")
+
+#: Chunks with fewer points than this are merged every COMPACT_EVERY_S seconds (and at close).
+SMALL_CHUNK = 1024
+COMPACT_EVERY_S = 60.0
+#: Rows waiting for the writer thread beyond these are dropped, oldest first, and counted: memory
+#: stays bounded however fast steps come, and one flush stays short -- the writer commits ~450k step
+#: rows/s alone but ~30k/s behind a loop that never lets go of the GIL, so 10k steps are a third of a
+#: second, and a SIGKILL loses under a second of steps at any rate (bench/writer_backlog.py).
+MAX_PENDING = {"steps": 10_000, "points": 200_000, "events": 10_000, "bulk": 1_000}
+#: Disk space set aside at the start and given back at close, so a run whose disk filled up can still
+#: write its final status.
+RESERVE_BYTES = 128 << 10
+#: Errors after which a batch is kept and tried again (the disk may free up), not dropped.
+_RETRY_ERRORS = ("disk is full", "disk i/o error", "no space left", "file too large", "quota")
+
+#: Step rows go in this many per statement.  sqlite3 lets go of the GIL around every statement it
+#: steps, and taking it back waits out the interpreter's switch interval (5 ms) while the training
+#: thread runs Python: one row per statement is 200 rows/s at best behind a tight loop, 512 per
+#: statement keeps up with any loop (22 columns x 512 = 11,264 parameters, under SQLite's 32,766).
+ROWS_PER_INSERT = 512
+_STEP_ROW = f"({', '.join('?' for _ in schema.STEP_COLUMNS)})"
+_STEP_INSERT = f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) VALUES "
+_STEP_INSERT_FULL = _STEP_INSERT + ", ".join([_STEP_ROW] * ROWS_PER_INSERT)
+
+
+class RunWriter:
+    """Append-only writer for one rank database.
+
+    Every public method is safe to call from any thread and never touches the
+    disk itself; only :meth:`close` blocks (it joins the writer thread).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], flush_interval: float = 0.5) -> None:
+        self.path = Path(path)
+        self.flush_interval = float(flush_interval)
+        self._points: deque[tuple[int, float, float]] = deque()
+        self._steps: deque[tuple[Any, ...]] = deque()
+        self._events: deque[tuple[Any, ...]] = deque()
+        self._series_rows: deque[tuple[Any, ...]] = deque()
+        self._windows: deque[tuple[Any, ...]] = deque()
+        self._bulk: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        self._flops: deque[tuple[Any, ...]] = deque()
+        self._small: dict[int, float] = {}  # series id -> earliest t0 of its not-yet-merged small chunks
+        self._last_compact = time.monotonic()
+        self._meta_updates: dict[str, Any] = {}
+        self._meta_lock = threading.Lock()
+        self._series_lock = threading.Lock()
+        self._series_ids: dict[tuple[str, int], int] = {}
+        self._dropped = 0  # rows lost: not writable (an error other than a full disk)
+        self._overflow = {kind: 0 for kind in MAX_PENDING}  # rows dropped because too many were waiting
+        self._reported: dict[str, Any] = {}  # what meta "records_lost" said last
+        self._failing: tuple[float, str] | None = None  # (since, error) while flushes keep failing
+        self._last_error: str | None = None
+        self._flushed = threading.Condition()
+        self._flush_count = 0
+        self._flush_requested = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        #: Taps for live exposition (Prometheus): the latest value per series id, and a function
+        #: given every step row.  None (the default) costs one attribute test per record.
+        self.latest: dict[int, tuple[float, float]] | None = None
+        self.step_tap: Any = None
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # created here, atomically: two processes claiming one rank cannot both get it
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database") from None
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            schema.create(self._conn)
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # leave no half-made database behind: it would list as a crashed run
+            self._conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            raise
+        self._reserve = self.path.with_name(f".{self.path.name}.reserve")
+        _set_aside(self._reserve, RESERVE_BYTES)
+        self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producers
+    def series(self, metric: str, gpu: int = -1, unit: str = "", status: str = "ok",
+               reason: str | None = None) -> int:
+        """Declare a series (idempotent) and return its id for :meth:`point`."""
+        key = (metric, int(gpu))
+        with self._series_lock:
+            sid = self._series_ids.get(key)
+            if sid is None:
+                sid = len(self._series_ids) + 1
+                self._series_ids[key] = sid
+                self._series_rows.append(("insert", sid, metric, int(gpu), unit, status, reason))
+            elif status != "ok":
+                self._series_rows.append(("status", sid, status, reason))
+        return sid
+
+    def mark_series(self, metric: str, gpu: int, status: str, reason: str, unit: str = "") -> None:
+        """Record that a series is unsupported or failed, with the reason (once)."""
+        self.series(metric, gpu, unit, status, reason)
+
+    def series_ids(self) -> dict[tuple[str, int], int]:
+        """(metric, gpu) -> series id of every series declared so far."""
+        with self._series_lock:
+            return dict(self._series_ids)
+
+    def _bounded(self, kind: str, queue: deque) -> None:
+        """Called before an append: make room in ``queue`` by dropping its oldest row, counted."""
+        if len(queue) >= MAX_PENDING[kind]:
+            try:
+                queue.popleft()
+                self._overflow[kind] += 1
+            except IndexError:
+                pass
+
+    def point(self, sid: int, t: float, value: float) -> None:
+        points = self._points
+        if len(points) >= MAX_PENDING["points"]:
+            self._bounded("points", points)
+        points.append((sid, t, value))
+        latest = self.latest
+        if latest is not None:
+            latest[sid] = (t, value)
+
+    def points_bulk(self, sid: int, t: np.ndarray, v: np.ndarray) -> None:
+        """Many points of one series at once (importers, benchmarks): one chunk, no per-point cost."""
+        self._bounded("bulk", self._bulk)
+        self._bulk.append((sid, np.asarray(t, dtype=np.float64), np.asarray(v, dtype=np.float64)))
+
+    def step(self, row: tuple[Any, ...]) -> None:
+        """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
+        steps = self._steps
+        if len(steps) >= MAX_PENDING["steps"]:
+            self._bounded("steps", steps)
+        steps.append(row)
+        tap = self.step_tap
+        if tap is not None:
+            try:
+                tap(row)
+            except Exception:  # exposition must never cost a step
+                self.step_tap = None
+
+    def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
+              t: float | None = None) -> None:
+        self._bounded("events", self._events)
+        self._events.append((t if t is not None else clock.now(), kind, int(gpu), message,
+                             json.dumps(data) if data is not None else None))
+
+    def window(self, index: int, first_step: int, last_step: int, t_start: float, t_end: float,
+               path: str | None, status: str, error: str | None) -> None:
+        """A profiler window whose trace file (relative to the run directory) is complete."""
+        self._windows.append((index, first_step, last_step, t_start, t_end, path, status, error))
+
+    def flops(self, step: int, total: float, by_dtype: dict[str, float], source: str) -> None:
+        self._flops.append((step, total, json.dumps(by_dtype), source))
+
+    def meta(self, **values: Any) -> None:
+        with self._meta_lock:
+            self._meta_updates.update(values)
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Block until everything queued before this call is committed (tests, close)."""
+        with self._flushed:
+            target = self._flush_count + 2
+            self._flush_requested.set()
+            self._flushed.wait_for(lambda: self._flush_count >= target or self._closed, timeout)
+
+    # ------------------------------------------------------------------ writer thread
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if len(self._steps) < MAX_PENDING["steps"] // 2 or self._failing is not None:
+                self._flush_requested.wait(self.flush_interval)  # else a backlog builds: write it right away
+            self._flush_requested.clear()
+            self._flush_once()
+            if time.monotonic() - self._last_compact >= COMPACT_EVERY_S:
+                self._compact_once()
+
+    def _flush_once(self) -> bool:
+        """Commit what is waiting; False if it could not be written (it waits for the next try, or is lost)."""
+        batch = self._take()
+        ok = True
+        try:
+            self._flush(batch)
+            if self._failing is not None:
+                since, error = self._failing
+                self._failing = None
+                self.event("write_recovered", f"writing works again after failing since "
+                                              f"{time.strftime('%H:%M:%S', time.localtime(since))} ({error})")
+        except Exception as exc:  # never let a disk problem kill the thread
+            ok = False
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            message = f"{type(exc).__name__}: {exc}"
+            if _retryable(exc):  # a full disk may free up: keep the rows (bounded) for the next try
+                self._requeue(batch)
+                if self._failing is None:
+                    self._failing = (clock.now(), str(exc))
+                    log.warning("gpulens: cannot write %s (%s); keeping up to %d steps to retry, dropping older "
+                                "ones (counted)", self.path, message, MAX_PENDING["steps"])
+            else:  # the rows are lost (counted); the metadata (a final status) is tried again
+                self._dropped += batch.rows()
+                with self._meta_lock:
+                    self._meta_updates = {**batch.meta, **self._meta_updates}
+                if message != self._last_error:
+                    log.warning("gpulens: cannot write %s (%s); dropping this interval's records",
+                                self.path, message)
+            self._last_error = message
+        with self._flushed:
+            self._flush_count += 1
+            self._flushed.notify_all()
+        return ok
+
+    def _compact_once(self) -> None:
+        self._last_compact = time.monotonic()
+        try:
+            self._compact()
+        except Exception as exc:  # compaction is an optimisation: never fatal
+            log.debug("gpulens: chunk compaction of %s failed: %s", self.path, exc)
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _compact(self) -> None:
+        """Merge each series' small chunks (one per flush, a few points each) into one.
+
+        A day at 10 Hz flushed every 0.3 s is ~290,000 chunks per series;
+        compacted every minute it is ~1,400, so reading a long run is a few
+        large BLOBs instead of row-by-row work.  One transaction: a reader
+        sees either the small chunks or the merged one, never both.
+        """
+        pending, self._small = self._small, {}
+        if not pending:
+            return
+        conn = self._conn
+        conn.execute("BEGIN")
+        for sid, since in pending.items():
+            rows = conn.execute(
+                "SELECT rowid, t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND n < ? ORDER BY t0",
+                (sid, since, SMALL_CHUNK)).fetchall()
+            if len(rows) < 2:
+                if rows and len(rows[0][1]) // 8 < SMALL_CHUNK:
+                    self._small[sid] = min(self._small.get(sid, np.inf), since)
+                continue
+            t = np.concatenate([np.frombuffer(r[1], dtype=np.float64) for r in rows])
+            v = np.concatenate([np.frombuffer(r[2], dtype=np.float64) for r in rows])
+            merged = _chunk(sid, t, v)
+            conn.executemany("DELETE FROM chunks WHERE rowid = ?", [(r[0],) for r in rows])
+            conn.execute("INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", merged)
+            if merged[3] < SMALL_CHUNK:
+                self._small[sid] = min(self._small.get(sid, np.inf), merged[1])
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _drain(queue: deque) -> list:
+        out = []
+        for _ in range(len(queue)):
+            out.append(queue.popleft())
+        return out
+
+    def _take(self) -> _Batch:
+        with self._meta_lock:
+            meta, self._meta_updates = self._meta_updates, {}
+        return _Batch(self._drain(self._series_rows), self._drain(self._points), self._drain(self._bulk),
+                      self._drain(self._steps), self._drain(self._events), self._drain(self._windows),
+                      self._drain(self._flops), meta)
+
+    def _requeue(self, batch: _Batch) -> None:
+        """Put a batch that could not be written back in front of what came since, within the bounds."""
+        for queue, rows, kind in ((self._series_rows, batch.series_rows, None), (self._points, batch.points, "points"),
+                                  (self._bulk, batch.bulk, "bulk"), (self._steps, batch.steps, "steps"),
+                                  (self._events, batch.events, "events"), (self._windows, batch.windows, None),
+                                  (self._flops, batch.flops, None)):
+            if not rows:
+                continue
+            if kind is not None:
+                room = max(0, MAX_PENDING[kind] - len(queue))
+                if len(rows) > room:
+                    self._overflow[kind] += len(rows) - room
+                    rows = rows[len(rows) - room:] if room else []
+            queue.extendleft(reversed(rows))
+        with self._meta_lock:
+            self._meta_updates = {**batch.meta, **self._meta_updates}
+
+    def lost(self) -> dict[str, int]:
+        """Rows that never reached the database (meta ``records_lost``): dropped, oldest first, from a
+        backlog over :data:`MAX_PENDING` (``steps``, ``points``, ``events``, ``bulk``), or ``unwritable``."""
+        out = {kind: n for kind, n in self._overflow.items() if n}
+        if self._dropped:
+            out["unwritable"] = self._dropped
+        return out
+
+    def _flush(self, batch: _Batch) -> None:
+        series_rows, points, bulk, steps = batch.series_rows, batch.points, batch.bulk, batch.steps
+        events, windows, flops, meta = batch.events, batch.windows, batch.flops, dict(batch.meta)
+        meta["heartbeat"] = clock.now()
+        lost = self.lost()
+        if lost != self._reported:
+            meta["records_lost"] = lost
+
+        conn = self._conn
+        conn.execute("BEGIN")
+        for row in series_rows:
+            if row[0] == "insert":
+                conn.execute(
+                    "INSERT OR IGNORE INTO series (id, metric, gpu, unit, status, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", row[1:])
+            else:
+                conn.execute("UPDATE series SET status = ?, reason = ? WHERE id = ?",
+                             (row[2], row[3], row[1]))
+        chunks = _chunk_rows(points) if points else []
+        chunks += [_chunk(sid, t, v) for sid, t, v in bulk if t.size]
+        if chunks:
+            conn.executemany(
+                "INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", chunks)
+            conn.executemany(_ROLLUP_UPSERT, _rollup_rows(chunks))
+            for sid, t0, _t1, n, _t, _v in chunks:
+                if n < SMALL_CHUNK:
+                    self._small[sid] = min(self._small.get(sid, np.inf), t0)
+        if steps:
+            _insert_steps(conn, steps)
+            conn.executemany(_STEP_ROLLUP_UPSERT, _step_rollup_rows(steps))
+        if events:
+            conn.executemany(
+                "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
+        if windows:
+            conn.executemany(
+                "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", windows)
+        if flops:
+            conn.executemany("INSERT OR REPLACE INTO flops (step, total, by_dtype, source) VALUES (?, ?, ?, ?)",
+                             flops)
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         [(k, json.dumps(v)) for k, v in meta.items()])
+        conn.execute("COMMIT")
+        if "records_lost" in meta:
+            self._reported = meta["records_lost"]
+        self._last_error = None
+
+    # ------------------------------------------------------------------ close
+    def close(self, **final_meta: Any) -> None:
+        """Commit the rest, write the final metadata and leave a single-file database.
+
+        Switching back from WAL to a rollback journal at the end makes a
+        finished run one self-contained file that opens read-only anywhere
+        (a copied run, a read-only sample_runs/ checkout).  On a full disk
+        the space set aside at the start is given back so the final status
+        still lands (the run stays a valid WAL database); if even that fails,
+        the rows still waiting are dropped, counted, and only the status is
+        written.
+        """
+        if self._closed:
+            return
+        self.meta(**final_meta)
+        self._stop.set()
+        self._flush_requested.set()
+        self._thread.join(timeout=30)
+        ok = self._flush_once()
+        if not ok:
+            self._reserve.unlink(missing_ok=True)  # the run's last words need the space more
+            ok = self._flush_once()
+        if not ok:
+            waiting = self._take()
+            self._dropped += waiting.rows()
+            ok = self._write_meta({**waiting.meta, "records_lost": self.lost()})
+        if ok:
+            self._compact_once()
+        lost = self.lost()
+        if lost:
+            log.warning("gpulens: %s records never reached %s (%s)", f"{sum(lost.values()):,}", self.path,
+                        describe_lost(lost))
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass  # a reader holds the WAL open, or the disk is full: it stays a valid WAL database
+        self._conn.close()
+        self._reserve.unlink(missing_ok=True)
+        with self._flushed:
+            self._closed = True
+            self._flushed.notify_all()
+
+    def _write_meta(self, meta: dict[str, Any]) -> bool:
+        """Only metadata, in one small transaction (the final status when nothing else fits)."""
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   [(k, json.dumps(v)) for k, v in meta.items()])
+            self._conn.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            log.warning("gpulens: could not write the final status of %s (%s): it will read as crashed",
+                        self.path, exc)
+            return False
+
+
+@dataclass
+class _Batch:
+    """Everything one flush takes from the queues."""
+
+    series_rows: list
+    points: list
+    bulk: list
+    steps: list
+    events: list
+    windows: list
+    flops: list
+    meta: dict[str, Any]
+
+    def rows(self) -> int:
+        return len(self.points) + len(self.steps) + len(self.events) + sum(int(t.size) for _, t, _ in self.bulk)
+
+
+def _insert_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> None:
+    for i in range(0, len(steps), ROWS_PER_INSERT):
+        part = steps[i:i + ROWS_PER_INSERT]
+        sql = _STEP_INSERT_FULL if len(part) == ROWS_PER_INSERT else _STEP_INSERT + ", ".join([_STEP_ROW] * len(part))
+        conn.execute(sql, [value for row in part for value in row])
+
+
+def describe_lost(lost: dict[str, int]) -> str:
+    """``records_lost`` in words: '175,944 steps from a full backlog, 50,282 rows not writable'."""
+    parts = [f"{n:,} {kind} from a full backlog" for kind, n in lost.items() if kind != "unwritable"]
+    if lost.get("unwritable"):
+        parts.append(f"{lost['unwritable']:,} rows not writable")
+    return ", ".join(parts)
+
+
+def _retryable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (sqlite3.OperationalError, OSError)) and any(e in text for e in _RETRY_ERRORS)
+
+
+def _set_aside(path: Path, size: int) -> None:
+    """Hold ``size`` bytes of the disk in ``path`` (given back at close); nothing if there is no room now."""
+    try:
+        with open(path, "wb") as fh:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+            else:
+                fh.write(b"\0" * size)
+    except OSError:
+        path.unlink(missing_ok=True)
+
+
+_STEP_ROLLUP_UPSERT = (
+    "INSERT INTO step_rollups (level, bucket, n, dur_sum, dur_min, dur_max, data_wait, forward, backward, "
+    "optimizer, other, samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (level, bucket) DO UPDATE SET n = n + excluded.n, dur_sum = dur_sum + excluded.dur_sum, "
+    "dur_min = min(dur_min, excluded.dur_min), dur_max = max(dur_max, excluded.dur_max), "
+    "data_wait = data_wait + excluded.data_wait, forward = forward + excluded.forward, "
+    "backward = backward + excluded.backward, optimizer = optimizer + excluded.optimizer, "
+    "other = other + excluded.other, samples = samples + excluded.samples")
+
+_I_START, _I_END = schema.STEP_COLUMNS.index("t_start"), schema.STEP_COLUMNS.index("t_end")
+_I_PHASES = [schema.STEP_COLUMNS.index(p) for p in schema.PHASES]
+_I_SAMPLES = schema.STEP_COLUMNS.index("samples")
+
+
+def _step_rollup_rows(steps: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Step time and phase sums per time bucket: the step panels of a day-long run read these."""
+    t_end = np.fromiter((r[_I_END] for r in steps), dtype=np.float64, count=len(steps))
+    dur = t_end - np.fromiter((r[_I_START] for r in steps), dtype=np.float64, count=len(steps))
+    phases = np.array([[r[i] for i in _I_PHASES] for r in steps], dtype=np.float64).reshape(-1, 5)
+    samples = np.fromiter((r[_I_SAMPLES] or 0 for r in steps), dtype=np.float64, count=len(steps))
+    order = np.argsort(t_end, kind="stable")
+    t_end, dur, phases, samples = t_end[order], dur[order], phases[order], samples[order]
+    rows: list[tuple[Any, ...]] = []
+    for level in schema.ROLLUP_LEVELS:
+        b = np.floor(t_end / level).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        n = np.diff(np.r_[starts, b.size])
+        sums = np.add.reduceat(phases, starts, axis=0)
+        rows.extend(zip([level] * starts.size, b[starts].tolist(), n.tolist(),
+                        np.add.reduceat(dur, starts).tolist(), np.minimum.reduceat(dur, starts).tolist(),
+                        np.maximum.reduceat(dur, starts).tolist(), *(sums[:, j].tolist() for j in range(5)),
+                        np.add.reduceat(samples, starts).tolist()))
+    return rows
+
+
+_ROLLUP_UPSERT = (
+    "INSERT INTO rollups (series_id, level, bucket, vmin, vmax, vsum, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (series_id, level, bucket) DO UPDATE SET vmin = min(vmin, excluded.vmin), "
+    "vmax = max(vmax, excluded.vmax), vsum = vsum + excluded.vsum, n = n + excluded.n")
+
+
+def _chunk(sid: int, t: np.ndarray, v: np.ndarray) -> tuple[Any, ...]:
+    if t.size > 1 and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t, v = t[order], v[order]
+    return (sid, float(t[0]), float(t[-1]), int(t.size), t.tobytes(), v.tobytes())
+
+
+def _rollup_rows(chunks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Per chunk and level: min/max/sum/count per time bucket, merged into the table by upsert."""
+    rows: list[tuple[Any, ...]] = []
+    for sid, _t0, _t1, _n, t_raw, v_raw in chunks:
+        t = np.frombuffer(t_raw, dtype=np.float64)
+        v = np.frombuffer(v_raw, dtype=np.float64)
+        ok = np.isfinite(v)
+        if not ok.all():
+            t, v = t[ok], v[ok]
+        if t.size == 0:
+            continue
+        for level in schema.ROLLUP_LEVELS:
+            b = np.floor(t / level).astype(np.int64)
+            starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+            vmin = np.minimum.reduceat(v, starts)
+            vmax = np.maximum.reduceat(v, starts)
+            vsum = np.add.reduceat(v, starts)
+            counts = np.diff(np.r_[starts, v.size])
+            rows.extend(zip([sid] * starts.size, [level] * starts.size, b[starts].tolist(), vmin.tolist(),
+                            vmax.tolist(), vsum.tolist(), counts.tolist()))
+    return rows
+
+
+def _chunk_rows(points: Iterable[tuple[int, float, float]]) -> list[tuple[Any, ...]]:
+    """Group ``(series, t, value)`` points into one chunk row per series."""
+    grouped: dict[int, tuple[list[float], list[float]]] = {}
+    for sid, t, v in points:
+        ts, vs = grouped.setdefault(sid, ([], []))
+        ts.append(t)
+        vs.append(v)
+    return [_chunk(sid, np.asarray(ts, dtype=np.float64), np.asarray(vs, dtype=np.float64))
+            for sid, (ts, vs) in grouped.items()]
