@@ -1,8 +1,10 @@
 """Claim: gpulens parses and fully analyses a trace >= 5x faster than HolisticTraceAnalysis, in less memory.
 
-For the largest shared real trace and for a synthetic large trace (>= 200 MB
-of JSON, made by replicating that real trace with shifted timestamps and
-ids), each tool runs in its own fresh process:
+For a real trace (``--trace``; by default the largest one recorded in
+``sample_runs/``; the published figures used HolisticTraceAnalysis's own
+35 MB test trace ``tests/data/trace_diff/control``) and for a synthetic large
+trace (>= 200 MB of JSON, made by replicating that real trace with shifted
+timestamps and ids), each tool runs in its own fresh process:
 
 - gpulens: load_trace + analyze() (kernel table, tensor cores, HTA temporal
   breakdown, per-stream breakdown, idle attribution, launch and sync stats,
@@ -31,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
-DEFAULT = SHARED / "hta__trace_diff__control__control.json.gz"
+SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
+DEFAULT = max(SAMPLE_RUNS.glob("*/traces/*.pt.trace.json.gz"), key=lambda p: p.stat().st_size, default=None)
 
 GPULENS = """
 import sys, time, resource
@@ -145,13 +147,13 @@ def end_to_end(trace: Path, pairs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", type=Path, default=DEFAULT)
+    ap.add_argument("--trace", type=Path, default=DEFAULT, help="a gzipped Kineto trace (default: largest in sample_runs/)")
     ap.add_argument("--synthetic-mb", type=float, default=200.0)
     ap.add_argument("--end-to-end", action="store_true", help="gpulens import + report vs HTA, in pairs")
     ap.add_argument("--pairs", type=int, default=8)
     args = ap.parse_args()
-    if not args.trace.exists():
-        sys.exit(f"trace_analysis.py: {args.trace} not found (the shared traces live in ../shared/data/traces)")
+    if args.trace is None or not args.trace.exists():
+        sys.exit(f"trace_analysis.py: trace {args.trace} not found; pass --trace PATH.pt.trace.json.gz")
     if args.end_to_end:
         end_to_end(args.trace, args.pairs)
         return

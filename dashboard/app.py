@@ -56,7 +56,7 @@ def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwarg
         pages_folder="",
         assets_folder=str(ASSETS),
         title="gpulens",
-        update_title=None,
+        update_title=None,  # type: ignore[arg-type]  # None: the tab title never says "Updating..."
         suppress_callback_exceptions=True,
         serve_locally=True,
         **dash_kwargs,
@@ -77,7 +77,7 @@ def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwarg
     _register_routes(app)
     with app.server.app_context():
         app._setup_server()  # take this app's callbacks out of the global registry now
-    content_security_policy(app.server, app.csp_hashes)  # read per response: Dash adds inline scripts late
+    content_security_policy(app.server, lambda: app.csp_hashes())  # per response: Dash adds inline scripts late
     return app
 
 

@@ -62,7 +62,7 @@ def kernel_deltas(a: dict[str, Any], b: dict[str, Any], limit: int = 25) -> list
     for name in set(ka) | set(kb):
         ta = ka[name]["total_us"] / na if name in ka else 0.0
         tb = kb[name]["total_us"] / nb if name in kb else 0.0
-        cat = (ka.get(name) or kb.get(name))["category"]
+        cat = (ka.get(name) or kb[name])["category"]
         rows.append({"name": name, "category": cat, "a_us_per_step": ta, "b_us_per_step": tb, "delta_us": tb - ta,
                      "only": "A" if name not in kb else "B" if name not in ka else ""})
     rows.sort(key=lambda r: -abs(r["delta_us"]))

@@ -39,12 +39,12 @@ def card(label: str, value: str, sub: str | None = None, cid: str | None = None,
     kids: list[Any] = [html.Div(label, className="card-label"), html.Div(value, className="card-value")]
     if sub:
         kids.append(html.Div(sub, className="card-sub"))
-    extra = {"id": cid} if cid else {}
+    extra: dict[str, Any] = {"id": cid} if cid else {}
     return html.Div(kids, className="card muted" if muted else "card", title=title or "", **extra)
 
 
 def notice(text: str, kind: str = "info", cid: str | None = None) -> html.Div:
-    extra = {"id": cid} if cid else {}
+    extra: dict[str, Any] = {"id": cid} if cid else {}
     return html.Div(text, className=f"notice notice-{kind}", role="alert" if kind == "error" else "status",
                     **extra)
 
@@ -55,7 +55,7 @@ def error_page(title: str, message: str) -> html.Div:
 
 
 def kv_table(rows: Sequence[tuple[str, Any]], cid: str | None = None) -> html.Table:
-    extra = {"id": cid} if cid else {}
+    extra: dict[str, Any] = {"id": cid} if cid else {}
     return html.Table([html.Tbody([html.Tr([html.Th(k), html.Td(str(v))]) for k, v in rows])],
                       className="kv", **extra)
 

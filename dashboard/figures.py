@@ -98,9 +98,9 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
             yaxis.update(range=[0, 105], tickvals=[0, 25, 50, 75, 100], autorange=False)
         else:
             yaxis.update(rangemode="tozero")
-            top = _clip_top(panel)
-            if top is not None:  # a few huge outliers (first steps, compile) would flatten everything else
-                yaxis.update(range=[0, top], autorange=False)
+            clip = _clip_top(panel)
+            if clip is not None:  # a few huge outliers (first steps, compile) would flatten everything else
+                yaxis.update(range=[0, clip], autorange=False)
                 layout.setdefault("annotations", []).append({
                     "text": "outliers above the axis", "showarrow": False, "xref": "paper", "yref": f"{yname} domain",
                     "x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "top",

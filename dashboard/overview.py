@@ -71,15 +71,15 @@ def headline(summary: dict[str, Any]) -> list[Card]:
                           mfu.get("reason") or "", False))
     tp = summary.get("throughput") or {}
     if tp.get("samples_per_s"):
-        value, sub = f"{tp['samples_per_s']:,.0f}/s", f"samples · {tp['steps_per_s']:.2f} steps/s"
+        rate, rate_sub = f"{tp['samples_per_s']:,.0f}/s", f"samples · {tp['steps_per_s']:.2f} steps/s"
     elif tp.get("steps_per_s"):
-        value, sub = f"{tp['steps_per_s']:.2f}/s", "steps (no batch size recorded)"
+        rate, rate_sub = f"{tp['steps_per_s']:.2f}/s", "steps (no batch size recorded)"
     else:
-        value, sub = "n/a", "no steady steps recorded"
+        rate, rate_sub = "n/a", "no steady steps recorded"
     if tp.get("tokens_per_s"):
-        sub += f" · {tp['tokens_per_s']:,.0f} tokens/s"
-    cards.append(Card("throughput", "Throughput", value, sub, "steady steps only: warm-up and profiled steps "
-                      "are left out", value != "n/a"))
+        rate_sub += f" · {tp['tokens_per_s']:,.0f} tokens/s"
+    cards.append(Card("throughput", "Throughput", rate, rate_sub, "steady steps only: warm-up and profiled steps "
+                      "are left out", rate != "n/a"))
     st = summary.get("step_time") or {}
     cards.append(Card("step_time", "Step time", fmt.seconds(st.get("median_s")),
                       f"median · p90 {fmt.seconds(st.get('p90_s'))}", "wall time per steady step",

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -72,21 +72,21 @@ def parse_auth(value: str | None, source: str = "--auth") -> tuple[str | None, s
 
 
 def auth_setting(argv_value: str | None, file: str | None,
-                 env: dict[str, str] | None = None) -> tuple[str | None, str, str | None]:
+                 env: Mapping[str, str] | None = None) -> tuple[str | None, str, str | None]:
     """(USER:PASSWORD, where it came from, a warning): ``--auth-file``, else ``$GPULENS_AUTH``, else ``--auth``.
 
     ``--auth`` on the command line is readable by every local user
     (``ps``, /proc/PID/cmdline); it still works, with a warning.
     """
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if file is not None:
         try:
             with open(file, encoding="utf-8") as fh:
                 return fh.readline().strip(), f"--auth-file {file}", None
         except (OSError, UnicodeError) as exc:
             raise GpulensError(f"--auth-file {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    if env.get(ENV_AUTH):
-        return env[ENV_AUTH], ENV_AUTH, None
+    if environ.get(ENV_AUTH):
+        return environ[ENV_AUTH], ENV_AUTH, None
     if argv_value is not None:
         return argv_value, "--auth", ("gpulens: warning: the password given with --auth is visible to every local "
                                       f"user (ps, /proc/PID/cmdline); prefer {ENV_AUTH}=USER:PASSWORD or --auth-file")
@@ -153,7 +153,7 @@ def _basic_ok(header: str, user: str, password: str) -> bool:
                                                                                       password.encode())
 
 
-def content_security_policy(server: Any, script_hashes: Callable[[], list[str]]) -> None:
+def content_security_policy(server: Any, script_hashes: Callable[[], Sequence[str]]) -> None:
     """Scripts only from the dashboard itself (Dash's own inline scripts by hash): a name that slipped
     through as HTML could not run code or load anything from elsewhere.  Inline styles stay allowed
     (Plotly and Dash set style attributes)."""
@@ -164,7 +164,7 @@ def content_security_policy(server: Any, script_hashes: Callable[[], list[str]])
         return resp
 
 
-def csp(script_hashes: list[str]) -> str:
+def csp(script_hashes: Sequence[str]) -> str:
     return "; ".join((
         "default-src 'self'",
         "script-src 'self' " + " ".join(script_hashes),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpulens.dashboard.security import MAX_BODY, Access, allowed_hosts, check_bind, parse_auth
+from gpulens.fmt import shown_path
 from gpulens.profiler import GpulensError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,9 +43,10 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
                            "pick another --port") from None
     shown = f"[{access.host}]" if ":" in access.host else access.host
     url = f"http://{shown}:{server.effective_port}{open_path}"
-    print(f"gpulens dashboard: {url}  (runs in {runs_root}; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    print(f"gpulens dashboard: {url}  (runs in {shown_path(runs_root)}; Ctrl-C stops it)", file=sys.stderr,
+          flush=True)
     if access.needs_auth:
-        how = "HTTP Basic user " + access.user if access.password else "token"
+        how = f"HTTP Basic user {access.user}" if access.password else "token"
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
     if on_ready is not None:
         on_ready(url)

@@ -11,15 +11,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+from gpulens import fmt
 from gpulens.profiler.errors import GpulensError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
         self.exit(EXIT_BAD_INPUT, f"gpulens: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -118,7 +120,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.runs_dir is None and not list_runs(root):
         samples = sample_runs_dir()
         if samples is not None:
-            print(f"gpulens: no runs in {root} yet; showing the sample runs in {samples}", file=sys.stderr)
+            print(f"gpulens: no runs in {fmt.shown_path(root)} yet; showing the sample runs in "
+                  f"{fmt.shown_path(samples)}", file=sys.stderr)
             root = samples
     from gpulens.dashboard.security import auth_setting
 
@@ -159,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{key}={launch.env[key]}")
         return EXIT_OK
     if not args.quiet:
-        print(f"gpulens: recording run {launch.run_id} into {launch.run_dir}", file=sys.stderr)
+        print(f"gpulens: recording run {launch.run_id} into {fmt.shown_path(launch.run_dir)}", file=sys.stderr)
     execute(launch)
     return EXIT_INTERNAL  # not reached: execute() replaces this process
 
@@ -216,7 +219,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from gpulens import fmt
     from gpulens.profiler import list_runs, open_run, runs_root
     from gpulens.profiler.store.runstore import validate_run_id
 

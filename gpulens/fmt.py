@@ -156,3 +156,15 @@ def _escape(match: re.Match[str]) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown_path(path: object) -> str:
+    """A path as a message shows it: relative to the working directory when it is inside it."""
+    import os
+
+    text = os.fspath(path)  # type: ignore[call-overload]
+    try:
+        rel = os.path.relpath(text)
+    except ValueError:  # another drive (Windows)
+        return safe_text(text)
+    return safe_text(rel if not rel.startswith("..") else text)

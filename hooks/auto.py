@@ -196,7 +196,9 @@ class AutoSteps:
         """No optimizer came: every held backward boundary was a step of a manual-update loop."""
         self._no_optimizer = True
         held, self._held = self._held, []
-        prev_acc, prev_extra, prev_samples = None, {}, 0
+        prev_acc: list[float] | None = None
+        prev_extra: dict[str, float] = {}
+        prev_samples = 0
         for (t, acc, extra, samples), loss in held:
             # snapshots count from the held steps' common start: cut them into consecutive parts
             part_acc = acc if prev_acc is None else [a - b for a, b in zip(acc, prev_acc)]

@@ -182,5 +182,5 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
             except Exception as exc:  # recording must never break the user's import
                 log.warning("gpulens: could not attach to torch: %s", exc)
 
-        loader.exec_module = exec_module  # this loader instance serves torch/__init__.py only
+        loader.exec_module = exec_module  # type: ignore[method-assign]  # this loader serves torch/__init__ only
         return spec

@@ -52,13 +52,13 @@ class CommTimer:
             allreduce = default_hooks.allreduce_hook
             intervals, lock, clock, timer = self._intervals, self._lock, time.perf_counter, self
 
-            def gpulens_timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
+            def gpulens_timed_allreduce(state, bucket):
                 # no annotations: DDP checks them, and this module's are strings
                 if timer.closed:
                     return allreduce(state, bucket)
                 t0 = clock()
 
-                def done(fut):  # type: ignore[no-untyped-def]
+                def done(fut):
                     with lock:
                         intervals.append((t0, clock()))
                     return fut.value()

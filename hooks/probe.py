@@ -95,10 +95,11 @@ def _probe_cpu_forked(torch: Any, run_steps: Callable[[], list[float]]) -> tuple
     with os.fdopen(read_fd) as fh:
         raw = fh.read()
     os.waitpid(pid, 0)
-    payload = json.loads(raw) if raw else {"error": "the probe process died (out of memory?)"}
-    if "error" in payload:
-        raise MemoryError(payload["error"]) if "memory" in payload["error"].lower() else RuntimeError(payload["error"])
-    return float(payload["growth"]), payload["times"]
+    result: dict[str, Any] = json.loads(raw) if raw else {"error": "the probe process died (out of memory?)"}
+    if "error" in result:
+        error = str(result["error"])
+        raise MemoryError(error) if "memory" in error.lower() else RuntimeError(error)
+    return float(result["growth"]), list(result["times"])
 
 
 def _is_oom(exc: BaseException) -> bool:

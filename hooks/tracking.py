@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from gpulens.hooks import runmeta
 from gpulens.hooks.children import announce_trainer, child_ranks
@@ -393,7 +393,7 @@ class TrackedRun:
     def __enter__(self) -> TrackedRun:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if self._nesting > 0:
             self._nesting -= 1
             return False
@@ -475,7 +475,10 @@ class TrackedRun:
                          f"{', '.join(str(r) for r in sorted(children))} ({sum(children.values())} steps)")
             else:
                 steps = f"{self._rec.step_index} steps"
-            print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {self.path}", file=sys.stderr)
+            from gpulens.fmt import shown_path
+
+            print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {shown_path(self.path)}",
+                  file=sys.stderr)
             if self.options.advise and self._rank == 0:
                 _print_top_advice(self.path)
 

@@ -13,4 +13,5 @@ ln -s "$REPO/dashboard" "$VIEW/gpulens/dashboard"
 ln -s "$REPO/hooks" "$VIEW/gpulens/hooks"
 ln -s "$REPO/hooks/integrations" "$VIEW/gpulens/integrations"
 cd "$VIEW"
-exec "${PYTHON:-$REPO/.venv/bin/python}" -m mypy --config-file "$REPO/pyproject.toml" gpulens
+exec "${PYTHON:-$REPO/.venv/bin/python}" -m mypy --config-file "$REPO/pyproject.toml" \
+    --cache-dir "$REPO/build/mypy-cache" gpulens

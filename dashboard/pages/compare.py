@@ -63,6 +63,7 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
     for run, an in ((ra, aa), (rb, ab)):
         if an is None or an.summary is None:
             return ui.notice(f"{run.info.name}: {an.error if an else 'still analysing'}", "error", cid="cmp-error")
+    assert aa is not None and ab is not None and aa.summary is not None and ab.summary is not None
     sa, sb = aa.summary, ab.summary
     na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
     head = comparison.headline_rows(sa, sb)

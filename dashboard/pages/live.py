@@ -201,7 +201,8 @@ def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cu
     origin = info.start or now
     cards = live_cards(run, now)
     sig = _signature(run, window_s, theme)
-    build = _builds.get(cursor.get("token")) if isinstance(cursor, dict) else None
+    token = cursor.get("token") if isinstance(cursor, dict) else None
+    build = _builds.get(token)
     last = _positions(cursor, build, now) if build is not None and build["run"] == run_id else None
     if last is None or build is None or build["sig"] != sig:
         width = int((viewport or {}).get("width") or 1400)
@@ -233,7 +234,7 @@ def live_update(n: int, window_s: int | None, theme: str | None, run_id: str, cu
         ys.append([None if not np.isfinite(y) else float(y) for y in v])
         idx.append(i)
         maxpts.append(build["max"][i])
-    cursor = {"token": cursor["token"], "last": last}
+    cursor = {"token": token, "last": last}
     if not idx:
         return no_update, no_update, cursor, cards, status, notice, stop
     update = {"token": cursor["token"], "x": xs, "y": ys, "idx": idx, "max": maxpts, "n": n}

@@ -14,9 +14,9 @@ from gpulens.dashboard.pages import register
 from gpulens.dashboard.panels import timeseries
 from gpulens.profiler import GpulensError
 
-GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": False,
-                "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],
-                "toImageButtonOptions": {"format": "png", "scale": 2}}
+GRAPH_CONFIG: Any = {"displaylogo": False, "scrollZoom": False,
+                     "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],
+                     "toImageButtonOptions": {"format": "png", "scale": 2}}
 _RANGE_KEY = re.compile(r"^xaxis\d*\.range\[([01])\]$")
 
 
@@ -100,9 +100,9 @@ def run_overview(run_id: str) -> tuple[Any, Any, list[dict[str, Any]], Any]:
     cards = [ui.card(c.label, c.value, c.sub, cid=f"card-{c.key}", title=c.title, muted=not c.available)
              for c in overview.headline(a.summary)]
     targets: list[dict[str, Any]] = []
-    items = []
+    items: list[Any] = []
     for i, s in enumerate((a.advice or {}).get("suggestions") or []):
-        buttons = []
+        buttons: list[Any] = []
         for t in overview.evidence_targets(s, a.summary, run.info.id, run.info.start):
             if t.href:
                 buttons.append(dcc.Link(t.label, href=t.href, className="ev-link"))
@@ -122,10 +122,11 @@ def run_overview(run_id: str) -> tuple[Any, Any, list[dict[str, Any]], Any]:
     events = a.summary.get("events") or []
     if events:
         start = run.info.start or 0.0
-        ev = html.Table([html.Thead(html.Tr([html.Th("t"), html.Th("kind"), html.Th("GPU"), html.Th("message")])),
-                         html.Tbody([html.Tr([html.Td(f"+{e['t'] - start:.1f} s"), html.Td(e["kind"]),
-                                              html.Td("" if e["gpu"] < 0 else str(e["gpu"])), html.Td(e["message"])])
-                                     for e in events[:200]])], className="table")
+        head = html.Thead(html.Tr([html.Th("t"), html.Th("kind"), html.Th("GPU"), html.Th("message")]))
+        ev: Any = html.Table([head, html.Tbody([html.Tr([html.Td(f"+{e['t'] - start:.1f} s"), html.Td(e["kind"]),
+                                                         html.Td("" if e["gpu"] < 0 else str(e["gpu"])),
+                                                         html.Td(e["message"])])
+                                                for e in events[:200]])], className="table")
     else:
         ev = html.Div("No events (XID errors, clock events, profiler problems) recorded.", className="muted small")
     return cards, items, targets, ev
@@ -214,7 +215,7 @@ def ts_figure(run_id: str, rng: dict | None, theme: str | None, viewport: dict |
     ts = timeseries(run, t0, t1, width)
     n = (rng or {}).get("n", 0)
     fig = figures.timeseries_figure(ts, theme or "light", uirevision=f"{run_id}-{n}",
-                                    xrange=(t0, t1) if t0 is not None else None,
+                                    xrange=(t0, t1) if t0 is not None and t1 is not None else None,
                                     duration_s=run.info.duration_s or 0.0)
     shown = "whole run" if t0 is None else f"{t0:.1f}–{t1:.1f} s"
     level = f"{shown} · drawn from {ts.level} · drag to zoom, double-click to reset"
@@ -269,7 +270,7 @@ def steps_figure(run_id: str, rng: dict | None, theme: str | None, viewport: dic
     return figures.phase_breakdown_figure(t - origin, phases, shares, theme or "light",
                                           uirevision=f"{run_id}-{(rng or {}).get('n', 0)}",
                                           duration_s=run.info.duration_s or 0.0,
-                                          xrange=(t0, t1) if t0 is not None else None)
+                                          xrange=(t0, t1) if t0 is not None and t1 is not None else None)
 
 
 @callback(

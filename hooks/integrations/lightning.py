@@ -20,7 +20,7 @@ from gpulens.integrations._common import end_run, loss_of, start_run
 
 
 def _bases() -> tuple[type, ...]:
-    bases = []
+    bases: list[type] = []
     try:
         from lightning.pytorch import Callback as LightningCallback
 

@@ -53,10 +53,10 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
         tb = a["temporal_breakdown"]
         if tb is None:
             continue
-        cur = temporal.setdefault(tb["rank"], {"idle_us": 0.0, "compute_us": 0.0, "non_compute_us": 0.0,
-                                               "span_us": 0.0})
-        for f in cur:
-            cur[f] += tb[f]
+        rank_times = temporal.setdefault(tb["rank"], {"idle_us": 0.0, "compute_us": 0.0, "non_compute_us": 0.0,
+                                                      "span_us": 0.0})
+        for f in rank_times:
+            rank_times[f] += tb[f]
     temporal_rows = []
     for rank, t in sorted(temporal.items()):
         span = t["span_us"] or 1.0
@@ -64,22 +64,22 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
                               "compute_pct": round(100 * t["compute_us"] / span, 2),
                               "non_compute_pct": round(100 * t["non_compute_us"] / span, 2)})
 
-    gpu: dict[tuple[int, int], dict[str, Any]] = {}
+    gpu: dict[tuple[int, int], dict[str, Any]] = {}  # (rank, device) -> {"w", "sums", "steps"}
     for a in analyses:
         for row in a["gpu_summary"]:
-            key = (a["rank"], row["device"])
-            cur = gpu.setdefault(key, {"w": 0.0, "sums": {}, "steps": 0})
+            dev_key = (a["rank"], row["device"])
+            dev_acc = gpu.setdefault(dev_key, {"w": 0.0, "sums": {}, "steps": 0})
             w = row["window_us"] or 0.0
-            cur["w"] += w
-            cur["steps"] += row["steps"]
+            dev_acc["w"] += w
+            dev_acc["steps"] += row["steps"]
             for f in ("gpu_utilization_pct", "sm_efficiency_pct", "achieved_occupancy_pct", "tensor_core_pct"):
                 if row.get(f) is not None:
-                    s, ws = cur["sums"].get(f, (0.0, 0.0))
-                    cur["sums"][f] = (s + row[f] * w, ws + w)
+                    s, ws = dev_acc["sums"].get(f, (0.0, 0.0))
+                    dev_acc["sums"][f] = (s + row[f] * w, ws + w)
     gpu_rows = []
-    for (rank, dev), cur in sorted(gpu.items()):
-        gpu_rows.append({"rank": rank, "device": dev, "steps": cur["steps"],
-                         **{f: (s / ws if ws else None) for f, (s, ws) in cur["sums"].items()}})
+    for (rank, dev), dev_acc in sorted(gpu.items()):
+        gpu_rows.append({"rank": rank, "device": dev, "steps": dev_acc["steps"],
+                         **{f: (s / ws if ws else None) for f, (s, ws) in dev_acc["sums"].items()}})
         for f in ("gpu_utilization_pct", "sm_efficiency_pct", "achieved_occupancy_pct", "tensor_core_pct"):
             gpu_rows[-1].setdefault(f, None)
 
@@ -112,9 +112,9 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
     sync: dict[str, dict[str, float]] = {}
     for a in analyses:
         for name, row in a["sync"].items():
-            cur = sync.setdefault(name, {"calls": 0, "total_us": 0.0})
-            cur["calls"] += row["calls"]
-            cur["total_us"] += row["total_us"]
+            sync_row = sync.setdefault(name, {"calls": 0, "total_us": 0.0})
+            sync_row["calls"] += row["calls"]
+            sync_row["total_us"] += row["total_us"]
     memcpy = list(_merge_named([a["memcpy"] for a in analyses], "direction", ("count", "bytes", "total_us")).values())
     for row in memcpy:
         row.pop("memory", None)
@@ -124,10 +124,11 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
     idle: dict[tuple[int, int, int], dict[str, float]] = {}
     for a in analyses:
         for row in a["idle"]:
-            key = (row["rank"], row["device"], row["stream"])
-            cur = idle.setdefault(key, {"idle_us": 0.0, "host_wait_us": 0.0, "kernel_wait_us": 0.0, "other_us": 0.0})
-            for f in cur:
-                cur[f] += row[f]
+            stream_key = (row["rank"], row["device"], row["stream"])
+            stream_idle = idle.setdefault(stream_key, {"idle_us": 0.0, "host_wait_us": 0.0, "kernel_wait_us": 0.0,
+                                                       "other_us": 0.0})
+            for f in stream_idle:
+                stream_idle[f] += row[f]
     eligible = [(a["tc_eligible_share"], sum(k["total_us"] for k in a["kernels"])) for a in analyses
                 if a["tc_eligible_share"] is not None]
     gemms = _merge_named([[dict(g, key=f"{g['op']}|{g['m']}x{g['n']}x{g['k']}|{g['dtype']}")

@@ -119,11 +119,15 @@ class DeviceSampler:
         self.writer.mark_series(metric, gpu, status, reason, unit_of(metric))
 
     def _start_gpm(self, gpu: GpuState) -> None:
-        dev = GpmDevice(
-            self.nvml, gpu.handle,
-            emit=lambda m, t, v, i=gpu.index: self._emit(i, m, t, v),
-            mark=lambda m, s, r, i=gpu.index: self._mark(i, m, s, r),
-        )
+        index = gpu.index
+
+        def emit(metric: str, t: float, value: float) -> None:
+            self._emit(index, metric, t, value)
+
+        def mark(metric: str, status: str, reason: str) -> None:
+            self._mark(index, metric, status, reason)
+
+        dev = GpmDevice(self.nvml, gpu.handle, emit=emit, mark=mark)
         from gpulens.profiler.record.nvml import gpm_support
 
         ok, reason = gpm_support(self.nvml, gpu.handle)

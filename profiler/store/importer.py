@@ -33,7 +33,7 @@ from gpulens.profiler.store.writer import RunWriter
 def _gpus(trace: Trace) -> list[dict[str, Any]]:
     """GPUs the trace ran on (deviceProperties lists every GPU of the machine)."""
     used = set(np.unique(trace.device[trace.gpu_work()]).tolist())
-    out = []
+    out: list[dict[str, Any]] = []
     for prop in trace.device_properties:
         if used and int(prop.get("id", -1)) not in used:
             continue

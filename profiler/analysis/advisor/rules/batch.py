@@ -62,12 +62,14 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
     k = suggested / current
     finding = (f"batch {current} peaks at {fmt.gib(peak_now)} of {fmt.gib(capacity)} {kind} "
                f"({fmt.share(peak_now / capacity, 0)}); "
-               f"fit from {source}: {fmt.gib(model.m_static)} fixed + {model.m_act / 2**20:.1f} MiB per sample, "
+               f"fit from {source}: {fmt.gib(model.m_static)} fixed + "
+               f"{(model.m_act or 0.0) / 2**20:.1f} MiB per sample, "
                f"so the largest batch that fits with a 5% margin is {b_max}")
     if m.device == "cuda":
         finding += f"; the GPU is busy {fmt.share(busy, 0)}" + (f", MFU {m.mfu_pct:.0f}%" if m.mfu_pct else "")
     expected = (f"{sps_new / sps_now:.2f}x samples/s at batch {suggested} (step time fitted against batch size)"
-                if gain is not None else "higher throughput; not estimated without step times at 2+ batch sizes")
+                if gain is not None and sps_new and sps_now
+                else "higher throughput; not estimated without step times at 2+ batch sizes")
     return Suggestion(
         id="batch_headroom", severity="medium", title=f"Memory allows a batch of about {suggested}",
         finding=finding,
