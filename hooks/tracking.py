@@ -220,6 +220,8 @@ class TrackedRun:
     def _start_exporter(self, port: int, addr: str) -> None:
         from gpulens.profiler.export.prometheus import RunExporter
 
+        if self._recorder is None:  # not recording (nothing to expose)
+            return
         ranks = runmeta.rank_env()
         exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
                                local_rank=ranks["local_rank"])

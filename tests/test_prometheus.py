@@ -137,3 +137,34 @@ def test_exporter_bad_arguments_are_one_line():
     proc = subprocess.run([GPULENS, "exporter", "--interval", "0"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--interval must be" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_exporter_taps_the_writer_only_while_it_serves(tmp_path):
+    """A run without an exporter keeps no latest values; closing the exporter detaches it from the writer."""
+    from gpulens.profiler.export.prometheus import LatestSink, RunExporter
+    from gpulens.profiler.record.recorder import Recorder
+
+    rec = Recorder(tmp_path / "rank-0.db", {"name": "taps"}, fast_sampling(), FakeNvml(gpus=1))
+    try:
+        assert rec.writer.latest is None and rec.writer.step_tap is None
+        exporter = RunExporter(rec, run_id="r", rank=0, local_rank=0)
+        url = f"http://127.0.0.1:{exporter.serve(0)}/metrics"
+        from gpulens.profiler.store.schema import STEP_COLUMNS
+
+        row = dict.fromkeys(STEP_COLUMNS)
+        row.update(step=0, t_start=1.0, t_end=1.1, data_wait=0.01, forward=0.02, backward=0.03, optimizer=0.01,
+                   other=0.0, samples=8)
+        rec.writer.step(tuple(row[c] for c in STEP_COLUMNS))
+        time.sleep(0.3)
+        m = scrape(url)
+        assert m["gpulens_steps_total"][0].value == 1 and "DCGM_FI_DEV_GPU_UTIL" in m
+        exporter.close()
+        assert rec.writer.latest is None and rec.writer.step_tap is None
+    finally:
+        rec.close()
+    sink_only = Recorder(None, {}, fast_sampling(), FakeNvml(gpus=1), sink=LatestSink())
+    try:
+        with pytest.raises(RuntimeError, match="sink"):
+            sink_only.writer  # noqa: B018  (no run database behind a sink)
+    finally:
+        sink_only.close()

@@ -12,7 +12,7 @@ the end-of-run advice and the kernels page all come through here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +21,7 @@ from gpulens.profiler.analysis.advisor.engine import advise_measurements
 from gpulens.profiler.analysis.advisor.measure import Measurements, measure
 from gpulens.profiler.analysis.advisor.model import Advice
 from gpulens.profiler.analysis.kernel_view import kernel_view
+from gpulens.profiler.analysis.report import Report
 from gpulens.profiler.analysis.summary import RunData, gather, summarize_data
 from gpulens.profiler.analysis.trace import load_trace
 from gpulens.profiler.analysis.trace.analysis import analyze
@@ -46,64 +47,6 @@ class WindowProblem:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "window": self.window, "error": self.error}
-
-
-@dataclass
-class Report:
-    """``gpulens report --json`` (schema ``gpulens.report/1``): one field per documented key, in its order.
-
-    The nested values keep the shapes the README's key table describes;
-    :meth:`as_dict` is what is printed.
-    """
-
-    schema: str
-    run: dict[str, Any]
-    status: str
-    status_reason: str | None
-    records_lost: dict[str, dict[str, int]]
-    duration_s: float | None
-    steps: int
-    step_time: dict[str, Any]
-    throughput: dict[str, Any]
-    loss: dict[str, Any] | None
-    gpus: list[dict[str, Any]]
-    nvml: dict[str, Any]
-    host: dict[str, Any]
-    memory: dict[str, Any]
-    samples: dict[str, Any]
-    events: list[dict[str, Any]]
-    mfu: dict[str, Any]
-    trace_analysis: dict[str, Any]
-    windows: list[dict[str, Any]]
-    window_errors: list[dict[str, Any]]
-    kernels: list[dict[str, Any]]
-    categories_us: dict[str, float]
-    tensor_core_share: float | None
-    tc_eligible_share: float | None
-    temporal_breakdown: list[dict[str, Any]]
-    gpu_summary: list[dict[str, Any]]
-    step_breakdown_us: dict[str, float]
-    launch: dict[str, Any] | None
-    sync: dict[str, Any]
-    memcpy: list[dict[str, Any]]
-    idle: list[dict[str, Any]]
-    top_cpu_ops: list[dict[str, Any]]
-    gemm_shapes: list[dict[str, Any]]
-    suggestions: dict[str, Any] | None = field(default=None)
-
-    @classmethod
-    def from_parts(cls, summary: dict[str, Any], advice: Advice | None) -> Report:
-        names = {f.name for f in fields(cls)}
-        extra = set(summary) - names
-        if extra:  # the summary and this record must name the same keys: a new key is documented here first
-            raise ValueError(f"summary keys without a Report field: {sorted(extra)}")
-        return cls(**summary, suggestions=advice.as_dict() if advice is not None else None)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if out["suggestions"] is None:
-            del out["suggestions"]
-        return out
 
 
 class RunAnalysis:
@@ -164,12 +107,20 @@ class RunAnalysis:
         return summarize_data(self.data)
 
     @cached_property
+    def figures(self) -> Report:
+        """The report without its suggestions: what the advisor measures from."""
+        return Report.from_parts(self.summary, None)
+
+    @cached_property
     def measurements(self) -> Measurements:
-        return measure(self.run, [(a.window, a.analysis) for a in self.windows], self.summary)
+        return measure(self.run, [(a.window, a.analysis) for a in self.windows], self.figures)
 
     @cached_property
     def advice(self) -> Advice:
         return advise_measurements(self.measurements)
 
     def report(self, suggestions: bool = True) -> Report:
-        return Report.from_parts(self.summary, self.advice if suggestions else None)
+        """``gpulens report --json``; ``suggestions=False`` leaves the advisor out (and never runs it)."""
+        if not suggestions:
+            return self.figures
+        return replace(self.figures, suggestions=self.advice.as_dict())

@@ -23,10 +23,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.schema import PHASES, STEP_COLUMNS
+from gpulens.profiler.store.sink import LiveValues, StepRow
+
+if TYPE_CHECKING:
+    from gpulens.profiler.record.recorder import Recorder
 
 log = logging.getLogger("gpulens")
 
@@ -129,7 +133,7 @@ class StepTally:
         self.cuda_allocated: float | None = None
         self.cuda_peak: float | None = None
 
-    def add(self, row: tuple[Any, ...]) -> None:
+    def add(self, row: StepRow) -> None:
         duration = row[_COL["t_end"]] - row[_COL["t_start"]]
         self.count += 1
         self.seconds += duration
@@ -157,7 +161,7 @@ class StepTally:
 class MetricsCollector:
     """A prometheus-client collector over the latest values of a writer (or a :class:`LatestSink`)."""
 
-    def __init__(self, source: Any, gpus: list[dict[str, Any]], run_labels: dict[str, str] | None = None,
+    def __init__(self, source: LiveValues, gpus: list[dict[str, Any]], run_labels: dict[str, str] | None = None,
                  tally: StepTally | None = None, process_metrics: bool = True) -> None:
         self.source = source
         self.gpus = {int(g.get("index", i)): g for i, g in enumerate(gpus)}
@@ -225,16 +229,16 @@ class MetricsCollector:
             fam = CounterMetricFamily(name, doc, labels=names)
             fam.add_metric(values, value)
             yield fam
-        for name, doc, value in (
+        for name, doc, reading in (
                 ("gpulens_loss", "Loss of the latest step that reported one.", tally.loss),
                 ("gpulens_last_step_timestamp_seconds", "When the latest step ended (alert on a stalled run).",
                  tally.last_end),
                 ("gpulens_cuda_memory_allocated_bytes", "torch.cuda allocated memory at the latest timed step.",
                  tally.cuda_allocated),
                 ("gpulens_cuda_memory_peak_bytes", "torch.cuda peak allocated memory of the run.", tally.cuda_peak)):
-            if value is not None:
+            if reading is not None:
                 fam = GaugeMetricFamily(name, doc, labels=names)
-                fam.add_metric(values, float(value))
+                fam.add_metric(values, float(reading))
                 yield fam
 
 
@@ -285,14 +289,12 @@ class _Server:
 class RunExporter:
     """Exposes one recording rank: the node's devices and host (local rank 0) and this rank's steps."""
 
-    def __init__(self, recorder: Any, run_id: str, rank: int, local_rank: int) -> None:
+    def __init__(self, recorder: Recorder, run_id: str, rank: int, local_rank: int) -> None:
         self.writer = recorder.writer
         self.tally = StepTally()
-        self.writer.latest = {}
-        self.writer.step_tap = self.tally.add
-        gpus = list(recorder.gpus or [])
+        live = self.writer.start_exposing(self.tally.add)
         labels = {"run": run_id, "rank": str(rank), "local_rank": str(local_rank), "Hostname": socket.gethostname()}
-        self.collector = MetricsCollector(self.writer, gpus, labels, self.tally)
+        self.collector = MetricsCollector(live, list(recorder.gpus or []), labels, self.tally)
         self._server: _Server | None = None
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
@@ -300,14 +302,15 @@ class RunExporter:
         return self._server.port
 
     def close(self) -> None:
-        self.writer.step_tap = None
         if self._server is not None:
             self._server.close()
             self._server = None
+        self.writer.stop_exposing()
 
 
 class LatestSink:
-    """The samplers' writer interface, keeping only the latest value of each series (``gpulens exporter``)."""
+    """A :class:`SampleSink` and :class:`LiveValues` in one: the latest value of each series, no database
+    (``gpulens exporter``)."""
 
     def __init__(self) -> None:
         self.latest: dict[int, tuple[float, float]] = {}
@@ -328,13 +331,11 @@ class LatestSink:
     def point(self, sid: int, t: float, value: float) -> None:
         self.latest[sid] = (t, value)
 
-    def event(self, kind: str, message: str, *args: Any, **kwargs: Any) -> None:
+    def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
+              t: float | None = None) -> None:
         self.events.append((kind, message))
         if kind in ("gpu_lost", "xid", "sampler_error"):
             log.warning("gpulens exporter: %s: %s", kind, message)
-
-    def meta(self, **values: Any) -> None:
-        pass
 
     def close(self, **meta: Any) -> None:
         pass

@@ -18,7 +18,7 @@ from typing import Any
 from gpulens.profiler.record.gpm import GpmDevice
 from gpulens.profiler.record.nvml import GPU_IS_LOST, PERMANENT_ERRORS, TIMEOUT, describe_error, error_code
 from gpulens.profiler.store.metrics import unit_of
-from gpulens.profiler.store.writer import RunWriter
+from gpulens.profiler.store.sink import SampleSink
 
 #: After this many consecutive transient failures a probe is given up as failed.
 MAX_TRANSIENT_FAILURES = 20
@@ -90,7 +90,7 @@ class GpuState:
 class DeviceSampler:
     """Reads NVML (and GPM) for a set of GPUs into a :class:`RunWriter`."""
 
-    def __init__(self, writer: RunWriter, nvml: ModuleType, gpus: list[GpuState],
+    def __init__(self, writer: SampleSink, nvml: ModuleType, gpus: list[GpuState],
                  pids: Callable[[], set[int]] | None = None, gpm: bool = True) -> None:
         self.writer = writer
         self.nvml = nvml

@@ -16,7 +16,7 @@ import psutil
 
 from gpulens.profiler.record.proctree import ProcessTree
 from gpulens.profiler.store.metrics import unit_of
-from gpulens.profiler.store.writer import RunWriter
+from gpulens.profiler.store.sink import SampleSink
 
 
 def _cpu_busy(times) -> tuple[float, float]:  # psutil scputimes
@@ -77,7 +77,7 @@ class _SelfRss:
 
 
 class HostSampler:
-    def __init__(self, writer: RunWriter, tree: ProcessTree) -> None:
+    def __init__(self, writer: SampleSink, tree: ProcessTree) -> None:
         self.writer = writer
         self.tree = tree
         self._sid: dict[str, int] = {}

@@ -25,6 +25,7 @@ from gpulens.profiler.record.proctree import TRAINERS_DIR, ProcessTree
 from gpulens.profiler.record.sampling import SamplerThread, Task
 from gpulens.profiler.store import clock
 from gpulens.profiler.store.schema import SAMPLED_ELSEWHERE
+from gpulens.profiler.store.sink import SampleSink
 from gpulens.profiler.store.writer import RunWriter
 
 log = logging.getLogger("gpulens")
@@ -77,9 +78,9 @@ class Recorder:
     """Writer plus samplers for one rank database."""
 
     def __init__(self, db_path: Path | None, meta: dict[str, Any], config: SamplingConfig | None = None,
-                 nvml: ModuleType | None = None, sample_node: bool = True, sink: Any = None) -> None:
-        """``sink``: anything with the writer's producer methods, instead of a database
-        (``gpulens exporter`` keeps only the latest values)."""
+                 nvml: ModuleType | None = None, sample_node: bool = True, sink: SampleSink | None = None) -> None:
+        """``sink``: where the samples go instead of a run database (``gpulens exporter`` keeps only the
+        latest values); such a recorder has no :attr:`writer`."""
         self.config = config or SamplingConfig()
         self.config.validate()
         meta = dict(meta)
@@ -108,16 +109,17 @@ class Recorder:
         meta["gpus"] = [g for g in nvml_meta.pop("_gpus", [])]
         self.gpus: list[dict[str, Any]] = meta["gpus"]
 
+        self._writer: RunWriter | None = None
         if sink is not None:
-            self.writer = sink
+            self.sink: SampleSink = sink
         elif db_path is not None:
-            self.writer = RunWriter(db_path, meta, self.config.flush_interval)
+            self.sink = self._writer = RunWriter(db_path, meta, self.config.flush_interval)
         else:
             raise ValueError("a Recorder needs a database path or a sink")
         for note in notes:
-            self.writer.event("note", note)
+            self.sink.event("note", note)
         if not nvml_meta.get("available") and sample_node and self.config.devices:
-            self.writer.event("nvml_unavailable", nvml_meta.get("reason", "NVML unavailable"))
+            self.sink.event("nvml_unavailable", nvml_meta.get("reason", "NVML unavailable"))
 
         # children are listed as often as the workers are read (a /proc walk; 1 s by default)
         self.tree = ProcessTree(refresh_s=self.config.workers_interval,
@@ -125,7 +127,7 @@ class Recorder:
         fast: list[Task] = []
         slow: list[Task] = []
         if gpu_states and self._nvml is not None:
-            self._device = DeviceSampler(self.writer, self._nvml, gpu_states, self.tree.pids,
+            self._device = DeviceSampler(self.sink, self._nvml, gpu_states, self.tree.pids,
                                          gpm=self.config.gpm)
             fast.append(Task("nvml", self.config.device_interval, self._device.sample_fast))
             fast.append(Task("nvml-util", self.config.util_interval, self._device.sample_util))
@@ -133,7 +135,7 @@ class Recorder:
                 fast.append(Task("gpm", self.config.gpm_interval, self._device.sample_gpm))
             slow.append(Task("nvml-slow", self.config.slow_interval, self._device.sample_slow))
         if sample_node and self.config.host:
-            self._host = HostSampler(self.writer, self.tree)
+            self._host = HostSampler(self.sink, self.tree)
             fast.append(Task("host", self.config.host_interval, self._host.sample))
             fast.append(Task("workers", self.config.workers_interval, self._host.sample_workers))
             slow.append(Task("host-slow", self.config.slow_interval, self._host.sample_slow))
@@ -142,6 +144,13 @@ class Recorder:
                 self._threads.append(SamplerThread(name, tasks, self._task_error))
         for thread in self._threads:
             thread.start()
+
+    @property
+    def writer(self) -> RunWriter:
+        """The run database's writer (steps, windows, FLOPs, metadata go here besides the samples)."""
+        if self._writer is None:
+            raise RuntimeError("this Recorder samples into a sink, not a run database")
+        return self._writer
 
     def _open_nvml(self, module: ModuleType | None, notes: list[str]) -> tuple[list[GpuState], dict[str, Any]]:
         try:
@@ -172,7 +181,7 @@ class Recorder:
         return states, meta
 
     def _task_error(self, task: Task, exc: BaseException) -> None:
-        self.writer.event("sampler_error", f"{task.name}: {type(exc).__name__}: {exc}")
+        self.sink.event("sampler_error", f"{task.name}: {type(exc).__name__}: {exc}")
 
     def sampler_cost(self) -> dict[str, dict[str, float]]:
         """Per task: ticks, wall and CPU seconds per tick (the samplers' own overhead)."""
@@ -194,4 +203,4 @@ class Recorder:
         if self._nvml is not None:
             nvml_api.release(self._nvml)
             self._nvml = None
-        self.writer.close(status=status, error=error, end=clock.now(), sampler_cost=self.sampler_cost(), **meta)
+        self.sink.close(status=status, error=error, end=clock.now(), sampler_cost=self.sampler_cost(), **meta)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.store import clock, schema
+from gpulens.profiler.store.sink import LiveValues, StepRow, StepTap
 
 log = logging.getLogger("gpulens")
 
@@ -84,10 +85,10 @@ class RunWriter:
         self._flush_requested = threading.Event()
         self._stop = threading.Event()
         self._closed = False
-        #: Taps for live exposition (Prometheus): the latest value per series id, and a function
-        #: given every step row.  None (the default) costs one attribute test per record.
+        #: Taps for live exposition (:meth:`start_exposing`): the latest value per series id, and a
+        #: function given every step row.  None (the default) costs one attribute test per record.
         self.latest: dict[int, tuple[float, float]] | None = None
-        self.step_tap: Any = None
+        self.step_tap: StepTap | None = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:  # created here, atomically: two processes claiming one rank cannot both get it
@@ -140,6 +141,19 @@ class RunWriter:
         with self._series_lock:
             return dict(self._series_ids)
 
+    def start_exposing(self, step_tap: StepTap | None = None) -> LiveValues:
+        """Keep the latest value of every series from now on, and give each step row to ``step_tap``.
+
+        Returns this writer as the :class:`LiveValues` an exposition reads.
+        """
+        self.latest = {}
+        self.step_tap = step_tap
+        return self
+
+    def stop_exposing(self) -> None:
+        self.step_tap = None
+        self.latest = None
+
     def _bounded(self, kind: str, queue: deque) -> None:
         """Called before an append: make room in ``queue`` by dropping its oldest row, counted."""
         if len(queue) >= MAX_PENDING[kind]:
@@ -163,7 +177,7 @@ class RunWriter:
         self._bounded("bulk", self._bulk)
         self._bulk.append((sid, np.asarray(t, dtype=np.float64), np.asarray(v, dtype=np.float64)))
 
-    def step(self, row: tuple[Any, ...]) -> None:
+    def step(self, row: StepRow) -> None:
         """Append a step row, ordered as :data:`schema.STEP_COLUMNS`."""
         steps = self._steps
         if len(steps) >= MAX_PENDING["steps"]:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.kernel_view import combine
-from gpulens.profiler.store.reader import RunReader
+from gpulens.profiler.analysis.report import Report
+from gpulens.profiler.store.reader import RunReader, Window
 from gpulens.profiler.store.schema import PHASES
 
 
@@ -133,14 +134,14 @@ def recorded_by(meta: dict[str, Any]) -> str:
     return "gpulens run" if "auto" in meta else "track"  # runs recorded before the key existed
 
 
-def measure(run: RunReader, done: list, summary: dict[str, Any]) -> Measurements:
-    """Measurements of a run from its window analyses (``(window, analysis)`` pairs) and summary
+def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: Report) -> Measurements:
+    """Measurements of a run from its window analyses (``(window, analysis)`` pairs) and report figures
     (:class:`~gpulens.profiler.analysis.run_analysis.RunAnalysis` hands them in)."""
     meta = run.info.meta
     m = Measurements(run_id=run.info.id, imported=bool(meta.get("imported")))
     m.recorded_by = "import" if m.imported else recorded_by(meta)
     m.t_start, m.t_end = run.info.start, run.info.end
-    gpus = summary["gpus"]
+    gpus = report.gpus
     if gpus:
         g0 = gpus[0]
         m.gpu_name = g0["name"]
@@ -161,59 +162,59 @@ def measure(run: RunReader, done: list, summary: dict[str, Any]) -> Measurements
         power = _mean(g0["metrics"], "gpu.power")
         limit = _mean(g0["metrics"], "gpu.power_limit")
         m.power_ratio = power / limit if power and limit else None
-    st = summary["step_time"]
-    m.steps = summary["steps"]
+    st = report.step_time
+    m.steps = report.steps
     m.step_s = st.get("median_s")
     m.phase_share = {k: v["share"] for k, v in (st.get("phases") or {}).items() if v.get("share") is not None}
     gp = st.get("gpu_phases")
     if gp:
         m.gpu_phase_share = {k: v["share"] for k, v in gp.items() if isinstance(v, dict) and v.get("share") is not None}
-    tp = summary["throughput"]
+    tp = report.throughput
     if tp.get("steps_per_s"):
         if tp.get("samples_per_s"):
             m.samples_per_step = tp["samples_per_s"] / tp["steps_per_s"]
         if tp.get("tokens_per_s"):
             m.tokens_per_step = tp["tokens_per_s"] / tp["steps_per_s"]
-    host = summary["host"]["metrics"]
+    host = report.host["metrics"]
     m.workers, m.workers_cpu = _worker_load(run)
     m.proc_cpu = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
-    m.cpu_count = (summary["host"]["info"] or {}).get("cpu_count")
+    m.cpu_count = (report.host["info"] or {}).get("cpu_count")
 
-    m.has_kernels = bool(summary["trace_analysis"]["has_gpu"])
-    m.device = "cuda" if (m.has_kernels or summary["memory"]["cuda_peak_allocated_bytes"] or gpus and
+    m.has_kernels = bool(report.trace_analysis["has_gpu"])
+    m.device = "cuda" if (m.has_kernels or report.memory["cuda_peak_allocated_bytes"] or gpus and
                           m.gpu_util and m.gpu_util > 0) else "cpu"
-    m.tc_share = summary["tensor_core_share"]
-    m.tc_eligible = summary["tc_eligible_share"]
-    cats = summary["categories_us"]
+    m.tc_share = report.tensor_core_share
+    m.tc_eligible = report.tc_eligible_share
+    cats = report.categories_us
     total = sum(v for k, v in cats.items() if k not in ("memcpy", "memset")) or 0.0
     if total > 0:
         m.category_share = {k: v / total for k, v in cats.items()}
-        kernels = summary["kernels"]
+        kernels = report.kernels
         m.transpose_share = sum(k["total_us"] for k in kernels
                                 if "nchwtonhwc" in k["name"].lower() or "nhwctonchw" in k["name"].lower()) / total
         m.fp32_gemm_share = sum(k["total_us"] for k in kernels if k["category"] in ("gemm", "convolution")
                                 and not k["tensor_core"] and any(p in k["name"].lower() for p in _FP32_GEMM)) / total
         m.top_kernels = kernels[:10]
-    if summary["gpu_summary"]:
-        m.kernel_util = summary["gpu_summary"][0]["gpu_utilization_pct"]
-    m.launch = summary["launch"]
-    idle = summary["idle"]
+    if report.gpu_summary:
+        m.kernel_util = report.gpu_summary[0]["gpu_utilization_pct"]
+    m.launch = report.launch
+    idle = report.idle
     idle_total = sum(r["idle_us"] for r in idle)
     if idle_total > 0:
         m.host_wait_share = sum(r["host_wait_us"] for r in idle) / idle_total
-    m.sync = summary["sync"]
-    sb = summary["step_breakdown_us"]
+    m.sync = report.sync
+    sb = report.step_breakdown_us
     m.step_breakdown = sb
     if sb.get("Total"):
         m.loader_share_trace = sb.get("DataLoader", 0.0) / sb["Total"]
         m.comm_share = sb.get("Communication", 0.0) / sb["Total"]
-        n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in summary["windows"]) or 1
+        n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in report.windows) or 1
         sync_calls = sum(v["calls"] for k, v in m.sync.items() if not k.startswith("Memcpy"))
         m.sync_per_step = sync_calls / n_steps
-    m.gemm_shapes = summary.get("gemm_shapes", [])
-    mem = summary["memory"]
+    m.gemm_shapes = report.gemm_shapes
+    mem = report.memory
     m.peak_allocated = mem["cuda_peak_allocated_bytes"]
     m.peak_reserved = mem["cuda_peak_reserved_bytes"]
     steps = run.steps()
@@ -223,7 +224,7 @@ def measure(run: RunReader, done: list, summary: dict[str, Any]) -> Measurements
         if ok.any():
             frag = (steps.mem_reserved[ok] - steps.mem_peak[ok]) / steps.mem_reserved[ok]
             m.fragmentation = float(np.clip(np.max(frag), 0.0, 1.0))
-    mfu = summary["mfu"]
+    mfu = report.mfu
     m.mfu_pct = mfu.get("mfu_pct")
     m.flops_by_dtype = mfu.get("by_dtype") or {}
     m.probes = list(meta.get("batch_probe", {}).get("points", []))
@@ -239,12 +240,12 @@ def measure(run: RunReader, done: list, summary: dict[str, Any]) -> Measurements
     m.target_batch = meta.get("target_batch")
     m.world_size = int(meta.get("world_size") or 1)
     m.local_world_size = int(meta.get("local_world_size") or 1)
-    m.windows = summary["windows"]
+    m.windows = report.windows
     m.ranks = _rank_timings(run, done)
     return m
 
 
-def _rank_timings(run: RunReader, done: list) -> list[RankTiming]:
+def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> list[RankTiming]:
     out = []
     for rank in run.ranks:
         steps = run.steps(rank)
