@@ -75,6 +75,10 @@ def suggestion_card(s: dict[str, Any], index: int, evidence_buttons: list[Any]) 
         body.append(html.Pre(html.Code(s["snippet"]), className="snippet"))
     body.append(html.P([html.B("Expected gain: "), f"{s.get('expected_gain')} — {s.get('gain_estimate')}",
                         html.Span(f" (confidence {s.get('confidence')})", className="muted")]))
+    if s.get("overlaps"):
+        body.append(html.P(["Overlaps with ", *[html.Code(o) for o in s["overlaps"]],
+                            ": they reclaim part of the same time, so their gains do not add up."],
+                           className="muted small"))
     if evidence_buttons:
         body.append(html.Div([html.B("Evidence: "), *evidence_buttons], className="evidence"))
     body.append(html.Div(f"rule {s['id']}", className="muted small"))

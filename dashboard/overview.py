@@ -49,8 +49,12 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     cards: list[Card] = []
     n_gpus = len(summary.get("gpus") or [])
     busy, why = _gpu_mean(summary, "gpu.util")
-    cards.append(Card("gpu_busy", "GPU busy", fmt.percent(busy), why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else
-                      "NVML: time any kernel ran"),
+    kernel = next((g.get("gpu_utilization_pct") for g in summary.get("gpu_summary") or []
+                   if g.get("gpu_utilization_pct") is not None), None)
+    sub = why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else "NVML, whole run")
+    if kernel is not None:  # the advisor's other figure, named as its findings name it
+        sub += f" · kernels run {fmt.percent(kernel)} of the profiled steps"
+    cards.append(Card("gpu_busy", "GPU busy", fmt.percent(busy), sub,
                       "NVML utilization.gpu: share of time at least one kernel ran. 100% does not mean all SMs "
                       "worked: see SM activity.", busy is not None))
     for key, metric, label, title in (

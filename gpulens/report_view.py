@@ -382,9 +382,14 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
     out.append(Text(f"Suggestions ({len(items)})", style="bold"))
     if not items:
         out.append(Text("  nothing in this run calls for a change", style="green"))
+    number = {s["id"]: i for i, s in enumerate(items, 1)}
     for i, s in enumerate(items, 1):
+        gain = s["expected_gain"]
+        shared = [f"#{number[o]}" for o in s.get("overlaps") or [] if o in number]
+        if shared and s.get("expected_gain_fraction"):
+            gain += f" (overlaps {', '.join(shared)})"
         line = Text.assemble((f"[{s['severity']}] ", _SEVERITY_STYLE[s["severity"]]), (s["title"], "bold"),
-                             f" — {s['expected_gain']}")
+                             f" — {gain}")
         out.append(_numbered(f"{i:>2}. ", line))
         out.append(_indented(Text(s["finding"], style="dim" if not full else ""), 5))
         if full:
@@ -393,6 +398,10 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
                 out.append(_indented(Text(s["snippet"], style="cyan"), 7))
             out.append(_indented(Text(f"gain: {s['gain_estimate']} · confidence {s['confidence']} · id {s['id']}",
                                       style="dim"), 5))
+    combined = advice.get("combined_gain_fraction")
+    if len(items) > 1 and combined:
+        out.append(Text(f"  together: up to {fmt.share(combined, 0)} shorter steps (suggestions that reclaim the "
+                        "same time counted once)", style="dim"))
     if full and advice.get("not_evaluated"):
         out.append(Text("Not evaluated (missing measurements):", style="bold"))
         for n in advice["not_evaluated"]:

@@ -96,6 +96,7 @@ class AutoSteps:
         self._late_scans = 0
         self._model_call_depth = 0
         self.saw_optimizer = False
+        self._described: dict[int, dict[str, Any]] = {}  # optimizers seen, for the run's metadata
         self.saw_backward = False
         self.saw_loader = False
         self.updates = 0
@@ -234,12 +235,21 @@ class AutoSteps:
                 self._pending = self._tentative_update = False
             self.saw_optimizer = True
             key = id(optimizer)
+            if key not in self._described and len(self._described) < 4:
+                self._describe(optimizer)
             if self.boundaries and self._pending and key in self._stepped:
                 self._boundary()  # the same optimizer again, nothing else between: a new iteration (LBFGS)
             self._stepped.add(key)
             self._enter(OPTIMIZER)
         except Exception as exc:
             self._failed(exc)
+
+    def _describe(self, optimizer: Any) -> None:
+        """Which optimizer, on which device, with which implementation (once per optimizer)."""
+        from gpulens.hooks.modelinfo import optimizer_meta
+
+        self._described[id(optimizer)] = optimizer_meta(optimizer)
+        self.run.set_meta(optimizers=list(self._described.values()))
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self.active:

@@ -27,12 +27,40 @@ def model_meta(model: Any = None, optimizer: Any = None) -> dict[str, Any] | Non
             if inner in ("DataParallel", "DistributedDataParallel"):
                 out["wrapper"] = inner
     if optimizer is not None:
-        out["optimizer"] = type(optimizer).__name__
-        try:
-            defaults = optimizer.defaults
-            out["optimizer_fused"] = bool(defaults.get("fused"))
-            out["optimizer_foreach"] = defaults.get("foreach")
-            out["lr"] = defaults.get("lr")
-        except Exception:
-            pass
+        described = optimizer_meta(optimizer)
+        out["optimizer"] = described["type"]
+        out["optimizer_fused"] = bool(described.get("fused"))
+        out["optimizer_foreach"] = described.get("foreach")
+        out["optimizer_impl"] = described.get("impl")
+        out["optimizer_device"] = described.get("device")
+        out["lr"] = described.get("lr")
+    return out
+
+
+def optimizer_meta(optimizer: Any) -> dict[str, Any]:
+    """Type, device and implementation of an optimizer: the advisor recommends an implementation only
+    where it is known to be faster, and never the one already in use.
+
+    ``impl`` resolves PyTorch's defaults (``foreach=None, fused=None``): the
+    multi-tensor ``foreach`` path when every parameter is on a CUDA device,
+    the per-parameter ``for-loop`` otherwise.
+    """
+    out: dict[str, Any] = {"type": type(optimizer).__name__}
+    try:
+        defaults = optimizer.defaults
+        fused, foreach = defaults.get("fused"), defaults.get("foreach")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        devices = sorted({p.device.type for p in params})
+        out.update(fused=fused, foreach=foreach, lr=defaults.get("lr"), param_tensors=len(params),
+                   device=devices[0] if len(devices) == 1 else ",".join(devices) or None)
+        if fused:
+            out["impl"] = "fused"
+        elif foreach:
+            out["impl"] = "foreach"
+        elif foreach is False:
+            out["impl"] = "for-loop"
+        elif "fused" in defaults or "foreach" in defaults:
+            out["impl"] = "foreach" if devices == ["cuda"] else "for-loop"
+    except Exception:  # a custom optimizer without torch's defaults: its type is all we know
+        pass
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -39,13 +40,20 @@ def _get(advice, rule_id):
 
 
 # ----------------------------------------------------------------------------- real CPU training scenarios
+def _own(advice) -> list:
+    """The suggestions about the run itself: on a loaded test machine, ``host_contention`` is a true finding
+    about the machine (other processes take the CPU) and may come first; everything else must still hold."""
+    return [s for s in advice.suggestions if s.id != "host_contention"]
+
+
 def test_healthy_run_gets_no_high_severity_suggestion(runs_dir):
-    data = TensorDataset(torch.randn(1024, 3, 32, 32), torch.randint(0, 10, (1024,)))
+    x, y = torch.randn(1024, 3, 32, 32), torch.randint(0, 10, (1024,))
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 1024, 128)]  # data in memory, already batched
     with gpulens.track("healthy", quiet=True, sampling=FAST) as run:
-        train_cnn(run, DataLoader(data, batch_size=128), epochs=2)
+        train_cnn(run, batches, epochs=2)
     advice = advise(open_run(run.path))
-    assert not [s for s in advice.suggestions if s.severity == "high"], _ids(advice)
-    assert "dataloader_bound" not in [s.id for s in advice.suggestions if s.severity != "low"]
+    assert not [s for s in _own(advice) if s.severity == "high"], _ids(advice)
+    assert "dataloader_bound" not in [s.id for s in _own(advice) if s.severity != "low"]
 
 
 def test_input_bound_run_ranks_dataloader_first_with_the_measured_share(runs_dir):
@@ -53,13 +61,132 @@ def test_input_bound_run_ranks_dataloader_first_with_the_measured_share(runs_dir
         train_cnn(run, DataLoader(SlowImages(n=128, delay=0.005), batch_size=16), epochs=1)
     reader = open_run(run.path)
     advice = advise(reader)
-    top = advice.suggestions[0]
+    top = _own(advice)[0]
     assert top.id == "dataloader_bound" and top.severity == "high"
     from gpulens.profiler.analysis.summary import summarize
 
     share = summarize(reader)["step_time"]["phases"]["data_wait"]["share"]
     assert f"{100 * share:.1f}%" in top.finding
     assert "num_workers=" in top.snippet and top.gain_fraction == pytest.approx(share)
+
+
+BURNER = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n"
+
+
+def start_burners(tmp_path: Path, n: int, seconds: float = 90.0) -> list[int]:
+    """CPU burners that are not children of this (training) process: another job on the same host."""
+    script = tmp_path / "cpu_burner.py"
+    script.write_text(BURNER)
+    pids = []
+    for _ in range(n):
+        out = subprocess.run(["bash", "-c", f"'{sys.executable}' '{script}' {seconds} >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+        pids.append(int(out.stdout))
+    return pids
+
+
+def stop(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def test_host_contention_names_the_other_job_first(runs_dir, tmp_path):
+    cores = os.cpu_count() or 1
+    burners = start_burners(tmp_path, cores)  # one per core: the training competes for every core
+    try:
+        time.sleep(0.5)
+        sampling = replace(FAST, others_interval=1.0)
+        data = TensorDataset(torch.randn(2048, 3, 32, 32), torch.randint(0, 10, (2048,)))
+        with gpulens.track("contended", quiet=True, sampling=sampling) as run:
+            end = time.time() + 6
+            while time.time() < end:
+                train_cnn(run, DataLoader(data, batch_size=64), epochs=1)
+    finally:
+        stop(burners)
+    reader = open_run(run.path)
+    advice = advise(reader)
+    top = advice.suggestions[0]
+    assert top.id == "host_contention", (_ids(advice), reader.meta().get("cpu_others"))
+    assert "cpu_burner.py" in top.finding and top.severity in ("high", "medium")
+    others = reader.meta()["cpu_others"]
+    burner = next(t for t in others["top"] if t["name"].endswith("cpu_burner.py"))  # first on a quiet machine
+    assert burner["processes"] == len(burners) and burner["cores"] >= 0.3
+    assert "cpu_burner.py" in top.action
+
+
+def test_a_loop_that_slows_down_mid_run_gets_the_step_and_the_phase(runs_dir):
+    x = torch.randn(64, 256)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    change = 150
+    with gpulens.track("slows-down", quiet=True, sampling=FAST, profile=False) as run:
+        for i in range(250):
+            with run.phase("forward"):
+                loss = model(x).square().mean()
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= change:
+                    time.sleep(0.02)  # the optimizer phase gets slower from here on
+            run.step()
+    advice = advise(open_run(run.path))
+    s = _get(advice, "step_time_shift")
+    step = s.evidence[1].data["step"]
+    assert abs(step - change) <= 0.05 * change, s.finding
+    assert f"at step {step}" in s.finding and "the optimizer phase moved most" in s.finding
+    assert s.severity in ("medium", "high") and s.evidence[0].kind == "time_range"
+
+
+def test_cpu_bound_workers_come_first_and_never_fewer_workers():
+    advice = _sample("cpu-cnn-workers")
+    top = advice.suggestions[0]
+    assert top.id == "dataloader_kind" and top.title == "Data loading is CPU-bound in the workers", _ids(advice)
+    have = round(open_run(SAMPLES / "cpu-cnn-workers").meta().get("config", {}).get("num_workers", 2))
+    for s in advice.suggestions:
+        for n in re.findall(r"num_workers[= ](\d+)", f"{s.action} {s.snippet or ''}"):
+            assert int(n) > have or f"the run has {have}" in s.action, (s.id, s.action)
+        text = f"{s.action} {s.snippet or ''}"
+        assert "pin_memory" not in text and "non_blocking" not in text and "GPU" not in s.action  # a CPU run
+
+
+def test_actions_carry_no_placeholders_or_gpu_knobs_on_cpu_runs():
+    for path in sorted(SAMPLES.iterdir()):
+        if not (path / "rank-0.db").exists():
+            continue
+        advice = advise(open_run(path))
+        for s in advice.suggestions:
+            text = f"{s.finding} {s.action} {s.snippet or ''} {s.expected_gain}"
+            assert "?" not in text.replace("?category", ""), (path.name, s.id, text)
+            assert "unknown" not in s.expected_gain, (path.name, s.id)
+            if path.name.startswith("cpu-"):
+                assert "pin_memory" not in text and "non_blocking" not in text and "CUDA" not in s.action
+
+
+def test_imported_trace_without_a_core_count_gets_a_number_not_a_placeholder():
+    m = replace(BASE, imported=True, cpu_count=None, loader_share_trace=0.4, phase_share={})
+    s = _get(advise_measurements(m), "dataloader_bound")
+    assert "?" not in s.action and "num_workers=4" in s.snippet and "did not record the core count" in s.action
+
+
+def test_overlapping_gains_are_marked_and_counted_once():
+    advice = _sample("h100-gpt-small-batch")
+    launch, idle = _get(advice, "launch_bound"), _get(advice, "low_gpu_busy")
+    assert "low_gpu_busy" in launch.overlaps and "launch_bound" in idle.overlaps
+    assert "step time" in idle.expected_gain and "GPU time" not in idle.expected_gain
+    gains = [s.gain_fraction for s in advice.suggestions if s.gain_fraction]
+    assert advice.combined_gain_fraction is not None and max(gains) <= advice.combined_gain_fraction <= 0.99
+    # one definition per figure: the NVML busy share is quoted with the card's name
+    from gpulens.dashboard.overview import headline
+    from gpulens.profiler.analysis.summary import summarize
+
+    card = next(c for c in headline(summarize(open_run(SAMPLES / "h100-gpt-small-batch"))) if c.key == "gpu_busy")
+    assert f"GPU busy (NVML, whole run) {card.value}" in idle.finding
+    assert "kernels run" in card.sub and "kernels run" in launch.finding
 
 
 class SleepyFiles(Dataset):
@@ -105,9 +232,34 @@ def test_optimizer_heavy_loop_gets_slow_optimizer_first(runs_dir):
                 opt.zero_grad(set_to_none=True)
             run.step()
     advice = advise(open_run(run.path))
-    top = advice.suggestions[0]
+    top = _own(advice)[0]
     assert top.id == "slow_optimizer", _ids(advice)
-    assert "(Adam)" in top.finding and "fused=True" in top.snippet
+    assert "(Adam, for-loop implementation, parameters on cpu)" in top.finding
+    # fused/foreach are not reliably faster on CPUs: no implementation is recommended there
+    assert "fused" not in top.snippet and "not reliably faster" in top.action
+
+
+@pytest.mark.parametrize("device, impl, expect, absent", [
+    ("cuda", "foreach", "fused=True", None),
+    ("cuda", "for-loop", "fused=True", None),
+    ("cuda", "fused", "already in use", "fused=True"),
+    ("cpu", "for-loop", "not reliably faster", "fused=True"),
+])
+def test_slow_optimizer_recommends_only_a_known_faster_implementation(device, impl, expect, absent):
+    m = replace(BASE, device=device, optimizer="AdamW", optimizer_impl=impl, optimizer_device=device,
+                phase_share={**BASE.phase_share, "optimizer": 0.3}, phase_share_median={"optimizer": 0.3},
+                phase_share_typical={"optimizer": 0.3})
+    s = _get(advise_measurements(m), "slow_optimizer")
+    text = s.action + (s.snippet or "")
+    assert expect in text and (absent is None or absent not in text)
+    assert "zero_grad(set_to_none=True)" not in s.action  # PyTorch's default since 2.0
+
+
+def test_slow_optimizer_judges_typical_steps_not_a_few_contended_ones():
+    """The mean share is dominated by a few slow steps; the median step's share is under the line."""
+    m = replace(BASE, phase_share={**BASE.phase_share, "optimizer": 0.16}, phase_share_typical={"optimizer": 0.085},
+                phase_share_median={"optimizer": 0.09})
+    assert "slow_optimizer" not in _ids(advise_measurements(m))
 
 
 BATCH_SCRIPT = textwrap.dedent("""
@@ -366,4 +518,4 @@ def test_track_prints_the_top_suggestions_at_the_end(tmp_path):
     off = subprocess.run([sys.executable, "-c", slow, str(tmp_path), "0"], capture_output=True, text=True, check=True)
     assert "top suggestions" not in off.stderr
     quiet = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
-    assert "top suggestions" not in quiet.stderr or "[high]" not in quiet.stderr
+    assert "The training loop waits for data" not in quiet.stderr

@@ -141,6 +141,10 @@ def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
     text = json.dumps(cards[0].to_plotly_json(), default=lambda o: o.to_plotly_json())
     assert "15.2%" in text  # the mean of NVML utilization.gpu, as `gpulens report` says
     assert suggestions[0].id == "suggestion-dataloader_bound"
+    assert "kernels run 10.9% of the profiled steps" in text  # the advisor's other busy figure, same words
+    page = json.dumps([s.to_plotly_json() for s in suggestions], default=lambda o: o.to_plotly_json())
+    assert "combined-gain" in page and "Together: up to" in page
+    assert "Overlaps with" in page  # launch_bound and low_gpu_busy reclaim the same idle time
     zooms = [t for t in targets if t["t0"] is not None]
     assert zooms, targets  # the profiled window's time range
     run = open_run(SAMPLES / "h100-cnn-input-bound")

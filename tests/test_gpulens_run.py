@@ -48,6 +48,8 @@ def test_dcgan_two_optimizers_one_step_per_batch(tmp_path):
     meta = reader.meta()
     assert meta["status"] == "finished" and meta["name"] == "dcgan"
     assert meta["auto"]["boundary"] == "dataloader" and meta["auto"]["optimizer"]
+    # both optimizers, as they stepped: what the advisor needs to recommend an implementation, or none
+    assert [(o["type"], o["impl"], o["device"]) for o in meta["optimizers"]] == [("Adam", "for-loop", "cpu")] * 2
     assert set(steps.samples[steps.samples == steps.samples]) == {16}
     assert (steps.backward[2:] > 0).all() and (steps.optimizer[2:] > 0).all()
     assert reader.windows()  # torch.profiler windows and FLOPs work without any code change

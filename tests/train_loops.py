@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,7 @@ def small_cnn() -> nn.Module:
     )
 
 
-def train_cnn(run, loader: DataLoader, epochs: int = 1, manual_step: bool = True, phases: bool = True,
+def train_cnn(run, loader: Iterable, epochs: int = 1, manual_step: bool = True, phases: bool = True,
               model: nn.Module | None = None) -> nn.Module:
     torch.manual_seed(0)
     model = model or small_cnn()

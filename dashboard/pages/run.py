@@ -113,6 +113,10 @@ def run_overview(run_id: str) -> tuple[Any, Any, list[dict[str, Any]], Any]:
         items.append(ui.suggestion_card(s, i, buttons))
     if not items:
         items = [ui.notice("No suggestions: nothing found holding this run back.", "ok", cid="no-suggestions")]
+    combined = (a.advice or {}).get("combined_gain_fraction")
+    if combined and len(items) > 1:
+        items.append(html.P(f"Together: up to {fmt.share(combined, 0)} shorter steps (suggestions that reclaim "
+                            "the same time counted once).", className="muted", id="combined-gain"))
     missing = (a.advice or {}).get("not_evaluated") or []
     if missing:
         items.append(html.Details([

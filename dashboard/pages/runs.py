@@ -88,12 +88,10 @@ def run_row(row: data.RunRow) -> dict[str, Any]:
     if a is None:
         out["top"] = "analysing…"
         return out
-    if a.error:
+    if a.error:  # says "analysis failed: ..." or what could not be read
         if a.broken:  # the run opened, but some of its data cannot be read
             out["status"] = "broken"
-            out["top"] = a.error
-        else:
-            out["top"] = f"analysis failed: {a.error}"
+        out["top"] = a.error
         return out
     s = a.summary or {}
     tp = s.get("throughput") or {}

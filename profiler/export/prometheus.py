@@ -337,6 +337,9 @@ class LatestSink:
         if kind in ("gpu_lost", "xid", "sampler_error"):
             log.warning("gpulens exporter: %s: %s", kind, message)
 
+    def meta(self, **values: Any) -> None:
+        pass
+
     def close(self, **meta: Any) -> None:
         pass
 

@@ -14,19 +14,20 @@ import sys
 
 import psutil
 
+from gpulens.profiler.record.others import OtherProcesses
 from gpulens.profiler.record.proctree import ProcessTree
 from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.sink import SampleSink
 
 
-def _cpu_busy(times) -> tuple[float, float]:  # psutil scputimes
+def _cpu_busy(times) -> tuple[float, float, float]:  # psutil scputimes
     total = sum(times)
     idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
+    return total - idle, total, getattr(times, "steal", 0.0)
 
 
 class _HostCpu:
-    """(busy, total) CPU seconds of the whole host since boot."""
+    """(busy, total, steal) CPU seconds of the whole host since boot (steal is inside busy)."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
@@ -38,7 +39,7 @@ class _HostCpu:
             except (OSError, ValueError, IndexError):
                 self.close()
 
-    def read(self) -> tuple[float, float]:
+    def read(self) -> tuple[float, float, float]:
         if self._fd is None:
             return _cpu_busy(psutil.cpu_times())
         line = os.pread(self._fd, 512, 0).split(b"\n", 1)[0]
@@ -46,12 +47,60 @@ class _HostCpu:
         # user nice system idle iowait irq softirq steal (guest* are inside user)
         total = sum(fields[:8])
         idle = fields[3] + fields[4]
-        return (total - idle) / self._tick, total / self._tick
+        steal = fields[7] if len(fields) > 7 else 0
+        return (total - idle) / self._tick, total / self._tick, steal / self._tick
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _ProcFile:
+    """A small /proc file kept open and re-read with pread (None where the kernel has none)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+            os.pread(self._fd, 256, 0)
+        except OSError:
+            self.close()
+
+    @property
+    def available(self) -> bool:
+        return self._fd is not None
+
+    def read(self) -> bytes | None:
+        if self._fd is None:
+            return None
+        try:
+            return os.pread(self._fd, 512, 0)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def cpu_pressure_total(text: bytes) -> float | None:
+    """Microseconds some task waited for a CPU, from /proc/pressure/cpu's ``some`` line."""
+    for line in text.split(b"\n"):
+        if line.startswith(b"some "):
+            for field in line.split():
+                if field.startswith(b"total="):
+                    return float(field[6:])
+    return None
+
+
+def runnable_tasks(text: bytes) -> int | None:
+    """Runnable tasks from /proc/loadavg's fourth field (``running/total``), the reader itself left out."""
+    parts = text.split()
+    if len(parts) < 4 or b"/" not in parts[3]:
+        return None
+    return max(0, int(parts[3].split(b"/")[0]) - 1)
 
 
 class _SelfRss:
@@ -77,9 +126,21 @@ class _SelfRss:
 
 
 class HostSampler:
-    def __init__(self, writer: SampleSink, tree: ProcessTree) -> None:
+    def __init__(self, writer: SampleSink, tree: ProcessTree, others_interval: float = 5.0) -> None:
         self.writer = writer
         self.tree = tree
+        self.cores = psutil.cpu_count() or 1
+        self._others = OtherProcesses(tree, others_interval)
+        self._pressure = _ProcFile("/proc/pressure/cpu")
+        self._loadavg = _ProcFile("/proc/loadavg")
+        self._prev_pressure: float | None = None
+        if not self._pressure.available:
+            writer.mark_series("host.cpu_pressure", -1, "unsupported",
+                               "no /proc/pressure/cpu (Linux PSI off, or not Linux)", "%")
+        # latest readings, in cores: the slow thread asks for a process walk only when the host is busier than us
+        self._busy_cores = 0.0
+        self._proc_cores = 0.0
+        self._workers_cores = 0.0
         self._sid: dict[str, int] = {}
         self._host_cpu = _HostCpu()
         self._rss = _SelfRss(tree.root)
@@ -127,15 +188,19 @@ class HostSampler:
         dt = None if self._prev_t is None else t - self._prev_t
         self._prev_t = t
 
-        busy, total = self._host_cpu.read()
+        busy, total, steal = self._host_cpu.read()
         d_total = total - self._prev_cpu[1]
         if d_total > 0:
-            self._point("host.cpu", t, 100.0 * (busy - self._prev_cpu[0]) / d_total)
-        self._prev_cpu = (busy, total)
+            share = (busy - self._prev_cpu[0]) / d_total
+            self._busy_cores = share * self.cores
+            self._point("host.cpu", t, 100.0 * share)
+            self._point("host.cpu_steal", t, max(0.0, 100.0 * (steal - self._prev_cpu[2]) / d_total))
+        self._prev_cpu = (busy, total, steal)
 
         cpu = self._proc_cpu()
         if dt:
-            self._point("proc.cpu", t, max(0.0, (cpu - self._prev_proc) / dt))
+            self._proc_cores = max(0.0, (cpu - self._prev_proc) / dt)
+            self._point("proc.cpu", t, self._proc_cores)
         self._prev_proc = cpu
         self._point("proc.rss", t, float(self._rss.read()))
 
@@ -150,6 +215,28 @@ class HostSampler:
         self._rates(("host.disk_read", "host.disk_write"), t, dt, disk, self._prev_disk)
         self._rates(("host.net_rx", "host.net_tx"), t, dt, net, self._prev_net)
         self._prev_disk, self._prev_net = disk, net
+        self._cpu_contention(t, dt)
+
+    def _cpu_contention(self, t: float, dt: float | None) -> None:
+        """Run-queue pressure, and who else uses the CPU while the host is busier than this run."""
+        raw = self._pressure.read()
+        waited = cpu_pressure_total(raw) if raw is not None else None
+        if waited is not None:
+            if self._prev_pressure is not None and dt:
+                self._point("host.cpu_pressure", t, min(100.0, max(0.0, (waited - self._prev_pressure) / 1e4 / dt)))
+            self._prev_pressure = waited
+        load = self._loadavg.read()
+        runnable = runnable_tasks(load) if load is not None else None
+        if runnable is not None:
+            self._point("host.runnable", t, float(runnable))
+        others = self._busy_cores - self._proc_cores - self._workers_cores
+        if self._others.due(t) and (others >= 0.5 or self._others.scans == 1):
+            try:
+                found = self._others.scan(t)
+            except (psutil.Error, OSError):
+                found = None
+            if found is not None:
+                self.writer.meta(cpu_others=found)
 
     def _rates(self, metrics: tuple[str, str], t: float, dt: float | None,
                now: tuple[int, int] | None, prev: tuple[int, int] | None) -> None:
@@ -184,10 +271,13 @@ class HostSampler:
             rss += mem.rss
         self._prev_child = seen
         if dt:
-            self._point("workers.cpu", t, cpu_delta / dt)
+            self._workers_cores = cpu_delta / dt
+            self._point("workers.cpu", t, self._workers_cores)
         self._point("workers.rss", t, rss)
         self._point("workers.count", t, float(len(seen)))
 
     def close(self) -> None:
         self._host_cpu.close()
         self._rss.close()
+        self._pressure.close()
+        self._loadavg.close()

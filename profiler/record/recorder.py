@@ -46,6 +46,8 @@ class SamplingConfig:
     # and on a CPU-bound loop the readings themselves cost the step ~1.5% (bench/overhead.py).
     host_interval: float = 0.5
     workers_interval: float = 1.0  # CPU and RSS of child processes (one /proc read per child)
+    # other processes' CPU, by name: a walk of /proc, done only while the host is busier than the run
+    others_interval: float = 5.0
     flush_interval: float = 0.3  # SIGKILL loses at most this plus one sampling interval
     devices: bool = True
     gpm: bool = True
@@ -53,7 +55,7 @@ class SamplingConfig:
 
     def validate(self) -> None:
         for name in ("device_interval", "util_interval", "gpm_interval", "slow_interval",
-                     "host_interval", "workers_interval", "flush_interval"):
+                     "host_interval", "workers_interval", "others_interval", "flush_interval"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -135,7 +137,7 @@ class Recorder:
                 fast.append(Task("gpm", self.config.gpm_interval, self._device.sample_gpm))
             slow.append(Task("nvml-slow", self.config.slow_interval, self._device.sample_slow))
         if sample_node and self.config.host:
-            self._host = HostSampler(self.sink, self.tree)
+            self._host = HostSampler(self.sink, self.tree, self.config.others_interval)
             fast.append(Task("host", self.config.host_interval, self._host.sample))
             fast.append(Task("workers", self.config.workers_interval, self._host.sample_workers))
             slow.append(Task("host-slow", self.config.slow_interval, self._host.sample_slow))

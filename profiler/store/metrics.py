@@ -65,6 +65,12 @@ _METRICS = [
     Metric("gpm.fp64_active", "%", "FP64 pipe (GPM)", "gpm", "Non-tensor fp64 math activity."),
     # psutil, host and training process
     Metric("host.cpu", "%", "Host CPU", "psutil", "All cores of the host, 0-100%."),
+    Metric("host.cpu_steal", "%", "CPU steal", "psutil",
+           "Share of the host's CPU time the hypervisor gave to other guests (virtual machines)."),
+    Metric("host.cpu_pressure", "%", "CPU pressure", "psutil",
+           "Share of time at least one runnable task waited for a CPU (Linux PSI, /proc/pressure/cpu)."),
+    Metric("host.runnable", "count", "Runnable tasks", "psutil",
+           "Tasks running or waiting for a CPU on the whole host (/proc/loadavg)."),
     Metric("host.mem_used", "B", "Host memory used", "psutil", "Host memory in use (total - available)."),
     Metric("host.swap_used", "B", "Swap used", "psutil", "Swap in use."),
     Metric("host.disk_read", "B/s", "Disk read", "psutil", "All disks."),

@@ -40,6 +40,10 @@ class SampleSink(Protocol):
     def event(self, kind: str, message: str, gpu: int = -1, data: dict[str, Any] | None = None,
               t: float | None = None) -> None: ...
 
+    def meta(self, **values: Any) -> None:
+        """Set run metadata keys (a sampler's findings that are not time series)."""
+        ...
+
     def close(self, **meta: Any) -> None:
         """The end of recording; ``meta`` is the run's final metadata (status, end time, ...)."""
         ...

@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.kernel_view import combine
+from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase, window_means
 from gpulens.profiler.analysis.report import Report
+from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
+from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.reader import RunReader, Window
 from gpulens.profiler.store.schema import PHASES
 
@@ -95,6 +98,26 @@ class Measurements:
     t_end: float | None = None
     windows: list[dict[str, Any]] = field(default_factory=list)
     top_kernels: list[dict[str, Any]] = field(default_factory=list)
+    # the optimizer as it ran: implementation (fused | foreach | for-loop) and the parameters' device
+    optimizer_impl: str | None = None
+    optimizer_device: str | None = None
+    # per-step view of the phases: the share after dropping outlier steps, and the median step's share
+    phase_share_typical: dict[str, float] = field(default_factory=dict)
+    phase_share_median: dict[str, float] = field(default_factory=dict)
+    outlier_steps: int = 0
+    # host contention
+    host_busy_cores: float | None = None  # mean busy cores of the whole host
+    cpu_steal_pct: float | None = None
+    cpu_pressure_pct: float | None = None  # PSI: time some task waited for a CPU
+    runnable: float | None = None  # mean runnable tasks on the host
+    others: dict[str, Any] | None = None  # other processes' CPU by name (sampler metadata cpu_others)
+    # lasting step-time changes, with what changed around them
+    shifts: list[Shift] = field(default_factory=list)
+    shift_context: dict[int, list[Change]] = field(default_factory=dict)  # shift step -> series that moved
+    shift_events: dict[int, list[str]] = field(default_factory=dict)  # shift step -> events near it
+    # device counters by host phase, and inside vs outside the profiler windows
+    phase_activity: PhaseActivity | None = None
+    sm_active_windows: tuple[float | None, float | None] = (None, None)  # GPM SM activity in, out of windows
 
 
 _FP32_GEMM = ("sgemm", "ffma", "f32f32_f32f32", "simt")
@@ -234,6 +257,13 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     m.params = model.get("params")
     m.param_bytes = model.get("param_bytes")
     m.optimizer = model.get("optimizer")
+    m.optimizer_impl = model.get("optimizer_impl")
+    m.optimizer_device = model.get("optimizer_device")
+    seen = meta.get("optimizers") or []  # gpulens run: the optimizers as they stepped
+    if seen and isinstance(seen[0], dict):
+        m.optimizer = m.optimizer or seen[0].get("type")
+        m.optimizer_impl = m.optimizer_impl or seen[0].get("impl")
+        m.optimizer_device = m.optimizer_device or seen[0].get("device")
     m.model_wrapper = model.get("wrapper")
     m.ddp_backend = meta.get("distributed_backend")
     m.batch_size = meta.get("batch_size") or m.samples_per_step
@@ -242,7 +272,87 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     m.local_world_size = int(meta.get("local_world_size") or 1)
     m.windows = report.windows
     m.ranks = _rank_timings(run, done)
+    _host_contention(m, host, meta)
+    _per_step(m, steps)
+    _shifts(m, run, steps)
+    _gpu_by_phase(m, run, steps)
     return m
+
+
+def _host_contention(m: Measurements, host: dict[str, Any], meta: dict[str, Any]) -> None:
+    cpu = _mean(host, "host.cpu")
+    if cpu is not None and m.cpu_count:
+        m.host_busy_cores = cpu / 100.0 * m.cpu_count
+    m.cpu_steal_pct = _mean(host, "host.cpu_steal")
+    m.cpu_pressure_pct = _mean(host, "host.cpu_pressure")
+    m.runnable = _mean(host, "host.runnable")
+    others = meta.get("cpu_others")
+    m.others = others if isinstance(others, dict) and isinstance(others.get("top"), list) else None
+
+
+def _per_step(m: Measurements, steps: Any) -> None:
+    """Phase shares that a few extreme steps cannot dominate (a contended second, a GC pause)."""
+    if not len(steps):
+        return
+    keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
+    d = steps.duration[keep]
+    ok = np.isfinite(d) & (d > 0)
+    if ok.sum() < 5:
+        return
+    med = float(np.median(d[ok]))
+    q1, q3 = np.percentile(d[ok], [25, 75])
+    limit = max(5 * med, q3 + 3 * (q3 - q1))
+    normal = ok & (d <= limit)
+    m.outlier_steps = int(ok.sum() - normal.sum())
+    total = float(d[normal].sum())
+    for p in PHASES:
+        col = np.nan_to_num(getattr(steps, p)[keep])
+        if total > 0:
+            m.phase_share_typical[p] = float(col[normal].sum() / total)
+        m.phase_share_median[p] = float(np.median(col[ok] / d[ok]))
+
+
+#: Series compared just before and after a step-time change: what changed with it.
+CONTEXT_HOST = ("host.cpu", "host.cpu_pressure", "host.cpu_steal", "proc.cpu", "workers.cpu", "proc.rss",
+                "host.mem_used", "host.swap_used", "host.disk_read")
+CONTEXT_GPU = ("gpu.sm_clock", "gpu.util", "gpu.mem_used", "gpu.power", "gpu.temp")
+
+
+def _shifts(m: Measurements, run: RunReader, steps: Any) -> None:
+    if not len(steps):
+        return
+    keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
+    m.shifts = find_shifts(steps.step[keep], steps.t_start[keep], steps.duration[keep],
+                           {p: getattr(steps, p)[keep] for p in PHASES})
+    if not m.shifts:
+        return
+    series: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    for metric in CONTEXT_HOST:
+        s = run.series(metric)
+        if s is not None and len(s):
+            series[metric] = (s.t, s.v, unit_of(metric))
+    for metric in CONTEXT_GPU:
+        s = run.series(metric, 0) if run.gpus_recorded() else None
+        if s is not None and len(s):
+            series[metric] = (s.t, s.v, unit_of(metric))
+    events = run.events()
+    for shift in m.shifts:
+        reach = min(30.0, max(2.0, (shift.t - shift.t_from) / 2, (shift.t_to - shift.t) / 2))
+        m.shift_context[shift.step] = changes_around(shift.t, series, reach)
+        near = [e for e in events if abs(e.t - shift.t) <= max(2.0, reach / 3) and e.kind not in ("note",)]
+        m.shift_events[shift.step] = [f"{e.kind}: {e.message}" for e in near[:3]]
+
+
+def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
+    if m.device != "cuda" or not run.gpus_recorded() or not len(steps):
+        return
+    sm = run.series("gpm.sm_active", 0)
+    if sm is None or not len(sm):
+        return
+    interval = float((run.info.meta.get("sampling") or {}).get("gpm_interval") or 0.2)
+    m.phase_activity = activity_by_phase("gpm.sm_active", steps.t_start, steps.t_end,
+                                         {p: getattr(steps, p) for p in PHASES}, sm.t, sm.v, interval)
+    m.sm_active_windows = window_means(sm.t, sm.v, [(w["t_start"], w["t_end"]) for w in m.windows])
 
 
 def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> list[RankTiming]:

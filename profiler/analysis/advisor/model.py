@@ -30,6 +30,7 @@ class Suggestion:
     evidence: list[Evidence] = field(default_factory=list)
     snippet: str | None = None
     gain_fraction: float | None = None  # upper bound on the step-time fraction saved, for ranking
+    overlaps: list[str] = field(default_factory=list)  # suggestions that claim part of the same time
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -53,10 +54,14 @@ class Advice:
     run: str
     suggestions: list[Suggestion]
     not_evaluated: list[NotEvaluated]
+    #: All suggestions together, overlapping ones counted once: the sum over groups of overlapping suggestions
+    #: of each group's largest gain (groups claim disjoint parts of the step), at most 0.99.
+    combined_gain_fraction: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"schema": ADVICE_SCHEMA, "run": self.run,
                 "suggestions": [s.as_dict() for s in self.suggestions],
+                "combined_gain_fraction": self.combined_gain_fraction,
                 "not_evaluated": [n.as_dict() for n in self.not_evaluated]}
 
 

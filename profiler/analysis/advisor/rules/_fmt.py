@@ -14,3 +14,34 @@ def busy_fraction(m) -> float:  # noqa: ANN001 - Measurements, avoiding a cycle
     if m.gpu_util is not None and m.device == "cuda":
         return m.gpu_util / 100.0
     return 1.0
+
+
+def busy_words(m, outside_data: bool = False) -> str:  # noqa: ANN001 - Measurements, avoiding a cycle
+    """The GPU's busy share, named as the report and the dashboard's cards name it.
+
+    Two figures exist and differ (kernel time in the profiled steps; NVML's
+    "a kernel ran" over the whole run): a finding says which one it uses and
+    shows the other beside it, never a bare "busy N%".
+    """
+    from gpulens import fmt
+
+    nvml = f"GPU busy (NVML, whole run) {fmt.percent(m.gpu_util)}" if m.gpu_util is not None else None
+    if m.kernel_util is not None:
+        where = "of the profiled steps' time outside data waits" if outside_data else "of the profiled steps' time"
+        text = f"kernels run {fmt.share(busy_fraction(m) if not outside_data else _outside(m))} {where}"
+        return f"{text} ({nvml})" if nvml else text
+    return nvml or "GPU busy unknown"
+
+
+def _outside(m) -> float:  # noqa: ANN001
+    data = m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0
+    return min(1.0, busy_fraction(m) / max(1e-6, 1.0 - data))
+
+
+def windows_typical(m) -> tuple[bool, str]:  # noqa: ANN001 - Measurements, avoiding a cycle
+    """Are the profiled steps typical of the run?  (GPM SM activity inside vs outside the windows.)"""
+    inside, outside = m.sm_active_windows
+    if inside is None or outside is None:
+        return True, ""
+    typical = abs(inside - outside) <= max(5.0, 0.33 * max(inside, outside))
+    return typical, f"GPM SM activity {inside:.0f}% in the profiled steps vs {outside:.0f}% outside them"

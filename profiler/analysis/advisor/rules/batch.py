@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction
+from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction, busy_words
 from gpulens.profiler.analysis.batch_model import BatchFit, fit, lr_scaling, round_batch
 
 
@@ -66,7 +66,8 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
                f"{(model.m_act or 0.0) / 2**20:.1f} MiB per sample, "
                f"so the largest batch that fits with a 5% margin is {b_max}")
     if m.device == "cuda":
-        finding += f"; the GPU is busy {fmt.share(busy, 0)}" + (f", MFU {m.mfu_pct:.0f}%" if m.mfu_pct else "")
+        finding += ("; " + (f"GPM SM activity {fmt.percent(m.sm_active, 0)}" if m.sm_active is not None else
+                            busy_words(m)) + (f", MFU {m.mfu_pct:.0f}%" if m.mfu_pct else ""))
     expected = (f"{sps_new / sps_now:.2f}x samples/s at batch {suggested} (step time fitted against batch size)"
                 if gain is not None and sps_new and sps_now
                 else "higher throughput; not estimated without step times at 2+ batch sizes")

@@ -18,9 +18,45 @@ def wait_share(m: Measurements) -> tuple[float | None, str]:
     return share, "time in the DataLoader, every step"
 
 
-def suggested_workers(m: Measurements) -> int:
-    cores = m.cpu_count or 4
-    return max(1, cores // max(1, m.local_world_size) - 1)
+def suggested_workers(m: Measurements) -> int | None:
+    """About one worker per core of this process' share of the host, minus one for the training loop."""
+    if not m.cpu_count:
+        return None
+    return max(1, m.cpu_count // max(1, m.local_world_size) - 1)
+
+
+def current_workers(m: Measurements) -> int | None:
+    return round(m.workers) if m.workers is not None else None
+
+
+def _loader_advice(m: Measurements) -> tuple[str, str]:
+    """(action, snippet): never fewer workers than the run has, pinned memory only where a GPU is fed."""
+    n, have = suggested_workers(m), current_workers(m)
+    cuda = m.device == "cuda"
+    copies = ", pinned memory with non_blocking copies" if cuda else ""
+    if have is not None and n is not None and n <= have:
+        action = (f"More workers will not help: the run has {have} for {m.cpu_count} cores. Make each sample "
+                  f"cheaper to load (see the data-loading suggestion), prefetch deeper and keep the workers "
+                  f"alive between epochs{copies}.")
+        workers = str(have)
+    elif n is not None:
+        action = (f"Load batches in parallel and ahead of time: num_workers={n} (about one per core: "
+                  f"{m.cpu_count} cores / {m.local_world_size} training process(es), minus one){copies}, "
+                  "persistent workers and a deeper prefetch.")
+        workers = str(n)
+    else:
+        action = ("Load batches in parallel and ahead of time: num_workers of about one per free core (this run "
+                  f"did not record the core count; 4 is a common start){copies}, persistent workers and a "
+                  "deeper prefetch.")
+        workers = "4"
+    pin = ", pin_memory=True" if cuda else ""
+    snippet = (f"loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
+               f"                    num_workers={workers}{pin},\n"
+               f"                    persistent_workers=True, prefetch_factor=4)")
+    if cuda:
+        snippet += ("\nfor x, y in loader:\n"
+                    "    x = x.to(device, non_blocking=True); y = y.to(device, non_blocking=True)")
+    return action, snippet
 
 
 def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
@@ -35,8 +71,7 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
             "needs the data wait: gpulens run times torch DataLoader fetches, and this loop used none"))
     if share <= THRESHOLD:
         return None
-    workers = round(m.workers) if m.workers is not None else None
-    n = suggested_workers(m)
+    workers = current_workers(m)
     finding = f"{fmt.share(share)} of step time is spent waiting for the next batch ({source})"
     if m.loader_share_trace is not None and source.startswith("time in"):
         finding += f"; profiled steps: {fmt.share(m.loader_share_trace)} in DataLoader"
@@ -50,21 +85,25 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     if m.windows:
         w = m.windows[0]
         evidence.append(Evidence("window", "profiled steps", {"rank": w["rank"], "index": w["index"]}))
+    action, snippet = _loader_advice(m)
     return Suggestion(
         id="dataloader_bound", severity=severity,
         title="The training loop waits for data",
-        finding=finding,
-        action=(f"Load batches in parallel and ahead of time: num_workers={n} (about one per core: "
-                f"{m.cpu_count or '?'} cores / {m.local_world_size} process(es), minus one), pinned memory "
-                "with non_blocking copies, persistent workers and a deeper prefetch."),
-        snippet=(f"loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
-                 f"                    num_workers={n}, pin_memory=True,\n"
-                 f"                    persistent_workers=True, prefetch_factor=4)\n"
-                 f"for x, y in loader:\n"
-                 f"    x = x.to(device, non_blocking=True); y = y.to(device, non_blocking=True)"),
+        finding=finding, action=action, snippet=snippet,
         expected_gain=f"up to {fmt.share(share, 0)} shorter steps",
         gain_estimate="upper bound: the measured data-wait share, which vanishes when loading overlaps compute",
         confidence="high", evidence=evidence, gain_fraction=share)
+
+
+def worker_headroom(m: Measurements) -> float:
+    """The CPU one worker could have had, in cores: the host's cores not used by anything but the workers."""
+    if not m.workers:
+        return 1.0
+    if m.host_busy_cores is None or not m.cpu_count or m.workers_cpu is None:
+        return 1.0
+    others = max(0.0, m.host_busy_cores - m.workers_cpu)  # the training process and everything else
+    free = max(0.05 * m.workers, m.cpu_count - others)
+    return min(1.0, free / m.workers)
 
 
 def dataloader_kind(m: Measurements) -> Suggestion | None:
@@ -73,17 +112,30 @@ def dataloader_kind(m: Measurements) -> Suggestion | None:
     if share is None or share <= THRESHOLD or not m.workers or m.workers < 0.5 or m.workers_cpu is None:
         return None
     per_worker = m.workers_cpu / m.workers
+    # judged against the CPU a worker could have had: on a contended host, CPU-bound workers get less than a core
+    headroom = worker_headroom(m)
     host = m.host_cpu_pct
-    if per_worker >= 0.6:
+    if per_worker >= 0.6 * headroom:
         saturated = host is not None and host >= 85
         finding = (f"the {m.workers:.0f} DataLoader workers are busy: {per_worker:.0%} of a core each "
-                   f"({m.workers_cpu:.1f} cores), host CPU {host:.0f}%" if host is not None else
-                   f"the {m.workers:.0f} DataLoader workers are busy: {per_worker:.0%} of a core each")
-        action = ("The host CPU is saturated: make the per-sample work cheaper (decode once and cache, "
-                  "smaller source images, torchvision.transforms.v2 on uint8 tensors), or move augmentation "
-                  "to the GPU (transforms on batched CUDA tensors, NVIDIA DALI)." if saturated else
-                  f"Transforms are CPU-bound and cores are free: raise num_workers towards "
-                  f"{suggested_workers(m)}, and keep per-sample work cheap.")
+                   f"({m.workers_cpu:.1f} cores)")
+        if headroom < 0.95:
+            finding += f", of about {headroom:.0%} of a core each that the host left them"
+        if host is not None:
+            finding += f"; host CPU {fmt.percent(host, 0)}"
+        cheaper = ("make the per-sample work cheaper (decode once and cache, smaller source images, "
+                   "torchvision.transforms.v2 on uint8 tensors, augmentations precomputed offline)")
+        n, have = suggested_workers(m), current_workers(m)
+        if saturated:
+            action = f"The host CPU is saturated: {cheaper}"
+            if m.device == "cuda":
+                action += ", or move augmentation to the GPU (transforms on batched CUDA tensors, NVIDIA DALI)"
+            action += "."
+        elif n is not None and have is not None and n > have:
+            action = (f"Transforms are CPU-bound and cores are free: raise num_workers from {have} to {n}, "
+                      f"and {cheaper}.")
+        else:
+            action = f"Transforms are CPU-bound: {cheaper}."
         return Suggestion(
             id="dataloader_kind", severity="medium", title="Data loading is CPU-bound in the workers",
             finding=finding, action=action, expected_gain=f"part of the {fmt.share(share, 0)} data wait",
@@ -91,7 +143,7 @@ def dataloader_kind(m: Measurements) -> Suggestion | None:
             evidence=[Evidence("metric", "workers' CPU", {"metric": "workers.cpu", "gpu": -1}),
                       Evidence("metric", "host CPU", {"metric": "host.cpu", "gpu": -1})],
             gain_fraction=share * 0.9)
-    if per_worker <= 0.3 and share >= 0.15:
+    if per_worker <= 0.3 * headroom and share >= 0.15:
         # idle workers while the loop waits a lot: they wait on reads.  (With a small wait, idle workers only
         # mean the data is cheap -- in-memory datasets -- so that case says nothing.)
         disk = m.disk_read_bps
@@ -102,10 +154,12 @@ def dataloader_kind(m: Measurements) -> Suggestion | None:
         return Suggestion(
             id="dataloader_kind", severity="medium", title="Data loading is I/O-bound",
             finding=finding,
-            action=("Hide and cut the read latency: more workers and a deeper prefetch_factor (reads overlap), "
+            action=("Hide and cut the read latency: more workers (waiting on reads, they may outnumber the cores) "
+                    "and a deeper prefetch_factor, "
                     "cache the dataset in RAM or on local NVMe, pack small files into large shards read "
                     "sequentially (WebDataset, tar/parquet)."),
-            snippet="DataLoader(dataset, num_workers=16, prefetch_factor=8, persistent_workers=True, pin_memory=True)",
+            snippet=(f"DataLoader(dataset, num_workers={max(2 * (current_workers(m) or 1), 8)}, prefetch_factor=8, "
+                     "persistent_workers=True" + (", pin_memory=True)" if m.device == "cuda" else ")")),
             expected_gain=f"part of the {fmt.share(share, 0)} data wait",
             gain_estimate="bounded by the data-wait share",
             confidence="medium", evidence=[Evidence("metric", "workers' CPU", {"metric": "workers.cpu", "gpu": -1}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction, how
+from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction, busy_words, how, windows_typical
 
 
 def low_gpu_busy(m: Measurements) -> Suggestion | None:
@@ -13,17 +13,20 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     busy = busy_fraction(m)
     if busy >= 0.5:
         return None
-    source = "kernel time in the profiled steps" if m.kernel_util is not None else "NVML utilization.gpu"
-    finding = f"the GPU runs kernels {fmt.share(busy)} of the time ({source})"
+    finding = busy_words(m)
     if m.sm_active is not None:
-        finding += f"; GPM SM activity {m.sm_active:.1f}%"
+        finding += f"; GPM SM activity {fmt.percent(m.sm_active)}"
+    pa = m.phase_activity
+    if pa is not None and pa.precise() and len(pa.by_phase) >= 2:
+        finding += ("; SM activity while the host was in each phase (GPU work runs after its launch): "
+                    + ", ".join(f"{name.replace('_', ' ')} {fmt.percent(v, 0)}" for name, v in pa.by_phase.items()))
     return Suggestion(
         id="low_gpu_busy", severity="medium", title="The GPU is idle most of the time",
         finding=finding,
         action="Find what it waits for: the suggestions above name the cause when gpulens can see it "
                "(data, launches, synchronisation); otherwise raise the batch size.",
-        expected_gain=f"up to {fmt.share(1 - busy, 0)} of GPU time to reclaim",
-        gain_estimate="the idle share; what part is reachable depends on the cause", confidence="high",
+        expected_gain=f"up to {fmt.share(1 - busy, 0)} of step time, only by removing what the GPU waits for",
+        gain_estimate="the GPU's idle share: a step can shrink at most to the GPU's busy time", confidence="high",
         evidence=[Evidence("metric", "GPU busy", {"metric": "gpu.util", "gpu": 0}),
                   Evidence("metric", "SM activity", {"metric": "gpm.sm_active", "gpu": 0})],
         gain_fraction=None)
@@ -47,12 +50,14 @@ def launch_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     host_wait = m.host_wait_share if m.host_wait_share is not None else 0.5
     gain = compute * (1 - busy) * host_wait
     severity = "high" if busy < 0.4 and short >= 0.6 and gain >= 0.15 else "medium"
-    where = " outside data waits" if data > 0.05 else ""
     finding = (f"{fmt.share(short, 0)} of kernels finish before their launch call returns (median kernel "
-               f"{median:.1f} µs, {m.launch.get('kernels_per_step') or 0:.0f} kernels per step) and the GPU is "
-               f"busy {fmt.share(busy, 0)} of the time{where}")
+               f"{median:.1f} µs, {m.launch.get('kernels_per_step') or 0:.0f} kernels per step); "
+               f"{busy_words(m, outside_data=data > 0.05)}")
     if m.host_wait_share is not None:
         finding += f"; {fmt.share(m.host_wait_share, 0)} of GPU idle time is spent waiting for the host to launch"
+    typical, windows = windows_typical(m)
+    if windows:
+        finding += f"; {windows}" + ("" if typical else " (the profiled steps are not typical of the run)")
     return Suggestion(
         id="launch_bound", severity=severity, title="Kernel launches, not the GPU, set the pace",
         finding=finding,
@@ -63,7 +68,7 @@ def launch_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         gain_estimate="non-data-wait share x GPU idle share x share of idle time attributed to host launches "
                       "(HTA's idle categories); "
                       "torch.compile gained 43% on average over 163 models (PyTorch 2.0 figures)",
-        confidence="medium",
+        confidence="medium" if typical else "low",
         evidence=[Evidence("kernels", "shortest frequent kernels", {"window": 0}),
                   Evidence("metric", "GPU busy", {"metric": "gpu.util", "gpu": 0})],
         gain_fraction=gain)
