@@ -48,8 +48,12 @@ def _shell() -> html.Div:
     ], className="shell")
 
 
-def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwargs: Any) -> Dash:
-    """The dashboard for the runs under ``runs_root``; ``access`` guards it (loopback defaults)."""
+def create_app(runs_root: str | Path, access: Access | None = None, fallback: str | Path | None = None,
+               **dash_kwargs: Any) -> Dash:
+    """The dashboard for the runs under ``runs_root``; ``access`` guards it (loopback defaults).
+
+    ``fallback`` (the sample runs) is shown while ``runs_root`` holds no run; the first run recorded there
+    takes over without a restart."""
     app = Dash(
         "gpulens.dashboard",
         use_pages=True,
@@ -62,7 +66,9 @@ def create_app(runs_root: str | Path, access: Access | None = None, **dash_kwarg
         **dash_kwargs,
     )
     app.server.config[data.CONFIG_KEY] = str(Path(runs_root).resolve())
-    data.configure(runs_root)
+    if fallback is not None:
+        app.server.config[data.FALLBACK_KEY] = str(Path(fallback).resolve())
+    data.configure(runs_root, fallback)
     install(app.server, access or Access())
 
     dash._callback.GLOBAL_CALLBACK_LIST.clear()

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from gpulens import fmt
+from gpulens.profiler import RunReader
 
 
 def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
@@ -13,37 +14,58 @@ def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-#: (label, getter, formatter, higher is better)
+#: (label, getter, formatter, higher is better, kind).  ``kind`` says how A and B compare: "ratio" in %
+#: of A; "share" (0-1) and "percent" (0-100) in percentage points -- "0.1% -> 0.1%: -15.2%" or
+#: "+105791.9%" from a near-zero share say nothing; "per_step" like ratio, but not judged when the
+#: batch sizes differ (a bigger batch makes every step slower and every sample faster).
 HEADLINE = (
-    ("Samples/s", lambda s: (s.get("throughput") or {}).get("samples_per_s"), lambda v: f"{v:,.1f}", True),
-    ("Steps/s", lambda s: (s.get("throughput") or {}).get("steps_per_s"), lambda v: f"{v:.3f}", True),
-    ("Step time (median)", lambda s: (s.get("step_time") or {}).get("median_s"), fmt.seconds, False),
+    ("Samples/s", lambda s: (s.get("throughput") or {}).get("samples_per_s"), lambda v: f"{v:,.1f}", True, "ratio"),
+    ("Steps/s", lambda s: (s.get("throughput") or {}).get("steps_per_s"), lambda v: f"{v:.3f}", True, "per_step"),
+    ("Step time (median)", lambda s: (s.get("step_time") or {}).get("median_s"), fmt.seconds, False, "per_step"),
     ("Data wait share", lambda s: (((s.get("step_time") or {}).get("phases") or {}).get("data_wait") or {})
-     .get("share"), lambda v: fmt.share(v), False),
-    ("GPU busy (NVML)", lambda s: _gpu_mean(s, "gpu.util"), fmt.percent, True),
-    ("SM activity (GPM)", lambda s: _gpu_mean(s, "gpm.sm_active"), fmt.percent, True),
-    ("Tensor activity (GPM)", lambda s: _gpu_mean(s, "gpm.tensor_active"), fmt.percent, True),
-    ("MFU", lambda s: (s.get("mfu") or {}).get("mfu_pct"), fmt.percent, True),
-    ("Tensor-core share of kernel time", lambda s: s.get("tensor_core_share"), lambda v: fmt.share(v), True),
-    ("Peak CUDA memory", lambda s: (s.get("memory") or {}).get("cuda_peak_allocated_bytes"), fmt.bytes_, None),
-    ("Power (mean)", lambda s: _gpu_mean(s, "gpu.power"), lambda v: f"{v:.0f} W", None),
+     .get("share"), lambda v: fmt.share(v), False, "share"),
+    ("GPU busy (NVML)", lambda s: _gpu_mean(s, "gpu.util"), fmt.percent, True, "percent"),
+    ("SM activity (GPM)", lambda s: _gpu_mean(s, "gpm.sm_active"), fmt.percent, True, "percent"),
+    ("Tensor activity (GPM)", lambda s: _gpu_mean(s, "gpm.tensor_active"), fmt.percent, True, "percent"),
+    ("MFU", lambda s: (s.get("mfu") or {}).get("mfu_pct"), fmt.percent, True, "percent"),
+    ("Tensor-core share of kernel time", lambda s: s.get("tensor_core_share"), lambda v: fmt.share(v), True, "share"),
+    ("Peak CUDA memory", lambda s: (s.get("memory") or {}).get("cuda_peak_allocated_bytes"), fmt.bytes_, None,
+     "ratio"),
+    ("Power (mean)", lambda s: _gpu_mean(s, "gpu.power"), lambda v: f"{v:.0f} W", None, "ratio"),
 )
+
+#: Smallest change that gets a verdict: 1% of A for ratios, 1 percentage point for shares.
+MIN_RATIO_PCT = 1.0
+MIN_POINTS = 1.0
+
+
+def _batch(s: dict[str, Any]) -> Any:
+    return (s.get("run") or {}).get("batch_size")
 
 
 def headline_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per figure: A, B, the change B vs A in %, and whether that change is an improvement."""
+    """One row per figure: A, B, the change B vs A (in % of A, or in percentage points for shares), and
+    whether that change is an improvement (None: no verdict)."""
     rows = []
-    for label, get, show, higher_better in HEADLINE:
+    batches_differ = bool(_batch(a) and _batch(b) and _batch(a) != _batch(b))
+    for label, get, show, higher_better, kind in HEADLINE:
         va, vb = get(a), get(b)
-        change = None
+        text, delta, floor = "", None, MIN_RATIO_PCT
+        if va is not None and vb is not None:
+            if kind in ("share", "percent"):
+                delta = (vb - va) * (100.0 if kind == "share" else 1.0)
+                text, floor = f"{delta:+.1f} pp", MIN_POINTS
+            elif va != 0:
+                delta = (vb - va) / abs(va) * 100
+                text = f"{delta:+.1f}%"
         better = None
-        if va is not None and vb is not None and va != 0:
-            change = (vb - va) / abs(va) * 100
-            if higher_better is not None and abs(change) >= 1.0:
-                better = (change > 0) == higher_better
+        judged = higher_better is not None and not (kind == "per_step" and batches_differ)
+        if delta is not None and judged and abs(delta) >= floor:
+            better = (delta > 0) == higher_better
+        if kind == "per_step" and batches_differ and text:
+            text += " (batch sizes differ)"
         rows.append({"metric": label, "a": show(va) if va is not None else "n/a",
-                     "b": show(vb) if vb is not None else "n/a",
-                     "change": f"{change:+.1f}%" if change is not None else "", "better": better})
+                     "b": show(vb) if vb is not None else "n/a", "change": text, "better": better})
     return rows
 
 
@@ -116,3 +138,47 @@ def histogram(values: np.ndarray, bins: int = 20) -> tuple[np.ndarray, np.ndarra
     edges = np.linspace(0, 100, bins + 1)
     counts, _ = np.histogram(np.clip(v, 0, 100), bins=edges)
     return edges, counts / max(int(v.size), 1)
+
+
+#: Line = (x, y): x in seconds since start or in steps done.
+Line = tuple[np.ndarray, np.ndarray]
+#: The utilisation line of the overlay: the best metric both runs recorded, in this order.
+OVERLAY_METRICS = (("gpm.sm_active", "SM activity (GPM, %)"), ("gpu.util", "GPU busy (NVML, %)"),
+                   ("proc.cpu", "Process CPU (cores)"))
+
+
+def overlay_metric(runs: list[RunReader]) -> tuple[str, str] | None:
+    """The utilisation series every run recorded (SM activity before NVML busy before process CPU)."""
+    for metric, title in OVERLAY_METRICS:
+        if all(any(s.metric == metric and s.status == "ok" and s.count > 0 for s in r.series_list()) for r in runs):
+            return metric, title
+    return None
+
+
+def overlay(run: RunReader, align: str, metric: str | None, points: int = 1200) -> dict[str, Line]:
+    """One run's step time (ms) and ``metric`` as (x, y), with x = seconds since start (``align="time"``)
+    or the step count reached at that moment (``align="step"``: runs of different speed line up by work
+    done, not by clock)."""
+    origin = float(run.info.start or 0.0)
+    view = run.step_view(None, max_points=points)
+    steps_done = np.cumsum(view.n.astype(np.float64)) if len(view) else np.zeros(0)
+    out: dict[str, Line] = {}
+
+    def x_of(t: np.ndarray) -> np.ndarray:
+        if align == "step":
+            if steps_done.size == 0:
+                return np.full(t.size, np.nan)
+            return np.interp(t, view.t, steps_done, left=np.nan, right=np.nan)
+        return t - origin
+
+    if len(view):
+        out["step"] = (steps_done if align == "step" else view.t - origin, view.dur * 1e3)
+    if metric is not None:
+        gpus = run.gpus_recorded()
+        gpu = gpus[0] if gpus and not metric.startswith("proc.") else -1
+        sv = run.series_view(metric, gpu, max_points=points)
+        if sv is not None and len(sv):
+            x = x_of(sv.t)
+            ok = np.isfinite(x)
+            out["metric"] = (x[ok], np.asarray(sv.v, dtype=np.float64)[ok])
+    return out

@@ -22,31 +22,77 @@ from gpulens.profiler import GpulensError, RunError, RunReader, open_run
 from gpulens.profiler.store.runstore import is_run_dir, list_runs, rank_dbs, run_dir_in
 
 CONFIG_KEY = "GPULENS_RUNS_ROOT"
+#: Set when no root was given: the sample runs, shown while the default root has no runs yet.
+FALLBACK_KEY = "GPULENS_SAMPLES_ROOT"
 _default_root: Path | None = None
+_default_fallback: Path | None = None
 
 #: A running run's analysis is recomputed at most this often (its files change every flush).
 LIVE_ANALYSIS_EVERY_S = 15.0
 #: A running run's metadata (status, heartbeat) is re-read at most this often.
 REFRESH_EVERY_S = 0.5
+#: How often the default root is re-checked for its first run while the sample runs are shown.
+ROOT_RECHECK_S = 2.0
 
 
-def configure(root: Path | str) -> None:
+def configure(root: Path | str, fallback: Path | str | None = None) -> None:
     """The runs root used outside a Flask app context (tests calling callbacks as functions)."""
-    global _default_root
+    global _default_root, _default_fallback
     _default_root = Path(root)
+    _default_fallback = Path(fallback) if fallback is not None else None
 
 
-def runs_root() -> Path:
+@dataclass(frozen=True)
+class RootChoice:
+    """Where the dashboard looks: ``root``; ``preferred`` is the root it would use once it holds a run."""
+
+    root: Path
+    preferred: Path
+    fallback: Path | None
+
+    @property
+    def showing_samples(self) -> bool:
+        return self.fallback is not None and self.root == self.fallback
+
+
+_has_runs: dict[Path, tuple[bool, float]] = {}
+
+
+def _holds_runs(root: Path) -> bool:
+    """Whether ``root`` has a run yet; once it has, it stays chosen (checked every ROOT_RECHECK_S until then)."""
+    hit = _has_runs.get(root)
+    now = time.monotonic()
+    if hit is not None and (hit[0] or now - hit[1] < ROOT_RECHECK_S):
+        return hit[0]
+    found = bool(list_runs(root))
+    _has_runs[root] = (found, now)
+    return found
+
+
+def root_choice() -> RootChoice:
+    preferred, fallback = _configured()
+    if fallback is not None and not _holds_runs(preferred):
+        return RootChoice(fallback, preferred, fallback)
+    return RootChoice(preferred, preferred, fallback)
+
+
+def _configured() -> tuple[Path, Path | None]:
     try:
         from flask import current_app, has_app_context
 
         if has_app_context() and CONFIG_KEY in current_app.config:
-            return Path(current_app.config[CONFIG_KEY])
+            fallback = current_app.config.get(FALLBACK_KEY)
+            return Path(current_app.config[CONFIG_KEY]), Path(fallback) if fallback else None
     except ImportError:  # pragma: no cover - flask comes with dash
         pass
     if _default_root is None:
         raise GpulensError("the dashboard has no runs root configured")
-    return _default_root
+    return _default_root, _default_fallback
+
+
+def runs_root() -> Path:
+    """The root runs are read from now: the configured one, or the sample runs while it has none."""
+    return root_choice().root
 
 
 def run_path(run_id: Any) -> Path:
@@ -202,12 +248,26 @@ class _Analyses:
                 self._collect(entry)
         return entry.result
 
+    def peek(self, path: Path) -> Analysis | None:
+        """The latest finished analysis of the run, if any, without starting one (figures that only refine
+        themselves with it: the run page redraws them when its own analysis is done)."""
+        with self._lock:
+            entry = self._cache.get(path)
+            if entry is None:
+                return None
+            self._collect(entry)
+            return entry.result
+
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
 
 
 _analyses = _Analyses()
+
+
+def analysis_if_done(run_id: Any) -> Analysis | None:
+    return _analyses.peek(run_path(run_id))
 
 
 def analysis(run_id: Any, wait: float = 0.0, live: bool = False) -> Analysis | None:

@@ -24,12 +24,55 @@ def minmax_lttb(t: np.ndarray, v: np.ndarray, n_out: int) -> tuple[np.ndarray, n
     ok = np.isfinite(v) & np.isfinite(t)
     if not ok.all():
         t, v = t[ok], v[ok]
+    idx = _pick(t, v, n_out)
+    return t[idx], v[idx]
+
+
+def _pick(t: np.ndarray, v: np.ndarray, n_out: int) -> np.ndarray:
+    """Indices of the points MinMaxLTTB keeps (all of them when they fit)."""
     n_out = max(int(n_out), 4)
     if t.size <= n_out:
-        return t, v
-    idx = _MINMAX_LTTB.downsample(np.ascontiguousarray(t, dtype=np.float64),
-                                  np.ascontiguousarray(v, dtype=np.float64), n_out=n_out)
-    return t[idx], v[idx]
+        return np.arange(t.size)
+    return np.asarray(_MINMAX_LTTB.downsample(np.ascontiguousarray(t, dtype=np.float64),
+                                              np.ascontiguousarray(v, dtype=np.float64), n_out=n_out))
+
+
+def steps_for_plot(t_end: np.ndarray, dur: np.ndarray, n_out: int,
+                   origin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Step durations as a line at each step's end, broken only where no step ran.
+
+    Steps are not samples at a fixed rate: a stretch of 290 ms steps between
+    8 ms ones is 36x sparser than its neighbours, and a gap rule based on the
+    usual spacing would cut the line around every slow step (a lone point
+    between two breaks draws nothing: exactly the slowdown would vanish).
+    Here a break needs idle time between one step's end and the next one's
+    start; a step left alone between two breaks is drawn across its own
+    duration, so it stays visible.
+    """
+    ok = np.isfinite(t_end) & np.isfinite(dur)
+    t, d = np.asarray(t_end, dtype=np.float64)[ok], np.asarray(dur, dtype=np.float64)[ok]
+    if t.size == 0:
+        return t.astype(np.float32), d.astype(np.float32)
+    idle = (t[1:] - d[1:]) - t[:-1]  # before step k + 1
+    span = float(t[-1] - t[0])
+    limit = max(GAP_FACTOR * float(np.median(d)), 4.0 * span / max(int(n_out), 1))
+    breaks = np.concatenate(([0], np.cumsum(idle > limit)))  # breaks[k]: breaks before step k
+    idx = _pick(t, d, n_out)
+    seg = breaks[idx]
+    xs: list[float] = []
+    ys: list[float] = []
+    for j, k in enumerate(idx):
+        new_segment = j == 0 or seg[j] != seg[j - 1]
+        if new_segment and j > 0:
+            xs.append((t[idx[j - 1]] + t[k] - d[k]) / 2)
+            ys.append(np.nan)
+        alone = new_segment and (j + 1 == idx.size or seg[j + 1] != seg[j])
+        if alone:
+            xs.append(t[k] - d[k])
+            ys.append(d[k])
+        xs.append(t[k])
+        ys.append(d[k])
+    return (np.asarray(xs) - origin).astype(np.float32), np.asarray(ys).astype(np.float32)
 
 
 def envelope(t: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:

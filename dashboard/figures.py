@@ -81,10 +81,12 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
     divisor, unit = time_unit(duration_s if duration_s is not None else ts.t1)
     n = len(ts.panels)
     gap = 0.022 if n > 1 else 0.0
-    height = 70 + panel_height * n
+    height = 95 + panel_height * n
     layout = th.base_layout(theme, height=height, hovermode="x unified", hoversubplots="axis",
                             uirevision=uirevision, dragmode="zoom", showlegend=True)
-    layout["margin"] = {"l": 80, "r": 20, "t": 40, "b": 45}
+    layout["margin"] = {"l": PLOT_LEFT, "r": 20, "t": 64, "b": 45}
+    # the legend sits above the top panel's own time axis
+    layout["legend"] = {**layout["legend"], "y": 1.0 + 26.0 / max(height - 109, 1)}
     data: list[dict[str, Any]] = []
     seen_groups: set[str] = set()
     cell = (1.0 - gap * (n - 1)) / n
@@ -93,18 +95,23 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
         top = 1.0 - i * (cell + gap)
         yaxis = th.axis(layout, title={"text": panel.spec.title, "font": {"size": 11}},
                         domain=[max(top - cell, 0.0), top], fixedrange=True, anchor="x",
-                        showspikes=False)
+                        showspikes=False, automargin=False)  # fixed margin: lines up with the breakdown
         if panel.spec.percent:
             yaxis.update(range=[0, 105], tickvals=[0, 25, 50, 75, 100], autorange=False)
         else:
-            yaxis.update(rangemode="tozero")
-            clip = _clip_top(panel)
-            if clip is not None:  # a few huge outliers (first steps, compile) would flatten everything else
-                yaxis.update(range=[0, clip], autorange=False)
-                layout.setdefault("annotations", []).append({
-                    "text": "outliers above the axis", "showarrow": False, "xref": "paper", "yref": f"{yname} domain",
-                    "x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "top",
-                    "font": {"size": 10, "color": layout["_muted"]}})
+            yaxis.update(rangemode="tozero" if panel.spec.key != "loss" else "normal")
+        key = line_key(panel)
+        notes = [key] if key else []
+        clip = None if panel.spec.percent else _clip_top(panel)
+        if clip is not None:  # a few huge outliers (first steps, compile) would flatten everything else
+            yaxis.update(range=[0, clip], autorange=False)
+            notes.append("outliers above the axis")
+        if notes:  # what each line style means, readable without hovering
+            layout.setdefault("annotations", []).append({
+                "text": " · ".join(notes), "showarrow": False, "xref": "paper", "yref": f"{yname} domain",
+                # top left: the top right belongs to Plotly's toolbar
+                "x": 0.0, "y": 1.0, "xanchor": "left", "yanchor": "top",
+                "font": {"size": 10, "color": layout["_muted"]}})
         layout["yaxis" if i == 0 else f"yaxis{i + 1}"] = yaxis
         for tr in panel.traces:
             first = tr.group not in seen_groups  # one legend entry per GPU (or host, steps) toggles all its lines
@@ -113,27 +120,84 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
                 "type": "scatter", "mode": "lines", "name": tr.group, "legendgroup": tr.group,
                 "showlegend": first, "yaxis": yname, "xaxis": "x",
                 "x": enc(tr.x / np.float32(divisor)), "y": enc(tr.y),
-                "line": {"color": _color(tr.color_index), "width": 1.4, "dash": tr.dash},
+                # step lines keep every vertex: Plotly's line simplification would thin a slow stretch
+                "line": {"color": _color(tr.color_index), "width": 1.4, "dash": tr.dash,
+                         "simplify": tr.metric != "step"},
                 "hovertemplate": f"{tr.name}: %{{y:.4~g}} {panel.spec.unit}<extra></extra>",
                 "connectgaps": False,
             })
     xaxis = th.axis(layout, title={"text": f"time since start ({unit})"}, anchor="y" if n == 1 else f"y{n}",
                     showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
-                    spikedash="solid", spikecolor=layout["_muted"], hoverformat=".4~f")
+                    spikedash="solid", spikecolor=layout["_muted"], hoverformat=".2f",
+                    ticksuffix=f" {unit}")  # the unified hover's header reads "8.62 s", not "8.6193"
     if xrange is not None:
         xaxis.update(range=[xrange[0] / divisor, xrange[1] / divisor], autorange=False)
     layout["xaxis"] = xaxis
+    layout["shapes"] = [_mark_shape(m, divisor, layout) for m in ts.marks]
+    # a time axis on top of each panel group (GPU, host, training loop) besides the one at the bottom, so
+    # one is in view while scrolling through a dozen panels; each follows the bottom axis's zoom
+    extra = 2
+    for i, panel in enumerate(ts.panels):
+        group = _group(panel)
+        if i == 0 or group != _group(ts.panels[i - 1]):
+            if i == n - 1:
+                continue  # its own bottom axis is there
+            name = f"x{extra}"
+            layout[f"xaxis{extra}"] = th.axis(layout, matches="x", anchor="y" if i == 0 else f"y{i + 1}",
+                                              side="top", showgrid=False, showline=False, zeroline=False,
+                                              ticksuffix=f" {unit}",
+                                              tickfont={"size": 10, "color": layout["_muted"]})
+            data.append({"type": "scatter", "mode": "lines", "x": [], "y": [], "xaxis": name,
+                         "yaxis": "y" if i == 0 else f"y{i + 1}", "showlegend": False, "hoverinfo": "skip",
+                         "name": f"{group} time axis"})
+            extra += 1
     layout["meta"] = {"time_divisor": divisor, "level": ts.level}
     return {"data": data, "layout": th.finish(layout)}
+
+
+#: How each dash style is named in a panel's line key.
+DASH_GLYPHS = {"solid": "── ", "dot": "┈┈ ", "dash": "╌╌ "}
+
+
+def line_key(panel: Any) -> str:
+    """'── busy (NVML)  ┈┈ SM active (GPM)': the line styles of a panel with more than one kind of line."""
+    seen: dict[str, str] = {}
+    for tr in panel.traces:
+        for line in panel.spec.lines:
+            if line.metric == tr.metric and line.label not in seen:
+                seen[line.label] = line.dash
+    if len(seen) < 2:
+        return ""
+    return "  ".join(DASH_GLYPHS.get(dash, "") + label for label, dash in seen.items())
+
+
+def _group(panel: Any) -> str:
+    """Which group of panels a panel belongs to: GPU counters, host and process, the training loop."""
+    if panel.spec.key in ("step", "loss"):
+        return "training loop"
+    return "host" if panel.spec.host else "GPU"
+
+
+def _mark_shape(mark: Any, divisor: float, layout: dict[str, Any]) -> dict[str, Any]:
+    """A shaded band over every panel where a profiler window ran (a thin one for the FLOP-counted step)."""
+    t0, t1 = mark.t0 / divisor, mark.t1 / divisor
+    color = "#E69F00" if mark.kind == "flops" else layout["_muted"]
+    return {"type": "rect", "xref": "x", "yref": "paper", "x0": t0, "x1": t1, "y0": 0, "y1": 1,
+            "fillcolor": color, "opacity": 0.12 if mark.kind == "window" else 0.25, "line": {"width": 0},
+            "layer": "below", "name": mark.label,
+            "label": {"text": plain_text(mark.label), "textposition": "top left", "textangle": -90,
+                      "font": {"size": 9, "color": layout["_muted"]}}}
 
 
 def _clip_top(panel: Any) -> float | None:
     """An upper axis limit that leaves out rare extreme values, or None when there are none."""
     ys = [tr.y[np.isfinite(tr.y)] for tr in panel.traces]
     ys = [y for y in ys if y.size]
-    if not ys:
-        return None
-    y = np.concatenate(ys)
+    return _clip_values(np.concatenate(ys)) if ys else None
+
+
+def _clip_values(y: np.ndarray) -> float | None:
+    y = y[np.isfinite(y)]
     if y.size < 20:
         return None
     p99, top = float(np.percentile(y, 99)), float(y.max())
@@ -142,14 +206,22 @@ def _clip_top(panel: Any) -> float | None:
     return None
 
 
+#: Left margin shared by the stacked time series and the step breakdown, so their time axes line up.
+PLOT_LEFT = 80
+
+
 def phase_breakdown_figure(t: np.ndarray, phases: dict[str, np.ndarray], means: dict[str, float] | None,
                            theme: str = "light", uirevision: str = "run", duration_s: float | None = None,
-                           xrange: tuple[float, float] | None = None) -> dict[str, Any]:
-    """Mean time per step in each phase over time, stacked: where every step's time goes."""
+                           xrange: tuple[float, float] | None = None, share_of: str = "steady steps") -> dict[str, Any]:
+    """Mean time per step in each phase over time, stacked: where every step's time goes.
+
+    ``means`` are the shares in the legend; ``share_of`` says what they are shares of (the run's steady
+    steps, as on the cards and in the advice, or the zoomed range)."""
     if t.size == 0:
         return empty_figure("no steps recorded in this range", theme)
     divisor, unit = time_unit(duration_s if duration_s is not None else float(t[-1]))
     layout = th.base_layout(theme, height=300, hovermode="x unified", uirevision=uirevision)
+    layout["margin"] = {"l": PLOT_LEFT, "r": 20, "t": 40, "b": 45}
     data = []
     x = typed(t / divisor)
     for phase, values in phases.items():
@@ -162,7 +234,17 @@ def phase_breakdown_figure(t: np.ndarray, phases: dict[str, np.ndarray], means: 
     layout["xaxis"] = th.axis(layout, title={"text": f"time since start ({unit})"})
     if xrange is not None:
         layout["xaxis"].update(range=[xrange[0] / divisor, xrange[1] / divisor], autorange=False)
-    layout["yaxis"] = th.axis(layout, title={"text": "time per step (ms)"}, rangemode="tozero", fixedrange=True)
+    layout["yaxis"] = th.axis(layout, title={"text": "time per step (ms)"}, rangemode="tozero", fixedrange=True,
+                              automargin=False)
+    total = np.nansum(np.vstack(list(phases.values())), axis=0) * 1e3 if phases else np.zeros(0)
+    clip = _clip_values(total)
+    notes = [f"legend: share of {share_of}"]
+    if clip is not None:  # a 1.2 s first step would flatten 45 ms steps
+        layout["yaxis"].update(range=[0, clip], autorange=False)
+        notes.append("outliers above the axis")
+    layout["annotations"] = [{"text": " · ".join(notes), "showarrow": False, "xref": "paper", "yref": "paper",
+                              "x": 1.0, "y": 1.0, "xanchor": "right", "yanchor": "bottom",
+                              "font": {"size": 10, "color": layout["_muted"]}}]
     return {"data": data, "layout": th.finish(layout)}
 
 
@@ -183,7 +265,7 @@ def rank_figure(ranks: list[dict[str, Any]], theme: str = "light") -> dict[str, 
     return {"data": data, "layout": th.finish(layout)}
 
 
-_BOTTOM_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.45, "xanchor": "left", "x": 0}
+_BOTTOM_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.45, "xanchor": "left", "x": 0, "traceorder": "normal"}
 
 
 def share_bar_figure(shares: dict[str, float], colors: dict[str, str], title: str, theme: str = "light",
@@ -253,4 +335,44 @@ def distribution_figure(dists: dict[str, tuple[np.ndarray, np.ndarray]], colors:
                      "hovertemplate": f"{plain_text(name)}: %{{y:.1f}}% of samples at %{{x:.0f}}<extra></extra>"})
     layout["xaxis"] = th.axis(layout, title={"text": xtitle}, range=[0, 100])
     layout["yaxis"] = th.axis(layout, title={"text": "% of samples"}, rangemode="tozero")
+    return {"data": data, "layout": th.finish(layout)}
+
+
+def overlay_figure(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]], colors: list[str],
+                   xtitle: str, theme: str = "light", uirevision: str = "overlay") -> dict[str, Any]:
+    """Runs' series on one x axis, one stacked panel per quantity (title -> {run name: (x, y)})."""
+    panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
+        return empty_figure("nothing recorded in both runs", theme)
+    n = len(panels)
+    gap = 0.06 if n > 1 else 0.0
+    cell = (1.0 - gap * (n - 1)) / n
+    layout = th.base_layout(theme, height=90 + 170 * n, hovermode="x unified", hoversubplots="axis",
+                            uirevision=uirevision, showlegend=True)
+    layout["margin"] = {"l": PLOT_LEFT, "r": 20, "t": 40, "b": 45}
+    data: list[dict[str, Any]] = []
+    names: list[str] = []  # one colour and one legend entry per run, across panels
+    for i, (title, lines) in enumerate(panels):
+        yname = "y" if i == 0 else f"y{i + 1}"
+        top = 1.0 - i * (cell + gap)
+        yaxis = th.axis(layout, title={"text": plain_text(title), "font": {"size": 11}},
+                        domain=[max(top - cell, 0.0), top], anchor="x", fixedrange=True, rangemode="tozero",
+                        automargin=False)
+        values = [y for _, (_, y) in lines.items() if y.size]
+        clip = _clip_values(np.concatenate(values)) if values else None
+        if clip is not None:
+            yaxis.update(range=[0, clip], autorange=False)
+        layout["yaxis" if i == 0 else f"yaxis{i + 1}"] = yaxis
+        for name, (x, y) in lines.items():
+            first = name not in names
+            if first:
+                names.append(name)
+            k = names.index(name)
+            data.append({"type": "scatter", "mode": "lines", "name": plain_text(name), "legendgroup": name,
+                         "showlegend": first,
+                         "xaxis": "x", "yaxis": yname, "x": typed(x), "y": typed(y),
+                         "line": {"color": colors[k % len(colors)], "width": 1.4},
+                         "hovertemplate": f"{plain_text(name)}: %{{y:.4~g}}<extra></extra>"})
+    layout["xaxis"] = th.axis(layout, title={"text": xtitle}, anchor="y" if n == 1 else f"y{n}",
+                              showspikes=True, spikemode="across", spikethickness=1)
     return {"data": data, "layout": th.finish(layout)}

@@ -28,6 +28,8 @@ class Card:
 
 def _gpu_mean(summary: dict[str, Any], metric: str) -> tuple[float | None, str | None]:
     """Mean over GPUs of a metric's run mean, or (None, why it is missing)."""
+    if (summary.get("run") or {}).get("imported_from"):
+        return None, "not in an imported trace"
     values, reasons = [], []
     for g in summary.get("gpus") or []:
         m = g.get("metrics", {}).get(metric)
@@ -52,11 +54,16 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     kernel = next((g.get("gpu_utilization_pct") for g in summary.get("gpu_summary") or []
                    if g.get("gpu_utilization_pct") is not None), None)
     sub = why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else "NVML, whole run")
-    if kernel is not None:  # the advisor's other figure, named as its findings name it
-        sub += f" · kernels run {fmt.percent(kernel)} of the profiled steps"
-    cards.append(Card("gpu_busy", "GPU busy", fmt.percent(busy), sub,
-                      "NVML utilization.gpu: share of time at least one kernel ran. 100% does not mean all SMs "
-                      "worked: see SM activity.", busy is not None))
+    if busy is None and kernel is not None:  # an imported trace: its kernels are all we know of the GPU
+        cards.append(Card("gpu_busy", "GPU busy", fmt.percent(kernel), "from the trace: kernels run this share "
+                          "of the profiled steps (no NVML samples)",
+                          "share of the profiled steps' time in which a kernel ran on the GPU (trace timeline)"))
+    else:
+        if kernel is not None:  # the advisor's other figure, named as its findings name it
+            sub += f" · kernels run {fmt.percent(kernel)} of the profiled steps"
+        cards.append(Card("gpu_busy", "GPU busy", fmt.percent(busy), sub,
+                          "NVML utilization.gpu: share of time at least one kernel ran. 100% does not mean all SMs "
+                          "worked: see SM activity.", busy is not None))
     for key, metric, label, title in (
             ("sm_active", "gpm.sm_active", "SM activity", "GPM: share of SMs busy over time (Hopper+)"),
             ("tensor_active", "gpm.tensor_active", "Tensor activity", "GPM: time the tensor cores issued work"),
@@ -88,6 +95,7 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     cards.append(Card("step_time", "Step time", fmt.seconds(st.get("median_s")),
                       f"median · p90 {fmt.seconds(st.get('p90_s'))}", "wall time per steady step",
                       st.get("median_s") is not None))
+    cards.append(energy_card(summary))
     mem = summary.get("memory") or {}
     used = [v for v in (mem.get("gpu_memory_used_max_bytes") or {}).values() if v is not None]
     if mem.get("cuda_peak_allocated_bytes"):
@@ -106,6 +114,25 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     else:
         cards.append(Card("memory", "Peak memory", "n/a", "not recorded", "", False))
     return cards
+
+
+def energy_card(summary: dict[str, Any]) -> Card:
+    """GPU energy of the run (NVML's total-energy counter), per step and per sample."""
+    joules = [g["energy_j"] for g in summary.get("gpus") or [] if g.get("energy_j") is not None]
+    title = "NVML total-energy counter of every GPU, from the first sample to the last (idle time included)"
+    if not joules:
+        why = "no NVIDIA GPU in this run" if not summary.get("gpus") else "no energy counter on this GPU"
+        return Card("energy", "GPU energy", "n/a", why, title, False)
+    total = float(sum(joules))
+    steps = summary.get("steps") or 0
+    tp = summary.get("throughput") or {}
+    sub = []
+    if steps:
+        per_step = total / steps
+        sub.append(f"{per_step:,.1f} J/step")
+        if tp.get("samples_per_s") and tp.get("steps_per_s"):
+            sub.append(f"{per_step / (tp['samples_per_s'] / tp['steps_per_s']):,.2f} J/sample")
+    return Card("energy", "GPU energy", f"{total / 3600:,.2f} Wh", " · ".join(sub) or "whole run", title)
 
 
 @dataclass(frozen=True)
@@ -177,6 +204,12 @@ def phase_series(view: StepView, bins: int) -> tuple[np.ndarray, dict[str, np.nd
     means = {p: float((view.phases[p] * n).sum() / total_n) for p in PHASE_COLUMNS}
     whole = sum(means.values()) or 1.0
     return tt, phases, {p: v / whole for p, v in means.items()}
+
+
+def steady_phase_shares(summary: dict[str, Any] | None) -> dict[str, float]:
+    """Each phase's share of the steady steps, from the summary: the figure the advice and report use."""
+    phases = ((summary or {}).get("step_time") or {}).get("phases") or {}
+    return {p: float(v["share"]) for p, v in phases.items() if isinstance(v, dict) and v.get("share") is not None}
 
 
 def rank_means(views: list[StepView]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpulens.dashboard.downsample import for_plot
+from gpulens.dashboard.downsample import for_plot, steps_for_plot
 from gpulens.profiler import RunReader
 from gpulens.profiler.store.metrics import CATALOG
 from gpulens.profiler.store.reader import SeriesInfo
@@ -72,6 +72,17 @@ def panel_of(metric: str) -> str | None:
             return spec.key
     return EVIDENCE_PANEL.get(metric)
 STEP_PANEL = PanelSpec("step", "Step time (ms)", "ms", (Line("step", "step time"),), scale=1e-3)
+LOSS_PANEL = PanelSpec("loss", "Loss (as passed to run.step)", "", (Line("loss", "loss"),))
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A stretch of the run marked on the time axis: a profiler window, the FLOP-counted step."""
+
+    kind: str  # "window" | "flops"
+    t0: float  # seconds since the run start
+    t1: float
+    label: str
 
 
 @dataclass
@@ -103,6 +114,7 @@ class Timeseries:
     panels: list[PanelData]
     unavailable: list[str]  # "Tensor cores: not available on this GPU (reason)"
     level: str  # "raw" or "10 s buckets" etc.: how the visible data was read
+    marks: list[Mark] = field(default_factory=list)
 
 
 def gpu_sources(series: list[SeriesInfo]) -> list[tuple[int, int]]:
@@ -197,9 +209,38 @@ def timeseries(run: RunReader, t0: float | None = None, t1: float | None = None,
         sp = step_panel(run, a, b, width, origin, levels)
         if sp.traces:
             out.append(sp)
+        lp = loss_panel(run, a, b, width, origin)
+        if lp.traces:
+            out.append(lp)
     end = (run.info.end or origin) - origin
     return Timeseries(origin, 0.0 if t0 is None else float(t0), end if t1 is None else float(t1), out,
-                      unavailable(series, panels), ", ".join(sorted(levels)) or "no samples")
+                      unavailable(series, panels), ", ".join(sorted(levels)) or "no samples",
+                      marks(run, origin) if steps else [])
+
+
+def loss_panel(run: RunReader, a: float | None, b: float | None, width: int, origin: float) -> PanelData:
+    """The loss each rank passed to ``run.step(loss=...)`` (the primary rank's only: ranks share a loss)."""
+    pd = PanelData(LOSS_PANEL)
+    if not run.ranks:
+        return pd
+    rank = run.primary_rank
+    t, loss = run.loss_view(rank, a, b, width)
+    if t.size:
+        pd.traces.append(Trace("loss", "loss", -2, "solid", (t - origin).astype(np.float32),
+                               loss.astype(np.float32), "loss", -1, rank))
+    return pd
+
+
+def marks(run: RunReader, origin: float) -> list[Mark]:
+    """Profiler windows and FLOP-counted steps, so a user sees where the kernel view's figures come from."""
+    out = [Mark("window", w.t_start - origin, w.t_end - origin,
+                f"profiler window {w.index}" + (f" (rank {w.rank})" if len(run.ranks) > 1 else ""))
+           for w in run.windows() if w.status != "failed"]
+    for f in run.flops():
+        span = run.step_span(f.step, f.rank)
+        if span is not None:
+            out.append(Mark("flops", span[0] - origin, span[1] - origin, f"FLOPs counted (step {f.step})"))
+    return out
 
 
 def step_panel(run: RunReader, a: float | None, b: float | None, width: int, origin: float,
@@ -217,7 +258,7 @@ def step_panel(run: RunReader, a: float | None, b: float | None, width: int, ori
             x, y = for_plot(view.t, view.dur, width, vmin=view.dur_min, vmax=view.dur_max,
                             bucket=float(view.level or 1), origin=origin)
         else:
-            x, y = for_plot(view.t, view.dur, width, origin=origin)
+            x, y = steps_for_plot(view.t, view.dur, width, origin=origin)
         name = f"rank {rank} step time" if many else "step time"
         pd.traces.append(Trace(name, f"rank {rank}" if many else "steps", ci if many else -3, "solid", x,
                                (y / STEP_PANEL.scale).astype(np.float32), "step", -1, rank))

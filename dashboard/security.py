@@ -93,7 +93,7 @@ def auth_setting(argv_value: str | None, file: str | None,
     return None, "--auth", None
 
 
-def check_bind(host: str, user: str | None, password: str | None, token: str | None) -> None:
+def check_bind(host: str, user: str | None, password: str | None, token: str | None, port: int = 8050) -> None:
     """Refuse to serve beyond loopback without authentication strong enough to face a network."""
     if is_loopback(host):
         return
@@ -105,7 +105,7 @@ def check_bind(host: str, user: str | None, password: str | None, token: str | N
     raise GpulensError(
         f"refusing to serve on {host}: binding beyond loopback exposes your runs; "
         "set GPULENS_AUTH=USER:PASSWORD (or --auth-file FILE, --auth USER:PASSWORD) or --token TOKEN "
-        "(or keep the default --host 127.0.0.1 and use an SSH tunnel: ssh -L 8050:127.0.0.1:8050 HOST)")
+        f"(or keep the default --host 127.0.0.1 and use an SSH tunnel: ssh -L {port}:127.0.0.1:{port} HOST)")
 
 
 def _local_names() -> set[str]:

@@ -22,19 +22,19 @@ def prepare(runs_root: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if token is not None and len(token) < 16:
         raise GpulensError("--token must be at least 16 characters (try: python -c 'import secrets; "
                            "print(secrets.token_urlsafe(24))')")
-    check_bind(host, user, password, token)
+    check_bind(host, user, password, token, int(port))
     if not runs_root.is_dir():
         raise GpulensError(f"{runs_root}: no such runs directory")
     return Access(host, int(port), user, password, token, allowed_hosts(host, allow_host or []))
 
 
 def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 8,
-          on_ready: Callable[[str], None] | None = None) -> None:
+          on_ready: Callable[[str], None] | None = None, fallback: Path | None = None) -> None:
     from waitress import create_server
 
     from gpulens.dashboard.app import create_app
 
-    app = create_app(runs_root, access)
+    app = create_app(runs_root, access, fallback)
     try:
         server = create_server(app.server, host=access.host, port=access.port, threads=threads, ident="gpulens",
                                clear_untrusted_proxy_headers=True, max_request_body_size=MAX_BODY)
@@ -43,8 +43,10 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
                            "pick another --port") from None
     shown = f"[{access.host}]" if ":" in access.host else access.host
     url = f"http://{shown}:{server.effective_port}{open_path}"
-    print(f"gpulens dashboard: {url}  (runs in {shown_path(runs_root)}; Ctrl-C stops it)", file=sys.stderr,
-          flush=True)
+    where = shown_path(runs_root)
+    if fallback is not None:
+        where = f"{shown_path(fallback)} until {where} has one"
+    print(f"gpulens dashboard: {url}  (runs in {where}; Ctrl-C stops it)", file=sys.stderr, flush=True)
     if access.needs_auth:
         how = f"HTTP Basic user {access.user}" if access.password else "token"
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)

@@ -41,6 +41,9 @@ CATEGORY_COLORS = {
     "other": "#999999",
 }
 
+#: TensorBoard profiler plugin's step-time breakdown, in its order.
+BREAKDOWN_COLORS = {"Kernel": "#0072B2", "Memcpy": "#D55E00", "Memset": "#CC79A7", "Communication": "#009E73",
+                    "Runtime": "#E69F00", "DataLoader": "#56B4E9", "CPU Exec": "#7F3C8D", "Other": "#BBBBBB"}
 TEMPORAL_COLORS = {"compute": "#0072B2", "communication": "#009E73", "memcpy": "#D55E00", "idle": "#BBBBBB"}
 
 THEMES = ("light", "dark")
@@ -85,5 +88,9 @@ def axis(layout: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def finish(layout: dict[str, Any]) -> dict[str, Any]:
-    """Drop the private keys before the layout goes to the browser."""
-    return {k: v for k, v in layout.items() if not k.startswith("_")}
+    """Drop the private keys before the layout goes to the browser; titles start at the left edge, where
+    Plotly's toolbar (top right) never covers them."""
+    out = {k: v for k, v in layout.items() if not k.startswith("_")}
+    if isinstance(out.get("title"), dict):
+        out["title"] = {"x": 0.0, "xanchor": "left", "xref": "paper", **out["title"]}
+    return out

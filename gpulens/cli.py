@@ -117,19 +117,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from gpulens.profiler import list_runs, runs_root
 
     root = runs_root(args.runs_dir)
+    fallback = None
     if args.runs_dir is None and not list_runs(root):
-        samples = sample_runs_dir()
-        if samples is not None:
+        fallback = sample_runs_dir()
+        if fallback is not None:
             print(f"gpulens: no runs in {fmt.shown_path(root)} yet; showing the sample runs in "
-                  f"{fmt.shown_path(samples)}", file=sys.stderr)
-            root = samples
+                  f"{fmt.shown_path(fallback)} until the first one is recorded there", file=sys.stderr)
     from gpulens.dashboard.security import auth_setting
 
     auth, source, warning = auth_setting(args.auth, args.auth_file)
-    access = prepare(root, args.host, args.port, auth, args.token, args.allow_host, auth_source=source)
+    access = prepare(fallback or root, args.host, args.port, auth, args.token, args.allow_host, auth_source=source)
     if warning:  # after the checks: bad input stays one line
         print(warning, file=sys.stderr)
-    serve(root, access)
+    serve(root, access, fallback=fallback)
     return EXIT_OK
 
 

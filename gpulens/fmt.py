@@ -24,6 +24,20 @@ def bytes_(x: float | None) -> str:
     return f"{value:.1f} TiB"
 
 
+def ago(age_s: float | None) -> str:
+    """How long ago, in the unit a person reads: "4.2 s ago", "12 min ago", "6.8 days ago"."""
+    if not is_num(age_s):
+        return "never"
+    v = max(float(age_s), 0.0)  # type: ignore[arg-type]
+    if v < 120:
+        return f"{v:.1f} s ago"
+    if v < 2 * 3600:
+        return f"{v / 60:.0f} min ago"
+    if v < 48 * 3600:
+        return f"{v / 3600:.1f} h ago"
+    return f"{v / 86400:.1f} days ago"
+
+
 def seconds(x: float | None) -> str:
     if not is_num(x):
         return "n/a"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, SAMPLES, make_root
+from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, SAMPLES, SLOW_ID, make_root
 
 from gpulens.dashboard import comparison, data, downsample, figures, overview, panels
 from gpulens.dashboard.app import create_app
@@ -58,6 +58,20 @@ def test_gaps_become_nan_and_output_is_float32_relative_to_origin():
     assert x[0] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_steps_break_only_where_no_step_ran_and_a_lone_step_stays_visible():
+    # 8 ms steps, 52 of 290 ms, then an eval pause of 30 s and one last step alone
+    d = np.r_[np.full(200, 0.008), np.full(52, 0.290), np.full(200, 0.008), [0.5]]
+    start = np.cumsum(np.r_[0.0, d[:-1]])
+    start[-1] += 30.0
+    x, y = downsample.steps_for_plot(start + d, d, 2000)
+    nan = np.flatnonzero(np.isnan(y))
+    assert nan.size == 1  # the eval pause only: the slow stretch is not cut into lone points
+    slow = y[:nan[0]] > 0.2
+    assert slow.sum() == 52
+    tail_x, tail_y = x[nan[0] + 1:], y[nan[0] + 1:]
+    assert tail_y.tolist() == [0.5, 0.5] and tail_x[1] - tail_x[0] == pytest.approx(0.5, rel=1e-3)
+
+
 def test_bucket_envelope_keeps_extremes():
     t = np.arange(0, 86400, 60.0)
     vmin = np.zeros_like(t)
@@ -73,7 +87,7 @@ def test_timeseries_of_a_gpu_run_has_every_panel_with_units_and_one_colour_per_g
     ts = panels.timeseries(run, width=800)
     keys = [p.spec.key for p in ts.panels]
     assert keys == ["util", "tensor", "dram", "memory", "power", "clock", "temp", "pcie", "host_cpu", "proc_cpu",
-                    "disk", "step"]
+                    "disk", "step", "loss"]
     gpu_colours = {t.color_index for p in ts.panels for t in p.traces if t.group == "GPU 0"}
     assert gpu_colours == {0}
     util = ts.panels[0].traces[0]
@@ -82,7 +96,9 @@ def test_timeseries_of_a_gpu_run_has_every_panel_with_units_and_one_colour_per_g
     fig = figures.timeseries_figure(ts, "dark", duration_s=run.info.duration_s)
     lay = fig["layout"]
     assert lay["hoversubplots"] == "axis" and lay["hovermode"] == "x unified"
-    assert {tr["xaxis"] for tr in fig["data"]} == {"x"}
+    assert {tr["xaxis"] for tr in fig["data"] if len(tr["x"])} == {"x"}  # every line on the one time axis
+    tops = [k for k in fig["layout"] if re.fullmatch(r"xaxis\d+", k)]  # GPU, host, training-loop groups
+    assert len(tops) == 3 and all(fig["layout"][k]["matches"] == "x" for k in tops)
     assert all(tr["type"] == "scatter" for tr in fig["data"])  # SVG: no WebGL contexts
     titles = [v["title"]["text"] for k, v in lay.items() if k.startswith("yaxis")]
     assert all(re.search(r"\(.+\)$", t) for t in titles), titles  # a unit on every axis
@@ -94,7 +110,7 @@ def test_timeseries_of_a_gpu_run_has_every_panel_with_units_and_one_colour_per_g
 def test_a_cpu_run_shows_host_panels_and_says_why_there_is_no_gpu():
     run = open_run(SAMPLES / "cpu-cnn-workers")
     ts = panels.timeseries(run)
-    assert [p.spec.key for p in ts.panels] == ["host_cpu", "proc_cpu", "disk", "step"]
+    assert [p.spec.key for p in ts.panels] == ["host_cpu", "proc_cpu", "disk", "step", "loss"]
     workers = [t for p in ts.panels for t in p.traces if t.metric == "workers.cpu"]
     assert workers and np.nanmax(workers[0].y) > 0.5  # the DataLoader workers did the work
     run.close()
@@ -137,7 +153,7 @@ def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
         cards, suggestions, targets, events = run_page.run_overview("h100-cnn-input-bound")
     ids = [c.id for c in cards]
     assert ids == ["card-gpu_busy", "card-sm_active", "card-tensor_active", "card-dram_bw", "card-mfu",
-                   "card-throughput", "card-step_time", "card-memory"]
+                   "card-throughput", "card-step_time", "card-energy", "card-memory"]
     text = json.dumps(cards[0].to_plotly_json(), default=lambda o: o.to_plotly_json())
     assert "15.2%" in text  # the mean of NVML utilization.gpu, as `gpulens report` says
     assert suggestions[0].id == "suggestion-dataloader_bound"
@@ -178,7 +194,7 @@ def test_ts_and_steps_callbacks_follow_the_range(app):
     with app.server.app_context():
         fig, level, missing, anchors = run_page.ts_figure("h100-cnn-input-bound", {"t0": 4.0, "t1": 6.0, "n": 0},
                                                           "light", {"width": 900})
-        steps = run_page.steps_figure("h100-cnn-input-bound", {"t0": 4.0, "t1": 6.0, "n": 0}, "light",
+        steps = run_page.steps_figure("h100-cnn-input-bound", {"t0": 4.0, "t1": 6.0, "n": 0}, "light", [],
                                       {"width": 900})
     assert fig["layout"]["xaxis"]["range"] == [4.0, 6.0]
     x = decode(fig["data"][0]["x"])
@@ -198,7 +214,8 @@ def test_runs_list_shows_broken_runs_with_their_error_and_the_rest_complete(app,
     with app.server.app_context():
         rows, poll_off, note, where = runs_page.refresh_runs(0)
     by_id = {r["id"]: r for r in rows}
-    assert set(by_id) == {"h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", BROKEN_ID, HOSTILE_ID}
+    assert set(by_id) == {"h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", BROKEN_ID, HOSTILE_ID,
+                         SLOW_ID}
     broken = by_id[BROKEN_ID]
     assert broken["status"] == "broken"
     assert broken["top"].endswith("broken-run/rank-0.db: not a gpulens database (not an SQLite file)")
@@ -243,6 +260,62 @@ def test_config_diff_and_kernel_deltas_are_pure():
     assert deltas and abs(deltas[0]["delta_us"]) >= abs(deltas[-1]["delta_us"])
     rows = {r["metric"]: r for r in comparison.headline_rows(a, b)}
     assert rows["Samples/s"]["better"] is True
+
+
+def test_compare_states_shares_in_points_and_judges_steps_only_at_equal_batch():
+    a = {"throughput": {"steps_per_s": 10.0, "samples_per_s": 320.0}, "run": {"batch_size": 32},
+         "step_time": {"median_s": 0.1, "phases": {"data_wait": {"share": 0.001}}}, "tensor_core_share": 0.0001}
+    b = {"throughput": {"steps_per_s": 5.0, "samples_per_s": 640.0}, "run": {"batch_size": 128},
+         "step_time": {"median_s": 0.2, "phases": {"data_wait": {"share": 0.00085}}}, "tensor_core_share": 0.1058}
+    rows = {r["metric"]: r for r in comparison.headline_rows(a, b)}
+    assert rows["Data wait share"]["change"] == "-0.0 pp" and rows["Data wait share"]["better"] is None
+    assert rows["Tensor-core share of kernel time"]["change"] == "+10.6 pp"
+    assert rows["Steps/s"]["better"] is None and "batch sizes differ" in rows["Steps/s"]["change"]
+    assert rows["Samples/s"]["better"] is True and rows["Samples/s"]["change"] == "+100.0%"
+    b["run"]["batch_size"] = 32
+    rows = {r["metric"]: r for r in comparison.headline_rows(a, b)}
+    assert rows["Steps/s"]["better"] is False and rows["Step time (median)"]["better"] is False
+
+
+def test_loss_view_reads_every_step_or_bucket_means(tmp_path):
+    from gpulens.profiler.store.schema import STEP_COLUMNS
+    from gpulens.profiler.store.writer import RunWriter
+
+    w = RunWriter(tmp_path / "r" / "rank-0.db", {"name": "loss", "status": "running", "start": 1000.0, "pid": 1})
+    for i in range(5000):
+        row = dict.fromkeys(STEP_COLUMNS)
+        row.update(step=i, t_start=1000.0 + i * 0.01, t_end=1000.0 + (i + 1) * 0.01, samples=1, flags=0,
+                   data_wait=0.0, forward=0.004, backward=0.004, optimizer=0.002, other=0.0,
+                   loss=None if i % 2 else 10.0 / (1 + i))
+        w.step(tuple(row[c] for c in STEP_COLUMNS))
+    w.close(status="finished", end=1051.0)
+    with open_run(tmp_path / "r") as run:
+        t, loss = run.loss_view(max_points=2000)
+        assert t.size == 2500 and loss[0] == 10.0  # every recorded loss (steps without one are skipped)
+        t, loss = run.loss_view(max_points=200)
+        assert 150 <= t.size <= 201 and np.all(np.diff(t) > 0) and loss[0] < 10.0 and loss[-1] < 0.01
+        assert run.step_span(7) == pytest.approx((1000.07, 1000.08))
+    # a loss logged every 50th step only: the evenly spread sample would miss most; buckets of all rows
+    w = RunWriter(tmp_path / "s" / "rank-0.db", {"name": "sparse", "status": "running", "start": 1000.0, "pid": 1})
+    for i in range(20_000):
+        row = dict.fromkeys(STEP_COLUMNS)
+        row.update(step=i, t_start=1000.0 + i * 0.01, t_end=1000.0 + (i + 1) * 0.01, samples=1, flags=0,
+                   data_wait=0.0, forward=0.004, backward=0.004, optimizer=0.002, other=0.0,
+                   loss=5.0 - i / 10_000 if i % 50 == 0 else None)
+        w.step(tuple(row[c] for c in STEP_COLUMNS))
+        if i % 5_000 == 0:
+            w.sync(timeout=30)
+    w.close(status="finished", end=1201.0)
+    with open_run(tmp_path / "s") as run:
+        t, loss = run.loss_view(max_points=200)
+        assert 150 <= t.size <= 201 and loss[0] == pytest.approx(5.0, abs=0.01) and loss[-1] < 3.1
+
+
+def test_last_sample_age_reads_in_human_units():
+    from gpulens import fmt
+
+    assert fmt.ago(4.25) == "4.2 s ago" or fmt.ago(4.25) == "4.3 s ago"
+    assert fmt.ago(600) == "10 min ago" and fmt.ago(584586.4) == "6.8 days ago" and fmt.ago(None) == "never"
 
 
 # ---------------------------------------------------------------------- safety of ids and paths

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, REPO, make_root
+from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, REPO, SLOW_ID, SLOW_STEPS, make_root
 
 CHROMIUM = os.environ.get("GPULENS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts"
@@ -45,23 +45,27 @@ def root(tmp_path_factory):
     return make_root(tmp_path_factory.mktemp("browser") / "runs")
 
 
-@pytest.fixture(scope="module")
-def server(root):
+def _start_server(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", str(root), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             urllib.request.urlopen(base + "/healthz", timeout=1)
-            break
+            return base, proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 proc.kill()
                 raise RuntimeError(f"dashboard did not start: {out}") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(root):
+    base, proc = _start_server([str(root)])
     yield base, proc
     proc.terminate()
     proc.wait(timeout=10)
@@ -153,6 +157,38 @@ def test_runs_list_renders_with_the_broken_run_and_opens_a_run(server, page):
     assert page.locator("#suggestion-dataloader_bound").count() == 1
 
 
+def _drawn_vertices(pg, graph_id: str, name: str, above: float) -> int:
+    """Vertices of the SVG line Plotly drew for trace ``name`` that lie above ``above`` (data units): what the
+    user sees, not what the figure holds (a lone point between two gaps is in the data but draws nothing)."""
+    return pg.evaluate("""([gid, name, above]) => {
+        const gd = document.querySelector('#' + gid + ' .js-plotly-plot');
+        let n = 0;
+        gd.querySelectorAll('g.trace.scatter').forEach(g => {
+            const cd = g.__data__, tr = cd && cd[0] && cd[0].trace;
+            if (!tr || tr.name !== name) return;
+            const ya = gd._fullLayout[tr.yaxis.replace('y', 'yaxis')];
+            const limit = ya.l2p(above);
+            g.querySelectorAll('path.js-line').forEach(p => {
+                // one subpath per unbroken stretch; a lone point is drawn as "Mx,yZ": a dot of zero length
+                (p.getAttribute('d') || '').split('M').forEach(sub => {
+                    const pts = sub.match(/-?[0-9.]+,-?[0-9.]+/g) || [];
+                    if (pts.length < 2) return;
+                    n += pts.filter(xy => parseFloat(xy.split(',')[1]) < limit).length;
+                });
+            });
+        });
+        return n;
+    }""", [graph_id, name, above])
+
+
+def test_every_step_of_a_slow_stretch_is_drawn(server, page):
+    base, _ = server
+    page.goto(f"{base}/run/{SLOW_ID}")
+    _wait_graph(page, "ts-graph")
+    _wait_for(page, "document.querySelectorAll('#ts-graph path.js-line').length > 0")
+    assert _drawn_vertices(page, "ts-graph", "steps", 200.0) == len(SLOW_STEPS)
+
+
 def test_zoom_reads_full_resolution_and_evidence_links_zoom(server, page):
     base, _ = server
     page.goto(base + "/run/h100-cnn-input-bound")
@@ -198,6 +234,117 @@ def test_compare_page_and_theme_toggle(server, page):
         return gd && gd.layout.font.color === want; }""", arg="#e6edf3" if after == "dark" else "#1f2328")
 
 
+def _row(page, table: str, label: str) -> tuple[str, str]:
+    """(text, class) of the row of ``table`` whose first cell is ``label``."""
+    return page.evaluate("""([t, label]) => { for (const tr of document.querySelectorAll('#' + t + ' tbody tr')) {
+        if (tr.cells[0].innerText.trim() === label) return [tr.innerText, tr.className]; } return null; }""",
+                         [table, label])
+
+
+def test_compare_speaks_points_for_shares_and_overlays_both_runs(server, page):
+    base, _ = server
+    page.goto(f"{base}/compare?a=h100-cnn-input-bound&b=h100-gpt-small-batch")
+    page.wait_for_selector("#cmp-headline")
+    text, cls = _row(page, "cmp-headline", "Data wait share")
+    assert "70.6%" in text and "-70.1 pp" in text and cls == "better"
+    text, cls = _row(page, "cmp-headline", "Tensor activity (GPM)")
+    assert " pp" in text and "%\t" not in text.split("pp")[0][-3:]
+    text, cls = _row(page, "cmp-headline", "Steps/s")  # batch 32 vs 1: no verdict on a per-step figure
+    assert "batch sizes differ" in text and cls == ""
+    data = _wait_graph(page, "cmp-overlay")
+    assert data["n"] == 4  # step time and utilisation, for A and B
+    names = page.evaluate("Array.from(document.querySelector('#cmp-overlay .js-plotly-plot').data, t => t.name)")
+    assert sum(n.startswith("A: ") for n in names) == 2 and sum(n.startswith("B: ") for n in names) == 2
+    steps_axis = page.evaluate("document.querySelector('#cmp-overlay .js-plotly-plot').layout.xaxis.title.text")
+    assert steps_axis == "steps done"
+    page.click("#cmp-align >> text=by time since start")
+    _wait_for(page, "document.querySelector('#cmp-overlay .js-plotly-plot').layout.xaxis.title.text"
+                    ".startsWith('time since start')")
+
+
+def test_kernels_page_shows_the_reports_trace_analysis(server, page):
+    base, _ = server
+    page.goto(f"{base}/run/h100-cnn-input-bound/kernels")
+    _wait_graph(page, "k-breakdown")
+    names = page.evaluate("Array.from(document.querySelector('#k-breakdown .js-plotly-plot').data, t => t.name)")
+    assert {"Kernel", "Memcpy", "Runtime", "DataLoader", "CPU Exec"} <= set(names)
+    page.wait_for_selector("#k-devices-table")
+    devices = page.inner_text("#k-devices-table")
+    assert "est. SM efficiency" in devices and "est. occupancy" in devices and "GPU 0" in devices
+    assert "waiting for the host" in page.inner_text("#k-idle-table")
+    assert "aten::convolution_backward" in page.inner_text("#k-cpu-ops-table")
+    assert "cudaDeviceSynchronize" in page.inner_text("#k-sync")
+    # a CPU run: its operators, not an empty kernel table without a word
+    page.goto(f"{base}/run/cpu-cnn-workers/kernels")
+    page.wait_for_selector("#k-cpu-ops-table")
+    assert "aten::mkldnn_convolution" in page.inner_text("#k-cpu-ops-table")
+    assert "CPU run" in page.inner_text("#k-kernels-title")
+    names = page.evaluate("Array.from(document.querySelector('#k-breakdown .js-plotly-plot').data, t => t.name)")
+    assert "CPU Exec" in names
+
+
+def test_run_page_names_every_line_marks_windows_and_shows_loss_and_energy(server, page):
+    base, _ = server
+    page.goto(f"{base}/run/h100-cnn-input-bound")
+    _wait_graph(page, "ts-graph")
+    notes = page.evaluate("(document.querySelector('#ts-graph .js-plotly-plot').layout.annotations || [])"
+                          ".map(a => a.text)")
+    for key in ("busy (NVML)", "SM active (GPM)", "power limit", "PCIe TX", "DataLoader workers"):
+        assert any(key in n for n in notes), (key, notes)
+    svg = page.inner_text("#ts-graph")  # the key is drawn, not only in the figure's data
+    assert "┈┈ SM active (GPM)" in svg and "╌╌ power limit" in svg
+    # a labelled time axis on top of each panel group (GPU, host, training loop) besides the bottom one
+    labelled = page.evaluate("""['x2', 'x3', 'x4'].map(id => Array.from(
+        document.querySelectorAll('#ts-graph g.' + id + 'tick text')).filter(t => t.textContent.endsWith(' s')).length)""")
+    assert all(n >= 3 for n in labelled), labelled
+    titles = page.evaluate("Object.entries(document.querySelector('#ts-graph .js-plotly-plot').layout)"
+                           ".filter(([k]) => k.startsWith('yaxis')).map(([, a]) => a.title.text)")
+    assert any(t.startswith("Loss") for t in titles)
+    shapes = page.evaluate("(document.querySelector('#ts-graph .js-plotly-plot').layout.shapes || [])"
+                           ".map(s => s.name)")
+    assert "profiler window 0" in shapes and any(s.startswith("FLOPs counted") for s in shapes)
+    page.wait_for_selector("#card-energy")
+    assert "Wh" in page.inner_text("#card-energy") and "J/step" in page.inner_text("#card-energy")
+    legend = page.evaluate("Array.from(document.querySelector('#steps-graph .js-plotly-plot').data, t => t.name)")
+    assert "data wait (70.6%)" in legend  # the card's and the suggestion's figure, not another one
+    left = page.evaluate("""() => ['#ts-graph', '#steps-graph'].map(id =>
+        document.querySelector(id + ' .js-plotly-plot')._fullLayout.xaxis._offset)""")
+    assert abs(left[0] - left[1]) < 1.0  # the breakdown's time axis lines up with the panels above
+
+
+def test_runs_list_keeps_the_top_suggestion_visible_at_1280_px(server, browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        pg.goto(server[0] + "/")
+        pg.wait_for_selector(".ag-row >> text=h100-cnn-input-bound")
+        box = pg.evaluate("""() => { const c = document.querySelector("#runs-grid .ag-header-cell[col-id='top']");
+            if (!c) return null; const r = c.getBoundingClientRect(); return [r.left, r.right, r.width]; }""")
+        assert box is not None and box[1] <= 1280 and box[2] >= 200, box
+    finally:
+        ctx.close()
+
+
+def test_imported_trace_says_what_it_holds(server, page, root):
+    from gpulens.cli import main as cli_main
+
+    trace = next((root / "h100-gpt-small-batch" / "traces").glob("*.json.gz"))
+    assert cli_main(["import", str(trace), "--runs-dir", str(root), "--name", "gpt-trace"]) == 0
+    run_id = next(p.name for p in root.iterdir() if "gpt-trace" in p.name)
+    page.goto(f"{base_url(server)}/run/{run_id}")
+    page.wait_for_selector("#imported-note")
+    note = page.inner_text("#imported-note")
+    assert "no NVML/GPM counters" in note and "Host and training-loop metrics only" not in page.inner_text("body")
+    page.wait_for_selector("#card-gpu_busy")
+    assert "n/a" not in page.inner_text("#card-gpu_busy") and "from the trace" in page.inner_text("#card-gpu_busy")
+    assert "count_flops" not in page.inner_text("#card-mfu")
+    assert "? cores" not in page.inner_text("#run-suggestions")
+
+
+def base_url(server) -> str:
+    return server[0]
+
+
 def test_live_page_receives_new_points_within_two_seconds(server, page, root):
     base, _ = server
     run_dir = root / "live-writer"
@@ -238,3 +385,29 @@ def test_live_page_receives_new_points_within_two_seconds(server, page, root):
     finally:
         writer.terminate()
         writer.wait(timeout=10)
+
+
+def test_first_run_in_the_default_root_replaces_the_samples_without_a_restart(page, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GPULENS_DIR"}
+    base, proc = _start_server([], cwd=tmp_path, env=env)  # `./run.sh`: no root given, ./gpulens-runs empty
+    writer = None
+    try:
+        page.goto(base + "/")
+        page.wait_for_selector(".ag-row >> text=h100-cnn-input-bound")
+        assert "sample runs in" in page.inner_text("#runs-root") and "gpulens run --" in page.inner_text("#runs-root")
+        run_dir = tmp_path / "gpulens-runs" / "my-first-run"
+        writer = subprocess.Popen([sys.executable, str(Path(__file__).parent / "live_writer.py"), str(run_dir), "30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert writer.stdout.readline().strip() == b"ready"
+        page.wait_for_selector(".ag-row >> text=live-writer", timeout=15_000)  # the page keeps polling
+        assert "h100-cnn-input-bound" not in page.inner_text("#runs-grid")
+        assert "gpulens-runs" in page.inner_text("#runs-root") and "sample" not in page.inner_text("#runs-root")
+        page.goto(base + "/live/my-first-run")
+        _wait_graph(page, "live-graph")
+        assert "no such run" not in page.inner_text("body")
+    finally:
+        if writer is not None:
+            writer.terminate()
+            writer.wait(timeout=10)
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -41,6 +41,7 @@ def test_non_loopback_without_auth_is_refused(host):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),
+    (["--host", "0.0.0.0", "--port", "9123"], "ssh -L 9123:127.0.0.1:9123 HOST"),  # the hint keeps the port
     (["--auth", "nocolon"], "--auth takes USER:PASSWORD"),
     (["--port", "70000"], "not a TCP port"),
     (["--token", "short"], "at least 16 characters"),

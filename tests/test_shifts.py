@@ -39,6 +39,26 @@ def test_a_slow_episode_is_two_shifts_there_and_back():
     assert [(s.step, s.slower) for s in shifts] == [(2000, True), (3000, False)]
 
 
+
+def test_a_slowdown_that_worsens_soon_after_is_told_at_its_first_step():
+    # 1 ms steps, 21 ms from step 150, 28 ms from step 160 (seen on a fresh machine: a second slowdown
+    # right after the first); the rule must name step 150 and the full rise, not the small later step
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.stability import step_time_shift
+
+    rng = np.random.default_rng(3)
+    d = rng.lognormal(np.log(0.001), 0.1, 250)
+    d[150:] += 0.020
+    d[160:] += 0.0075
+    shifts = find_shifts(*_steps(d))
+    assert sorted(s.step for s in shifts) == [150, 160]
+    m = Measurements(run_id="unit", steps=250, step_s=float(np.mean(d)), shifts=shifts)
+    s = step_time_shift(m)
+    assert s is not None and s.evidence[1].data["step"] == 150, s.finding
+    assert "then to" in s.finding and "at step 160" in s.finding and "(100 steps)" in s.finding
+    assert s.gain_fraction == pytest.approx(float(np.sum(d[150:] - np.median(d[:150])) / np.sum(d)), rel=0.1)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_noise_and_outliers_alone_make_no_shift(seed):
     r = np.random.default_rng(seed)

@@ -107,9 +107,35 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
         html.H3("Headline"), *notes, head_table,
         html.Div([dcc.Graph(figure=steps_fig, id="cmp-steps", config={"displaylogo": False}),
                   dcc.Graph(figure=dist_fig, id="cmp-dist", config={"displaylogo": False})], className="two-col"),
+        html.Div([html.H3("Over the run"),
+                  dcc.RadioItems(id="cmp-align", value="step", inline=True, className="radio",
+                                 options=[{"label": "aligned by step", "value": "step"},
+                                          {"label": "by time since start", "value": "time"}])],
+                 className="section-head"),
+        dcc.Graph(id="cmp-overlay", config={"displaylogo": False}, figure=figures.empty_figure("loading…", theme)),
         html.H3("Kernel time per profiled step"), kd_table,
         html.H3("What changed in the setup"), cfg_table,
     ])
+
+
+@callback(Output("cmp-overlay", "figure"), Input("cmp-a", "value"), Input("cmp-b", "value"),
+          Input("cmp-align", "value"), Input("theme", "data"))
+def overlay_figure(a_id: str | None, b_id: str | None, align: str | None, theme: str | None) -> Any:
+    """Both runs' step time and utilisation on one axis: where one run got slow, the other did not."""
+    theme = theme or "light"
+    align = "time" if align == "time" else "step"
+    try:
+        ra, rb = data.reader(a_id), data.reader(b_id)
+    except GpulensError as exc:
+        return figures.empty_figure(str(exc), theme)
+    chosen = comparison.overlay_metric([ra, rb])
+    metric, title = chosen if chosen is not None else (None, "")
+    lines = {f"{ab}: {r.info.name}": comparison.overlay(r, align, metric) for ab, r in (("A", ra), ("B", rb))}
+    panels = [("Step time (ms)", {k: v["step"] for k, v in lines.items() if "step" in v})]
+    if metric is not None:
+        panels.append((title, {k: v["metric"] for k, v in lines.items() if "metric" in v}))
+    xtitle = "steps done" if align == "step" else "time since start (s)"
+    return figures.overlay_figure(panels, AB_COLORS, xtitle, theme, uirevision=f"{a_id}-{b_id}-{align}")
 
 
 register(__name__, path="/compare", title="gpulens · compare", name="Compare", order=1, layout=layout)

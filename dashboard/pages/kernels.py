@@ -63,14 +63,17 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
                          clearable=False, style={"minWidth": "420px"}),
             dcc.Dropdown(id="k-category", options=[{"label": c, "value": c} for c in CATEGORIES], value=cats,
                          multi=True, placeholder="all categories", style={"minWidth": "260px"}),
-            dcc.Input(id="k-search", type="search", value=q or "", placeholder="kernel name contains…",
-                      debounce=True, className="input"),
+            dcc.Input(id="k-search", type="search", value=q or "", debounce=True, className="input",
+                      placeholder="kernel name contains… (Enter to filter)"),
             html.Div(id="k-download"),
         ], className="toolbar"),
         html.Div(id="k-cards", className="cards"),
+        dcc.Graph(id="k-breakdown", config={"displaylogo": False}),
         html.Div([dcc.Graph(id="k-categories", config={"displaylogo": False}),
                   dcc.Graph(id="k-temporal", config={"displaylogo": False})], className="two-col"),
-        html.H3("Kernels"),
+        html.Div([html.Div([html.H3("GPU utilization per device"), html.Div(id="k-devices")]),
+                  html.Div([html.H3("Where the GPU idles"), html.Div(id="k-idle")])], className="two-col"),
+        html.H3("Kernels", id="k-kernels-title"),
         dag.AgGrid(id="k-grid", columnDefs=KERNEL_COLUMNS, rowData=[],
                    defaultColDef={"sortable": True, "resizable": True, "filter": True},
                    dashGridOptions={"pagination": True, "paginationPageSize": 50, "tooltipShowDelay": 300,
@@ -79,6 +82,8 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
                    style={"height": "560px", "width": "100%"}, className="grid"),
         html.Div([html.Div([html.H3("Memory copies"), html.Div(id="k-memcpy")]),
                   html.Div([html.H3("Synchronisation"), html.Div(id="k-sync")])], className="two-col"),
+        html.H3("Top CPU operators (self time)"), html.Div(id="k-cpu-ops"),
+        html.H3("GEMM shapes"), html.Div(id="k-gemm"),
         html.Div(id="k-problems"),
     ], className="page")
 
@@ -113,6 +118,53 @@ def kernel_rows(kernels: list[dict[str, Any]], categories: list[str] | None, sea
     return rows
 
 
+def _table(head: tuple[str, ...], rows: list[list[Any]], cid: str) -> Any:
+    if not rows:
+        return html.Div("none in this window", className="muted", id=cid)
+    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])),
+                       html.Tbody([html.Tr([html.Td(c) for c in r]) for r in rows])], className="table", id=cid)
+
+
+def breakdown_shares(an: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard-style step breakdown as % of the profiled step (the report's "Kernel view" bar)."""
+    sb = an.get("step_breakdown_us") or {}
+    total = sb.get("Total") or sum(v for k, v in sb.items() if k != "Total")
+    if not total:
+        return {}
+    return {k: v / total * 100 for k, v in sb.items() if k != "Total" and v}
+
+
+def device_rows(an: dict[str, Any]) -> list[list[Any]]:
+    return [[f"rank {g['rank']}", f"GPU {g['device']}", str(g.get("steps", "")),
+             fmt.percent(g.get("gpu_utilization_pct")), fmt.percent(g.get("sm_efficiency_pct")),
+             fmt.percent(g.get("achieved_occupancy_pct")), fmt.percent(g.get("tensor_core_pct"))]
+            for g in an.get("gpu_summary") or []]
+
+
+def idle_rows(an: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for r in an.get("idle") or []:
+        idle = r.get("idle_us") or 0.0
+
+        def part(key: str, r: dict[str, Any] = r, idle: float = idle) -> str:
+            return f"{fmt.seconds(r.get(key, 0.0) / 1e6)} ({fmt.share(r.get(key, 0.0) / idle if idle else None)})"
+
+        out.append([f"rank {r['rank']} GPU {r['device']} stream {r['stream']}", fmt.seconds(idle / 1e6),
+                    part("host_wait_us"), part("kernel_wait_us"), part("other_us")])
+    return out
+
+
+def cpu_op_rows(an: dict[str, Any], limit: int = 25) -> list[list[Any]]:
+    ops = sorted(an.get("top_cpu_ops") or [], key=lambda o: -o.get("self_us", 0.0))[:limit]
+    return [[o["name"], str(o["calls"]), f"{o['self_us'] / 1e3:.2f} ms", f"{o['total_us'] / 1e3:.2f} ms"] for o in ops]
+
+
+def gemm_rows(an: dict[str, Any]) -> list[list[Any]]:
+    return [[g["op"], f"{g['m']}×{g['n']}×{g['k']}", g.get("dtype", ""), str(g["calls"]),
+             f"{g['kernel_us']:.1f} µs", ", ".join(g.get("misaligned") or []) or "—"]
+            for g in an.get("gemm_shapes") or []]
+
+
 def kernel_cards(an: dict[str, Any]) -> list[Any]:
     launch = an.get("launch") or {}
     gs = (an.get("gpu_summary") or [{}])[0] if an.get("gpu_summary") else {}
@@ -133,6 +185,39 @@ def kernel_cards(an: dict[str, Any]) -> list[Any]:
                 if launch else "", cid="kc-launch"),
         ui.card("Sync calls", str(sync_calls), "cudaDeviceSynchronize, cudaStreamSynchronize, …", cid="kc-sync"),
     ]
+
+
+@callback(
+    Output("k-breakdown", "figure"),
+    Output("k-devices", "children"),
+    Output("k-idle", "children"),
+    Output("k-cpu-ops", "children"),
+    Output("k-gemm", "children"),
+    Output("k-kernels-title", "children"),
+    Input("k-run-id", "data"),
+    Input("k-window", "value"),
+    Input("theme", "data"),
+)
+def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
+    """What `gpulens report` prints from the windows besides the kernel table: the step breakdown,
+    per-device utilization, idle-time attribution, CPU operators, GEMM shapes."""
+    theme = theme or "light"
+    try:
+        an, _, _ = window_analysis(run_id, window or ALL_WINDOWS)
+    except GpulensError as exc:
+        none = html.Div(str(exc), className="muted")
+        return figures.empty_figure(str(exc), theme, 150), none, none, none, none, "Kernels"
+    fig = figures.share_bar_figure(breakdown_shares(an), th.BREAKDOWN_COLORS,
+                                   "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
+    devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
+                      "tensor-core kernels"), device_rows(an), "k-devices-table")
+    idle = _table(("stream", "idle", "waiting for the host", "waiting for other kernels", "other"),
+                  idle_rows(an), "k-idle-table")
+    ops = _table(("operator", "calls", "self", "total"), cpu_op_rows(an), "k-cpu-ops-table")
+    gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
+                  "k-gemm-table")
+    title = "Kernels" if an.get("kernels") else "Kernels — none: a CPU run (its operators are listed below)"
+    return fig, devices, idle, ops, gemm, title
 
 
 @callback(

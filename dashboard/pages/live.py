@@ -22,6 +22,7 @@ from dash import ClientsideFunction, Input, Output, State, callback, clientside_
 from gpulens import fmt
 from gpulens.dashboard import components as ui
 from gpulens.dashboard import data, figures
+from gpulens.dashboard import theme as th
 from gpulens.dashboard.pages import register
 from gpulens.dashboard.panels import PANELS, timeseries
 from gpulens.profiler import GpulensError, RunReader
@@ -124,10 +125,25 @@ def new_points(run: RunReader, src: dict[str, Any], after: float) -> tuple[np.nd
     if src["metric"] == "step":
         view = run.step_view(src["rank"], after + 1e-6, None, max_points=10**9)
         return view.t, view.dur / src["scale"]
+    if src["metric"] == "loss":
+        return run.loss_view(src["rank"], after + 1e-6, None, max_points=10**6)
     s = run.series(src["metric"], src["gpu"], src["rank"], t0=after + 1e-6)
     if s is None:
         return np.zeros(0), np.zeros(0)
     return s.t, s.v / src["scale"]
+
+
+def phase_split(view: Any) -> list[str]:
+    """'data wait 71%', 'forward 12%', ...: each phase's share of the steps in ``view``, largest first."""
+    if not len(view):
+        return []
+    n = view.n.astype(np.float64)
+    means = {p: float(np.nansum(v * n)) for p, v in view.phases.items()}
+    total = sum(means.values())
+    if total <= 0:
+        return []
+    order = sorted(means.items(), key=lambda kv: -kv[1])
+    return [f"{th.PHASE_LABELS.get(p, p).lower()} {fmt.share(v / total, 0)}" for p, v in order if v > 0]
 
 
 def live_cards(run: RunReader, now: float | None = None) -> list[Any]:
@@ -146,6 +162,10 @@ def live_cards(run: RunReader, now: float | None = None) -> list[Any]:
                              f"{fmt.seconds(float(recent.dur[-1]))}", cid="live-steps"))
     else:
         cards.append(ui.card("Steps", f"{n_total:,}", "no step in the last 30 s", cid="live-steps"))
+    split = phase_split(recent)
+    if split:
+        cards.append(ui.card("Phases (last 30 s)", split[0], " · ".join(split[1:]), cid="live-phases",
+                             title="share of step time in each phase over the last 30 s of steps"))
     last_t = 0.0
     for s in run.series_list():
         if s.t_last:
@@ -160,7 +180,7 @@ def live_cards(run: RunReader, now: float | None = None) -> list[Any]:
     if cpu is not None and len(cpu):
         cards.append(ui.card("Host CPU", f"{cpu.v[-1]:.0f}%", "now", cid="live-cpu"))
     age = now - last_t if last_t else None
-    cards.append(ui.card("Last sample", f"{age:.1f} s ago" if age is not None else "none yet",
+    cards.append(ui.card("Last sample", fmt.ago(age) if age is not None else "none yet",
                          "recorded → shown within ~1.5 s", cid="live-age"))
     return cards
 

@@ -36,7 +36,12 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
         links.insert(0, dcc.Link("Live ●", href=f"/live/{info.id}", className="btn btn-live"))
     notes = []
     nvml = meta.get("nvml") or {}
-    if not nvml.get("available"):
+    if meta.get("imported"):
+        source = str(meta.get("imported_from") or "a profiler trace").rsplit("/", 1)[-1]
+        notes.append(ui.notice(f"Imported from {source}: steps, kernels and GPU busy come from the trace. "
+                               "A trace holds no NVML/GPM counters, host or process samples, memory or FLOP counts: "
+                               "record the script with gpulens run to see those.", "info", cid="imported-note"))
+    elif not nvml.get("available"):
         notes.append(ui.notice(f"No NVIDIA GPU data: {nvml.get('reason') or 'NVML not available'}. "
                                "Host and training-loop metrics only.", "info", cid="no-gpu-note"))
     if info.replay:
@@ -259,9 +264,10 @@ def _panel_key(title: str) -> str | None:
     Input("run-id", "data"),
     Input("ts-range", "data"),
     Input("theme", "data"),
+    Input("evidence-targets", "data"),  # set once the analysis is done: its steady-step shares replace the range's
     State("viewport", "data"),
 )
-def steps_figure(run_id: str, rng: dict | None, theme: str | None, viewport: dict | None) -> Any:
+def steps_figure(run_id: str, rng: dict | None, theme: str | None, _analysed: Any, viewport: dict | None) -> Any:
     try:
         run = data.reader(run_id)
     except GpulensError as exc:
@@ -271,10 +277,17 @@ def steps_figure(run_id: str, rng: dict | None, theme: str | None, viewport: dic
     width = int((viewport or {}).get("width") or 1400)
     view = run.step_view(None, None if t0 is None else origin + t0, None if t1 is None else origin + t1, width)
     t, phases, shares = overview.phase_series(view, max(width // 3, 50))
+    share_of = "all steps in this range"
+    if t0 is None:  # the whole run: the shares the cards and the advice use (steady steps), one number each
+        a = data.analysis_if_done(run_id)
+        steady = overview.steady_phase_shares(a.summary if a is not None else None)
+        if steady:
+            shares, share_of = steady, "steady steps (as in the advice)"
     return figures.phase_breakdown_figure(t - origin, phases, shares, theme or "light",
                                           uirevision=f"{run_id}-{(rng or {}).get('n', 0)}",
                                           duration_s=run.info.duration_s or 0.0,
-                                          xrange=(t0, t1) if t0 is not None and t1 is not None else None)
+                                          xrange=(t0, t1) if t0 is not None and t1 is not None else None,
+                                          share_of=share_of)
 
 
 @callback(

@@ -7,6 +7,7 @@ from typing import Any
 import dash_ag_grid as dag
 from dash import Input, Output, callback, dcc, html
 
+from gpulens import fmt
 from gpulens.dashboard import data
 from gpulens.dashboard.components import GRID_THEME
 from gpulens.dashboard.pages import register
@@ -16,32 +17,32 @@ from gpulens.profiler import GpulensError
 POLL_MS = 2000
 
 COLUMNS = [
-    {"field": "run", "headerName": "Run", "cellRenderer": "markdown", "width": 210, "pinned": "left",
+    {"field": "run", "headerName": "Run", "cellRenderer": "markdown", "width": 190, "pinned": "left",
      "filter": "agTextColumnFilter", "tooltipField": "id"},
-    {"field": "status", "headerName": "Status", "width": 95, "filter": "agTextColumnFilter",
+    {"field": "status", "headerName": "Status", "width": 88, "filter": "agTextColumnFilter",
      "cellClassRules": {"status-bad": "['crashed', 'broken', 'interrupted'].includes(params.value)",
                         "status-live": "params.value == 'running'"}},
-    {"field": "gpu", "headerName": "GPU", "width": 150, "filter": "agTextColumnFilter", "tooltipField": "gpu"},
-    {"field": "started", "headerName": "Started", "width": 140, "sort": "desc", "cellDataType": "text",
+    {"field": "gpu", "headerName": "GPU", "width": 130, "filter": "agTextColumnFilter", "tooltipField": "gpu"},
+    {"field": "started", "headerName": "Started", "width": 128, "sort": "desc", "cellDataType": "text",
      "filter": "agTextColumnFilter"},
-    {"field": "duration_s", "headerName": "Duration", "width": 85, "filter": "agNumberColumnFilter",
+    {"field": "duration_s", "headerName": "Duration", "width": 80, "filter": "agNumberColumnFilter",
      "valueFormatter": {"function": "params.value == null ? '' : (params.value >= 3600 ? "
                                     "(params.value/3600).toFixed(1) + ' h' : params.value >= 60 ? "
                                     "(params.value/60).toFixed(1) + ' min' : params.value.toFixed(1) + ' s')"}},
-    {"field": "steps_per_s", "headerName": "Steps/s", "width": 80, "filter": "agNumberColumnFilter",
+    {"field": "steps_per_s", "headerName": "Steps/s", "width": 72, "filter": "agNumberColumnFilter",
      "valueFormatter": {"function": "params.value == null ? '' : d3.format('.3~g')(params.value)"}},
-    {"field": "samples_per_s", "headerName": "Samples/s", "width": 92, "filter": "agNumberColumnFilter",
+    {"field": "samples_per_s", "headerName": "Samples/s", "width": 88, "filter": "agNumberColumnFilter",
      "valueFormatter": {"function": "params.value == null ? '' : d3.format(',.4~g')(params.value)"}},
-    {"field": "gpu_busy", "headerName": "GPU busy %", "width": 90, "filter": "agNumberColumnFilter",
+    {"field": "gpu_busy", "headerName": "Busy %", "width": 70, "filter": "agNumberColumnFilter",
      "headerTooltip": "NVML utilization.gpu, mean over the run and GPUs: share of time any kernel ran",
      "valueFormatter": {"function": "params.value == null ? 'n/a' : params.value.toFixed(1)"}},
-    {"field": "sm_active", "headerName": "SM active %", "width": 90, "filter": "agNumberColumnFilter",
+    {"field": "sm_active", "headerName": "SM %", "width": 64, "filter": "agNumberColumnFilter",
      "headerTooltip": "GPM SM activity, mean (Hopper and newer)",
      "valueFormatter": {"function": "params.value == null ? 'n/a' : params.value.toFixed(1)"}},
-    {"field": "mfu", "headerName": "MFU %", "width": 72, "filter": "agNumberColumnFilter",
+    {"field": "mfu", "headerName": "MFU %", "width": 66, "filter": "agNumberColumnFilter",
      "headerTooltip": "model FLOPs per second over the GPU's dense peak for the dtypes used",
      "valueFormatter": {"function": "params.value == null ? 'n/a' : params.value.toFixed(1)"}},
-    {"field": "top", "headerName": "Top suggestion / problem", "minWidth": 260, "flex": 1,
+    {"field": "top", "headerName": "Top suggestion / problem", "minWidth": 240, "flex": 1,
      "filter": "agTextColumnFilter", "tooltipField": "top", "wrapText": False},
 ]
 
@@ -125,15 +126,26 @@ def _mean_over_gpus(summary: dict[str, Any], metric: str) -> float | None:
 )
 def refresh_runs(_n: int) -> tuple[list[dict[str, Any]], bool, str, str]:
     try:
-        root = data.runs_root()
+        choice = data.root_choice()
         rows, pending = data.runs(wait=1.5)
     except GpulensError as exc:
         return [], True, str(exc), ""
+    where = root_note(choice)
+    pending = pending or choice.showing_samples  # keep polling: the first run of the user's root takes over
     broken = sum(1 for r in rows if r.error)
     note = f"{len(rows)} run(s)" + (f", {broken} unreadable (listed with their error)" if broken else "")
     if pending:
         note += " · updating…"
-    return [run_row(r) for r in rows], not pending, note, f"in {root}"
+    return [run_row(r) for r in rows], not pending, note, where
+
+
+def root_note(choice: data.RootChoice) -> str:
+    """Where the list comes from, and how to look elsewhere."""
+    root, preferred = fmt.shown_path(choice.root), fmt.shown_path(choice.preferred)
+    if choice.showing_samples:
+        return (f"sample runs in {root}: your runs will appear here once {preferred} has one "
+                "(record with: gpulens run -- python train.py); another folder: gpulens dashboard DIR")
+    return f"in {root} (another folder: gpulens dashboard DIR, or set GPULENS_DIR)"
 
 
 register(__name__, path="/", title="gpulens · runs", name="Runs", order=0, layout=layout)

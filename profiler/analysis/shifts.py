@@ -196,7 +196,8 @@ class Change:
 
 
 #: The smallest change worth naming, by unit (absolute) -- besides a 25% relative change.
-MIN_CHANGE = {"%": 10.0, "cores": 0.3, "count": 1.0, "MHz": 50.0, "W": 20.0, "C": 5.0, "B": 256 * 2**20}
+MIN_CHANGE = {"%": 10.0, "cores": 0.3, "count": 1.0, "MHz": 50.0, "W": 20.0, "C": 5.0, "B": 256 * 2**20,
+              "B/s": 10 * 2**20}
 
 
 def changes_around(t: float, series: Mapping[str, tuple[np.ndarray, np.ndarray, str]],

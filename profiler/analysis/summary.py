@@ -186,8 +186,10 @@ def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
     elif counted:
         by_dtype, source, counted_step = counted[-1].by_dtype, counted[-1].source, counted[-1].step
     if by_dtype is None:
-        return {"available": False, "reason": "no FLOPs recorded (count_flops off, or the run ended before "
-                "the counted step)", "flops_per_step": None, "by_dtype": {}, "achieved_tflops": None,
+        reason = ("an imported trace holds no FLOP counts (record the script with gpulens to count them)"
+                  if meta.get("imported") else
+                  "no FLOPs recorded (count_flops off, or the run ended before the counted step)")
+        return {"available": False, "reason": reason, "flops_per_step": None, "by_dtype": {}, "achieved_tflops": None,
                 "mfu_pct": None, "peak": None, "source": None, "device": device}
     out = mfu(by_dtype, step_s, device)
     out.update({"available": True, "source": source, "device": device, "counted_step": counted_step})

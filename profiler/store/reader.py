@@ -184,6 +184,10 @@ class FlopCount:
     source: str
 
 
+#: Steps averaged into each point of a long run's loss line (see RunReader.loss_view).
+LOSS_SAMPLES = 8
+
+
 @dataclass
 class RunInfo:
     id: str
@@ -722,6 +726,56 @@ class RunReader:
                         full, status, error = None, "failed", f"trace path {path!r} leaves the run directory"
                 out.append(Window(db.rank, wid, first, last, t0, t1, full, status, error))
         return out
+
+    @corrupt_run_errors
+    def loss_view(self, rank: int | None = None, t0: float | None = None, t1: float | None = None,
+                  max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+        """(step end, loss) of the steps that recorded a loss in [t0, t1].
+
+        Up to 4 x ``max_points`` steps every loss is read.  Beyond, each point is the mean of
+        ``LOSS_SAMPLES`` steps spread evenly over its stretch, read by step number (a day-long run's
+        432,000 steps cost ~10,000 primary-key lookups, not a scan: the loss is a trend, and a mean of
+        evenly spread steps draws it).  A run that logs its loss only every so many steps, which such a
+        sample would mostly miss, is averaged per time bucket over all its rows instead.
+        """
+        db = self._db(rank)
+        lo = -1e300 if t0 is None else float(t0)
+        hi = 1e300 if t1 is None else float(t1)
+        first = db.query("SELECT step FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
+        last = db.query("SELECT step FROM steps WHERE t_end <= ? ORDER BY t_end DESC LIMIT 1", (hi,))
+        if not first or not last or last[0][0] < first[0][0]:
+            return np.zeros(0), np.zeros(0)
+        a, b = int(first[0][0]), int(last[0][0])
+        if b - a + 1 <= 4 * max_points:
+            rows = db.query("SELECT t_end, loss FROM steps WHERE step >= ? AND step <= ? AND loss IS NOT NULL "
+                            "ORDER BY step", (a, b))
+            arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+            return arr[:, 0], arr[:, 1]
+        picks = np.unique(np.linspace(a, b, max_points * LOSS_SAMPLES).astype(np.int64))
+        rows = db.query("SELECT step, t_end, loss FROM steps WHERE step IN (SELECT value FROM json_each(?)) "
+                        "AND loss IS NOT NULL ORDER BY step", (json.dumps(picks.tolist()),))
+        if len(rows) >= 0.1 * picks.size:
+            arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+            group = np.searchsorted(np.linspace(a, b + 1, max_points + 1), arr[:, 0], side="right") - 1
+            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+            counts = np.diff(np.r_[starts, group.size])
+            return np.add.reduceat(arr[:, 1], starts) / counts, np.add.reduceat(arr[:, 2], starts) / counts
+        span = db.query("SELECT MIN(t_end), MAX(t_end) FROM steps WHERE step >= ? AND step <= ? "
+                        "AND loss IS NOT NULL", (a, b))
+        t_first, t_last = span[0] if span else (None, None)
+        if t_first is None:
+            return np.zeros(0), np.zeros(0)
+        width = max((t_last - t_first) / max(max_points, 1), 1e-9)
+        rows = db.query("SELECT AVG(t_end), AVG(loss) FROM steps WHERE step >= ? AND step <= ? AND loss IS NOT NULL "
+                        "GROUP BY CAST((t_end - ?) / ? AS INTEGER) ORDER BY 1", (a, b, t_first, width))
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+        return arr[:, 0], arr[:, 1]
+
+    @corrupt_run_errors
+    def step_span(self, step: int, rank: int | None = None) -> tuple[float, float] | None:
+        """(t_start, t_end) of one step, or None when it was not recorded."""
+        rows = self._db(rank).query("SELECT t_start, t_end FROM steps WHERE step = ? LIMIT 1", (int(step),))
+        return (float(rows[0][0]), float(rows[0][1])) if rows else None
 
     @corrupt_run_errors
     def flops(self, rank: int | None = None) -> list[FlopCount]:

@@ -21,6 +21,8 @@ def _value(metric: str, v: float) -> str:
     unit = unit_of(metric)
     if unit == "B":
         return fmt.gib(v)
+    if unit == "B/s":
+        return f"{v / 2**20:.1f} MiB/s"
     if unit == "%":
         return fmt.percent(v, 0)
     return f"{v:.1f} {unit}".strip()
@@ -34,26 +36,46 @@ def _changes(changes: list[Change]) -> str:
     return ", ".join(out)
 
 
-def _episode(shifts: list[Shift], s: Shift) -> Shift | None:
-    """The later shift that brings the step time back (a slow episode rather than a lasting change)."""
-    later = [x for x in shifts if x.step > s.step and not x.slower]
+def _recovery(shifts: list[Shift], s: Shift) -> Shift | None:
+    """The later shift that brings the step time back past the middle of ``s`` (a slow episode, not a lasting
+    change); a further slowdown or a partial easing right after ``s`` does not end it."""
+    mid = (s.before_s * s.after_s) ** 0.5
+    later = [x for x in shifts if x.step > s.step and x.after_s <= mid]
     return min(later, key=lambda x: x.step) if later else None
+
+
+def _slow_steps(shifts: list[Shift], s: Shift) -> int:
+    """How many steps ``s``'s slowdown lasted: until it recovered, else to the end of the run."""
+    back = _recovery(shifts, s)
+    if back is not None:
+        return back.step - s.step
+    return max(x.step + x.steps_after for x in shifts) - s.step
+
+
+def _further(shifts: list[Shift], s: Shift, until: int) -> list[Shift]:
+    """Later slowdowns on top of ``s`` while it lasted (steps got slower again)."""
+    return sorted((x for x in shifts if s.step < x.step < until and x.slower), key=lambda x: x.step)
 
 
 def step_time_shift(m: Measurements) -> Suggestion | None:
     slow = [s for s in m.shifts if s.slower]
     if not slow:
         return None
-    s = max(slow, key=lambda x: (x.after_s - x.before_s) * x.steps_after)
-    back = _episode(m.shifts, s)
-    n_slow = (back.step - s.step) if back is not None else s.steps_after
-    lost = (s.after_s - s.before_s) * n_slow
+    # the slowdown that cost most: its rise times how long the run stayed above its old level, so a
+    # slowdown followed by a second one counts for both stretches, not just up to the next change point
+    s = max(slow, key=lambda x: (x.after_s - x.before_s) * _slow_steps(m.shifts, x))
+    back = _recovery(m.shifts, s)
+    n_slow = _slow_steps(m.shifts, s)
+    more = _further(m.shifts, s, s.step + n_slow)
+    lost = (s.after_s - s.before_s) * n_slow + sum((x.after_s - x.before_s) * (s.step + n_slow - x.step) for x in more)
     total = (m.step_s or s.before_s) * max(m.steps, 1)
     share = min(0.95, lost / total) if total > 0 else 0.0
     t0 = m.t_start or s.t_from
     when = f"at step {s.step} ({fmt.seconds(s.t - t0)} into the run)" if m.t_start else f"at step {s.step}"
     finding = (f"{when} the median step went from {fmt.ms(s.before_s)} to {fmt.ms(s.after_s)} "
                f"({s.ratio:.1f}x)")
+    for x in more:
+        finding += f", then to {fmt.ms(x.after_s)} at step {x.step}"
     finding += f" for {n_slow} steps, then recovered" if back is not None else f" and stayed there ({n_slow} steps)"
     moved = s.moved
     if moved is not None and s.phases.get(moved):
