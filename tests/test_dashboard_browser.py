@@ -193,8 +193,11 @@ def test_zoom_reads_full_resolution_and_evidence_links_zoom(server, page):
     base, _ = server
     page.goto(base + "/run/h100-cnn-input-bound")
     _wait_graph(page, "ts-graph")
-    page.evaluate("() => Plotly.relayout(document.querySelector('#ts-graph .js-plotly-plot'), "
-                  "{'xaxis.range[0]': 5, 'xaxis.range[1]': 7})")
+    # the page reflowing right after a zoom (cards arriving) makes Plotly report {autosize: true}: the zoom
+    # must survive it
+    page.evaluate("""() => { const gd = document.querySelector('#ts-graph .js-plotly-plot');
+        Plotly.relayout(gd, {'xaxis.range[0]': 5, 'xaxis.range[1]': 7});
+        Plotly.relayout(gd, {autosize: true}); }""")
     _wait_for(page, "document.querySelector('#ts-level').innerText.startsWith('5.0–7.0 s')")
     d = _graph_data(page, "ts-graph")
     lo = min(x[0] for x in d["x"] if x[0] is not None)
@@ -205,6 +208,13 @@ def test_zoom_reads_full_resolution_and_evidence_links_zoom(server, page):
                               return r && r[0] > 0.5 && r[1] - r[0] < 4; }""")
     steps = _graph_data(page, "steps-graph")
     assert steps["range"] is not None  # the step breakdown follows the same range
+    page.click("#ts-reset")
+    _wait_for(page, "document.querySelector('#ts-level').innerText.startsWith('whole run')")
+    page.evaluate("() => Plotly.relayout(document.querySelector('#ts-graph .js-plotly-plot'), "
+                  "{'xaxis.range[0]': 2, 'xaxis.range[1]': 3})")
+    _wait_for(page, "document.querySelector('#ts-level').innerText.startsWith('2.0–3.0 s')")
+    page.locator("#ts-graph .nsewdrag").first.dblclick(force=True)  # Plotly: back to the whole run
+    _wait_for(page, "document.querySelector('#ts-level').innerText.startsWith('whole run')")
 
 
 def test_kernels_page_renders_hostile_names_as_text(server, page):

@@ -14,6 +14,22 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             document.body.dataset.agThemeMode = t;
             return t;
         },
+        /* run page: the time range the graph shows now, whenever Plotly reports a relayout, and only
+           when it changed. Read from the graph, not from the event: Plotly also reports {autosize: true}
+           whenever the page reflows (cards arriving), and Dash runs a callback once for events that
+           come together, with the last one's data -- a zoom followed by a reflow would be lost. */
+        timeRelayout: function(_rd, last) {
+            const nu = window.dash_clientside.no_update;
+            const gd = document.querySelector('#ts-graph .js-plotly-plot');
+            const xa = gd && gd.layout && gd.layout.xaxis;
+            if (!xa) { return nu; }
+            const out = (xa.autorange || !xa.range)
+                ? {'xaxis.autorange': true}
+                : {'xaxis.range[0]': Number(xa.range[0]), 'xaxis.range[1]': Number(xa.range[1])};
+            if (!last && out['xaxis.autorange']) { return nu; }  /* the first drawing: nothing changed */
+            if (last && JSON.stringify(last) === JSON.stringify(out)) { return nu; }
+            return out;
+        },
         /* the plot width the server downsamples for */
         viewport: function(_) {
             return {width: Math.max(400, Math.min(window.innerWidth - 80, 2400))};

@@ -5,7 +5,7 @@ import re
 import time
 from typing import Any
 
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import ALL, ClientsideFunction, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
 from gpulens import fmt
 from gpulens.dashboard import components as ui
@@ -52,6 +52,7 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
     return html.Div([
         dcc.Store(id="run-id", data=info.id),
         dcc.Store(id="ts-range", data=None),
+        dcc.Store(id="ts-relayout", data=None),  # the graph's time range after each change (see assets)
         dcc.Store(id="evidence-targets", data=[]),
         html.Div([
             html.Div([html.H2(info.name, id="run-title"), ui.status_badge(info.status, info.replay,
@@ -161,9 +162,18 @@ def parse_relayout(relayout: dict[str, Any] | None, divisor: float) -> tuple[str
     return "none", None, None
 
 
+clientside_callback(
+    ClientsideFunction("gpulens", "timeRelayout"),
+    Output("ts-relayout", "data"),
+    Input("ts-graph", "relayoutData"),
+    State("ts-relayout", "data"),
+    prevent_initial_call=True,
+)
+
+
 @callback(
     Output("ts-range", "data"),
-    Input("ts-graph", "relayoutData"),
+    Input("ts-relayout", "data"),
     Input({"type": "evidence", "index": ALL}, "n_clicks"),
     Input("ts-reset", "n_clicks"),
     State("evidence-targets", "data"),
