@@ -33,12 +33,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     rep = sub.add_parser("report", help="summary of one run in the terminal (or --json)")
-    rep.add_argument("run", help="run directory, rank-N.db file, or run id under the runs root")
+    rep.add_argument("run", help="run directory, rank-N.db file, run id under the runs root, or STORE_URL/RUN_ID")
     rep.add_argument("--json", action="store_true", help="print the figures as JSON (stable keys)")
     rep.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
     adv = sub.add_parser("advise", help="ranked suggestions for one run (or --json)")
-    adv.add_argument("run", help="run directory, rank-N.db file, or run id under the runs root")
+    adv.add_argument("run", help="run directory, rank-N.db file, run id under the runs root, or STORE_URL/RUN_ID")
     adv.add_argument("--json", action="store_true", help="print the suggestions as JSON (stable schema)")
     adv.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
@@ -47,8 +47,11 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", help="run name (default: from the first file name)")
     imp.add_argument("--runs-dir", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
 
-    ls = sub.add_parser("ls", help="list the runs under a runs root")
-    ls.add_argument("runs_dir", nargs="?", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+    ls = sub.add_parser("ls", help="list the runs under a runs root or a store URL")
+    ls.add_argument("runs_dir", nargs="?", help="runs root or store URL (default $GPULENS_DIR or ./gpulens-runs)")
+    pub = sub.add_parser("publish", help="upload a finished local run to a run store (s3://, gs://, file://)")
+    pub.add_argument("run_dir", help="the run's directory")
+    pub.add_argument("url", help="store URL, e.g. s3://bucket/gpulens-runs")
     ls.add_argument("--json", action="store_true", help="print the list as JSON")
     dsh = sub.add_parser("dashboard", help="serve the web dashboard (http://127.0.0.1:8050 by default)")
     dsh.add_argument("runs_dir", nargs="?",
@@ -74,6 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="run name (default: the script or module name)")
     run.add_argument("--run-id", help="run id (default: <name>-<date>-<time>-<random>)")
     run.add_argument("--runs-dir", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+    run.add_argument("--store", metavar="URL", help="also publish the run to this store every 10 s "
+                     "(s3://bucket/prefix, gs://..., file:///shared/runs; default $GPULENS_STORE)")
     run.add_argument("--batch-size", type=int, help="samples per step when batches are not tensors")
     run.add_argument("--profile-every", type=int, metavar="N",
                      help="torch.profiler window every N steps (default 500; 0 turns windows off)")
@@ -115,8 +120,10 @@ def sample_runs_dir() -> Path | None:  # noqa: F821 (Path imported inside, like 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from gpulens.dashboard.serve import prepare, serve
     from gpulens.profiler import list_runs, runs_root
+    from gpulens.profiler.store.remote import is_url, start_mirror
 
-    root = runs_root(args.runs_dir)
+    store = args.runs_dir if is_url(args.runs_dir) else None
+    root = start_mirror(store) if store else runs_root(args.runs_dir)
     fallback = None
     if args.runs_dir is None and not list_runs(root):
         fallback = sample_runs_dir()
@@ -130,6 +137,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if warning:  # after the checks: bad input stays one line
         print(warning, file=sys.stderr)
     serve(root, access, fallback=fallback)
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpulens.profiler.store.remote import is_url, publish_run
+
+    if not is_url(args.url):
+        raise GpulensError(f"{args.url}: not a store URL (s3://bucket/prefix, gs://..., file:///shared/runs)")
+    run_dir = Path(args.run_dir)
+    stats = publish_run(run_dir, args.url)
+    print(f"gpulens: published {run_dir.name}: {stats.uploads} object(s), {fmt.bytes_(stats.bytes)} "
+          f"-> {args.url.rstrip('/')}/{run_dir.name}")
     return EXIT_OK
 
 
@@ -153,6 +174,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                      count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
                      prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
                      advise=False if args.no_advise else None, check_script=not args.dry_run)
+    if args.store:
+        from gpulens.profiler.store.remote import ENV_STORE, is_url
+
+        if not is_url(args.store):
+            raise GpulensError(f"--store {args.store}: not a store URL (s3://bucket/prefix, file:///shared/runs)")
+        launch.env[ENV_STORE] = args.store
     note = interpreter_note(launch.argv)
     if note:
         print(note, file=sys.stderr)
@@ -179,9 +206,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gpulens.profiler import RunAnalysis, open_run, resolve_run
+    from gpulens.profiler.store.remote import is_url, local_run
 
     root = Path(args.runs_dir) if args.runs_dir else None
-    with open_run(resolve_run(args.run, root)) as run:
+    target = local_run(args.run) if is_url(args.run) else resolve_run(args.run, root)
+    with open_run(target) as run:
         summary = RunAnalysis(run).report().as_dict()
     if args.json:
         print(json.dumps(summary, indent=2, default=_json_default))
@@ -196,9 +225,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gpulens.profiler import RunAnalysis, open_run, resolve_run
+    from gpulens.profiler.store.remote import is_url, local_run
 
     root = Path(args.runs_dir) if args.runs_dir else None
-    with open_run(resolve_run(args.run, root)) as run:
+    target = local_run(args.run) if is_url(args.run) else resolve_run(args.run, root)
+    with open_run(target) as run:
         advice = RunAnalysis(run).advice.as_dict()
     if args.json:
         print(json.dumps(advice, indent=2, default=_json_default))
@@ -220,9 +251,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from gpulens.profiler import list_runs, open_run, runs_root
+    from gpulens.profiler.store.remote import is_url, sync_runs
     from gpulens.profiler.store.runstore import validate_run_id
 
-    root = runs_root(args.runs_dir)
+    shown_root: object
+    if is_url(args.runs_dir):
+        root, _ = sync_runs(args.runs_dir)
+        shown_root = args.runs_dir
+    else:
+        root = runs_root(args.runs_dir)
+        shown_root = root
     if not root.is_dir():
         raise GpulensError(f"{root}: no such runs directory")
     rows: list[dict[str, Any]] = []
@@ -247,7 +285,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"runs in {fmt.safe_text(root)}"), title_justify="left")
+    table = Table(title=Text(f"runs in {fmt.safe_text(shown_root)}"), title_justify="left")
     for col in ("run", "status", "GPUs", "duration", "steps"):
         table.add_column(col)
     for r in rows:
@@ -266,7 +304,8 @@ def _json_default(value: Any) -> Any:
 
 
 COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import,
-            "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter}
+            "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter,
+            "publish": cmd_publish}
 
 
 def _run_value_flags() -> set[str]:

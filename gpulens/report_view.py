@@ -125,13 +125,18 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     if run.get("imported_from"):
         out.append(Text("  phases of an imported trace: data wait from DataLoader spans, optimizer from "
                         "Optimizer.step spans; forward and backward are not separated (in other)", style="dim"))
+    nodes = s.get("nodes") or []
+    if len(nodes) > 1:
+        out.append(Text(""))
+        out.append(_node_table(nodes))
     for gpu in s["gpus"]:
         out.append(Text(""))
+        where = f"node {gpu.get('node_rank', 0)} · " if len(nodes) > 1 else ""
         if not gpu["metrics"] and not gpu["not_available"]:
-            out.append(Text(f"GPU {gpu['index']} · {gpu['name']}: no NVML samples ({nvml.get('reason') or 'none'})",
-                            style="dim"))
+            out.append(Text(f"{where}GPU {gpu['index']} · {gpu['name']}: no NVML samples "
+                            f"({nvml.get('reason') or 'none'})", style="dim"))
             continue
-        out.append(_metric_table(f"GPU {gpu['index']} · {gpu['name']} · "
+        out.append(_metric_table(f"{where}GPU {gpu['index']} · {gpu['name']} · "
                                  f"{fmt.bytes_(gpu.get('memory_total_bytes'))}"
                                  + (f" · {gpu['energy_j'] / 3600:.2f} Wh" if gpu.get("energy_j") else ""),
                                  gpu["metrics"], gpu["not_available"], _GPU_ORDER, width))
@@ -165,6 +170,24 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
             ev.add_row(_when(e["t"])[11:], e["kind"], e["message"])
         out.append(ev)
     return out
+
+
+def _node_table(nodes: list[dict[str, Any]]) -> Table:
+    """One row per machine, so a slow or hot node stands out: its step time against the fastest node's."""
+    table = Table(title=f"Nodes ({len(nodes)})", title_justify="left", box=None)
+    for name, justify in (("node", "left"), ("host", "left"), ("ranks", "left"), ("GPUs", "right"),
+                          ("GPU busy", "right"), ("host CPU", "right"), ("median step", "right"),
+                          ("vs fastest", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
+    fastest = min(times) if times else None
+    for n in nodes:
+        step = n.get("step_time_median_s")
+        slower = f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else ""
+        table.add_row(str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
+                      str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
+                      fmt.seconds(step), slower)
+    return table
 
 
 def _step_table(st: dict[str, Any]) -> Table:

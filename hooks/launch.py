@@ -75,6 +75,27 @@ def name_of(argv: list[str]) -> str:
     return Path(argv[0]).stem or "run"
 
 
+def job_run_id(argv: list[str], name: str, env: dict[str, str]) -> str | None:
+    """One run id for every node of a multi-node launch, derived alone on each: from torchrun's
+    ``--rdzv-id`` (``--rdzv_id``), else Slurm's job and step ids when the job spans nodes."""
+    import hashlib
+
+    from gpulens.profiler.store.runstore import slug
+
+    key = None
+    for i, arg in enumerate(argv):
+        for flag in ("--rdzv-id", "--rdzv_id"):
+            if arg == flag and i + 1 < len(argv):
+                key = f"rdzv:{argv[i + 1]}"
+            elif arg.startswith(flag + "="):
+                key = f"rdzv:{arg.split('=', 1)[1]}"
+    if key is None and int(env.get("SLURM_JOB_NUM_NODES", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
+        key = f"slurm:{env['SLURM_JOB_ID']}:{env.get('SLURM_STEP_ID', '')}"
+    if key is None:
+        return None
+    return f"{slug(name)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
 def prepare(command: list[str], module: str | None = None, name: str | None = None,
             runs_dir: str | None = None, run_id: str | None = None,
             env: dict[str, str] | None = None, check_script: bool = True, **options: Any) -> Launch:
@@ -85,7 +106,7 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     base = dict(os.environ if env is None else env)
     root = runs_root(runs_dir).resolve()
     run_name = name or name_of(argv)
-    rid = validate_run_id(run_id) if run_id else new_run_id(run_name)
+    rid = validate_run_id(run_id) if run_id else (job_run_id(argv, run_name, base) or new_run_id(run_name))
     run_dir = run_dir_in(root, rid)
     script = python_script(argv) if check_script else None
     if script is not None and not Path(script).is_file():

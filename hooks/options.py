@@ -50,6 +50,7 @@ class RunOptions:
     auto: bool = False
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
+    store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.remote
     child: dict[str, Any] | None = None  # set for a child process of the recording one (hooks/children.py)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,24 @@ def rank_env(env: dict[str, str] | None = None) -> dict[str, Any]:
         "local_rank": num("LOCAL_RANK", 0),
         "world_size": num("WORLD_SIZE", 1),
         "local_world_size": num("LOCAL_WORLD_SIZE", 1),
+        "node_rank": node_rank(env),
     }
+
+
+#: Where launchers put the node's index in the job: torchrun's agents (GROUP_RANK), Slurm, and the
+#: NODE_RANK that Lightning, accelerate and many launch scripts set.
+NODE_RANK_VARS = ("GROUP_RANK", "SLURM_NODEID", "NODE_RANK")
+
+
+def node_rank(env: dict[str, str]) -> int:
+    """The node's index in the job (0 when no launcher says): two agents on one host with different
+    node ranks are two nodes, as a job spread over machines would be."""
+    for name in NODE_RANK_VARS:
+        try:
+            return int(env[name])
+        except (KeyError, ValueError):
+            continue
+    return 0
 
 
 def shared_run_id(name: str, env: dict[str, str] | None = None) -> str | None:

@@ -96,6 +96,7 @@ class TrackedRun:
         self._auto_wanted = opts.auto
         self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
         self._exporter: Any = None
+        self._publisher: Any = None  # copies this rank's database to a run store (GPULENS_STORE)
         self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
         self._phase_switched = False
         self._profile = opts.profile_config()
@@ -136,7 +137,8 @@ class TrackedRun:
         sample_node = ranks["local_rank"] == 0
         if self._child is not None:  # the recording parent samples the node; its rank is taken
             ranks = {"rank": 1 + int(self._child.get("process_group_rank") or 0), "local_rank": 0,
-                     "world_size": int(self._child.get("process_group_world_size") or 1), "local_world_size": 1}
+                     "world_size": int(self._child.get("process_group_world_size") or 1), "local_world_size": 1,
+                     "node_rank": ranks["node_rank"]}  # a child trains on its parent's node
             sample_node = False
         given = opts.run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
         root = runs_root(opts.runs_dir)
@@ -163,6 +165,9 @@ class TrackedRun:
                 if self._child is None or claim == 255:
                     raise
         self._recorder = recorder
+        from gpulens.profiler.store.remote import start_publisher
+
+        self._publisher = start_publisher(opts.store, path, path / rank_db_name(ranks["rank"]))
         writer = recorder.writer
         self._emit = lambda row: writer.step(tuple(row))
         self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
@@ -224,7 +229,7 @@ class TrackedRun:
             return
         ranks = runmeta.rank_env()
         exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
-                               local_rank=ranks["local_rank"])
+                               local_rank=ranks["local_rank"], node_rank=ranks["node_rank"])
         try:
             bound = exporter.serve(port + ranks["local_rank"] if port else 0, addr)
         except BaseException:
@@ -471,6 +476,8 @@ class TrackedRun:
         except Exception as exc:
             log.warning("gpulens: closing run %s failed: %s", self.id, exc)
             return
+        if self._publisher is not None:  # the final status and the last rows, to the store too
+            self._publisher.close()
         if not self.quiet and self._child is None:  # the parent speaks for the run
             if children:
                 steps = (f"training ran in {len(children)} child process(es), recorded as rank(s) "
@@ -612,7 +619,10 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     ``flops_per_sample`` / ``flops_per_token`` (e.g. 6N for a transformer)
     with ``flops_dtype``; advisor inputs: ``model`` and ``optimizer`` (parameter
     count, wrapper, optimizer type), ``target_batch`` (global batch you want);
-    ``advise=False`` skips the top-3 suggestions printed when the run ends.
+    ``advise=False`` skips the top-3 suggestions printed when the run ends;
+    ``store`` (default ``$GPULENS_STORE``): a run-store URL (``s3://``,
+    ``gs://``, ``file://``) this rank also publishes its database to, in the
+    background (see :mod:`gpulens.profiler.store.remote`).
 
     A ``track()`` inside an active one returns the active run: nested blocks
     share it and only the outermost closes it.

@@ -147,7 +147,7 @@ def test_exporter_taps_the_writer_only_while_it_serves(tmp_path):
     rec = Recorder(tmp_path / "rank-0.db", {"name": "taps"}, fast_sampling(), FakeNvml(gpus=1))
     try:
         assert rec.writer.latest is None and rec.writer.step_tap is None
-        exporter = RunExporter(rec, run_id="r", rank=0, local_rank=0)
+        exporter = RunExporter(rec, run_id="r", rank=0, local_rank=0, node_rank=3)
         url = f"http://127.0.0.1:{exporter.serve(0)}/metrics"
         from gpulens.profiler.store.schema import STEP_COLUMNS
 
@@ -158,6 +158,9 @@ def test_exporter_taps_the_writer_only_while_it_serves(tmp_path):
         time.sleep(0.3)
         m = scrape(url)
         assert m["gpulens_steps_total"][0].value == 1 and "DCGM_FI_DEV_GPU_UTIL" in m
+        # every series names its run and node: one Grafana query across a multi-node job
+        assert m["gpulens_steps_total"][0].labels["node_rank"] == "3"
+        assert m["DCGM_FI_DEV_GPU_UTIL"][0].labels["run"] == "r" and m["DCGM_FI_DEV_GPU_UTIL"][0].labels["node_rank"] == "3"
         exporter.close()
         assert rec.writer.latest is None and rec.writer.step_tap is None
     finally:

@@ -78,7 +78,7 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
         html.Section([html.H3("Step time breakdown"),
                       dcc.Graph(id="steps-graph", config=GRAPH_CONFIG, figure=figures.empty_figure("loading…"))],
                      id="steps-section"),
-        html.Section([html.H3("Ranks"), dcc.Graph(id="ranks-graph", config=GRAPH_CONFIG),
+        html.Section([html.H3("Ranks"), html.Div(id="run-nodes"), dcc.Graph(id="ranks-graph", config=GRAPH_CONFIG),
                       html.Div(id="ranks-table")], id="ranks-section",
                      style={} if len(info.ranks) > 1 else {"display": "none"}),
         html.Section([html.H3("Events"), html.Div(id="run-events")], id="events-section"),
@@ -322,6 +322,33 @@ def ranks_figure(run_id: str, theme: str | None) -> tuple[Any, Any]:
     table = html.Table([html.Thead(html.Tr([html.Th("rank"), html.Th("steps"), html.Th("mean step"),
                                             html.Th("vs fastest")])), html.Tbody(rows)], className="table")
     return figures.rank_figure(ranks, theme or "light"), table
+
+
+@callback(
+    Output("run-nodes", "children"),
+    Input("run-id", "data"),
+    Input("evidence-targets", "data"),  # set once the analysis is done
+)
+def nodes_table(run_id: str, _analysed: Any) -> Any:
+    """One row per machine when the run spans several: a slow or hot node stands out."""
+    try:
+        a = data.analysis_if_done(run_id)
+    except GpulensError:
+        return []
+    nodes = ((a.summary or {}).get("nodes") if a is not None else None) or []
+    if len(nodes) < 2:
+        return []
+    times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
+    fastest = min(times) if times else None
+    head = html.Thead(html.Tr([html.Th(h) for h in ("node", "host", "ranks", "GPUs", "GPU busy", "host CPU",
+                                                    "median step", "vs fastest")]))
+    rows = [html.Tr([html.Td(str(n["node_rank"])), html.Td(str(n["hostname"])),
+                     html.Td(", ".join(str(r) for r in n["ranks"])), html.Td(str(len(n["gpus"]))),
+                     html.Td(fmt.percent(n.get("gpu_busy_pct"))), html.Td(fmt.percent(n.get("host_cpu_pct"))),
+                     html.Td(fmt.seconds(n.get("step_time_median_s"))),
+                     html.Td(f"+{(n['step_time_median_s'] / fastest - 1) * 100:.1f}%"
+                             if n.get("step_time_median_s") and fastest else "")]) for n in nodes]
+    return html.Table([head, html.Tbody(rows)], className="table", id="nodes-table")
 
 
 register(__name__, path_template="/run/<run_id>", title="gpulens · run", name="Run", layout=layout)

@@ -31,6 +31,8 @@ class Report:
     throughput: dict[str, Any]
     loss: dict[str, Any] | None
     gpus: list[dict[str, Any]]
+    nodes: list[dict[str, Any]]
+    ranks: list[dict[str, Any]]
     nvml: dict[str, Any]
     host: dict[str, Any]
     memory: dict[str, Any]

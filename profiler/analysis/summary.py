@@ -6,7 +6,7 @@ The JSON keys are a stable, documented interface (README, "report --json").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from gpulens.profiler.analysis.peaks import mfu
 from gpulens.profiler.store import schema
 from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
-from gpulens.profiler.store.reader import Event, FlopCount, RunReader, Series, SeriesInfo, StepTable
+from gpulens.profiler.store.reader import Event, FlopCount, Node, RunReader, Series, SeriesInfo, StepTable
 from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP
 
 REPORT_SCHEMA = "gpulens.report/1"
@@ -40,10 +40,12 @@ class RunData:
     meta: dict[str, Any]
     steps: StepTable
     series: list[SeriesInfo]
-    metrics: dict[tuple[str, int], dict[str, Any] | None]  # metric_entry() per (metric, gpu)
+    metrics: dict[tuple[str, int, int], dict[str, Any] | None]  # metric_entry() per (metric, gpu, rank)
     events: list[Event]
     kernel: dict[str, Any] | None = None  # the kernel view (analysis.kernel_view); None = not gathered
     flops: list[FlopCount] | None = None
+    nodes: list[Node] = field(default_factory=list)  # empty: one node, described by ``meta``
+    rank_durations: dict[int, Any] = field(default_factory=dict)  # rank -> steady step times (s)
 
 
 def metric_entry(series: Series) -> dict[str, Any] | None:
@@ -64,12 +66,14 @@ def metric_entry(series: Series) -> dict[str, Any] | None:
 def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
     """Read what the summary needs, one series at a time: a day-long 8-GPU run never sits in memory whole."""
     infos = run.series_list()
-    metrics: dict[tuple[str, int], dict[str, Any] | None] = {}
-    for s in infos:
-        if s.status == "ok" and (s.metric, s.gpu) not in metrics:
+    nodes = run.nodes()
+    speakers = {n.sampling_rank if n.sampling_rank is not None else n.ranks[0] for n in nodes}
+    metrics: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+    for s in infos:  # every node's GPUs and host, from the rank that sampled that node
+        if s.status == "ok" and s.rank in speakers and (s.metric, s.gpu, s.rank) not in metrics:
             got = run.series(s.metric, s.gpu, rank=s.rank)
             if got is not None:
-                metrics[(s.metric, s.gpu)] = metric_entry(got)
+                metrics[(s.metric, s.gpu, s.rank)] = metric_entry(got)
     info = run.info
     return RunData(
         info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
@@ -84,6 +88,8 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
         events=run.events(),
         kernel=kernel,
         flops=run.flops(),
+        nodes=nodes,
+        rank_durations={r: run.step_durations(r) for r in info.ranks} if len(info.ranks) > 1 else {},
     )
 
 
@@ -196,16 +202,16 @@ def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _metric_block(data: RunData, gpu: int, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
+def _metric_block(data: RunData, gpu: int, rank: int, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
     metrics: dict[str, Any] = {}
     missing: dict[str, str] = {}
     for s in data.series:
-        if s.gpu != gpu or not s.metric.startswith(prefixes):
+        if s.gpu != gpu or s.rank != rank or not s.metric.startswith(prefixes):
             continue
         if s.status != "ok":
             missing[s.metric] = f"{s.status}: {s.reason}" if s.reason else s.status
             continue
-        entry = data.metrics.get((s.metric, s.gpu))
+        entry = data.metrics.get((s.metric, s.gpu, s.rank))
         if entry is None:
             missing[s.metric] = "no samples recorded"
             continue
@@ -218,29 +224,36 @@ def summarize_data(data: RunData) -> dict[str, Any]:
     step_time, throughput = step_summary(data.steps)
     steps = data.steps
 
-    gpus = []
-    for gpu in meta.get("gpus") or []:
-        idx = int(gpu["index"])
-        metrics, missing = _metric_block(data, idx, ("gpu.", "gpm."))
-        energy = data.metrics.get(("gpu.energy", idx))
-        gpus.append({
-            "index": idx, "name": gpu.get("name"), "uuid": gpu.get("uuid"),
-            "memory_total_bytes": gpu.get("memory_total"),
-            "compute_capability": gpu.get("compute_capability"),
-            "gpm_supported": gpu.get("gpm_supported"),
-            "energy_j": energy["change"] if energy is not None and energy["count"] > 1 else None,
-            "metrics": metrics,
-            "not_available": missing,
-        })
-    host_metrics, host_missing = _metric_block(data, -1, ("host.", "proc.", "workers."))
+    primary_rank = steps.rank if len(data.info.get("ranks") or []) else 0
+    nodes = data.nodes or [Node(int(meta.get("node_rank") or 0), str(meta.get("host") or "?"), [primary_rank],
+                                primary_rank, list(meta.get("gpus") or []))]
+    multi = len(nodes) > 1
+    gpus: list[dict[str, Any]] = []
+    for node in nodes:  # every node's GPUs, keyed (node, index): node 1's GPU 0 is not node 0's
+        speaker = _speaker(node)
+        for gpu in node.gpus:
+            idx = int(gpu["index"])
+            metrics, missing = _metric_block(data, idx, speaker, ("gpu.", "gpm."))
+            energy = data.metrics.get(("gpu.energy", idx, speaker))
+            gpus.append({
+                "index": idx, "node_rank": node.node_rank, "name": gpu.get("name"), "uuid": gpu.get("uuid"),
+                "memory_total_bytes": gpu.get("memory_total"),
+                "compute_capability": gpu.get("compute_capability"),
+                "gpm_supported": gpu.get("gpm_supported"),
+                "energy_j": energy["change"] if energy is not None and energy["count"] > 1 else None,
+                "metrics": metrics,
+                "not_available": missing,
+            })
+    home = next((n for n in nodes if primary_rank in n.ranks), nodes[0])
+    host_metrics, host_missing = _metric_block(data, -1, _speaker(home), ("host.", "proc.", "workers."))
 
     mem_peak = steps.mem_peak if len(steps) else np.zeros(0)
     mem_reserved = steps.mem_reserved if len(steps) else np.zeros(0)
     memory = {
         "cuda_peak_allocated_bytes": _nanmax(mem_peak),
         "cuda_peak_reserved_bytes": _nanmax(mem_reserved),
-        "gpu_memory_used_max_bytes": {str(g["index"]): g["metrics"].get("gpu.mem_used", {}).get("max")
-                                      for g in gpus},
+        "gpu_memory_used_max_bytes": {(f"{g['node_rank']}:{g['index']}" if multi else str(g["index"])):
+                                      g["metrics"].get("gpu.mem_used", {}).get("max") for g in gpus},
         "process_rss_max_bytes": host_metrics.get("proc.rss", {}).get("max"),
         "workers_rss_max_bytes": host_metrics.get("workers.rss", {}).get("max"),
     }
@@ -276,6 +289,8 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "throughput": throughput,
         "loss": {"first": float(loss[0]), "last": float(loss[-1]), "count": int(loss.size)} if loss.size else None,
         "gpus": gpus,
+        "nodes": [_node_entry(data, n, gpus) for n in nodes],
+        "ranks": _rank_entries(data, nodes),
         "nvml": {"available": bool(nvml.get("available")), "reason": nvml.get("reason"),
                  "driver_version": nvml.get("driver_version"),
                  "cuda_driver_version": nvml.get("cuda_driver_version")},
@@ -305,6 +320,47 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "top_cpu_ops": kernel["top_cpu_ops"],
         "gemm_shapes": kernel.get("gemm_shapes", []),
     }
+
+
+def _speaker(node: Node) -> int:
+    """The rank whose series describe ``node``: the one that sampled it, else its first."""
+    return node.sampling_rank if node.sampling_rank is not None else node.ranks[0]
+
+
+def _median(values: list[Any]) -> float | None:
+    v = np.concatenate([np.asarray(x, dtype=np.float64) for x in values]) if values else np.zeros(0)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def _node_entry(data: RunData, node: Node, gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """One machine: its ranks and GPUs, how busy its GPUs and host were, how long its steps took -- the row
+    that makes a slow or hot node stand out."""
+    mine = [g for g in gpus if g["node_rank"] == node.node_rank]
+    busy = [g["metrics"]["gpu.util"]["mean"] for g in mine if "gpu.util" in g["metrics"]]
+    cpu = data.metrics.get(("host.cpu", -1, _speaker(node))) if node.sampling_rank is not None else None
+    durations = [data.rank_durations[r] for r in node.ranks if r in data.rank_durations]
+    if not data.rank_durations and len(data.steps):  # one rank: the run's own steady steps
+        durations = [data.steps.duration[data.steps.steady()]]
+    return {"node_rank": node.node_rank, "hostname": node.hostname, "ranks": list(node.ranks),
+            "sampling_rank": node.sampling_rank,
+            "gpus": [{"index": int(g["index"]), "name": g.get("name"), "uuid": g.get("uuid")} for g in node.gpus],
+            "gpu_busy_pct": float(np.mean(busy)) if busy else None,
+            "host_cpu_pct": cpu["mean"] if cpu else None,
+            "step_time_median_s": _median(durations),
+            "steps": int(sum(np.asarray(d).size for d in durations))}
+
+
+def _rank_entries(data: RunData, nodes: list[Node]) -> list[dict[str, Any]]:
+    node_of = {r: n.node_rank for n in nodes for r in n.ranks}
+    out = []
+    for rank in data.info.get("ranks") or []:
+        d = data.rank_durations.get(rank)
+        if d is None:
+            d = data.steps.duration[data.steps.steady()] if len(data.steps) else np.zeros(0)
+        out.append({"rank": int(rank), "node_rank": node_of.get(rank, 0), "steps": int(np.asarray(d).size),
+                    "step_time_median_s": _median([d])})
+    return out
 
 
 def _nanmax(values: np.ndarray) -> float | None:

@@ -189,6 +189,8 @@ class MetricsCollector:
             labels = self._gpu_labels(gpu) if gpu >= 0 else {"Hostname": self.hostname}
             if metric in PROCESS_METRICS:
                 labels = {**labels, **self.run_labels}
+            else:  # device and host series name the run and node they were sampled for (no join needed)
+                labels = {**labels, **{k: v for k, v in self.run_labels.items() if k in ("run", "node_rank")}}
             family = families.get(exposed.name)
             if family is None:
                 cls = CounterMetricFamily if exposed.kind == "counter" else GaugeMetricFamily
@@ -289,11 +291,12 @@ class _Server:
 class RunExporter:
     """Exposes one recording rank: the node's devices and host (local rank 0) and this rank's steps."""
 
-    def __init__(self, recorder: Recorder, run_id: str, rank: int, local_rank: int) -> None:
+    def __init__(self, recorder: Recorder, run_id: str, rank: int, local_rank: int, node_rank: int = 0) -> None:
         self.writer = recorder.writer
         self.tally = StepTally()
         live = self.writer.start_exposing(self.tally.add)
-        labels = {"run": run_id, "rank": str(rank), "local_rank": str(local_rank), "Hostname": socket.gethostname()}
+        labels = {"run": run_id, "rank": str(rank), "local_rank": str(local_rank), "node_rank": str(node_rank),
+                  "Hostname": socket.gethostname()}
         self.collector = MetricsCollector(live, list(recorder.gpus or []), labels, self.tally)
         self._server: _Server | None = None
 

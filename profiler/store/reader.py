@@ -184,6 +184,17 @@ class FlopCount:
     source: str
 
 
+@dataclass(frozen=True)
+class Node:
+    """One machine of a run: its ranks, the rank that sampled its GPUs and host, and those GPUs."""
+
+    node_rank: int
+    hostname: str
+    ranks: list[int]
+    sampling_rank: int | None  # None: no rank of this node sampled it (a child-only node, an imported trace)
+    gpus: list[dict[str, Any]]  # the sampling rank's GPU descriptions (index, name, uuid, ...)
+
+
 #: Steps averaged into each point of a long run's loss line (see RunReader.loss_view).
 LOSS_SAMPLES = 8
 
@@ -278,7 +289,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int, type(None)), "pid_create_time": _OPTIONAL_NUMBER, "start": _OPTIONAL_NUMBER,
     "end": _OPTIONAL_NUMBER, "heartbeat": _OPTIONAL_NUMBER, "status": (str,), "error": _OPTIONAL_STR,
     "name": _OPTIONAL_STR, "host": _OPTIONAL_STR, "rank": (int,), "local_rank": (int,), "world_size": (int,),
-    "local_world_size": (int,), "gpus": (list, type(None)), "nvml": _OPTIONAL_DICT, "host_info": _OPTIONAL_DICT,
+    "local_world_size": (int,), "node_rank": (int,), "gpus": (list, type(None)), "nvml": _OPTIONAL_DICT,
+    "host_info": _OPTIONAL_DICT,
     "batch_size": _OPTIONAL_NUMBER, "warmup_steps": (int, type(None)), "steps": (int, type(None)),
     "model": _OPTIONAL_DICT, "auto": _OPTIONAL_DICT, "child": _OPTIONAL_DICT, "profile": _OPTIONAL_DICT,
     "sampling": _OPTIONAL_DICT, "batch_probe": _OPTIONAL_DICT, "user_flops": _OPTIONAL_DICT,
@@ -461,6 +473,32 @@ class RunReader:
 
     def meta(self, rank: int | None = None) -> dict[str, Any]:
         return dict(self._db(rank).meta)
+
+    @corrupt_run_errors
+    def nodes(self) -> list[Node]:
+        """The machines of the run, by node rank (runs recorded before node ranks existed: one node).
+
+        A node's sampling rank is the one that recorded its host series (its local rank 0): it speaks for the
+        node's GPUs and host."""
+        by_node: dict[int, list[int]] = {}
+        for rank, db in self._dbs.items():
+            by_node.setdefault(int(db.meta.get("node_rank") or 0), []).append(rank)
+        sampled = {s.rank for s in self.series_list() if s.gpu < 0 and s.metric.startswith("host.")}
+        out = []
+        for node, ranks in sorted(by_node.items()):
+            ranks.sort()
+            sampler = next((r for r in ranks if r in sampled), None)
+            speaker = sampler if sampler is not None else ranks[0]
+            meta = self._dbs[speaker].meta
+            out.append(Node(node, str(meta.get("host") or "?"), ranks, sampler,
+                            [dict(g) for g in meta.get("gpus") or []]))
+        return out
+
+    @corrupt_run_errors
+    def step_durations(self, rank: int | None = None) -> np.ndarray:
+        """Wall time of every steady step of one rank (not warm-up, not profiled), in step order."""
+        rows = self._db(rank).query("SELECT t_end - t_start FROM steps WHERE flags = 0 ORDER BY step")
+        return np.asarray([r[0] for r in rows], dtype=np.float64)
 
     @corrupt_run_errors
     def refresh(self) -> RunInfo:

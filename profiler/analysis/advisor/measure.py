@@ -28,6 +28,8 @@ class RankTiming:
     compute_s: float | None  # the part of the step that is not waiting in collectives
     comm_s: float | None  # time in communication (profiler windows), per step
     phases_s: dict[str, float] = field(default_factory=dict)  # median host phase times
+    node_rank: int = 0
+    hostname: str | None = None
 
 
 @dataclass
@@ -357,6 +359,7 @@ def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
 
 def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> list[RankTiming]:
     out = []
+    node_of = {r: n for n in run.nodes() for r in n.ranks}
     for rank in run.ranks:
         steps = run.steps(rank)
         if not len(steps):
@@ -376,5 +379,7 @@ def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> 
             if hooked:
                 comm_s = float(np.median(hooked))
         compute = step_s - comm_s if comm_s is not None else None
-        out.append(RankTiming(rank, int(len(steps)), step_s, compute, comm_s, phases))
+        node = node_of.get(rank)
+        out.append(RankTiming(rank, int(len(steps)), step_s, compute, comm_s, phases,
+                              node.node_rank if node else 0, node.hostname if node else None))
     return out

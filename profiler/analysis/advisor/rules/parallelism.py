@@ -124,11 +124,17 @@ def straggler(m: Measurements) -> Suggestion | None:
         return None
     slow = ranks[worst]
     detail = ", ".join(f"rank {r.rank} {fmt.ms(v)}" for r, v in zip(ranks, values))
+    many_nodes = len({r.node_rank for r in ranks}) > 1
+    where = f" on node {slow.node_rank} ({slow.hostname or '?'})" if many_nodes else ""
+    node_mates = [r for r in ranks if r.node_rank == slow.node_rank and r is not slow]
+    if many_nodes and node_mates and all(work(r) / median > STRAGGLER for r in node_mates):
+        where += ", like every rank of that node: look at the machine first"
     phase = max(("data_wait", "forward", "optimizer"), key=lambda p: slow.phases_s.get(p, 0.0) -
                 float(np.median([r.phases_s.get(p, 0.0) for r in ranks])))
     return Suggestion(
-        id="straggler", severity="high" if ratio > 1.2 else "medium", title=f"Rank {slow.rank} is a straggler",
-        finding=(f"rank {slow.rank} needs {ratio:.2f}x the median per-rank work per step ({detail}); the others "
+        id="straggler", severity="high" if ratio > 1.2 else "medium",
+        title=f"Rank {slow.rank}{f' (node {slow.node_rank})' if many_nodes else ''} is a straggler",
+        finding=(f"rank {slow.rank}{where} needs {ratio:.2f}x the median per-rank work per step ({detail}); the others "
                  f"wait for it in every collective; its extra time is in {phase.replace('_', ' ')}"),
         action=(f"Look at rank {slow.rank}'s {phase.replace('_', ' ')}: its data shard (slower storage, larger "
                 "samples: bucket by length or batch by token count), its host (CPU contention, a slower or "
@@ -136,5 +142,6 @@ def straggler(m: Measurements) -> Suggestion | None:
         expected_gain=f"up to {fmt.share(1 - median / values[worst], 0)} of step time for every rank",
         gain_estimate="all ranks wait for the slowest: bringing it to the median saves the difference",
         confidence="medium",
-        evidence=[Evidence("rank", f"rank {slow.rank}", {"rank": slow.rank, "phase": phase})],
+        evidence=[Evidence("rank", f"rank {slow.rank}", {"rank": slow.rank, "phase": phase,
+                                                         "node_rank": slow.node_rank})],
         gain_fraction=1 - median / values[worst])

@@ -1,0 +1,120 @@
+"""Runs that span machines: every node's GPUs and host in the summary, per-node and per-rank rows.
+
+Two agents on one host with different node ranks are two nodes (that is how a job spread over machines
+looks to gpulens): the real test launches two training processes the way torchrun's agents of a
+``--nnodes 2`` job would set them up, each sampling its own "node".
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gpulens.hooks.runmeta import node_rank, rank_env
+from gpulens.profiler import open_run
+from gpulens.profiler.analysis.run_analysis import RunAnalysis
+from gpulens.profiler.store.writer import RunWriter
+
+TRAIN = textwrap.dedent("""
+    import time, torch, torch.nn as nn, gpulens
+    from gpulens.profiler.record.recorder import SamplingConfig
+    model = nn.Linear(64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(32, 64)
+    sampling = SamplingConfig(device_interval=0.05, util_interval=0.05, host_interval=0.05, slow_interval=0.1)
+    with gpulens.track("two-nodes", quiet=True, sampling=sampling, profile=False) as run:
+        end = time.time() + 2.0
+        while time.time() < end:
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.step(loss=loss)
+            time.sleep(0.005)
+""")
+
+
+def test_node_rank_comes_from_the_launcher():
+    assert node_rank({"GROUP_RANK": "1", "SLURM_NODEID": "3"}) == 1  # torchrun's agent first
+    assert node_rank({"SLURM_NODEID": "3"}) == 3 and node_rank({"NODE_RANK": "2"}) == 2
+    assert node_rank({}) == 0 and node_rank({"GROUP_RANK": "x", "NODE_RANK": "4"}) == 4
+    assert rank_env({"RANK": "5", "GROUP_RANK": "1"})["node_rank"] == 1
+
+
+def test_two_nodes_make_one_run_with_both_hosts_and_every_ranks_steps(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
+    env.update(GPULENS_DIR=str(tmp_path), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+               TORCHELASTIC_RUN_ID="job-42")
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN], env={**env, "RANK": str(n), "GROUP_RANK": str(n)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in (0, 1)]
+    outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # one run: the ranks found the same id alone
+    with open_run(run_dir) as run:
+        assert sorted(run.ranks) == [0, 1]
+        nodes = run.nodes()
+        assert [(n.node_rank, n.ranks, n.sampling_rank) for n in nodes] == [(0, [0], 0), (1, [1], 1)]
+        report = RunAnalysis(run).report().as_dict()
+    assert [n["node_rank"] for n in report["nodes"]] == [0, 1]
+    for node in report["nodes"]:  # the bug: node 1's host was dropped, keyed like node 0's
+        assert node["host_cpu_pct"] is not None and node["steps"] > 20 and node["step_time_median_s"] > 0
+    assert [(r["rank"], r["node_rank"]) for r in report["ranks"]] == [(0, 0), (1, 1)]
+    assert all(r["steps"] > 20 for r in report["ranks"])
+    out = subprocess.run([sys.executable, "-m", "gpulens", "report", str(run_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout[out.stdout.index("Nodes (2)"):]
+    assert "median step" in table and "vs fastest" in table
+
+
+def _node_db(path: Path, rank: int, node: int, busy: float) -> None:
+    """One rank's database as the node's sampling rank writes it: its GPU 0 at ``busy`` %, its host CPU."""
+    start = 1_800_000_000.0
+    w = RunWriter(path / f"rank-{rank}.db", {
+        "name": "two-gpu-nodes", "status": "running", "start": start, "host": f"node{node}", "rank": rank,
+        "local_rank": 0, "world_size": 2, "node_rank": node, "pid": 1,
+        "gpus": [{"index": 0, "name": "NVIDIA H200", "uuid": f"GPU-node{node}"}],
+        "nvml": {"available": True}})
+    util = w.series("gpu.util", 0, "%")
+    cpu = w.series("host.cpu", -1, "%")
+    for i in range(50):
+        w.point(util, start + i * 0.1, busy)
+        w.point(cpu, start + i * 0.1, 10.0 + node)
+    w.close(status="finished", end=start + 5.0)
+
+
+def test_gpus_are_keyed_by_node_and_index(tmp_path):
+    run_dir = tmp_path / "r"
+    _node_db(run_dir, 0, 0, busy=90.0)
+    _node_db(run_dir, 1, 1, busy=30.0)  # also GPU 0, on another machine
+    with open_run(run_dir) as run:
+        report = RunAnalysis(run).report().as_dict()
+    got = {(g["node_rank"], g["index"]): g["metrics"]["gpu.util"]["mean"] for g in report["gpus"]}
+    assert got == {(0, 0): pytest.approx(90.0), (1, 0): pytest.approx(30.0)}
+    assert set(report["memory"]["gpu_memory_used_max_bytes"]) == {"0:0", "1:0"}
+    by_node = {n["node_rank"]: n for n in report["nodes"]}
+    assert by_node[1]["hostname"] == "node1" and by_node[1]["gpus"][0]["uuid"] == "GPU-node1"
+    assert by_node[0]["gpu_busy_pct"] == pytest.approx(90.0) and by_node[1]["gpu_busy_pct"] == pytest.approx(30.0)
+    assert by_node[1]["host_cpu_pct"] == pytest.approx(11.0)
+    json.dumps(report)  # plain JSON
+
+
+def test_run_page_lists_the_nodes(tmp_path):
+    from gpulens.dashboard import data
+    from gpulens.dashboard.app import create_app
+
+    _node_db(tmp_path / "r", 0, 0, busy=90.0)
+    _node_db(tmp_path / "r", 1, 1, busy=30.0)
+    app = create_app(tmp_path)
+    import gpulens.dashboard.pages.run as run_page
+
+    with app.server.app_context():
+        assert data.analysis("r", wait=60) is not None
+        table = run_page.nodes_table("r", [])
+    text = json.dumps(table.to_plotly_json(), default=lambda o: o.to_plotly_json())
+    assert table.id == "nodes-table" and "node1" in text and "90.0%" in text and "30.0%" in text
