@@ -177,16 +177,19 @@ def _node_table(nodes: list[dict[str, Any]]) -> Table:
     table = Table(title=f"Nodes ({len(nodes)})", title_justify="left", box=None)
     for name, justify in (("node", "left"), ("host", "left"), ("ranks", "left"), ("GPUs", "right"),
                           ("GPU busy", "right"), ("host CPU", "right"), ("median step", "right"),
-                          ("vs fastest", "right")):
+                          ("vs fastest", "right"), ("clock", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
     fastest = min(times) if times else None
     for n in nodes:
         step = n.get("step_time_median_s")
         slower = f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else ""
+        offset, err = n.get("clock_offset_s"), n.get("clock_uncertainty_s")
+        clock_text = (f"{offset * 1e3:+.2f}±{err * 1e3:.2f} ms" if offset is not None and err is not None
+                      else "NTP")
         table.add_row(str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
                       str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
-                      fmt.seconds(step), slower)
+                      fmt.seconds(step), slower, clock_text)
     return table
 
 

@@ -97,6 +97,7 @@ class TrackedRun:
         self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
         self._exporter: Any = None
         self._publisher: Any = None  # copies this rank's database to a run store (GPULENS_STORE)
+        self._clock_stop: threading.Event | None = None  # ends rank 0's answers to clock pings
         self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
         self._phase_switched = False
         self._profile = opts.profile_config()
@@ -352,6 +353,7 @@ class TrackedRun:
             backend = runmeta.distributed_backend()  # now: the script may destroy its group before exit
             if backend:
                 self._recorder.writer.meta(distributed_backend=backend)
+                self._start_clock_sync()
         if self._comm is not None and self._comm.models:
             seconds = self._comm.take(time.perf_counter())
             if seconds is not None:
@@ -365,6 +367,18 @@ class TrackedRun:
             windows = self._windows
             if windows is None or not windows.profiled(step) or windows.warming_up(step):
                 flops.begin(step, shape)  # never in a recorded window step: its trace would time the counter
+
+    def _start_clock_sync(self) -> None:
+        """Measure this node's clock against rank 0's through the job's store (hooks/clocksync.py)."""
+        torch = sys.modules.get("torch")
+        if torch is None or self._child is not None or self._clock_stop is not None:
+            return
+        from gpulens.hooks.clocksync import start
+
+        ranks = runmeta.rank_env()
+        self._clock_stop = threading.Event()
+        start(torch, self._rank, ranks["local_rank"], ranks["node_rank"], ranks["world_size"],
+              lambda measured: self.set_meta(clock=measured), self._clock_stop)
 
     def _maybe_attach_cuda(self) -> None:
         now = time.perf_counter()
@@ -429,6 +443,8 @@ class TrackedRun:
         self._model = None
         if self._comm is not None:
             self._comm.close()
+        if self._clock_stop is not None:
+            self._clock_stop.set()
         with _active_lock:
             if _active is self:
                 _active = None

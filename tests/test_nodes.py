@@ -118,3 +118,33 @@ def test_run_page_lists_the_nodes(tmp_path):
         table = run_page.nodes_table("r", [])
     text = json.dumps(table.to_plotly_json(), default=lambda o: o.to_plotly_json())
     assert table.id == "nodes-table" and "node1" in text and "90.0%" in text and "30.0%" in text
+
+
+def test_clock_offset_through_a_real_tcp_store_and_no_answer_costs_only_the_measurement():
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from gpulens.hooks import clocksync
+
+    server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=10))
+    client = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=10))
+    stop = threading.Event()
+    answering = threading.Thread(target=clocksync.serve, args=(server, stop), kwargs={"serve_for": 20}, daemon=True)
+    answering.start()
+    try:
+        got = clocksync.ping(client, rank=4)
+    finally:
+        stop.set()
+    assert got is not None and got["rounds"] == clocksync.ROUNDS
+    assert 0 <= got["uncertainty_s"] < 0.05 and abs(got["offset_s"]) <= got["uncertainty_s"] + 0.002
+    # nobody answers: the ping gives up after its short wait and raises inside the background thread only
+    lonely = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=10))
+    t0 = time.monotonic()
+    with pytest.raises(Exception):
+        clocksync.ping(lonely, rank=9, rounds=1)
+    assert time.monotonic() - t0 < 5

@@ -201,6 +201,11 @@ def test_torchrun_two_agents_with_nnodes_2_become_one_run_in_the_store(tmp_path,
     assert [n["node_rank"] for n in report["nodes"]] == [0, 1]
     assert [(r["rank"], r["node_rank"]) for r in report["ranks"]] == [(0, 0), (1, 1)]
     assert all(r["steps"] >= 12 for r in report["ranks"]), report["ranks"]  # 20 per rank, less warm-up, profiled
+    # node 1's clock against rank 0's, through the job's own c10d store: one host here, so ~0
+    clock = report["nodes"][1]
+    assert clock["clock_uncertainty_s"] is not None and clock["clock_uncertainty_s"] < 0.05, clock
+    assert abs(clock["clock_offset_s"]) <= clock["clock_uncertainty_s"] + 0.002, clock
+    assert report["nodes"][0]["clock_offset_s"] == 0.0
 
 
 def test_track_store_argument_and_a_mirror_that_picks_up_new_runs(tmp_path, monkeypatch, cache):
@@ -230,3 +235,21 @@ def test_track_store_argument_and_a_mirror_that_picks_up_new_runs(tmp_path, monk
             time.sleep(0.1)
     finally:
         stop.set()
+
+
+def test_publishing_keeps_to_its_bandwidth_budget(tmp_path):
+    """A snapshot is a whole database: a big one is sent less often, so the job's network stays its own."""
+    import shutil
+
+    from gpulens.profiler.store.remote import Publisher
+
+    run_dir = tmp_path / "h100-cnn-input-bound"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "h100-cnn-input-bound", run_dir)
+    p = Publisher(f"file://{tmp_path / 'store'}", run_dir, run_dir / "rank-0.db", every=10.0, budget_bps=1e4)
+    try:
+        assert p.interval() == 10.0  # nothing sent yet
+        assert p.publish_once() and p.last_size > 1e5  # the sample database: ~220 KB
+        assert p.interval() == pytest.approx(p.last_size / 1e4) and p.interval() > 10.0  # 10 KB/s on average
+        assert p.publish_once() and p.stats.skipped == 1  # unchanged: nothing sent again
+    finally:
+        p._stop.set()

@@ -348,7 +348,14 @@ def _node_entry(data: RunData, node: Node, gpus: list[dict[str, Any]]) -> dict[s
             "gpu_busy_pct": float(np.mean(busy)) if busy else None,
             "host_cpu_pct": cpu["mean"] if cpu else None,
             "step_time_median_s": _median(durations),
-            "steps": int(sum(np.asarray(d).size for d in durations))}
+            "steps": int(sum(np.asarray(d).size for d in durations)),
+            # this node's clock minus rank 0's, measured through the job's store; None: as NTP keeps them
+            "clock_offset_s": _num((node.clock or {}).get("offset_s")),
+            "clock_uncertainty_s": _num((node.clock or {}).get("uncertainty_s"))}
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _rank_entries(data: RunData, nodes: list[Node]) -> list[dict[str, Any]]:

@@ -193,6 +193,7 @@ class Node:
     ranks: list[int]
     sampling_rank: int | None  # None: no rank of this node sampled it (a child-only node, an imported trace)
     gpus: list[dict[str, Any]]  # the sampling rank's GPU descriptions (index, name, uuid, ...)
+    clock: dict[str, Any] | None = None  # offset_s, uncertainty_s against rank 0 (hooks/clocksync.py)
 
 
 #: Steps averaged into each point of a long run's loss line (see RunReader.loss_view).
@@ -490,8 +491,10 @@ class RunReader:
             sampler = next((r for r in ranks if r in sampled), None)
             speaker = sampler if sampler is not None else ranks[0]
             meta = self._dbs[speaker].meta
+            clock = next((self._dbs[r].meta["clock"] for r in ranks
+                          if isinstance(self._dbs[r].meta.get("clock"), dict)), None)
             out.append(Node(node, str(meta.get("host") or "?"), ranks, sampler,
-                            [dict(g) for g in meta.get("gpus") or []]))
+                            [dict(g) for g in meta.get("gpus") or []], clock))
         return out
 
     @corrupt_run_errors

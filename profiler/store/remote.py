@@ -38,6 +38,10 @@ log = logging.getLogger("gpulens")
 ENV_STORE = "GPULENS_STORE"
 DEFAULT_EVERY_S = 10.0
 MAX_BACKOFF_S = 60.0
+#: Average upload rate a publisher allows itself (bytes/s, ``GPULENS_PUBLISH_MBPS`` in MB/s): a snapshot is a
+#: whole database, and a multi-node job's network belongs to its all-reduces -- a 1 GB database is then
+#: published every 1,000 s, not every 10 s.
+DEFAULT_BUDGET_BPS = 1e6
 
 
 def is_url(text: object) -> bool:
@@ -105,7 +109,9 @@ class Publisher:
     run_dir: Path
     db: Path
     every: float = DEFAULT_EVERY_S
+    budget_bps: float = DEFAULT_BUDGET_BPS
     stats: PublishStats = field(default_factory=PublishStats)
+    last_size: int = 0  # bytes of the last database snapshot sent
 
     def __post_init__(self) -> None:
         self._fs, base = _filesystem(self.url)
@@ -141,7 +147,8 @@ class Publisher:
                         copy = Path(tmp) / self.db.name
                         snapshot(self.db, copy)
                         put_whole(self._fs, copy, f"{self._remote}/{self.db.name}")
-                        self.stats.bytes += copy.stat().st_size
+                        self.last_size = copy.stat().st_size
+                        self.stats.bytes += self.last_size
                         self.stats.uploads += 1
                     self._seen, sent = fp, True
                 traces = self.run_dir / "traces"
@@ -171,15 +178,28 @@ class Publisher:
     def _rank(self) -> str:
         return self.db.stem.split("-", 1)[1]
 
+    def interval(self) -> float:
+        """Seconds to the next round: ``every``, stretched so snapshots average at most ``budget_bps``."""
+        return max(self.every, self.last_size / self.budget_bps if self.budget_bps > 0 else 0.0) + self._backoff
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.every + self._backoff):
+        while not self._stop.wait(self.interval()):
             self.publish_once()
 
     def close(self, timeout: float = 30.0) -> None:
-        """A last round with the final status (the caller has closed the database)."""
+        """A last round with the final status (the caller has closed the database).
+
+        At most ``timeout`` seconds in all: a store that hangs must not hold the script's exit hostage
+        (the local run is complete either way)."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._thread.join(timeout=timeout)
-        self.publish_once()
+        last = threading.Thread(target=self.publish_once, name="gpulens-publisher-last", daemon=True)
+        last.start()
+        last.join(timeout=max(deadline - time.monotonic(), 1.0))
+        if last.is_alive():
+            log.warning("gpulens: the last publish to %s did not finish in %.0f s; the run is complete locally "
+                        "in %s (gpulens publish uploads it later)", self.url, timeout, self.run_dir)
 
 
 def start_publisher(url: str | None, run_dir: Path, db: Path, every: float | None = None) -> Publisher | None:
@@ -190,7 +210,8 @@ def start_publisher(url: str | None, run_dir: Path, db: Path, every: float | Non
         return None
     try:
         every = every if every is not None else float(os.environ.get("GPULENS_PUBLISH_EVERY", DEFAULT_EVERY_S))
-        return Publisher(url, run_dir, db, every=max(every, 0.2))
+        budget = float(os.environ.get("GPULENS_PUBLISH_MBPS", DEFAULT_BUDGET_BPS / 1e6)) * 1e6
+        return Publisher(url, run_dir, db, every=max(every, 0.2), budget_bps=budget)
     except (GpulensError, ValueError) as exc:
         log.warning("gpulens: not publishing to %s: %s", url, exc)
         return None

@@ -1,0 +1,107 @@
+"""How far each node's clock is from rank 0's, measured through the job's own c10d store.
+
+Ranks on one node share a clock; nodes agree only as well as NTP or PTP keeps them, and a few
+milliseconds of skew shift one node's series against another's.  Once the process group exists, the
+first rank of every other node pings rank 0 a few times through the rendezvous store the job already
+has (no server of ours, no port): it writes a ping, rank 0 answers with its clock, and the round trip
+with the shortest time gives the offset (our clock minus rank 0's, at the midpoint of the round trip) and
+its uncertainty (half that round trip).  It all runs on background threads with short timeouts: a store
+that is slow or gone costs nothing but the measurement.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from gpulens.profiler.store import clock
+
+log = logging.getLogger("gpulens")
+
+KEY = "gpulens/clock"
+ROUNDS = 8
+WAIT = timedelta(seconds=2)
+SERVE_FOR_S = 120.0  # rank 0 answers pings for this long after its first step
+
+
+def default_store(torch: Any) -> Any | None:
+    """The process group's key-value store, or None (no group, or a torch without one)."""
+    try:
+        dist = torch.distributed
+        if not dist.is_available() or not dist.is_initialized():
+            return None
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
+    """This rank's clock against rank 0's: {offset_s, uncertainty_s, rounds, against_rank}."""
+    k = store.add(f"{KEY}/peers", 1) - 1
+    store.set(f"{KEY}/peer/{k}", str(rank))
+    best: tuple[float, float] | None = None
+    for i in range(rounds):
+        t1 = clock.now()
+        store.set(f"{KEY}/{rank}/ping/{i}", "1")
+        store.wait([f"{KEY}/{rank}/pong/{i}"], WAIT)
+        theirs = float(store.get(f"{KEY}/{rank}/pong/{i}"))
+        t2 = clock.now()
+        rtt = t2 - t1
+        if best is None or rtt < best[1]:
+            best = ((t1 + t2) / 2 - theirs, rtt)
+    if best is None:
+        return None
+    return {"offset_s": best[0], "uncertainty_s": best[1] / 2, "rounds": rounds, "against_rank": 0}
+
+
+def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S) -> int:
+    """Rank 0: answer every peer's pings (one thread per peer) until ``serve_for`` seconds have passed."""
+    seen = 0
+    end = clock.now() + serve_for
+    while not stop.is_set() and clock.now() < end:
+        n = int(store.add(f"{KEY}/peers", 0))
+        while seen < n:
+            peer = store.get(f"{KEY}/peer/{seen}").decode()
+            threading.Thread(target=_answer, args=(store, peer, rounds), daemon=True,
+                             name=f"gpulens-clock-{peer}").start()
+            seen += 1
+        stop.wait(0.2)
+    return seen
+
+
+def _answer(store: Any, peer: str, rounds: int) -> None:
+    try:
+        for i in range(rounds):
+            store.wait([f"{KEY}/{peer}/ping/{i}"], WAIT)
+            store.set(f"{KEY}/{peer}/pong/{i}", repr(clock.now()))
+    except Exception as exc:  # a peer that went away
+        log.debug("gpulens: clock pings of rank %s stopped: %s", peer, exc)
+
+
+def start(torch: Any, rank: int, local_rank: int, node_rank: int, world_size: int,
+          record: Callable[[dict[str, Any]], None], stop: threading.Event) -> threading.Thread | None:
+    """Start the measurement for this rank in the background, if it takes part: rank 0 answers, the first
+    rank of every other node asks; ``record`` receives the result (rank 0: itself as the reference)."""
+    if world_size <= 1 or (rank != 0 and (local_rank != 0 or node_rank == 0)):
+        return None
+    store = default_store(torch)
+    if store is None:
+        return None
+
+    def run() -> None:
+        try:
+            if rank == 0:
+                record({"offset_s": 0.0, "uncertainty_s": 0.0, "rounds": 0, "against_rank": 0, "reference": True})
+                serve(store, stop)
+            else:
+                got = ping(store, rank)
+                if got is not None:
+                    record(got)
+        except Exception as exc:  # a store that is slow or gone: no measurement, nothing else
+            log.debug("gpulens: clock offset not measured: %s", exc)
+
+    thread = threading.Thread(target=run, name="gpulens-clock", daemon=True)
+    thread.start()
+    return thread
