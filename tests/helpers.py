@@ -26,3 +26,27 @@ def record_for(path: Path, seconds: float, nvml: Any = None, during=None, **over
         time.sleep(0.01)
     rec.close("finished")
     return open_run(path)
+
+
+#: A tiny training script for subprocess tests (``python -c TINY_TRAIN SECONDS``): a linear model, a loss
+#: passed to ``run.step``, fast sampling, no profiler window; prints "started" once recording.
+TINY_TRAIN = """
+import sys, time, torch, torch.nn as nn, gpulens
+from gpulens.profiler.record.recorder import SamplingConfig
+seconds = float(sys.argv[1])
+model = nn.Linear(64, 64)
+opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+x = torch.randn(32, 64)
+sampling = SamplingConfig(device_interval=0.05, util_interval=0.05, host_interval=0.05, slow_interval=0.1,
+                          flush_interval=0.2)
+with gpulens.track("stored", quiet=True, sampling=sampling, profile=False) as run:
+    print("started", flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        run.step(loss=loss)
+        time.sleep(0.005)
+"""

@@ -10,33 +10,17 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from helpers import TINY_TRAIN
 
 from gpulens.hooks.runmeta import node_rank, rank_env
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import RunAnalysis
 from gpulens.profiler.store.writer import RunWriter
 
-TRAIN = textwrap.dedent("""
-    import time, torch, torch.nn as nn, gpulens
-    from gpulens.profiler.record.recorder import SamplingConfig
-    model = nn.Linear(64, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(32, 64)
-    sampling = SamplingConfig(device_interval=0.05, util_interval=0.05, host_interval=0.05, slow_interval=0.1)
-    with gpulens.track("two-nodes", quiet=True, sampling=sampling, profile=False) as run:
-        end = time.time() + 2.0
-        while time.time() < end:
-            loss = model(x).square().mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            run.step(loss=loss)
-            time.sleep(0.005)
-""")
 
 
 def test_node_rank_comes_from_the_launcher():
@@ -50,7 +34,8 @@ def test_two_nodes_make_one_run_with_both_hosts_and_every_ranks_steps(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
     env.update(GPULENS_DIR=str(tmp_path), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                TORCHELASTIC_RUN_ID="job-42")
-    procs = [subprocess.Popen([sys.executable, "-c", TRAIN], env={**env, "RANK": str(n), "GROUP_RANK": str(n)},
+    procs = [subprocess.Popen([sys.executable, "-c", TINY_TRAIN, "2"],
+                              env={**env, "RANK": str(n), "GROUP_RANK": str(n)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in (0, 1)]
     outs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

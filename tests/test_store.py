@@ -21,27 +21,8 @@ pytest.importorskip("s3fs")
 
 from gpulens.profiler import open_run  # noqa: E402
 from gpulens.profiler.store.remote import sync_runs  # noqa: E402
+from helpers import TINY_TRAIN as TRAIN  # noqa: E402
 
-TRAIN = """
-import sys, time, torch, torch.nn as nn, gpulens
-from gpulens.profiler.record.recorder import SamplingConfig
-seconds = float(sys.argv[1])
-model = nn.Linear(64, 64)
-opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-x = torch.randn(32, 64)
-sampling = SamplingConfig(device_interval=0.05, util_interval=0.05, host_interval=0.05, slow_interval=0.1,
-                          flush_interval=0.2)
-with gpulens.track("stored", quiet=True, sampling=sampling, profile=False) as run:
-    print("started", flush=True)
-    end = time.time() + seconds
-    while time.time() < end:
-        loss = model(x).square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        run.step(loss=loss)
-        time.sleep(0.005)
-"""
 
 
 def _agents(tmp_path: Path, store: str, env: dict[str, str], seconds: float = 2.0) -> list[subprocess.Popen]:
