@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import TINY_TRAIN
@@ -133,3 +134,43 @@ def test_clock_offset_through_a_real_tcp_store_and_no_answer_costs_only_the_meas
     with pytest.raises(Exception):
         clocksync.ping(lonely, rank=9, rounds=1)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_node_whose_clock_runs_ahead_is_read_on_rank_0s_clock(tmp_path):
+    """Node 1's clock is 5 s ahead of rank 0's (measured: offset +5 s): the same moments, recorded in each
+    node's own clock, come back on one time axis -- series, views, steps, step views, loss, windows, events."""
+    from gpulens.profiler.store.schema import STEP_COLUMNS
+
+    start = 1_800_000_000.0
+    for rank, ahead in ((0, 0.0), (1, 5.0)):
+        clock = {"offset_s": ahead, "uncertainty_s": 0.001, "rounds": 8, "against_rank": 0}
+        if rank == 0:
+            clock["reference"] = True
+        w = RunWriter(tmp_path / "r" / f"rank-{rank}.db", {
+            "name": "skewed", "status": "running", "start": start + ahead, "host": f"node{rank}", "rank": rank,
+            "local_rank": 0, "world_size": 2, "node_rank": rank, "pid": 1, "clock": clock})
+        cpu = w.series("host.cpu", -1, "%")
+        for i in range(40):
+            w.point(cpu, start + ahead + i * 0.1, 50.0)
+            row = dict.fromkeys(STEP_COLUMNS)
+            row.update(step=i, t_start=start + ahead + i * 0.1, t_end=start + ahead + (i + 1) * 0.1, samples=1,
+                       flags=0, data_wait=0.0, forward=0.05, backward=0.04, optimizer=0.01, other=0.0, loss=1.0)
+            w.step(tuple(row[c] for c in STEP_COLUMNS))
+        w.event("note", "half way", t=start + ahead + 2.0)
+        w.close(status="finished", end=start + ahead + 4.0)
+    with open_run(tmp_path / "r") as run:
+        a, b = run.series("host.cpu", rank=0), run.series("host.cpu", rank=1)
+        assert np.allclose(a.t, b.t)
+        assert np.allclose(run.steps(0).t_end, run.steps(1).t_end)
+        assert np.allclose(run.step_view(1).t, run.step_view(0).t)
+        assert np.allclose(run.loss_view(1)[0], run.loss_view(0)[0])
+        # a range asked on rank 0's clock finds node 1's points of that moment
+        mid = start + 2.0
+        assert run.series("host.cpu", rank=1, t0=mid, t1=mid + 0.35).t.size == 4
+        assert run.series_view("host.cpu", rank=1, t0=mid, t1=mid + 0.35).t.min() >= mid - 1e-6
+        assert len(run.steps(1, t0=mid, t1=mid + 0.35)) == len(run.steps(0, t0=mid, t1=mid + 0.35))
+        events = [e.t for e in run.events()]
+        assert np.allclose(events, [start + 2.0, start + 2.0])
+        assert run.info.start == pytest.approx(start) and run.info.end == pytest.approx(start + 4.0)
+        assert run.step_span(3, 1) == pytest.approx(run.step_span(3, 0))
+        assert np.allclose([s.t_first for s in run.series_list() if s.metric == "host.cpu"], start)

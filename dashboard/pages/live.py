@@ -150,7 +150,7 @@ def live_cards(run: RunReader, now: float | None = None) -> list[Any]:
     info = run.info
     now = time.time() if now is None else now
     origin = info.start or now
-    cards = [ui.card("Elapsed", fmt.seconds((info.end if info.status != "running" else now) - origin),
+    cards = [ui.card("Elapsed", fmt.seconds(((info.end or now) if info.status != "running" else now) - origin),
                      info.status, cid="live-elapsed")]
     recent = run.step_view(None, now - 30.0, None, max_points=10**6)
     total = run.step_view(None, None, None, max_points=100)

@@ -236,6 +236,8 @@ class _RankDB:
     def __init__(self, rank: int, path: Path) -> None:
         self.rank = rank
         self.path = path
+        #: seconds added to this rank's times to put them on rank 0's clock (its node's measured offset)
+        self.shift = 0.0
         self._lock = threading.Lock()
         schema.check_header(path)
         _check_not_truncated(path)
@@ -523,7 +525,23 @@ class RunReader:
         return self._primary
 
     @corrupt_run_errors
+    def _align_clocks(self) -> None:
+        """Put every rank on rank 0's clock: each node's offset measured against it (hooks/clocksync.py)."""
+        by_node: dict[int, list[_RankDB]] = {}
+        for db in self._dbs.values():
+            by_node.setdefault(int(db.meta.get("node_rank") or 0), []).append(db)
+        for members in by_node.values():
+            clock = next((m.meta["clock"] for m in members if isinstance(m.meta.get("clock"), dict)), None)
+            offset = (clock or {}).get("offset_s")
+            shift = 0.0
+            if isinstance(offset, (int, float)) and not isinstance(offset, bool) and abs(offset) < 86400 \
+                    and not (clock or {}).get("reference"):
+                shift = -float(offset)
+            for m in members:
+                m.shift = shift
+
     def _make_info(self) -> RunInfo:
+        self._align_clocks()
         self._primary = next((rank for rank, db in self._dbs.items() if db.has_steps()), self.ranks[0])
         first = self._dbs[self._primary].meta
         if (first.get("nvml") or {}).get("reason") == SAMPLED_ELSEWHERE:
@@ -534,12 +552,12 @@ class RunReader:
                 first = {**first, "gpus": sampler.get("gpus") or [], "nvml": sampler.get("nvml")}
         states = [rank_status(db.meta) for db in self._dbs.values()]
         status, reason = _combine_status(states)
-        starts: list[float] = [db.meta["start"] for db in self._dbs.values() if db.meta.get("start")]
+        starts: list[float] = [db.meta["start"] + db.shift for db in self._dbs.values() if db.meta.get("start")]
         ends = []
         for db in self._dbs.values():
             end = db.meta.get("end") or db.meta.get("heartbeat") or db.meta.get("start")
             if end:
-                ends.append(end)
+                ends.append(end + db.shift)
         return RunInfo(
             id=self.path.name,
             path=self.path,
@@ -572,6 +590,8 @@ class RunReader:
             for sid, metric, gpu, unit, status, reason in db.query(
                     "SELECT id, metric, gpu, unit, status, reason FROM series ORDER BY gpu, metric"):
                 n, t0, t1 = stats.get(sid, (0, None, None))
+                if db.shift and t0 is not None and t1 is not None:
+                    t0, t1 = t0 + db.shift, t1 + db.shift
                 out.append(SeriesInfo(metric, gpu, unit, db.rank, status, reason, int(n or 0), t0, t1))
         return out
 
@@ -592,8 +612,8 @@ class RunReader:
         if hit is None:
             return None
         db, sid, unit = hit
-        lo = -np.inf if t0 is None else float(t0)
-        hi = np.inf if t1 is None else float(t1)
+        lo = -np.inf if t0 is None else float(t0) - db.shift  # in the rank's own clock
+        hi = np.inf if t1 is None else float(t1) - db.shift
         chunks = db.query(
             "SELECT t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND t0 <= ? ORDER BY t0",
             (sid, lo if np.isfinite(lo) else -1e300, hi if np.isfinite(hi) else 1e300))
@@ -608,7 +628,7 @@ class RunReader:
                 t, v = t[keep], v[keep]
         else:
             t, v = _EMPTY, _EMPTY
-        return Series(metric, int(gpu), unit, db.rank, t, v)
+        return Series(metric, int(gpu), unit, db.rank, t + db.shift if db.shift else t, v)
 
     @corrupt_run_errors
     def series_view(self, metric: str, gpu: int = -1, t0: float | None = None, t1: float | None = None,
@@ -627,8 +647,8 @@ class RunReader:
         if hit is None:
             return None
         db, sid, unit = hit
-        lo = -1e300 if t0 is None else float(t0)
-        hi = 1e300 if t1 is None else float(t1)
+        lo = -1e300 if t0 is None else float(t0) - db.shift  # in the rank's own clock
+        hi = 1e300 if t1 is None else float(t1) - db.shift
         count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
             "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
             "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
@@ -646,7 +666,7 @@ class RunReader:
             "AND bucket >= ? AND bucket <= ? ORDER BY bucket",
             (sid, level, int(np.floor(max(lo, first) / level)), int(np.floor(min(hi, last) / level))))
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
-        return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level,
+        return SeriesView(metric, int(gpu), unit, "buckets", arr[:, 0] * level + db.shift,
                           arr[:, 3] / np.maximum(arr[:, 4], 1), arr[:, 1], arr[:, 2], level)
 
     @corrupt_run_errors
@@ -685,7 +705,7 @@ class RunReader:
         params: tuple[float, ...] = ()
         if t0 is not None or t1 is not None:
             where = " WHERE t_end >= ? AND t_start <= ?"
-            params = (-1e300 if t0 is None else t0, 1e300 if t1 is None else t1)
+            params = (-1e300 if t0 is None else t0 - db.shift, 1e300 if t1 is None else t1 - db.shift)
         cols = schema.STEP_COLUMNS
         rows = db.query(f"SELECT {', '.join(cols)} FROM steps{where} ORDER BY step", params)
         extra_idx = cols.index("extra")
@@ -701,6 +721,9 @@ class RunReader:
         extra = [json.loads(r[extra_idx]) if r[extra_idx] else {} for r in rows]
         if not all(isinstance(e, dict) for e in extra):
             raise RunError(db.path, "corrupt step records: an extra field is not a JSON object")
+        if db.shift:
+            columns["t_start"] = columns["t_start"] + db.shift
+            columns["t_end"] = columns["t_end"] + db.shift
         return StepTable(db.rank, columns, extra)
 
     @corrupt_run_errors
@@ -708,8 +731,8 @@ class RunReader:
                   max_points: int = 2000) -> StepView:
         """Step times in [t0, t1] for plotting: per step, or per rollup bucket when there are too many."""
         db = self._db(rank)
-        lo = -1e300 if t0 is None else float(t0)
-        hi = 1e300 if t1 is None else float(t1)
+        lo = -1e300 if t0 is None else float(t0) - db.shift  # in the rank's own clock
+        hi = 1e300 if t1 is None else float(t1) - db.shift
         level = None
         if db.has_table("step_rollups"):
             first = db.query("SELECT step, t_end FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
@@ -723,7 +746,7 @@ class RunReader:
                 f"SELECT t_end, t_end - t_start, {', '.join(PHASE_COLUMNS)} FROM steps "
                 "WHERE t_end >= ? AND t_end <= ? ORDER BY t_end", (lo, hi))
             arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2 + len(PHASE_COLUMNS))
-            return StepView(db.rank, "raw", arr[:, 0], arr[:, 1], arr[:, 1], arr[:, 1],
+            return StepView(db.rank, "raw", arr[:, 0] + db.shift, arr[:, 1], arr[:, 1], arr[:, 1],
                             {p: arr[:, 2 + i] for i, p in enumerate(PHASE_COLUMNS)},
                             np.ones(arr.shape[0], dtype=np.int64))
         rows = db.query(
@@ -732,7 +755,7 @@ class RunReader:
             (level, int(max(np.floor(lo / level), -2**62)), int(min(np.floor(hi / level), 2**62))))
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5 + len(PHASE_COLUMNS))
         n = np.maximum(arr[:, 1], 1)
-        return StepView(db.rank, "buckets", arr[:, 0] * level, arr[:, 2] / n, arr[:, 3], arr[:, 4],
+        return StepView(db.rank, "buckets", arr[:, 0] * level + db.shift, arr[:, 2] / n, arr[:, 3], arr[:, 4],
                         {p: arr[:, 5 + i] / n for i, p in enumerate(PHASE_COLUMNS)},
                         arr[:, 1].astype(np.int64), level)
 
@@ -747,7 +770,7 @@ class RunReader:
                 sql += " WHERE kind = ?"
                 params = (kind,)
             for t, k, gpu, message, data in db.query(sql + " ORDER BY t", params):
-                out.append(Event(t, k, gpu, message, json.loads(data) if data else None, db.rank))
+                out.append(Event(t + db.shift, k, gpu, message, json.loads(data) if data else None, db.rank))
         return sorted(out, key=lambda e: e.t)
 
     @corrupt_run_errors
@@ -765,7 +788,7 @@ class RunReader:
                     full = (self.path / path).resolve()
                     if self.path.resolve() not in full.parents:  # never follow a path out of the run
                         full, status, error = None, "failed", f"trace path {path!r} leaves the run directory"
-                out.append(Window(db.rank, wid, first, last, t0, t1, full, status, error))
+                out.append(Window(db.rank, wid, first, last, t0 + db.shift, t1 + db.shift, full, status, error))
         return out
 
     @corrupt_run_errors
@@ -780,8 +803,11 @@ class RunReader:
         sample would mostly miss, is averaged per time bucket over all its rows instead.
         """
         db = self._db(rank)
-        lo = -1e300 if t0 is None else float(t0)
-        hi = 1e300 if t1 is None else float(t1)
+        t, v = self._loss_view(db, -1e300 if t0 is None else float(t0) - db.shift,
+                               1e300 if t1 is None else float(t1) - db.shift, max_points)
+        return (t + db.shift if db.shift else t), v
+
+    def _loss_view(self, db: _RankDB, lo: float, hi: float, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         first = db.query("SELECT step FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
         last = db.query("SELECT step FROM steps WHERE t_end <= ? ORDER BY t_end DESC LIMIT 1", (hi,))
         if not first or not last or last[0][0] < first[0][0]:
@@ -815,8 +841,9 @@ class RunReader:
     @corrupt_run_errors
     def step_span(self, step: int, rank: int | None = None) -> tuple[float, float] | None:
         """(t_start, t_end) of one step, or None when it was not recorded."""
-        rows = self._db(rank).query("SELECT t_start, t_end FROM steps WHERE step = ? LIMIT 1", (int(step),))
-        return (float(rows[0][0]), float(rows[0][1])) if rows else None
+        db = self._db(rank)
+        rows = db.query("SELECT t_start, t_end FROM steps WHERE step = ? LIMIT 1", (int(step),))
+        return (float(rows[0][0]) + db.shift, float(rows[0][1]) + db.shift) if rows else None
 
     @corrupt_run_errors
     def flops(self, rank: int | None = None) -> list[FlopCount]:
