@@ -202,15 +202,19 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return serve_node(args.port, args.addr, args.interval)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gpulens.profiler import RunAnalysis, open_run, resolve_run
+def _run_target(run: str, runs_dir: str | None) -> Path:
+    """A run argument as a path: a directory, rank file or run id under the runs root, or STORE_URL/RUN_ID
+    (fetched into the local cache)."""
+    from gpulens.profiler import resolve_run
     from gpulens.profiler.store.remote import is_url, local_run
 
-    root = Path(args.runs_dir) if args.runs_dir else None
-    target = local_run(args.run) if is_url(args.run) else resolve_run(args.run, root)
-    with open_run(target) as run:
+    return local_run(run) if is_url(run) else resolve_run(run, Path(runs_dir) if runs_dir else None)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gpulens.profiler import RunAnalysis, open_run
+
+    with open_run(_run_target(args.run, args.runs_dir)) as run:
         summary = RunAnalysis(run).report().as_dict()
     if args.json:
         print(json.dumps(summary, indent=2, default=_json_default))
@@ -222,14 +226,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from gpulens.profiler import RunAnalysis, open_run
 
-    from gpulens.profiler import RunAnalysis, open_run, resolve_run
-    from gpulens.profiler.store.remote import is_url, local_run
-
-    root = Path(args.runs_dir) if args.runs_dir else None
-    target = local_run(args.run) if is_url(args.run) else resolve_run(args.run, root)
-    with open_run(target) as run:
+    with open_run(_run_target(args.run, args.runs_dir)) as run:
         advice = RunAnalysis(run).advice.as_dict()
     if args.json:
         print(json.dumps(advice, indent=2, default=_json_default))

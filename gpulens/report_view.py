@@ -172,24 +172,32 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     return out
 
 
-def _node_table(nodes: list[dict[str, Any]]) -> Table:
-    """One row per machine, so a slow or hot node stands out: its step time against the fastest node's."""
-    table = Table(title=f"Nodes ({len(nodes)})", title_justify="left", box=None)
-    for name, justify in (("node", "left"), ("host", "left"), ("ranks", "left"), ("GPUs", "right"),
-                          ("GPU busy", "right"), ("host CPU", "right"), ("median step", "right"),
-                          ("vs fastest", "right"), ("clock", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+NODE_COLUMNS = ("node", "host", "ranks", "GPUs", "GPU busy", "host CPU", "median step", "vs fastest", "clock")
+
+
+def node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row of text per machine (``NODE_COLUMNS``): its step time against the fastest node's, its clock
+    against rank 0's.  The terminal report and the run page print the same rows."""
     times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
     fastest = min(times) if times else None
+    rows: list[tuple[str, ...]] = []
     for n in nodes:
         step = n.get("step_time_median_s")
-        slower = f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else ""
         offset, err = n.get("clock_offset_s"), n.get("clock_uncertainty_s")
-        clock_text = (f"{offset * 1e3:+.2f}±{err * 1e3:.2f} ms" if offset is not None and err is not None
-                      else "NTP")
-        table.add_row(str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
-                      str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
-                      fmt.seconds(step), slower, clock_text)
+        rows.append((str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
+                     str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
+                     fmt.seconds(step), f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else "",
+                     f"{offset * 1e3:+.2f}±{err * 1e3:.2f} ms" if offset is not None and err is not None else "NTP"))
+    return rows
+
+
+def _node_table(nodes: list[dict[str, Any]]) -> Table:
+    """One row per machine, so a slow or hot node stands out."""
+    table = Table(title=f"Nodes ({len(nodes)})", title_justify="left", box=None)
+    for name in NODE_COLUMNS:
+        table.add_column(name, justify="left" if name in ("node", "host", "ranks") else "right")
+    for row in node_rows(nodes):
+        table.add_row(*row)
     return table
 
 

@@ -98,6 +98,7 @@ class TrackedRun:
         self._exporter: Any = None
         self._publisher: Any = None  # copies this rank's database to a run store (GPULENS_STORE)
         self._clock_stop: threading.Event | None = None  # ends rank 0's answers to clock pings
+        self._clock_thread: threading.Thread | None = None
         self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
         self._phase_switched = False
         self._profile = opts.profile_config()
@@ -377,8 +378,8 @@ class TrackedRun:
 
         ranks = runmeta.rank_env()
         self._clock_stop = threading.Event()
-        start(torch, self._rank, ranks["local_rank"], ranks["node_rank"], ranks["world_size"],
-              lambda measured: self.set_meta(clock=measured), self._clock_stop)
+        self._clock_thread = start(torch, self._rank, ranks["local_rank"], ranks["node_rank"], ranks["world_size"],
+                                   lambda measured: self.set_meta(clock=measured), self._clock_stop)
 
     def _maybe_attach_cuda(self) -> None:
         now = time.perf_counter()
@@ -443,8 +444,10 @@ class TrackedRun:
         self._model = None
         if self._comm is not None:
             self._comm.close()
-        if self._clock_stop is not None:
-            self._clock_stop.set()
+        if self._clock_thread is not None and self._rank != 0:
+            # a short job can end before its node's pings are answered: give them a moment to land in the
+            # metadata (rank 0 keeps answering until its process exits)
+            self._clock_thread.join(timeout=3.0)
         with _active_lock:
             if _active is self:
                 _active = None

@@ -338,16 +338,10 @@ def nodes_table(run_id: str, _analysed: Any) -> Any:
     nodes = ((a.summary or {}).get("nodes") if a is not None else None) or []
     if len(nodes) < 2:
         return []
-    times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
-    fastest = min(times) if times else None
-    head = html.Thead(html.Tr([html.Th(h) for h in ("node", "host", "ranks", "GPUs", "GPU busy", "host CPU",
-                                                    "median step", "vs fastest")]))
-    rows = [html.Tr([html.Td(str(n["node_rank"])), html.Td(str(n["hostname"])),
-                     html.Td(", ".join(str(r) for r in n["ranks"])), html.Td(str(len(n["gpus"]))),
-                     html.Td(fmt.percent(n.get("gpu_busy_pct"))), html.Td(fmt.percent(n.get("host_cpu_pct"))),
-                     html.Td(fmt.seconds(n.get("step_time_median_s"))),
-                     html.Td(f"+{(n['step_time_median_s'] / fastest - 1) * 100:.1f}%"
-                             if n.get("step_time_median_s") and fastest else "")]) for n in nodes]
+    from gpulens.report_view import NODE_COLUMNS, node_rows
+
+    head = html.Thead(html.Tr([html.Th(h) for h in NODE_COLUMNS]))
+    rows = [html.Tr([html.Td(cell) for cell in row]) for row in node_rows(nodes)]
     return html.Table([head, html.Tbody(rows)], className="table", id="nodes-table")
 
 

@@ -110,6 +110,7 @@ class Publisher:
     db: Path
     every: float = DEFAULT_EVERY_S
     budget_bps: float = DEFAULT_BUDGET_BPS
+    background: bool = True  # False: no thread, rounds only when called (gpulens publish)
     stats: PublishStats = field(default_factory=PublishStats)
     last_size: int = 0  # bytes of the last database snapshot sent
 
@@ -123,7 +124,8 @@ class Publisher:
         self._warned = False
         self._backoff = 0.0
         self._thread = threading.Thread(target=self._loop, name="gpulens-publisher", daemon=True)
-        self._thread.start()
+        if self.background:
+            self._thread.start()
 
     # ------------------------------------------------------------------ rounds
     def _fingerprint(self) -> tuple[int, int]:
@@ -193,7 +195,8 @@ class Publisher:
         (the local run is complete either way)."""
         deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
         last = threading.Thread(target=self.publish_once, name="gpulens-publisher-last", daemon=True)
         last.start()
         last.join(timeout=max(deadline - time.monotonic(), 1.0))
@@ -226,8 +229,7 @@ def publish_run(run_dir: Path, url: str) -> PublishStats:
         raise GpulensError(f"{run_dir}: not a gpulens run (no rank-N.db)")
     total = PublishStats()
     for db in dbs.values():
-        p = Publisher(url, run_dir, db, every=3600.0)
-        p._stop.set()
+        p = Publisher(url, run_dir, db, background=False)
         ok = p.publish_once()
         if not ok:
             raise GpulensError(f"cannot publish to {url}: see the warning above")
