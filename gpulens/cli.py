@@ -87,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="serve Prometheus metrics on PORT (+ local rank under torchrun)")
     run.add_argument("--prometheus-addr", default=None, metavar="ADDR",
                      help="address for the metrics endpoint (default 127.0.0.1)")
+    run.add_argument("--what-if", metavar="WHAT",
+                     help="measure a change for a short stretch of the real loop: synthetic-data (replay cached "
+                          "batches: step time without input waits) or batch-size=N; :at=STEP,steps=N to place it "
+                          "(default at=20, steps=20); those steps stay out of the run's own throughput")
+    run.add_argument("--nvtx", action="store_true",
+                     help="mark steps and phases as NVTX ranges for Nsight Systems (on by itself under nsys)")
     run.add_argument("--quiet", action="store_true", help="no gpulens messages unless something fails")
     run.add_argument("--no-advise", action="store_true", help="do not print the top suggestions at the end")
     run.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
@@ -169,11 +175,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise GpulensError(f"--{flag.replace('_', '-')} must be a positive number")
+    if args.what_if:
+        from gpulens.hooks.whatif import parse_what_if
+
+        parse_what_if(args.what_if)  # a bad value is one line and exit 2 here, not a warning in the run
     launch = prepare(args.command_args, module=args.module, name=args.name, runs_dir=args.runs_dir, run_id=args.run_id,
                      batch_size=args.batch_size, profile_every=args.profile_every,
                      count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
                      prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
-                     advise=False if args.no_advise else None, check_script=not args.dry_run)
+                     advise=False if args.no_advise else None, check_script=not args.dry_run,
+                     what_if=args.what_if, nvtx=True if args.nvtx else None)
     if args.store:
         from gpulens.profiler.store.remote import ENV_STORE, is_url
 

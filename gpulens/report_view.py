@@ -101,9 +101,13 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     tp = s["throughput"]
     ex = st.get("excluded", {})
     steps_line = f"{s['steps']} steps"
-    if ex.get("warmup") or ex.get("profiled"):
-        steps_line += f" ({ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled left out of the figures)"
+    if ex.get("warmup") or ex.get("profiled") or ex.get("what_if"):
+        left = f"{ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled"
+        left += f", {ex['what_if']} what-if" if ex.get("what_if") else ""
+        steps_line += f" ({left} left out of the figures)"
     head.add_row("steps", steps_line)
+    if s.get("what_if"):
+        head.add_row("what-if", what_if_line(s["what_if"]))
     for rank, lost in (s.get("records_lost") or {}).items():
         head.add_row("lost", Text(f"rank {rank}: {describe_lost(lost)} never reached the database (a full disk, "
                                   "or steps faster than the writer)", style="yellow"))
@@ -199,6 +203,26 @@ def _node_table(nodes: list[dict[str, Any]]) -> Table:
     for row in node_rows(nodes):
         table.add_row(*row)
     return table
+
+
+def what_if_line(w: dict[str, Any]) -> str:
+    """A measured what-if in one line: what ran, and what it measured against the run's steady steps."""
+    label = f"batch size {w.get('batch_size')}" if w.get("kind") == "batch-size" else "synthetic data (replayed batches)"
+    if w.get("status") not in ("done", "cut short"):
+        return f"{label}: {w.get('status')}" + (f" ({w['reason']})" if w.get("reason") else "")
+    if w.get("step_time_change") is None:
+        return f"{label}: no steps measured"
+    what = "compute (no data wait)" if w.get("kind") == "batch-size" else "step"
+    line = (f"{label}, steps {w['first_step']}-{w['last_step']}: {what} {fmt.seconds(w['step_time_median_s'])} vs "
+            f"{fmt.seconds(w['baseline_step_time_median_s'])} ({w['step_time_change']:+.1%}")
+    ci = w.get("step_time_change_ci")
+    line += f", 95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else ")"
+    if w.get("kind") == "batch-size" and w.get("samples_per_s_change") is not None:
+        line += (f"; {fmt.rate(w['samples_per_s'], 'samples')} vs {fmt.rate(w['baseline_samples_per_s'], 'samples')}"
+                 f" ({w['samples_per_s_change']:+.1%})")
+    if w.get("status") == "cut short":
+        line += " (cut short)"
+    return line
 
 
 def _step_table(st: dict[str, Any]) -> Table:

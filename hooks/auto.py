@@ -406,7 +406,7 @@ class AutoSteps:
                 return original(it)
             training = auto._fetch_begin(it)
             try:
-                batch = original(it)
+                batch = auto.run.fetch_batch(lambda: original(it)) if training else original(it)
             except StopIteration:
                 auto._fetch_end(None, stopped=True, training=training)
                 raise

@@ -15,7 +15,8 @@ from gpulens.profiler.record.recorder import SamplingConfig
 DEFAULT_FLOPS_STEP = 5
 #: The options ``gpulens run`` can pass down (as JSON, so plain values only).
 JSON_OPTIONS = frozenset({"runs_dir", "run_id", "batch_size", "profile_every", "profile_steps", "count_flops",
-                          "warmup_steps", "quiet", "advise", "prometheus_port", "prometheus_addr", "sync_phases"})
+                          "warmup_steps", "quiet", "advise", "prometheus_port", "prometheus_addr", "sync_phases",
+                          "what_if", "nvtx"})
 
 
 @dataclass
@@ -50,6 +51,8 @@ class RunOptions:
     auto: bool = False
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
+    what_if: str | None = None  # a measured what-if (hooks/whatif.py): "synthetic-data", "batch-size=N"
+    nvtx: bool | None = None  # phases as NVTX ranges too (None: when Nsight Systems runs the process)
     store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.remote
     child: dict[str, Any] | None = None  # set for a child process of the recording one (hooks/children.py)
 

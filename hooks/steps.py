@@ -85,6 +85,7 @@ class StepRecorder:
         self.step_calls = 0  # manual step() calls
         self.pre_step: Callable[[int], int] | None = None  # returns extra flags for the ending step
         self.post_step: Callable[[int, Any], None] | None = None  # called as the next step opens
+        self.step_flags: Callable[[int], int] | None = None  # flags by step index (a what-if's stretch)
         self._calls_at_last_next = -1
         self._batch_samples: int | None = None
 
@@ -166,6 +167,8 @@ class StepRecorder:
 
     def _row(self, start: float, end: float, acc: list[float], extra: dict[str, float], samples: int | None,
              tokens: int | None, flags: int) -> Row:
+        if self.step_flags is not None:
+            flags |= self.step_flags(self.step_index)
         return [
             self.step_index,
             clock.from_perf(start),

@@ -106,6 +106,8 @@ class TrackedRun:
         self._model = opts.model  # for DDP all-reduce timing once torch is attached; dropped at close
         self._comm: Any = None
         self._child = opts.child  # a child process of the recording one (gpulens.hooks.children)
+        self._whatif: Any = None  # a measured what-if's stretch (hooks/whatif.py)
+        self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         try:
             self._start()
@@ -176,6 +178,8 @@ class TrackedRun:
                                  sync=self._sync if opts.sync_phases else None)
         self._rec.pre_step = self._pre_step
         self._rec.post_step = self._post_step
+        if opts.what_if:
+            self._start_what_if(opts.what_if)
         if opts.flops_per_step:
             dtype = opts.flops_dtype or "bf16"
             writer.flops(-1, float(opts.flops_per_step), {dtype: float(opts.flops_per_step)}, "user")
@@ -187,6 +191,32 @@ class TrackedRun:
         self._lifecycle.install()
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
             log.info("gpulens: recording run %s into %s", run_id, path)
+
+    def _start_what_if(self, text: str) -> None:
+        from gpulens.hooks.whatif import WhatIf, parse_what_if
+
+        try:
+            plan = parse_what_if(text)
+        except Exception as exc:  # a bad what-if costs the what-if, not the recording
+            log.warning("gpulens: what-if not run: %s", exc)
+            return
+        if plan.at < self.options.warmup_steps + WhatIf.CACHED:
+            plan = type(plan)(plan.kind, self.options.warmup_steps + WhatIf.CACHED, plan.steps, plan.batch_size)
+        assert self._recorder is not None
+        self._whatif = WhatIf(plan, self._recorder.writer.meta, self._probe_limit)  # also at close
+        self._rec.step_flags = self._whatif.flags
+
+    def _probe_limit(self) -> int | None:
+        """The largest batch the batch-size probe found to fit (None: no probe ran in this run)."""
+        probe = self._meta_seen.get("batch_probe")
+        return probe.get("b_max") if isinstance(probe, dict) else None
+
+    def fetch_batch(self, real_next: Any) -> Any:
+        """A training batch: from the loader, or during a what-if's stretch from its cache."""
+        whatif = self._whatif
+        if whatif is None or not self._recording:
+            return real_next()
+        return whatif.fetch(self._rec.step_index, real_next)
 
     def attach_torch(self, torch: ModuleType) -> None:
         """Profiler windows, FLOP counting and (``gpulens run``) step detection need torch.
@@ -472,6 +502,8 @@ class TrackedRun:
                                  else "steps were marked by the training code"}
         if self._exporter is not None:
             self._exporter.close()
+        if self._whatif is not None:
+            self._safe(self._whatif.close)
         try:
             if self._flops is not None and self._flops.counting:
                 self._flops.disabled = True
@@ -551,6 +583,8 @@ class TrackedRun:
 
     def set_meta(self, **values: Any) -> None:
         """Add to this rank's metadata (a probe result, how steps were found, ...)."""
+        if "batch_probe" in values:
+            self._meta_seen["batch_probe"] = values["batch_probe"]
         if self._recorder is not None and not self._closed:
             self._recorder.writer.meta(**values)
 
@@ -606,7 +640,7 @@ class _TimedLoader:
         while True:
             active = run._recording and run._safe(rec.loader_next, first)
             try:
-                batch = next(it)
+                batch = run.fetch_batch(it.__next__) if active else next(it)
             except StopIteration:
                 if active:
                     run._safe(rec.loader_end)

@@ -55,6 +55,7 @@ class Report:
     idle: list[dict[str, Any]]
     top_cpu_ops: list[dict[str, Any]]
     gemm_shapes: list[dict[str, Any]]
+    what_if: dict[str, Any] | None
     suggestions: dict[str, Any] | None = field(default=None)
 
     @classmethod

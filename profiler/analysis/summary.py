@@ -15,7 +15,8 @@ from gpulens.profiler.analysis.peaks import mfu
 from gpulens.profiler.store import schema
 from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
 from gpulens.profiler.store.reader import Event, FlopCount, Node, RunReader, Series, SeriesInfo, StepTable
-from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP
+from gpulens.profiler.analysis.whatif import what_if_result
+from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF
 
 REPORT_SCHEMA = "gpulens.report/1"
 PHASES = schema.PHASES
@@ -105,7 +106,8 @@ def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
     n = len(steps)
     flags = steps.flags if n else np.zeros(0, dtype=np.int64)
     excluded = {"warmup": int(np.count_nonzero(flags & FLAG_WARMUP)),
-                "profiled": int(np.count_nonzero(flags & FLAG_PROFILED))}
+                "profiled": int(np.count_nonzero(flags & FLAG_PROFILED)),
+                "what_if": int(np.count_nonzero(flags & FLAG_WHATIF))}
     steady = flags == 0
     if n and not steady.any():
         steady = np.ones(n, dtype=bool)  # too short to have steady steps: use them all
@@ -319,6 +321,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "idle": kernel["idle"],
         "top_cpu_ops": kernel["top_cpu_ops"],
         "gemm_shapes": kernel.get("gemm_shapes", []),
+        "what_if": what_if_result(steps, meta),
     }
 
 

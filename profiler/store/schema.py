@@ -56,6 +56,8 @@ ROLLUP_LEVELS = (1, 10, 60, 600)
 #: step-time statistics leave out.
 FLAG_WARMUP = 1
 FLAG_PROFILED = 2
+#: A measured what-if's stretch and the steps settling after it (hooks/whatif.py): not the run's own pace.
+FLAG_WHATIF = 4
 
 #: meta["nvml"]["reason"] of a rank that leaves the node's GPUs and host to the process sampling them.
 SAMPLED_ELSEWHERE = "device sampling off for this rank"

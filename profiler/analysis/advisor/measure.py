@@ -74,6 +74,7 @@ class Measurements:
     step_breakdown: dict[str, float] = field(default_factory=dict)
     comm_share: float | None = None
     gemm_shapes: list[dict[str, Any]] = field(default_factory=list)
+    what_if: dict[str, Any] | None = None  # a measured what-if's result (report key what_if)
     peak_allocated: float | None = None
     peak_reserved: float | None = None
     fragmentation: float | None = None
@@ -239,6 +240,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         sync_calls = sum(v["calls"] for k, v in m.sync.items() if not k.startswith("Memcpy"))
         m.sync_per_step = sync_calls / n_steps
     m.gemm_shapes = report.gemm_shapes
+    m.what_if = report.what_if
     mem = report.memory
     m.peak_allocated = mem["cuda_peak_allocated_bytes"]
     m.peak_reserved = mem["cuda_peak_reserved_bytes"]

@@ -1,0 +1,260 @@
+"""Measured what-ifs: a short stretch of the real training loop run the other way, to prove an estimate.
+
+``synthetic-data`` replays two cached batches instead of waiting on the
+DataLoader (the objects the loader handed out: same shapes, dtype, device
+and pinning); ``batch-size=N`` replays the cached batch cut or tiled to N
+samples along its first dimension.  The user's own forward, backward and
+optimizer run unchanged, so the stretch measures what their loop would do
+without input waits (or at N), not a model of it.
+
+Honesty: the stretch's steps and a few settling steps after it (the
+DataLoader's prefetch queue refills while it is not asked) are flagged
+:data:`~gpulens.profiler.store.schema.FLAG_WHATIF` and left out of the run's
+own throughput; the stretch trains on repeated batches (``steps`` extra
+optimizer steps), which is why it is opt-in and short.  A batch size whose
+memory cannot be shown to fit (CUDA peak so far scaled to N against the
+device's memory, or the batch-size probe's b_max) is refused before the
+stretch, never tried: an out-of-memory error would reach the user's loop.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gpulens.hooks.steps import infer_batch_size
+from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.store.schema import FLAG_WHATIF
+
+log = logging.getLogger("gpulens")
+
+SYNTHETIC, BATCH_SIZE = "synthetic-data", "batch-size"
+#: The stretch starts after warm-up and the first profiler window (steps 10-13 by default).
+DEFAULT_AT = 20
+DEFAULT_STEPS = 20
+#: Steps after the stretch whose loader queue was filled during it (prefetch): flagged, not measured.
+SETTLE_STEPS = 5
+#: A batch size is tried on CUDA only while the scaled peak stays under this share of the device memory.
+MEMORY_HEADROOM = 0.85
+
+
+@dataclass(frozen=True)
+class WhatIfPlan:
+    """What to try, from which step, for how many steps."""
+
+    kind: str  # synthetic-data | batch-size
+    at: int = DEFAULT_AT
+    steps: int = DEFAULT_STEPS
+    batch_size: int | None = None
+
+    @property
+    def end(self) -> int:  # first step after the stretch
+        return self.at + self.steps
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "batch_size": self.batch_size, "first_step": self.at,
+                "last_step": self.end - 1, "settle_steps": SETTLE_STEPS}
+
+
+def parse_what_if(text: str) -> WhatIfPlan:
+    """``synthetic-data`` or ``batch-size=N``, optionally ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
+    head, _, tail = text.strip().partition(":")
+    kind, _, value = head.partition("=")
+    kind = kind.strip().lower().replace("_", "-")
+    options: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in tail.split(","))):
+        key, sep, raw = part.partition("=")
+        if not sep or key not in ("at", "steps"):
+            raise GpulensError(f"--what-if {text}: unknown option {part!r} (at=STEP, steps=N)")
+        options[key] = _positive(raw, f"--what-if {text}: {key}")
+    if options.get("at", DEFAULT_AT) < 3:
+        raise GpulensError(f"--what-if {text}: at must be 3 or later (the batches are cached from the steps before)")
+    if kind == SYNTHETIC and not value:
+        return WhatIfPlan(SYNTHETIC, **options)
+    if kind == BATCH_SIZE and value:
+        return WhatIfPlan(BATCH_SIZE, batch_size=_positive(value, f"--what-if {text}: batch size"), **options)
+    raise GpulensError(f"--what-if {text}: expected synthetic-data or batch-size=N (optionally :at=STEP,steps=N)")
+
+
+def _positive(raw: str, what: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise GpulensError(f"{what} must be a whole number, not {raw!r}") from None
+    if value <= 0:
+        raise GpulensError(f"{what} must be positive")
+    return value
+
+
+def resize_batch(batch: Any, size: int, torch: Any) -> Any:
+    """``batch`` with every tensor whose first dimension is the batch's cut or tiled to ``size`` (pinning kept)."""
+    n = infer_batch_size(batch)
+    if n is None or n <= 0:
+        raise ValueError("the batch holds no tensor with a batch dimension")
+
+    def one(obj: Any, depth: int) -> Any:
+        shape = getattr(obj, "shape", None)
+        if shape is not None and len(shape) > 0 and int(shape[0]) == n and isinstance(obj, torch.Tensor):
+            if size <= n:
+                out = obj[:size].clone()
+            else:
+                reps = [-(-size // n)] + [1] * (obj.dim() - 1)
+                out = obj.repeat(*reps)[:size].contiguous()
+            if obj.device.type == "cpu" and obj.is_pinned():
+                out = out.pin_memory()
+            return out
+        if depth >= 2:
+            return obj
+        if isinstance(obj, dict):
+            return type(obj)((k, one(v, depth + 1)) for k, v in obj.items())
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*(one(v, depth + 1) for v in obj))
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(one(v, depth + 1) for v in obj)
+        return obj
+
+    return one(batch, 0)
+
+
+def _copy_batch(batch: Any, torch: Any) -> Any:
+    """A private copy of a batch (the loop may change its tensors in place), pinning kept."""
+    def one(obj: Any, depth: int) -> Any:
+        if isinstance(obj, torch.Tensor):
+            out = obj.detach().clone()
+            if obj.device.type == "cpu" and obj.is_pinned():
+                out = out.pin_memory()
+            return out
+        if depth >= 2:
+            return obj
+        if isinstance(obj, dict):
+            return type(obj)((k, one(v, depth + 1)) for k, v in obj.items())
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*(one(v, depth + 1) for v in obj))
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(one(v, depth + 1) for v in obj)
+        return obj
+
+    return one(batch, 0)
+
+
+class WhatIf:
+    """Stands between the training loop and its DataLoader for the stretch of a :class:`WhatIfPlan`.
+
+    ``fetch(step, real_next)`` is called for every training batch fetch with
+    the index of the step the batch opens; outside the stretch it calls
+    ``real_next`` (caching the batches just before the stretch), inside it
+    returns a cached one without touching the loader.
+    """
+
+    CACHED = 2
+
+    def __init__(self, plan: WhatIfPlan, set_meta: Callable[..., None],
+                 limit: Callable[[], int | None] | None = None) -> None:
+        self.plan = plan
+        self._set_meta = set_meta
+        self._limit = limit  # the probe's largest batch that fits, if one ran
+        self._cache: list[Any] = []
+        self._replays = 0
+        self.state = "waiting"  # waiting | running | done | skipped
+        self.reason: str | None = None
+        self.base_batch: int | None = None
+
+    # ------------------------------------------------------------------ hot path
+    def fetch(self, step: int, real_next: Callable[[], Any]) -> Any:
+        plan = self.plan
+        if self.state == "running" or (self.state == "waiting" and plan.at <= step < plan.end):
+            if step < plan.end and self._ready():
+                batch = self._cache[self._replays % len(self._cache)]
+                self._replays += 1
+                return batch
+            self._finish(step)
+        batch = real_next()
+        if self.state == "waiting" and plan.at - self.CACHED <= step < plan.at:
+            self._remember(batch)
+        return batch
+
+    def flags(self, step: int) -> int:
+        """FLAG_WHATIF for the stretch's steps and the settling ones after it."""
+        if self.state in ("running", "done") and self.plan.at <= step < self.plan.end + SETTLE_STEPS:
+            return FLAG_WHATIF
+        return 0
+
+    # ------------------------------------------------------------------ the stretch
+    def _ready(self) -> bool:
+        if self.state == "running":
+            return True
+        if not self._cache:
+            self._skip("no training batch was fetched from a DataLoader just before the stretch")
+            return False
+        self.state = "running"
+        log.info("gpulens: what-if %s: steps %d-%d replay cached batches", self._label(), self.plan.at,
+                 self.plan.end - 1)
+        self._set_meta(what_if={**self.plan.describe(), "status": "running", "base_batch": self.base_batch})
+        return True
+
+    def _finish(self, step: int) -> None:
+        if self.state != "running":
+            return
+        self.state = "done"
+        self._cache = []
+        status = "done" if step >= self.plan.end else "cut short"
+        self._set_meta(what_if={**self.plan.describe(), "status": status, "base_batch": self.base_batch,
+                                "replayed": self._replays})
+
+    def close(self) -> None:
+        """At the run's end: a stretch the run did not get to (or finish) says so."""
+        if self.state == "running":
+            self._set_meta(what_if={**self.plan.describe(), "status": "cut short", "base_batch": self.base_batch,
+                                    "replayed": self._replays})
+        elif self.state == "waiting":
+            self._set_meta(what_if={**self.plan.describe(), "status": "not reached",
+                                    "reason": f"the run ended before step {self.plan.at}"})
+        self._cache = []
+
+    def _skip(self, reason: str) -> None:
+        self.state = "skipped"
+        self.reason = reason
+        self._cache = []
+        log.warning("gpulens: what-if %s not run: %s", self._label(), reason)
+        self._set_meta(what_if={**self.plan.describe(), "status": "skipped", "reason": reason})
+
+    def _label(self) -> str:
+        return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind
+
+    def _remember(self, batch: Any) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            self._skip("torch is not imported")
+            return
+        self.base_batch = infer_batch_size(batch)
+        if self.plan.kind == BATCH_SIZE:
+            why = self._unsafe(batch, torch)
+            if why:
+                self._skip(why)
+                return
+            copy = resize_batch(batch, int(self.plan.batch_size or 0), torch)
+        else:
+            copy = _copy_batch(batch, torch)
+        self._cache = (self._cache + [copy])[-self.CACHED:]  # accumulation: several fetches per step
+
+    def _unsafe(self, batch: Any, torch: Any) -> str | None:
+        """Why trying the batch size could run out of memory (None: it is safe to try)."""
+        target = int(self.plan.batch_size or 0)
+        base = self.base_batch
+        if not base:
+            return "the batch holds no tensor with a batch dimension to resize"
+        limit = self._limit() if self._limit is not None else None
+        if limit is not None and target > limit:
+            return f"the batch-size probe found at most {limit} samples fit"
+        if target <= base or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None  # smaller batches, and host memory (the CPU training runs on), are safe to try
+        device = torch.cuda.current_device()
+        peak = float(torch.cuda.max_memory_allocated(device))
+        total = float(torch.cuda.get_device_properties(device).total_memory)
+        scaled = peak * target / base  # activations scale with the batch; weights do not: an upper bound
+        if scaled > MEMORY_HEADROOM * total:
+            return (f"{target} samples could need {scaled / 2**30:.1f} GiB (peak so far x {target}/{base}), over "
+                    f"{MEMORY_HEADROOM:.0%} of the GPU's {total / 2**30:.1f} GiB; run gpulens.probe_batch_sizes first")
+        return None

@@ -1,0 +1,186 @@
+"""Measured what-ifs (hooks/whatif.py, profiler/analysis/whatif.py): a stretch of the real CPU training loop
+run with replayed batches or at another batch size, flagged, left out of throughput, and measured."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpulens.hooks.whatif import FLAG_WHATIF, SETTLE_STEPS, WhatIf, WhatIfPlan, parse_what_if, resize_batch  # noqa: E402
+from gpulens.profiler import RunAnalysis, open_run  # noqa: E402
+from gpulens.profiler.errors import GpulensError  # noqa: E402
+
+GPULENS = str(Path(sys.executable).with_name("gpulens"))
+
+#: An input-bound loop in the style of the tutorials: the collate function sleeps (slow storage),
+#: the model is tiny, one optimizer step per batch; stops after 70 iterations.
+SLOW_LOADER = textwrap.dedent("""
+    import sys, time, torch, torch.nn as nn
+    from torch.utils.data import DataLoader, Dataset
+
+    class Rows(Dataset):
+        def __len__(self): return 8192
+        def __getitem__(self, i): return torch.randn(32), torch.randint(0, 4, ()).long()
+
+    def collate(items):
+        time.sleep(0.006)
+        xs, ys = zip(*items)
+        return torch.stack(xs), torch.stack(ys)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    for step, (x, y) in enumerate(DataLoader(Rows(), batch_size=64, collate_fn=collate)):
+        seen.append(tuple(x.shape))
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward(); opt.step(); opt.zero_grad()
+        if step == 69:
+            break
+    print("shapes", sorted(set(seen)))
+""")
+
+
+def _run(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "train.py"
+    script.write_text(SLOW_LOADER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+    return subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "r", "--no-advise",
+                           "--profile-every", "0", *flags, "--", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--what-if", "synthetic-data:at=10,steps=20")
+    assert proc.returncode == 0, proc.stderr
+    assert "shapes [(64, 32)]" in proc.stdout  # the loop saw the loader's batches, replays included
+    with open_run(tmp_path / "runs" / "r") as run:
+        steps = run.steps()
+        analysis = RunAnalysis(run)
+        report = analysis.report().as_dict()
+        advice = analysis.advice
+    flagged = steps.step[(steps.flags & FLAG_WHATIF) != 0]
+    assert list(flagged) == list(range(10, 30 + SETTLE_STEPS))  # the stretch and its settling steps
+    w = report["what_if"]
+    assert w["status"] == "done" and w["steps"] == 20 and w["base_batch"] == 64
+    # the collate sleep is 6 ms: without it steps are at least halved, and the interval says so too
+    assert w["step_time_change"] < -0.5 and w["step_time_change_ci"][1] < 0
+    assert w["data_wait_median_s"] < 0.001 < w["baseline_data_wait_median_s"]
+    # the run's own figures leave the stretch out
+    assert report["step_time"]["excluded"]["what_if"] == 20 + SETTLE_STEPS
+    assert report["step_time"]["median_s"] > 0.005
+    bound = next(s for s in advice.suggestions if s.id == "dataloader_bound")
+    assert "measured: with replayed batches (steps 10-29)" in bound.finding
+    assert "(measured; estimate up to" in bound.expected_gain
+
+
+def test_batch_size_what_if_trains_at_the_asked_size(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--what-if", "batch-size=96:at=8,steps=12")
+    assert proc.returncode == 0, proc.stderr
+    assert "(96, 32)" in proc.stdout and "(64, 32)" in proc.stdout
+    with open_run(tmp_path / "runs" / "r") as run:
+        steps = run.steps()
+        report = RunAnalysis(run).report().as_dict()
+    stretch = (steps.step >= 8) & (steps.step < 20)
+    assert set(steps.samples[stretch]) == {96}
+    assert set(steps.samples[steps.steady()]) == {64}
+    w = report["what_if"]
+    assert w["kind"] == "batch-size" and w["batch_size"] == 96 and w["status"] == "done"
+    assert w["measure"] == "step time without data wait"
+    assert w["samples_per_s"] and w["baseline_samples_per_s"]
+
+
+def test_track_api_and_a_run_too_short_for_the_stretch(tmp_path: Path) -> None:
+    import gpulens
+
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [torch.randn(16, 8) for _ in range(12)]
+    with gpulens.track("short", runs_dir=tmp_path, what_if="synthetic-data", quiet=True, profile=False) as run:
+        for x in run.loader(data):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    with open_run(run.path) as reader:
+        w = RunAnalysis(reader).report().as_dict()["what_if"]
+    assert w["status"] == "not reached" and "ended before step 20" in w["reason"]
+
+
+def test_track_api_replays_through_run_loader(tmp_path: Path) -> None:
+    import gpulens
+
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [torch.full((16, 8), float(i)) for i in range(40)]
+    seen = []
+    with gpulens.track("replay", runs_dir=tmp_path, what_if="synthetic-data:at=5,steps=6", quiet=True,
+                       profile=False) as run:
+        for x in run.loader(data):
+            seen.append(float(x[0, 0]))
+            if len(seen) <= 5:
+                x.mul_(0)  # changing the loader's batch in place leaves the cached copy as it was fetched
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            run.step()
+    assert seen[:5] == [0, 1, 2, 3, 4]
+    assert seen[5:11] == [3, 4, 3, 4, 3, 4]  # the two batches before the stretch, replayed
+    assert seen[11] == 5  # the loader resumes where it stopped: no batch skipped
+    assert len(seen) == 46
+
+
+def test_parse_what_if() -> None:
+    assert parse_what_if("synthetic-data") == WhatIfPlan("synthetic-data")
+    assert parse_what_if("batch-size=256:at=50,steps=30") == WhatIfPlan("batch-size", 50, 30, 256)
+    for bad in ("synthetic", "batch-size", "batch-size=0", "batch-size=x", "synthetic-data:at=1",
+                "synthetic-data:every=3"):
+        with pytest.raises(GpulensError):
+            parse_what_if(bad)
+
+
+def test_bad_what_if_on_the_command_line_is_one_line(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--what-if", "batch-size=lots")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "batch size must be a whole number" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_batch_size_over_the_probe_limit_is_refused_not_tried() -> None:
+    said: list[dict] = []
+    whatif = WhatIf(WhatIfPlan("batch-size", at=3, steps=4, batch_size=512), lambda **kw: said.append(kw),
+                    limit=lambda: 256)
+    batches = iter([torch.randn(128, 4) for _ in range(10)])
+    got = [whatif.fetch(step, lambda: next(batches)) for step in range(8)]
+    assert all(b.shape == (128, 4) for b in got)  # never the asked size
+    assert whatif.state == "skipped" and "probe found at most 256" in (whatif.reason or "")
+    assert said[-1]["what_if"]["status"] == "skipped"
+    assert whatif.flags(4) == 0  # nothing flagged: the run went on as recorded
+
+
+def test_resize_batch_keeps_structure_and_pinning() -> None:
+    batch = {"x": torch.arange(12.0).reshape(6, 2), "y": (torch.arange(6), "label"), "scale": torch.tensor(2.0)}
+    big = resize_batch(batch, 15, torch)
+    assert big["x"].shape == (15, 2) and big["y"][0].shape == (15,) and big["y"][1] == "label"
+    assert big["scale"].shape == ()  # not a batch dimension: left alone
+    assert np.array_equal(big["x"][6:12].numpy(), batch["x"].numpy())
+    small = resize_batch(batch, 4, torch)
+    assert small["x"].shape == (4, 2)
+    with pytest.raises(ValueError):
+        resize_batch({"n": 3}, 8, torch)
+
+
+def test_report_json_has_the_what_if_key_for_every_run(tmp_path: Path) -> None:
+    proc = _run(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([GPULENS, "report", str(tmp_path / "runs" / "r"), "--json"], capture_output=True,
+                         text=True, timeout=120)
+    report = json.loads(out.stdout)
+    assert report["what_if"] is None and report["step_time"]["excluded"]["what_if"] == 0
