@@ -117,22 +117,30 @@ def headline(summary: dict[str, Any]) -> list[Card]:
 
 
 def energy_card(summary: dict[str, Any]) -> Card:
-    """GPU energy of the run (NVML's total-energy counter), per step and per sample."""
-    joules = [g["energy_j"] for g in summary.get("gpus") or [] if g.get("energy_j") is not None]
-    title = "NVML total-energy counter of every GPU, from the first sample to the last (idle time included)"
-    if not joules:
-        why = "no NVIDIA GPU in this run" if not summary.get("gpus") else "no energy counter on this GPU"
-        return Card("energy", "GPU energy", "n/a", why, title, False)
-    total = float(sum(joules))
-    steps = summary.get("steps") or 0
-    tp = summary.get("throughput") or {}
+    """GPU energy of the run, per steady step and per sample, and (in the tooltip) per phase."""
+    e = summary.get("energy") or {}
+    if not e.get("available"):
+        why = "no NVIDIA GPU in this run" if not summary.get("gpus") else "no energy counter or power readings"
+        return Card("energy", "GPU energy", "n/a", why, e.get("reason") or why, False)
     sub = []
-    if steps:
-        per_step = total / steps
-        sub.append(f"{per_step:,.1f} J/step")
-        if tp.get("samples_per_s") and tp.get("steps_per_s"):
-            sub.append(f"{per_step / (tp['samples_per_s'] / tp['steps_per_s']):,.2f} J/sample")
-    return Card("energy", "GPU energy", f"{total / 3600:,.2f} Wh", " · ".join(sub) or "whole run", title)
+    if e.get("step_j_median") is not None:
+        sub.append(f"{e['step_j_median']:,.1f} J/step")
+    if e.get("per_token_j") is not None:
+        sub.append(f"{e['per_token_j'] * 1000:,.2f} mJ/token")
+    elif e.get("per_sample_j") is not None:
+        sub.append(f"{e['per_sample_j']:,.2f} J/sample")
+    source = "NVML's total-energy counter" if e.get("source") == "nvml-energy-counter" else "integrated power readings"
+    lines = [f"{source} of {e.get('gpus')} GPU(s), first reading to last; J/step: its rise inside each steady "
+             "step (median)"]
+    if e.get("idle_j") is not None:
+        lines.append(f"outside steps (start-up, evaluation, checkpoints): {e['idle_j'] / 3600:,.3f} Wh")
+    phases = e.get("phases") or {}
+    if phases:
+        lines.append("GPU power while the host was in each phase (GPU work runs behind its launch):")
+        lines += [f"  {name.replace('_', ' ')}: {p['watts']:,.0f} ± {p['watts_se']:,.0f} W"
+                  + (f", {p['j_per_step']:,.2f} J/step" if p.get("j_per_step") is not None else "")
+                  for name, p in phases.items()]
+    return Card("energy", "GPU energy", f"{e['wh']:,.2f} Wh", " · ".join(sub) or "whole run", "\n".join(lines))
 
 
 @dataclass(frozen=True)

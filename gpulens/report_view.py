@@ -117,6 +117,8 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     if tp.get("tokens_per_s") is not None:
         parts.append(fmt.rate(tp["tokens_per_s"], "tokens"))
     head.add_row("throughput", " · ".join(parts))
+    if (s.get("energy") or {}).get("available"):
+        head.add_row("energy", energy_line(s["energy"]))
     if s.get("loss"):
         head.add_row("loss", f"{s['loss']['first']:.4g} → {s['loss']['last']:.4g}")
     out.append(head)
@@ -203,6 +205,25 @@ def _node_table(nodes: list[dict[str, Any]]) -> Table:
     for row in node_rows(nodes):
         table.add_row(*row)
     return table
+
+
+def energy_line(e: dict[str, Any]) -> str:
+    """GPU energy: whole run, per steady step, per sample or token, and by phase where readings split it."""
+    parts = [f"{e['wh']:,.2f} Wh ({e['gpus']} GPU{'s' if e['gpus'] != 1 else ''}, mean {e['mean_power_w']:,.0f} W)"
+             if e.get("mean_power_w") else f"{e['wh']:,.2f} Wh"]
+    if e.get("step_j_median") is not None:
+        parts.append(f"{e['step_j_median']:,.1f} J/step")
+    if e.get("per_sample_j") is not None:
+        parts.append(f"{e['per_sample_j']:,.3g} J/sample")
+    if e.get("per_token_j") is not None:
+        parts.append(f"{e['per_token_j'] * 1000:,.3g} mJ/token")
+    phases = e.get("phases") or {}
+    split = [f"{name.replace('_', ' ')} {p['watts']:,.0f} W" for name, p in phases.items() if name != "outside"]
+    if split:
+        parts.append("power while the host was in " + ", ".join(split))
+    if e.get("source") == "power-integration":
+        parts.append("from integrated power readings (no energy counter)")
+    return " · ".join(parts)
 
 
 def what_if_line(w: dict[str, Any]) -> str:

@@ -71,6 +71,10 @@ def test_track_exposes_dcgm_named_gpu_metrics_and_step_metrics(tmp_path):
     assert tensor and all(0.0 <= s.value <= 1.0 for s in tensor)  # PROF fields are ratios
     assert m["DCGM_FI_DEV_POWER_USAGE"][0].value > 10  # W
     assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total" in m  # a counter, in mJ
+    # the run's own energy (J since it began, per GPU): counter readings of the replayed H100 rise with time
+    energy = {s.labels["gpu"]: s for s in m["gpulens_energy_joules_total"]}
+    assert set(energy) == {"0", "1"} and energy["0"].labels["run"] == run.id
+    assert all(0 < s.value < 5000 for s in energy.values())  # well under what the board's counter holds since boot
     # the training loop, labelled with run and rank
     steps = m["gpulens_steps_total"][0]
     assert steps.value == 25 and steps.labels["rank"] == "0" and steps.labels["run"] == run.id

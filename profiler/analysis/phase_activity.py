@@ -79,8 +79,10 @@ def _time_in(starts: np.ndarray, ends: np.ndarray, t0: np.ndarray, t1: np.ndarra
 
 
 def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phases: Mapping[str, np.ndarray],
-                      sample_t: np.ndarray, sample_v: np.ndarray, interval_s: float) -> PhaseActivity | None:
-    """Per-phase means of a sampled counter (readings averaged over ``interval_s`` before their time)."""
+                      sample_t: np.ndarray, sample_v: np.ndarray, interval_s: float,
+                      upper: float = 100.0) -> PhaseActivity | None:
+    """Per-phase means of a sampled counter (readings averaged over ``interval_s`` before their time),
+    clipped to [0, ``upper``] (100 for percentages; power in watts has no such ceiling)."""
     ok = np.isfinite(sample_v)
     sample_t, sample_v = sample_t[ok], sample_v[ok]
     if sample_t.size < 10 or t_start.size == 0:
@@ -120,7 +122,7 @@ def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phase
     residual = v - a @ coef
     cov = float(residual @ residual) / dof * np.linalg.inv(a.T @ a)
     total = float(a.sum())
-    return PhaseActivity(metric, {n: float(c) for n, c in zip(names, np.clip(coef, 0.0, 100.0))},
+    return PhaseActivity(metric, {n: float(c) for n, c in zip(names, np.clip(coef, 0.0, upper))},
                          {n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)},
                          {n: float(w) / total for n, w in zip(names, a.sum(axis=0))}, int(v.size))
 

@@ -56,6 +56,7 @@ class Report:
     top_cpu_ops: list[dict[str, Any]]
     gemm_shapes: list[dict[str, Any]]
     what_if: dict[str, Any] | None
+    energy: dict[str, Any]
     suggestions: dict[str, Any] | None = field(default=None)
 
     @classmethod

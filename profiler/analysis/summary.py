@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gpulens.profiler.analysis.energy import EnergyCurve, PowerSplit, curve, energy_summary, phase_fit
 from gpulens.profiler.analysis.peaks import mfu
 from gpulens.profiler.store import schema
 from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
@@ -47,6 +48,8 @@ class RunData:
     flops: list[FlopCount] | None = None
     nodes: list[Node] = field(default_factory=list)  # empty: one node, described by ``meta``
     rank_durations: dict[int, Any] = field(default_factory=dict)  # rank -> steady step times (s)
+    energy_curves: list[EnergyCurve] = field(default_factory=list)  # one per GPU with energy readings
+    power_fits: list[PowerSplit | None] = field(default_factory=list)  # watts by phase, per GPU
 
 
 def metric_entry(series: Series) -> dict[str, Any] | None:
@@ -70,11 +73,23 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
     nodes = run.nodes()
     speakers = {n.sampling_rank if n.sampling_rank is not None else n.ranks[0] for n in nodes}
     metrics: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+    steps = run.steps()
+    energy: dict[tuple[int, int], dict[str, Series]] = {}  # (rank, gpu) -> counter and power, while read
+    curves: list[EnergyCurve] = []
+    fits: list[PowerSplit | None] = []
     for s in infos:  # every node's GPUs and host, from the rank that sampled that node
         if s.status == "ok" and s.rank in speakers and (s.metric, s.gpu, s.rank) not in metrics:
             got = run.series(s.metric, s.gpu, rank=s.rank)
             if got is not None:
                 metrics[(s.metric, s.gpu, s.rank)] = metric_entry(got)
+                if s.metric in ("gpu.energy", "gpu.power") and s.gpu >= 0:
+                    energy.setdefault((s.rank, s.gpu), {})[s.metric] = got
+    for (_, gpu), got in sorted(energy.items()):  # one GPU's readings at a time, then let go
+        made = curve(gpu, got.get("gpu.energy"), got.get("gpu.power"))
+        if made is not None:
+            curves.append(made)
+            fits.append(phase_fit(got.get("gpu.power"), steps))
+    energy.clear()
     info = run.info
     return RunData(
         info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
@@ -83,7 +98,7 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
               "records_lost": {str(r): run.meta(r)["records_lost"] for r in info.ranks
                                if run.meta(r).get("records_lost")}},
         meta=info.meta,
-        steps=run.steps(),
+        steps=steps,
         series=infos,
         metrics=metrics,
         events=run.events(),
@@ -91,6 +106,8 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
         flops=run.flops(),
         nodes=nodes,
         rank_durations={r: run.step_durations(r) for r in info.ranks} if len(info.ranks) > 1 else {},
+        energy_curves=curves,
+        power_fits=fits,
     )
 
 
@@ -322,7 +339,21 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "top_cpu_ops": kernel["top_cpu_ops"],
         "gemm_shapes": kernel.get("gemm_shapes", []),
         "what_if": what_if_result(steps, meta),
+        "energy": energy_summary(data.energy_curves, data.power_fits, steps, _per_step_work(steps)),
     }
+
+
+def _per_step_work(steps: StepTable) -> tuple[float | None, float | None]:
+    """Mean samples and tokens of a steady step (None where the run does not say)."""
+    if not len(steps):
+        return None, None
+    steady = steps.steady()
+    out: list[float | None] = []
+    for col in (steps.samples, steps.tokens):
+        v = col[steady]
+        v = v[np.isfinite(v)]
+        out.append(float(v.mean()) if v.size else None)
+    return out[0], out[1]
 
 
 def _speaker(node: Node) -> int:

@@ -206,6 +206,7 @@ class MetricsCollector:
                     free.add_metric([labels.get(n, "") for n in names], max(total * MiB - value, 0.0))
         for fam, _ in families.values():
             yield fam
+        yield from self._run_energy(latest)
         tally = self.tally
         if tally is None:
             return
@@ -242,6 +243,28 @@ class MetricsCollector:
                 fam = GaugeMetricFamily(name, doc, labels=names)
                 fam.add_metric(values, float(reading))
                 yield fam
+
+
+    def _run_energy(self, latest: dict[int, tuple[float, float]]) -> Iterator[Any]:
+        """``gpulens_energy_joules``: each GPU's energy since this run began (its counter's rise), so that
+        ``rate(gpulens_energy_joules[5m]) / rate(gpulens_steps[5m])`` is joules per step (per sample with
+        gpulens_samples), labelled by run."""
+        from prometheus_client.core import CounterMetricFamily
+
+        first = getattr(self.source, "first", None)
+        if self.tally is None or not first:
+            return
+        names = [n for n in self.run_labels if n in ("run", "node_rank")]
+        fam = CounterMetricFamily("gpulens_energy_joules", "GPU energy used since the run began (NVML counter).",
+                                  labels=[*names, "gpu"])
+        found = False
+        for (metric, gpu), sid in list(self.source.series_ids().items()):
+            if metric == "gpu.energy" and sid in latest and sid in first:
+                fam.add_metric([*(self.run_labels[n] for n in names), str(gpu)],
+                               max(0.0, latest[sid][1] - first[sid][1]))
+                found = True
+        if found:
+            yield fam
 
 
 def check_endpoint(port: int, addr: str) -> None:

@@ -88,6 +88,7 @@ class RunWriter:
         #: Taps for live exposition (:meth:`start_exposing`): the latest value per series id, and a
         #: function given every step row.  None (the default) costs one attribute test per record.
         self.latest: dict[int, tuple[float, float]] | None = None
+        self.first: dict[int, tuple[float, float]] = {}
         self.step_tap: StepTap | None = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,8 @@ class RunWriter:
         points.append((sid, t, value))
         latest = self.latest
         if latest is not None:
+            if sid not in latest:
+                self.first[sid] = (t, value)  # where counters stood when exposing began (run energy)
             latest[sid] = (t, value)
 
     def points_bulk(self, sid: int, t: np.ndarray, v: np.ndarray) -> None:

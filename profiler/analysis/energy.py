@@ -1,0 +1,155 @@
+"""GPU energy per run, per step, per phase and per sample.
+
+The source is NVML's total-energy counter (``gpu.energy``, joules since the
+driver loaded, read every slow interval); where a GPU has none, its power
+readings (``gpu.power``) integrated over time.  Both become one cumulative
+curve per GPU, so a step's energy is the curve's rise between the step's
+start and end (linear between readings: a millisecond step gets the
+average power of the second around it times its duration).
+
+Per phase, readings are far coarser than phases, so the split is the
+least-squares one :mod:`phase_activity` uses for SM activity: each power
+reading is modelled as the time-weighted mix of the phases it covered, which
+gives watts while the host was in each phase; joules per step of a phase are
+those watts times the phase's median time.  NVML's power reading on
+Ampere-and-newer GPUs (except GA100) is an average over the last second,
+which is the interval used.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase
+from gpulens.profiler.store.reader import Series, StepTable
+from gpulens.profiler.store.schema import PHASES
+
+#: The window NVML averages a power reading over (Ampere and newer, except GA100).
+POWER_AVERAGE_S = 1.0
+#: Points kept of a curve integrated from power readings (a day at 10 Hz is 864,000; the curve is smooth).
+MAX_CURVE_POINTS = 20000
+
+
+@dataclass(frozen=True)
+class EnergyCurve:
+    """Cumulative joules of one GPU at times ``t`` (from the counter, or from integrated power)."""
+
+    gpu: int
+    source: str  # nvml-energy-counter | power-integration
+    t: np.ndarray
+    joules: np.ndarray
+
+    def at(self, times: np.ndarray) -> np.ndarray:
+        """The curve at ``times`` (NaN outside the readings: no extrapolation)."""
+        out = np.interp(times, self.t, self.joules)
+        return np.where((times >= self.t[0]) & (times <= self.t[-1]), out, np.nan)
+
+
+def curve(gpu: int, counter: Series | None, power: Series | None) -> EnergyCurve | None:
+    """The energy curve of one GPU: its counter when it has two readings, else its integrated power."""
+    if counter is not None and len(counter) >= 2 and np.isfinite(counter.v).sum() >= 2:
+        ok = np.isfinite(counter.v)
+        return EnergyCurve(gpu, "nvml-energy-counter", counter.t[ok], counter.v[ok] - counter.v[ok][0])
+    if power is not None and len(power) >= 2:
+        ok = np.isfinite(power.v)
+        t, w = power.t[ok], power.v[ok]
+        if t.size >= 2:
+            joules = np.concatenate(([0.0], np.cumsum((w[1:] + w[:-1]) / 2 * np.diff(t))))
+            if t.size > MAX_CURVE_POINTS:
+                keep = np.unique(np.linspace(0, t.size - 1, MAX_CURVE_POINTS).astype(np.int64))
+                t, joules = t[keep], joules[keep]
+            return EnergyCurve(gpu, "power-integration", t, joules)
+    return None
+
+
+def per_step(curves: Sequence[EnergyCurve], steps: StepTable) -> np.ndarray:
+    """Joules of every step, summed over the GPUs (NaN for steps outside the readings)."""
+    if not curves or not len(steps):
+        return np.full(len(steps), np.nan)
+    total = np.zeros(len(steps))
+    for c in curves:
+        total += c.at(steps.t_end) - c.at(steps.t_start)
+    return total
+
+
+@dataclass(frozen=True)
+class PowerSplit:
+    """One GPU's watts by host phase (least squares) and its highest reading, the bound no phase can pass."""
+
+    fit: PhaseActivity
+    peak_w: float
+
+
+def phase_fit(power: Series | None, steps: StepTable) -> PowerSplit | None:
+    """Watts of one GPU while the host was in each phase (None: the readings cannot tell them apart)."""
+    if power is None or not len(power) or not len(steps) or not np.isfinite(power.v).any():
+        return None
+    fit = activity_by_phase("gpu.power", steps.t_start, steps.t_end, {n: getattr(steps, n) for n in PHASES},
+                            power.t, power.v, POWER_AVERAGE_S, upper=np.inf)
+    return PowerSplit(fit, float(np.nanmax(power.v))) if fit is not None else None
+
+
+def energy_summary(curves: Sequence[EnergyCurve], fits: Sequence[PowerSplit | None], steps: StepTable,
+                   batch_tokens: tuple[float | None, float | None]) -> dict[str, Any]:
+    """The report's ``energy`` key: whole run, per steady step, per sample/token, per phase."""
+    out: dict[str, Any] = {"available": False, "reason": None, "source": None, "gpus": 0, "total_j": None,
+                           "wh": None, "idle_j": None, "step_j_median": None, "step_j_mean": None,
+                           "per_sample_j": None, "per_token_j": None, "mean_power_w": None, "phases": {}}
+    if not curves:
+        out["reason"] = "no energy counter or power readings (no NVIDIA GPU sampled)"
+        return out
+    sources = sorted({c.source for c in curves})
+    total = float(sum(c.joules[-1] for c in curves))
+    span = max(c.t[-1] for c in curves) - min(c.t[0] for c in curves)
+    out.update({"available": True, "source": "+".join(sources), "gpus": len(curves), "total_j": total,
+                "wh": total / 3600.0, "mean_power_w": total / span if span > 0 else None})
+    if not len(steps):
+        return out
+    joules = per_step(curves, steps)
+    in_steps = float(np.nansum(joules))
+    out["idle_j"] = max(0.0, total - in_steps)  # evaluation, checkpoints, start-up: no step running
+    steady = steps.steady() & np.isfinite(joules)
+    if not steady.any():
+        return out
+    j = joules[steady]
+    out["step_j_median"], out["step_j_mean"] = float(np.median(j)), float(np.mean(j))
+    samples, tokens = batch_tokens
+    if samples:
+        out["per_sample_j"] = out["step_j_mean"] / samples
+    if tokens:
+        out["per_token_j"] = out["step_j_mean"] / tokens
+    out["phases"] = _phases([f for f in fits if f is not None] if all(fits) else [], steps)
+    return out
+
+
+#: A phase's watts are shown when their standard error is within this share of the mean power (or 10 W).
+MAX_RELATIVE_ERROR = 0.15
+
+
+def _phases(fits: Sequence[PowerSplit], steps: StepTable) -> dict[str, dict[str, float]]:
+    """Watts per phase (summed over GPUs) and joules per step of each phase, where readings tell them apart.
+
+    One GPU without a split leaves the sum without one; a phase whose estimate
+    is imprecise or above the highest reading (readings that hardly vary in
+    their mix of phases make the least squares swing) is left out.
+    """
+    steady = steps.steady()
+    if not fits or not steady.any():
+        return {}
+    peak = sum(f.peak_w for f in fits)
+    out: dict[str, dict[str, float]] = {}
+    for name in [*PHASES, "outside"]:
+        if not all(name in f.fit.by_phase for f in fits):
+            continue
+        watts = float(sum(f.fit.by_phase[name] for f in fits))
+        error = float(np.sqrt(sum(f.fit.error[name] ** 2 for f in fits)))
+        if watts > 1.05 * peak or error > max(10.0, MAX_RELATIVE_ERROR * watts):
+            continue
+        entry = {"watts": watts, "watts_se": error}
+        if name in PHASES:
+            entry["j_per_step"] = watts * float(np.median(getattr(steps, name)[steady]))
+        out[name] = entry
+    return out
