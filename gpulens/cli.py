@@ -18,6 +18,7 @@ from gpulens import fmt
 from gpulens.profiler.errors import GpulensError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_REGRESSION = 1  # gpulens compare --fail-on: a rule broken beyond the noise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,16 @@ def _build_parser() -> argparse.ArgumentParser:
     adv.add_argument("run", help="run directory, rank-N.db file, run id under the runs root, or STORE_URL/RUN_ID")
     adv.add_argument("--json", action="store_true", help="print the suggestions as JSON (stable schema)")
     adv.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
+
+    cmp = sub.add_parser("compare", help="two runs side by side with noise-aware verdicts; --fail-on makes it a "
+                                         "CI regression gate (exit 1 on a real regression)")
+    cmp.add_argument("base", help="the baseline run (directory, run id, or STORE_URL/RUN_ID)")
+    cmp.add_argument("candidate", help="the run to judge against it")
+    cmp.add_argument("--fail-on", metavar="RULES",
+                     help='exit 1 when a rule is broken beyond the noise, e.g. "step_time>+5%%,peak_memory>+10%%,'
+                          'data_wait>+3pp,throughput<-5%%"')
+    cmp.add_argument("--json", action="store_true", help="print the comparison (and the gate) as JSON")
+    cmp.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
     imp = sub.add_parser("import", help="turn PyTorch profiler chrome traces (one per rank) into a run")
     imp.add_argument("traces", nargs="+", help="trace files (.json or .json.gz), one per rank")
@@ -250,6 +261,29 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.analysis.compare import check, compare, parse_rules, side_of
+
+    rules = parse_rules(args.fail_on) if args.fail_on is not None else []  # bad rules: exit 2 before any work
+    sides = []
+    for target in (args.base, args.candidate):
+        with open_run(_run_target(target, args.runs_dir)) as run:
+            sides.append(side_of(RunAnalysis(run)))
+    comparison = compare(sides[0], sides[1])
+    results = check(comparison, rules)
+    failed = [r for r in results if r.failed]
+    if args.json:
+        out = comparison.as_dict()
+        out["gate"] = {"rules": [vars(r) for r in results], "passed": not failed} if rules else None
+        print(json.dumps(out, indent=2, default=_json_default))
+    else:
+        from gpulens.report_view import render_comparison
+
+        render_comparison(comparison, results)
+    return EXIT_REGRESSION if failed else EXIT_OK
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from gpulens.profiler import runs_root
     from gpulens.profiler.store.importer import import_traces
@@ -313,7 +347,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "advise": cmd_advise, "ls": cmd_ls, "import": cmd_import,
+COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "ls": cmd_ls, "import": cmd_import,
             "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter,
             "publish": cmd_publish}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.padding import Padding
 from rich.table import Table
@@ -488,3 +489,53 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
     elif not full and items:
         out.append(Text("  gpulens advise RUN: actions, code and how each gain was estimated", style="dim"))
     return out
+
+
+_VERDICT_STYLE = {"better": "green", "worse": "bold red", "changed": "yellow", "same": "dim", "in noise": "dim",
+                  "n/a": "dim"}
+
+
+def _figure(m: Any, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if m.name == "step_time":
+        return fmt.seconds(value)
+    if m.name == "peak_memory":
+        return fmt.bytes_(value)
+    if m.unit == "pp" or m.name == "mfu":
+        return f"{value:.1f}%"
+    if m.name.startswith("energy"):
+        return f"{value:,.3g} J"
+    return f"{value:,.0f}/s" if value >= 100 else f"{value:.3g}/s"
+
+
+def render_comparison(comparison: Any, results: list[Any], console: Console | None = None) -> None:
+    """``gpulens compare``: the figures side by side, each change with its interval and verdict, then the gate."""
+    from gpulens.profiler.analysis.compare import change_text, interval_text
+
+    console = console or terminal()
+    base, cand = comparison.base, comparison.candidate
+    table = Table(title=Text(f"{sanitized(cand['id'])} vs {sanitized(base['id'])} (base) · steady steps "
+                             f"{cand['steps']} vs {base['steps']}"), title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col, justify, width in (("figure", "left", 13), ("base", "right", 9), ("candidate", "right", 9),
+                                ("change", "right", 8), ("95% CI", "right", 14), ("verdict", "left", 13)):
+        table.add_column(col, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
+    notes = []
+    for m in comparison.metrics:
+        verdict = Text(m.verdict, style=_VERDICT_STYLE.get(m.verdict, ""))
+        if m.note:
+            notes.append(m.note)
+            verdict.append(f" [{len(notes)}]", style="dim")
+        table.add_row(m.label, _figure(m, m.base), _figure(m, m.candidate), change_text(m, with_interval=False),
+                      interval_text(m), verdict)
+    console.print(table)
+    for i, note in enumerate(notes, 1):
+        console.print(Text(f"[{i}] {sanitized(note)}", style="dim"))
+    for r in results:
+        mark = Text("FAIL ", style="bold red") if r.failed else Text("ok   ", style="green")
+        console.print(Text.assemble(mark, sanitized(r.message)))
+    if results:
+        failed = sum(r.failed for r in results)
+        console.print(Text(f"gate: {failed} of {len(results)} rule(s) broken" if failed else "gate: passed",
+                           style="bold red" if failed else "bold green"))

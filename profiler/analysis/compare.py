@@ -1,0 +1,312 @@
+"""Two runs side by side with noise-aware verdicts, and the regression gate ``gpulens compare --fail-on``.
+
+Every figure that has a per-step (or per-reading) distribution is compared
+with a 95 % block-bootstrap interval (:mod:`noise`): step time and
+throughput by their medians, phase shares and GPU busy by their means (in
+percentage points), energy by the median joules per step or sample.  A
+difference whose interval includes zero gets no verdict ("in noise");
+one that is significant but under 1 % (1 pp) is called the same.  Figures
+without a distribution (peak memory, which is exact) are judged on their
+size alone; MFU moves with step time at a fixed FLOP count, so it takes step
+time's interval.
+
+The gate: ``step_time>+5%`` fails when step time rose by more than 5 % *and*
+its interval leaves out zero -- a run-to-run wobble inside the noise never
+fails a build, a real 20 % slowdown always does.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gpulens.profiler.analysis.energy import per_step
+from gpulens.profiler.analysis.noise import mean_difference, median_change
+from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.store.schema import PHASES
+
+SCHEMA = "gpulens.compare/1"
+#: Smallest change that earns better/worse: 1 % of the base, or 1 percentage point for shares.
+MIN_RELATIVE = 0.01
+MIN_POINTS = 1.0
+
+
+@dataclass
+class Side:
+    """One run's distributions and figures, read once (I/O happens in :func:`side_of`)."""
+
+    id: str
+    path: str
+    batch_size: Any
+    durations: np.ndarray  # steady steps, in recorded order
+    samples: np.ndarray
+    tokens: np.ndarray
+    phases: dict[str, np.ndarray]  # per-step seconds of each phase (steady steps)
+    gpu_busy: np.ndarray  # NVML busy readings (%) of every GPU
+    step_energy: np.ndarray  # joules per steady step (NaN without energy readings)
+    report: dict[str, Any]
+
+
+@dataclass
+class Metric:
+    """One row: both values, the change (relative, or in points for shares) and its 95 % interval."""
+
+    name: str
+    label: str
+    unit: str  # "%" (relative change) or "pp" (percentage points)
+    better: str | None  # "higher" | "lower" | None (no direction: a change is only a change)
+    base: float | None = None
+    candidate: float | None = None
+    change: float | None = None  # relative (0.05 = +5 %) or points (+3.0 pp)
+    low: float | None = None
+    high: float | None = None
+    verdict: str = "n/a"  # better | worse | changed | same | in noise | n/a
+    note: str | None = None
+    exact: bool = False  # no distribution, and none needed (the allocator's peak)
+
+    @property
+    def significant(self) -> bool:
+        if self.change is None:
+            return False
+        if self.low is None or self.high is None:
+            return True  # exact figures (peak memory): any difference is real
+        return self.low > 0 or self.high < 0
+
+
+@dataclass
+class Comparison:
+    base: dict[str, Any]
+    candidate: dict[str, Any]
+    metrics: list[Metric] = field(default_factory=list)
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "base": self.base, "candidate": self.candidate,
+                "metrics": [asdict(m) for m in self.metrics]}
+
+
+def side_of(analysis: Any) -> Side:
+    """Read what a comparison needs from one run (a :class:`~gpulens.profiler.analysis.run_analysis.RunAnalysis`)."""
+    run = analysis.run
+    report = analysis.report(suggestions=False).as_dict()
+    steps = run.steps()
+    steady = steps.steady() if len(steps) else np.zeros(0, dtype=bool)
+    if len(steps) and not steady.any():
+        steady = np.ones(len(steps), dtype=bool)
+    busy = []
+    for gpu in run.gpus_recorded():
+        s = run.series("gpu.util", gpu)
+        if s is not None and len(s):
+            busy.append(s.v)
+    data = analysis.data
+    energy = per_step(data.energy_curves, steps)[steady] if data.energy_curves else np.full(int(steady.sum()), np.nan)
+    return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
+                durations=steps.duration[steady] if len(steps) else np.zeros(0),
+                samples=steps.samples[steady] if len(steps) else np.zeros(0),
+                tokens=steps.tokens[steady] if len(steps) else np.zeros(0),
+                phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
+                gpu_busy=np.concatenate(busy) if busy else np.zeros(0), step_energy=energy, report=report)
+
+
+def _relative(m: Metric, base: np.ndarray, cand: np.ndarray) -> Metric:
+    got = median_change(base, cand)
+    if got is not None:
+        m.base, m.candidate, m.change, m.low, m.high = got.base, got.candidate, got.change, got.low, got.high
+    return m
+
+
+def _points(m: Metric, base: np.ndarray, cand: np.ndarray, scale: float) -> Metric:
+    got = mean_difference(base * scale, cand * scale)
+    if got is not None:
+        b, c = base[np.isfinite(base)], cand[np.isfinite(cand)]
+        m.base, m.candidate = float(b.mean() * scale), float(c.mean() * scale)
+        m.change, m.low, m.high = got
+    return m
+
+
+def _per(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(np.isfinite(out) & (den > 0), out, np.nan)
+
+
+def _judge(m: Metric) -> Metric:
+    if m.change is None:
+        m.verdict = "n/a"
+        return m
+    if not m.significant:
+        m.verdict = "in noise"
+        return m
+    floor = MIN_POINTS if m.unit == "pp" else MIN_RELATIVE
+    if abs(m.change) < floor:
+        m.verdict = "same"
+    elif m.better is None:
+        m.verdict = "changed"
+    else:
+        m.verdict = "better" if (m.change > 0) == (m.better == "higher") else "worse"
+    return m
+
+
+def compare(base: Side, cand: Side) -> Comparison:
+    """Every figure of ``cand`` against ``base``."""
+    out = Comparison({"id": base.id, "path": base.path, "steps": int(base.durations.size)},
+                     {"id": cand.id, "path": cand.path, "steps": int(cand.durations.size)})
+    batches_differ = bool(base.batch_size and cand.batch_size and base.batch_size != cand.batch_size)
+    st = _relative(Metric("step_time", "Step time", "%", "lower"), base.durations, cand.durations)
+    if batches_differ:
+        st.note = "batch sizes differ: compare throughput"
+    out.metrics.append(st)
+    if np.isfinite(base.samples).any() and np.isfinite(cand.samples).any():
+        out.metrics.append(_relative(Metric("throughput", "Samples/s", "%", "higher"),
+                                     _per(base.samples, base.durations), _per(cand.samples, cand.durations)))
+    else:
+        out.metrics.append(_relative(Metric("throughput", "Steps/s", "%", "higher"),
+                                     _per(np.ones_like(base.durations), base.durations),
+                                     _per(np.ones_like(cand.durations), cand.durations)))
+    if np.isfinite(base.tokens).any() and np.isfinite(cand.tokens).any():
+        out.metrics.append(_relative(Metric("tokens_per_s", "Tokens/s", "%", "higher"),
+                                     _per(base.tokens, base.durations), _per(cand.tokens, cand.durations)))
+    for phase in PHASES:
+        if phase in base.phases and phase in cand.phases:
+            better = "lower" if phase == "data_wait" else None
+            out.metrics.append(_points(Metric(phase, phase.replace('_', ' ').capitalize(), "pp", better),
+                                       _per(base.phases[phase], base.durations),
+                                       _per(cand.phases[phase], cand.durations), 100.0))
+    out.metrics.append(_points(Metric("gpu_busy", "GPU busy", "pp", "higher"), base.gpu_busy,
+                               cand.gpu_busy, 1.0))
+    out.metrics.append(_mfu(base, cand, st))
+    out.metrics.append(_peak_memory(base, cand))
+    per_sample_b, per_sample_c = _per(base.step_energy, base.samples), _per(cand.step_energy, cand.samples)
+    if np.isfinite(per_sample_b).any() and np.isfinite(per_sample_c).any():
+        out.metrics.append(_relative(Metric("energy_per_sample", "Energy/sample", "%", "lower"),
+                                     per_sample_b, per_sample_c))
+    else:
+        out.metrics.append(_relative(Metric("energy_per_step", "Energy/step", "%", "lower"),
+                                     base.step_energy, cand.step_energy))
+    for m in out.metrics:
+        _judge(m)
+    return out
+
+
+def _mfu(base: Side, cand: Side, step_time: Metric) -> Metric:
+    """MFU changes as FLOPs per step over step time: at the counted FLOPs, step time's interval carries over."""
+    m = Metric("mfu", "MFU", "%", "higher")
+    a, b = (base.report.get("mfu") or {}), (cand.report.get("mfu") or {})
+    if a.get("mfu_pct") is None or b.get("mfu_pct") is None:
+        m.note = a.get("reason") or b.get("reason")
+        return m
+    m.base, m.candidate = float(a["mfu_pct"]), float(b["mfu_pct"])
+    m.change = m.candidate / m.base - 1.0 if m.base else None
+    if step_time.change is not None and step_time.low is not None and step_time.high is not None \
+            and m.change is not None:  # step time's relative uncertainty, around MFU's own change
+        ratio, st = 1.0 + m.change, 1.0 + step_time.change
+        m.low, m.high = ratio * st / (1 + step_time.high) - 1.0, ratio * st / (1 + step_time.low) - 1.0
+    return m
+
+
+def _peak_memory(base: Side, cand: Side) -> Metric:
+    """Peak CUDA memory (exact, from the allocator), else the training process' peak resident memory."""
+    for key, label in (("cuda_peak_allocated_bytes", "Peak CUDA mem"), ("process_rss_max_bytes", "Peak RSS")):
+        a, b = base.report["memory"].get(key), cand.report["memory"].get(key)
+        if a and b:
+            m = Metric("peak_memory", label, "%", "lower", float(a), float(b), float(b) / float(a) - 1.0,
+                       exact=key == "cuda_peak_allocated_bytes")
+            if key == "process_rss_max_bytes":  # sampled, not exact: a 1 % floor is its noise
+                m.note = "process resident memory (sampled): no CUDA allocator in these runs"
+            return m
+    return Metric("peak_memory", "Peak memory", "%", "lower", note="not recorded in both runs")
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+_RULE = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*(%|pp)\s*$")
+METRIC_NAMES = ("step_time", "throughput", "tokens_per_s", *PHASES, "gpu_busy", "mfu", "peak_memory",
+                "energy_per_sample", "energy_per_step")
+ALIASES = {"samples_per_s": "throughput", "step": "step_time", "memory": "peak_memory", "peak_mem": "peak_memory",
+           "energy": "energy_per_sample", "busy": "gpu_busy"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    metric: str
+    above: bool  # ">": fail on a rise past the threshold; "<": on a fall past it
+    threshold: float  # relative (0.05) or points (3.0)
+    unit: str
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: str
+    metric: str
+    failed: bool
+    message: str
+
+
+def parse_rules(spec: str) -> list[Rule]:
+    """``"step_time>+5%,peak_memory>+10%,data_wait>+3pp,throughput<-5%"``; a bad rule is a GpulensError."""
+    rules = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        hit = _RULE.match(part)
+        if hit is None:
+            raise GpulensError(f"--fail-on {part!r}: expected METRIC>+N% or METRIC<-N% (pp for shares), "
+                               "e.g. step_time>+5%")
+        name, op, number, unit = hit.groups()
+        name = ALIASES.get(name, name)
+        if name not in METRIC_NAMES:
+            raise GpulensError(f"--fail-on {part!r}: unknown metric {name!r} (one of {', '.join(METRIC_NAMES)})")
+        want = "pp" if name in PHASES or name == "gpu_busy" else "%"
+        if unit != want:
+            raise GpulensError(f"--fail-on {part!r}: {name} changes in {want}")
+        value = float(number) / (100.0 if unit == "%" else 1.0)
+        rules.append(Rule(part, name, op == ">", value, unit))
+    if not rules:
+        raise GpulensError("--fail-on: no rule given (e.g. step_time>+5%)")
+    return rules
+
+
+def check(comparison: Comparison, rules: list[Rule]) -> list[RuleResult]:
+    """Each rule against the comparison; a metric the runs do not both have is a GpulensError (bad input)."""
+    out = []
+    for rule in rules:
+        m = comparison.metric(rule.metric)
+        if m is None and rule.metric == "energy_per_sample":
+            m = comparison.metric("energy_per_step")
+        if m is None or m.change is None:
+            why = (m.note if m is not None and m.note else "not recorded in both runs")
+            raise GpulensError(f"--fail-on {rule.text}: cannot check {rule.metric}: {why}")
+        shown = change_text(m)
+        past = m.change > rule.threshold if rule.above else m.change < rule.threshold
+        if past and m.significant:
+            out.append(RuleResult(rule.text, m.name, True, f"{m.label} {shown}: past {rule.text}"))
+        elif past:
+            out.append(RuleResult(rule.text, m.name, False, f"{m.label} {shown}: past the threshold but within "
+                                                            "the noise (the interval includes no change)"))
+        else:
+            out.append(RuleResult(rule.text, m.name, False, f"{m.label} {shown}"))
+    return out
+
+
+def change_text(m: Metric, with_interval: bool = True) -> str:
+    """``+21.3% (95% CI +19.8% to +22.9%)``, or ``+3.1 pp (...)`` for shares."""
+    if m.change is None:
+        return "n/a"
+    text = f"{m.change:+.1f} pp" if m.unit == "pp" else _pct(m.change)
+    return text + (f" (95% CI {interval_text(m)})" if with_interval and m.low is not None else "")
+
+
+def interval_text(m: Metric) -> str:
+    """``+19.8% to +22.9%`` ("exact" for figures without a distribution)."""
+    if m.low is None or m.high is None:
+        return ("exact" if m.exact else "one reading") if m.change is not None else ""
+    if m.unit == "pp":
+        return f"{m.low:+.1f}..{m.high:+.1f}"
+    return f"{_pct(m.low)}..{_pct(m.high)}"
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.0%}" if abs(x) >= 1 else f"{x:+.1%}"
+

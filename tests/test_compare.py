@@ -1,0 +1,146 @@
+"""``gpulens compare``: noise-aware verdicts and the CI regression gate, on real CPU training runs.
+
+The gate's promise is tested as the issue states it: a loop made 20 % slower
+fails ``step_time>+5%``; two runs of the same loop on this (noisy, shared)
+machine pass it 10 times out of 10.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import gpulens  # noqa: E402
+from gpulens.cli import main  # noqa: E402
+from gpulens.profiler.analysis.compare import Metric, parse_rules  # noqa: E402
+from gpulens.profiler.analysis.noise import median_change  # noqa: E402
+from gpulens.profiler.errors import GpulensError  # noqa: E402
+
+STEP_S = 0.010  # the loop's wait per step for its batch
+
+
+
+
+def _train(root: Path, name: str, slower: float = 0.0, steps: int = 60) -> Path:
+    """A small MLP trained for ``steps`` steps; each step also waits STEP_S (x ``1 + slower``) for its batch."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    # one intra-op thread, as a DataLoader worker or a GPU job's host side runs: with two, OpenMP's spinning
+    # threads and this VM's timer ticks make whole stretches of 16 ms steps out of 10.7 ms ones at random
+    torch.set_num_threads(1)
+    try:
+        return _loop(root, name, slower, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loop(root: Path, name: str, slower: float, steps: int) -> Path:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 8))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with gpulens.track(name, runs_dir=root, quiet=True, profile=False, count_flops=False, advise=False) as run:
+        for _ in range(steps):
+            with run.phase("data_wait"):
+                time.sleep(STEP_S * (1 + slower))
+                x, y = torch.randn(32, 64), torch.randint(0, 8, (32,))
+            with run.phase("forward"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            with run.phase("backward"):
+                loss.backward()
+            with run.phase("optimizer"):
+                opt.step()
+                opt.zero_grad()
+            run.step(samples=32, loss=loss)
+    assert run.path is not None
+    return run.path
+
+
+def _gate(capsys, base: Path, cand: Path, rules: str = "step_time>+5%") -> tuple[int, dict]:
+    code = main(["compare", str(base), str(cand), "--fail-on", rules, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_gate_fails_a_slower_loop_and_passes_the_same_loop_ten_times(tmp_path: Path, capsys) -> None:
+    base = _train(tmp_path, "base")
+    slow = _train(tmp_path, "slower", slower=0.2)
+    code, out = _gate(capsys, base, slow)
+    assert code == 1, out["gate"]
+    st = next(m for m in out["metrics"] if m["name"] == "step_time")
+    assert st["verdict"] == "worse" and 0.1 < st["change"] < 0.3 and st["low"] > 0.05
+    assert out["gate"]["passed"] is False and out["gate"]["rules"][0]["failed"] is True
+    passes = []
+    for i in range(10):
+        a, b = _train(tmp_path, f"same-a{i}"), _train(tmp_path, f"same-b{i}")
+        code, out = _gate(capsys, a, b)
+        passes.append(code)
+        assert code == 0, [m for m in out["metrics"] if m["name"] == "step_time"]
+    assert passes == [0] * 10
+
+
+def test_compare_json_and_text(tmp_path: Path, capsys) -> None:
+    a, b = _train(tmp_path, "a", steps=40), _train(tmp_path, "b", slower=1.0, steps=40)
+    assert main(["compare", str(a), str(b), "--json"]) == 0  # no rules: no gate, never fails
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == "gpulens.compare/1" and out["gate"] is None
+    names = [m["name"] for m in out["metrics"]]
+    assert names[:2] == ["step_time", "throughput"] and "data_wait" in names and "peak_memory" in names
+    by = {m["name"]: m for m in out["metrics"]}
+    assert by["step_time"]["verdict"] == "worse" and by["throughput"]["verdict"] == "worse"
+    assert by["data_wait"]["unit"] == "pp" and by["data_wait"]["change"] > 1 and by["data_wait"]["verdict"] == "worse"
+    assert by["gpu_busy"]["verdict"] == "n/a" and by["mfu"]["verdict"] == "n/a"  # a CPU run says so, no guess
+    assert main(["compare", str(a), str(b), "--fail-on", "data_wait>+1pp,throughput<-10%"]) == 1
+    text = capsys.readouterr().out
+    assert "95% CI" in text and "FAIL" in text and "gate: 2 of 2 rule(s) broken" in text
+
+
+def test_compare_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
+    a = _train(tmp_path, "a", steps=20)
+    for args in (["compare", str(a), str(tmp_path / "missing")],
+                 ["compare", str(a), str(a), "--fail-on", "step_time>5"],
+                 ["compare", str(a), str(a), "--fail-on", "speed>+5%"],
+                 ["compare", str(a), str(a), "--fail-on", "data_wait>+5%"],  # shares change in pp
+                 ["compare", str(a), str(a), "--fail-on", "energy_per_sample>+5%"]):  # no GPU: no energy
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("gpulens: error: "), err
+
+
+def test_compare_reads_a_store_url(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("fsspec")
+    from gpulens.profiler.store.remote import publish_run
+
+    a = _train(tmp_path / "local", "a", steps=20)
+    store = f"file://{tmp_path / 'store'}"
+    publish_run(a, store)
+    code = main(["compare", f"{store}/{a.name}", str(a), "--json", "--fail-on", "step_time>+5%"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["base"]["id"] == out["candidate"]["id"] == a.name
+    assert next(m for m in out["metrics"] if m["name"] == "step_time")["change"] == 0.0
+
+
+def test_rules_parse() -> None:
+    rules = parse_rules("step_time>+5%, peak_memory>+10%,data_wait>+3pp,throughput<-5%")
+    assert [(r.metric, r.above, r.threshold, r.unit) for r in rules] == [
+        ("step_time", True, 0.05, "%"), ("peak_memory", True, 0.10, "%"), ("data_wait", True, 3.0, "pp"),
+        ("throughput", False, -0.05, "%")]
+    with pytest.raises(GpulensError):
+        parse_rules(" , ")
+
+
+def test_block_bootstrap_interval_widens_with_correlated_noise() -> None:
+    """Slow stretches (a busy neighbour for 100 steps) must widen the interval, not be read as 100 independent
+    slow steps: the same two distributions, shuffled and in runs, give intervals of very different widths."""
+    rng = np.random.default_rng(0)
+    slow = (np.arange(1000) // 100) % 3 == 0  # four stretches of 100 slow steps
+    base = np.where(slow, 0.012, 0.010) + rng.normal(0, 5e-4, 1000)
+    cand = 0.010 + rng.normal(0, 5e-4, 1000)
+    runs = median_change(base, cand)
+    shuffled = median_change(rng.permutation(base), cand)
+    assert runs is not None and shuffled is not None
+    assert (runs.high - runs.low) > 1.8 * (shuffled.high - shuffled.low)
+    assert Metric("x", "x", "%", "lower", change=0.0, low=-0.01, high=0.01).significant is False
