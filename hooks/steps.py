@@ -86,6 +86,8 @@ class StepRecorder:
         self.pre_step: Callable[[int], int] | None = None  # returns extra flags for the ending step
         self.post_step: Callable[[int, Any], None] | None = None  # called as the next step opens
         self.step_flags: Callable[[int], int] | None = None  # flags by step index (a what-if's stretch)
+        self.ranges: Any = None  # TraceRanges (hooks/ranges.py): steps and phases as trace/NVTX ranges
+        self._range_depths: list[int] = []  # phase-stack depth each open range was pushed at (-1: the step)
         self._calls_at_last_next = -1
         self._batch_samples: int | None = None
 
@@ -120,6 +122,10 @@ class StepRecorder:
         else:
             self._open_step(now)
         self._stack.append((slot, name))
+        ranges = self.ranges
+        if ranges is not None and ranges.active:
+            ranges.push(name or PHASE_NAMES[slot])
+            self._range_depths.append(len(self._stack))
 
     def charge_to(self, slot: int) -> None:
         """Charge the time since the last transition to ``slot`` instead of "other" (no phase was open).
@@ -136,11 +142,21 @@ class StepRecorder:
         now = self._now()
         if self._open:
             self._charge(now)
+        if self._range_depths and self._range_depths[-1] == len(self._stack):
+            self._range_depths.pop()
+            self.ranges.pop()
         if self._stack:
             self._stack.pop()
 
+    def _close_ranges(self) -> None:
+        """End every open range (the step's end; a window may stop right after)."""
+        self._range_depths.clear()
+        self.ranges.pop_all()
+
     def step(self, samples: int | None = None, tokens: int | None = None, loss: Any = None,
              manual: bool = True, flags: int = 0) -> None:
+        if self._range_depths:
+            self._close_ranges()
         if self.pre_step is not None:
             flags |= self.pre_step(self.step_index)  # profiler windows, FLOP counting end here
         now = self._now()
@@ -164,6 +180,10 @@ class StepRecorder:
         self._open_step(now)  # the next step starts where this one ended
         if self.post_step is not None:
             self.post_step(self.step_index, (samples, tokens))
+        ranges = self.ranges
+        if ranges is not None and ranges.active:
+            ranges.push(f"step#{self.step_index}")
+            self._range_depths.append(-1)
 
     def _row(self, start: float, end: float, acc: list[float], extra: dict[str, float], samples: int | None,
              tokens: int | None, flags: int) -> Row:
@@ -210,6 +230,8 @@ class StepRecorder:
 
     def break_step(self) -> None:
         """Discard the open step (an epoch ended): idle time belongs to no step."""
+        if self._range_depths:
+            self._close_ranges()
         now = time.perf_counter()
         self._open = False
         self._timing = False

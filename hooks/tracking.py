@@ -228,6 +228,7 @@ class TrackedRun:
             return
         writer = self._recorder.writer
         try:
+            self._start_ranges(torch)
             if self._profile.enabled and self._windows is None:
                 self._windows = ProfilerWindows(torch, self.path, self._rank, self._profile, writer)
                 self._windows.begin_if_first()
@@ -244,6 +245,22 @@ class TrackedRun:
                 self._auto.install()
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
+
+    def _start_ranges(self, torch: ModuleType) -> None:
+        """Steps and phases as ranges in profiler windows' traces, and as NVTX ranges under Nsight Systems."""
+        if self._rec.ranges is not None:
+            return
+        from gpulens.hooks.ranges import TraceRanges, under_nsight
+
+        nvtx = self.options.nvtx if self.options.nvtx is not None else under_nsight()
+        if not (self._profile.enabled or nvtx):
+            return
+        ranges = TraceRanges(torch, nvtx)
+        if nvtx and not ranges.nvtx:
+            log.info("gpulens: no NVTX ranges: this torch has no CUDA (NVTX) support")
+        self._rec.ranges = ranges
+        if ranges.nvtx:
+            self.set_meta(nvtx=True)
 
     def attach_comm(self, torch: ModuleType, model: Any) -> None:
         """Time the gradient all-reduce of a (gloo) DDP model, stored per step as ``@comm``."""
@@ -392,7 +409,11 @@ class TrackedRun:
         return flags
 
     def _post_step(self, step: int, shape: Any) -> None:
-        """As ``step`` opens: count its FLOPs if due (in a window's warm-up step, never in a recorded one)."""
+        """As ``step`` opens: ranges while a window records; count its FLOPs if due (in a window's warm-up
+        step, never in a recorded one)."""
+        ranges = self._rec.ranges
+        if ranges is not None:
+            ranges.set_profiler(self._windows is not None and self._windows.profiled(step))
         flops = self._flops
         if flops is not None and flops.want(step, shape):
             windows = self._windows

@@ -3,7 +3,8 @@
 Each trace file is one rank (as ``tensorboard_trace_handler`` writes them);
 the run gets one database per rank with the steps found in the trace
 (``ProfilerStep#N`` spans, data wait from DataLoader spans, optimizer time
-from ``Optimizer.step#`` spans, the rest as "other"), the GPUs named in the
+from ``Optimizer.step#`` spans, the rest as "other"; a window gpulens wrote has
+its own ``gpulens.<phase>`` ranges, which give all four phases), the GPUs named in the
 trace's ``deviceProperties``, and the trace itself, gzipped, as the run's one
 profiler window -- so the report, the advisor and the dashboard show it like
 a recorded run.  It has no NVML or host samples, and says so.
@@ -54,14 +55,20 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
     ops = trace.mask(Cat.CPU_OP, Cat.USER_ANNOTATION)
     names = trace.names_where(ops)
     op_ts, op_end = trace.ts[ops], trace.end[ops]
-    loader = np.fromiter((n.startswith("enumerate(DataLoader)#") or n.startswith("enumerate(DataPipe)#")
-                          for n in names), dtype=bool, count=len(names))
-    optim = np.fromiter((n.startswith("Optimizer.step#") for n in names), dtype=bool, count=len(names))
-    data_u = iv.merge(op_ts[loader], op_end[loader])
-    opt_u = iv.merge(op_ts[optim], op_end[optim])
     a, b = trace.ts[steps], trace.end[steps]
-    data = iv.overlap(data_u, a, b)
-    opt = iv.overlap(opt_u, a, b)
+
+    def time_in(match: Any) -> np.ndarray:  # per step, microseconds inside spans whose name matches
+        hit = np.fromiter((match(n) for n in names), dtype=bool, count=len(names))
+        return iv.overlap(iv.merge(op_ts[hit], op_end[hit]), a, b)
+
+    fwd = bwd = np.zeros(steps.size)
+    if "gpulens.forward" in set(names):  # a gpulens window: its own phase ranges give all four phases
+        own = {p: time_in(lambda n, want=f"gpulens.{p}": n == want)
+               for p in ("data_wait", "forward", "backward", "optimizer")}
+        data, fwd, bwd, opt = own["data_wait"], own["forward"], own["backward"], own["optimizer"]
+    else:
+        data = time_in(lambda n: n.startswith("enumerate(DataLoader)#") or n.startswith("enumerate(DataPipe)#"))
+        opt = time_in(lambda n: n.startswith("Optimizer.step#"))
     off = trace.epoch_offset_us
     rows = []
     for j, i in enumerate(steps):
@@ -71,8 +78,8 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
         except (IndexError, ValueError):
             number = j
         dur = (b[j] - a[j]) / 1e6
-        d, o = data[j] / 1e6, opt[j] / 1e6
-        row = [number, (a[j] + off) / 1e6, (b[j] + off) / 1e6, d, 0.0, 0.0, o, max(0.0, dur - d - o)]
+        d, f, k, o = data[j] / 1e6, fwd[j] / 1e6, bwd[j] / 1e6, opt[j] / 1e6
+        row = [number, (a[j] + off) / 1e6, (b[j] + off) / 1e6, d, f, k, o, max(0.0, dur - d - f - k - o)]
         row += [None] * (len(STEP_COLUMNS) - len(row) - 2) + [0, None]
         rows.append(tuple(row))
     return rows
