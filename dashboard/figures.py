@@ -181,9 +181,9 @@ def _group(panel: Any) -> str:
 def _mark_shape(mark: Any, divisor: float, layout: dict[str, Any]) -> dict[str, Any]:
     """A shaded band over every panel where a profiler window ran (a thin one for the FLOP-counted step)."""
     t0, t1 = mark.t0 / divisor, mark.t1 / divisor
-    color = "#E69F00" if mark.kind == "flops" else layout["_muted"]
+    color = {"flops": "#E69F00", "what_if": "#009E73"}.get(mark.kind, layout["_muted"])
     return {"type": "rect", "xref": "x", "yref": "paper", "x0": t0, "x1": t1, "y0": 0, "y1": 1,
-            "fillcolor": color, "opacity": 0.12 if mark.kind == "window" else 0.25, "line": {"width": 0},
+            "fillcolor": color, "opacity": 0.25 if mark.kind == "flops" else 0.12, "line": {"width": 0},
             "layer": "below", "name": mark.label,
             "label": {"text": plain_text(mark.label), "textposition": "top left", "textangle": -90,
                       "font": {"size": 9, "color": layout["_muted"]}}}

@@ -113,7 +113,27 @@ def headline(summary: dict[str, Any]) -> list[Card]:
                           "process RSS (CPU run)", "resident memory of the training process, maximum"))
     else:
         cards.append(Card("memory", "Peak memory", "n/a", "not recorded", "", False))
+    if summary.get("what_if"):
+        cards.append(what_if_card(summary["what_if"]))
     return cards
+
+
+def what_if_card(w: dict[str, Any]) -> Card:
+    """A measured what-if: the step time its stretch reached, against the run's own steady steps."""
+    label = "What-if: synthetic data" if w.get("kind") == "synthetic-data" else f"What-if: batch {w.get('batch_size')}"
+    title = (f"steps {w.get('first_step')}-{w.get('last_step')} of the real loop "
+             + ("replayed cached batches instead of waiting on the DataLoader" if w.get("kind") == "synthetic-data"
+                else f"trained on batches of {w.get('batch_size')} (compute time: step minus data wait)")
+             + "; compared with the run's steady steps, 95% block-bootstrap interval")
+    if w.get("step_time_change") is None:
+        why = w.get("reason") or w.get("status") or "no steps measured"
+        return Card("what_if", label, "n/a", str(why)[:80], title, False)
+    ci = w.get("step_time_change_ci")
+    sub = f"vs {fmt.seconds(w['baseline_step_time_median_s'])}"
+    sub += f" ({w['step_time_change']:+.0%}" + (f", CI {ci[0]:+.0%}..{ci[1]:+.0%})" if ci else ")")
+    if w.get("kind") == "batch-size" and w.get("samples_per_s_change") is not None:
+        sub += f" · samples/s {w['samples_per_s_change']:+.0%}"
+    return Card("what_if", label, fmt.seconds(w["step_time_median_s"]), sub, title)
 
 
 def energy_card(summary: dict[str, Any]) -> Card:

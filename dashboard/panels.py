@@ -77,9 +77,9 @@ LOSS_PANEL = PanelSpec("loss", "Loss (as passed to run.step)", "", (Line("loss",
 
 @dataclass(frozen=True)
 class Mark:
-    """A stretch of the run marked on the time axis: a profiler window, the FLOP-counted step."""
+    """A stretch of the run marked on the time axis: a profiler window, the FLOP-counted step, a what-if."""
 
-    kind: str  # "window" | "flops"
+    kind: str  # "window" | "flops" | "what_if"
     t0: float  # seconds since the run start
     t1: float
     label: str
@@ -240,6 +240,14 @@ def marks(run: RunReader, origin: float) -> list[Mark]:
         span = run.step_span(f.step, f.rank)
         if span is not None:
             out.append(Mark("flops", span[0] - origin, span[1] - origin, f"FLOPs counted (step {f.step})"))
+    what_if = run.info.meta.get("what_if")
+    if isinstance(what_if, dict) and what_if.get("status") in ("done", "cut short"):
+        first = run.step_span(int(what_if.get("first_step") or 0))
+        last = run.step_span(int(what_if.get("last_step") or 0))
+        if first is not None and last is not None:
+            kind = what_if.get("kind")
+            label = f"what-if: {kind}" + (f"={what_if.get('batch_size')}" if kind == "batch-size" else "")
+            out.append(Mark("what_if", first[0] - origin, last[1] - origin, label))
     return out
 
 

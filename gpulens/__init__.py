@@ -1,7 +1,9 @@
 """gpulens: why is my GPU not busy, and what do I change?
 
-The public entry point for training code is :func:`track`; everything that
-reads recorded runs lives in :mod:`gpulens.profiler`.  The training-side names
+The public entry point for training code is :func:`track`; notebooks and
+scripts read a run with :func:`load` (pandas DataFrames, an inline view) and
+:func:`show` (plotly figures); everything else that reads recorded runs lives
+in :mod:`gpulens.profiler`.  The training-side names
 are imported on first use, so that reading runs (the CLI, the dashboard)
 does not pay for the recorder's imports.
 """
@@ -11,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "probe_batch_sizes", "__version__"]
+__all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "probe_batch_sizes", "load", "show", "Run",
+           "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpulens.hooks.probe import probe_batch_sizes
     from gpulens.hooks.profiling import ProfileConfig
     from gpulens.hooks.tracking import TrackedRun, track
+    from gpulens.notebook import Run, load, show
     from gpulens.profiler.record.recorder import SamplingConfig
 
 _LAZY = {
@@ -25,6 +29,9 @@ _LAZY = {
     "SamplingConfig": ("gpulens.profiler.record.recorder", "SamplingConfig"),
     "ProfileConfig": ("gpulens.hooks.profiling", "ProfileConfig"),
     "probe_batch_sizes": ("gpulens.hooks.probe", "probe_batch_sizes"),
+    "load": ("gpulens.notebook", "load"),
+    "show": ("gpulens.notebook", "show"),
+    "Run": ("gpulens.notebook", "Run"),
 }
 
 

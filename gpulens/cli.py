@@ -53,6 +53,15 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print the comparison (and the gate) as JSON")
     cmp.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
+    exp_ = sub.add_parser("export", help="a run's tables as parquet or CSV files (steps, series, kernels, "
+                                         "suggestions) for pandas, DuckDB, spreadsheets")
+    exp_.add_argument("run", help="run directory, run id under the runs root, or STORE_URL/RUN_ID")
+    exp_.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="file format (default parquet)")
+    exp_.add_argument("--what", default="steps,series,kernels,suggestions", metavar="TABLES",
+                      help="comma-separated tables (default: steps,series,kernels,suggestions)")
+    exp_.add_argument("--out", metavar="DIR", help="output directory (default ./<run id>-export)")
+    exp_.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
+
     imp = sub.add_parser("import", help="turn PyTorch profiler chrome traces (one per rank) into a run")
     imp.add_argument("traces", nargs="+", help="trace files (.json or .json.gz), one per rank")
     imp.add_argument("--name", help="run name (default: from the first file name)")
@@ -284,6 +293,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if failed else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.export.frames import export
+
+    tables = tuple(t.strip() for t in args.what.split(",") if t.strip())
+    with open_run(_run_target(args.run, args.runs_dir)) as run:
+        out = Path(args.out) if args.out else Path(f"{run.info.id}-export")
+        written = export(run, RunAnalysis(run), out, args.format, tables)
+    for table, (path, rows) in written.items():
+        print(f"{fmt.shown_path(path)}  {rows:,} rows ({table})")
+    return EXIT_OK
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from gpulens.profiler import runs_root
     from gpulens.profiler.store.importer import import_traces
@@ -347,7 +369,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "ls": cmd_ls, "import": cmd_import,
+COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "export": cmd_export, "ls": cmd_ls, "import": cmd_import,
             "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter,
             "publish": cmd_publish}
 

@@ -641,6 +641,16 @@ class TrackedRun:
     def steps(self) -> int:
         return self._rec.step_index if self._recorder is not None else 0
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the run so far inline (cards, top suggestions, a step-time sparkline)."""
+        if self.path is None:
+            return "<div class='gpulens-run'><b>gpulens</b>: this run is not recording</div>"
+        if self._recorder is not None and not self._closed:
+            self._recorder.writer.sync(timeout=2.0)  # the latest steps, not those of the last flush
+        from gpulens.notebook import load
+
+        return load(self)._repr_html_()
+
 
 class _TimedLoader:
     def __init__(self, run: TrackedRun, iterable: Iterable[Any]) -> None:

@@ -77,6 +77,15 @@ def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) ->
     # the run's own figures leave the stretch out
     assert report["step_time"]["excluded"]["what_if"] == 20 + SETTLE_STEPS
     assert report["step_time"]["median_s"] > 0.005
+    # the run page: a card with the measured step time, and the stretch shaded on the time axis
+    from gpulens.dashboard.overview import headline
+    from gpulens.dashboard.panels import marks
+
+    card = next(c for c in headline(report) if c.key == "what_if")
+    assert card.available and card.label == "What-if: synthetic data" and "CI" in card.sub
+    with open_run(tmp_path / "runs" / "r") as run:
+        shaded = [m for m in marks(run, run.info.start) if m.kind == "what_if"]
+    assert len(shaded) == 1 and shaded[0].t1 > shaded[0].t0 and shaded[0].label == "what-if: synthetic-data"
     bound = next(s for s in advice.suggestions if s.id == "dataloader_bound")
     assert "measured: with replayed batches (steps 10-29)" in bound.finding
     assert "(measured; estimate up to" in bound.expected_gain
