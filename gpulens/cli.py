@@ -369,7 +369,8 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "export": cmd_export, "ls": cmd_ls, "import": cmd_import,
+COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "export": cmd_export, "ls": cmd_ls,
+            "import": cmd_import,
             "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter,
             "publish": cmd_publish}
 

@@ -33,7 +33,8 @@ def _path_of(run: Any, runs_dir: str | Path | None) -> Path:
         return local_run(text) if is_url(text) else resolve_run(text, Path(runs_dir) if runs_dir else None)
     path = getattr(run, "path", None)  # gpulens.track()'s TrackedRun
     if path is None:
-        raise GpulensError(f"not a run: {run!r} (a run directory, run id, store URL or a recording gpulens.track() run)")
+        raise GpulensError(f"not a run: {run!r} (a run directory, run id, store URL or a recording "
+                           "gpulens.track() run)")
     return Path(path)
 
 
@@ -177,7 +178,8 @@ def render_html(report: dict[str, Any], durations: np.ndarray, suggestions: int 
     return (
         "<div class='gpulens-run' style='font-family:system-ui,sans-serif;font-size:13px'>"
         f"<div><b>gpulens</b> · {esc(str(run.get('name')))} · <code>{esc(str(run.get('id')))}</code> · "
-        f"{esc(str(report.get('status')))} · {report.get('steps', 0)} steps · {esc(fmt.seconds(report.get('duration_s')))}"
+        f"{esc(str(report.get('status')))} · {report.get('steps', 0)} steps · "
+        f"{esc(fmt.seconds(report.get('duration_s')))}"
         "</div>"
         f"<div style='display:flex;flex-wrap:wrap;gap:6px;margin:6px 0'>{cards}</div>"
         + (f"<div>step time (median {esc(fmt.seconds(median))}): {spark}</div>" if spark else "")

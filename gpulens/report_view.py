@@ -229,7 +229,8 @@ def energy_line(e: dict[str, Any]) -> str:
 
 def what_if_line(w: dict[str, Any]) -> str:
     """A measured what-if in one line: what ran, and what it measured against the run's steady steps."""
-    label = f"batch size {w.get('batch_size')}" if w.get("kind") == "batch-size" else "synthetic data (replayed batches)"
+    label = (f"batch size {w.get('batch_size')}" if w.get("kind") == "batch-size"
+             else "synthetic data (replayed batches)")
     if w.get("status") not in ("done", "cut short"):
         return f"{label}: {w.get('status')}" + (f" ({w['reason']})" if w.get("reason") else "")
     if w.get("step_time_change") is None:

@@ -13,10 +13,10 @@ import numpy as np
 
 from gpulens.profiler.analysis.energy import EnergyCurve, PowerSplit, curve, energy_summary, phase_fit
 from gpulens.profiler.analysis.peaks import mfu
+from gpulens.profiler.analysis.whatif import what_if_result
 from gpulens.profiler.store import schema
 from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
 from gpulens.profiler.store.reader import Event, FlopCount, Node, RunReader, Series, SeriesInfo, StepTable
-from gpulens.profiler.analysis.whatif import what_if_result
 from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF
 
 REPORT_SCHEMA = "gpulens.report/1"

@@ -121,7 +121,8 @@ def rows_frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def export(run: RunReader, analysis: Any, out_dir: Path, fmt: str, tables: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
+def export(run: RunReader, analysis: Any, out_dir: Path, fmt: str,
+           tables: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
     """Write the asked tables as ``<table>.<fmt>`` under ``out_dir``; returns {table: (path, rows)}."""
     if fmt not in FORMATS:
         raise GpulensError(f"--format {fmt}: one of {', '.join(FORMATS)}")
