@@ -69,6 +69,17 @@ def headline_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def noise_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:
+    """``gpulens compare``'s rows for the page: B against A, each change with its interval and verdict."""
+    from gpulens.profiler.analysis.compare import change_text, compare, interval_text, side_of
+    from gpulens.report_view import comparison_value
+
+    result = compare(side_of(run_a, a), side_of(run_b, b))
+    return [{"metric": m.label, "a": comparison_value(m, m.base), "b": comparison_value(m, m.candidate),
+             "change": change_text(m, with_interval=False), "ci": interval_text(m),
+             "verdict": m.verdict + (f" ({m.note})" if m.note else "")} for m in result.metrics]
+
+
 def _steps_in_windows(s: dict[str, Any]) -> int:
     return sum(w["last_step"] - w["first_step"] + 1 for w in s.get("windows") or []) or 0
 

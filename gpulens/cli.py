@@ -278,7 +278,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     sides = []
     for target in (args.base, args.candidate):
         with open_run(_run_target(target, args.runs_dir)) as run:
-            sides.append(side_of(RunAnalysis(run)))
+            analysis = RunAnalysis(run)
+            report = analysis.report(suggestions=False).as_dict()
+            sides.append(side_of(run, report, analysis.data.energy_curves))
     comparison = compare(sides[0], sides[1])
     results = check(comparison, rules)
     failed = [r for r in results if r.failed]

@@ -496,7 +496,8 @@ _VERDICT_STYLE = {"better": "green", "worse": "bold red", "changed": "yellow", "
                   "n/a": "dim"}
 
 
-def _figure(m: Any, value: float | None) -> str:
+def comparison_value(m: Any, value: float | None) -> str:
+    """A compared figure as the terminal and the dashboard show it."""
     if value is None:
         return "n/a"
     if m.name == "step_time":
@@ -528,8 +529,8 @@ def render_comparison(comparison: Any, results: list[Any], console: Console | No
         if m.note:
             notes.append(m.note)
             verdict.append(f" [{len(notes)}]", style="dim")
-        table.add_row(m.label, _figure(m, m.base), _figure(m, m.candidate), change_text(m, with_interval=False),
-                      interval_text(m), verdict)
+        table.add_row(m.label, comparison_value(m, m.base), comparison_value(m, m.candidate),
+                      change_text(m, with_interval=False), interval_text(m), verdict)
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(Text(f"[{i}] {sanitized(note)}", style="dim"))

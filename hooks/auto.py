@@ -406,7 +406,10 @@ class AutoSteps:
                 return original(it)
             training = auto._fetch_begin(it)
             try:
-                batch = auto.run.fetch_batch(lambda: original(it)) if training else original(it)
+                if training and auto.run._whatif is not None:
+                    batch = auto.run.fetch_batch(lambda: original(it))
+                else:
+                    batch = original(it)
             except StopIteration:
                 auto._fetch_end(None, stopped=True, training=training)
                 raise

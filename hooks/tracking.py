@@ -671,7 +671,7 @@ class _TimedLoader:
         while True:
             active = run._recording and run._safe(rec.loader_next, first)
             try:
-                batch = run.fetch_batch(it.__next__) if active else next(it)
+                batch = run.fetch_batch(it.__next__) if active and run._whatif is not None else next(it)
             except StopIteration:
                 if active:
                     run._safe(rec.loader_end)

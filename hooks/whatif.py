@@ -88,23 +88,11 @@ def _positive(raw: str, what: str) -> int:
     return value
 
 
-def resize_batch(batch: Any, size: int, torch: Any) -> Any:
-    """``batch`` with every tensor whose first dimension is the batch's cut or tiled to ``size`` (pinning kept)."""
-    n = infer_batch_size(batch)
-    if n is None or n <= 0:
-        raise ValueError("the batch holds no tensor with a batch dimension")
-
+def _map_tensors(batch: Any, fn: Callable[[Any], Any], torch: Any) -> Any:
+    """``batch`` with ``fn`` applied to its tensors (dicts, lists, tuples, namedtuples, two levels deep)."""
     def one(obj: Any, depth: int) -> Any:
-        shape = getattr(obj, "shape", None)
-        if shape is not None and len(shape) > 0 and int(shape[0]) == n and isinstance(obj, torch.Tensor):
-            if size <= n:
-                out = obj[:size].clone()
-            else:
-                reps = [-(-size // n)] + [1] * (obj.dim() - 1)
-                out = obj.repeat(*reps)[:size].contiguous()
-            if obj.device.type == "cpu" and obj.is_pinned():
-                out = out.pin_memory()
-            return out
+        if isinstance(obj, torch.Tensor):
+            return fn(obj)
         if depth >= 2:
             return obj
         if isinstance(obj, dict):
@@ -118,25 +106,32 @@ def resize_batch(batch: Any, size: int, torch: Any) -> Any:
     return one(batch, 0)
 
 
+def _pinned_like(out: Any, obj: Any) -> Any:
+    return out.pin_memory() if obj.device.type == "cpu" and obj.is_pinned() else out
+
+
+def resize_batch(batch: Any, size: int, torch: Any) -> Any:
+    """``batch`` with every tensor whose first dimension is the batch's cut or tiled to ``size`` (pinning kept)."""
+    n = infer_batch_size(batch)
+    if n is None or n <= 0:
+        raise ValueError("the batch holds no tensor with a batch dimension")
+
+    def resize(t: Any) -> Any:
+        if t.dim() == 0 or int(t.shape[0]) != n:
+            return t  # not a batch dimension (a scalar, a shared mask): left alone
+        if size <= n:
+            return _pinned_like(t[:size].clone(), t)
+        return _pinned_like(t.repeat(-(-size // n), *([1] * (t.dim() - 1)))[:size].contiguous(), t)
+
+    return _map_tensors(batch, resize, torch)
+
+
 def _copy_batch(batch: Any, torch: Any) -> Any:
     """A private copy of a batch (the loop may change its tensors in place), pinning kept."""
-    def one(obj: Any, depth: int) -> Any:
-        if isinstance(obj, torch.Tensor):
-            out = obj.detach().clone()
-            if obj.device.type == "cpu" and obj.is_pinned():
-                out = out.pin_memory()
-            return out
-        if depth >= 2:
-            return obj
-        if isinstance(obj, dict):
-            return type(obj)((k, one(v, depth + 1)) for k, v in obj.items())
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-            return type(obj)(*(one(v, depth + 1) for v in obj))
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(one(v, depth + 1) for v in obj)
-        return obj
+    return _map_tensors(batch, lambda t: _pinned_like(t.detach().clone(), t), torch)
 
-    return one(batch, 0)
+
+_NOTHING = object()  # no replay: fetch from the loader
 
 
 class WhatIf:
@@ -163,6 +158,24 @@ class WhatIf:
 
     # ------------------------------------------------------------------ hot path
     def fetch(self, step: int, real_next: Callable[[], Any]) -> Any:
+        """The loader's exceptions (StopIteration included) reach the loop as they would; ours never do."""
+        try:
+            replay = self._replay(step)
+        except Exception as exc:
+            self._skip(f"{type(exc).__name__}: {exc}")
+            replay = _NOTHING
+        if replay is not _NOTHING:
+            return replay
+        batch = real_next()
+        if self.state == "waiting" and self.plan.at - self.CACHED <= step < self.plan.at:
+            try:
+                self._remember(batch)
+            except Exception as exc:  # cannot copy it (out of memory, an odd batch): the run goes on as is
+                self._skip(f"could not cache a batch ({type(exc).__name__}: {exc})")
+        return batch
+
+    def _replay(self, step: int) -> Any:
+        """A cached batch for ``step`` inside the stretch, else _NOTHING (ending the stretch past it)."""
         plan = self.plan
         if self.state == "running" or (self.state == "waiting" and plan.at <= step < plan.end):
             if step < plan.end and self._ready():
@@ -170,10 +183,7 @@ class WhatIf:
                 self._replays += 1
                 return batch
             self._finish(step)
-        batch = real_next()
-        if self.state == "waiting" and plan.at - self.CACHED <= step < plan.at:
-            self._remember(batch)
-        return batch
+        return _NOTHING
 
     def flags(self, step: int) -> int:
         """FLAG_WHATIF for the stretch's steps and the settling ones after it."""
@@ -214,6 +224,10 @@ class WhatIf:
         self._cache = []
 
     def _skip(self, reason: str) -> None:
+        if self.state in ("running", "done"):  # mid-stretch: what ran stays flagged; say it was cut short
+            self.reason = reason
+            self._finish(self.plan.at - 1)
+            return
         self.state = "skipped"
         self.reason = reason
         self._cache = []

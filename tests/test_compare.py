@@ -26,7 +26,8 @@ STEP_S = 0.010  # the loop's wait per step for its batch
 
 
 
-def _train(root: Path, name: str, slower: float = 0.0, steps: int = 60) -> Path:
+def _train(root: Path, name: str, slower: float = 0.0, steps: int = 60, wait: float = STEP_S,
+           forward_wait: float = 0.0) -> Path:
     """A small MLP trained for ``steps`` steps; each step also waits STEP_S (x ``1 + slower``) for its batch."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -34,21 +35,22 @@ def _train(root: Path, name: str, slower: float = 0.0, steps: int = 60) -> Path:
     # threads and this VM's timer ticks make whole stretches of 16 ms steps out of 10.7 ms ones at random
     torch.set_num_threads(1)
     try:
-        return _loop(root, name, slower, steps)
+        return _loop(root, name, slower, steps, wait, forward_wait)
     finally:
         torch.set_num_threads(threads)
 
 
-def _loop(root: Path, name: str, slower: float, steps: int) -> Path:
+def _loop(root: Path, name: str, slower: float, steps: int, wait: float, forward_wait: float) -> Path:
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 8))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with gpulens.track(name, runs_dir=root, quiet=True, profile=False, count_flops=False, advise=False) as run:
         for _ in range(steps):
             with run.phase("data_wait"):
-                time.sleep(STEP_S * (1 + slower))
+                time.sleep(wait * (1 + slower))
                 x, y = torch.randn(32, 64), torch.randint(0, 8, (32,))
             with run.phase("forward"):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
+                time.sleep(forward_wait)  # the device's share of a step, where a test needs one
             with run.phase("backward"):
                 loss.backward()
             with run.phase("optimizer"):
@@ -83,7 +85,9 @@ def test_gate_fails_a_slower_loop_and_passes_the_same_loop_ten_times(tmp_path: P
 
 
 def test_compare_json_and_text(tmp_path: Path, capsys) -> None:
-    a, b = _train(tmp_path, "a", steps=40), _train(tmp_path, "b", slower=1.0, steps=40)
+    # 8 ms of forward and 4 ms of data wait, then 12 ms of data wait: its share rises by ~27 pp
+    a = _train(tmp_path, "a", steps=40, wait=0.004, forward_wait=0.008)
+    b = _train(tmp_path, "b", slower=2.0, steps=40, wait=0.004, forward_wait=0.008)
     assert main(["compare", str(a), str(b), "--json"]) == 0  # no rules: no gate, never fails
     out = json.loads(capsys.readouterr().out)
     assert out["schema"] == "gpulens.compare/1" and out["gate"] is None
@@ -91,9 +95,9 @@ def test_compare_json_and_text(tmp_path: Path, capsys) -> None:
     assert names[:2] == ["step_time", "throughput"] and "data_wait" in names and "peak_memory" in names
     by = {m["name"]: m for m in out["metrics"]}
     assert by["step_time"]["verdict"] == "worse" and by["throughput"]["verdict"] == "worse"
-    assert by["data_wait"]["unit"] == "pp" and by["data_wait"]["change"] > 1 and by["data_wait"]["verdict"] == "worse"
+    assert by["data_wait"]["unit"] == "pp" and by["data_wait"]["change"] > 10 and by["data_wait"]["verdict"] == "worse"
     assert by["gpu_busy"]["verdict"] == "n/a" and by["mfu"]["verdict"] == "n/a"  # a CPU run says so, no guess
-    assert main(["compare", str(a), str(b), "--fail-on", "data_wait>+1pp,throughput<-10%"]) == 1
+    assert main(["compare", str(a), str(b), "--fail-on", "data_wait>+10pp,throughput<-10%"]) == 1
     text = capsys.readouterr().out
     assert "95% CI" in text and "FAIL" in text and "gate: 2 of 2 rule(s) broken" in text
 

@@ -247,8 +247,22 @@ def test_compare_two_runs(app):
         body = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light")
     text = json.dumps(body.to_plotly_json(), default=lambda o: o.to_plotly_json())
     for needle in ("cmp-headline", "cmp-steps", "cmp-dist", "cmp-kernels", "cmp-config", "Samples/s",
-                   "config.model"):
+                   "config.model", "cmp-noise", "95% CI", "Energy/sample"):
         assert needle in text
+
+
+def test_compare_page_gives_noise_aware_verdicts():
+    """The page's "beyond the noise" rows are gpulens compare's: the input-bound CNN against the healthy one."""
+    from gpulens.profiler import open_run
+
+    a = data.analyse(SAMPLES / "h100-cnn-input-bound").summary
+    b = data.analyse(SAMPLES / "h100-cnn-healthy").summary
+    with open_run(SAMPLES / "h100-cnn-input-bound") as ra, open_run(SAMPLES / "h100-cnn-healthy") as rb:
+        rows = {r["metric"]: r for r in comparison.noise_rows(ra, a, rb, b)}
+    assert rows["Data wait"]["verdict"] == "better" and rows["Data wait"]["change"].endswith("pp")
+    assert rows["Samples/s"]["verdict"] == "better" and ".." in rows["Samples/s"]["ci"]
+    assert rows["Step time"]["verdict"].startswith("worse (batch sizes differ")
+    assert rows["Other"]["verdict"] in ("in noise", "same")
 
 
 def test_config_diff_and_kernel_deltas_are_pure():

@@ -276,7 +276,11 @@ def test_kernels_page_shows_the_reports_trace_analysis(server, page):
     base, _ = server
     page.goto(f"{base}/run/h100-cnn-input-bound/kernels")
     _wait_graph(page, "k-breakdown")
-    names = page.evaluate("Array.from(document.querySelector('#k-breakdown .js-plotly-plot').data, t => t.name)")
+    # the graph may be drawn again as the page's analysis lands: read its traces once it holds still
+    page.wait_for_function("() => { const gd = document.querySelector('#k-breakdown .js-plotly-plot');"
+                           " return gd && gd.data && gd.data.some(t => t.name === 'Kernel'); }", timeout=20000)
+    names = page.evaluate("() => { const gd = document.querySelector('#k-breakdown .js-plotly-plot');"
+                          " return gd && gd.data ? Array.from(gd.data, t => t.name) : []; }")
     assert {"Kernel", "Memcpy", "Runtime", "DataLoader", "CPU Exec"} <= set(names)
     page.wait_for_selector("#k-devices-table")
     devices = page.inner_text("#k-devices-table")

@@ -308,3 +308,46 @@ def test_cuda_windows_shapes_first_window_and_unscaled_fp16_loss(tmp_path, gpu_o
     shaped = [bool(load_trace(w.path).input_dims) for w in windows]
     assert shaped[0] and not any(shaped[1:])
     _note(gpu_out, "fp16_scaler_shapes", {"losses_recorded": int(ok.sum()), "windows_with_shapes": shaped})
+
+
+def test_cuda_what_if_energy_and_nvtx(tmp_path, gpu_out):
+    """Issue 17 on a real GPU: a synthetic-data what-if over pinned CUDA-bound batches, energy per step from
+    the live NVML counter against integrated power, and NVTX ranges on a CUDA build of torch."""
+    import torch
+    import torch.nn as nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import gpulens
+    from gpulens.hooks.ranges import TraceRanges
+    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.analysis.energy import curve
+
+    assert TraceRanges(torch, nvtx=True).nvtx  # a CUDA build has NVTX
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(2048, 2048), nn.ReLU()) for _ in range(6)]).cuda()
+    opt = torch.optim.AdamW(model.parameters())
+
+    def slow_collate(items):
+        time.sleep(0.02)  # storage-bound input
+        return torch.utils.data.default_collate(items)
+
+    data = TensorDataset(torch.randn(8192, 2048))
+    loader = DataLoader(data, batch_size=256, pin_memory=True, collate_fn=slow_collate)
+    with gpulens.track("cuda-what-if", runs_dir=tmp_path, quiet=True, nvtx=True, advise=False,
+                       what_if="synthetic-data:at=8,steps=12") as run:
+        for (x,) in run.loader(loader):
+            assert x.is_pinned()  # replayed batches too: pinned as the loader made them
+            loss = model(x.cuda(non_blocking=True)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            run.step(loss=loss)
+    with open_run(run.path) as reader:
+        report = RunAnalysis(reader).report().as_dict()
+        counter, power = reader.series("gpu.energy", 0), reader.series("gpu.power", 0)
+    w, e = report["what_if"], report["energy"]
+    assert w["status"] == "done" and w["step_time_change"] < -0.3
+    assert e["available"] and e["source"] == "nvml-energy-counter" and e["step_j_median"] > 0
+    a, b = curve(0, counter, None), curve(0, None, power)
+    _note(gpu_out, "cuda_what_if_energy", {"what_if": w, "energy": e,
+                                           "counter_j": float(a.joules[-1]), "integrated_j": float(b.joules[-1])})
+    assert abs(a.joules[-1] - b.joules[-1]) <= 0.15 * a.joules[-1]

@@ -193,3 +193,38 @@ def test_report_json_has_the_what_if_key_for_every_run(tmp_path: Path) -> None:
                          text=True, timeout=120)
     report = json.loads(out.stdout)
     assert report["what_if"] is None and report["step_time"]["excluded"]["what_if"] == 0
+
+
+def test_a_failing_what_if_never_reaches_the_loop(monkeypatch) -> None:
+    """Copying the batch fails (out of memory, say): the loop gets its real batches and the run says why."""
+    import gpulens.hooks.whatif as whatif_module
+
+    def no_memory(batch, torch):
+        raise MemoryError("cannot allocate 4 GiB")
+
+    monkeypatch.setattr(whatif_module, "_copy_batch", no_memory)
+    said: list[dict] = []
+    whatif = WhatIf(WhatIfPlan("synthetic-data", at=3, steps=4), lambda **kw: said.append(kw))
+    batches = iter(range(10))
+    got = [whatif.fetch(step, lambda: next(batches)) for step in range(10)]
+    assert got == list(range(10))  # every real batch, in order, none replayed
+    assert whatif.state == "skipped" and "could not cache a batch (MemoryError" in whatif.reason
+    assert said[-1]["what_if"]["status"] == "skipped"
+
+
+def test_batch_headroom_states_a_measured_batch_size_what_if() -> None:
+    """The memory model says a bigger batch fits; a batch-size what-if that ran says what it measured."""
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.batch import batch_headroom
+
+    m = Measurements(run_id="r", device="cpu", steps=100, step_s=0.01, batch_size=32,
+                     probes=[{"batch": 32, "peak_bytes": 1.0e9, "step_s": 0.010},
+                             {"batch": 64, "peak_bytes": 1.2e9, "step_s": 0.016}],
+                     probe_capacity=8.0e9)
+    plain = batch_headroom(m)
+    assert plain is not None and "measured" not in plain.finding
+    m.what_if = {"kind": "batch-size", "batch_size": 128, "first_step": 20, "last_step": 39,
+                 "samples_per_s_change": 0.85}
+    s = batch_headroom(m)
+    assert "measured (--what-if batch-size=128, steps 20-39): 1.85x samples/s" in s.finding
+    assert "measured 1.85x at batch 128" in s.expected_gain

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from gpulens.profiler.analysis.energy import per_step
+from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
 from gpulens.profiler.analysis.noise import mean_difference, median_change
 from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.store.reader import RunReader
 from gpulens.profiler.store.schema import PHASES
 
 SCHEMA = "gpulens.compare/1"
@@ -89,10 +90,9 @@ class Comparison:
                 "metrics": [asdict(m) for m in self.metrics]}
 
 
-def side_of(analysis: Any) -> Side:
-    """Read what a comparison needs from one run (a :class:`~gpulens.profiler.analysis.run_analysis.RunAnalysis`)."""
-    run = analysis.run
-    report = analysis.report(suggestions=False).as_dict()
+def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | None = None) -> Side:
+    """Read what a comparison needs from one run and its report (``gpulens report --json``); ``curves``:
+    its energy curves when already read (:attr:`RunData.energy_curves`), else read here."""
     steps = run.steps()
     steady = steps.steady() if len(steps) else np.zeros(0, dtype=bool)
     if len(steps) and not steady.any():
@@ -102,8 +102,8 @@ def side_of(analysis: Any) -> Side:
         s = run.series("gpu.util", gpu)
         if s is not None and len(s):
             busy.append(s.v)
-    data = analysis.data
-    energy = per_step(data.energy_curves, steps)[steady] if data.energy_curves else np.full(int(steady.sum()), np.nan)
+    curves = energy_curves(run) if curves is None else curves
+    energy = per_step(curves, steps)[steady] if curves else np.full(int(steady.sum()), np.nan)
     return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
                 durations=steps.duration[steady] if len(steps) else np.zeros(0),
                 samples=steps.samples[steady] if len(steps) else np.zeros(0),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase
-from gpulens.profiler.store.reader import Series, StepTable
+from gpulens.profiler.store.reader import RunReader, Series, StepTable
 from gpulens.profiler.store.schema import PHASES
 
 #: The window NVML averages a power reading over (Ampere and newer, except GA100).
@@ -63,6 +63,18 @@ def curve(gpu: int, counter: Series | None, power: Series | None) -> EnergyCurve
                 t, joules = t[keep], joules[keep]
             return EnergyCurve(gpu, "power-integration", t, joules)
     return None
+
+
+def energy_curves(run: RunReader) -> list[EnergyCurve]:
+    """Every sampled GPU's energy curve (each node's GPUs from the rank that sampled them)."""
+    out = []
+    for node in run.nodes():
+        rank = node.sampling_rank if node.sampling_rank is not None else node.ranks[0]
+        for gpu in sorted({s.gpu for s in run.series_list(rank) if s.gpu >= 0}):
+            made = curve(gpu, run.series("gpu.energy", gpu, rank=rank), run.series("gpu.power", gpu, rank=rank))
+            if made is not None:
+                out.append(made)
+    return out
 
 
 def per_step(curves: Sequence[EnergyCurve], steps: StepTable) -> np.ndarray:
