@@ -65,16 +65,24 @@ def curve(gpu: int, counter: Series | None, power: Series | None) -> EnergyCurve
     return None
 
 
-def energy_curves(run: RunReader) -> list[EnergyCurve]:
-    """Every sampled GPU's energy curve (each node's GPUs from the rank that sampled them)."""
-    out = []
+def gpu_energy(run: RunReader, steps: StepTable | None = None) -> tuple[list[EnergyCurve], list[PowerSplit | None]]:
+    """Every sampled GPU's energy curve and (with ``steps``) its watts by phase -- each node's GPUs from the
+    rank that sampled them, one GPU's readings in memory at a time (a day at 10 Hz is 864,000 per GPU)."""
+    curves: list[EnergyCurve] = []
+    fits: list[PowerSplit | None] = []
     for node in run.nodes():
         rank = node.sampling_rank if node.sampling_rank is not None else node.ranks[0]
         for gpu in sorted({s.gpu for s in run.series_list(rank) if s.gpu >= 0}):
-            made = curve(gpu, run.series("gpu.energy", gpu, rank=rank), run.series("gpu.power", gpu, rank=rank))
+            power = run.series("gpu.power", gpu, rank=rank)
+            made = curve(gpu, run.series("gpu.energy", gpu, rank=rank), power)
             if made is not None:
-                out.append(made)
-    return out
+                curves.append(made)
+                fits.append(phase_fit(power, steps) if steps is not None else None)
+    return curves, fits
+
+
+def energy_curves(run: RunReader) -> list[EnergyCurve]:
+    return gpu_energy(run)[0]
 
 
 def per_step(curves: Sequence[EnergyCurve], steps: StepTable) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gpulens.profiler.analysis.energy import EnergyCurve, PowerSplit, curve, energy_summary, phase_fit
+from gpulens.profiler.analysis.energy import EnergyCurve, PowerSplit, energy_summary, gpu_energy
 from gpulens.profiler.analysis.peaks import mfu
 from gpulens.profiler.analysis.whatif import what_if_result
 from gpulens.profiler.store import schema
@@ -74,22 +74,12 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
     speakers = {n.sampling_rank if n.sampling_rank is not None else n.ranks[0] for n in nodes}
     metrics: dict[tuple[str, int, int], dict[str, Any] | None] = {}
     steps = run.steps()
-    energy: dict[tuple[int, int], dict[str, Series]] = {}  # (rank, gpu) -> counter and power, while read
-    curves: list[EnergyCurve] = []
-    fits: list[PowerSplit | None] = []
     for s in infos:  # every node's GPUs and host, from the rank that sampled that node
         if s.status == "ok" and s.rank in speakers and (s.metric, s.gpu, s.rank) not in metrics:
             got = run.series(s.metric, s.gpu, rank=s.rank)
             if got is not None:
                 metrics[(s.metric, s.gpu, s.rank)] = metric_entry(got)
-                if s.metric in ("gpu.energy", "gpu.power") and s.gpu >= 0:
-                    energy.setdefault((s.rank, s.gpu), {})[s.metric] = got
-    for (_, gpu), got in sorted(energy.items()):  # one GPU's readings at a time, then let go
-        made = curve(gpu, got.get("gpu.energy"), got.get("gpu.power"))
-        if made is not None:
-            curves.append(made)
-            fits.append(phase_fit(got.get("gpu.power"), steps))
-    energy.clear()
+    curves, fits = gpu_energy(run, steps)
     info = run.info
     return RunData(
         info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
