@@ -29,6 +29,9 @@ from gpulens.profiler.store.schema import PHASES
 
 #: The window NVML averages a power reading over (Ampere and newer, except GA100).
 POWER_AVERAGE_S = 1.0
+#: Power readings the phase split uses (evenly spread): 1 s averages read at 10 Hz overlap ten-fold, so a day's
+#: 864,000 say little more than 20,000 -- and cost 0.7 s per GPU instead of 0.05 s.
+MAX_FIT_READINGS = 20000
 #: Points kept of a curve integrated from power readings (a day at 10 Hz is 864,000; the curve is smooth).
 MAX_CURVE_POINTS = 20000
 
@@ -107,8 +110,12 @@ def phase_fit(power: Series | None, steps: StepTable) -> PowerSplit | None:
     """Watts of one GPU while the host was in each phase (None: the readings cannot tell them apart)."""
     if power is None or not len(power) or not len(steps) or not np.isfinite(power.v).any():
         return None
+    t, v = power.t, power.v
+    if t.size > MAX_FIT_READINGS:
+        keep = np.linspace(0, t.size - 1, MAX_FIT_READINGS).astype(np.int64)
+        t, v = t[keep], v[keep]
     fit = activity_by_phase("gpu.power", steps.t_start, steps.t_end, {n: getattr(steps, n) for n in PHASES},
-                            power.t, power.v, POWER_AVERAGE_S, upper=np.inf)
+                            t, v, POWER_AVERAGE_S, upper=np.inf)
     return PowerSplit(fit, float(np.nanmax(power.v))) if fit is not None else None
 
 
