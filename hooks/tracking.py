@@ -524,7 +524,7 @@ class TrackedRun:
         if self._exporter is not None:
             self._exporter.close()
         if self._whatif is not None:
-            self._safe(self._whatif.close)
+            self._safe(self._whatif.close, self._rec.step_index)
         try:
             if self._flops is not None and self._flops.counting:
                 self._flops.disabled = True

@@ -213,14 +213,16 @@ class WhatIf:
         self._set_meta(what_if={**self.plan.describe(), "status": status, "base_batch": self.base_batch,
                                 "replayed": self._replays})
 
-    def close(self) -> None:
-        """At the run's end: a stretch the run did not get to (or finish) says so."""
+    def close(self, steps_done: int) -> None:
+        """At the run's end: a stretch the run did not get to (or finish) says why."""
         if self.state == "running":
             self._set_meta(what_if={**self.plan.describe(), "status": "cut short", "base_batch": self.base_batch,
                                     "replayed": self._replays})
         elif self.state == "waiting":
-            self._set_meta(what_if={**self.plan.describe(), "status": "not reached",
-                                    "reason": f"the run ended before step {self.plan.at}"})
+            reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
+                      "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
+                      "DataLoader under gpulens run)")
+            self._set_meta(what_if={**self.plan.describe(), "status": "not reached", "reason": reason})
         self._cache = []
 
     def _skip(self, reason: str) -> None:

@@ -123,6 +123,23 @@ def test_track_api_and_a_run_too_short_for_the_stretch(tmp_path: Path) -> None:
     assert w["status"] == "not reached" and "ended before step 20" in w["reason"]
 
 
+def test_a_loop_without_a_dataloader_is_told_why_nothing_was_measured(tmp_path: Path) -> None:
+    import gpulens
+
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gpulens.track("no-loader", runs_dir=tmp_path, what_if="synthetic-data:at=5,steps=5", quiet=True,
+                       profile=False) as run:
+        for _ in range(30):  # batches made in the loop: nothing to replay
+            model(torch.randn(4, 8)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            run.step()
+    with open_run(run.path) as reader:
+        w = RunAnalysis(reader).report().as_dict()["what_if"]
+    assert w["status"] == "not reached" and "DataLoader gpulens sees" in w["reason"]
+
+
 def test_track_api_replays_through_run_loader(tmp_path: Path) -> None:
     import gpulens
 
