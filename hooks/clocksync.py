@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,7 @@ KEY = "gpulens/clock"
 ROUNDS = 8
 WAIT = timedelta(seconds=2)
 SERVE_FOR_S = 120.0  # rank 0 answers pings for this long after its first step
+DRAIN_S = 3.0  # ... and, when its run closes, goes on answering the peers that asked for at most this long
 
 
 def default_store(torch: Any) -> Any | None:
@@ -56,18 +58,37 @@ def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
     return {"offset_s": best[0], "uncertainty_s": best[1] / 2, "rounds": rounds, "against_rank": 0}
 
 
-def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S) -> int:
-    """Rank 0: answer every peer's pings (one thread per peer) until ``serve_for`` seconds have passed."""
+def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S,
+          drain_s: float = DRAIN_S) -> int:
+    """Rank 0: answer every peer's pings (one thread per peer) until ``serve_for`` seconds have passed.
+
+    When ``stop`` is set (rank 0's run is closing) the peers that asked still get their answers for up to
+    ``drain_s`` seconds: in a short job rank 0 may finish training while another node's rank is still
+    pinging, and its exit would take the measurement with it.
+    """
     seen = 0
+    answering: list[threading.Thread] = []
     end = clock.now() + serve_for
-    while not stop.is_set() and clock.now() < end:
+
+    def take_new_peers() -> None:
+        nonlocal seen
         n = int(store.add(f"{KEY}/peers", 0))
         while seen < n:
             peer = store.get(f"{KEY}/peer/{seen}").decode()
-            threading.Thread(target=_answer, args=(store, peer, rounds), daemon=True,
-                             name=f"gpulens-clock-{peer}").start()
+            thread = threading.Thread(target=_answer, args=(store, peer, rounds), daemon=True,
+                                      name=f"gpulens-clock-{peer}")
+            thread.start()
+            answering.append(thread)
             seen += 1
+
+    while not stop.is_set() and clock.now() < end:
+        take_new_peers()
         stop.wait(0.2)
+    if stop.is_set():
+        take_new_peers()
+        deadline = time.monotonic() + drain_s
+        for thread in answering:
+            thread.join(max(0.0, deadline - time.monotonic()))
     return seen
 
 

@@ -495,10 +495,12 @@ class TrackedRun:
         self._model = None
         if self._comm is not None:
             self._comm.close()
-        if self._clock_thread is not None and self._rank != 0:
-            # a short job can end before its node's pings are answered: give them a moment to land in the
-            # metadata (rank 0 keeps answering until its process exits)
-            self._clock_thread.join(timeout=3.0)
+        if self._clock_thread is not None:
+            # a short job can end before its node's pings are answered: a pinging rank gives them a moment to
+            # land in its metadata, and rank 0 answers the peers that asked before it lets them go
+            if self._rank == 0 and self._clock_stop is not None:
+                self._clock_stop.set()
+            self._clock_thread.join(timeout=3.5)
         with _active_lock:
             if _active is self:
                 _active = None

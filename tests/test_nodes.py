@@ -136,6 +136,35 @@ def test_clock_offset_through_a_real_tcp_store_and_no_answer_costs_only_the_meas
     assert time.monotonic() - t0 < 5
 
 
+def test_rank_0_closing_still_answers_the_peers_that_asked():
+    """A short job: rank 0's run closes while another node's rank is pinging; the answers still come."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from gpulens.hooks import clocksync
+
+    server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=10))
+    client = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=10))
+    stop = threading.Event()
+    serving = threading.Thread(target=clocksync.serve, args=(server, stop), daemon=True)
+    serving.start()
+    got: list = []
+    pinging = threading.Thread(target=lambda: got.append(clocksync.ping(client, rank=3)), daemon=True)
+    pinging.start()
+    while int(server.add(f"{clocksync.KEY}/peers", 0)) < 1:  # the peer has asked ...
+        time.sleep(0.001)
+    stop.set()  # ... and rank 0's run closes at once
+    t0 = time.monotonic()
+    serving.join(timeout=10)
+    pinging.join(timeout=10)
+    assert not serving.is_alive() and time.monotonic() - t0 < clocksync.DRAIN_S + 1
+    assert got and got[0] is not None and got[0]["rounds"] == clocksync.ROUNDS
+
+
 def test_a_node_whose_clock_runs_ahead_is_read_on_rank_0s_clock(tmp_path):
     """Node 1's clock is 5 s ahead of rank 0's (measured: offset +5 s): the same moments, recorded in each
     node's own clock, come back on one time axis -- series, views, steps, step views, loss, windows, events."""

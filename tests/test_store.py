@@ -182,12 +182,11 @@ def test_torchrun_two_agents_with_nnodes_2_become_one_run_in_the_store(tmp_path,
     assert [n["node_rank"] for n in report["nodes"]] == [0, 1]
     assert [(r["rank"], r["node_rank"]) for r in report["ranks"]] == [(0, 0), (1, 1)]
     assert all(r["steps"] >= 12 for r in report["ranks"]), report["ranks"]  # 20 per rank, less warm-up, profiled
-    # node 1's clock against rank 0's, through the job's own c10d store: one host here, so ~0
-    # (best effort, on a background thread: a 20-step job may end before it lands -- seen in full-suite runs)
+    # node 1's clock against rank 0's, through the job's own c10d store: one host here, so ~0 -- measured even
+    # in this 20-step job, where rank 0 finishes while node 1 may still be pinging (rank 0 answers before exit)
     clock = report["nodes"][1]
-    if clock["clock_uncertainty_s"] is not None:
-        assert clock["clock_uncertainty_s"] < 0.05, clock
-        assert abs(clock["clock_offset_s"]) <= clock["clock_uncertainty_s"] + 0.002, clock
+    assert clock["clock_uncertainty_s"] is not None and clock["clock_uncertainty_s"] < 0.05, clock
+    assert abs(clock["clock_offset_s"]) <= clock["clock_uncertainty_s"] + 0.002, clock
     assert report["nodes"][0]["clock_offset_s"] == 0.0
 
 
