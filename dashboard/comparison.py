@@ -1,11 +1,11 @@
-"""Pure comparisons of two runs' summaries: headline deltas, kernel deltas, configuration changes."""
+"""The compare page's comparisons: the headline (``gpulens compare``'s rows), kernel deltas and configuration
+changes (pure functions of two summaries), utilisation histograms."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from gpulens import fmt
 from gpulens.profiler import RunReader
 
 
@@ -14,62 +14,7 @@ def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-#: (label, getter, formatter, higher is better, kind).  ``kind`` says how A and B compare: "ratio" in %
-#: of A; "share" (0-1) and "percent" (0-100) in percentage points -- "0.1% -> 0.1%: -15.2%" or
-#: "+105791.9%" from a near-zero share say nothing; "per_step" like ratio, but not judged when the
-#: batch sizes differ (a bigger batch makes every step slower and every sample faster).
-HEADLINE = (
-    ("Samples/s", lambda s: (s.get("throughput") or {}).get("samples_per_s"), lambda v: f"{v:,.1f}", True, "ratio"),
-    ("Steps/s", lambda s: (s.get("throughput") or {}).get("steps_per_s"), lambda v: f"{v:.3f}", True, "per_step"),
-    ("Step time (median)", lambda s: (s.get("step_time") or {}).get("median_s"), fmt.seconds, False, "per_step"),
-    ("Data wait share", lambda s: (((s.get("step_time") or {}).get("phases") or {}).get("data_wait") or {})
-     .get("share"), lambda v: fmt.share(v), False, "share"),
-    ("GPU busy (NVML)", lambda s: _gpu_mean(s, "gpu.util"), fmt.percent, True, "percent"),
-    ("SM activity (GPM)", lambda s: _gpu_mean(s, "gpm.sm_active"), fmt.percent, True, "percent"),
-    ("Tensor activity (GPM)", lambda s: _gpu_mean(s, "gpm.tensor_active"), fmt.percent, True, "percent"),
-    ("MFU", lambda s: (s.get("mfu") or {}).get("mfu_pct"), fmt.percent, True, "percent"),
-    ("Tensor-core share of kernel time", lambda s: s.get("tensor_core_share"), lambda v: fmt.share(v), True, "share"),
-    ("Peak CUDA memory", lambda s: (s.get("memory") or {}).get("cuda_peak_allocated_bytes"), fmt.bytes_, None,
-     "ratio"),
-    ("Power (mean)", lambda s: _gpu_mean(s, "gpu.power"), lambda v: f"{v:.0f} W", None, "ratio"),
-)
-
-#: Smallest change that gets a verdict: 1% of A for ratios, 1 percentage point for shares.
-MIN_RATIO_PCT = 1.0
-MIN_POINTS = 1.0
-
-
-def _batch(s: dict[str, Any]) -> Any:
-    return (s.get("run") or {}).get("batch_size")
-
-
-def headline_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per figure: A, B, the change B vs A (in % of A, or in percentage points for shares), and
-    whether that change is an improvement (None: no verdict)."""
-    rows = []
-    batches_differ = bool(_batch(a) and _batch(b) and _batch(a) != _batch(b))
-    for label, get, show, higher_better, kind in HEADLINE:
-        va, vb = get(a), get(b)
-        text, delta, floor = "", None, MIN_RATIO_PCT
-        if va is not None and vb is not None:
-            if kind in ("share", "percent"):
-                delta = (vb - va) * (100.0 if kind == "share" else 1.0)
-                text, floor = f"{delta:+.1f} pp", MIN_POINTS
-            elif va != 0:
-                delta = (vb - va) / abs(va) * 100
-                text = f"{delta:+.1f}%"
-        better = None
-        judged = higher_better is not None and not (kind == "per_step" and batches_differ)
-        if delta is not None and judged and abs(delta) >= floor:
-            better = (delta > 0) == higher_better
-        if kind == "per_step" and batches_differ and text:
-            text += " (batch sizes differ)"
-        rows.append({"metric": label, "a": show(va) if va is not None else "n/a",
-                     "b": show(vb) if vb is not None else "n/a", "change": text, "better": better})
-    return rows
-
-
-def noise_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:
+def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:
     """``gpulens compare``'s rows for the page: B against A, each change with its interval and verdict."""
     from gpulens.profiler.analysis.compare import change_text, compare, interval_text, side_of
     from gpulens.report_view import comparison_value

@@ -508,6 +508,8 @@ def comparison_value(m: Any, value: float | None) -> str:
         return f"{value:.1f}%"
     if m.name.startswith("energy"):
         return f"{value:,.3g} J"
+    if m.name == "power":
+        return f"{value:,.0f} W"
     return f"{value:,.0f}/s" if value >= 100 else f"{value:.3g}/s"
 
 

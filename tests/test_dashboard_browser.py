@@ -259,8 +259,8 @@ def test_compare_speaks_points_for_shares_and_overlays_both_runs(server, page):
     assert "70.6%" in text and "-70.1 pp" in text and cls == "better"
     text, cls = _row(page, "cmp-headline", "Tensor activity (GPM)")
     assert " pp" in text and "%\t" not in text.split("pp")[0][-3:]
-    text, cls = _row(page, "cmp-headline", "Steps/s")  # batch 32 vs 1: no verdict on a per-step figure
-    assert "batch sizes differ" in text and cls == ""
+    text, cls = _row(page, "cmp-headline", "Step time")  # batch 32 vs 1: no verdict on a per-step figure
+    assert "not judged" in text and "batch sizes differ" in text and cls == ""
     data = _wait_graph(page, "cmp-overlay")
     assert data["n"] == 4  # step time and utilisation, for A and B
     names = page.evaluate("Array.from(document.querySelector('#cmp-overlay .js-plotly-plot').data, t => t.name)")

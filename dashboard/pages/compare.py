@@ -66,13 +66,10 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
     assert aa is not None and ab is not None and aa.summary is not None and ab.summary is not None
     sa, sb = aa.summary, ab.summary
     na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
-    head = comparison.headline_rows(sa, sb)
-    head_table = _table(head, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A")], "cmp-headline",
-                        lambda r: "" if r["better"] is None else ("better" if r["better"] else "worse"))
-    noise_rows = comparison.noise_rows(ra, sa, rb, sb)
-    noise_table = _table(noise_rows, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A"), ("ci", "95% CI"),
-                                      ("verdict", "verdict")], "cmp-noise",
-                         lambda r: r["verdict"] if r["verdict"] in ("better", "worse") else "")
+    head = comparison.headline_rows(ra, sa, rb, sb)
+    head_table = _table(head, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A"), ("ci", "95% CI"),
+                               ("verdict", "verdict")], "cmp-headline",
+                        lambda r: r["verdict"] if r["verdict"] in ("better", "worse") else "")
     phases_a = ((sa.get("step_time") or {}).get("phases") or {})
     phases_b = ((sb.get("step_time") or {}).get("phases") or {})
     steps_fig = figures.grouped_bars_figure(
@@ -108,11 +105,11 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
         notes.append(ui.notice(f"Batch sizes differ ({bs_a} vs {bs_b}): compare samples/s, not steps/s or step time.",
                                "info", cid="cmp-batch-note"))
     return html.Div([
-        html.H3("Headline"), *notes, head_table,
-        html.H3("Beyond the noise (per-step distributions, as gpulens compare)"),
-        html.Div("A change gets a verdict only when its 95% block-bootstrap interval leaves out zero; "
-                 "gpulens compare A B --fail-on ... turns these rows into a CI gate.", className="muted"),
-        noise_table,
+        html.H3("Headline"), *notes,
+        html.Div("Each change has a 95% interval from resampling blocks of steady steps (or readings); a change "
+                 "whose interval includes zero gets no verdict. The same rows as gpulens compare A B, whose "
+                 "--fail-on turns them into a CI gate.", className="muted"),
+        head_table,
         html.Div([dcc.Graph(figure=steps_fig, id="cmp-steps", config={"displaylogo": False}),
                   dcc.Graph(figure=dist_fig, id="cmp-dist", config={"displaylogo": False})], className="two-col"),
         html.Div([html.H3("Over the run"),

@@ -1,14 +1,17 @@
 """Two runs side by side with noise-aware verdicts, and the regression gate ``gpulens compare --fail-on``.
 
-Every figure that has a per-step (or per-reading) distribution is compared
-with a 95 % block-bootstrap interval (:mod:`noise`): step time and
-throughput by their medians, phase shares and GPU busy by their means (in
-percentage points), energy by the median joules per step or sample.  A
-difference whose interval includes zero gets no verdict ("in noise");
-one that is significant but under 1 % (1 pp) is called the same.  Figures
-without a distribution (peak memory, which is exact) are judged on their
-size alone; MFU moves with step time at a fixed FLOP count, so it takes step
-time's interval.
+The figures are the report's own -- median step time; samples/s, phase
+shares and energy per sample as ratios of totals over the steady steps;
+means of NVML / GPM readings -- so a comparison never contradicts either
+report.  Each change gets a 95 % interval from resampling blocks of
+consecutive steps (or readings) (:mod:`noise`).  A difference whose interval
+includes zero gets no verdict ("in noise"); one that is significant but
+under 1 % (1 pp) is called the same.  Figures a run has one of (peak memory,
+exact for CUDA; the tensor-core share of the profiled kernels) are judged on
+their size alone; MFU moves with step time at a fixed FLOP count, so it
+takes step time's interval.  Per-step figures are not judged when the batch
+sizes differ (a bigger batch makes every step slower and every sample
+faster).
 
 The gate: ``step_time>+5%`` fails when step time rose by more than 5 % *and*
 its interval leaves out zero -- a run-to-run wobble inside the noise never
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
-from gpulens.profiler.analysis.noise import mean_difference, median_change
+from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
 from gpulens.profiler.store.schema import PHASES
 
 SCHEMA = "gpulens.compare/1"
+#: Figures a run has one of (no per-step distribution): judged by the size of their change alone.
+ONE_FIGURE = frozenset({"peak_memory", "tensor_core_share"})
 #: Smallest change that earns better/worse: 1 % of the base, or 1 percentage point for shares.
 MIN_RELATIVE = 0.01
 MIN_POINTS = 1.0
@@ -45,7 +50,7 @@ class Side:
     samples: np.ndarray
     tokens: np.ndarray
     phases: dict[str, np.ndarray]  # per-step seconds of each phase (steady steps)
-    gpu_busy: np.ndarray  # NVML busy readings (%) of every GPU
+    readings: dict[str, np.ndarray]  # every GPU's readings of gpu.util, gpm.sm_active, ... (recorded order)
     step_energy: np.ndarray  # joules per steady step (NaN without energy readings)
     report: dict[str, Any]
 
@@ -72,7 +77,7 @@ class Metric:
         if self.change is None:
             return False
         if self.low is None or self.high is None:
-            return True  # exact figures (peak memory): any difference is real
+            return self.name in ONE_FIGURE  # a figure without a distribution is judged by its size alone
         return self.low > 0 or self.high < 0
 
 
@@ -97,11 +102,11 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
     steady = steps.steady() if len(steps) else np.zeros(0, dtype=bool)
     if len(steps) and not steady.any():
         steady = np.ones(len(steps), dtype=bool)
-    busy = []
-    for gpu in run.gpus_recorded():
-        s = run.series("gpu.util", gpu)
-        if s is not None and len(s):
-            busy.append(s.v)
+    readings: dict[str, np.ndarray] = {}
+    for metric in READINGS:
+        got = [s.v for gpu in run.gpus_recorded() if (s := run.series(metric, gpu)) is not None and len(s)]
+        if got:
+            readings[metric] = np.concatenate(got)
     curves = energy_curves(run) if curves is None else curves
     energy = per_step(curves, steps)[steady] if curves else np.full(int(steady.sum()), np.nan)
     return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
@@ -109,29 +114,13 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
                 samples=steps.samples[steady] if len(steps) else np.zeros(0),
                 tokens=steps.tokens[steady] if len(steps) else np.zeros(0),
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
-                gpu_busy=np.concatenate(busy) if busy else np.zeros(0), step_energy=energy, report=report)
+                readings=readings, step_energy=energy, report=report)
 
 
-def _relative(m: Metric, base: np.ndarray, cand: np.ndarray) -> Metric:
-    got = median_change(base, cand)
+def _fill(m: Metric, got: Change | None) -> Metric:
     if got is not None:
         m.base, m.candidate, m.change, m.low, m.high = got.base, got.candidate, got.change, got.low, got.high
     return m
-
-
-def _points(m: Metric, base: np.ndarray, cand: np.ndarray, scale: float) -> Metric:
-    got = mean_difference(base * scale, cand * scale)
-    if got is not None:
-        b, c = base[np.isfinite(base)], cand[np.isfinite(cand)]
-        m.base, m.candidate = float(b.mean() * scale), float(c.mean() * scale)
-        m.change, m.low, m.high = got
-    return m
-
-
-def _per(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = num / den
-    return np.where(np.isfinite(out) & (den > 0), out, np.nan)
 
 
 def _judge(m: Metric) -> Metric:
@@ -152,44 +141,81 @@ def _judge(m: Metric) -> Metric:
 
 
 def compare(base: Side, cand: Side) -> Comparison:
-    """Every figure of ``cand`` against ``base``."""
+    """Every figure of ``cand`` against ``base``.
+
+    The values are the report's (median step time; samples/s, phase shares and energy per sample as ratios
+    of totals over the steady steps; means of readings), so the comparison never contradicts either report;
+    the intervals come from resampling blocks of those steps or readings.
+    """
     out = Comparison({"id": base.id, "path": base.path, "steps": int(base.durations.size)},
                      {"id": cand.id, "path": cand.path, "steps": int(cand.durations.size)})
     batches_differ = bool(base.batch_size and cand.batch_size and base.batch_size != cand.batch_size)
-    st = _relative(Metric("step_time", "Step time", "%", "lower"), base.durations, cand.durations)
+    st = _fill(Metric("step_time", "Step time", "%", "lower"), median_change(base.durations, cand.durations))
     if batches_differ:
-        st.note = "batch sizes differ: compare throughput"
+        st.note = "batch sizes differ: compare samples/s"
     out.metrics.append(st)
+    b_dur, c_dur = base.durations, cand.durations
     if np.isfinite(base.samples).any() and np.isfinite(cand.samples).any():
-        out.metrics.append(_relative(Metric("throughput", "Samples/s", "%", "higher"),
-                                     _per(base.samples, base.durations), _per(cand.samples, cand.durations)))
+        out.metrics.append(_fill(Metric("throughput", "Samples/s", "%", "higher"),
+                                 ratio_change((base.samples, b_dur), (cand.samples, c_dur))))
     else:
-        out.metrics.append(_relative(Metric("throughput", "Steps/s", "%", "higher"),
-                                     _per(np.ones_like(base.durations), base.durations),
-                                     _per(np.ones_like(cand.durations), cand.durations)))
+        out.metrics.append(_fill(Metric("throughput", "Steps/s", "%", "higher"),
+                                 ratio_change((np.ones_like(b_dur), b_dur), (np.ones_like(c_dur), c_dur))))
+        if batches_differ:
+            out.metrics[-1].note = st.note
     if np.isfinite(base.tokens).any() and np.isfinite(cand.tokens).any():
-        out.metrics.append(_relative(Metric("tokens_per_s", "Tokens/s", "%", "higher"),
-                                     _per(base.tokens, base.durations), _per(cand.tokens, cand.durations)))
+        out.metrics.append(_fill(Metric("tokens_per_s", "Tokens/s", "%", "higher"),
+                                 ratio_change((base.tokens, b_dur), (cand.tokens, c_dur))))
     for phase in PHASES:
         if phase in base.phases and phase in cand.phases:
             better = "lower" if phase == "data_wait" else None
-            out.metrics.append(_points(Metric(phase, phase.replace('_', ' ').capitalize(), "pp", better),
-                                       _per(base.phases[phase], base.durations),
-                                       _per(cand.phases[phase], cand.durations), 100.0))
-    out.metrics.append(_points(Metric("gpu_busy", "GPU busy", "pp", "higher"), base.gpu_busy,
-                               cand.gpu_busy, 1.0))
+            out.metrics.append(_fill(Metric(phase, f"{phase.replace('_', ' ').capitalize()} share", "pp", better),
+                                     ratio_difference((base.phases[phase], b_dur), (cand.phases[phase], c_dur),
+                                                      scale=100.0)))
+    for metric, (name, label) in READINGS.items():
+        a, b = base.readings.get(metric, np.zeros(0)), cand.readings.get(metric, np.zeros(0))
+        unit = "%" if metric == "gpu.power" else "pp"
+        m = Metric(name, label, unit, "higher" if unit == "pp" else None)
+        if metric == "gpu.power":
+            _fill(m, ratio_change((a, np.ones_like(a)), (b, np.ones_like(b))))
+        else:
+            _fill(m, ratio_difference((a, np.ones_like(a)), (b, np.ones_like(b))))
+        if m.change is not None or metric == "gpu.util":  # GPM rows only where both runs have GPM
+            out.metrics.append(m)
     out.metrics.append(_mfu(base, cand, st))
+    out.metrics.append(_tensor_core_share(base, cand))
     out.metrics.append(_peak_memory(base, cand))
-    per_sample_b, per_sample_c = _per(base.step_energy, base.samples), _per(cand.step_energy, cand.samples)
-    if np.isfinite(per_sample_b).any() and np.isfinite(per_sample_c).any():
-        out.metrics.append(_relative(Metric("energy_per_sample", "Energy/sample", "%", "lower"),
-                                     per_sample_b, per_sample_c))
+    if np.isfinite(base.samples).any() and np.isfinite(cand.samples).any():
+        out.metrics.append(_fill(Metric("energy_per_sample", "Energy/sample", "%", "lower"),
+                                 ratio_change((base.step_energy, base.samples), (cand.step_energy, cand.samples))))
     else:
-        out.metrics.append(_relative(Metric("energy_per_step", "Energy/step", "%", "lower"),
-                                     base.step_energy, cand.step_energy))
+        out.metrics.append(_fill(Metric("energy_per_step", "Energy/step", "%", "lower"),
+                                 ratio_change((base.step_energy, np.ones_like(base.step_energy)),
+                                              (cand.step_energy, np.ones_like(cand.step_energy)))))
     for m in out.metrics:
+        if m.change is None and m.note is None:
+            m.note = "not recorded in both runs"
         _judge(m)
+        if batches_differ and m.name in ("step_time", "throughput") and m.label != "Samples/s" \
+                and m.verdict in ("better", "worse"):
+            m.verdict = "not judged"  # a bigger batch makes every step slower and every sample faster
     return out
+
+
+#: Readings compared by their mean: metric -> (name, label).  GPM rows appear only where both runs have GPM.
+READINGS = {"gpu.util": ("gpu_busy", "GPU busy (NVML)"), "gpm.sm_active": ("sm_active", "SM activity (GPM)"),
+            "gpm.tensor_active": ("tensor_active", "Tensor activity (GPM)"), "gpu.power": ("power", "Power (mean)")}
+
+
+def _tensor_core_share(base: Side, cand: Side) -> Metric:
+    """Tensor-core kernels' share of kernel time in the profiler windows: one figure per run, no interval."""
+    m = Metric("tensor_core_share", "Tensor-core share of kernel time", "pp", "higher")
+    a, b = base.report.get("tensor_core_share"), cand.report.get("tensor_core_share")
+    if a is None or b is None:
+        m.note = "needs profiler windows with GPU kernels in both runs"
+        return m
+    m.base, m.candidate, m.change = 100.0 * a, 100.0 * b, 100.0 * (b - a)
+    return m
 
 
 def _mfu(base: Side, cand: Side, step_time: Metric) -> Metric:
@@ -223,8 +249,8 @@ def _peak_memory(base: Side, cand: Side) -> Metric:
 
 # ---------------------------------------------------------------------------------------------- the gate
 _RULE = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*(%|pp)\s*$")
-METRIC_NAMES = ("step_time", "throughput", "tokens_per_s", *PHASES, "gpu_busy", "mfu", "peak_memory",
-                "energy_per_sample", "energy_per_step")
+METRIC_NAMES = ("step_time", "throughput", "tokens_per_s", *PHASES, "gpu_busy", "sm_active", "tensor_active",
+                "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample", "energy_per_step")
 ALIASES = {"samples_per_s": "throughput", "step": "step_time", "memory": "peak_memory", "peak_mem": "peak_memory",
            "energy": "energy_per_sample", "busy": "gpu_busy"}
 
@@ -258,7 +284,7 @@ def parse_rules(spec: str) -> list[Rule]:
         name = ALIASES.get(name, name)
         if name not in METRIC_NAMES:
             raise GpulensError(f"--fail-on {part!r}: unknown metric {name!r} (one of {', '.join(METRIC_NAMES)})")
-        want = "pp" if name in PHASES or name == "gpu_busy" else "%"
+        want = "pp" if name in (*PHASES, "gpu_busy", "sm_active", "tensor_active", "tensor_core_share") else "%"
         if unit != want:
             raise GpulensError(f"--fail-on {part!r}: {name} changes in {want}")
         value = float(number) / (100.0 if unit == "%" else 1.0)
@@ -301,7 +327,9 @@ def change_text(m: Metric, with_interval: bool = True) -> str:
 def interval_text(m: Metric) -> str:
     """``+19.8% to +22.9%`` ("exact" for figures without a distribution)."""
     if m.low is None or m.high is None:
-        return ("exact" if m.exact else "one reading") if m.change is not None else ""
+        if m.change is None:
+            return ""
+        return "exact" if m.exact else "one figure" if m.name in ONE_FIGURE else "too few points"
     if m.unit == "pp":
         return f"{m.low:+.1f}..{m.high:+.1f}"
     return f"{_pct(m.low)}..{_pct(m.high)}"

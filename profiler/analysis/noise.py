@@ -22,11 +22,15 @@ MAX_POINTS = 4000
 
 @dataclass(frozen=True)
 class Change:
-    """``candidate / base - 1`` of a statistic, with its 95 % interval (None where it cannot be told)."""
+    """A statistic of two runs and how it changed, with the change's 95 % interval (None: too few points).
+
+    ``change`` is relative (+0.2: 20 % higher) or, from :func:`ratio_difference`, a difference in the
+    statistic's own unit (percentage points for shares).
+    """
 
     base: float
     candidate: float
-    change: float  # relative: +0.2 = 20 % higher
+    change: float
     low: float | None
     high: float | None
 
@@ -36,52 +40,88 @@ class Change:
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
 
-def _thin(values: np.ndarray) -> np.ndarray:
-    if values.size <= MAX_POINTS:
-        return values
-    return values[np.linspace(0, values.size - 1, MAX_POINTS).astype(np.int64)]
+def _thin(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows where every column is finite, thinned evenly to MAX_POINTS."""
+    arrays = [np.asarray(c, dtype=np.float64) for c in columns]
+    ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+    arrays = [a[ok] for a in arrays]
+    n = arrays[0].size
+    if n > MAX_POINTS:
+        keep = np.linspace(0, n - 1, MAX_POINTS).astype(np.int64)
+        arrays = [a[keep] for a in arrays]
+    return tuple(arrays)
 
 
-def _resamples(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """``resamples`` moving-block resamples of ``values`` (in their recorded order), one per row."""
-    n = values.size
+def _blocks(n: int, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Row indices of ``resamples`` moving-block resamples of ``n`` points in recorded order, one per row."""
     block = max(1, int(round(n ** (1 / 3))))
     starts = rng.integers(0, n - block + 1, size=(resamples, -(-n // block)))
-    idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(resamples, -1)[:, :n]
-    return values[idx]
+    return (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(resamples, -1)[:, :n]
 
 
 def median_change(base: np.ndarray, candidate: np.ndarray, seed: int = 0,
                   resamples: int = RESAMPLES) -> Change | None:
     """Relative change of the median from ``base`` to ``candidate`` (values in recorded order)."""
-    b = _thin(np.asarray(base, dtype=np.float64)[np.isfinite(base)])
-    c = _thin(np.asarray(candidate, dtype=np.float64)[np.isfinite(candidate)])
+    (b,), (c,) = _thin(base), _thin(candidate)
     if b.size == 0 or c.size == 0:
         return None
     mb, mc = float(np.median(b)), float(np.median(c))
     if mb <= 0:
         return None
-    change = mc / mb - 1.0
     if b.size < 5 or c.size < 5:
-        return Change(mb, mc, change, None, None)  # too few steps to say how sure
+        return Change(mb, mc, mc / mb - 1.0, None, None)  # too few steps to say how sure
     rng = np.random.default_rng(seed)
-    ratios = (np.median(_resamples(c, rng, resamples), axis=1)
-              / np.maximum(np.median(_resamples(b, rng, resamples), axis=1), 1e-300) - 1.0)
+    ratios = (np.median(c[_blocks(c.size, rng, resamples)], axis=1)
+              / np.maximum(np.median(b[_blocks(b.size, rng, resamples)], axis=1), 1e-300) - 1.0)
     low, high = np.quantile(ratios, [0.025, 0.975])
-    return Change(mb, mc, change, float(low), float(high))
+    return Change(mb, mc, mc / mb - 1.0, float(low), float(high))
 
 
-def mean_difference(base: np.ndarray, candidate: np.ndarray, seed: int = 0,
-                    resamples: int = RESAMPLES) -> tuple[float, float | None, float | None] | None:
-    """Difference of means (candidate - base) with its 95 % block-bootstrap interval (shares, utilisation)."""
-    b = _thin(np.asarray(base, dtype=np.float64)[np.isfinite(base)])
-    c = _thin(np.asarray(candidate, dtype=np.float64)[np.isfinite(candidate)])
-    if b.size == 0 or c.size == 0:
+def _ratios(num: np.ndarray, den: np.ndarray, rng: np.random.Generator | None,
+            resamples: int) -> tuple[float, np.ndarray | None]:
+    """sum(num) / sum(den), and the same over block resamples (None with too few points)."""
+    value = float(num.sum() / den.sum())
+    if rng is None:
+        return value, None
+    idx = _blocks(num.size, rng, resamples)
+    return value, num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1e-300)
+
+
+def _ratio_pair(base: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], seed: int,
+                resamples: int) -> tuple[float, float, np.ndarray | None, np.ndarray | None] | None:
+    bn, bd = _thin(*base)
+    cn, cd = _thin(*candidate)
+    if bn.size == 0 or cn.size == 0 or bd.sum() <= 0 or cd.sum() <= 0:
         return None
-    diff = float(c.mean() - b.mean())
-    if b.size < 5 or c.size < 5:
-        return diff, None, None
-    rng = np.random.default_rng(seed)
-    d = _resamples(c, rng, resamples).mean(axis=1) - _resamples(b, rng, resamples).mean(axis=1)
-    low, high = np.quantile(d, [0.025, 0.975])
-    return diff, float(low), float(high)
+    rng = np.random.default_rng(seed) if bn.size >= 5 and cn.size >= 5 else None
+    vb, rb = _ratios(bn, bd, rng, resamples)
+    vc, rc = _ratios(cn, cd, rng, resamples)
+    return vb, vc, rb, rc
+
+
+def ratio_change(base: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], seed: int = 0,
+                 resamples: int = RESAMPLES) -> Change | None:
+    """Relative change of sum(num) / sum(den): samples per second, joules per sample, mean power -- the
+    report's own definitions (a ratio of totals over the steady steps), with a per-step interval."""
+    got = _ratio_pair(base, candidate, seed, resamples)
+    if got is None or got[0] <= 0:
+        return None
+    vb, vc, rb, rc = got
+    if rb is None or rc is None:
+        return Change(vb, vc, vc / vb - 1.0, None, None)
+    low, high = np.quantile(rc / np.maximum(rb, 1e-300) - 1.0, [0.025, 0.975])
+    return Change(vb, vc, vc / vb - 1.0, float(low), float(high))
+
+
+def ratio_difference(base: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
+                     scale: float = 1.0, seed: int = 0, resamples: int = RESAMPLES) -> Change | None:
+    """Difference of sum(num) / sum(den) x ``scale`` (a phase's share of step time in points, with
+    scale 100; a mean of readings with den = 1)."""
+    got = _ratio_pair(base, candidate, seed, resamples)
+    if got is None:
+        return None
+    vb, vc, rb, rc = got
+    if rb is None or rc is None:
+        return Change(vb * scale, vc * scale, (vc - vb) * scale, None, None)
+    low, high = np.quantile((rc - rb) * scale, [0.025, 0.975])
+    return Change(vb * scale, vc * scale, (vc - vb) * scale, float(low), float(high))
