@@ -182,7 +182,7 @@ class WhatIf:
                 batch = self._cache[self._replays % len(self._cache)]
                 self._replays += 1
                 return batch
-            self._finish(step)
+            self._finish("done")
         return _NOTHING
 
     def flags(self, step: int) -> int:
@@ -204,20 +204,20 @@ class WhatIf:
         self._set_meta(what_if={**self.plan.describe(), "status": "running", "base_batch": self.base_batch})
         return True
 
-    def _finish(self, step: int) -> None:
+    def _finish(self, status: str) -> None:
+        """The stretch is over ("done", or "cut short" with :attr:`reason`): the loader takes over again."""
         if self.state != "running":
             return
         self.state = "done"
         self._cache = []
-        status = "done" if step >= self.plan.end else "cut short"
         self._set_meta(what_if={**self.plan.describe(), "status": status, "base_batch": self.base_batch,
-                                "replayed": self._replays})
+                                "replayed": self._replays, "reason": self.reason})
 
     def close(self, steps_done: int) -> None:
         """At the run's end: a stretch the run did not get to (or finish) says why."""
         if self.state == "running":
-            self._set_meta(what_if={**self.plan.describe(), "status": "cut short", "base_batch": self.base_batch,
-                                    "replayed": self._replays})
+            self.reason = "the run ended during the stretch"
+            self._finish("cut short")
         elif self.state == "waiting":
             reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
                       "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
@@ -228,7 +228,7 @@ class WhatIf:
     def _skip(self, reason: str) -> None:
         if self.state in ("running", "done"):  # mid-stretch: what ran stays flagged; say it was cut short
             self.reason = reason
-            self._finish(self.plan.at - 1)
+            self._finish("cut short")
             return
         self.state = "skipped"
         self.reason = reason

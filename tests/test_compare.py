@@ -148,3 +148,19 @@ def test_block_bootstrap_interval_widens_with_correlated_noise() -> None:
     assert runs is not None and shuffled is not None
     assert (runs.high - runs.low) > 1.8 * (shuffled.high - shuffled.low)
     assert Metric("x", "x", "%", "lower", change=0.0, low=-0.01, high=0.01).significant is False
+
+
+def test_long_runs_keep_the_exact_figures_and_an_interval_around_them() -> None:
+    """Past MAX_POINTS steps the resamples run on thinned steps; the values stay those of every step."""
+    from gpulens.profiler.analysis.noise import MAX_POINTS, ratio_change
+
+    rng = np.random.default_rng(1)
+    n = 5 * MAX_POINTS
+    dur_a, dur_b = rng.gamma(20, 0.0005, n), rng.gamma(20, 0.0006, n)
+    samples = np.full(n, 32.0)
+    tput = ratio_change((samples, dur_a), (samples, dur_b))
+    assert tput.base == pytest.approx(samples.sum() / dur_a.sum(), rel=1e-12)
+    assert tput.candidate == pytest.approx(samples.sum() / dur_b.sum(), rel=1e-12)
+    assert tput.low < tput.change < tput.high
+    st = median_change(dur_a, dur_b)
+    assert st.base == pytest.approx(np.median(dur_a)) and st.low < st.change < st.high

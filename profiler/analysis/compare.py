@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
-from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference
+from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
 from gpulens.profiler.store.schema import PHASES
@@ -50,7 +50,8 @@ class Side:
     samples: np.ndarray
     tokens: np.ndarray
     phases: dict[str, np.ndarray]  # per-step seconds of each phase (steady steps)
-    readings: dict[str, np.ndarray]  # every GPU's readings of gpu.util, gpm.sm_active, ... (recorded order)
+    readings: dict[str, np.ndarray]  # every GPU's readings of gpu.util, gpm.sm_active, ..., thinned for resampling
+    reading_means: dict[str, float]  # their exact means (mean of the GPUs' means, as the report)
     step_energy: np.ndarray  # joules per steady step (NaN without energy readings)
     report: dict[str, Any]
 
@@ -103,10 +104,18 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
     if len(steps) and not steady.any():
         steady = np.ones(len(steps), dtype=bool)
     readings: dict[str, np.ndarray] = {}
-    for metric in READINGS:
-        got = [s.v for gpu in run.gpus_recorded() if (s := run.series(metric, gpu)) is not None and len(s)]
-        if got:
-            readings[metric] = np.concatenate(got)
+    means: dict[str, float] = {}
+    for metric in READINGS:  # one GPU's series in memory at a time: a day at 10 Hz is 864,000 readings
+        kept, per_gpu = [], []
+        for gpu in run.gpus_recorded():
+            s = run.series(metric, gpu)
+            v = s.v[np.isfinite(s.v)] if s is not None else np.zeros(0)
+            if v.size:
+                per_gpu.append(float(v.mean()))
+                kept.append(thin(v)[0])
+        if kept:
+            readings[metric] = np.concatenate(kept)
+            means[metric] = float(np.mean(per_gpu))  # as the report's cards: the mean of the GPUs' means
     curves = energy_curves(run) if curves is None else curves
     energy = per_step(curves, steps)[steady] if curves else np.full(int(steady.sum()), np.nan)
     return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
@@ -114,7 +123,7 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
                 samples=steps.samples[steady] if len(steps) else np.zeros(0),
                 tokens=steps.tokens[steady] if len(steps) else np.zeros(0),
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
-                readings=readings, step_energy=energy, report=report)
+                readings=readings, reading_means=means, step_energy=energy, report=report)
 
 
 def _fill(m: Metric, got: Change | None) -> Metric:
@@ -180,6 +189,7 @@ def compare(base: Side, cand: Side) -> Comparison:
             _fill(m, ratio_change((a, np.ones_like(a)), (b, np.ones_like(b))))
         else:
             _fill(m, ratio_difference((a, np.ones_like(a)), (b, np.ones_like(b))))
+        _recentre(m, base.reading_means.get(metric), cand.reading_means.get(metric))
         if m.change is not None or metric == "gpu.util":  # GPM rows only where both runs have GPM
             out.metrics.append(m)
     out.metrics.append(_mfu(base, cand, st))
@@ -205,6 +215,17 @@ def compare(base: Side, cand: Side) -> Comparison:
 #: Readings compared by their mean: metric -> (name, label).  GPM rows appear only where both runs have GPM.
 READINGS = {"gpu.util": ("gpu_busy", "GPU busy (NVML)"), "gpm.sm_active": ("sm_active", "SM activity (GPM)"),
             "gpm.tensor_active": ("tensor_active", "Tensor activity (GPM)"), "gpu.power": ("power", "Power (mean)")}
+
+
+def _recentre(m: Metric, base: float | None, cand: float | None) -> None:
+    """Put a row estimated from thinned readings on the exact means, its interval moved with it."""
+    if m.change is None or base is None or cand is None or (m.unit == "%" and base <= 0):
+        return
+    exact = cand / base - 1.0 if m.unit == "%" else cand - base
+    shift = exact - m.change
+    m.base, m.candidate, m.change = base, cand, exact
+    if m.low is not None and m.high is not None:
+        m.low, m.high = m.low + shift, m.high + shift
 
 
 def _tensor_core_share(base: Side, cand: Side) -> Metric:

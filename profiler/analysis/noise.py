@@ -40,16 +40,20 @@ class Change:
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
 
-def _thin(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The rows where every column is finite, thinned evenly to MAX_POINTS."""
+def _finite(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows where every column is finite."""
     arrays = [np.asarray(c, dtype=np.float64) for c in columns]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
-    arrays = [a[ok] for a in arrays]
-    n = arrays[0].size
-    if n > MAX_POINTS:
-        keep = np.linspace(0, n - 1, MAX_POINTS).astype(np.int64)
-        arrays = [a[keep] for a in arrays]
-    return tuple(arrays)
+    return tuple(a[ok] for a in arrays)
+
+
+def thin(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Finite rows thinned evenly to MAX_POINTS: what the resamples run on (point estimates use every row)."""
+    n = columns[0].size
+    if n <= MAX_POINTS:
+        return columns
+    keep = np.linspace(0, n - 1, MAX_POINTS).astype(np.int64)
+    return tuple(a[keep] for a in columns)
 
 
 def _blocks(n: int, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -62,35 +66,41 @@ def _blocks(n: int, rng: np.random.Generator, resamples: int) -> np.ndarray:
 def median_change(base: np.ndarray, candidate: np.ndarray, seed: int = 0,
                   resamples: int = RESAMPLES) -> Change | None:
     """Relative change of the median from ``base`` to ``candidate`` (values in recorded order)."""
-    (b,), (c,) = _thin(base), _thin(candidate)
+    (b,), (c,) = _finite(base), _finite(candidate)
     if b.size == 0 or c.size == 0:
         return None
     mb, mc = float(np.median(b)), float(np.median(c))
     if mb <= 0:
         return None
+    change = mc / mb - 1.0
     if b.size < 5 or c.size < 5:
-        return Change(mb, mc, mc / mb - 1.0, None, None)  # too few steps to say how sure
+        return Change(mb, mc, change, None, None)  # too few steps to say how sure
+    (tb,), (tc,) = thin(b), thin(c)
     rng = np.random.default_rng(seed)
-    ratios = (np.median(c[_blocks(c.size, rng, resamples)], axis=1)
-              / np.maximum(np.median(b[_blocks(b.size, rng, resamples)], axis=1), 1e-300) - 1.0)
+    ratios = (np.median(tc[_blocks(tc.size, rng, resamples)], axis=1)
+              / np.maximum(np.median(tb[_blocks(tb.size, rng, resamples)], axis=1), 1e-300) - 1.0)
+    ratios += change - (float(np.median(tc)) / float(np.median(tb)) - 1.0)  # centred on the full runs' change
     low, high = np.quantile(ratios, [0.025, 0.975])
-    return Change(mb, mc, mc / mb - 1.0, float(low), float(high))
+    return Change(mb, mc, change, float(low), float(high))
 
 
 def _ratios(num: np.ndarray, den: np.ndarray, rng: np.random.Generator | None,
             resamples: int) -> tuple[float, np.ndarray | None]:
-    """sum(num) / sum(den), and the same over block resamples (None with too few points)."""
+    """sum(num) / sum(den) over every row, and over block resamples of the thinned rows (centred on it;
+    None with too few points)."""
     value = float(num.sum() / den.sum())
     if rng is None:
         return value, None
-    idx = _blocks(num.size, rng, resamples)
-    return value, num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1e-300)
+    tn, td = thin(num, den)
+    idx = _blocks(tn.size, rng, resamples)
+    resampled = tn[idx].sum(axis=1) / np.maximum(td[idx].sum(axis=1), 1e-300)
+    return value, resampled + (value - float(tn.sum() / td.sum()))
 
 
 def _ratio_pair(base: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], seed: int,
                 resamples: int) -> tuple[float, float, np.ndarray | None, np.ndarray | None] | None:
-    bn, bd = _thin(*base)
-    cn, cd = _thin(*candidate)
+    bn, bd = _finite(*base)
+    cn, cd = _finite(*candidate)
     if bn.size == 0 or cn.size == 0 or bd.sum() <= 0 or cd.sum() <= 0:
         return None
     rng = np.random.default_rng(seed) if bn.size >= 5 and cn.size >= 5 else None
