@@ -26,6 +26,7 @@ ROUNDS = 8
 WAIT = timedelta(seconds=2)
 SERVE_FOR_S = 120.0  # rank 0 answers pings for this long after its first step
 DRAIN_S = 3.0  # ... and, when its run closes, goes on answering the peers that asked for at most this long
+CLOSE_WAIT_S = DRAIN_S + 0.5  # how long a closing run waits for its clock thread (rank 0's drain, a peer's pings)
 
 
 def default_store(torch: Any) -> Any | None:
@@ -59,12 +60,13 @@ def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
 
 
 def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S,
-          drain_s: float = DRAIN_S) -> int:
+          drain_s: float = DRAIN_S, peers: int = 0) -> int:
     """Rank 0: answer every peer's pings (one thread per peer) until ``serve_for`` seconds have passed.
 
-    When ``stop`` is set (rank 0's run is closing) the peers that asked still get their answers for up to
-    ``drain_s`` seconds: in a short job rank 0 may finish training while another node's rank is still
-    pinging, and its exit would take the measurement with it.
+    When ``stop`` is set (rank 0's run is closing) the peers get their answers for up to ``drain_s``
+    seconds more -- those that asked, and, until ``peers`` (the other nodes) have asked, the ones still to
+    ask: in a short job rank 0 may finish training before another node's clock thread has even run, and
+    its exit would take the measurement with it.
     """
     seen = 0
     answering: list[threading.Thread] = []
@@ -85,8 +87,11 @@ def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: fl
         take_new_peers()
         stop.wait(0.2)
     if stop.is_set():
-        take_new_peers()
         deadline = time.monotonic() + drain_s
+        take_new_peers()
+        while seen < peers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            take_new_peers()
         for thread in answering:
             thread.join(max(0.0, deadline - time.monotonic()))
     return seen
@@ -102,9 +107,11 @@ def _answer(store: Any, peer: str, rounds: int) -> None:
 
 
 def start(torch: Any, rank: int, local_rank: int, node_rank: int, world_size: int,
-          record: Callable[[dict[str, Any]], None], stop: threading.Event) -> threading.Thread | None:
+          record: Callable[[dict[str, Any]], None], stop: threading.Event,
+          nodes: int = 0) -> threading.Thread | None:
     """Start the measurement for this rank in the background, if it takes part: rank 0 answers, the first
-    rank of every other node asks; ``record`` receives the result (rank 0: itself as the reference)."""
+    rank of every other node asks; ``record`` receives the result (rank 0: itself as the reference).
+    ``nodes``: how many nodes the job has, when known (rank 0 then waits at close for the others to ask)."""
     if world_size <= 1 or (rank != 0 and (local_rank != 0 or node_rank == 0)):
         return None
     store = default_store(torch)
@@ -115,7 +122,7 @@ def start(torch: Any, rank: int, local_rank: int, node_rank: int, world_size: in
         try:
             if rank == 0:
                 record({"offset_s": 0.0, "uncertainty_s": 0.0, "rounds": 0, "against_rank": 0, "reference": True})
-                serve(store, stop)
+                serve(store, stop, peers=max(0, nodes - 1))
             else:
                 got = ping(store, rank)
                 if got is not None:

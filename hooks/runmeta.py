@@ -41,6 +41,25 @@ def node_rank(env: dict[str, str]) -> int:
     return 0
 
 
+#: Where launchers put the job's node count: torchrun's agents, Slurm.
+NODE_COUNT_VARS = ("GROUP_WORLD_SIZE", "SLURM_JOB_NUM_NODES", "SLURM_NNODES")
+
+
+def node_count(env: dict[str, str] | None = None) -> int:
+    """How many nodes the job has (0: no launcher says; then WORLD_SIZE / LOCAL_WORLD_SIZE if both given)."""
+    env = dict(os.environ) if env is None else env
+    for name in NODE_COUNT_VARS:
+        try:
+            return int(env[name])
+        except (KeyError, ValueError):
+            continue
+    try:
+        world, local = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 0
+    return world // local if local > 0 and world % local == 0 else 0
+
+
 def shared_run_id(name: str, env: dict[str, str] | None = None) -> str | None:
     """One run id that every rank of a torchrun/SLURM job derives alone, without talking to the others.
 

@@ -99,6 +99,7 @@ class TrackedRun:
         self._publisher: Any = None  # copies this rank's database to a run store (GPULENS_STORE)
         self._clock_stop: threading.Event | None = None  # ends rank 0's answers to clock pings
         self._clock_thread: threading.Thread | None = None
+        self._clock_measured: dict[str, Any] | None = None  # kept for close: it may land while the run closes
         self.prometheus_url: str | None = None  # where the metrics are served (prometheus_port=...)
         self._phase_switched = False
         self._profile = opts.profile_config()
@@ -430,7 +431,13 @@ class TrackedRun:
         ranks = runmeta.rank_env()
         self._clock_stop = threading.Event()
         self._clock_thread = start(torch, self._rank, ranks["local_rank"], ranks["node_rank"], ranks["world_size"],
-                                   lambda measured: self.set_meta(clock=measured), self._clock_stop)
+                                   self._on_clock, self._clock_stop, nodes=runmeta.node_count())
+
+    def _on_clock(self, measured: dict[str, Any]) -> None:
+        """The clock thread's result: written at once, and kept, because in a short job it often arrives
+        while the run is closing (after ``_closed`` is set, before the database closes)."""
+        self._clock_measured = measured
+        self.set_meta(clock=measured)
 
     def _maybe_attach_cuda(self) -> None:
         now = time.perf_counter()
@@ -500,7 +507,11 @@ class TrackedRun:
             # land in its metadata, and rank 0 answers the peers that asked before it lets them go
             if self._rank == 0 and self._clock_stop is not None:
                 self._clock_stop.set()
-            self._clock_thread.join(timeout=3.5)
+            from gpulens.hooks.clocksync import CLOSE_WAIT_S
+
+            self._clock_thread.join(timeout=CLOSE_WAIT_S)
+            if self._clock_measured is not None and self._recorder is not None:
+                self._recorder.writer.meta(clock=self._clock_measured)
         with _active_lock:
             if _active is self:
                 _active = None

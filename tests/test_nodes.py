@@ -17,7 +17,7 @@ import pytest
 
 from helpers import TINY_TRAIN
 
-from gpulens.hooks.runmeta import node_rank, rank_env
+from gpulens.hooks.runmeta import node_count, node_rank, rank_env
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import RunAnalysis
 from gpulens.profiler.store.writer import RunWriter
@@ -28,6 +28,13 @@ def test_node_rank_comes_from_the_launcher():
     assert node_rank({"GROUP_RANK": "1", "SLURM_NODEID": "3"}) == 1  # torchrun's agent first
     assert node_rank({"SLURM_NODEID": "3"}) == 3 and node_rank({"NODE_RANK": "2"}) == 2
     assert node_rank({}) == 0 and node_rank({"GROUP_RANK": "x", "NODE_RANK": "4"}) == 4
+
+
+def test_node_count_comes_from_the_launcher():
+    assert node_count({"GROUP_WORLD_SIZE": "2", "SLURM_JOB_NUM_NODES": "4"}) == 2  # torchrun's agent first
+    assert node_count({"SLURM_NNODES": "3"}) == 3
+    assert node_count({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}) == 2
+    assert node_count({"WORLD_SIZE": "6", "LOCAL_WORLD_SIZE": "4"}) == 0 and node_count({}) == 0
     assert rank_env({"RANK": "5", "GROUP_RANK": "1"})["node_rank"] == 1
 
 
@@ -163,6 +170,64 @@ def test_rank_0_closing_still_answers_the_peers_that_asked():
     pinging.join(timeout=10)
     assert not serving.is_alive() and time.monotonic() - t0 < clocksync.DRAIN_S + 1
     assert got and got[0] is not None and got[0]["rounds"] == clocksync.ROUNDS
+
+
+def test_rank_0_closing_before_a_peer_asked_waits_for_the_nodes_it_expects():
+    """rank 0's run closes before the other node's clock thread has asked at all (a 20-step job on a busy
+    host): knowing the job has 2 nodes, rank 0 waits for the ask and answers it."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from gpulens.hooks import clocksync
+
+    server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=10))
+    client = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=10))
+    stop = threading.Event()
+    stop.set()  # closed before anyone asked
+    seen: list = []
+    serving = threading.Thread(target=lambda: seen.append(clocksync.serve(server, stop, peers=1)), daemon=True)
+    serving.start()
+    time.sleep(0.5)
+    got = clocksync.ping(client, rank=1)
+    serving.join(timeout=10)
+    assert seen == [1] and got is not None and got["rounds"] == clocksync.ROUNDS
+    # a job whose other nodes never ask: rank 0 gives up after its drain time
+    lonely = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
+                           timeout=timedelta(seconds=10))
+    t0 = time.monotonic()
+    assert clocksync.serve(lonely, stop, peers=1, drain_s=0.3) == 0
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_clock_measured_while_the_run_closes_is_kept(tmp_path, monkeypatch):
+    """The node's pings end while its run is closing (rank 0 answered at its own close): the run waits for
+    them and keeps the offset (it used to be dropped, so node 1's clock was missing from the report)."""
+    import threading
+    import time
+
+    import torch  # noqa: F401  (the clock sync starts only with torch loaded)
+
+    import gpulens
+    from gpulens.hooks import clocksync
+
+    measured = {"offset_s": 0.004, "uncertainty_s": 0.0002, "rounds": 8, "against_rank": 0}
+
+    def late_start(torch, rank, local_rank, node_rank, world_size, record, stop, nodes=0):
+        thread = threading.Thread(target=lambda: (time.sleep(0.5), record(measured)), daemon=True)
+        thread.start()
+        return thread
+
+    monkeypatch.setattr(clocksync, "start", late_start)
+    run = gpulens.track("late-clock", runs_dir=tmp_path, quiet=True, advise=False,
+                        sampling=gpulens.SamplingConfig(devices=False, host=False))
+    run._start_clock_sync()  # as at step 1 of a distributed job
+    run.close()
+    with open_run(run.path) as reader:
+        assert reader.meta(0)["clock"] == measured
 
 
 def test_a_node_whose_clock_runs_ahead_is_read_on_rank_0s_clock(tmp_path):
