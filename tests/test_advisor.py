@@ -418,7 +418,8 @@ def _sample(name: str):
 
 
 def test_gpu_sample_runs_get_the_right_verdicts():
-    assert _ids(_sample("h100-cnn-input-bound"))[0] == "dataloader_bound"
+    for input_bound in ("h100-cnn-input-bound", "h200-cnn-input-bound"):
+        assert _ids(_sample(input_bound))[0] == "dataloader_bound"
     small = _sample("h100-gpt-small-batch")
     assert _ids(small)[0] == "launch_bound" and "tf32_off" in _ids(small)
     for healthy in ("h100-gpt-compiled", "h100-cnn-healthy"):

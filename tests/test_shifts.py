@@ -136,6 +136,37 @@ def test_sm_activity_by_phase_recovers_a_known_split():
     assert "optimizer" not in a.by_phase  # 1 ms in every step: in lockstep with the step count, left out
 
 
+def test_sm_activity_by_phase_leaves_warm_up_steps_and_their_readings_out():
+    """Warm-up steps: seconds of host "forward" (autotuning, lazy init) with an idle GPU. Fitted with the
+    steady steps they drag forward to 0 and push the activity onto data waits, as on a real H200 run."""
+    truth = {"data_wait": 0.0, "forward": 30.0, "backward": 30.0, "optimizer": 30.0, "other": 0.0}
+    ts, te, phases, st, v = _simulate(truth, seed=3)
+    warm = 3  # the first steps become 0.6 s of forward each, the SMs idle
+    shift = warm * 0.6 - ts[warm]
+    ts, te = ts + np.where(np.arange(ts.size) >= warm, shift, 0), te + np.where(np.arange(te.size) >= warm, shift, 0)
+    ts[:warm] = np.arange(warm) * 0.6
+    te[:warm] = ts[:warm] + 0.6
+    phases = {k: c.copy() for k, c in phases.items()}
+    for k in phases:
+        phases[k][:warm] = 0.6 if k == "forward" else 0.0
+    st = np.arange(0.2, te[-1], 0.2)
+    fine = np.arange(0, te[-1], 0.0005)
+    signal = np.zeros_like(fine)
+    for name, s_, e_ in pa._class_intervals(ts[warm:], te[warm:], {k: c[warm:] for k, c in phases.items()}):
+        i = np.searchsorted(s_, fine, side="right") - 1
+        signal[(i >= 0) & (fine < e_[np.maximum(i, 0)])] = truth[name]
+    v = np.array([signal[(fine >= a - 0.2) & (fine < a)].mean() for a in st])
+    v = v + np.random.default_rng(4).normal(0, 1, st.size)
+    steady = np.arange(ts.size) >= warm
+    a = pa.activity_by_phase("gpm.sm_active", ts, te, phases, st, v, 0.2, steady=steady)
+    assert a is not None and a.precise()
+    for name in ("data_wait", "forward", "backward"):
+        assert a.by_phase[name] == pytest.approx(truth[name], abs=3 * a.error[name] + 1.0)
+    with_warm_up = pa.activity_by_phase("gpm.sm_active", ts, te, phases, st, v, 0.2)
+    assert with_warm_up is not None and with_warm_up.by_phase["forward"] < truth["forward"] - 5  # the old bias
+    assert pa.activity_by_phase("x", ts, te, phases, st, v, 0.2, steady=np.zeros(ts.size, dtype=bool)) is None
+
+
 def test_sm_activity_by_phase_refuses_when_phases_cannot_be_told_apart():
     n = 2000  # steps far shorter than a reading, always the same mix
     phases = {"data_wait": np.full(n, 0.002), "forward": np.full(n, 0.003), "backward": np.full(n, 0.004)}

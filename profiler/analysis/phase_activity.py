@@ -80,9 +80,17 @@ def _time_in(starts: np.ndarray, ends: np.ndarray, t0: np.ndarray, t1: np.ndarra
 
 def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phases: Mapping[str, np.ndarray],
                       sample_t: np.ndarray, sample_v: np.ndarray, interval_s: float,
-                      upper: float = 100.0) -> PhaseActivity | None:
+                      upper: float = 100.0, steady: np.ndarray | None = None) -> PhaseActivity | None:
     """Per-phase means of a sampled counter (readings averaged over ``interval_s`` before their time),
-    clipped to [0, ``upper``] (100 for percentages; power in watts has no such ceiling)."""
+    clipped to [0, ``upper``] (100 for percentages; power in watts has no such ceiling).
+
+    ``steady``: the steps to describe (the rest -- warm-up, profiled, what-if steps -- and every reading
+    that overlaps them are left out).  Warm-up steps must not join the fit: their long host phases
+    (cuDNN autotuning, lazy initialisation, compilation) come with an idle GPU, and a handful of such
+    readings decide a fit whose steady readings barely vary.  On a real input-bound H200 run they made it
+    say "SM activity 13 % in data waits, 0 % in forward" with a tight error, where the profiler trace
+    shows every kernel inside forward, backward and the optimizer step.
+    """
     ok = np.isfinite(sample_v)
     sample_t, sample_v = sample_t[ok], sample_v[ok]
     if sample_t.size < 10 or t_start.size == 0:
@@ -91,6 +99,13 @@ def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phase
     inside = (sample_t - interval_s >= run0) & (sample_t <= run1)
     t1, v = sample_t[inside], sample_v[inside]
     t0 = t1 - interval_s
+    if steady is not None and not steady.all():
+        if not steady.any():
+            return None
+        touched = _time_in(t_start[~steady], t_end[~steady], t0, t1) > 0
+        t0, t1, v = t0[~touched], t1[~touched], v[~touched]
+        t_start, t_end = t_start[steady], t_end[steady]
+        phases = {name: col[steady] for name, col in phases.items()}
     if t1.size < 10:
         return None
     names: list[str] = []

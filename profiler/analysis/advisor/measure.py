@@ -355,7 +355,8 @@ def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
         return
     interval = float((run.info.meta.get("sampling") or {}).get("gpm_interval") or 0.2)
     m.phase_activity = activity_by_phase("gpm.sm_active", steps.t_start, steps.t_end,
-                                         {p: getattr(steps, p) for p in PHASES}, sm.t, sm.v, interval)
+                                         {p: getattr(steps, p) for p in PHASES}, sm.t, sm.v, interval,
+                                         steady=steps.steady())
     m.sm_active_windows = window_means(sm.t, sm.v, [(w["t_start"], w["t_end"]) for w in m.windows])
 
 
