@@ -234,7 +234,8 @@ class WhatIf:
         self.reason = reason
         self._cache = []
         log.warning("gpulens: what-if %s not run: %s", self._label(), reason)
-        self._set_meta(what_if={**self.plan.describe(), "status": "skipped", "reason": reason})
+        self._set_meta(what_if={**self.plan.describe(), "status": "skipped", "reason": reason,
+                                "base_batch": self.base_batch})
 
     def _label(self) -> str:
         return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind

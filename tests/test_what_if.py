@@ -187,7 +187,7 @@ def test_a_batch_size_over_the_probe_limit_is_refused_not_tried() -> None:
     got = [whatif.fetch(step, lambda: next(batches)) for step in range(8)]
     assert all(b.shape == (128, 4) for b in got)  # never the asked size
     assert whatif.state == "skipped" and "probe found at most 256" in (whatif.reason or "")
-    assert said[-1]["what_if"]["status"] == "skipped"
+    assert said[-1]["what_if"]["status"] == "skipped" and said[-1]["what_if"]["base_batch"] == 128
     assert whatif.flags(4) == 0  # nothing flagged: the run went on as recorded
 
 
