@@ -42,7 +42,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("browser") / "runs")
+    # h200-cnn-input-bound: a GPU trace with gpulens' phase ranges in it
+    return make_root(tmp_path_factory.mktemp("browser") / "runs", runs=(
+        "h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", "h200-cnn-input-bound"))
 
 
 def _start_server(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
@@ -286,6 +288,14 @@ def test_kernels_page_shows_the_reports_trace_analysis(server, page):
     devices = page.inner_text("#k-devices-table")
     assert "est. SM efficiency" in devices and "est. occupancy" in devices and "GPU 0" in devices
     assert "waiting for the host" in page.inner_text("#k-idle-table")
+    assert "no gpulens phase ranges" in page.inner_text("#k-phase-busy-table")  # recorded before ranges existed
+    # a run whose trace carries the phase ranges: GPU busy by host phase, nothing during the data waits
+    page.goto(f"{base}/run/h200-cnn-input-bound/kernels")
+    page.wait_for_selector("#k-phase-busy-table tbody")
+    rows = [r.split("\t") for r in page.inner_text("#k-phase-busy-table tbody").splitlines()]
+    by_phase = {r[0]: r[-1] for r in rows}
+    assert by_phase["data wait"] == "0.0%" and set(by_phase) == {"data wait", "forward", "backward", "optimizer"}
+    assert float(by_phase["backward"].rstrip("%")) > 10
     assert "aten::convolution_backward" in page.inner_text("#k-cpu-ops-table")
     assert "cudaDeviceSynchronize" in page.inner_text("#k-sync")
     # a CPU run: its operators, not an empty kernel table without a word

@@ -24,7 +24,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 PAGES = (  # (file, path, selector that must be drawn, full page)
     ("dashboard-runs.png", "/", ".ag-row", False),
     ("dashboard-run.png", "/run/h100-cnn-input-bound", "#ts-graph .js-plotly-plot .scatterlayer path", True),
-    ("dashboard-kernels.png", "/run/h100-cnn-input-bound/kernels", "#k-breakdown .js-plotly-plot .barlayer", True),
+    ("dashboard-kernels.png", "/run/h200-cnn-input-bound/kernels", "#k-breakdown .js-plotly-plot .barlayer", True),
     ("dashboard-compare.png", "/compare?a=h100-cnn-input-bound&b=h100-cnn-healthy",
      "#cmp-overlay .js-plotly-plot .scatterlayer path", True),
 )

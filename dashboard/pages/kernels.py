@@ -15,6 +15,7 @@ from gpulens.dashboard.components import GRID_THEME
 from gpulens.dashboard.pages import register
 from gpulens.profiler import GpulensError
 from gpulens.profiler.analysis.kernel_view import combine
+from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy
 
 ALL_WINDOWS = "all"
 CATEGORIES = tuple(th.CATEGORY_COLORS)
@@ -154,6 +155,13 @@ def idle_rows(an: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
+def phase_busy_rows(an: dict[str, Any]) -> list[list[Any]]:
+    """GPU busy while the host was in each phase: gpulens' ranges in the window's trace against its kernels."""
+    busy = combine_phase_busy([an.get("phase_gpu_busy")])
+    return [[name.replace("_", " "), fmt.seconds(row["host_us"] / 1e6), fmt.seconds(row["gpu_busy_us"] / 1e6),
+             fmt.share(row["gpu_busy_share"])] for name, row in (busy or {}).get("phases", {}).items()]
+
+
 def cpu_op_rows(an: dict[str, Any], limit: int = 25) -> list[list[Any]]:
     ops = sorted(an.get("top_cpu_ops") or [], key=lambda o: -o.get("self_us", 0.0))[:limit]
     return [[o["name"], str(o["calls"]), f"{o['self_us'] / 1e3:.2f} ms", f"{o['total_us'] / 1e3:.2f} ms"] for o in ops]
@@ -211,8 +219,14 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
                                    "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
     devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
                       "tensor-core kernels"), device_rows(an), "k-devices-table")
-    idle = _table(("stream", "idle", "waiting for the host", "waiting for other kernels", "other"),
-                  idle_rows(an), "k-idle-table")
+    idle = html.Div([
+        _table(("stream", "idle", "waiting for the host", "waiting for other kernels", "other"),
+               idle_rows(an), "k-idle-table"),
+        html.H4("GPU busy while the host was in each phase"),
+        _table(("phase (host)", "host time", "GPU busy", "share"), phase_busy_rows(an), "k-phase-busy-table")
+        if an.get("phase_gpu_busy") else
+        html.Div("no gpulens phase ranges in this trace (recorded by another tool, or before gpulens wrote "
+                 "ranges)", className="muted", id="k-phase-busy-table")])
     ops = _table(("operator", "calls", "self", "total"), cpu_op_rows(an), "k-cpu-ops-table")
     gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
                   "k-gemm-table")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.trace.gpu_summary import ROLES
+from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy
 from gpulens.profiler.store.reader import Window
 
 
@@ -155,6 +156,7 @@ def combine(analyses: list[dict[str, Any]]) -> dict[str, Any]:
         "idle": [{"rank": k[0], "device": k[1], "stream": k[2], **v} for k, v in sorted(idle.items())],
         "top_cpu_ops": cpu_ops,
         "gemm_shapes": sorted(gemms.values(), key=lambda g: -g["kernel_us"])[:50],
+        "phase_gpu_busy": combine_phase_busy([a.get("phase_gpu_busy") for a in analyses]),
     }
 
 
@@ -162,7 +164,7 @@ def empty(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason, "has_gpu": False, "kernels": [], "categories_us": {},
             "tensor_core_share": None, "tc_eligible_share": None, "temporal_breakdown": [], "gpu_summary": [],
             "step_breakdown_us": {}, "launch": None, "sync": {}, "memcpy": [], "idle": [], "top_cpu_ops": [],
-            "gemm_shapes": []}
+            "gemm_shapes": [], "phase_gpu_busy": None}
 
 
 def kernel_view(done: list[tuple[Window, dict[str, Any]]], problems: list[dict[str, Any]]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Report:
     idle: list[dict[str, Any]]
     top_cpu_ops: list[dict[str, Any]]
     gemm_shapes: list[dict[str, Any]]
+    phase_gpu_busy: dict[str, Any] | None
     what_if: dict[str, Any] | None
     energy: dict[str, Any]
     suggestions: dict[str, Any] | None = field(default=None)

@@ -328,6 +328,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "idle": kernel["idle"],
         "top_cpu_ops": kernel["top_cpu_ops"],
         "gemm_shapes": kernel.get("gemm_shapes", []),
+        "phase_gpu_busy": kernel.get("phase_gpu_busy"),
         "what_if": what_if_result(steps, meta),
         "energy": energy_summary(data.energy_curves, data.power_fits, steps, _per_step_work(steps)),
     }

@@ -18,7 +18,7 @@ import msgspec
 log = logging.getLogger("gpulens")
 
 #: Bump when an analyzer's output changes: every cached analysis is then recomputed.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: phase_gpu_busy
 SUFFIX = ".gpulens-analysis.json"
 
 

@@ -120,6 +120,7 @@ class Measurements:
     shift_events: dict[int, list[str]] = field(default_factory=dict)  # shift step -> events near it
     # device counters by host phase, and inside vs outside the profiler windows
     phase_activity: PhaseActivity | None = None
+    phase_gpu_busy: dict[str, Any] | None = None  # from the windows' gpulens ranges: exact, profiled steps only
     sm_active_windows: tuple[float | None, float | None] = (None, None)  # GPM SM activity in, out of windows
 
 
@@ -240,6 +241,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         sync_calls = sum(v["calls"] for k, v in m.sync.items() if not k.startswith("Memcpy"))
         m.sync_per_step = sync_calls / n_steps
     m.gemm_shapes = report.gemm_shapes
+    m.phase_gpu_busy = report.phase_gpu_busy
     m.what_if = report.what_if
     mem = report.memory
     m.peak_allocated = mem["cuda_peak_allocated_bytes"]

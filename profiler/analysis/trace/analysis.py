@@ -11,6 +11,7 @@ from gpulens.profiler.analysis.trace.kernels import category_times, kernel_table
 from gpulens.profiler.analysis.trace.launch import launch_stats, sync_stats
 from gpulens.profiler.analysis.trace.memcpy import memcpy_stats
 from gpulens.profiler.analysis.trace.model import Trace
+from gpulens.profiler.analysis.trace.phase_busy import phase_gpu_busy
 from gpulens.profiler.analysis.trace.tc_eligible import tc_eligible_share
 from gpulens.profiler.analysis.trace.temporal import stream_breakdown, temporal_breakdown
 
@@ -41,5 +42,6 @@ def analyze(trace: Trace) -> dict[str, Any]:
         "gemm_shapes": gemm_shapes(trace)[:50],
         "gpu_summary": gpu_summary(trace),
         "step_breakdown": step_breakdown(trace),
+        "phase_gpu_busy": phase_gpu_busy(trace),
     }
     return out

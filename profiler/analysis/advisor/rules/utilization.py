@@ -17,7 +17,12 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     if m.sm_active is not None:
         finding += f"; GPM SM activity {fmt.percent(m.sm_active)}"
     pa = m.phase_activity
-    if pa is not None and pa.precise() and len(pa.by_phase) >= 2:
+    traced = (m.phase_gpu_busy or {}).get("phases") or {}
+    if traced:  # exact for the profiled steps: the trace holds the phase ranges and the kernels
+        finding += ("; GPU busy while the host was in each phase (profiled steps, from the trace): "
+                    + ", ".join(f"{name.replace('_', ' ')} {fmt.share(row['gpu_busy_share'], 0)}"
+                                for name, row in traced.items() if row.get("gpu_busy_share") is not None))
+    elif pa is not None and pa.precise() and len(pa.by_phase) >= 2:
         finding += ("; SM activity while the host was in each phase (GPU work runs after its launch): "
                     + ", ".join(f"{name.replace('_', ' ')} {fmt.percent(v, 0)}" for name, v in pa.by_phase.items()))
     return Suggestion(

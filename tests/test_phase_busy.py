@@ -1,0 +1,78 @@
+"""GPU busy while the host was in each phase, from gpulens' ranges in a window's trace (trace/phase_busy.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpulens.profiler import open_run
+from gpulens.profiler.analysis.run_analysis import RunAnalysis
+from gpulens.profiler.analysis.trace import load_trace
+from gpulens.profiler.analysis.trace.analysis import analyze
+from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy, phase_gpu_busy
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_runs"
+
+
+def _range(name: str, ts: float, dur: float) -> dict:
+    return {"ph": "X", "cat": "user_annotation", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": 1}
+
+
+def _kernel(ts: float, dur: float, corr: int, stream: int = 7) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": f"k{corr}", "ts": ts, "dur": dur, "pid": 0, "tid": stream,
+            "args": {"correlation": corr, "stream": stream, "device": 0}}
+
+
+def test_work_queued_ahead_runs_through_the_data_wait_and_counts_there(tmp_path):
+    """Step 1's backward leaves 60 µs of kernels queued: they run into step 2's data wait (hidden input
+    wait); step 2's forward kernels run inside it; two streams overlapping count once."""
+    events = [
+        _range("gpulens.step#1", 0, 200), _range("gpulens.forward", 0, 100), _range("gpulens.backward", 100, 100),
+        _range("gpulens.step#2", 200, 300), _range("gpulens.data_wait", 200, 100), _range("gpulens.forward", 300, 200),
+        _kernel(20, 50, 1), _kernel(150, 110, 2),  # backward's kernel: 50 µs in backward, 60 in the wait
+        _kernel(300, 100, 3), _kernel(350, 100, 4, stream=9),  # overlapping streams: 300-450 busy once
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 10, "dur": 5, "pid": 1, "tid": 1,
+         "args": {"correlation": 1}},
+    ]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"schemaVersion": 1, "traceEvents": events}))
+    got = phase_gpu_busy(load_trace(path))
+    assert got == {"steps": 2, "phases": {
+        "forward": {"host_us": 300.0, "gpu_busy_us": 50.0 + 150.0},
+        "backward": {"host_us": 100.0, "gpu_busy_us": 50.0},
+        "data_wait": {"host_us": 100.0, "gpu_busy_us": 60.0}}}
+    combined = combine_phase_busy([got, None, got])
+    assert list(combined["phases"]) == ["data_wait", "forward", "backward"] and combined["steps"] == 4
+    assert combined["phases"]["data_wait"]["gpu_busy_share"] == pytest.approx(0.6)
+    assert combined["phases"]["forward"]["host_us"] == 600.0
+
+
+def test_a_real_h200_trace_shows_an_idle_gpu_through_every_data_wait():
+    run = SAMPLES / "h200-cnn-input-bound"
+    if not run.exists():
+        pytest.skip("sample run h200-cnn-input-bound not shipped")
+    (trace_path,) = sorted((run / "traces").glob("*.pt.trace.json.gz"))
+    got = phase_gpu_busy(load_trace(trace_path))
+    assert got is not None and got["steps"] == 3
+    p = got["phases"]
+    assert p["data_wait"]["gpu_busy_us"] == 0 and p["data_wait"]["host_us"] > 100_000  # 3 waits of ~50 ms
+    assert all(p[n]["gpu_busy_us"] > 0 for n in ("forward", "backward", "optimizer"))
+    with open_run(run) as reader:
+        report = RunAnalysis(reader, persist=False).report().as_dict()
+    assert report["phase_gpu_busy"]["phases"]["data_wait"]["gpu_busy_share"] == 0
+    low = next(s for s in report["suggestions"]["suggestions"] if s["id"] == "low_gpu_busy")
+    assert "GPU busy while the host was in each phase (profiled steps, from the trace): data wait 0%" in low["finding"]
+    loader = next(s for s in report["suggestions"]["suggestions"] if s["id"] == "dataloader_bound")
+    assert "the GPU ran work through 0% of the profiled steps' data waits" in loader["finding"]
+
+
+def test_traces_without_ranges_or_gpu_work_have_none():
+    h100 = SAMPLES / "h100-cnn-input-bound"  # recorded before gpulens wrote ranges
+    cpu = SAMPLES / "cpu-cnn-workers"  # ranges, but no GPU
+    for run in (h100, cpu):
+        (trace_path,) = sorted((run / "traces").glob("*.pt.trace.json.gz"))[:1]
+        assert analyze(load_trace(trace_path))["phase_gpu_busy"] is None
+    with open_run(h100) as reader:
+        assert RunAnalysis(reader, persist=False).report(suggestions=False).as_dict()["phase_gpu_busy"] is None
