@@ -422,8 +422,11 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
             f"{fmt.share(launch['shorter_than_launch_share'])} shorter than their launch call · "
             f"{launch['launch_delay_outliers']} launch delays > 100 µs" if kps is not None else
             f"  launches: {launch['kernels']} kernels · median kernel {fmt.us(launch['median_kernel_us'])}"))
-    busy = (s.get("phase_gpu_busy") or {}).get("phases") or {}
-    if busy:
+    traced = s.get("phase_gpu_busy") or {}
+    busy = traced.get("phases") or {}
+    if traced.get("reason"):
+        out.append(Text(f"  GPU busy by host phase: not known ({traced['reason']})"))
+    elif busy:
         out.append(Text("  GPU busy while the host was in each phase (trace ranges): " + ", ".join(
             f"{name.replace('_', ' ')} {fmt.share(row['gpu_busy_share'], 0)} of {fmt.us(row['host_us'])}"
             for name, row in busy.items() if row.get("gpu_busy_share") is not None)))

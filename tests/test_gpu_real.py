@@ -399,13 +399,14 @@ def test_sm_activity_by_phase_follows_where_the_kernels_ran(tmp_path, gpu_out):
 
     rng = np.random.default_rng(0)
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    (a @ a).sum().item()  # CUDA and cuBLAS initialised before the clock starts (run first, it took 8 s of 8)
 
     def batches():
         while True:
             time.sleep(float(rng.uniform(0.01, 0.12)))  # input: the GPU idles
             yield a
 
-    deadline = time.monotonic() + 8.0
+    deadline = time.monotonic() + 12.0
     with gpulens.track("sm-by-phase", runs_dir=tmp_path, quiet=True, advise=False, profile=False) as run:
         for x in run.loader(batches()):
             with run.phase("forward"):
@@ -428,3 +429,44 @@ def test_sm_activity_by_phase_follows_where_the_kernels_ran(tmp_path, gpu_out):
     assert fit is not None and "data_wait" in fit.by_phase and "forward" in fit.by_phase
     assert fit.by_phase["data_wait"] < 5 + 3 * fit.error["data_wait"]
     assert fit.by_phase["forward"] > 60 - 3 * fit.error["forward"]
+
+
+def test_phase_gpu_busy_tells_a_hidden_data_wait_from_an_exposed_one(tmp_path, gpu_out):
+    """From the window's gpulens ranges: forward's work left queued (no sync) runs through the next data
+    wait; with a sync at the end of forward the GPU idles through the waits; a GPU that falls ever further
+    behind runs the window's kernels after it closes, and the split says it does not know."""
+    import torch
+
+    import gpulens
+    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.profiler import RunAnalysis, open_run
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+    def batches(n):
+        for _ in range(n):
+            time.sleep(0.02)  # input: 20 ms on the host
+            yield a
+
+    def train(name, matmuls, sync):
+        with gpulens.track(name, runs_dir=tmp_path, quiet=True, advise=False,
+                           profile=ProfileConfig(every=100, first=8, warmup=1, active=3)) as run:
+            for x in run.loader(batches(20)):
+                with run.phase("forward"):
+                    for _ in range(matmuls):  # ~1.1 TFLOP each: ~1.7 ms of GPU work, launched in ~50 µs
+                        x = x @ a
+                    if sync:
+                        torch.cuda.synchronize()
+                run.step(samples=8192)
+            torch.cuda.synchronize()
+        with open_run(run.path) as reader:
+            return RunAnalysis(reader).report(suggestions=False).as_dict()["phase_gpu_busy"]
+
+    hidden = train("queued", 8, sync=False)  # ~13 ms of work per ~21 ms step: it runs into the next wait
+    exposed = train("synced", 8, sync=True)
+    behind = train("behind", 30, sync=False)  # ~50 ms of work per ~21 ms step: ever further behind
+    _note(gpu_out, "phase_gpu_busy", {"queued": hidden, "synced": exposed, "behind": behind})
+    assert hidden["complete"] and hidden["phases"]["data_wait"]["gpu_busy_share"] > 0.3
+    assert exposed["complete"] and exposed["phases"]["data_wait"]["gpu_busy_share"] < 0.05
+    assert exposed["phases"]["forward"]["gpu_busy_share"] > 0.8  # the sync is inside forward's range
+    assert not behind["complete"] and behind["reason"].startswith("the GPU ran") and behind["phases"] == {}

@@ -167,6 +167,21 @@ def test_sm_activity_by_phase_leaves_warm_up_steps_and_their_readings_out():
     assert pa.activity_by_phase("x", ts, te, phases, st, v, 0.2, steady=np.zeros(ts.size, dtype=bool)) is None
 
 
+def test_sm_activity_by_phase_fits_how_late_the_readings_are():
+    """Readings stamped 120 ms after the interval they average (as GPM's were on an H200): the fitted lag
+    finds them and the split; taken at their stamps they blur forward into the next data wait."""
+    truth = {"data_wait": 0.0, "forward": 80.0, "backward": 20.0, "optimizer": 0.0, "other": 0.0}
+    ts, te, phases, st, v = _simulate(truth, seed=5)
+    late = st + 0.12
+    a = pa.activity_by_phase("gpm.sm_active", ts, te, phases, late, v, 0.2)
+    assert a is not None and a.precise() and a.lag_s == pytest.approx(0.12, abs=0.02)
+    for name in ("data_wait", "forward", "backward"):
+        assert a.by_phase[name] == pytest.approx(truth[name], abs=3 * a.error[name] + 1.0)
+    stamped = pa.activity_by_phase("gpm.sm_active", ts, te, phases, late, v, 0.2, lags=(0.0,))
+    assert stamped is not None and stamped.lag_s == 0.0
+    assert abs(stamped.by_phase["forward"] - truth["forward"]) > abs(a.by_phase["forward"] - truth["forward"]) + 5
+
+
 def test_sm_activity_by_phase_refuses_when_phases_cannot_be_told_apart():
     n = 2000  # steps far shorter than a reading, always the same mix
     phases = {"data_wait": np.full(n, 0.002), "forward": np.full(n, 0.003), "backward": np.full(n, 0.004)}

@@ -155,11 +155,10 @@ def idle_rows(an: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-def phase_busy_rows(an: dict[str, Any]) -> list[list[Any]]:
+def phase_busy_rows(busy: dict[str, Any]) -> list[list[Any]]:
     """GPU busy while the host was in each phase: gpulens' ranges in the window's trace against its kernels."""
-    busy = combine_phase_busy([an.get("phase_gpu_busy")])
     return [[name.replace("_", " "), fmt.seconds(row["host_us"] / 1e6), fmt.seconds(row["gpu_busy_us"] / 1e6),
-             fmt.share(row["gpu_busy_share"])] for name, row in (busy or {}).get("phases", {}).items()]
+             fmt.share(row["gpu_busy_share"])] for name, row in busy.get("phases", {}).items()]
 
 
 def cpu_op_rows(an: dict[str, Any], limit: int = 25) -> list[list[Any]]:
@@ -219,12 +218,14 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
                                    "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
     devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
                       "tensor-core kernels"), device_rows(an), "k-devices-table")
+    busy = combine_phase_busy([an.get("phase_gpu_busy")])  # one window's raw analysis, or all combined
     idle = html.Div([
         _table(("stream", "idle", "waiting for the host", "waiting for other kernels", "other"),
                idle_rows(an), "k-idle-table"),
         html.H4("GPU busy while the host was in each phase"),
-        _table(("phase (host)", "host time", "GPU busy", "share"), phase_busy_rows(an), "k-phase-busy-table")
-        if an.get("phase_gpu_busy") else
+        html.Div(busy["reason"], className="muted", id="k-phase-busy-table") if busy and busy["reason"] else
+        _table(("phase (host)", "host time", "GPU busy", "share"), phase_busy_rows(busy), "k-phase-busy-table")
+        if busy else
         html.Div("no gpulens phase ranges in this trace (recorded by another tool, or before gpulens wrote "
                  "ranges)", className="muted", id="k-phase-busy-table")])
     ops = _table(("operator", "calls", "self", "total"), cpu_op_rows(an), "k-cpu-ops-table")

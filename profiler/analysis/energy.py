@@ -29,9 +29,6 @@ from gpulens.profiler.store.schema import PHASES
 
 #: The window NVML averages a power reading over (Ampere and newer, except GA100).
 POWER_AVERAGE_S = 1.0
-#: Power readings the phase split uses (evenly spread): 1 s averages read at 10 Hz overlap ten-fold, so a day's
-#: 864,000 say little more than 20,000 -- and cost 0.7 s per GPU instead of 0.05 s.
-MAX_FIT_READINGS = 20000
 #: Points kept of a curve integrated from power readings (a day at 10 Hz is 864,000; the curve is smooth).
 MAX_CURVE_POINTS = 20000
 
@@ -105,7 +102,7 @@ class PowerSplit:
 
     Not its highest reading: each reading averages a second of mixed phases, so a phase that never fills
     a second alone draws more than any reading shows (a real H200 probe: matmuls in 15 % of the time at
-    ~650 W, every reading under 255 W).
+    ~700 W, every reading under 255 W).
     """
 
     fit: PhaseActivity
@@ -123,12 +120,8 @@ def phase_fit(power: Series | None, steps: StepTable, limit_w: float | None = No
     ``limit_w``: the GPU's power limit (else the highest reading bounds the phases)."""
     if power is None or not len(power) or not len(steps) or not np.isfinite(power.v).any():
         return None
-    t, v = power.t, power.v
-    if t.size > MAX_FIT_READINGS:
-        keep = np.linspace(0, t.size - 1, MAX_FIT_READINGS).astype(np.int64)
-        t, v = t[keep], v[keep]
     fit = activity_by_phase("gpu.power", steps.t_start, steps.t_end, {n: getattr(steps, n) for n in PHASES},
-                            t, v, POWER_AVERAGE_S, upper=np.inf, steady=steps.steady())
+                            power.t, power.v, POWER_AVERAGE_S, upper=np.inf, steady=steps.steady())
     bound = limit_w if limit_w is not None and limit_w > 0 else float(np.nanmax(power.v))
     return PowerSplit(fit, bound) if fit is not None else None
 

@@ -18,7 +18,7 @@ import msgspec
 log = logging.getLogger("gpulens")
 
 #: Bump when an analyzer's output changes: every cached analysis is then recomputed.
-ANALYSIS_VERSION = 2  # 2: phase_gpu_busy
+ANALYSIS_VERSION = 4  # 2-4: phase_gpu_busy (4: counted from the window's first kernel on)
 SUFFIX = ".gpulens-analysis.json"
 
 

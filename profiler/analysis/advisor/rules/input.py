@@ -77,7 +77,8 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         finding += f"; profiled steps: {fmt.share(m.loader_share_trace)} in DataLoader"
     if m.gpu_phase_share and m.gpu_phase_share.get("data_wait") is not None:
         finding += f"; the GPU stream idles through {fmt.share(m.gpu_phase_share['data_wait'])} of its time meanwhile"
-    traced = ((m.phase_gpu_busy or {}).get("phases") or {}).get("data_wait") or {}
+    busy = m.phase_gpu_busy or {}
+    traced = ((busy.get("phases") or {}).get("data_wait") or {}) if busy.get("complete") else {}
     if traced.get("gpu_busy_share") is not None:  # exact: the trace's data-wait ranges and kernels
         finding += (f"; the GPU ran work through {fmt.share(traced['gpu_busy_share'], 0)} of the profiled steps' "
                     "data waits (trace)")

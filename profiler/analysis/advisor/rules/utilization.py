@@ -17,7 +17,8 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     if m.sm_active is not None:
         finding += f"; GPM SM activity {fmt.percent(m.sm_active)}"
     pa = m.phase_activity
-    traced = (m.phase_gpu_busy or {}).get("phases") or {}
+    busy_by_phase = m.phase_gpu_busy or {}
+    traced = (busy_by_phase.get("phases") or {}) if busy_by_phase.get("complete") else {}
     if traced:  # exact for the profiled steps: the trace holds the phase ranges and the kernels
         finding += ("; GPU busy while the host was in each phase (profiled steps, from the trace): "
                     + ", ".join(f"{name.replace('_', ' ')} {fmt.share(row['gpu_busy_share'], 0)}"
