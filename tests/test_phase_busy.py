@@ -57,6 +57,7 @@ def test_work_queued_ahead_runs_through_the_data_wait_and_counts_there(tmp_path)
     assert combined["complete"] and combined["reason"] is None and combined["counted_share"] == pytest.approx(0.96)
     assert combined["phases"]["data_wait"]["gpu_busy_share"] == pytest.approx(0.6)
     assert combined["phases"]["forward"]["host_us"] == 560.0
+    assert combine_phase_busy([combined]) == combined  # the dashboard may hand a combined view again
 
 
 def test_a_gpu_running_behind_the_window_makes_the_split_unknown_not_zero(tmp_path):

@@ -90,7 +90,8 @@ def _first_kernel(trace: Trace, t0: float, t1: float) -> tuple[float, float] | N
 def combine_phase_busy(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Windows and ranks together: times add up, shares come from the sums (in the order steps run);
     ``complete`` False (with the ``reason``) when the GPU ran so far behind that under half of the phase
-    time could be counted."""
+    time could be counted.  A combined result combines again to itself (the dashboard's window picker
+    hands either kind)."""
     found = [p for p in parts if p]
     if not found:
         return None
@@ -112,8 +113,8 @@ def combine_phase_busy(parts: list[dict[str, Any] | None]) -> dict[str, Any] | N
                   "is unknown")
     order = ("data_wait", "forward", "backward", "optimizer")
     names = [n for n in order if n in total] + sorted(n for n in total if n not in order)
-    return {"steps": sum(p["steps"] for p in found), "gpu_lag_us": lag, "counted_share": counted / ranges
-            if ranges else None, "complete": complete, "reason": reason,
+    return {"steps": sum(p["steps"] for p in found), "ranges_us": ranges, "gpu_lag_us": lag,
+            "counted_share": counted / ranges if ranges else None, "complete": complete, "reason": reason,
             "phases": {n: {**total[n], "gpu_busy_share": (total[n]["gpu_busy_us"] / total[n]["host_us"]
                                                           if total[n]["host_us"] > 0 else None)}
                        for n in names} if complete else {}}
