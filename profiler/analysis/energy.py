@@ -106,7 +106,7 @@ class PowerSplit:
     """
 
     fit: PhaseActivity
-    peak_w: float
+    bound_w: float
 
 
 def _highest(series: Series | None) -> float | None:
@@ -175,7 +175,7 @@ def _phases(fits: Sequence[PowerSplit], steps: StepTable) -> dict[str, dict[str,
     steady = steps.steady()
     if not fits or not steady.any():
         return {}
-    bound = sum(f.peak_w for f in fits)
+    bound = sum(f.bound_w for f in fits)
     out: dict[str, dict[str, float]] = {}
     for name in [*PHASES, "outside"]:
         if not any(name in f.fit.by_phase for f in fits):
