@@ -489,6 +489,22 @@ def test_rules_fire_on_recorded_values(change, rule, severity):
     assert s.finding and s.action and s.expected_gain and s.gain_estimate
 
 
+def test_data_waits_the_gpu_works_through_promise_less():
+    """The trace shows the GPU running queued work through 75 % of the data waits: removing the waits
+    saves only the idle quarter of them (40 % of the step -> 10 %), and the severity follows the gain."""
+    waits = replace(BASE, phase_share={**BASE.phase_share, "data_wait": 0.4, "other": 0.0})
+    exposed = _get(advise_measurements(waits), "dataloader_bound")
+    assert exposed.gain_fraction == pytest.approx(0.4) and exposed.severity == "high"
+    traced = {"complete": True, "phases": {"data_wait": {"host_us": 4e5, "gpu_busy_us": 3e5, "gpu_busy_share": 0.75}}}
+    hidden = _get(advise_measurements(replace(waits, phase_gpu_busy=traced)), "dataloader_bound")
+    assert hidden.gain_fraction == pytest.approx(0.1) and hidden.severity == "medium"
+    assert hidden.expected_gain.startswith("up to 10% shorter steps")
+    assert "GPU work that runs through the waits (75% of them" in hidden.gain_estimate
+    assert "the GPU ran work through 75% of the profiled steps' data waits" in hidden.finding
+    unknown = {**traced, "complete": False}  # a GPU behind its window: no claim either way
+    assert _get(advise_measurements(replace(waits, phase_gpu_busy=unknown)), "dataloader_bound").gain_fraction == 0.4
+
+
 def test_rules_without_data_say_what_would_enable_them():
     bare = Measurements(run_id="bare", device="cuda", steps=10, step_s=0.1,
                         phase_share={"data_wait": 0.0, "other": 1.0}, gpu_memory_total=80 * 2**30)

@@ -84,15 +84,22 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
                     "data waits (trace)")
     if workers is not None:
         finding += f"; DataLoader worker processes: {workers}"
-    severity = "high" if share >= 0.25 else "medium" if share >= 0.10 else "low"
+    # the GPU's work that ran through the waits (queued ahead) must still run once they are gone
+    hidden = traced.get("gpu_busy_share")
+    gain = share * (1.0 - hidden) if hidden is not None and hidden >= 0.05 else share
+    severity = "high" if gain >= 0.25 else "medium" if gain >= 0.10 else "low"
     evidence = [Evidence("phase", "data wait per step", {"phase": "data_wait", "share": share}),
                 Evidence("metric", "DataLoader workers' CPU", {"metric": "workers.cpu", "gpu": -1})]
     if m.windows:
         w = m.windows[0]
         evidence.append(Evidence("window", "profiled steps", {"rank": w["rank"], "index": w["index"]}))
     action, snippet = _loader_advice(m)
-    expected = f"up to {fmt.share(share, 0)} shorter steps"
+    expected = f"up to {fmt.share(gain, 0)} shorter steps"
     estimate = "upper bound: the measured data-wait share, which vanishes when loading overlaps compute"
+    if gain < share:
+        estimate = (f"upper bound: the data-wait share ({fmt.share(share, 0)}) less the GPU work that runs "
+                    f"through the waits ({fmt.share(hidden, 0)} of them in the profiled steps), which must still "
+                    "run when they are gone")
     measured = measured_without_waits(m)
     if measured is not None:
         finding += f"; {measured[0]}"
@@ -106,7 +113,7 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         title="The training loop waits for data",
         finding=finding, action=action, snippet=snippet,
         expected_gain=expected, gain_estimate=estimate,
-        confidence="high", evidence=evidence, gain_fraction=share)
+        confidence="high", evidence=evidence, gain_fraction=gain)
 
 
 def measured_without_waits(m: Measurements) -> tuple[str, str] | None:
