@@ -495,7 +495,9 @@ def test_data_waits_the_gpu_works_through_promise_less():
     waits = replace(BASE, phase_share={**BASE.phase_share, "data_wait": 0.4, "other": 0.0})
     exposed = _get(advise_measurements(waits), "dataloader_bound")
     assert exposed.gain_fraction == pytest.approx(0.4) and exposed.severity == "high"
-    traced = {"complete": True, "phases": {"data_wait": {"host_us": 4e5, "gpu_busy_us": 3e5, "gpu_busy_share": 0.75}}}
+    # 3 profiled steps of 50 ms, each waiting 20 ms as the run does (40 % of 50 ms)
+    traced = {"complete": True, "steps": 3,
+              "phases": {"data_wait": {"host_us": 6e4, "gpu_busy_us": 4.5e4, "gpu_busy_share": 0.75}}}
     hidden = _get(advise_measurements(replace(waits, phase_gpu_busy=traced)), "dataloader_bound")
     assert hidden.gain_fraction == pytest.approx(0.1) and hidden.severity == "medium"
     assert hidden.expected_gain.startswith("up to 10% shorter steps")
@@ -503,6 +505,13 @@ def test_data_waits_the_gpu_works_through_promise_less():
     assert "the GPU ran work through 75% of the profiled steps' data waits" in hidden.finding
     unknown = {**traced, "complete": False}  # a GPU behind its window: no claim either way
     assert _get(advise_measurements(replace(waits, phase_gpu_busy=unknown)), "dataloader_bound").gain_fraction == 0.4
+    # the profiled steps happened to wait 0.2 ms in all (the run: 20 ms a step): they say nothing of the waits
+    short = {**traced, "phases": {"data_wait": {"host_us": 200.0, "gpu_busy_us": 198.0, "gpu_busy_share": 0.99}}}
+    plain = _get(advise_measurements(replace(waits, phase_gpu_busy=short)), "dataloader_bound")
+    assert plain.gain_fraction == 0.4 and "profiled steps' data waits" not in plain.finding
+    # waits the GPU works through entirely: the host waits, the step does not -- no suggestion
+    busy = {**traced, "phases": {"data_wait": {"host_us": 6e4, "gpu_busy_us": 5.94e4, "gpu_busy_share": 0.99}}}
+    assert "dataloader_bound" not in _ids(advise_measurements(replace(waits, phase_gpu_busy=busy)))
 
 
 def test_rules_without_data_say_what_would_enable_them():

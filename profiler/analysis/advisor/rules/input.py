@@ -77,16 +77,15 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         finding += f"; profiled steps: {fmt.share(m.loader_share_trace)} in DataLoader"
     if m.gpu_phase_share and m.gpu_phase_share.get("data_wait") is not None:
         finding += f"; the GPU stream idles through {fmt.share(m.gpu_phase_share['data_wait'])} of its time meanwhile"
-    busy = m.phase_gpu_busy or {}
-    traced = ((busy.get("phases") or {}).get("data_wait") or {}) if busy.get("complete") else {}
-    if traced.get("gpu_busy_share") is not None:  # exact: the trace's data-wait ranges and kernels
-        finding += (f"; the GPU ran work through {fmt.share(traced['gpu_busy_share'], 0)} of the profiled steps' "
-                    "data waits (trace)")
+    hidden = _hidden_share(m, share)
+    if hidden is not None:  # exact: the trace's data-wait ranges and kernels
+        finding += f"; the GPU ran work through {fmt.share(hidden, 0)} of the profiled steps' data waits (trace)"
     if workers is not None:
         finding += f"; DataLoader worker processes: {workers}"
     # the GPU's work that ran through the waits (queued ahead) must still run once they are gone
-    hidden = traced.get("gpu_busy_share")
     gain = share * (1.0 - hidden) if hidden is not None and hidden >= 0.05 else share
+    if gain <= THRESHOLD:
+        return None  # the host waits, the GPU does not: nothing to win by loading faster
     severity = "high" if gain >= 0.25 else "medium" if gain >= 0.10 else "low"
     evidence = [Evidence("phase", "data wait per step", {"phase": "data_wait", "share": share}),
                 Evidence("metric", "DataLoader workers' CPU", {"metric": "workers.cpu", "gpu": -1})]
@@ -114,6 +113,18 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         finding=finding, action=action, snippet=snippet,
         expected_gain=expected, gain_estimate=estimate,
         confidence="high", evidence=evidence, gain_fraction=gain)
+
+
+def _hidden_share(m: Measurements, share: float) -> float | None:
+    """Share of the data waits the GPU spent running queued work, from the profiled steps' trace -- None
+    when the trace cannot say (no ranges, a GPU behind its window) or its waits are not the run's (under
+    half the run's mean wait per step: a few short waits say nothing of the long ones)."""
+    busy = m.phase_gpu_busy or {}
+    traced = ((busy.get("phases") or {}).get("data_wait") or {}) if busy.get("complete") else {}
+    if traced.get("gpu_busy_share") is None or not busy.get("steps") or not m.step_s:
+        return None
+    per_step = traced["host_us"] / 1e6 / busy["steps"]
+    return float(traced["gpu_busy_share"]) if per_step >= 0.5 * share * m.step_s else None
 
 
 def measured_without_waits(m: Measurements) -> tuple[str, str] | None:
