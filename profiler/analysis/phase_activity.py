@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpulens.profiler.analysis.trace.intervals import Covered, merge
+
 ORDER = ("data_wait", "forward", "backward", "optimizer")
 MAX_CONDITION = 50.0  # of the column-normalised design matrix
 MIN_WEIGHT = 3.0  # a class needs at least three readings' worth of time
@@ -62,33 +64,6 @@ def _class_intervals(t_start: np.ndarray, t_end: np.ndarray,
         cursor = cursor + d
     out.append(("other", cursor, np.maximum(cursor, t_end)))
     return out
-
-
-class _Cover:
-    """Sorted, disjoint intervals, ready to say how much of them lies inside any window (sorted once: the
-    fit asks again for every lag)."""
-
-    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
-        order = np.argsort(starts)
-        self.s = starts[order]
-        self.d = ends[order] - self.s
-        self.cum = np.concatenate(([0.0], np.cumsum(self.d)))
-
-    def _before(self, t: np.ndarray) -> np.ndarray:  # time of the intervals before t
-        s = self.s
-        if not s.size:
-            return np.zeros(t.shape)
-        i = np.searchsorted(s, t, side="right")  # intervals starting at or before t
-        j = np.maximum(i - 1, 0)
-        return np.where(i > 0, self.cum[j] + np.clip(t - s[j], 0.0, self.d[j]), 0.0)
-
-    def within(self, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
-        return self._before(t1) - self._before(t0)
-
-
-def _time_in(starts: np.ndarray, ends: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
-    """Seconds of the (sorted, disjoint) intervals that fall inside each [t0, t1]."""
-    return _Cover(starts, ends).within(t0, t1)
 
 
 #: How late a reading may describe its interval: on a real H200 the GPM readings matched a probe's known
@@ -127,12 +102,12 @@ def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phase
     if steady is not None and not steady.all():
         if not steady.any():
             return None
-        others: _Cover | None = _Cover(t_start[~steady], t_end[~steady])
+        others: Covered | None = Covered(merge(t_start[~steady], t_end[~steady]))
         t_start, t_end = t_start[steady], t_end[steady]
         phases = {name: col[steady] for name, col in phases.items()}
     else:
         others = None
-    classes = [(name, _Cover(s, e)) for name, s, e in _class_intervals(t_start, t_end, phases)]
+    classes = [(name, Covered(merge(s, e))) for name, s, e in _class_intervals(t_start, t_end, phases)]
     # the lag is chosen on at most LAG_SEARCH_READINGS of the readings, the split then fitted on all of them
     few = np.unique(np.linspace(0, sample_t.size - 1, min(sample_t.size, LAG_SEARCH_READINGS)).astype(np.int64))
     best: tuple[float, PhaseActivity] | None = None
@@ -150,8 +125,8 @@ def activity_by_phase(metric: str, t_start: np.ndarray, t_end: np.ndarray, phase
     return final[1] if final is not None else None
 
 
-def _fit(metric: str, classes: list[tuple[str, _Cover]], t_start: np.ndarray, t_end: np.ndarray,
-         others: _Cover | None, sample_t: np.ndarray, sample_v: np.ndarray,
+def _fit(metric: str, classes: list[tuple[str, Covered]], t_start: np.ndarray, t_end: np.ndarray,
+         others: Covered | None, sample_t: np.ndarray, sample_v: np.ndarray,
          interval_s: float, upper: float, lag: float) -> tuple[float, PhaseActivity] | None:
     """(residual variance, split) of the readings placed ``lag`` seconds earlier than stamped."""
     run0, run1 = float(t_start.min()), float(t_end.max())

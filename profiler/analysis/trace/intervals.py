@@ -32,22 +32,38 @@ def length(u: Union) -> float:
     return float((u[1] - u[0]).sum())
 
 
+class Covered:
+    """A union's running length, computed once: how much of it lies before any time, or inside any window.
+    (Asked again and again of the same union -- the phase split asks once per candidate lag.)"""
+
+    def __init__(self, u: Union) -> None:
+        self.s = u[0]
+        self.d = u[1] - u[0]
+        self.cum = np.concatenate(([0.0], np.cumsum(self.d)))
+
+    def before(self, t: np.ndarray) -> np.ndarray:
+        """For each time t, the length of the union lying before t (a non-decreasing function)."""
+        t = np.asarray(t, dtype=np.float64)
+        if self.s.size == 0:
+            return np.zeros(t.shape)
+        k = np.searchsorted(self.s, t, side="right") - 1
+        kk = np.clip(k, 0, self.s.size - 1)
+        inside = np.clip(t - self.s[kk], 0.0, self.d[kk])
+        return np.where(k < 0, 0.0, self.cum[kk] + inside)
+
+    def within(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Length of the union inside each window [a_i, b_i] (vectorised)."""
+        return self.before(b) - self.before(a)
+
+
 def covered_before(u: Union, t: np.ndarray) -> np.ndarray:
     """For each time t, the length of ``u`` lying before t (a non-decreasing function)."""
-    s, e = u
-    t = np.asarray(t, dtype=np.float64)
-    if s.size == 0:
-        return np.zeros(t.shape)
-    cum = np.concatenate(([0.0], np.cumsum(e - s)))
-    k = np.searchsorted(s, t, side="right") - 1
-    kk = np.clip(k, 0, s.size - 1)
-    inside = np.clip(t - s[kk], 0.0, e[kk] - s[kk])
-    return np.where(k < 0, 0.0, cum[kk] + inside)
+    return Covered(u).before(t)
 
 
 def overlap(u: Union, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Length of ``u`` inside each window [a_i, b_i] (vectorised)."""
-    return covered_before(u, b) - covered_before(u, a)
+    return Covered(u).within(a, b)
 
 
 def intersect_length(u: Union, v: Union) -> float:
