@@ -1,60 +1,74 @@
-"""Claim: publishing to a run store costs the training loop nothing measurable (ratio within noise of 1),
-and only what changed is sent.
+"""Claim: a publishing round sends bytes in proportion to the rows added since the last one, whatever the run's
+size, and the store is at most one round behind the run.
 
-Arms, in alternating order, on the nanoGPT-like character GPT under ``gpulens run``: local only, and
-with ``--store file://...`` publishing every second (10x the default rate, to make any cost visible).
-A pair's ratio is the median iteration time with the store over the one without (start-up left out).
-Printed: the median ratio over pairs with a 95 % bootstrap interval, and the bytes published per
-second of training (snapshots only when the database changed, each trace once).
+Two node databases written by the real writer (bench/synthetic.py: 8 H100-shaped GPUs and their host, 4
+steps/s), one ``--hours`` long (default 24) and one fresh, each published to a ``file://`` store by the real
+publisher.  Then, in interleaved pairs, both gain the same ``--every`` seconds of samples and steps and each
+publishes one round.  Printed: the bytes per round of the long run over the fresh one's (ratio ~1: only new
+rows go), the bytes and seconds a round takes (a round's seconds plus the interval are the store's lag behind
+the run), and what the whole-database snapshots published before would have cost at the same budget.
 
-    python bench/publish_cost.py --pairs 10
+    python bench/publish_cost.py --hours 24 --pairs 30
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
-from foreign_scripts import arms, clean_env, iteration_times, runs_dir
 from stats import fmt_ci
+from synthetic import SyntheticRank, write_rank
 
-SKIP = 15
-
-
-def store_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+from gpulens.profiler.store.publisher import DEFAULT_BUDGET_BPS, DEFAULT_EVERY_S, Publisher, Target
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=150)
-    ap.add_argument("--every", type=float, default=1.0, help="seconds between publishes in the store arm")
+    ap.add_argument("--hours", type=float, default=24.0, help="length of the long run (default 24)")
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--every", type=float, default=DEFAULT_EVERY_S, help="seconds of run per round (default 10)")
     args = ap.parse_args()
-    ratios, rates, plain_ms = [], [], []
-    with runs_dir() as root, tempfile.TemporaryDirectory(prefix="gpulens-store-") as store:
-        env = clean_env(1)
-        store_env = {**env, "GPULENS_PUBLISH_EVERY": str(args.every)}
+    with tempfile.TemporaryDirectory(prefix="gpulens-publish-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        long = write_rank(root / "long" / "rank-0.db", args.hours * 3600, gpus=args.gpus, start=1.7e9)
+        built = time.perf_counter() - t0
+        size = (root / "long" / "rank-0.db").stat().st_size
+        fresh = SyntheticRank(root / "fresh" / "rank-0.db", gpus=args.gpus, start=1.7e9 + args.hours * 3600)
+        store = f"file://{root / 'store'}"
+        pubs = {"long": Publisher(store, root / "long" / "rank-0.db", Target("long", 0, 0)),
+                "fresh": Publisher(store, root / "fresh" / "rank-0.db", Target("fresh", 0, 0))}
+        t0 = time.perf_counter()
+        pubs["long"].round()  # a publisher that starts late sends the backlog once
+        backlog = (pubs["long"].last.bytes, time.perf_counter() - t0)
+        fresh.advance(args.every)
+        pubs["fresh"].round()
+        ratios: list[float] = []
+        sent: dict[str, list[int]] = {"long": [], "fresh": []}
+        took: dict[str, list[float]] = {"long": [], "fresh": []}
         for i in range(args.pairs):
-            plain, local = arms("char-gpt", args.iters, root)
-            _, stored = arms("char-gpt", args.iters, root, ["--store", f"file://{store}"])
-            out = {}
-            before = store_bytes(Path(store))
-            order = (("stored", stored, store_env), ("local", local, env))
-            for name, argv, e in (order if i % 2 else order[::-1]):
-                times = iteration_times(argv, e)
-                out[name] = (statistics.median(times[SKIP:]), sum(times))
-            ratios.append(out["stored"][0] / out["local"][0])
-            plain_ms.append(out["local"][0] * 1e3)
-            # what the store arm's run left in the store: its final objects (uploads overwrite, so the
-            # bytes sent are at least this; the publisher sends a snapshot only when rows were added)
-            rates.append((store_bytes(Path(store)) - before) / max(out["stored"][1], 1e-9))
-    print(fmt_ci(f"char-gpt, 1 thread, local median iteration {statistics.median(plain_ms):.1f} ms; "
-                 f"with a store (publish every {args.every:g} s) / local only", ratios, target=1.02))
-    print(f"store growth per second of training: median {statistics.median(rates) / 1024:.1f} KiB/s "
-          f"(one run's database and traces, {os.cpu_count()} CPUs)")
+            for name in (("long", "fresh") if i % 2 else ("fresh", "long")):
+                (long if name == "long" else fresh).advance(args.every)
+                t0 = time.perf_counter()
+                assert pubs[name].round()
+                took[name].append(time.perf_counter() - t0)
+                sent[name].append(pubs[name].last.bytes)
+            ratios.append(sent["long"][-1] / sent["fresh"][-1])
+        long.close()
+        fresh.close()
+    print(f"long run: {args.hours:g} h x {args.gpus} GPUs, {size / 1e6:,.0f} MB database (written in {built:.0f} s); "
+          f"its first round sent the backlog: {backlog[0] / 1e6:,.1f} MB in {backlog[1]:.1f} s")
+    print(fmt_ci(f"bytes per {args.every:g} s round, {args.hours:g} h run / fresh run", ratios, target=1.1))
+    for name in ("long", "fresh"):
+        b, s = sorted(sent[name]), sorted(took[name])
+        print(f"  {name:5s}: median {statistics.median(b) / 1024:,.1f} KiB per round (max {b[-1] / 1024:,.1f} KiB, "
+              f"a merge of {16} segments), round takes median {statistics.median(s) * 1e3:,.0f} ms, "
+              f"max {s[-1] * 1e3:,.0f} ms -> the store is at most {args.every + s[-1]:.1f} s behind the run")
+    print(f"  before (a whole-database snapshot per round): {size / 1e6:,.0f} MB per round; at the default "
+          f"{DEFAULT_BUDGET_BPS / 1e6:g} MB/s budget one round every {size / DEFAULT_BUDGET_BPS / 60:,.0f} min")
 
 
 if __name__ == "__main__":

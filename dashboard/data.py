@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpulens.profiler import GpulensError, RunError, RunReader, open_run
-from gpulens.profiler.store.runstore import is_run_dir, list_runs, rank_dbs, run_dir_in
+from gpulens.profiler.store.runstore import is_run_dir, list_runs, member_dbs, run_dir_in
 
 CONFIG_KEY = "GPULENS_RUNS_ROOT"
 #: Set when no root was given: the sample runs, shown while the default root has no runs yet.
@@ -108,11 +108,11 @@ def run_path(run_id: Any) -> Path:
 def fingerprint(path: Path) -> tuple:
     """Changes whenever a rank database (or its WAL) changes: the cache key of an analysis."""
     out = []
-    for rank, db in rank_dbs(path).items():
+    for db in member_dbs(path):
         for p in (db, Path(f"{db}-wal")):
             try:
                 st = p.stat()
-                out.append((rank, p.name, st.st_mtime_ns, st.st_size, st.st_ino))
+                out.append((p.name, st.st_mtime_ns, st.st_size, st.st_ino))
             except OSError:
                 pass
     return tuple(out)
@@ -128,7 +128,7 @@ class _Readers:
         self._open: OrderedDict[Path, tuple[RunReader, tuple, float]] = OrderedDict()
 
     def get(self, path: Path) -> RunReader:
-        ranks = tuple(sorted((r, p.stat().st_ino) for r, p in rank_dbs(path).items()))
+        ranks = tuple((p.name, p.stat().st_ino) for p in member_dbs(path))
         with self._lock:
             hit = self._open.get(path)
             if hit is not None and hit[1] == ranks:

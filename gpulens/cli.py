@@ -146,7 +146,8 @@ def sample_runs_dir() -> Path | None:  # noqa: F821 (Path imported inside, like 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from gpulens.dashboard.serve import prepare, serve
     from gpulens.profiler import list_runs, runs_root
-    from gpulens.profiler.store.remote import is_url, start_mirror
+    from gpulens.profiler.store.mirror import start_mirror
+    from gpulens.profiler.store.remote import is_url
 
     store = args.runs_dir if is_url(args.runs_dir) else None
     root = start_mirror(store) if store else runs_root(args.runs_dir)
@@ -167,16 +168,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from gpulens.profiler.store.remote import is_url, publish_run
+    from gpulens.profiler import resolve_run
+    from gpulens.profiler.store.publisher import publish_run
+    from gpulens.profiler.store.remote import is_url, redact
 
     if not is_url(args.url):
-        raise GpulensError(f"{args.url}: not a store URL (s3://bucket/prefix, gs://..., file:///shared/runs)")
-    run_dir = Path(args.run_dir)
+        raise GpulensError(f"{redact(args.url)}: not a store URL (s3://bucket/prefix, gs://..., file:///shared/runs)")
+    run_dir = resolve_run(args.run_dir)
     stats = publish_run(run_dir, args.url)
-    print(f"gpulens: published {run_dir.name}: {stats.uploads} object(s), {fmt.bytes_(stats.bytes)} "
-          f"-> {args.url.rstrip('/')}/{run_dir.name}")
+    print(f"gpulens: published {run_dir.name}: {stats.objects} object(s), {fmt.bytes_(stats.bytes)} "
+          f"-> {redact(args.url.rstrip('/'))}/{run_dir.name}")
     return EXIT_OK
 
 
@@ -206,10 +208,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                      advise=False if args.no_advise else None, check_script=not args.dry_run,
                      what_if=args.what_if, nvtx=True if args.nvtx else None)
     if args.store:
-        from gpulens.profiler.store.remote import ENV_STORE, is_url
+        from gpulens.profiler.store.remote import ENV_STORE, is_url, redact
 
         if not is_url(args.store):
-            raise GpulensError(f"--store {args.store}: not a store URL (s3://bucket/prefix, file:///shared/runs)")
+            raise GpulensError(f"--store {redact(args.store)}: not a store URL (s3://bucket/prefix, "
+                               "file:///shared/runs)")
         launch.env[ENV_STORE] = args.store
     note = interpreter_note(launch.argv)
     if note:
@@ -237,7 +240,8 @@ def _run_target(run: str, runs_dir: str | None) -> Path:
     """A run argument as a path: a directory, rank file or run id under the runs root, or STORE_URL/RUN_ID
     (fetched into the local cache)."""
     from gpulens.profiler import resolve_run
-    from gpulens.profiler.store.remote import is_url, local_run
+    from gpulens.profiler.store.mirror import local_run
+    from gpulens.profiler.store.remote import is_url
 
     return local_run(run) if is_url(run) else resolve_run(run, Path(runs_dir) if runs_dir else None)
 
@@ -319,33 +323,40 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from gpulens.profiler import list_runs, open_run, runs_root
-    from gpulens.profiler.store.remote import is_url, sync_runs
+    from gpulens.profiler.store.remote import is_url, redact
     from gpulens.profiler.store.runstore import validate_run_id
 
+    rows: list[dict[str, Any]] = []
     shown_root: object
     if is_url(args.runs_dir):
-        root, _ = sync_runs(args.runs_dir)
-        shown_root = args.runs_dir
+        from gpulens.profiler.store.mirror import index_rows, sync_runs
+
+        index, stats = sync_runs(args.runs_dir, full=False)  # the processes' metadata only: a big store lists fast
+        shown_root = redact(args.runs_dir)
+        for row in index_rows(index, stats.broken):
+            rows.append({"id": fmt.safe_text(row.id), "name": fmt.safe_text(row.name), "status": row.status,
+                         "gpus": [fmt.safe_text(g) for g in row.gpus], "start": row.start,
+                         "duration_s": row.duration_s, "steps": row.steps,
+                         "error": fmt.safe_text(row.error) if row.error else None})
     else:
         root = runs_root(args.runs_dir)
         shown_root = root
-    if not root.is_dir():
-        raise GpulensError(f"{root}: no such runs directory")
-    rows: list[dict[str, Any]] = []
-    for path in list_runs(root):
-        shown = fmt.safe_text(path.name)
-        try:
-            validate_run_id(path.name)
-            with open_run(path) as run:
-                info = run.info
-                n_steps = len(run.steps())
-                rows.append({"id": info.id, "name": fmt.safe_text(info.name), "status": info.status,
-                             "gpus": [fmt.safe_text(g.get("name")) for g in info.gpus], "start": info.start,
-                             "duration_s": info.duration_s, "steps": n_steps, "error": None})
-        except (GpulensError, OSError) as exc:  # one broken run is shown as broken; the rest list
-            reason = str(exc) if isinstance(exc, GpulensError) else f"cannot read ({exc.strerror or exc})"
-            rows.append({"id": shown, "name": None, "status": "broken", "gpus": [], "start": None,
-                         "duration_s": None, "steps": None, "error": fmt.safe_text(reason)})
+        if not root.is_dir():
+            raise GpulensError(f"{root}: no such runs directory")
+        for path in list_runs(root):
+            shown = fmt.safe_text(path.name)
+            try:
+                validate_run_id(path.name)
+                with open_run(path) as run:
+                    info = run.info
+                    n_steps = len(run.steps())
+                    rows.append({"id": info.id, "name": fmt.safe_text(info.name), "status": info.status,
+                                 "gpus": [fmt.safe_text(g.get("name")) for g in info.gpus], "start": info.start,
+                                 "duration_s": info.duration_s, "steps": n_steps, "error": None})
+            except (GpulensError, OSError) as exc:  # one broken run is shown as broken; the rest list
+                reason = str(exc) if isinstance(exc, GpulensError) else f"cannot read ({exc.strerror or exc})"
+                rows.append({"id": shown, "name": None, "status": "broken", "gpus": [], "start": None,
+                             "duration_s": None, "steps": None, "error": fmt.safe_text(reason)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

@@ -27,7 +27,8 @@ def _path_of(run: Any, runs_dir: str | Path | None) -> Path:
         return run.path
     if isinstance(run, (str, Path)):
         from gpulens.profiler import resolve_run
-        from gpulens.profiler.store.remote import is_url, local_run
+        from gpulens.profiler.store.mirror import local_run
+        from gpulens.profiler.store.remote import is_url
 
         text = str(run)
         return local_run(text) if is_url(text) else resolve_run(text, Path(runs_dir) if runs_dir else None)

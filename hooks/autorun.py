@@ -25,6 +25,7 @@ log = logging.getLogger("gpulens")
 
 ENV_OPTIONS = "GPULENS_AUTORUN"
 ENV_OWNER = "GPULENS_AUTORUN_OWNER"
+ENV_RUN_ID_SCOPE = "GPULENS_RUN_ID_SCOPE"  # job | node: is GPULENS_RUN_ID the same on every node of the job
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
 #: Command lines of launchers: they start the ranks and must not record themselves.

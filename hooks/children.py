@@ -5,10 +5,12 @@ The DDP tutorial's ``mp.spawn(train, nprocs=2)``, hogwild's
 that runs backward.  A child cannot know up front whether it will train --
 DataLoader and compile workers are children too, and must cost nothing --
 so it is only *armed*: ``torch.autograd.backward`` is wrapped, and the
-first backward starts recording, as the next free rank of the parent's run
-(from 1 + its process-group rank when it has joined one, so
-``mp.spawn`` rank k is run rank k + 1; the parent, which samples the node's
-GPUs and host, is rank 0).  The first step of a child is partial, and a
+first backward starts recording, as the rank torch gave it when it has
+joined a process group (``mp.spawn`` rank k is rank k of the run), else
+as the lowest rank left free.  The parent, which samples the node's GPUs
+and host and trains nothing, is the node's sampler, not a rank
+(:mod:`gpulens.profiler.store.members`); when it closes, the files are
+renamed to what they hold.  The first step of a child is partial, and a
 warm-up step anyway.
 
 A forked child first lets go of its copy of the parent's run: threads do
@@ -150,7 +152,7 @@ def announce_trainer(run_dir: Path) -> None:
         log.debug("gpulens: could not announce this child as a rank: %s", exc)
 
 
-def child_ranks(path: Path | None, own: int) -> dict[int, int]:
+def child_ranks(path: Path | None) -> dict[int, int]:
     """Rank -> steps of the ranks this process' children recorded (asked when this process trained nothing)."""
     if path is None:
         return {}
@@ -158,8 +160,8 @@ def child_ranks(path: Path | None, own: int) -> dict[int, int]:
         from gpulens.profiler import open_run
 
         with open_run(path) as reader:
-            return {rank: len(reader.steps(rank)) for rank in reader.ranks if rank != own
-                    and (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
+            return {rank: len(reader.steps(rank)) for rank in reader.ranks
+                    if (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
     except Exception as exc:
         log.debug("gpulens: could not look for child ranks: %s", exc)
         return {}

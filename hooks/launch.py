@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpulens.hooks.autorun import BOOTSTRAP_DIR, ENV_OPTIONS, ENV_OWNER, LAUNCHER_SCRIPTS, program_name
+from gpulens.hooks.autorun import (
+    BOOTSTRAP_DIR,
+    ENV_OPTIONS,
+    ENV_OWNER,
+    ENV_RUN_ID_SCOPE,
+    LAUNCHER_SCRIPTS,
+    program_name,
+)
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.runstore import new_run_id, run_dir_in, runs_root, validate_run_id
 
@@ -106,7 +113,8 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     base = dict(os.environ if env is None else env)
     root = runs_root(runs_dir).resolve()
     run_name = name or name_of(argv)
-    rid = validate_run_id(run_id) if run_id else (job_run_id(argv, run_name, base) or new_run_id(run_name))
+    job_id = None if run_id else job_run_id(argv, run_name, base)
+    rid = validate_run_id(run_id) if run_id else (job_id or new_run_id(run_name))
     run_dir = run_dir_in(root, rid)
     script = python_script(argv) if check_script else None
     if script is not None and not Path(script).is_file():
@@ -115,6 +123,9 @@ def prepare(command: list[str], module: str | None = None, name: str | None = No
     base.pop(ENV_OWNER, None)  # gpulens run from inside a recorded process records the new command
     base[ENV_OPTIONS] = json.dumps(opts)
     base["GPULENS_RUN_ID"] = rid
+    # "job": every node of the job has this id (given, or from --rdzv-id / Slurm); "node": this node's own,
+    # until the ranks agree on rank 0's through their process group
+    base[ENV_RUN_ID_SCOPE] = "job" if run_id or job_id else "node"
     path = base.get("PYTHONPATH")
     base["PYTHONPATH"] = str(BOOTSTRAP_DIR) + (os.pathsep + path if path else "")
     return Launch(argv, base, rid, run_dir)

@@ -2,27 +2,48 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
+#: Where launchers put a process's rank: torchrun, accelerate, deepspeed, Lightning (RANK ...), else the tasks
+#: of a Slurm job step that srun started (SLURM_PROCID ... with SLURM_STEP_ID; a batch script has no step id),
+#: which scripts pass to init_process_group themselves.
+_RANK_VARS = {"rank": ("RANK", "SLURM_PROCID"), "local_rank": ("LOCAL_RANK", "SLURM_LOCALID"),
+              "world_size": ("WORLD_SIZE", "SLURM_NTASKS"),
+              "local_world_size": ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE")}
+
 
 def rank_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """torch.distributed / torchrun rank variables (defaults: a single process)."""
+    """torch.distributed / torchrun rank variables, else Slurm's (defaults: a single process)."""
     env = dict(os.environ) if env is None else env
+    launcher = not _srun_task(env)  # torchrun & co. first: their workers under srun carry both
 
-    def num(name: str, default: int) -> int:
-        try:
-            return int(env.get(name, default))
-        except ValueError:
-            return default
+    def num(key: str, default: int) -> int:
+        for name in _RANK_VARS[key][:1] if launcher else _RANK_VARS[key]:
+            try:
+                return int(env[name])
+            except (KeyError, ValueError):
+                continue
+        return default
 
     return {
-        "rank": num("RANK", 0),
-        "local_rank": num("LOCAL_RANK", 0),
-        "world_size": num("WORLD_SIZE", 1),
-        "local_world_size": num("LOCAL_WORLD_SIZE", 1),
+        "rank": num("rank", 0),
+        "local_rank": num("local_rank", 0),
+        "world_size": num("world_size", 1),
+        "local_world_size": num("local_world_size", 1),
         "node_rank": node_rank(env),
     }
+
+
+def _srun_task(env: dict[str, str]) -> bool:
+    return "RANK" not in env and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env
+
+
+def has_rank(env: dict[str, str] | None = None) -> bool:
+    """Did a launcher give this process a rank (torchrun & co., srun)?"""
+    env = dict(os.environ) if env is None else env
+    return "RANK" in env or _srun_task(env)
 
 
 #: Where launchers put the node's index in the job: torchrun's agents (GROUP_RANK), Slurm, and the
@@ -58,6 +79,14 @@ def node_count(env: dict[str, str] | None = None) -> int:
     except (KeyError, ValueError):
         return 0
     return world // local if local > 0 and world % local == 0 else 0
+
+
+def job_wide_id(env: dict[str, str] | None = None) -> bool:
+    """Is the run id every rank derives alone the same on every node: a rendezvous id given to torchrun, or
+    a Slurm job's?  (Else it is one node's, and the ranks agree on rank 0's once the process group exists.)"""
+    env = dict(os.environ) if env is None else env
+    elastic = env.get("TORCHELASTIC_RUN_ID", "")
+    return bool(elastic and elastic.lower() != "none") or bool(env.get("SLURM_JOB_ID"))
 
 
 def shared_run_id(name: str, env: dict[str, str] | None = None) -> str | None:
@@ -115,9 +144,37 @@ def torch_meta() -> dict[str, Any]:
     return out
 
 
+#: Command-line options whose value is a secret: the value is kept out of the run (which may be published).
+_SECRET_OPTION = re.compile(r"(token|secret|passw|api[_-]?key|access[_-]?key|credential|auth)", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line as a run keeps it: the values of ``--token X`` / ``--api-key=X`` / ``PASSWORD=X``
+    options and the ``user:password@`` of URLs replaced by ``***``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        text = str(arg)
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        name, eq, _ = text.partition("=")
+        if _SECRET_OPTION.search(name) and (eq or name.startswith("-")):
+            if eq:
+                out.append(f"{name}=***")
+            else:
+                out.append(text)
+                hide_next = True
+            continue
+        out.append(_URL_USERINFO.sub(r"\1***@", text))
+    return out
+
+
 def command_meta() -> dict[str, Any]:
     return {
-        "command": [sys.executable, *sys.argv],
+        "command": redact_argv([sys.executable, *sys.argv]),
         "cwd": os.getcwd(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

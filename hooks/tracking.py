@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from gpulens.hooks import runmeta
+from gpulens.hooks.autorun import ENV_RUN_ID_SCOPE
 from gpulens.hooks.children import announce_trainer, child_ranks
 from gpulens.hooks.lifecycle import Lifecycle
 from gpulens.hooks.modelinfo import model_meta
@@ -110,6 +111,13 @@ class TrackedRun:
         self._whatif: Any = None  # a measured what-if's stretch (hooks/whatif.py)
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
+        self._slot = 0
+        self._node_rank = 0
+        self._auto_role = False
+        self._id_settled = True
+        self._job_run_id: str | None = None
+        self._id_thread: threading.Thread | None = None  # reads rank 0's run id (hooks/jobid.py)
+        self._db: Path | None = None
         try:
             self._start()
         except Exception as exc:
@@ -140,12 +148,22 @@ class TrackedRun:
         ranks = runmeta.rank_env()
         # only one process per node samples the node's GPUs and host
         sample_node = ranks["local_rank"] == 0
-        if self._child is not None:  # the recording parent samples the node; its rank is taken
-            ranks = {"rank": 1 + int(self._child.get("process_group_rank") or 0), "local_rank": 0,
+        # gpulens run's own process without a launcher's rank: a rank once it trains, its node's sampler if
+        # only its children do (mp.spawn's parent); the run folder shows which (gpulens.profiler.store.members)
+        self._auto_role = bool(opts.auto) and self._child is None and not runmeta.has_rank()
+        pg_rank = None
+        if self._child is not None:  # the recording parent samples the node; a child is torch's rank
+            pg_rank = self._child.get("process_group_rank")
+            ranks = {"rank": int(pg_rank) if pg_rank is not None else 0, "local_rank": 0,
                      "world_size": int(self._child.get("process_group_world_size") or 1), "local_world_size": 1,
                      "node_rank": ranks["node_rank"]}  # a child trains on its parent's node
             sample_node = False
-        given = opts.run_id or os.environ.get("GPULENS_RUN_ID") or runmeta.shared_run_id(self.name)
+        env_id = os.environ.get("GPULENS_RUN_ID")
+        given = opts.run_id or env_id or runmeta.shared_run_id(self.name)
+        # an id is the job's when given, or derived from something job-wide; a node's own id waits for the
+        # process group, through which every rank learns rank 0's (hooks/jobid.py)
+        self._id_settled = bool(opts.run_id) or ranks["world_size"] <= 1 or (
+            os.environ.get(ENV_RUN_ID_SCOPE) == "job" if env_id else runmeta.job_wide_id())
         root = runs_root(opts.runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # a generated id that is already taken is drawn again
@@ -161,18 +179,22 @@ class TrackedRun:
             meta["child"] = self._child
             announce_trainer(path)
         for claim in range(256 if self._child is not None else 1):
-            try:  # a child takes the first free rank from its own on; any other process has its rank
-                recorder = Recorder(path / rank_db_name(ranks["rank"] + claim),
-                                    {**meta, "rank": ranks["rank"] + claim}, opts.sampling, opts.nvml, sample_node)
-                ranks["rank"] += claim
+            try:  # a child takes the first free file from its rank on (the files are slots, see members.py)
+                slot = ranks["rank"] + claim
+                db = path / rank_db_name(slot)
+                own = ranks["rank"] if self._child is None or pg_rank is not None else slot
+                recorder = Recorder(db, {**meta, "rank": own}, opts.sampling, opts.nvml, sample_node)
                 break
             except FileExistsError:
                 if self._child is None or claim == 255:
                     raise
         self._recorder = recorder
-        from gpulens.profiler.store.remote import start_publisher
+        self._db = db
+        self._slot = slot  # the file's number: trace files are named by it (unique in the folder)
+        ranks["rank"] = own
+        from gpulens.profiler.store.publisher import start as start_publisher
 
-        self._publisher = start_publisher(opts.store, path, path / rank_db_name(ranks["rank"]))
+        self._publisher = start_publisher(opts.store, db, self._target(ranks, pg_rank))
         writer = recorder.writer
         self._emit = lambda row: writer.step(tuple(row))
         self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
@@ -185,6 +207,7 @@ class TrackedRun:
             dtype = opts.flops_dtype or "bf16"
             writer.flops(-1, float(opts.flops_per_step), {dtype: float(opts.flops_per_step)}, "user")
         self._rank = ranks["rank"]
+        self._node_rank = ranks["node_rank"]
         self._recording = True
         torch = sys.modules.get("torch")
         if torch is not None:
@@ -192,6 +215,24 @@ class TrackedRun:
         self._lifecycle.install()
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
             log.info("gpulens: recording run %s into %s", run_id, path)
+
+    def _target(self, ranks: dict[str, Any], pg_rank: Any) -> dict[str, Any]:
+        """Where the publisher sends this process's database (gpulens.profiler.store.publisher)."""
+        return {"run_id": self._job_run_id or self.id, "node": ranks["node_rank"], "rank": ranks["rank"],
+                "settled": self._id_settled,
+                # rank or node's sampler, or (a child without a process group) which free rank: the folder says
+                "auto": self._auto_role or (self._child is not None and pg_rank is None)}
+
+    def _on_job_run_id(self, run_id: str) -> None:
+        """The job's run id, agreed through the process group (hooks/jobid.py): the store gets one run."""
+        self._job_run_id = run_id
+        self._id_settled = True
+        if run_id != self.id and self._recorder is not None:  # also while closing: the database is still open
+            self._recorder.writer.meta(job_run_id=run_id)
+        if self._publisher is not None:
+            child = self._child or {}
+            self._publisher.retarget(self._target({"node_rank": self._node_rank, "rank": self._rank},
+                                                  child.get("process_group_rank", 0)))
 
     def _start_what_if(self, text: str) -> None:
         from gpulens.hooks.whatif import WhatIf, parse_what_if
@@ -231,7 +272,7 @@ class TrackedRun:
         try:
             self._start_ranges(torch)
             if self._profile.enabled and self._windows is None:
-                self._windows = ProfilerWindows(torch, self.path, self._rank, self._profile, writer)
+                self._windows = ProfilerWindows(torch, self.path, self._slot, self._profile, writer)
                 self._windows.begin_if_first()
             if self.options.count_flops and not self.options.flops_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
@@ -403,6 +444,7 @@ class TrackedRun:
             if backend:
                 self._recorder.writer.meta(distributed_backend=backend)
                 self._start_clock_sync()
+                self._agree_run_id()
         if self._comm is not None and self._comm.models:
             seconds = self._comm.take(time.perf_counter())
             if seconds is not None:
@@ -420,6 +462,21 @@ class TrackedRun:
             windows = self._windows
             if windows is None or not windows.profiled(step) or windows.warming_up(step):
                 flops.begin(step, shape)  # never in a recorded window step: its trace would time the counter
+
+    def _agree_run_id(self) -> None:
+        """The job's run id from rank 0, through the process group's store (hooks/jobid.py)."""
+        torch = sys.modules.get("torch")
+        if torch is None or self.id is None:
+            return
+        try:
+            rank = int(torch.distributed.get_rank())
+        except Exception:
+            return
+        from gpulens.hooks.jobid import agree
+
+        if rank == 0:
+            self._on_job_run_id(self.id)
+        self._id_thread = agree(torch, rank, self.id, self._id_settled and rank != 0, self._on_job_run_id)
 
     def _start_clock_sync(self) -> None:
         """Measure this node's clock against rank 0's through the job's store (hooks/clocksync.py)."""
@@ -512,6 +569,10 @@ class TrackedRun:
             self._clock_thread.join(timeout=CLOSE_WAIT_S)
             if self._clock_measured is not None and self._recorder is not None:
                 self._recorder.writer.meta(clock=self._clock_measured)
+        if self._id_thread is not None:  # a short job can end before rank 0's run id reached this rank
+            from gpulens.hooks.clocksync import CLOSE_WAIT_S
+
+            self._id_thread.join(timeout=CLOSE_WAIT_S)
         with _active_lock:
             if _active is self:
                 _active = None
@@ -524,9 +585,10 @@ class TrackedRun:
         if self._auto is not None:
             auto_meta["auto"] = self._auto.describe()
             if not self._auto.updates and self._child is None:
-                children = child_ranks(self.path, self._rank)
+                children = child_ranks(self.path)
                 if children:
                     auto_meta["auto"]["children"] = sorted(children)
+                    auto_meta["role"] = "node"  # its node's sampler: the ranks are its children
                 elif not self.quiet:
                     print("gpulens: no training step found (no optimizer.step, GradScaler.step or backward in this "
                           "process or a child of it): recorded device and host samples only", file=sys.stderr)
@@ -563,6 +625,13 @@ class TrackedRun:
             return
         if self._publisher is not None:  # the final status and the last rows, to the store too
             self._publisher.close()
+        if children and self.path is not None:  # the files named as what they hold: rank-<torch rank>.db
+            try:
+                from gpulens.profiler.store.members import tidy
+
+                tidy(self.path)
+            except OSError as exc:
+                log.debug("gpulens: run files not renamed: %s", exc)
         if not self.quiet and self._child is None:  # the parent speaks for the run
             if children:
                 steps = (f"training ran in {len(children)} child process(es), recorded as rank(s) "

@@ -119,7 +119,7 @@ def test_compare_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys) -> No
 
 def test_compare_reads_a_store_url(tmp_path: Path, capsys) -> None:
     pytest.importorskip("fsspec")
-    from gpulens.profiler.store.remote import publish_run
+    from gpulens.profiler.store.publisher import publish_run
 
     a = _train(tmp_path / "local", "a", steps=20)
     store = f"file://{tmp_path / 'store'}"

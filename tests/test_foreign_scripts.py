@@ -10,6 +10,7 @@ tests/scripts/ follow the public examples' patterns.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import pickle
 import re
@@ -30,6 +31,7 @@ import gpulens
 from gpulens.hooks.hidden_hooks import is_gpulens_hook
 from gpulens.hooks.kineto_output import kineto_quiet, split_kineto
 from gpulens.profiler import open_run
+from gpulens.profiler.store.reader import node_key
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 GPULENS = str(Path(sys.executable).with_name("gpulens"))
@@ -239,22 +241,31 @@ def test_mp_spawn_ddp_ranks_are_recorded_as_ranks_of_the_run(tmp_path):
                         extra=())
     assert proc.returncode == 0, proc.stderr
     assert "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
-    assert "training ran in 2 child process(es), recorded as rank(s) 1, 2 (40 steps)" in proc.stderr
+    assert "training ran in 2 child process(es), recorded as rank(s) 0, 1 (40 steps)" in proc.stderr
     assert "no training step found" not in proc.stderr
     reader = _only_run(tmp_path)
-    assert reader.ranks == [0, 1, 2] and reader.primary_rank == 1
+    # torch's ranks: the parent is the node's sampler, not a rank; the files say so once the run ends
+    assert reader.ranks == [0, 1] and reader.primary_rank == 0
+    assert sorted(p.name for p in reader.path.glob("*.db")) == ["node-0.db", "rank-0.db", "rank-1.db"]
     assert reader.info.status == "finished"
-    assert len(reader.steps(0)) == 0  # the parent: node samples, no training
-    assert "host.cpu" in {s.metric for s in reader.series_list(0)}
-    for rank in (1, 2):
+    (node,) = reader.nodes()
+    assert node.ranks == [0, 1] and node.sampling_rank is None and node.sampler == node_key(0)
+    assert "host.cpu" in {s.metric for s in reader.series_list(node_key(0))}
+    assert reader.meta(node_key(0))["role"] == "node" and len(reader.steps(node_key(0))) == 0
+    for rank in (0, 1):
         meta = reader.meta(rank)
-        assert meta["child"]["process_group_rank"] == rank - 1 and meta["child"]["start_method"] == "spawn"
+        assert meta["child"]["process_group_rank"] == rank == meta["rank"]
+        assert meta["child"]["start_method"] == "spawn"
         assert meta["world_size"] == 2 and meta["status"] == "finished"
         steps = reader.steps(rank)
         assert len(steps) == 20
         assert sum("@comm" in e for e in steps.extra) >= 18  # the gloo all-reduce, timed in the child
     assert len(reader.steps()) == 20  # the run speaks through its first training rank
-    assert "host.cpu" not in {s.metric for s in reader.series_list(1)}  # the parent samples the node
+    assert "host.cpu" not in {s.metric for s in reader.series_list(0)}  # the parent samples the node
+    report = json.loads(subprocess.run([PY, "-m", "gpulens", "report", str(reader.path), "--json"],
+                                       capture_output=True, text=True, timeout=120, env=_env()).stdout)
+    assert [r["rank"] for r in report["ranks"]] == [0, 1]
+    assert report["nodes"][0]["sampled_by"] == "node process" and report["nodes"][0]["host_cpu_pct"] is not None
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -263,13 +274,13 @@ def test_hogwild_processes_are_recorded_and_loader_workers_are_not(tmp_path, met
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout
     reader = _only_run(tmp_path)
-    assert reader.ranks == [0, 1, 2]
-    for rank in (1, 2):
+    assert reader.ranks == [0, 1]  # no process group: the lowest free ranks; the parent samples the node
+    for rank in (0, 1):
         assert len(reader.steps(rank)) == 12
         assert reader.meta(rank)["child"]["start_method"] == method
         assert reader.meta(rank)["status"] == "finished"  # closed although forked children leave by os._exit
     assert sorted(int(p.name) for p in (reader.path / "trainers").iterdir()) == sorted(
-        reader.meta(r)["pid"] for r in (1, 2))
+        reader.meta(r)["pid"] for r in (0, 1))
 
 
 def test_dataloader_worker_processes_stay_unrecorded(tmp_path):

@@ -1,16 +1,19 @@
-"""Run stores: every rank publishes to one store, readers go through a local cache.
+"""Run stores: every process publishes Parquet segments to one store, readers go through a local cache.
 
-Real parts only: s3fs against moto's S3 server started here on 127.0.0.1, a ``file://`` store in a second
-directory, training processes launched the way two torchrun agents of a ``--nnodes 2`` job are.
+Real parts only: s3fs against moto's S3 server started here on 127.0.0.1 (no mock of s3fs or botocore), a
+``file://`` store in a second directory, training processes launched the way users launch them (``gpulens
+run``, ``track()``, torchrun agents with static and c10d rendezvous, ``mp.spawn``), killed the way jobs die.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -18,35 +21,66 @@ import pytest
 
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
+pytest.importorskip("pyarrow")
 
-from gpulens.profiler import open_run  # noqa: E402
-from gpulens.profiler.store.remote import sync_runs  # noqa: E402
+from gpulens.profiler import GpulensError, open_run  # noqa: E402
+from gpulens.profiler.store import segments as seg  # noqa: E402
+from gpulens.profiler.store.mirror import sync_runs  # noqa: E402
+from gpulens.profiler.store.publisher import FANOUT  # noqa: E402
+from gpulens.profiler.store.reader import node_key  # noqa: E402
 from helpers import TINY_TRAIN as TRAIN  # noqa: E402
 
+GPULENS = str(Path(sys.executable).with_name("gpulens"))
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+#: A plain training loop, as a user writes it (no gpulens in it): ``gpulens run`` finds its steps.
+LOOP = textwrap.dedent("""
+    import sys, time, torch, torch.nn as nn
+    seconds = float(sys.argv[1])
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(32, 64)
+    end = time.time() + seconds
+    print("started", flush=True)
+    while time.time() < end:
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        time.sleep(0.004)
+""")
 
 
-def _agents(tmp_path: Path, store: str, env: dict[str, str], seconds: float = 2.0) -> list[subprocess.Popen]:
-    """Two training processes as two nodes' agents would start them, each with its own local runs dir."""
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
-    base.update(env, WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", TORCHELASTIC_RUN_ID="job-7",
-                GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="0.5")
-    return [subprocess.Popen([sys.executable, "-c", TRAIN, str(seconds)],
-                             env={**base, "RANK": str(n), "GROUP_RANK": str(n),
-                                  "GPULENS_DIR": str(tmp_path / f"node{n}")},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in (0, 1)]
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GPULENS_") and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")}
+    env.update(extra)
+    return env
 
 
-def _finish(procs: list[subprocess.Popen]) -> list[str]:
-    outs = [p.communicate(timeout=120)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    return outs
-
-
-def _report(url: str) -> dict:
+def _report(url: str, env: dict[str, str] | None = None) -> dict:
     out = subprocess.run([sys.executable, "-m", "gpulens", "report", url, "--json"], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def _steps(db: Path) -> list[tuple]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return con.execute("SELECT step, t_start, t_end, loss, samples, flags FROM steps ORDER BY step").fetchall()
+
+
+def _only(root: Path) -> Path:
+    (run,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,11 +91,14 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def s3():
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_SECRET_ACCESS_KEY": "testing-secret-7f3a", "AWS_DEFAULT_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import s3fs
@@ -77,108 +114,164 @@ def s3():
     server.stop()
 
 
-def test_two_nodes_publish_one_run_to_a_file_store(tmp_path, cache):
-    store = f"file://{tmp_path / 'store'}"
-    _finish(_agents(tmp_path, store, {"GPULENS_CACHE": str(cache)}))
-    (run_id,) = os.listdir(tmp_path / "store")
-    assert sorted(os.listdir(tmp_path / "store" / run_id)) == ["rank-0.db", "rank-1.db"]
-    report = _report(f"{store}/{run_id}")
-    assert [n["node_rank"] for n in report["nodes"]] == [0, 1] and report["status"] == "finished"
-    assert all(r["steps"] > 20 for r in report["ranks"])
-    for n in (0, 1):  # the store holds what each node holds locally
-        with open_run(tmp_path / f"node{n}" / run_id) as local:
-            assert len(local.steps(n)) == report["ranks"][n]["steps"] + 3  # + warm-up and profiled
+def _bucket(s3, name: str) -> str:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}/team"
 
 
-def test_s3_store_through_s3fs_with_a_cache_that_fetches_only_changes(tmp_path, cache, s3):
-    store = "s3://runs-bucket/team"
-    _finish(_agents(tmp_path, store, {}))
-    out = subprocess.run([sys.executable, "-m", "gpulens", "ls", store, "--json"], capture_output=True, text=True,
-                         timeout=120)
+# ----------------------------------------------------------------------------- the exit paths
+@pytest.mark.parametrize("seconds", [1.0, 9.0])
+def test_gpulens_run_jobs_read_back_finished_from_s3_short_and_long(tmp_path, cache, s3, seconds):
+    """The last round goes out before the job exits, whatever its length (it used to fail at interpreter exit:
+    a 5 s job never reached the store, a 14 s one read back crashed with its last snapshot's steps)."""
+    store = _bucket(s3, f"exit-{int(seconds)}")
+    (tmp_path / "loop.py").write_text(LOOP)
+    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "local"), "--store", store, "--no-advise",
+                           "--", sys.executable, str(tmp_path / "loop.py"), str(seconds)],
+                          capture_output=True, text=True, timeout=180, env=_env(GPULENS_PUBLISH_EVERY="0.3"))
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot publish" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    run = _only(tmp_path / "local")
+    report = _report(f"{store}/{run.name}")
+    assert report["status"] == "finished", report["status_reason"]
+    assert _steps(cache_run(store, run.name) / "rank-0.db") == _steps(run / "rank-0.db")
+    if seconds > 5:  # ~30 rounds: merged segments, and a store that holds few objects for it
+        import s3fs
+
+        keys = s3fs.S3FileSystem().find(f"{store[5:]}/{run.name}/rank=0/steps")
+        assert 1 < len(keys) <= FANOUT + 1, keys
+        assert any(seg.parse_segment_name(k.rsplit("/", 1)[1])[1] - seg.parse_segment_name(k.rsplit("/", 1)[1])[0]
+                   == FANOUT - 1 for k in keys), keys
+
+
+def cache_run(store: str, run_id: str) -> Path:
+    from gpulens.profiler.store.remote import cache_dir_for
+
+    return cache_dir_for(store) / run_id
+
+
+def test_track_closed_at_exit_and_by_sigterm_publishes_its_last_words_to_s3(tmp_path, cache, s3):
+    store = _bucket(s3, "track-exit")
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, torch, gpulens
+        run = gpulens.track("no-with", quiet=True, store={store!r}, runs_dir={str(tmp_path / 'local')!r},
+                            profile=False, advise=False)
+        w = torch.zeros(8, requires_grad=True)
+        print("started", flush=True)
+        end = time.time() + float(sys.argv[1])
+        while time.time() < end:
+            (w * 2).sum().backward()
+            run.step(loss=float(w.sum()))
+            time.sleep(0.003)
+    """))  # no close(), no with: the interpreter's exit closes the run
+    out = subprocess.run([sys.executable, str(script), "1.5"], capture_output=True, text=True, timeout=120,
+                         env=_env())
     assert out.returncode == 0, out.stderr
-    (row,) = json.loads(out.stdout)
-    assert row["status"] == "finished" and row["steps"] > 20
-    report = _report(f"{store}/{row['id']}")
-    assert len(report["nodes"]) == 2 and len(report["ranks"]) == 2
-    _, again = sync_runs(store)
-    assert again.fetched == 0 and again.unchanged == 2  # nothing changed: nothing downloaded
+    (run_a,) = (tmp_path / "local").iterdir()
+    proc = subprocess.Popen([sys.executable, str(script), "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env())
+    assert proc.stdout.readline().strip() == b"started"
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err  # the script dies of SIGTERM, as it would without gpulens
+    (run_b,) = [p for p in (tmp_path / "local").iterdir() if p != run_a]
+    assert _report(f"{store}/{run_a.name}")["status"] == "finished"
+    report_b = _report(f"{store}/{run_b.name}")
+    assert report_b["status"] == "interrupted" and report_b["status_reason"] == "SIGTERM"
+    for run in (run_a, run_b):
+        assert _steps(cache_run(store, run.name) / "rank-0.db") == _steps(run / "rank-0.db")
 
 
-def test_a_store_that_refuses_costs_one_warning_and_the_run_finishes_locally(tmp_path, s3):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env.update(GPULENS_DIR=str(tmp_path / "local"), GPULENS_STORE="s3://no-such-bucket/x",
-               GPULENS_PUBLISH_EVERY="0.3")
-    code = TRAIN.replace("quiet=True", "quiet=False")
-    out = subprocess.run([sys.executable, "-c", code, "1.5"], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    warnings = [line for line in out.stderr.splitlines() if "cannot publish" in line]
-    assert len(warnings) == 1 and "complete locally" in warnings[0] and "Traceback" not in out.stderr
-    (run_dir,) = (tmp_path / "local").iterdir()
-    with open_run(run_dir) as run:
-        assert run.info.status == "finished" and len(run.steps()) > 20
-
-
-def test_sigkill_leaves_the_store_at_most_one_publish_behind(tmp_path, cache):
-    store = f"file://{tmp_path / 'store'}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env.update(GPULENS_DIR=str(tmp_path / "local"), GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="1.0")
+def test_sigkill_keeps_every_flushed_step_in_the_store_and_reads_crashed(tmp_path, cache, s3):
+    """kill -9 of the training process: its publisher sends everything the database holds, status crashed."""
+    store = _bucket(s3, "killed")
+    env = _env(GPULENS_DIR=str(tmp_path / "local"), GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="30")
     proc = subprocess.Popen([sys.executable, "-c", TRAIN, "60"], env=env, stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"started"
-    time.sleep(4.0)
-    killed_at = time.time()
+    time.sleep(3.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    (run_id,) = os.listdir(tmp_path / "store")
-    db = tmp_path / "store" / run_id / "rank-0.db"
-    with sqlite3.connect(db) as con:  # a whole database, never half of one
-        last = con.execute("SELECT MAX(t_end) FROM steps").fetchone()[0]
-    assert killed_at - last <= 1.0 + 2.0, killed_at - last
-    report = _report(f"{store}/{run_id}")
-    assert report["status"] in ("running", "crashed") and report["steps"] > 20
+    run = _only(tmp_path / "local")
+    deadline = time.monotonic() + 60
+    while True:  # the publisher notices the death within a second and publishes once more
+        try:
+            sync_runs(store, full=False)
+        except GpulensError:  # nothing in the store yet
+            pass
+        index_file = cache_run(store, run.name).parent / ".index" / run.name / "rank=0.json"
+        index = json.loads(index_file.read_text()) if index_file.exists() else {"meta": {}}
+        if index["meta"].get("status") == "crashed":
+            break
+        assert time.monotonic() < deadline, "the publisher never published the crash"
+        time.sleep(0.5)
+    assert "ended without closing" in index["meta"]["error"]
+    sync_runs(store, only=run.name)
+    local = _steps(run / "rank-0.db")
+    assert len(local) > 100 and _steps(cache_run(store, run.name) / "rank-0.db") == local  # nothing lost
+    report = _report(f"{store}/{run.name}")
+    assert report["status"] == "crashed"
 
 
-def test_publish_uploads_a_finished_local_run(tmp_path, cache):
-    import shutil
+def test_a_store_that_refuses_or_is_down_costs_one_warning_and_never_holds_the_exit(tmp_path, s3):
+    port = _free_port()  # nothing listens there
+    for store, extra in (("s3://no-such-bucket/x", {}),
+                         ("s3://runs-bucket/x", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})):
+        local = tmp_path / f"local-{len(extra)}"
+        env = _env(GPULENS_DIR=str(local), GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="0.3", **extra)
+        code = TRAIN.replace("quiet=True", "quiet=False")
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code, "1.5"], env=env, capture_output=True, text=True, timeout=120)
+        waited = time.monotonic() - t0
+        assert out.returncode == 0, out.stderr
+        warnings = [line for line in out.stderr.splitlines() if "cannot publish" in line]
+        assert len(warnings) == 1 and "complete locally" in warnings[0] and "Traceback" not in out.stderr, out.stderr
+        # the publisher goes on trying in the background, with its own output: the captured pipes close with the
+        # script (a publisher holding them would keep this call waiting for its whole minute of retries)
+        assert waited < 45, waited
+        with open_run(_only(local)) as run:
+            assert run.info.status == "finished" and len(run.steps()) > 20
 
-    src = Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers"
-    run_dir = tmp_path / "cpu-cnn-workers"
-    shutil.copytree(src, run_dir)
-    store = f"file://{tmp_path / 'store'}"
-    out = subprocess.run([sys.executable, "-m", "gpulens", "publish", str(run_dir), store], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and "published cpu-cnn-workers" in out.stdout, out.stderr
-    assert (tmp_path / "store" / "cpu-cnn-workers" / "traces").is_dir()
-    assert _report(f"{store}/cpu-cnn-workers")["steps"] == _report(str(run_dir))["steps"]
-    bad = subprocess.run([sys.executable, "-m", "gpulens", "publish", str(run_dir), "not-a-url"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "not a store URL" in bad.stderr and "Traceback" not in bad.stderr
 
-
-def test_torchrun_two_agents_with_nnodes_2_become_one_run_in_the_store(tmp_path, cache):
-    """A real CPU DDP job (gloo) launched as two torchrun agents, --nnodes 2 --node-rank 0/1 on 127.0.0.1,
-    each with its own local runs dir and the same store."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = f"file://{tmp_path / 'store'}"
-    script = Path(__file__).resolve().parent / "scripts" / "ddp_train.py"
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["GPULENS_PUBLISH_EVERY"] = "1"
+# ----------------------------------------------------------------------------- one run per job, torch's ranks
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_torchrun_nodes_become_one_run_with_torchs_ranks(tmp_path, cache, s3, rendezvous):
+    """A real CPU DDP job (gloo) as two torchrun agents, --nnodes 2 --node-rank 0/1 on 127.0.0.1, each with its
+    own local runs dir: static rendezvous (--master-addr/--master-port, no --rdzv-id: the ranks agree on rank 0's
+    run id through their process group) and c10d with --rdzv-id."""
+    store = _bucket(s3, f"torchrun-{rendezvous}")
+    port = _free_port()
+    launch = (["--master-addr", "127.0.0.1", "--master-port", str(port)] if rendezvous == "static" else
+              ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job-77"])
     agents = []
     for node in (0, 1):
         (tmp_path / f"node{node}").mkdir()
         agents.append(subprocess.Popen(
-            [sys.executable, "-m", "gpulens", "run", "--quiet", "--store", store, "--no-advise", "--", torchrun,
-             "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job-77", str(script), "--epochs", "2"],
-            cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            [GPULENS, "run", "--quiet", "--store", store, "--no-advise", "--", TORCHRUN, "--nnodes", "2",
+             "--node-rank", str(node), "--nproc-per-node", "1", *launch, str(SCRIPTS / "ddp_train.py"),
+             "--epochs", "2"],
+            cwd=tmp_path / f"node{node}", env=_env(GPULENS_PUBLISH_EVERY="1"), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT))
     outs = [a.communicate(timeout=240)[0].decode() for a in agents]
     assert all(a.returncode == 0 for a in agents), outs
-    (run_id,) = os.listdir(tmp_path / "store")  # both agents derived the same run id from --rdzv-id
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    runs = s3fs.S3FileSystem().ls(store[5:])
+    assert len(runs) == 1, runs  # one run in the store for the job
+    run_id = runs[0].rsplit("/", 1)[1]
+    local = [_only(tmp_path / f"node{n}" / "gpulens-runs") for n in (0, 1)]
+    assert local[0].name == run_id  # rank 0's id; node 1 keeps its folder and notes the job's
+    if rendezvous == "static":
+        assert local[1].name != run_id
+    with open_run(local[1]) as node1:
+        assert node1.meta(1).get("job_run_id", node1.info.id) == run_id
     report = _report(f"{store}/{run_id}")
+    assert report["status"] == "finished"
     assert [n["node_rank"] for n in report["nodes"]] == [0, 1]
     assert [(r["rank"], r["node_rank"]) for r in report["ranks"]] == [(0, 0), (1, 1)]
     assert all(r["steps"] >= 12 for r in report["ranks"]), report["ranks"]  # 20 per rank, less warm-up, profiled
@@ -188,50 +281,265 @@ def test_torchrun_two_agents_with_nnodes_2_become_one_run_in_the_store(tmp_path,
     assert clock["clock_uncertainty_s"] is not None and clock["clock_uncertainty_s"] < 0.05, clock
     assert abs(clock["clock_offset_s"]) <= clock["clock_uncertainty_s"] + 0.002, clock
     assert report["nodes"][0]["clock_offset_s"] == 0.0
+    for n in (0, 1):  # the store holds what each node holds locally
+        assert _steps(cache_run(store, run_id) / f"rank-{n}.db") == _steps(local[n] / f"rank-{n}.db")
 
 
-def test_track_store_argument_and_a_mirror_that_picks_up_new_runs(tmp_path, monkeypatch, cache):
-    import torch
+def test_mp_spawn_ranks_are_torchs_in_the_store_and_the_parent_is_the_nodes_sampler(tmp_path, cache, s3):
+    store = _bucket(s3, "spawn")
+    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "local"), "--store", store, "--no-advise",
+                           "--", sys.executable, str(SCRIPTS / "spawn_ddp.py"), "--steps", "20", "--port",
+                           str(_free_port())], capture_output=True, text=True, timeout=240, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    run_id = _only(tmp_path / "local").name
+    import s3fs
 
-    import gpulens
-    from gpulens.profiler.store.remote import start_mirror
+    s3fs.S3FileSystem.clear_instance_cache()
+    folders = sorted(p.rsplit("/", 1)[1] for p in s3fs.S3FileSystem().ls(f"{store[5:]}/{run_id}"))
+    assert folders == ["node=0", "rank=0", "rank=1"]
+    report = _report(f"{store}/{run_id}")
+    assert [r["rank"] for r in report["ranks"]] == [0, 1] and all(r["steps"] >= 12 for r in report["ranks"])
+    (node,) = report["nodes"]
+    assert node["ranks"] == [0, 1] and node["sampled_by"] == "node process" and node["host_cpu_pct"] is not None
+    with open_run(cache_run(store, run_id)) as mirrored:
+        assert mirrored.ranks == [0, 1] and mirrored.meta(node_key(0))["role"] == "node"
 
-    monkeypatch.setenv("GPULENS_DIR", str(tmp_path / "local"))
+
+def test_a_node_killed_mid_run_reads_crashed_while_the_other_finished(tmp_path, cache, s3):
+    store = _bucket(s3, "half-dead")
+    base = _env(WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", TORCHELASTIC_RUN_ID="job-9",
+                GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="0.5", GROUP_WORLD_SIZE="2")
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, seconds],
+                              env={**base, "RANK": str(n), "GROUP_RANK": str(n),
+                                   "GPULENS_DIR": str(tmp_path / f"node{n}")},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+             for n, seconds in ((0, "4"), (1, "60"))]
+    for p in procs:
+        assert p.stdout.readline().strip() == b"started"
+    time.sleep(1.5)
+    os.killpg(procs[1].pid, signal.SIGKILL)  # node 1: the whole process group, at once
+    assert procs[0].wait(timeout=60) == 0
+    procs[1].wait(timeout=10)
+    run_id = _only(tmp_path / "node0").name
+    deadline = time.monotonic() + 60
+    while True:
+        report = _report(f"{store}/{run_id}")
+        if report["status"] != "running":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert [(n["node_rank"], n["status"]) for n in report["nodes"]] == [(0, "finished"), (1, "crashed")]
+    assert report["status"] == "crashed"
+    assert report["status_reason"].startswith("1 of 2 nodes crashed (node 1: "), report["status_reason"]
+
+
+# ----------------------------------------------------------------------------- segments: what a round sends
+def test_rounds_send_only_new_rows_merge_segments_and_a_mirror_never_duplicates(tmp_path, cache):
+    """A real writer adding steps and samples, a publisher round after each batch, a mirror syncing between
+    rounds while segments are merged under it: bytes per round follow the rows added, not the database's
+    size, and the mirror ends with exactly the database's rows."""
+    import numpy as np
+
+    from gpulens.profiler.store.publisher import Publisher, Target
+    from gpulens.profiler.store.writer import RunWriter
+
+    run = tmp_path / "local" / "grow"
+    writer = RunWriter(run / "rank-0.db", {"name": "grow", "status": "running", "rank": 0, "pid": os.getpid()},
+                       flush_interval=0.05)
     store = f"file://{tmp_path / 'store'}"
-    (tmp_path / "store").mkdir()
-    import threading
+    pub = Publisher(store, run / "rank-0.db", Target("grow", 0, 0))
+    sid = writer.series("gpu.util", 0, "%")
+    sent, step, t = [], 0, 1e9
+    for round_no in range(40):
+        for _ in range(50):
+            writer.step((step, t, t + 0.01, 0.001, 0.002, 0.003, 0.002, 0.002, 32, None, 1.0 / (step + 1), None,
+                         None, None, None, None, None, None, None, None, 0, None))
+            writer.point(sid, t, float(step % 100))
+            step, t = step + 1, t + 0.01
+        writer.sync()
+        assert pub.round()
+        sent.append(pub.last.bytes)
+        if round_no % 7 == 3:
+            sync_runs(store)  # a reader between rounds, while merges replace segments it has applied
+    writer.close(status="finished")
+    assert pub.round(final=True)
+    sync_runs(store)
+    mirrored = _steps(cache_run(store, "grow") / "rank-0.db")
+    assert mirrored == _steps(run / "rank-0.db") and len(mirrored) == 2000
+    with open_run(cache_run(store, "grow")) as m, open_run(run) as local:
+        a, b = m.series("gpu.util", 0), local.series("gpu.util", 0)
+        assert np.array_equal(a.t, b.t) and np.array_equal(a.v, b.v)  # every point once
+        assert m.info.status == "finished"
+    plain = [b for i, b in enumerate(sent) if (i + 1) % FANOUT]  # rounds without a merge
+    assert max(plain) < 3 * min(plain), sent  # round 39 sends what round 1 sent: bytes follow new rows
+    objects = [p for p in (tmp_path / "store" / "grow" / "rank=0" / "steps").iterdir()]
+    assert len(objects) <= 2 + 40 % FANOUT, sorted(p.name for p in objects)  # 40 rounds: 2 merged + 8
 
-    stop = threading.Event()
-    mirror = start_mirror(store, every=0.2, stop=stop)  # what `gpulens dashboard STORE_URL` serves from
-    with gpulens.track("in-process", quiet=True, store=store, profile=False, advise=False) as run:
-        w = torch.zeros(8, requires_grad=True)
-        for _ in range(30):
-            (w * 2).sum().backward()
-            run.step()
-    with open_run(tmp_path / "store" / run.id) as stored:  # the final publish carries the final status
-        assert stored.info.status == "finished" and len(stored.steps()) == 30
-    deadline = time.monotonic() + 10
-    try:
-        while not (mirror / run.id / "rank-0.db").exists():
-            assert time.monotonic() < deadline, "the mirror never fetched the new run"
-            time.sleep(0.1)
-    finally:
-        stop.set()
 
-
-def test_publishing_keeps_to_its_bandwidth_budget(tmp_path):
-    """A snapshot is a whole database: a big one is sent less often, so the job's network stays its own."""
+def test_a_round_cut_short_is_finished_by_the_next_with_nothing_twice(tmp_path, cache):
+    """The outbox: a store that fails mid-round keeps what was exported; the next round (or ``gpulens
+    publish``) sends it, and no row is exported twice."""
     import shutil
 
-    from gpulens.profiler.store.remote import Publisher
+    from gpulens.profiler.store.publisher import Publisher, Target
 
-    run_dir = tmp_path / "h100-cnn-input-bound"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "h100-cnn-input-bound", run_dir)
-    p = Publisher(f"file://{tmp_path / 'store'}", run_dir, run_dir / "rank-0.db", every=10.0, budget_bps=1e4)
-    try:
-        assert p.interval() == 10.0  # nothing sent yet
-        assert p.publish_once() and p.last_size > 1e5  # the sample database: ~220 KB
-        assert p.interval() == pytest.approx(p.last_size / 1e4) and p.interval() > 10.0  # 10 KB/s on average
-        assert p.publish_once() and p.stats.skipped == 1  # unchanged: nothing sent again
-    finally:
-        p._stop.set()
+    run = tmp_path / "cpu-cnn-workers"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers", run)
+    target = tmp_path / "store"
+    target.write_text("a file where the store's folder should be")  # every upload fails
+    pub = Publisher(f"file://{target}", run / "rank-0.db", Target("cpu-cnn-workers", 0, 0))
+    assert not pub.round(final=True)
+    waiting = list(pub.state.outbox)
+    assert waiting and all(e["op"] == "put" for e in waiting)
+    target.unlink()
+    out = subprocess.run([GPULENS, "publish", str(run), f"file://{target}"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "published cpu-cnn-workers" in out.stdout, out.stderr
+    assert _report(f"file://{target}/cpu-cnn-workers")["steps"] == _report(str(run))["steps"]
+    assert _steps(cache_run(f"file://{target}", "cpu-cnn-workers") / "rank-0.db") == _steps(run / "rank-0.db")
+    assert (target / "cpu-cnn-workers" / "rank=0" / "traces").is_dir()
+    bad = subprocess.run([GPULENS, "publish", str(run), "not-a-url"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a store URL" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ls_reads_only_the_index_and_a_cache_fetches_only_changes(tmp_path, cache, s3):
+    store = _bucket(s3, "listing")
+    base = _env(WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", TORCHELASTIC_RUN_ID="job-7",
+                GPULENS_STORE=store, GPULENS_PUBLISH_EVERY="0.5")
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, "2"],
+                              env={**base, "RANK": str(n), "GROUP_RANK": str(n),
+                                   "GPULENS_DIR": str(tmp_path / f"node{n}")}) for n in (0, 1)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    out = subprocess.run([GPULENS, "ls", store, "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["status"] == "finished" and row["steps"] == len(_steps(_only(tmp_path / "node0") / "rank-0.db"))
+    assert not any((cache_run(store, row["id"])).glob("*.db"))  # listing assembled nothing
+    report = _report(f"{store}/{row['id']}")
+    assert len(report["nodes"]) == 2 and len(report["ranks"]) == 2
+    _, again = sync_runs(store)
+    assert again.fetched == 0 and again.unchanged > 0  # nothing changed: nothing downloaded
+
+
+def test_a_run_deleted_from_the_store_leaves_the_cache(tmp_path, cache):
+    import shutil
+
+    from gpulens.profiler.store.publisher import publish_run
+
+    store = f"file://{tmp_path / 'store'}"
+    for name in ("cpu-cnn-workers", "cpu-gpt-small-batch"):
+        shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / name, tmp_path / name)
+        publish_run(tmp_path / name, store)
+    root, _ = sync_runs(store)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["cpu-cnn-workers",
+                                                                                   "cpu-gpt-small-batch"]
+    shutil.rmtree(tmp_path / "store" / "cpu-gpt-small-batch")
+    root, _ = sync_runs(store)
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["cpu-cnn-workers"]
+
+
+# ----------------------------------------------------------------------------- bad input, secrets
+def test_foreign_truncated_and_hostile_objects_make_their_run_broken_and_nothing_else(tmp_path, cache, s3):
+    import shutil
+
+    import s3fs
+
+    from gpulens.profiler.store.publisher import publish_run
+
+    store = _bucket(s3, "hostile")
+    fs = s3fs.S3FileSystem()
+    src = Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers"
+    for name in ("good", "foreign", "truncated", "wrong-table", "not-ours", "dotdot"):
+        shutil.copytree(src, tmp_path / name)
+        publish_run(tmp_path / name, store)
+    bucket = store[5:]
+    fs.pipe(f"{bucket}/foreign/rank=0/steps/notes.txt", b"hello")
+    seg_key = next(k for k in fs.find(f"{bucket}/truncated/rank=0/steps") if k.endswith(".parquet"))
+    fs.pipe(seg_key, fs.cat(seg_key)[:100])
+    events = next(k for k in fs.find(f"{bucket}/wrong-table/rank=0/events") if k.endswith(".parquet"))
+    fs.pipe(events, fs.cat(seg_key.replace("truncated", "wrong-table")))  # a steps segment filed under events/
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "plain.parquet")
+    fs.put_file(str(tmp_path / "plain.parquet"),
+                next(k for k in fs.find(f"{bucket}/not-ours/rank=0/steps") if k.endswith(".parquet")))
+    fs.pipe(f"{bucket}/dotdot/rank=0/../../escape.db", b"SQLite format 3\x00")
+    fs.pipe(f"{bucket}/bad\x1b[31mname/rank=0/meta/current.parquet", b"x")
+    out = subprocess.run([GPULENS, "ls", store, "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)}
+    assert rows["good"]["status"] == "finished"
+    for name in ("foreign", "dotdot"):
+        assert rows[name]["status"] == "broken" and rows[name]["error"], rows[name]
+    assert any(r["status"] == "broken" and "\x1b" not in r["id"] for r in rows.values() if "name" in r["id"])
+    for name, why in (("truncated", "Parquet"), ("wrong-table", "steps"), ("not-ours", "did not write"),
+                      ("foreign", "did not write"), ("dotdot", "unsafe")):
+        res = subprocess.run([GPULENS, "report", f"{store}/{name}"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and why in res.stderr and "Traceback" not in res.stderr, (name, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert _report(f"{store}/good")["steps"] == _report(str(tmp_path / "good"))["steps"]
+    assert not list(tmp_path.glob("escape.db")) and not list(cache.parent.glob("**/escape.db"))
+
+
+def test_secrets_stay_out_of_argv_metadata_messages_and_objects(tmp_path, cache, s3):
+    from gpulens.hooks.runmeta import redact_argv
+    from gpulens.profiler.store.remote import redact
+
+    assert redact("ftp://alice:hunter2@host/runs") == "ftp://***@host/runs"
+    assert redact_argv(["train.py", "--api-key", "sk-1", "--hf_token=hf_2", "--lr", "3", "DB_PASSWORD=p",
+                        "--data", "https://u:p@h/x"]) == ["train.py", "--api-key", "***", "--hf_token=***", "--lr",
+                                                          "3", "DB_PASSWORD=***", "--data", "https://***@h/x"]
+    store = _bucket(s3, "secrets")
+    script = tmp_path / "train.py"
+    script.write_text(LOOP)
+    proc = subprocess.Popen([GPULENS, "run", "--runs-dir", str(tmp_path / "local"), "--store", store, "--no-advise",
+                             "--", sys.executable, str(script), "4", "--wandb-api-key", "sk-live-123"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.5)
+    import psutil
+
+    agents = [p for p in psutil.process_iter(["cmdline", "environ"])
+              if "gpulens.profiler.store.publisher" in " ".join(p.info["cmdline"] or [])]
+    assert agents and all(store not in " ".join(p.info["cmdline"]) for p in agents)  # the URL went by stdin
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    run = _only(tmp_path / "local")
+    secret = s3["AWS_SECRET_ACCESS_KEY"]
+    state = "".join(p.read_text() for p in (run / ".publish").rglob("*.json"))
+    assert store not in state and secret not in state
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    blob = b"".join(fs.cat(k) for k in fs.find(f"{store[5:]}/{run.name}") if k.endswith(".parquet"))
+    assert b"sk-live-123" not in blob and secret.encode() not in blob
+    with open_run(run) as local:
+        assert "sk-live-123" not in json.dumps(local.meta(0)) and "***" in local.meta(0)["command"]
+
+
+def test_a_team_store_answers_duckdb_without_gpulens(tmp_path, cache):
+    """The segments are plain Parquet: DuckDB reads a whole store with one query (what docs/recording.md shows)."""
+    import shutil
+
+    duckdb = pytest.importorskip("duckdb")
+    from gpulens.profiler.store.publisher import publish_run
+
+    store = tmp_path / "store"
+    for name in ("cpu-cnn-workers", "h100-cnn-input-bound"):
+        shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / name, tmp_path / name)
+        publish_run(tmp_path / name, f"file://{store}")
+    rows = duckdb.sql(f"""
+        SELECT s.run, s.node, median(s.t_end - s.t_start) AS step_s, any_value(g.busy) AS gpu_busy
+        FROM read_parquet('{store}/*/rank=*/steps/*.parquet') s
+        LEFT JOIN (SELECT run, node, avg(value) AS busy FROM read_parquet('{store}/*/*/points/*.parquet')
+                   WHERE metric = 'gpu.util' GROUP BY run, node) g USING (run, node)
+        WHERE s.flags = 0 GROUP BY s.run, s.node ORDER BY s.run
+    """).fetchall()
+    assert [r[0] for r in rows] == ["cpu-cnn-workers", "h100-cnn-input-bound"]
+    by_run = {r[0]: r for r in rows}
+    h100 = _report(str(tmp_path / "h100-cnn-input-bound"))
+    assert by_run["h100-cnn-input-bound"][2] == pytest.approx(h100["step_time"]["median_s"], rel=1e-9)
+    assert by_run["h100-cnn-input-bound"][3] == pytest.approx(h100["gpus"][0]["metrics"]["gpu.util"]["mean"])
+    assert by_run["cpu-cnn-workers"][3] is None  # no GPU on that machine

@@ -71,7 +71,7 @@ def gpu_energy(run: RunReader, steps: StepTable | None = None) -> tuple[list[Ene
     curves: list[EnergyCurve] = []
     fits: list[PowerSplit | None] = []
     for node in run.nodes():
-        rank = node.sampling_rank if node.sampling_rank is not None else node.ranks[0]
+        rank = node.speaker
         for gpu in sorted({s.gpu for s in run.series_list(rank) if s.gpu >= 0}):
             power = run.series("gpu.power", gpu, rank=rank)
             made = curve(gpu, run.series("gpu.energy", gpu, rank=rank), power)

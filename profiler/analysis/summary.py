@@ -71,7 +71,7 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
     """Read what the summary needs, one series at a time: a day-long 8-GPU run never sits in memory whole."""
     infos = run.series_list()
     nodes = run.nodes()
-    speakers = {n.sampling_rank if n.sampling_rank is not None else n.ranks[0] for n in nodes}
+    speakers = {n.speaker for n in nodes}
     metrics: dict[tuple[str, int, int], dict[str, Any] | None] = {}
     steps = run.steps()
     for s in infos:  # every node's GPUs and host, from the rank that sampled that node
@@ -235,7 +235,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
 
     primary_rank = steps.rank if len(data.info.get("ranks") or []) else 0
     nodes = data.nodes or [Node(int(meta.get("node_rank") or 0), str(meta.get("host") or "?"), [primary_rank],
-                                primary_rank, list(meta.get("gpus") or []))]
+                                primary_rank, list(meta.get("gpus") or []), sampler=primary_rank)]
     multi = len(nodes) > 1
     gpus: list[dict[str, Any]] = []
     for node in nodes:  # every node's GPUs, keyed (node, index): node 1's GPU 0 is not node 0's
@@ -348,8 +348,8 @@ def _per_step_work(steps: StepTable) -> tuple[float | None, float | None]:
 
 
 def _speaker(node: Node) -> int:
-    """The rank whose series describe ``node``: the one that sampled it, else its first."""
-    return node.sampling_rank if node.sampling_rank is not None else node.ranks[0]
+    """The key whose series describe ``node``: its sampler, else its first rank."""
+    return node.speaker
 
 
 def _median(values: list[Any]) -> float | None:
@@ -363,12 +363,15 @@ def _node_entry(data: RunData, node: Node, gpus: list[dict[str, Any]]) -> dict[s
     that makes a slow or hot node stand out."""
     mine = [g for g in gpus if g["node_rank"] == node.node_rank]
     busy = [g["metrics"]["gpu.util"]["mean"] for g in mine if "gpu.util" in g["metrics"]]
-    cpu = data.metrics.get(("host.cpu", -1, _speaker(node))) if node.sampling_rank is not None else None
+    cpu = data.metrics.get(("host.cpu", -1, _speaker(node))) if node.sampler is not None else None
     durations = [data.rank_durations[r] for r in node.ranks if r in data.rank_durations]
     if not data.rank_durations and len(data.steps):  # one rank: the run's own steady steps
         durations = [data.steps.duration[data.steps.steady()]]
     return {"node_rank": node.node_rank, "hostname": node.hostname, "ranks": list(node.ranks),
             "sampling_rank": node.sampling_rank,
+            "sampled_by": ("none" if node.sampler is None else "rank" if node.sampling_rank is not None
+                           else "node process"),
+            "status": node.status, "status_reason": node.status_reason,
             "gpus": [{"index": int(g["index"]), "name": g.get("name"), "uuid": g.get("uuid")} for g in node.gpus],
             "gpu_busy_pct": float(np.mean(busy)) if busy else None,
             "host_cpu_pct": cpu["mean"] if cpu else None,

@@ -25,7 +25,8 @@ import numpy as np
 
 from gpulens.profiler.errors import RunError
 from gpulens.profiler.store import schema
-from gpulens.profiler.store.runstore import rank_dbs
+from gpulens.profiler.store.members import Entry, resolve
+from gpulens.profiler.store.runstore import STORE_ERROR_FILE, member_dbs
 from gpulens.profiler.store.schema import SAMPLED_ELSEWHERE
 
 #: A run whose heartbeat is older than this, seen from another host (where
@@ -186,14 +187,29 @@ class FlopCount:
 
 @dataclass(frozen=True)
 class Node:
-    """One machine of a run: its ranks, the rank that sampled its GPUs and host, and those GPUs."""
+    """One machine of a run: its ranks, who sampled its GPUs and host, those GPUs, and how it ended."""
 
     node_rank: int
     hostname: str
     ranks: list[int]
-    sampling_rank: int | None  # None: no rank of this node sampled it (a child-only node, an imported trace)
-    gpus: list[dict[str, Any]]  # the sampling rank's GPU descriptions (index, name, uuid, ...)
+    sampling_rank: int | None  # the training rank that sampled it; None: a process that trains nothing, or none
+    gpus: list[dict[str, Any]]  # the sampler's GPU descriptions (index, name, uuid, ...)
     clock: dict[str, Any] | None = None  # offset_s, uncertainty_s against rank 0 (hooks/clocksync.py)
+    #: the reader's key of the database holding this node's GPU and host series: ``sampling_rank``, or the
+    #: key of the node's sampling process (:func:`node_key`), None when nothing sampled it
+    sampler: int | None = None
+    status: str = "finished"  # running | finished | crashed | interrupted, over the node's processes
+    status_reason: str | None = None
+
+    @property
+    def speaker(self) -> int:
+        """The key whose series describe this node: its sampler, else its first rank."""
+        return self.sampler if self.sampler is not None else self.ranks[0]
+
+
+def node_key(node_rank: int) -> int:
+    """The reader's key of node ``node_rank``'s sampling process (keys of training ranks are their ranks)."""
+    return -1 - int(node_rank)
 
 
 #: Steps averaged into each point of a long run's loss line (see RunReader.loss_view).
@@ -277,6 +293,13 @@ class _RankDB:
 
     def has_steps(self) -> bool:
         return self.has_table("steps") and bool(self.query("SELECT 1 FROM steps LIMIT 1"))
+
+    @functools.cached_property
+    def rollup_levels(self) -> tuple[int, ...]:
+        """The rollup levels this database keeps (none in the first sample runs; coarser ones in a mirror)."""
+        if not self.has_table("rollups"):
+            return ()
+        return schema.MIRROR_ROLLUP_LEVELS if self.has_table("mirror_applied") else schema.ROLLUP_LEVELS
 
     def close(self) -> None:
         with self._lock:
@@ -441,7 +464,8 @@ def rank_status(meta: dict[str, Any], now: float | None = None,
     return "running", None
 
 
-def _combine_status(states: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+def combine_status(states: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    """The status of several processes: running while any runs, else crashed, interrupted, finished."""
     for wanted in ("running", "crashed", "interrupted"):
         for status, reason in states:
             if status == wanted:
@@ -449,30 +473,57 @@ def _combine_status(states: list[tuple[str, str | None]]) -> tuple[str, str | No
     return (states[0] if states else ("finished", None))
 
 
+def _level(levels: tuple[int, ...], span: float, max_points: int) -> int | None:
+    """The coarsest rollup level that still gives ``max_points / 2`` buckets over ``span`` seconds, the finest
+    when none does; None (read raw points) when the database keeps none that fine."""
+    if not levels:
+        return None
+    fitting = [lv for lv in levels if span / lv >= max(max_points // 2, 1)]
+    if fitting:
+        return fitting[-1]
+    return levels[0] if levels[0] == schema.ROLLUP_LEVELS[0] else None
+
+
 class RunReader:
     """Read access to one run directory (all of its ranks)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir)
-        dbs = rank_dbs(self.path)
+        try:  # a run mirrored from a store whose objects there are not gpulens'
+            error = (self.path / STORE_ERROR_FILE).read_text()[:300]
+        except OSError:
+            error = None
+        if error is not None:
+            raise RunError(self.path, f"broken in its store: {error}")
+        dbs = member_dbs(self.path)
         if not dbs:
             raise RunError(self.path, "not a gpulens run (no rank-N.db inside)")
         self._dbs: dict[int, _RankDB] = {}
+        opened: list[_RankDB] = []
         try:
             inside = self.path.resolve()
-            for rank, db_path in dbs.items():
+            for db_path in dbs:
                 if db_path.resolve().parent != inside:  # a link to a file elsewhere, like a link out of the root
                     raise RunError(db_path, "a symbolic link out of its run directory: refused")
-                self._dbs[rank] = _RankDB(rank, db_path)
+                opened.append(_RankDB(-1, db_path))
+            members = resolve([Entry(db.path, db.meta, db.has_steps()) for db in opened])
         except RunError:
-            self.close()
+            for db in opened:
+                db.close()
             raise
+        by_path = {db.path: db for db in opened}
+        for m in members:  # torch's ranks; a node's sampling process under node_key(node)
+            db = by_path[m.path]
+            db.rank = m.rank if m.rank is not None else node_key(m.node)
+            self._dbs[db.rank] = db
+        self._dbs = dict(sorted(self._dbs.items(), key=lambda kv: (kv[0] < 0, abs(kv[0]))))
         self.info = self._make_info()
 
     # ------------------------------------------------------------------ metadata
     @property
     def ranks(self) -> list[int]:
-        return list(self._dbs)
+        """The training ranks, as torch numbers them (a node's process that trains nothing is no rank)."""
+        return [key for key in self._dbs if key >= 0]
 
     def meta(self, rank: int | None = None) -> dict[str, Any]:
         return dict(self._db(rank).meta)
@@ -481,22 +532,27 @@ class RunReader:
     def nodes(self) -> list[Node]:
         """The machines of the run, by node rank (runs recorded before node ranks existed: one node).
 
-        A node's sampling rank is the one that recorded its host series (its local rank 0): it speaks for the
-        node's GPUs and host."""
+        A node's sampler is the process that recorded its host series: its sampling process when one trained
+        nothing (the parent of ``mp.spawn`` ranks), else its local rank 0, which speaks for the node's GPUs
+        and host.  Its status combines its processes' (a node whose processes were killed reads crashed while
+        the others finished)."""
         by_node: dict[int, list[int]] = {}
-        for rank, db in self._dbs.items():
-            by_node.setdefault(int(db.meta.get("node_rank") or 0), []).append(rank)
+        for key, db in self._dbs.items():
+            by_node.setdefault(int(db.meta.get("node_rank") or 0) if key >= 0 else -1 - key, []).append(key)
         sampled = {s.rank for s in self.series_list() if s.gpu < 0 and s.metric.startswith("host.")}
         out = []
-        for node, ranks in sorted(by_node.items()):
-            ranks.sort()
-            sampler = next((r for r in ranks if r in sampled), None)
+        for node, keys in sorted(by_node.items()):
+            ranks = sorted(k for k in keys if k >= 0)
+            processes = [k for k in keys if k < 0]
+            sampler = next((k for k in processes + ranks if k in sampled), processes[0] if processes else None)
             speaker = sampler if sampler is not None else ranks[0]
             meta = self._dbs[speaker].meta
-            clock = next((self._dbs[r].meta["clock"] for r in ranks
-                          if isinstance(self._dbs[r].meta.get("clock"), dict)), None)
-            out.append(Node(node, str(meta.get("host") or "?"), ranks, sampler,
-                            [dict(g) for g in meta.get("gpus") or []], clock))
+            clock = next((self._dbs[k].meta["clock"] for k in keys
+                          if isinstance(self._dbs[k].meta.get("clock"), dict)), None)
+            status, reason = combine_status([rank_status(self._dbs[k].meta) for k in keys])
+            out.append(Node(node, str(meta.get("host") or "?"), ranks,
+                            sampler if sampler is not None and sampler >= 0 else None,
+                            [dict(g) for g in meta.get("gpus") or []], clock, sampler, status, reason))
         return out
 
     @corrupt_run_errors
@@ -542,16 +598,17 @@ class RunReader:
 
     def _make_info(self) -> RunInfo:
         self._align_clocks()
-        self._primary = next((rank for rank, db in self._dbs.items() if db.has_steps()), self.ranks[0])
+        ranks = self.ranks
+        self._primary = next((rank for rank in ranks if self._dbs[rank].has_steps()),
+                             ranks[0] if ranks else next(iter(self._dbs)))
         first = self._dbs[self._primary].meta
         if (first.get("nvml") or {}).get("reason") == SAMPLED_ELSEWHERE:
-            # a child that trained: GPUs and driver are those of the process that sampled the node
+            # a rank that did not sample its node: GPUs and driver are those of the process that did
             sampler = next((db.meta for db in self._dbs.values()
                             if (db.meta.get("nvml") or {}).get("reason") != SAMPLED_ELSEWHERE), None)
             if sampler is not None:
                 first = {**first, "gpus": sampler.get("gpus") or [], "nvml": sampler.get("nvml")}
-        states = [rank_status(db.meta) for db in self._dbs.values()]
-        status, reason = _combine_status(states)
+        status, reason = self._run_status()
         starts: list[float] = [db.meta["start"] + db.shift for db in self._dbs.values() if db.meta.get("start")]
         ends = []
         for db in self._dbs.values():
@@ -566,9 +623,24 @@ class RunReader:
             status_reason=reason,
             start=min(starts) if starts else None,
             end=max(ends) if ends else None,
-            ranks=self.ranks,
+            ranks=ranks,
             meta=first,
         )
+
+    def _run_status(self) -> tuple[str, str | None]:
+        """The run's status over its processes; a multi-node run says which nodes crashed."""
+        by_node: dict[int, list[tuple[str, str | None]]] = {}
+        for key, db in self._dbs.items():
+            node = int(db.meta.get("node_rank") or 0) if key >= 0 else -1 - key
+            by_node.setdefault(node, []).append(rank_status(db.meta))
+        status, reason = combine_status([state for states in by_node.values() for state in states])
+        if len(by_node) > 1 and status in ("crashed", "interrupted"):
+            bad = [(node, r) for node, states in sorted(by_node.items())
+                   for st, r in [combine_status(states)] if st == status]
+            if len(bad) < len(by_node):
+                node, why = bad[0]
+                reason = f"{len(bad)} of {len(by_node)} nodes {status} (node {node}: {why or status})"
+        return status, reason
 
     def _db(self, rank: int | None) -> _RankDB:
         if rank is None:
@@ -652,11 +724,8 @@ class RunReader:
         count, first, last = db.query(  # points in range, pro rata for chunks cut by its ends
             "SELECT COALESCE(SUM(CASE WHEN t1 > t0 THEN n * (min(t1, ?2) - max(t0, ?1)) / (t1 - t0) ELSE n END), "
             "0), MIN(t0), MAX(t1) FROM chunks WHERE series_id = ?3 AND t1 >= ?1 AND t0 <= ?2", (lo, hi, sid))[0]
-        level = None
-        if count > RAW_PER_POINT * max_points and db.has_table("rollups"):
-            span = min(hi, last) - max(lo, first)
-            fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
-            level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+        level = _level(db.rollup_levels, min(hi, last) - max(lo, first) if count else 0.0, max_points) \
+            if count > RAW_PER_POINT * max_points else None
         if level is None:
             raw = self.series(metric, gpu, db.rank, t0, t1)
             assert raw is not None
@@ -676,10 +745,10 @@ class RunReader:
         if hit is None:
             return None
         db, sid, _ = hit
-        if db.has_table("rollups"):
+        if db.rollup_levels:
             n, total, lo, hi = db.query(
                 "SELECT COALESCE(SUM(n), 0), SUM(vsum), MIN(vmin), MAX(vmax) FROM rollups "
-                "WHERE series_id = ? AND level = ?", (sid, schema.ROLLUP_LEVELS[-1]))[0]
+                "WHERE series_id = ? AND level = ?", (sid, db.rollup_levels[-1]))[0]
             return SeriesStats(int(n), total / n if n else None, lo, hi)
         raw = self.series(metric, gpu, db.rank)
         v = raw.v[np.isfinite(raw.v)] if raw is not None else _EMPTY
@@ -738,9 +807,7 @@ class RunReader:
             first = db.query("SELECT step, t_end FROM steps WHERE t_end >= ? ORDER BY t_end LIMIT 1", (lo,))
             last = db.query("SELECT step, t_end FROM steps WHERE t_end <= ? ORDER BY t_end DESC LIMIT 1", (hi,))
             if first and last and last[0][0] - first[0][0] + 1 > RAW_PER_POINT * max_points:
-                span = last[0][1] - first[0][1]
-                fitting = [lv for lv in schema.ROLLUP_LEVELS if span / lv >= max(max_points // 2, 1)]
-                level = fitting[-1] if fitting else schema.ROLLUP_LEVELS[0]
+                level = _level(db.rollup_levels, last[0][1] - first[0][1], max_points)
         if level is None:
             rows = db.query(
                 f"SELECT t_end, t_end - t_start, {', '.join(PHASE_COLUMNS)} FROM steps "

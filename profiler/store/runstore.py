@@ -16,8 +16,11 @@ from pathlib import Path
 from gpulens.profiler.errors import GpulensError, RunError
 
 DEFAULT_RUNS_DIR = "gpulens-runs"
+#: In a run mirrored from a store: why its objects there cannot be read (the run is listed as broken).
+STORE_ERROR_FILE = ".store-error"
 ENV_RUNS_DIR = "GPULENS_DIR"
 _RANK_DB = re.compile(r"^rank-(\d{1,6})\.db$")
+_MEMBER_DB = re.compile(r"^(?:rank|node)-\d{1,6}\.db$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -80,8 +83,18 @@ def rank_dbs(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def member_dbs(run_dir: Path) -> list[Path]:
+    """Every database of a run: its ranks' (``rank-N.db``) and its nodes' sampling processes' (``node-N.db``);
+    which is which rank is decided by :func:`gpulens.profiler.store.members.resolve`."""
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return []
+    return sorted(e for e in entries if _MEMBER_DB.match(e.name) and e.is_file())
+
+
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and bool(rank_dbs(path))
+    return path.is_dir() and bool(member_dbs(path))
 
 
 def list_runs(root: Path) -> list[Path]:
@@ -109,7 +122,7 @@ def resolve_run(arg: str, root: Path | None = None) -> Path:
     """
     candidate = Path(arg).expanduser()
     if candidate.is_file():
-        if _RANK_DB.match(candidate.name):
+        if _MEMBER_DB.match(candidate.name):
             return candidate.parent
         raise RunError(candidate, "not a gpulens run (expected a run directory or a rank-N.db file)")
     if candidate.is_dir():

@@ -51,6 +51,10 @@ STEP_COLUMNS: tuple[str, ...] = (
 #: Widths (seconds) of the pre-aggregated min/max/mean buckets kept per series, so a day-long
 #: run's overview reads ~1,500 buckets instead of ~900,000 points.
 ROLLUP_LEVELS = (1, 10, 60, 600)
+#: The levels a store's mirror keeps (a database with a ``mirror_applied`` table).  Not the 1 s level: its rows
+#: are a tenth as many as the points, and a run read from a store for the first time would wait on them; the
+#: reader reads raw points where it would have used them.
+MIRROR_ROLLUP_LEVELS = tuple(level for level in ROLLUP_LEVELS if level >= 10)
 
 #: Step flags (bit mask in ``steps.flags``): steps that throughput and
 #: step-time statistics leave out.

@@ -277,34 +277,7 @@ class RunWriter:
                 pass
 
     def _compact(self) -> None:
-        """Merge each series' small chunks (one per flush, a few points each) into one.
-
-        A day at 10 Hz flushed every 0.3 s is ~290,000 chunks per series;
-        compacted every minute it is ~1,400, so reading a long run is a few
-        large BLOBs instead of row-by-row work.  One transaction: a reader
-        sees either the small chunks or the merged one, never both.
-        """
-        pending, self._small = self._small, {}
-        if not pending:
-            return
-        conn = self._conn
-        conn.execute("BEGIN")
-        for sid, since in pending.items():
-            rows = conn.execute(
-                "SELECT rowid, t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND n < ? ORDER BY t0",
-                (sid, since, SMALL_CHUNK)).fetchall()
-            if len(rows) < 2:
-                if rows and len(rows[0][1]) // 8 < SMALL_CHUNK:
-                    self._small[sid] = min(self._small.get(sid, np.inf), since)
-                continue
-            t = np.concatenate([np.frombuffer(r[1], dtype=np.float64) for r in rows])
-            v = np.concatenate([np.frombuffer(r[2], dtype=np.float64) for r in rows])
-            merged = _chunk(sid, t, v)
-            conn.executemany("DELETE FROM chunks WHERE rowid = ?", [(r[0],) for r in rows])
-            conn.execute("INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", merged)
-            if merged[3] < SMALL_CHUNK:
-                self._small[sid] = min(self._small.get(sid, np.inf), merged[1])
-        conn.execute("COMMIT")
+        self._small = compact_chunks(self._conn, self._small)  # on failure the same chunks wait for the next try
 
     @staticmethod
     def _drain(queue: deque) -> list:
@@ -502,6 +475,52 @@ def _set_aside(path: Path, size: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def compact_chunks(conn: sqlite3.Connection, pending: dict[int, float]) -> dict[int, float]:
+    """Merge each series' small chunks (one per flush, a few points each) into one; returns the series whose
+    chunks are still small (series id -> earliest t0 of them), for the next time.
+
+    A day at 10 Hz flushed every 0.3 s is ~290,000 chunks per series;
+    compacted every minute it is ~1,400, so reading a long run is a few
+    large BLOBs instead of row-by-row work.  One transaction: a reader
+    sees either the small chunks or the merged one, never both.
+    """
+    small: dict[int, float] = {}
+    if not pending:
+        return small
+    conn.execute("BEGIN")
+    try:
+        for sid, since in pending.items():
+            rows = conn.execute(
+                "SELECT rowid, t, v FROM chunks WHERE series_id = ? AND t1 >= ? AND n < ? ORDER BY t0",
+                (sid, since, SMALL_CHUNK)).fetchall()
+            if len(rows) < 2:
+                if rows and len(rows[0][1]) // 8 < SMALL_CHUNK:
+                    small[sid] = min(small.get(sid, np.inf), since)
+                continue
+            t = np.concatenate([np.frombuffer(r[1], dtype=np.float64) for r in rows])
+            v = np.concatenate([np.frombuffer(r[2], dtype=np.float64) for r in rows])
+            merged = _chunk(sid, t, v)
+            conn.executemany("DELETE FROM chunks WHERE rowid = ?", [(r[0],) for r in rows])
+            conn.execute("INSERT INTO chunks (series_id, t0, t1, n, t, v) VALUES (?, ?, ?, ?, ?, ?)", merged)
+            if merged[3] < SMALL_CHUNK:
+                small[sid] = min(small.get(sid, np.inf), merged[1])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return small
+
+
+def step_rollup_upsert() -> str:
+    """The statement that merges :func:`_step_rollup_rows` into ``step_rollups`` (the writer's and a mirror's)."""
+    return _STEP_ROLLUP_UPSERT
+
+
+def rollup_upsert() -> str:
+    """The statement that merges :func:`_rollup_rows` into ``rollups``."""
+    return _ROLLUP_UPSERT
+
+
 _STEP_ROLLUP_UPSERT = (
     "INSERT INTO step_rollups (level, bucket, n, dur_sum, dur_min, dur_max, data_wait, forward, backward, "
     "optimizer, other, samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -516,7 +535,8 @@ _I_PHASES = [schema.STEP_COLUMNS.index(p) for p in schema.PHASES]
 _I_SAMPLES = schema.STEP_COLUMNS.index("samples")
 
 
-def _step_rollup_rows(steps: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _step_rollup_rows(steps: list[tuple[Any, ...]],
+                      levels: tuple[int, ...] = schema.ROLLUP_LEVELS) -> list[tuple[Any, ...]]:
     """Step time and phase sums per time bucket: the step panels of a day-long run read these."""
     t_end = np.fromiter((r[_I_END] for r in steps), dtype=np.float64, count=len(steps))
     dur = t_end - np.fromiter((r[_I_START] for r in steps), dtype=np.float64, count=len(steps))
@@ -525,7 +545,7 @@ def _step_rollup_rows(steps: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     order = np.argsort(t_end, kind="stable")
     t_end, dur, phases, samples = t_end[order], dur[order], phases[order], samples[order]
     rows: list[tuple[Any, ...]] = []
-    for level in schema.ROLLUP_LEVELS:
+    for level in levels:
         b = np.floor(t_end / level).astype(np.int64)
         starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
         n = np.diff(np.r_[starts, b.size])
@@ -550,7 +570,8 @@ def _chunk(sid: int, t: np.ndarray, v: np.ndarray) -> tuple[Any, ...]:
     return (sid, float(t[0]), float(t[-1]), int(t.size), t.tobytes(), v.tobytes())
 
 
-def _rollup_rows(chunks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _rollup_rows(chunks: list[tuple[Any, ...]],
+                 levels: tuple[int, ...] = schema.ROLLUP_LEVELS) -> list[tuple[Any, ...]]:
     """Per chunk and level: min/max/sum/count per time bucket, merged into the table by upsert."""
     rows: list[tuple[Any, ...]] = []
     for sid, _t0, _t1, _n, t_raw, v_raw in chunks:
@@ -561,7 +582,7 @@ def _rollup_rows(chunks: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             t, v = t[ok], v[ok]
         if t.size == 0:
             continue
-        for level in schema.ROLLUP_LEVELS:
+        for level in levels:
             b = np.floor(t / level).astype(np.int64)
             starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
             vmin = np.minimum.reduceat(v, starts)

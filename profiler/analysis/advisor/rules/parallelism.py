@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpulens import fmt
-from gpulens.profiler.analysis.advisor.measure import Measurements
+from gpulens.profiler.analysis.advisor.measure import Measurements, RankTiming
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
 
 STRAGGLER = 1.05  # ADVISOR-RULES [heur]: max / median per-rank compute time
@@ -101,6 +101,20 @@ def idle_gpus(m: Measurements) -> Suggestion | None:
         gain_fraction=0.5)
 
 
+def _own(r: RankTiming, phase: str) -> float:
+    """A rank's own time in ``phase``: backward without the time its gradient all-reduce took (waiting for the
+    slowest rank happens there), the other phases as measured."""
+    value = r.phases_s.get(phase, 0.0)
+    return max(value - (r.comm_s or 0.0), 0.0) if phase == "backward" else value
+
+
+def _own_phases(ranks: list[RankTiming]) -> tuple[str, ...]:
+    """Where a straggler's extra time can be told: backward too when every rank's all-reduce was timed."""
+    if all(r.comm_s is not None for r in ranks):
+        return ("data_wait", "forward", "backward", "optimizer")
+    return ("data_wait", "forward", "optimizer")
+
+
 def straggler(m: Measurements) -> Suggestion | None:
     ranks = [r for r in m.ranks if r.step_s]
     if len(ranks) < 2:
@@ -129,8 +143,7 @@ def straggler(m: Measurements) -> Suggestion | None:
     node_mates = [r for r in ranks if r.node_rank == slow.node_rank and r is not slow]
     if many_nodes and node_mates and all(work(r) / median > STRAGGLER for r in node_mates):
         where += ", like every rank of that node: look at the machine first"
-    phase = max(("data_wait", "forward", "optimizer"), key=lambda p: slow.phases_s.get(p, 0.0) -
-                float(np.median([r.phases_s.get(p, 0.0) for r in ranks])))
+    phase = max(_own_phases(ranks), key=lambda p: _own(slow, p) - float(np.median([_own(r, p) for r in ranks])))
     return Suggestion(
         id="straggler", severity="high" if ratio > 1.2 else "medium",
         title=f"Rank {slow.rank}{f' (node {slow.node_rank})' if many_nodes else ''} is a straggler",
