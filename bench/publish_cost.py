@@ -8,7 +8,12 @@ publishes one round.  Printed: the bytes per round of the long run over the fres
 rows go), the bytes and seconds a round takes (a round's seconds plus the interval are the store's lag behind
 the run), and what the whole-database snapshots published before would have cost at the same budget.
 
-    python bench/publish_cost.py --hours 24 --pairs 30
+Second claim (``--loop-pairs``, 0 to skip): publishing costs the training loop nothing measurable.  The
+nanoGPT-like character GPT under ``gpulens run``, local only against ``--store file://...`` publishing every
+second (10x the default), in alternating order; a pair's ratio is the median iteration time with the store
+over the one without.
+
+    python bench/publish_cost.py --hours 24 --pairs 30 --loop-pairs 10
 """
 from __future__ import annotations
 
@@ -30,7 +35,38 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--every", type=float, default=DEFAULT_EVERY_S, help="seconds of run per round (default 10)")
+    ap.add_argument("--loop-pairs", type=int, default=10, help="pairs of the training-loop claim (0: skip it)")
     args = ap.parse_args()
+    rounds(args)
+    if args.loop_pairs:
+        loop_cost(args.loop_pairs)
+
+
+def loop_cost(pairs: int, iters: int = 150, skip: int = 15) -> None:
+    """The training loop's iteration time with a store publishing every second, over without one."""
+    import os
+
+    from foreign_scripts import arms, clean_env, iteration_times, runs_dir
+
+    ratios, plain_ms = [], []
+    with runs_dir() as root, tempfile.TemporaryDirectory(prefix="gpulens-store-") as store:
+        env = clean_env(1)
+        store_env = {**env, "GPULENS_PUBLISH_EVERY": "1"}
+        for i in range(pairs):
+            _, local = arms("char-gpt", iters, root)
+            _, stored = arms("char-gpt", iters, root, ["--store", f"file://{store}"])
+            out = {}
+            order = (("stored", stored, store_env), ("local", local, env))
+            for name, argv, e in (order if i % 2 else order[::-1]):
+                out[name] = statistics.median(iteration_times(argv, e)[skip:])
+            ratios.append(out["stored"] / out["local"])
+            plain_ms.append(out["local"] * 1e3)
+    print(fmt_ci(f"char-gpt, 1 thread, local median iteration {statistics.median(plain_ms):.1f} ms; with a store "
+                 f"(a round every 1 s, from the publisher's own process) / local only", ratios, target=1.02))
+    print(f"  ({os.cpu_count()} CPUs: the publisher runs at nice 10 beside the loop)")
+
+
+def rounds(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="gpulens-publish-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()

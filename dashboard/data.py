@@ -228,8 +228,7 @@ class _Analyses:
             entry = self._cache.get(path)
             if entry is None:
                 entry = self._cache[path] = _Entry()
-                while len(self._cache) > self.size:
-                    self._cache.popitem(last=False)
+                self._evict(keep=path)
             self._cache.move_to_end(path)
             self._collect(entry)
             fresh = entry.result is not None and (
@@ -247,6 +246,16 @@ class _Analyses:
             with self._lock:
                 self._collect(entry)
         return entry.result
+
+    def _evict(self, keep: Path) -> None:
+        """Drop the least recently used analyses beyond ``size`` -- never one still being computed: a big
+        runs root would otherwise evict its own pending work and start it again on every refresh."""
+        for path in list(self._cache):
+            if len(self._cache) <= self.size:
+                return
+            entry = self._cache[path]
+            if path != keep and (entry.future is None or entry.future.done()):
+                del self._cache[path]
 
     def peek(self, path: Path) -> Analysis | None:
         """The latest finished analysis of the run, if any, without starting one (figures that only refine
@@ -278,6 +287,8 @@ def reset() -> None:
     """Forget cached readers and analyses (tests; a runs root that changed under the app)."""
     _readers.clear()
     _analyses.clear()
+    with _listed_lock:
+        _listed.clear()
 
 
 # ---------------------------------------------------------------------- runs list
@@ -296,37 +307,91 @@ class RunRow:
     analysis: Analysis | None = None
 
 
+def _light(a: Analysis) -> Analysis:
+    """What the runs page shows of an analysis -- throughput, GPU and SM busy, MFU, the top suggestion -- kept for
+    every run of a big root (a team store's thousand runs), where whole analyses are kept only for the latest."""
+    s = a.summary or {}
+    gpus = [{"metrics": {k: {"mean": v.get("mean")} for k, v in (g.get("metrics") or {}).items()
+                         if k in ("gpu.util", "gpm.sm_active")}} for g in s.get("gpus") or []]
+    summary = {"throughput": s.get("throughput") or {}, "gpus": gpus, "mfu": s.get("mfu")}
+    advice = {"suggestions": ((a.advice or {}).get("suggestions") or [])[:1]}
+    return Analysis(summary if a.summary is not None else None, advice if a.advice is not None else None,
+                    error=a.error, seconds=a.seconds, broken=a.broken)
+
+
+@dataclass
+class _Listed:
+    fp: tuple
+    row: RunRow
+    light: Analysis | None = None
+    light_fp: tuple = ()
+
+
+_listed: dict[Path, _Listed] = {}
+_listed_lock = threading.Lock()
+
+
+def _row_of(root: Path, path: Path, fp: tuple) -> RunRow:
+    """A run's row (its metadata only), read once per version of its files; running runs every time."""
+    with _listed_lock:
+        hit = _listed.get(path)
+    if hit is not None and hit.fp == fp and hit.row.status != "running":
+        return hit.row
+    try:
+        with open_run(run_dir_in(root, path.name)) as run:  # a symlink out of the root is listed as broken
+            info = run.info
+    except GpulensError as exc:
+        return RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0, str(exc))
+    except OSError as exc:
+        return RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0,
+                      f"{path.name}: cannot read ({exc.strerror or exc})")
+    gpus = info.gpus
+    names = sorted({str(g.get("name") or "GPU") for g in gpus})
+    gpu = f"{names[0]} × {len(gpus)}" if len(names) == 1 else ", ".join(names) if gpus else "CPU only"
+    row = RunRow(info.id, info.name, info.status, info.status_reason, info.replay, gpu, info.start, info.duration_s,
+                 len(info.ranks))
+    with _listed_lock:
+        old = _listed.get(path)
+        _listed[path] = _Listed(fp, row, old.light if old else None, old.light_fp if old else ())
+    return row
+
+
 def runs(wait: float = 1.5) -> tuple[list[RunRow], bool]:
     """Every run under the root (broken ones with their error) and whether analyses are still pending.
 
     Analyses are started for all runs at once and waited for up to ``wait``
     seconds in total, so a handful of runs shows complete on first load and
-    a big runs root fills in as the page polls.
+    a big runs root fills in as the page polls; once a run's analysis is done,
+    what the page shows of it is kept (for every run, however many) until
+    its files change, so a refresh of a big root reads only file times.
     """
     root = runs_root()
     rows: list[RunRow] = []
+    fps: dict[str, tuple] = {}
     for path in list_runs(root):
-        try:
-            run = _readers.get(run_dir_in(root, path.name))  # a symlink out of the root is listed as broken
-        except GpulensError as exc:
-            rows.append(RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0, str(exc)))
-            continue
-        except OSError as exc:
-            rows.append(RunRow(path.name, path.name, "broken", str(exc), False, "", None, None, 0,
-                               f"{path.name}: cannot read ({exc.strerror or exc})"))
-            continue
-        info = run.info
-        gpus = info.gpus
-        names = sorted({str(g.get("name") or "GPU") for g in gpus})
-        gpu = f"{names[0]} × {len(gpus)}" if len(names) == 1 else ", ".join(names) if gpus else "CPU only"
-        rows.append(RunRow(info.id, info.name, info.status, info.status_reason, info.replay, gpu, info.start,
-                           info.duration_s, len(info.ranks)))
+        fp = fingerprint(path)
+        row = _row_of(root, path, fp)
+        fps[row.id] = fp
+        rows.append(RunRow(**{**row.__dict__, "analysis": None}))
     deadline = time.monotonic() + wait
     pending = False
     for row in rows:
         if row.error:
             continue
+        path = root / row.id
+        with _listed_lock:
+            hit = _listed.get(path)
+        live = row.status == "running"
+        if hit is not None and hit.light is not None and (hit.light_fp == fps[row.id] or live):
+            row.analysis = hit.light
+            if not live:
+                continue
         left = max(0.0, deadline - time.monotonic())
-        row.analysis = _analyses.get(run_dir_in(root, row.id), wait=left, live=row.status == "running")
-        pending = pending or row.analysis is None or row.status == "running"
+        got = _analyses.get(run_dir_in(root, row.id), wait=left, live=live)
+        if got is not None:
+            row.analysis = _light(got)
+            with _listed_lock:
+                if path in _listed:
+                    _listed[path].light, _listed[path].light_fp = row.analysis, fps[row.id]
+        pending = pending or row.analysis is None or live
     return rows, pending

@@ -45,18 +45,25 @@ def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
     k = store.add(f"{KEY}/peers", 1) - 1
     store.set(f"{KEY}/peer/{k}", str(rank))
     best: tuple[float, float] | None = None
+    done = 0
     for i in range(rounds):
-        t1 = clock.now()
-        store.set(f"{KEY}/{rank}/ping/{i}", "1")
-        store.wait([f"{KEY}/{rank}/pong/{i}"], WAIT)
-        theirs = float(store.get(f"{KEY}/{rank}/pong/{i}"))
+        try:
+            t1 = clock.now()
+            store.set(f"{KEY}/{rank}/ping/{i}", "1")
+            store.wait([f"{KEY}/{rank}/pong/{i}"], WAIT)
+            theirs = float(store.get(f"{KEY}/{rank}/pong/{i}"))
+        except Exception:
+            if best is None:
+                raise
+            break  # a busy host let rank 0 answer some rounds only: the shortest so far still holds
         t2 = clock.now()
         rtt = t2 - t1
+        done += 1
         if best is None or rtt < best[1]:
             best = ((t1 + t2) / 2 - theirs, rtt)
     if best is None:
         return None
-    return {"offset_s": best[0], "uncertainty_s": best[1] / 2, "rounds": rounds, "against_rank": 0}
+    return {"offset_s": best[0], "uncertainty_s": best[1] / 2, "rounds": done, "against_rank": 0}
 
 
 def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S,

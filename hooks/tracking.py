@@ -117,7 +117,6 @@ class TrackedRun:
         self._id_settled = True
         self._job_run_id: str | None = None
         self._id_thread: threading.Thread | None = None  # reads rank 0's run id (hooks/jobid.py)
-        self._db: Path | None = None
         try:
             self._start()
         except Exception as exc:
@@ -189,7 +188,6 @@ class TrackedRun:
                 if self._child is None or claim == 255:
                     raise
         self._recorder = recorder
-        self._db = db
         self._slot = slot  # the file's number: trace files are named by it (unique in the folder)
         ranks["rank"] = own
         from gpulens.profiler.store.publisher import start as start_publisher

@@ -14,13 +14,22 @@ from gpulens.profiler import open_run
 
 
 def _only_run(root):
-    runs = [p for p in root.iterdir() if p.is_dir()]
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return open_run(runs[0])
 
 
 # ----------------------------------------------------------------------------- Lightning
-def _lightning_fit(pl, root, accumulate: int = 1, fail_at: int | None = None):
+def _stored(store_dir, monkeypatch):
+    """The one run of a file:// store, read back through the cache (what the team sees)."""
+    from gpulens.profiler.store.mirror import sync_runs
+
+    monkeypatch.setenv("GPULENS_CACHE", str(store_dir.parent / "cache"))
+    root, _ = sync_runs(f"file://{store_dir}")
+    return _only_run(root)
+
+
+def _lightning_fit(pl, root, accumulate: int = 1, fail_at: int | None = None, **kwargs):
     from gpulens.integrations.lightning import GpuLensCallback
 
     class Classifier(pl.LightningModule):
@@ -48,7 +57,7 @@ def _lightning_fit(pl, root, accumulate: int = 1, fail_at: int | None = None):
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=3,
                          accumulate_grad_batches=accumulate,
-                         callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False)])
+                         callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False, **kwargs)])
     trainer.fit(Classifier(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
     return trainer
 
@@ -72,16 +81,18 @@ def test_lightning_callback_records_one_step_per_optimizer_step(tmp_path, import
     assert steps.duration[later].max() < 10 * np.median(steps.duration[later]) + 0.05
 
 
-def test_lightning_gradient_accumulation_and_crash(tmp_path):
+def test_lightning_gradient_accumulation_and_crash(tmp_path, monkeypatch):
     pl = pytest.importorskip("lightning.pytorch")
     trainer = _lightning_fit(pl, tmp_path / "acc", accumulate=2)
     steps = _only_run(tmp_path / "acc").steps()
     assert len(steps) == trainer.global_step == 10
     assert set(steps.samples) == {32}
     with pytest.raises(RuntimeError, match="boom"):
-        _lightning_fit(pl, tmp_path / "crash", fail_at=4)
+        _lightning_fit(pl, tmp_path / "crash", fail_at=4, store=f"file://{tmp_path / 'store'}")
     meta = _only_run(tmp_path / "crash").meta()
     assert meta["status"] == "crashed" and "boom in training_step" in meta["error"]
+    stored = _stored(tmp_path / "store", monkeypatch)  # the callback's close published its last words
+    assert stored.meta()["status"] == "crashed" and len(stored.steps()) == len(_only_run(tmp_path / "crash").steps())
 
 
 # ----------------------------------------------------------------------------- Hugging Face Trainer
@@ -98,7 +109,7 @@ class _Tokens(Dataset):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": int(ids.sum() % 2)}
 
 
-def test_hf_trainer_callback(tmp_path):
+def test_hf_trainer_callback(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     from gpulens.integrations.hf import GpuLensCallback
 
@@ -112,9 +123,12 @@ def test_hf_trainer_callback(tmp_path):
         logging_steps=5, report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
     root = tmp_path / "runs"
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(96), eval_dataset=_Tokens(32),
-                                   callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False)])
+                                   callbacks=[GpuLensCallback(runs_dir=root, quiet=True, advise=False,
+                                                              store=f"file://{tmp_path / 'store'}")])
     trainer.train()
     reader = _only_run(root)
+    stored = _stored(tmp_path / "store", monkeypatch)
+    assert stored.meta()["status"] == "finished" and len(stored.steps()) == len(reader.steps())
     steps = reader.steps()
     assert len(steps) == trainer.state.global_step == 12  # 96 / (8 x 2) x 2 epochs
     meta = reader.meta()

@@ -26,6 +26,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ ERROR_FILE = STORE_ERROR_FILE  # in a mirrored run: why its objects in the store
 STATE_FILE = ".mirror.json"  # in a mirrored run: the tag of every whole object fetched
 #: Bytes fetched at once (objects are fetched concurrently in batches of about this size).
 FETCH_BATCH_BYTES = 64 << 20
+#: Processes of one run assembled at once.
+ASSEMBLERS = 4
 _MEMBER = re.compile(r"^(rank|node)=(\d{1,6})$")
 _TRACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,250}$")
 _LEGACY_DB = re.compile(r"^rank-(\d{1,6})\.db$")
@@ -107,8 +110,8 @@ def parse_listing(keys: dict[str, dict[str, Any]], base: str) -> dict[str, _Run]
         if not rel:
             continue
         parts = rel.split("/")
-        if len(parts) < 2:
-            continue  # an object beside the runs: not a run, nothing to list
+        if len(parts) < 2 or parts[0] == seg.INDEX_PREFIX:
+            continue  # an object beside the runs, or the store's index: not a run
         run_id = parts[0]
         try:
             validate_run_id(run_id)
@@ -219,23 +222,71 @@ def sync_runs(url: str, only: str | None = None, dest: Path | None = None, full:
             raise GpulensError(f"{redact(url)}/{_shown(only)}: not a valid run id") from None
     stats = SyncStats()
     with _locked(root):
-        keys = _list(fs, f"{base}/{only}" if only else base, url, only)
-        runs = parse_listing(keys, base)
-        if only and only not in runs:
-            raise GpulensError(f"{redact(url)}/{only}: no such run in the store")
+        if full or only:
+            keys = _list(fs, f"{base}/{only}" if only else base, url, only)
+            runs = parse_listing(keys, base)
+            if only and only not in runs:
+                raise GpulensError(f"{redact(url)}/{only}: no such run in the store")
+            metas = {(run_id, folder): member.snapshots["meta"] for run_id, run in runs.items() if not run.error
+                     for folder, member in run.members.items() if "meta" in member.snapshots}
+        else:
+            keys, runs, metas = _light_listing(fs, base, url)
         stats.runs = len(runs)
         sizes = {k: int(v.get("size") or 0) for k, v in keys.items()}
         prefetched: dict[str, bytes] = {}
-        _sync_index(fs, root, runs, sizes, stats, prefetched)
-        if full:
-            for run_id, run in sorted(runs.items(), reverse=True):
-                _sync_run(fs, root, run_id, run, sizes, stats, prefetched)
+        _sync_index(fs, root, runs, metas, sizes, stats, prefetched)
+        for run_id, run in sorted(runs.items(), reverse=True):
+            if full or (run.legacy and not run.members):  # runs published whole by gpulens < 0.2: listed from
+                _sync_run(fs, root, run_id, run, sizes, stats, prefetched)  # their database
         _forget_gone(root, runs, only, full)
     return root, stats
 
 
-def _sync_index(fs: Any, root: Path, runs: dict[str, _Run], sizes: dict[str, int], stats: SyncStats,
-                prefetched: dict[str, bytes]) -> None:
+_INDEX_FILE = re.compile(r"^((?:rank|node)=\d{1,6})\.parquet$")
+
+
+def _light_listing(fs: Any, base: str, url: str) -> tuple[dict[str, dict[str, Any]], dict[str, _Run],
+                                                           dict[tuple[str, str], tuple[str, dict[str, Any]]]]:
+    """What ``gpulens ls`` needs: the runs (one listing with a delimiter) and the store's index (every process's
+    metadata under one prefix) -- two or three requests for a thousand runs, not every object of every run.
+    A run that the index does not know (published whole by gpulens < 0.2, or not a gpulens run) is listed
+    in full."""
+    try:
+        fs.invalidate_cache(base)
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        raise GpulensError(f"{redact(url)}: no such store (or it is empty)") from None
+    except Exception as exc:
+        raise GpulensError(f"{redact(url)}: cannot list the store ({type(exc).__name__}: "
+                           f"{one_line(redact(str(exc)), 200)})") from None
+    names = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"}
+    names.discard(seg.INDEX_PREFIX)
+    index = _list(fs, f"{base}/{seg.INDEX_PREFIX}", url, "index")
+    keys = dict(index)
+    metas: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    for key, info in index.items():
+        parts = key[len(base) + 1:].split("/")
+        if len(parts) == 3 and parts[1] in names and (m := _INDEX_FILE.match(parts[2])):
+            metas[(parts[1], m.group(1))] = (key, info)
+    runs: dict[str, _Run] = {}
+    indexed = {run_id for run_id, _ in metas}
+    for name in names - indexed:  # not in the index: listed in full (rare: old stores, foreign folders)
+        found = _list(fs, f"{base}/{name}", url, name)
+        keys.update(found)
+        runs.update(parse_listing(found, base) or {name: _Run(error="an empty folder")})
+    for name in indexed:
+        runs[name] = _Run()
+        for run_id, folder in metas:
+            if run_id == name:
+                match = _MEMBER.match(folder)
+                assert match is not None
+                runs[name].members[folder] = _Member(match.group(1), int(match.group(2)),
+                                                     snapshots={"meta": metas[(run_id, folder)]})
+    return keys, runs, metas
+
+
+def _sync_index(fs: Any, root: Path, runs: dict[str, _Run], metas: dict[tuple[str, str], tuple[str, dict[str, Any]]],
+                sizes: dict[str, int], stats: SyncStats, prefetched: dict[str, bytes]) -> None:
     """Every process's metadata, for listing the store without assembling its runs (what it fetched goes
     into ``prefetched``, for the assembly)."""
     index = root / INDEX
@@ -243,20 +294,18 @@ def _sync_index(fs: Any, root: Path, runs: dict[str, _Run], sizes: dict[str, int
     for run_id, run in runs.items():
         if run.error:
             stats.broken[run_id] = run.error
+    for (run_id, folder), (key, info) in metas.items():
+        if run_id in stats.broken:
             continue
-        for folder, member in run.members.items():
-            hit = member.snapshots.get("meta")
-            if hit is None:
+        out = index / run_id / f"{folder}.json"
+        tag = _tag(info)
+        try:
+            if json.loads(out.read_text()).get("tag") == tag:
+                stats.unchanged += 1
                 continue
-            out = index / run_id / f"{folder}.json"
-            tag = _tag(hit[1])
-            try:
-                if json.loads(out.read_text()).get("tag") == tag:
-                    stats.unchanged += 1
-                    continue
-            except (OSError, ValueError):
-                pass
-            wanted.append((out, hit[0], tag))
+        except (OSError, ValueError):
+            pass
+        wanted.append((out, key, tag))
     by_key = {key: (out, tag) for out, key, tag in wanted}
     for key, raw in _fetch(fs, list(by_key), sizes):
         out, tag = by_key[key]
@@ -293,8 +342,26 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             tags = _read_tags(run_dir)
-            for _folder, member in sorted(run.members.items()):
-                _sync_member(fs, run_dir, member, tags, sizes, stats, prefetched)
+            todo = []
+            for folder, member in sorted(run.members.items()):
+                digest = _digest(member)
+                if tags.get(f"member:{folder}") == digest and (run_dir / member.db_name).exists():
+                    stats.unchanged += len(member.snapshots) + sum(map(len, member.segments.values()))
+                    continue  # nothing new: its database is not even opened
+                todo.append((folder, member, digest))
+            work = [lambda m=m: _sync_member(fs, run_dir, m, tags, sizes, prefetched) for _, m, _ in todo]
+            if len(work) > 1:  # processes of one run assemble side by side (SQLite, Parquet, numpy let go of the GIL)
+                with ThreadPoolExecutor(min(len(work), ASSEMBLERS), thread_name_prefix="gpulens-mirror") as pool:
+                    results = list(pool.map(lambda fn: fn(), work))
+            else:
+                results = [fn() for fn in work]
+            for (folder, _, digest), result in zip(todo, results):
+                tags.update(result.tags)
+                stats.fetched += result.fetched
+                stats.bytes += result.bytes
+                stats.unchanged += result.unchanged
+                if result.complete:
+                    tags[f"member:{folder}"] = digest
             _sync_whole(fs, run_dir, run.legacy, tags, sizes, stats)
             _write_tags(run_dir, tags)
             for stale in set(os.listdir(run_dir)) - {m.db_name for m in run.members.values()} - set(run.legacy):
@@ -310,14 +377,37 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
 
 
+@dataclass
+class _Assembled:
+    """What assembling one process's database did (merged by the caller: members assemble in parallel)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    fetched: int = 0
+    bytes: int = 0
+    unchanged: int = 0
+    complete: bool = True  # False: a segment was merged away since the listing; the rest waits for the next sync
+
+
+def _digest(member: _Member) -> str:
+    """What a process has in the store now: its segments and the versions of its whole objects."""
+    import hashlib
+
+    parts = sorted(f"{k}={_tag(i)}" for k, i in [*member.snapshots.values(), *member.traces.values()])
+    parts += sorted(key for spans in member.segments.values() for key in spans.values())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
 def _sync_member(fs: Any, run_dir: Path, member: _Member, tags: dict[str, str], sizes: dict[str, int],
-                 stats: SyncStats, prefetched: dict[str, bytes]) -> None:
+                 prefetched: dict[str, bytes]) -> _Assembled:
+    out = _Assembled()
     db = seg.MirrorDB(run_dir / member.db_name)
     try:
         plans: dict[str, list[tuple[int, int]]] = {}
         for table in seg.APPEND_TABLES:
             spans = list(member.segments.get(table, {}))
             plans[table] = seg.plan(spans, db.applied(table))
+            if spans and max(b for _, b in spans) > max([b for _, b in plans[table]] + [db.applied(table)]):
+                out.complete = False  # a gap in what is listed: merged away or not listed yet
         fresh_snapshots = [t for t in ("series", "windows", "flops", "meta") if t in member.snapshots
                            and tags.get(member.snapshots[t][0]) != _tag(member.snapshots[t][1])]
         keys = [member.snapshots[t][0] for t in fresh_snapshots if t != "meta"]
@@ -334,6 +424,7 @@ def _sync_member(fs: Any, run_dir: Path, member: _Member, tags: dict[str, str], 
                 continue
             if isinstance(raw, FileNotFoundError):  # merged away since the listing: the rest waits for the next
                 stopped.add(table)
+                out.complete = False
                 continue
             if isinstance(raw, BaseException):
                 raise seg.SegmentError(f"cannot fetch {_shown(key)} ({type(raw).__name__}: "
@@ -343,14 +434,19 @@ def _sync_member(fs: Any, run_dir: Path, member: _Member, tags: dict[str, str], 
             except (seg.SegmentError, ValueError, TypeError, KeyError) as exc:
                 raise seg.SegmentError(f"{_shown(key)}: {exc}") from None
             if table in seg.SNAPSHOT_TABLES:
-                tags[key] = _tag(member.snapshots[table][1])
-            stats.fetched += 1
-            stats.bytes += len(raw)
-        stats.unchanged += len(member.snapshots) - len(fresh_snapshots)
+                out.tags[key] = _tag(member.snapshots[table][1])
+            out.fetched += 1
+            out.bytes += len(raw)
+        out.unchanged += len(member.snapshots) - len(fresh_snapshots)
     finally:
         db.close()
     traces = {f"traces/{name}": hit for name, hit in member.traces.items()}
-    _sync_whole(fs, run_dir, traces, tags, sizes, stats)
+    stats = SyncStats()
+    _sync_whole(fs, run_dir, traces, {**tags, **out.tags}, sizes, stats, out.tags)
+    out.fetched += stats.fetched
+    out.bytes += stats.bytes
+    out.unchanged += stats.unchanged
+    return out
 
 
 def _in_order(keys: list[str], ready: dict[str, bytes],
@@ -369,8 +465,9 @@ def _in_order(keys: list[str], ready: dict[str, bytes],
 
 
 def _sync_whole(fs: Any, run_dir: Path, objects: dict[str, tuple[str, dict[str, Any]]], tags: dict[str, str],
-                sizes: dict[str, int], stats: SyncStats) -> None:
-    """Objects copied as they are (traces; runs published as whole databases by gpulens before 0.2)."""
+                sizes: dict[str, int], stats: SyncStats, new_tags: dict[str, str] | None = None) -> None:
+    """Objects copied as they are (traces; runs published as whole databases by gpulens before 0.2); the tags of
+    what was fetched go into ``new_tags`` (default: ``tags``)."""
     wanted = {}
     for rel, (key, info) in objects.items():
         local = run_dir / rel
@@ -388,10 +485,10 @@ def _sync_whole(fs: Any, run_dir: Path, objects: dict[str, tuple[str, dict[str, 
         if run_dir.resolve() not in local.resolve().parents:  # never write outside the cache
             raise seg.SegmentError(f"unsafe key in the store: {_shown(key)!r}")
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".fetch")
+        tmp = local.with_name(f"{local.name}.{threading.get_ident()}.fetch")
         tmp.write_bytes(raw)
         os.replace(tmp, local)
-        tags[key] = tag
+        (tags if new_tags is None else new_tags)[key] = tag
         stats.fetched += 1
         stats.bytes += len(raw)
 
@@ -502,10 +599,29 @@ def index_rows(root: Path, broken: dict[str, str]) -> list[IndexRow]:
                              min(starts) if starts else None,
                              max(0.0, max(ends) - min(starts)) if starts and ends else None,
                              int(steps) if isinstance(steps, int) else None))
+    rows += [_legacy_row(root / name) for name in os.listdir(root) if name not in names and name not in broken
+             and not name.startswith(".") and (root / name / STATE_FILE).exists() and _holds_db(root / name)]
     rows.sort(key=lambda r: r.start or 0.0, reverse=True)
     rows += [IndexRow(run_id, run_id, "broken", None, [], None, None, None, error)
              for run_id, error in sorted(broken.items())]
     return rows
+
+
+def _holds_db(run_dir: Path) -> bool:
+    return any(_LEGACY_DB.match(name) for name in os.listdir(run_dir))
+
+
+def _legacy_row(run_dir: Path) -> IndexRow:
+    """A run published whole (gpulens < 0.2), listed from its mirrored database."""
+    from gpulens.profiler import open_run
+
+    try:
+        with open_run(run_dir) as run:
+            info = run.info
+            return IndexRow(info.id, info.name, info.status, info.status_reason,
+                            [str(g.get("name")) for g in info.gpus], info.start, info.duration_s, len(run.steps()))
+    except GpulensError as exc:
+        return IndexRow(run_dir.name, run_dir.name, "broken", None, [], None, None, None, str(exc))
 
 
 def start_mirror(url: str, every: float = 5.0, stop: threading.Event | None = None) -> Path:

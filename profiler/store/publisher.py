@@ -47,6 +47,9 @@ MAX_BACKOFF_S = 60.0
 DEFAULT_BUDGET_BPS = 1e6
 FANOUT = 16  # segments merged into one
 MAX_LEVEL = 2  # merged segments of this level are never merged again (16 x 16 rounds: ~43 min at 10 s)
+#: A segment this big is never merged (a late publisher's backlog, a store that was down for hours): merging
+#: it would send it again, and it is few objects already.
+MERGE_MAX_BYTES = 32 << 20
 CLOSE_WAIT_S = 30.0  # how long a closing run waits for its last round
 LINGER_S = 60.0  # how long a publisher whose last round failed goes on trying, in the background
 STATE_DIR = ".publish"
@@ -103,7 +106,9 @@ class Publisher:
     """The rounds of one database (used by the publisher process, and by ``gpulens publish`` directly)."""
 
     def __init__(self, url: str, db: Path, target: Target | None = None, budget_bps: float = DEFAULT_BUDGET_BPS,
-                 every: float = DEFAULT_EVERY_S) -> None:
+                 every: float = DEFAULT_EVERY_S, state_dir: Path | None = None) -> None:
+        """``state_dir``: where the outbox and the state live (default ``<run>/.publish/``; a run folder that
+        cannot be written, like a read-only checkout's sample runs, keeps them in the cache instead)."""
         self.url = url
         self.db = Path(db)
         self.run_dir = self.db.parent
@@ -111,7 +116,13 @@ class Publisher:
         self.budget_bps = budget_bps
         self.every = every
         self.fs, self.base = filesystem(url)
-        self.dir = self.run_dir / STATE_DIR / url_digest(url) / _writer_key(self.db)
+        if state_dir is None:
+            state_dir = self.run_dir / STATE_DIR
+            if not os.access(self.run_dir, os.W_OK):
+                from gpulens.profiler.store.remote import cache_root
+
+                state_dir = cache_root().parent / "publish" / url_digest(str(self.run_dir.resolve()))
+        self.dir = state_dir / url_digest(url) / _writer_key(self.db)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "outbox").mkdir(exist_ok=True)
         self.state = self._load()
@@ -222,8 +233,10 @@ class Publisher:
             if data is None:
                 continue
             extra = {"published": export.state.seq, "rows": export.state.rows} if table == "meta" else None
-            entries.append(self._outbox_put(seg.encode(table, data, source, extra=extra),
-                                            f"{prefix}/{table}/{seg.CURRENT}"))
+            raw = seg.encode(table, data, source, extra=extra)
+            entries.append(self._outbox_put(raw, f"{prefix}/{table}/{seg.CURRENT}"))
+            if table == "meta":  # also in the store's index: `gpulens ls` lists that, not every run's objects
+                entries.append(self._outbox_put(raw, seg.index_key(self.target.run_id, source.folder)))
         self.state.export = export.state
         self.state.outbox.extend(entries)
         self._save()
@@ -237,6 +250,10 @@ class Publisher:
     def _keep(self, table: str, raw: bytes, first: int, last: int, level: int) -> None:
         """A segment that will be merged later stays here until it is."""
         if level >= MAX_LEVEL:
+            return
+        if len(raw) >= MERGE_MAX_BYTES:  # never merged: and the ones before it can no longer be merged with later
+            for a, b, _ in self.state.kept.pop(table, []):  # ones (a merged file covers a gapless span)
+                (self.dir / "kept" / table / seg.segment_name(a, b)).unlink(missing_ok=True)
             return
         folder = self.dir / "kept" / table
         folder.mkdir(parents=True, exist_ok=True)
@@ -302,17 +319,22 @@ class Publisher:
 
 
 def _writer_key(db: Path) -> str:
-    """The publishing state's folder for one database: its writer process (files of a run are renamed to
-    their ranks when it ends; the process that wrote one stays the same)."""
+    """The publishing state's folder for one database: who wrote it (process, start, rank) -- not its file name,
+    which changes when a run's files are renamed to their ranks at its end."""
+    import hashlib
+
     try:
         conn = _connect_ro(db)
         try:
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('pid', 'pid_create_time')"))
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('pid', 'pid_create_time', 'start', "
+                                     "'rank', 'host')"))
         finally:
             conn.close()
-        return f"{json.loads(meta['pid'])}-{int(float(json.loads(meta['pid_create_time']) or 0) * 1000)}"
-    except (sqlite3.Error, KeyError, ValueError, TypeError, OSError):
+    except (sqlite3.Error, OSError):
+        meta = {}
+    if not meta:
         return db.stem
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
@@ -321,7 +343,7 @@ def _connect_ro(path: Path) -> sqlite3.Connection:
 
 
 # ---------------------------------------------------------------------- gpulens publish
-def publish_run(run_dir: Path, url: str) -> RoundStats:
+def publish_run(run_dir: Path, url: str, state_dir: Path | None = None) -> RoundStats:
     """Upload a local run (``gpulens publish``): every database and trace, or what a publisher left undone."""
     from gpulens.profiler.store.members import read_entries, resolve
     from gpulens.profiler.store.reader import rank_status
@@ -336,7 +358,7 @@ def publish_run(run_dir: Path, url: str) -> RoundStats:
         target = Target(validate_run_id(str(run_id)), member.node, member.rank)
         status, reason = rank_status(entry.meta)
         patch = {"status": status, "error": reason} if status != entry.meta.get("status") else None
-        p = Publisher(url, member.path, target)
+        p = Publisher(url, member.path, target, state_dir=state_dir)
         if not p.round(final=True, meta_patch=patch):
             raise GpulensError(f"cannot publish to {redact(url)}: {p.last_error}")
         total.objects += p.last.objects
@@ -620,6 +642,10 @@ class PublisherProcess:
         if not self._done.wait(timeout):
             log.warning("gpulens: the last publish to %s did not finish in %.0f s; it goes on in the background "
                         "(the run is complete locally in %s)", redact(self.url), timeout, self.db.parent)
+        elif self.result is None:  # it ended without a word: it could not start (its log says why)
+            log.warning("gpulens: the publisher to %s stopped early (see %s); the run is complete locally in %s "
+                        "(gpulens publish sends it)", redact(self.url), self.db.parent / STATE_DIR / "agent.log",
+                        self.db.parent)
 
 
 def _clean_env(env: Any) -> dict[str, str]:

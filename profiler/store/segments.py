@@ -6,6 +6,7 @@ files any Parquet reader opens (DuckDB, pyarrow / pandas, Spark)::
     <store>/<run id>/rank=<r>/<table>/<first>-<last>.parquet   steps, points, events: rows added, in rounds
     <store>/<run id>/rank=<r>/<table>/current.parquet          meta, series, windows, flops: small, replaced whole
     <store>/<run id>/rank=<r>/traces/<file>                    profiler traces, each sent once
+    <store>/_index/<run id>/rank=<r>.parquet                    the process's metadata again, for listing
 
 (a node's sampling process that trains nothing -- the parent of ``mp.spawn`` ranks -- publishes under
 ``node=<n>/``).  Every append table counts its segments from 1 without gaps; a file covers the counts
@@ -45,6 +46,10 @@ from gpulens.profiler.store.writer import (
 FORMAT = 1
 #: Key of the JSON that every segment carries in its Parquet metadata: format, table, counts, identity.
 META_KEY = b"gpulens.segment"
+#: The store's index: every process's current metadata again, under one prefix, so a store of a thousand runs
+#: lists in a request or two (``gpulens ls``) instead of every object of every run.  Run ids never start
+#: with ``_``.
+INDEX_PREFIX = "_index"
 APPEND_TABLES = ("steps", "points", "events")
 SNAPSHOT_TABLES = ("meta", "series", "windows", "flops")
 TABLES = APPEND_TABLES + SNAPSHOT_TABLES
@@ -320,6 +325,11 @@ def decode(raw: bytes, table: str) -> Segment:
     return Segment(table, info, parsed)
 
 
+def index_key(run_id: str, folder: str) -> str:
+    """Where a process's metadata is in the store's index (relative to the store)."""
+    return f"{INDEX_PREFIX}/{run_id}/{folder}.parquet"
+
+
 def segment_name(first: int, last: int) -> str:
     return f"{first:08d}-{last:08d}.parquet"
 
@@ -372,10 +382,10 @@ class MirrorDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
         try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            if fresh or not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            if fresh or not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'mirror_applied'").fetchone():
+                self.conn.execute("PRAGMA journal_mode=WAL")
                 schema.create(self.conn)
-            self.conn.executescript(MIRROR_DDL)
+                self.conn.executescript(MIRROR_DDL)
         except BaseException:
             self.conn.close()
             raise
@@ -448,9 +458,11 @@ class MirrorDB:
         t = np.asarray(data.column("t").to_numpy(zero_copy_only=False), dtype=np.float64)
         v = np.asarray(data.column("value").to_numpy(zero_copy_only=False), dtype=np.float64)
         key = idx * 1_000_003 + (gpu + 1)
-        order = np.lexsort((t, key))
-        key, t, v, idx, gpu = key[order], t[order], v[order], idx[order], gpu[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        if np.unique(key[starts]).size != starts.size:  # a merged segment: each series in several runs
+            order = np.argsort(key, kind="stable")  # runs in time order stay so (a chunk sorts what is left)
+            key, t, v, idx, gpu = key[order], t[order], v[order], idx[order], gpu[order]
+            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         ends = np.r_[starts[1:], key.size]
         chunks = []
         for a, b in zip(starts.tolist(), ends.tolist()):
