@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,7 @@ log = logging.getLogger("gpulens")
 
 KEY = "gpulens/run_id"
 WAIT = timedelta(seconds=60)
+POLL_S = 0.05
 
 
 def key() -> str:
@@ -47,7 +49,13 @@ def agree(torch: Any, rank: int, run_id: str, settled: bool, on_agreed: Callable
             if rank == 0:
                 store.set(key(), run_id)
                 return
-            store.wait([key()], wait)
+            # polled, not waited for: a store client serves one request at a time, and a wait would hold it
+            # (the clock pings, hooks/clocksync.py, share it) until rank 0's first step
+            deadline = time.monotonic() + wait.total_seconds()
+            while not store.check([key()]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no run id from rank 0 in {wait.total_seconds():.0f} s")
+                time.sleep(POLL_S)
             agreed = store.get(key()).decode()
             on_agreed(validate_run_id(agreed))
         except GpulensError as exc:

@@ -53,7 +53,7 @@ class RunOptions:
     prometheus_addr: str = "127.0.0.1"
     what_if: str | None = None  # a measured what-if (hooks/whatif.py): "synthetic-data", "batch-size=N"
     nvtx: bool | None = None  # phases as NVTX ranges too (None: when Nsight Systems runs the process)
-    store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.remote
+    store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.publisher
     child: dict[str, Any] | None = None  # set for a child process of the recording one (hooks/children.py)
 
     def __post_init__(self) -> None:

@@ -785,8 +785,8 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
     count, wrapper, optimizer type), ``target_batch`` (global batch you want);
     ``advise=False`` skips the top-3 suggestions printed when the run ends;
     ``store`` (default ``$GPULENS_STORE``): a run-store URL (``s3://``,
-    ``gs://``, ``file://``) this rank also publishes its database to, in the
-    background (see :mod:`gpulens.profiler.store.remote`).
+    ``gs://``, ``file://``) this rank also publishes what it records to,
+    from a process of its own (see :mod:`gpulens.profiler.store.publisher`).
 
     A ``track()`` inside an active one returns the active run: nested blocks
     share it and only the outermost closes it.

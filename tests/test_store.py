@@ -187,6 +187,23 @@ def test_track_closed_at_exit_and_by_sigterm_publishes_its_last_words_to_s3(tmp_
         assert _steps(cache_run(store, run.name) / "rank-0.db") == _steps(run / "rank-0.db")
 
 
+def test_ctrl_c_under_gpulens_run_reads_back_interrupted_and_the_exit_stays_the_scripts(tmp_path, cache, s3):
+    store = _bucket(s3, "ctrl-c")
+    (tmp_path / "loop.py").write_text(LOOP)
+    proc = subprocess.Popen([GPULENS, "run", "--runs-dir", str(tmp_path / "local"), "--store", store, "--no-advise",
+                             "--", sys.executable, str(tmp_path / "loop.py"), "60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env())
+    assert proc.stdout.readline().strip() == b"started"
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == -signal.SIGINT, err.decode()  # died of Ctrl-C, as without gpulens (130 in a shell)
+    run = _only(tmp_path / "local")
+    report = _report(f"{store}/{run.name}")
+    assert report["status"] == "interrupted" and report["status_reason"] == "KeyboardInterrupt"
+    assert _steps(cache_run(store, run.name) / "rank-0.db") == _steps(run / "rank-0.db")
+
+
 def test_sigkill_keeps_every_flushed_step_in_the_store_and_reads_crashed(tmp_path, cache, s3):
     """kill -9 of the training process: its publisher sends everything the database holds, status crashed."""
     store = _bucket(s3, "killed")
@@ -261,7 +278,7 @@ def test_torchrun_nodes_become_one_run_with_torchs_ranks(tmp_path, cache, s3, re
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    runs = s3fs.S3FileSystem().ls(store[5:])
+    runs = [p for p in s3fs.S3FileSystem().ls(store[5:]) if not p.endswith("/_index")]
     assert len(runs) == 1, runs  # one run in the store for the job
     run_id = runs[0].rsplit("/", 1)[1]
     local = [_only(tmp_path / f"node{n}" / "gpulens-runs") for n in (0, 1)]

@@ -236,7 +236,7 @@ def sync_runs(url: str, only: str | None = None, dest: Path | None = None, full:
         prefetched: dict[str, bytes] = {}
         _sync_index(fs, root, runs, metas, sizes, stats, prefetched)
         for run_id, run in sorted(runs.items(), reverse=True):
-            if full or (run.legacy and not run.members):  # runs published whole by gpulens < 0.2: listed from
+            if full or (run.legacy and not run.members):  # runs published whole by earlier gpulens: listed from
                 _sync_run(fs, root, run_id, run, sizes, stats, prefetched)  # their database
         _forget_gone(root, runs, only, full)
     return root, stats
@@ -249,7 +249,7 @@ def _light_listing(fs: Any, base: str, url: str) -> tuple[dict[str, dict[str, An
                                                            dict[tuple[str, str], tuple[str, dict[str, Any]]]]:
     """What ``gpulens ls`` needs: the runs (one listing with a delimiter) and the store's index (every process's
     metadata under one prefix) -- two or three requests for a thousand runs, not every object of every run.
-    A run that the index does not know (published whole by gpulens < 0.2, or not a gpulens run) is listed
+    A run that the index does not know (published whole by earlier gpulens, or not a gpulens run) is listed
     in full."""
     try:
         fs.invalidate_cache(base)
@@ -466,7 +466,7 @@ def _in_order(keys: list[str], ready: dict[str, bytes],
 
 def _sync_whole(fs: Any, run_dir: Path, objects: dict[str, tuple[str, dict[str, Any]]], tags: dict[str, str],
                 sizes: dict[str, int], stats: SyncStats, new_tags: dict[str, str] | None = None) -> None:
-    """Objects copied as they are (traces; runs published as whole databases by gpulens before 0.2); the tags of
+    """Objects copied as they are (traces; runs that earlier gpulens published as whole databases); the tags of
     what was fetched go into ``new_tags`` (default: ``tags``)."""
     wanted = {}
     for rel, (key, info) in objects.items():
@@ -612,7 +612,7 @@ def _holds_db(run_dir: Path) -> bool:
 
 
 def _legacy_row(run_dir: Path) -> IndexRow:
-    """A run published whole (gpulens < 0.2), listed from its mirrored database."""
+    """A run published whole by earlier gpulens, listed from its mirrored database."""
     from gpulens.profiler import open_run
 
     try:

@@ -366,7 +366,7 @@ def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> 
     out = []
     node_of = {r: n for n in run.nodes() for r in n.ranks}
     for rank in run.ranks:
-        steps = run.steps(rank)
+        steps = run.steps(rank, columns=PHASES)
         if not len(steps):
             continue
         keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
