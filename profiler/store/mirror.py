@@ -371,6 +371,10 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
             error = str(exc)
     if error is not None:
         stats.broken[run_id] = error
+        try:
+            validate_run_id(run_id)
+        except GpulensError:  # not a name to make a folder of (it may be '..'): listed, never written
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(error)
     else:
@@ -523,14 +527,6 @@ def _forget_gone(root: Path, runs: dict[str, _Run], only: str | None, full: bool
             if parent == root and not (path / STATE_FILE).exists() and not (path / ERROR_FILE).exists():
                 continue
             shutil.rmtree(path, ignore_errors=True)
-
-
-def mirror_error(run_dir: Path) -> str | None:
-    """Why a mirrored run cannot be read (its objects in the store are not gpulens'), or None."""
-    try:
-        return (run_dir / ERROR_FILE).read_text()[:300]
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------- what callers use

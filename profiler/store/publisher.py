@@ -97,7 +97,6 @@ class _State:
 
 @dataclass
 class RoundStats:
-    rows: int = 0
     bytes: int = 0
     objects: int = 0
 
@@ -286,7 +285,7 @@ class Publisher:
 
     def _send(self) -> RoundStats:
         """Upload the outbox in order (deletions after the puts that replace them), noting each step."""
-        stats = RoundStats(rows=0)
+        stats = RoundStats()
         live = set(self.state.live)
         done = 0
         try:

@@ -25,12 +25,13 @@ def is_url(text: object) -> bool:
     return isinstance(text, str) and "://" in text
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
-def redact(url: str) -> str:
-    """``url`` as messages show it: a ``user:password@`` part (ftp://, http://, sftp:// stores) left out."""
-    return _USERINFO.sub(r"\1***@", str(url))
+def redact(text: str) -> str:
+    """A URL (or a message quoting one) as messages show it: every ``user:password@`` part (ftp://, http://,
+    sftp:// stores) left out."""
+    return _USERINFO.sub(r"\1***@", str(text))
 
 
 def filesystem(url: str) -> tuple[Any, str]:

@@ -153,9 +153,6 @@ class Export:
     tables: dict[str, Any]
     state: ExportState
 
-    def rows(self) -> int:
-        return sum(t.num_rows for name, t in self.tables.items() if name in APPEND_TABLES)
-
 
 def export_new(conn: sqlite3.Connection, state: ExportState, source: Source,
                meta_patch: dict[str, Any] | None = None) -> Export:
