@@ -615,3 +615,93 @@ def test_a_backlog_segment_is_never_merged_and_merges_never_span_it(tmp_path, ca
         assert np.array_equal(a.t, b.t) and np.array_equal(a.v, b.v)
     names = sorted(p.name for p in (tmp_path / "store" / "late" / "rank=0" / "points").iterdir())
     assert "00000006-00000006.parquet" in names, names  # the backlog, alone
+
+
+def test_the_dashboards_mirror_shows_runs_published_after_it_started_and_drops_deleted_ones(tmp_path, cache, s3):
+    """fsspec keeps listings per process: a dashboard's mirror must still see what is new and what is gone."""
+    import shutil
+    import threading
+
+    import s3fs
+
+    from gpulens.profiler.store.mirror import start_mirror
+    from gpulens.profiler.store.publisher import publish_run
+
+    store = _bucket(s3, "live-mirror")
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers", tmp_path / "first")
+    publish_run(tmp_path / "first", store)
+    stop = threading.Event()
+    root = start_mirror(store, every=0.3, stop=stop)
+    try:
+        def listed() -> set[str]:
+            return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+        def until(cond) -> None:
+            deadline = time.monotonic() + 30
+            while not cond():
+                assert time.monotonic() < deadline, listed()
+                time.sleep(0.1)
+
+        until(lambda: listed() == {"first"})
+        shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-gpt-small-batch",
+                        tmp_path / "second")
+        publish_run(tmp_path / "second", store)
+        until(lambda: listed() == {"first", "second"})
+        s3fs.S3FileSystem().rm(f"{store[5:]}/first", recursive=True)
+        until(lambda: listed() == {"second"})
+    finally:
+        stop.set()
+
+
+def test_links_fifos_huge_and_clashing_objects_in_a_shared_folder_store_break_only_their_run(tmp_path, cache):
+    """Someone who can write a shared file:// store: a trace replaced by a link to a file only the reader may
+    read, a FIFO named like a database, a run folder that links elsewhere, a 3 GB sparse database, a name over
+    255 bytes, a file and a folder of one name.  Each is one broken run; nothing is read through a link,
+    nothing is written outside the cache, and the good run reads as published."""
+    import shutil
+
+    from gpulens.profiler.store.publisher import publish_run
+
+    store = tmp_path / "store"
+    src = Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers"
+    for name in ("good", "linked-trace"):
+        shutil.copytree(src, tmp_path / name)
+        publish_run(tmp_path / name, f"file://{store}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("only the dashboard's user may read this")
+    (trace,) = (store / "linked-trace" / "rank=0" / "traces").iterdir()
+    trace.unlink()
+    trace.symlink_to(secret)
+    (store / "fifo-run").mkdir()
+    os.mkfifo(store / "fifo-run" / "rank-0.db")
+    (store / "elsewhere").symlink_to(tmp_path / "good")
+    (store / "huge").mkdir()
+    with open(store / "huge" / "rank-0.db", "wb") as fh:
+        fh.truncate(3 << 30)  # sparse: 3 GB that take no disk
+    (store / "long").mkdir()
+    (store / "long" / ("x" * 250 + ".db")).write_bytes(b"x")
+    (store / "clash" / "rank-0.db" / "traces").mkdir(parents=True)
+    (store / "clash" / "rank-0.db" / "traces" / "x").write_bytes(b"x")
+    env = {**os.environ, "GPULENS_MIRROR_MAX_OBJECT_GB": "1"}
+    out = subprocess.run([GPULENS, "ls", f"file://{store}", "--json"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0 and "internal error" not in out.stderr, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)}
+    assert rows["good"]["status"] == "finished"
+    dash = subprocess.run([sys.executable, "-c", "import json, sys\n"
+                           "from gpulens.profiler.store.mirror import sync_runs\n"
+                           "root, stats = sync_runs(sys.argv[1])\n"
+                           "print(json.dumps({'root': str(root), 'broken': stats.broken}))", f"file://{store}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert dash.returncode == 0, dash.stderr
+    got = json.loads(dash.stdout)
+    assert {"linked-trace", "fifo-run", "huge", "long", "clash"} <= set(got["broken"]), got["broken"]
+    assert "good" not in got["broken"] and "elsewhere" not in got["broken"]  # a link beside the runs: not a run
+    cached = b"".join(p.read_bytes() for p in Path(got["root"]).rglob("*") if p.is_file() and p.stat().st_size < 1e8)
+    assert b"only the dashboard" not in cached
+    assert sum(p.stat().st_size for p in Path(got["root"]).rglob("*") if p.is_file()) < 50e6
+    assert _report(f"file://{store}/good", env)["steps"] == _report(str(src))["steps"]
+    for name in ("linked-trace", "fifo-run", "huge"):
+        res = subprocess.run([GPULENS, "report", f"file://{store}/{name}"], capture_output=True, text=True,
+                             timeout=60, env=env)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, (name, res.stderr)

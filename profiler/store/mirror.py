@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +46,21 @@ STATE_FILE = ".mirror.json"  # in a mirrored run: the tag of every whole object 
 FETCH_BATCH_BYTES = 64 << 20
 #: Processes of one run assembled at once.
 ASSEMBLERS = 4
+
+
+def _cap(name: str, default_gb: float) -> int:
+    try:
+        return int(float(os.environ.get(name, default_gb)) * 2**30)
+    except ValueError:
+        return int(default_gb * 2**30)
+
+
+#: What the cache takes from a store at most: per object, and per run (a hostile store's 3 GB sparse file must
+#: not fill the reader's disk; a day-long 8-GPU run is under 2 GB).
+MAX_OBJECT_BYTES = _cap("GPULENS_MIRROR_MAX_OBJECT_GB", 4)
+MAX_RUN_BYTES = _cap("GPULENS_MIRROR_MAX_RUN_GB", 32)
 _MEMBER = re.compile(r"^(rank|node)=(\d{1,6})$")
-_TRACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,250}$")
+_TRACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")  # room for the cache's temporary suffix
 _LEGACY_DB = re.compile(r"^rank-(\d{1,6})\.db$")
 
 
@@ -132,6 +146,15 @@ def _place(run: _Run, parts: list[str], key: str, info: dict[str, Any]) -> str |
     name = parts[-1]
     if any(p in ("", ".", "..") or _unsafe(p) for p in parts):
         return f"unsafe key in the store: {_shown('/'.join(parts))!r}"
+    if any(len(p.encode()) > 255 for p in parts):
+        return f"a key with a part longer than 255 bytes: {_shown('/'.join(parts))!r}"
+    if info.get("islink") or info.get("type") not in (None, "file"):
+        # a shared filesystem store: a link could point at any file the reader may read, a FIFO would never end
+        return f"not a regular file in the store: {_shown('/'.join(parts))!r}"
+    size = int(info.get("size") or 0)
+    if size > MAX_OBJECT_BYTES:
+        return (f"an object of {size / 2**30:.1f} GiB (more than {MAX_OBJECT_BYTES / 2**30:.0f} GiB, "
+                f"GPULENS_MIRROR_MAX_OBJECT_GB): {_shown('/'.join(parts))!r}")
     if ".part-" in name:
         return None  # a file store's upload in progress
     if len(parts) == 1 and _LEGACY_DB.match(name):
@@ -259,16 +282,25 @@ def _light_listing(fs: Any, base: str, url: str) -> tuple[dict[str, dict[str, An
     except Exception as exc:
         raise GpulensError(f"{redact(url)}: cannot list the store ({type(exc).__name__}: "
                            f"{one_line(redact(str(exc)), 200)})") from None
-    names = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"}
-    names.discard(seg.INDEX_PREFIX)
+    runs: dict[str, _Run] = {}
+    names = set()
+    for e in entries:
+        name = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if e.get("type") != "directory" or name == seg.INDEX_PREFIX:
+            continue
+        if e.get("islink"):  # a shared filesystem store: a link could lead anywhere the reader may read
+            runs[_shown(name)] = _Run(error=f"a symbolic link in the store: {_shown(name)!r}")
+            continue
+        names.add(name)
     index = _list(fs, f"{base}/{seg.INDEX_PREFIX}", url, "index")
     keys = dict(index)
     metas: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
     for key, info in index.items():
         parts = key[len(base) + 1:].split("/")
+        if info.get("islink") or info.get("type") not in (None, "file"):
+            continue
         if len(parts) == 3 and parts[1] in names and (m := _INDEX_FILE.match(parts[2])):
             metas[(parts[1], m.group(1))] = (key, info)
-    runs: dict[str, _Run] = {}
     indexed = {run_id for run_id, _ in metas}
     for name in names - indexed:  # not in the index: listed in full (rare: old stores, foreign folders)
         found = _list(fs, f"{base}/{name}", url, name)
@@ -283,6 +315,15 @@ def _light_listing(fs: Any, base: str, url: str) -> tuple[dict[str, dict[str, An
                 runs[name].members[folder] = _Member(match.group(1), int(match.group(2)),
                                                      snapshots={"meta": metas[(run_id, folder)]})
     return keys, runs, metas
+
+
+def _keys(run: _Run) -> list[str]:
+    """Every listed object of a run, for what it weighs."""
+    out = [key for key, _ in run.legacy.values()]
+    for member in run.members.values():
+        out += [key for key, _ in [*member.snapshots.values(), *member.traces.values()]]
+        out += [key for spans in member.segments.values() for key in spans.values()]
+    return out
 
 
 def _sync_index(fs: Any, root: Path, runs: dict[str, _Run], metas: dict[tuple[str, str], tuple[str, dict[str, Any]]],
@@ -339,6 +380,11 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
     if error is None and not run.members and not any(_LEGACY_DB.match(k) for k in run.legacy):
         error = "not a gpulens run (no rank=N/ or node=N/ folder in the store)"
     if error is None:
+        size = sum(sizes.get(key, 0) for key in _keys(run))
+        if size > MAX_RUN_BYTES:
+            error = (f"{size / 2**30:.1f} GiB in the store, more than the cache takes for one run "
+                     f"({MAX_RUN_BYTES / 2**30:.0f} GiB, GPULENS_MIRROR_MAX_RUN_GB)")
+    if error is None:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             tags = _read_tags(run_dir)
@@ -369,6 +415,8 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
                     (run_dir / stale).unlink(missing_ok=True)  # a process that moved to another run or rank
         except seg.SegmentError as exc:
             error = str(exc)
+        except (OSError, sqlite3.Error, ValueError) as exc:  # one run's objects never stop the others
+            error = f"cannot mirror it ({type(exc).__name__}: {one_line(str(exc), 160)})"
     if error is not None:
         stats.broken[run_id] = error
         try:
