@@ -84,3 +84,18 @@ def suggestion_card(s: dict[str, Any], index: int, evidence_buttons: list[Any]) 
     body.append(html.Div(f"rule {s['id']}", className="muted small"))
     return html.Details([summary, html.Div(body, className="sugg-body")], open=index == 0,
                         className="suggestion", id=f"suggestion-{s['id']}")
+
+
+#: How often a page asks again for an analysis that is still being computed.
+ANALYSIS_POLL_MS = 1000
+
+
+def analysis_poll(cid: str) -> dcc.Interval:
+    """Re-runs a page's analysis callbacks until the analysis is there: request threads never wait for one
+    (a few heavy runs would otherwise hold every server thread), they answer "analysing" and are asked
+    again; the callback disables this once it has what it needs."""
+    return dcc.Interval(id=cid, interval=ANALYSIS_POLL_MS, n_intervals=0, disabled=False)
+
+
+def analysing(what: str = "this run") -> html.Div:
+    return notice(f"analysing {what}… (this page fills in by itself)", "info", cid="analysing")

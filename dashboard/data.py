@@ -217,9 +217,11 @@ class _Analyses:
             entry.future = None
 
     def get(self, path: Path, wait: float = 0.0, live: bool = False) -> Analysis | None:
-        """The analysis of the run's current files, waiting up to ``wait`` s for it.
+        """The analysis of the run's current files, waiting up to ``wait`` s for it (tools and tests; pages
+        pass none and poll: a thread held per open page would soon be every thread of the server).
 
-        While a new one is computed the previous one (or None) is returned.  A
+        One analysis per version of a run's files, however many ask; while a new one is computed the
+        previous one (or None) is returned.  A
         running run keeps its analysis for LIVE_ANALYSIS_EVERY_S before the
         next one starts, so a live page does not re-analyse on every flush.
         """
@@ -356,12 +358,12 @@ def _row_of(root: Path, path: Path, fp: tuple) -> RunRow:
     return row
 
 
-def runs(wait: float = 1.5) -> tuple[list[RunRow], bool]:
+def runs(wait: float = 0.0) -> tuple[list[RunRow], bool]:
     """Every run under the root (broken ones with their error) and whether analyses are still pending.
 
-    Analyses are started for all runs at once and waited for up to ``wait``
-    seconds in total, so a handful of runs shows complete on first load and
-    a big runs root fills in as the page polls; once a run's analysis is done,
+    Analyses are started for all runs at once; the page shows what is done and
+    polls for the rest (``wait``, in total, is for tools and tests: a request
+    thread never waits for an analysis); once a run's analysis is done,
     what the page shows of it is kept (for every run, however many) until
     its files change, so a refresh of a big root reads only file times.
     """

@@ -2,18 +2,21 @@
 
 Three layers, all on by default:
 - binding: a non-loopback address is refused unless a password (``--auth-file``,
-  ``$GPULENS_AUTH``, ``--auth``) of at least 12 characters or a token of at
-  least 16 is given (:func:`check_bind`);
+  ``$GPULENS_AUTH``, ``--auth``) of at least 12 characters or a token
+  (``--token-file``, ``$GPULENS_TOKEN``, ``--token``) of at least 16 is given
+  (:func:`check_bind`); secrets on the command line work, with a warning;
 - Host header: requests must name an allowed host, which stops DNS-rebinding
   pages in the user's browser from reaching a loopback dashboard;
 - authentication: HTTP Basic or a bearer token (also accepted once as
   ``?token=``, then kept in an HttpOnly cookie), compared in constant time;
-  a client that keeps failing waits longer and longer (HTTP 429).
+  a client that keeps sending wrong credentials waits longer and longer
+  (HTTP 429) -- requests without any are not failures.
 Plus a Content-Security-Policy and request bodies capped at :data:`MAX_BODY`.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -30,13 +33,14 @@ from gpulens.profiler import GpulensError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 TOKEN_COOKIE = "gpulens_token"
+HEALTH_PATH = "/healthz"
 #: Largest request body accepted (Dash callback payloads are kilobytes): bigger ones get 413 unread.
 MAX_BODY = 4 << 20
-#: Shortest password accepted beyond loopback (tokens: 16 characters).
-MIN_PASSWORD = 12
+#: Shortest password and token accepted beyond loopback.
+MIN_PASSWORD, MIN_TOKEN = 12, 16
 #: Failed authentications from one address before it has to wait, and the longest wait (seconds).
 FREE_FAILURES, MAX_WAIT_S = 5, 60.0
-ENV_AUTH = "GPULENS_AUTH"
+ENV_AUTH, ENV_TOKEN = "GPULENS_AUTH", "GPULENS_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -73,24 +77,36 @@ def parse_auth(value: str | None, source: str = "--auth") -> tuple[str | None, s
 
 def auth_setting(argv_value: str | None, file: str | None,
                  env: Mapping[str, str] | None = None) -> tuple[str | None, str, str | None]:
-    """(USER:PASSWORD, where it came from, a warning): ``--auth-file``, else ``$GPULENS_AUTH``, else ``--auth``.
+    """(USER:PASSWORD, where it came from, a warning): ``--auth-file``, else ``$GPULENS_AUTH``, else ``--auth``."""
+    return _secret("--auth", ENV_AUTH, "USER:PASSWORD", argv_value, file, env)
 
-    ``--auth`` on the command line is readable by every local user
-    (``ps``, /proc/PID/cmdline); it still works, with a warning.
+
+def token_setting(argv_value: str | None, file: str | None,
+                  env: Mapping[str, str] | None = None) -> tuple[str | None, str, str | None]:
+    """(token, where it came from, a warning): ``--token-file``, else ``$GPULENS_TOKEN``, else ``--token``."""
+    return _secret("--token", ENV_TOKEN, "TOKEN", argv_value, file, env)
+
+
+def _secret(flag: str, variable: str, shape: str, argv_value: str | None, file: str | None,
+            env: Mapping[str, str] | None) -> tuple[str | None, str, str | None]:
+    """A secret from a file, the environment or the command line, in that order.
+
+    The command line is readable by every local user (``ps``, /proc/PID/cmdline); it still works, with a
+    warning that names the two places that are not.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     if file is not None:
         try:
             with open(file, encoding="utf-8") as fh:
-                return fh.readline().strip(), f"--auth-file {file}", None
+                return fh.readline().strip(), f"{flag}-file {file}", None
         except (OSError, UnicodeError) as exc:
-            raise GpulensError(f"--auth-file {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    if environ.get(ENV_AUTH):
-        return environ[ENV_AUTH], ENV_AUTH, None
+            raise GpulensError(f"{flag}-file {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if environ.get(variable):
+        return environ[variable], variable, None
     if argv_value is not None:
-        return argv_value, "--auth", ("gpulens: warning: the password given with --auth is visible to every local "
-                                      f"user (ps, /proc/PID/cmdline); prefer {ENV_AUTH}=USER:PASSWORD or --auth-file")
-    return None, "--auth", None
+        return argv_value, flag, (f"gpulens: warning: the secret given with {flag} is visible to every local user "
+                                  f"(ps, /proc/PID/cmdline); prefer {variable}={shape} or {flag}-file FILE")
+    return None, flag, None
 
 
 def check_bind(host: str, user: str | None, password: str | None, token: str | None, port: int = 8050) -> None:
@@ -99,12 +115,15 @@ def check_bind(host: str, user: str | None, password: str | None, token: str | N
         return
     if password and len(password) < MIN_PASSWORD:
         raise GpulensError(f"refusing to serve on {host} with a password of {len(password)} characters: "
-                           f"use at least {MIN_PASSWORD} (or a --token of 16 or more)")
+                           f"use at least {MIN_PASSWORD} (or a token of {MIN_TOKEN} or more)")
+    if token and len(token) < MIN_TOKEN:
+        raise GpulensError(f"refusing to serve on {host} with a token of {len(token)} characters: "
+                           f"use at least {MIN_TOKEN}")
     if password or token:
         return
     raise GpulensError(
-        f"refusing to serve on {host}: binding beyond loopback exposes your runs; "
-        "set GPULENS_AUTH=USER:PASSWORD (or --auth-file FILE, --auth USER:PASSWORD) or --token TOKEN "
+        f"refusing to serve on {host}: binding beyond loopback exposes your runs; set "
+        f"{ENV_AUTH}=USER:PASSWORD (or --auth-file FILE) or {ENV_TOKEN}=TOKEN (or --token-file FILE) "
         f"(or keep the default --host 127.0.0.1 and use an SSH tunnel: ssh -L {port}:127.0.0.1:{port} HOST)")
 
 
@@ -180,26 +199,39 @@ def csp(script_hashes: Sequence[str]) -> str:
 
 
 class Backoff:
-    """Failed authentications per client address: after :data:`FREE_FAILURES`, each further one doubles
-    the wait (up to :data:`MAX_WAIT_S`) before that address is heard again.  Bounded memory."""
+    """Wrong credentials per client address: after :data:`FREE_FAILURES`, each further one doubles the wait
+    (up to :data:`MAX_WAIT_S`) before that address is heard again.  Bounded memory.
 
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
+    Only a *new* wrong credential counts: a request without any (a browser's first fetches, before it asks
+    for the password) is no guess, nor is the same stale cookie or cached password sent again with every
+    request of a page -- counting those locked out users who then typed the right password.  A guesser
+    has to send different values, and each of them counts.
+    """
+
+    def __init__(self, size: int = 10_000, remembered: int = 32) -> None:
+        self.size, self.remembered = size, remembered
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (failures, wait until)
+        # address -> (failures, wait until, digests of the wrong credentials it sent lately)
+        self._seen: OrderedDict[str, tuple[int, float, tuple[bytes, ...]]] = OrderedDict()
 
     def wait_s(self, addr: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         with self._lock:
-            _, until = self._seen.get(addr, (0, 0.0))
+            until = self._seen.get(addr, (0, 0.0, ()))[1]
         return max(0.0, until - now)
 
-    def failed(self, addr: str, now: float | None = None) -> None:
+    def failed(self, addr: str, credential: str | None = None, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()[:16] if credential else None
         with self._lock:
-            count = self._seen.pop(addr, (0, 0.0))[0] + 1
-            wait = min(2.0 ** (count - FREE_FAILURES), MAX_WAIT_S) if count >= FREE_FAILURES else 0.0
-            self._seen[addr] = (count, now + wait)
+            count, until, recent = self._seen.pop(addr, (0, 0.0, ()))
+            if digest is None or digest not in recent:
+                count += 1
+                wait = min(2.0 ** (count - FREE_FAILURES), MAX_WAIT_S) if count >= FREE_FAILURES else 0.0
+                until = now + wait
+                if digest is not None:
+                    recent = (*recent, digest)[-self.remembered:]
+            self._seen[addr] = (count, until, recent)
             while len(self._seen) > self.size:
                 self._seen.popitem(last=False)
 
@@ -223,7 +255,7 @@ def install(server: Any, access: Access) -> None:
                             mimetype="text/plain")
         if (request.content_length or 0) > MAX_BODY:
             return Response(f"gpulens: request body over {MAX_BODY >> 20} MiB\n", 413, mimetype="text/plain")
-        if not access.needs_auth:
+        if not access.needs_auth or request.path == HEALTH_PATH:  # "ok" tells nobody anything: probes need no login
             return None
         client = request.remote_addr or "?"
         wait = backoff.wait_s(client)
@@ -234,7 +266,9 @@ def install(server: Any, access: Access) -> None:
         if ok is not False:
             backoff.succeeded(client)
             return None if ok is True else ok
-        backoff.failed(client)
+        offered = _offered()
+        if offered:  # asking without credentials is no failed login
+            backoff.failed(client, offered)
         return Response("gpulens: authentication required\n", 401, mimetype="text/plain",
                         headers={"WWW-Authenticate": 'Basic realm="gpulens", charset="UTF-8"'}
                         if access.password else {})
@@ -258,6 +292,12 @@ def install(server: Any, access: Access) -> None:
             if _basic_ok(request.headers.get("Authorization", ""), access.user, access.password):
                 return True
         return False
+
+    def _offered() -> str:
+        """Every credential the request carries, as one string (empty: none)."""
+        parts = (request.headers.get("Authorization", ""), request.args.get("token") or "",
+                 request.cookies.get(TOKEN_COOKIE, "") if access.token else "")
+        return "\n".join(parts) if any(parts) else ""
 
     @server.after_request
     def _headers(resp: Any) -> Any:

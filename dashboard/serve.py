@@ -5,7 +5,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gpulens.dashboard.security import MAX_BODY, Access, allowed_hosts, check_bind, parse_auth
+from gpulens.dashboard import connections
+from gpulens.dashboard.security import MAX_BODY, MIN_TOKEN, Access, allowed_hosts, check_bind, parse_auth
 from gpulens.fmt import shown_path
 from gpulens.profiler import GpulensError
 
@@ -19,8 +20,8 @@ def prepare(runs_root: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if not 0 <= int(port) <= 65535:
         raise GpulensError(f"--port {port}: not a TCP port (0-65535)")
     user, password = parse_auth(auth, auth_source)
-    if token is not None and len(token) < 16:
-        raise GpulensError("--token must be at least 16 characters (try: python -c 'import secrets; "
+    if token is not None and len(token) < MIN_TOKEN:
+        raise GpulensError(f"the token must be at least {MIN_TOKEN} characters (try: python -c 'import secrets; "
                            "print(secrets.token_urlsafe(24))')")
     check_bind(host, user, password, token, int(port))
     if not runs_root.is_dir():
@@ -37,10 +38,12 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
     app = create_app(runs_root, access, fallback)
     try:
         server = create_server(app.server, host=access.host, port=access.port, threads=threads, ident="gpulens",
-                               clear_untrusted_proxy_headers=True, max_request_body_size=MAX_BODY)
+                               clear_untrusted_proxy_headers=True, max_request_body_size=MAX_BODY,
+                               **connections.SERVER_OPTIONS)
     except OSError as exc:
         raise GpulensError(f"cannot listen on {access.host}:{access.port} ({exc.strerror or exc}); "
                            "pick another --port") from None
+    connections.guard(server)
     shown = f"[{access.host}]" if ":" in access.host else access.host
     url = f"http://{shown}:{server.effective_port}{open_path}"
     where = shown_path(runs_root)

@@ -49,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("candidate", help="the run to judge against it")
     cmp.add_argument("--fail-on", metavar="RULES",
                      help='exit 1 when a rule is broken beyond the noise, e.g. "step_time>+5%%,peak_memory>+10%%,'
-                          'data_wait>+3pp,throughput<-5%%"')
+                          'data_wait>+3pp,throughput<-5%%,status" (status: either run did not finish)')
     cmp.add_argument("--json", action="store_true", help="print the comparison (and the gate) as JSON")
     cmp.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
 
@@ -77,14 +77,15 @@ def _build_parser() -> argparse.ArgumentParser:
     dsh.add_argument("runs_dir", nargs="?",
                      help="runs root (default $GPULENS_DIR or ./gpulens-runs; with no runs there, the sample runs)")
     dsh.add_argument("--host", default="127.0.0.1",
-                     help="address to bind (default 127.0.0.1; anything else needs --auth or --token)")
+                     help="address to bind (default 127.0.0.1; anything else needs a password or a token)")
     dsh.add_argument("--port", type=int, default=8050, help="TCP port (default 8050; 0 picks a free one)")
     dsh.add_argument("--auth", metavar="USER:PASSWORD",
                      help="require HTTP Basic authentication (visible in the process list: prefer $GPULENS_AUTH "
                           "or --auth-file)")
     dsh.add_argument("--auth-file", metavar="FILE", help="require HTTP Basic authentication; FILE holds USER:PASSWORD")
-    dsh.add_argument("--token", default=os.environ.get("GPULENS_TOKEN") or None,
-                     help="require this bearer token (or ?token=... once); default $GPULENS_TOKEN")
+    dsh.add_argument("--token", help="require this bearer token (or ?token=... once; visible in the process list: "
+                                      "prefer $GPULENS_TOKEN or --token-file)")
+    dsh.add_argument("--token-file", metavar="FILE", help="require the bearer token FILE holds")
     dsh.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="also accept requests for this Host name (reverse proxies, DNS names)")
 
@@ -157,12 +158,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         if fallback is not None:
             print(f"gpulens: no runs in {fmt.shown_path(root)} yet; showing the sample runs in "
                   f"{fmt.shown_path(fallback)} until the first one is recorded there", file=sys.stderr)
-    from gpulens.dashboard.security import auth_setting
+    from gpulens.dashboard.security import auth_setting, token_setting
 
     auth, source, warning = auth_setting(args.auth, args.auth_file)
-    access = prepare(fallback or root, args.host, args.port, auth, args.token, args.allow_host, auth_source=source)
-    if warning:  # after the checks: bad input stays one line
-        print(warning, file=sys.stderr)
+    token, _, token_warning = token_setting(args.token, args.token_file)
+    access = prepare(fallback or root, args.host, args.port, auth, token, args.allow_host, auth_source=source)
+    for line in (warning, token_warning):  # after the checks: bad input stays one line
+        if line:
+            print(line, file=sys.stderr)
     serve(root, access, fallback=fallback)
     return EXIT_OK
 

@@ -523,7 +523,7 @@ def comparison_value(m: Any, value: float | None) -> str:
 
 def render_comparison(comparison: Any, results: list[Any], console: Console | None = None) -> None:
     """``gpulens compare``: the figures side by side, each change with its interval and verdict, then the gate."""
-    from gpulens.profiler.analysis.compare import change_text, interval_text
+    from gpulens.profiler.analysis.compare import change_text, interval_text, unfinished_sides
 
     console = console or terminal()
     base, cand = comparison.base, comparison.candidate
@@ -544,6 +544,9 @@ def render_comparison(comparison: Any, results: list[Any], console: Console | No
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(Text(f"[{i}] {sanitized(note)}", style="dim"))
+    for line in unfinished_sides(comparison):  # a crashed run's few steps can look fast: say it, always
+        console.print(Text(f"warning: {sanitized(line)}: its figures cover only the steps it recorded "
+                           "(--fail-on status makes this fail the gate)", style="bold yellow"))
     for r in results:
         mark = Text("FAIL ", style="bold red") if r.failed else Text("ok   ", style="green")
         console.print(Text.assemble(mark, sanitized(r.message)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -146,11 +147,59 @@ def test_zoomed_view_reads_full_resolution_inside_the_range():
 
 
 # ---------------------------------------------------------------------- run page
+def _polled(callback, *args, timeout: float = 120.0):
+    """What a page shows once its analysis is there: the callback is asked again, as the page's poll does,
+    until it turns its poll off (its last output).  Each call answers at once, analysed or not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t0 = time.monotonic()
+        *out, poll_off = callback(*args, 0)
+        assert time.monotonic() - t0 < 30  # never waits for the analysis (a generous bound for a busy host)
+        if poll_off:
+            return out[0] if len(out) == 1 else tuple(out)
+        assert time.monotonic() < deadline, "the analysis never arrived"
+        time.sleep(0.1)
+
+
+def test_pages_answer_at_once_while_a_run_is_analysed_and_fill_in_by_polling(app):
+    from gpulens.dashboard.pages import compare as cpage
+    from gpulens.dashboard.pages import kernels as kpage
+    from gpulens.dashboard.pages import run as run_page
+
+    data.reset()
+    release = threading.Event()
+    started = threading.Event()
+    real = data.analyse
+
+    def held(path):  # an analysis that takes as long as the test says
+        started.set()
+        release.wait(60)
+        return real(path)
+
+    data.analyse = held
+    try:
+        with app.server.app_context():
+            cards, suggestions, targets, events, poll_off = run_page.run_overview("h100-cnn-input-bound", 0)
+            assert started.wait(30)
+            assert not poll_off and "analysing" in json.dumps(cards.to_plotly_json())
+            assert kpage.kernels_view("h100-cnn-input-bound", "all", None, None, "light", 0)[-1] is False
+            assert kpage.trace_analysis_view("h100-cnn-input-bound", "all", "light", 0)[-1] is False
+            body, poll_off = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light", 0)
+            assert not poll_off
+            release.set()
+            cards = _polled(run_page.run_overview, "h100-cnn-input-bound")[0]
+            assert [c.id for c in cards][0] == "card-gpu_busy"
+    finally:
+        data.analyse = real
+        release.set()
+        data.reset()
+
+
 def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
     from gpulens.dashboard.pages import run as run_page
 
     with app.server.app_context():
-        cards, suggestions, targets, events = run_page.run_overview("h100-cnn-input-bound")
+        cards, suggestions, targets, events = _polled(run_page.run_overview, "h100-cnn-input-bound")
     ids = [c.id for c in cards]
     assert ids == ["card-gpu_busy", "card-sm_active", "card-tensor_active", "card-dram_bw", "card-mfu",
                    "card-throughput", "card-step_time", "card-energy", "card-memory"]
@@ -212,7 +261,12 @@ def test_runs_list_shows_broken_runs_with_their_error_and_the_rest_complete(app,
     from gpulens.dashboard.pages import runs as runs_page
 
     with app.server.app_context():
-        rows, poll_off, note, where = runs_page.refresh_runs(0)
+        deadline = time.monotonic() + 120
+        while True:
+            rows, poll_off, note, where = runs_page.refresh_runs(0)
+            if poll_off or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     by_id = {r["id"]: r for r in rows}
     assert set(by_id) == {"h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", BROKEN_ID, HOSTILE_ID,
                          SLOW_ID}
@@ -231,11 +285,11 @@ def test_kernels_view_per_window_keeps_names_as_data(app):
     from gpulens.dashboard.pages import kernels as kpage
 
     with app.server.app_context():
-        out = kpage.kernels_view(HOSTILE_ID, "0:0", None, None, "light")
+        out = _polled(kpage.kernels_view, HOSTILE_ID, "0:0", None, None, "light")
         rows, cards, cat_fig, tmp_fig, memcpy, sync, download, problems = out
         assert rows and rows[0]["name"] == HOSTILE  # passed to the grid as a value, never as markup
         assert download[0].href == f"/download/trace/{HOSTILE_ID}/0/0"
-        gemm = kpage.kernels_view("h100-gpt-small-batch", "all", ["gemm"], None, "light")[0]
+        gemm = _polled(kpage.kernels_view, "h100-gpt-small-batch", "all", ["gemm"], None, "light")[0]
     assert gemm and {r["category"] for r in gemm} == {"gemm"}
     assert sum(r["share_pct"] for r in gemm) < 100
 
@@ -244,7 +298,7 @@ def test_compare_two_runs(app):
     from gpulens.dashboard.pages import compare as cpage
 
     with app.server.app_context():
-        body = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light")
+        body = _polled(cpage.compare, "h100-cnn-input-bound", "h100-gpt-small-batch", "light")
     text = json.dumps(body.to_plotly_json(), default=lambda o: o.to_plotly_json())
     for needle in ("cmp-headline", "cmp-steps", "cmp-dist", "cmp-kernels", "cmp-config", "Samples/s",
                    "config.model", "95% CI", "Energy/sample"):

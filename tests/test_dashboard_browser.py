@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -435,3 +436,35 @@ def test_first_run_in_the_default_root_replaces_the_samples_without_a_restart(pa
             writer.wait(timeout=10)
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
+    """A browser's first fetches carry no credentials (it sends them after the 401 challenge): they are no
+    failed logins.  Every page, ten times, each in a fresh context (no cached credentials): no 429."""
+    password = "correct horse battery"
+    base, proc = _start_server([str(root)], env={**os.environ, "GPULENS_AUTH": f"me:{password}"})
+    statuses: list[tuple[int, str]] = []
+    try:
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200  # the probe stays open
+        pages = (("/", ".ag-row >> text=h100-cnn-input-bound"),
+                 ("/run/h100-cnn-input-bound", "#card-gpu_busy"),
+                 ("/run/h100-cnn-input-bound/kernels", "#k-devices-table"),
+                 ("/compare?a=h100-cnn-input-bound&b=h100-gpt-small-batch", "#cmp-headline"))
+        for _ in range(10):
+            for path, ready in pages:  # a fresh context per page: Chromium sends the password unasked only
+                # below the path that was challenged, so /run/ID's scripts and callbacks each ask first
+                ctx = browser.new_context(http_credentials={"username": "me", "password": password})
+                pg = ctx.new_page()
+                pg.set_default_timeout(30_000)
+                pg.on("response", lambda r: statuses.append((r.status, r.url)))
+                pg.goto(base + path)
+                pg.wait_for_selector(ready)
+                ctx.close()
+        # and someone without the password is refused, without costing the user anything
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(base + "/", timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not [s for s in statuses if s[0] == 429], [s for s in statuses if s[0] == 429][:5]
+    assert sum(1 for s in statuses if s[0] == 200) > 40

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import base64
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
+import psutil
 import pytest
 from dash_support import HOSTILE_ID, make_root
 
 from gpulens.cli import _build_parser, main as cli_main
+from gpulens.dashboard import connections
 from gpulens.dashboard.app import create_app
 from gpulens.dashboard.security import Access, allowed_hosts, check_bind, host_of
 from gpulens.profiler import GpulensError
@@ -31,7 +39,7 @@ def test_loopback_needs_no_auth(host):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gpu-box.example.com"])
 def test_non_loopback_without_auth_is_refused(host):
-    with pytest.raises(GpulensError, match="GPULENS_AUTH=USER:PASSWORD .* or --token"):
+    with pytest.raises(GpulensError, match="GPULENS_AUTH=USER:PASSWORD .* or GPULENS_TOKEN=TOKEN"):
         check_bind(host, None, None, None)
     with pytest.raises(GpulensError, match="a password of 6 characters: use at least 12"):
         check_bind(host, "me", "secret", None)  # a network deserves more than a 6-letter password
@@ -130,3 +138,102 @@ def test_pages_with_bad_run_ids_show_an_error_not_a_traceback(root):
         for bad in ("../cpu-cnn-workers", "/etc/passwd", "no-such-run"):
             text = str(page.layout(run_id=bad).to_plotly_json())
             assert "page-error" in text and ("invalid run id" in text or "no such run" in text), (page, bad)
+
+
+# ----------------------------------------------------------------------------- idle and half-sent connections
+def _half_open(port: int, n: int) -> list[socket.socket]:
+    """``n`` sockets that each sent the start of a request head and then nothing (slowloris)."""
+    held = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        held.append(s)
+    return held
+
+
+def _timed_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, float]:
+    t0 = time.monotonic()
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
+        resp.read()
+        return resp.status, time.monotonic() - t0
+
+
+def test_two_hundred_half_sent_requests_do_not_starve_the_dashboard(root):
+    """The real server (waitress, as ``gpulens dashboard`` runs it): 200 idle half-sent requests from one
+    address, before any authentication, and a request still answers within 2 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", str(root), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _timed_get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.2)
+        held = _half_open(port, 200)
+        time.sleep(1.0)  # let the server take them all in
+        status, took = _timed_get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and took <= 2.0, took
+        status, took = _timed_get(f"http://127.0.0.1:{port}/", {"Host": f"127.0.0.1:{port}"})
+        assert status == 200 and took <= 2.0, took
+        # the server shed the oldest of them: far fewer than 200 are still open on its side
+        conns = [c for c in psutil.Process(proc.pid).net_connections("tcp") if c.status == "ESTABLISHED"]
+        assert len(conns) <= connections.PER_CLIENT + 8, len(conns)
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_and_idle_sockets_are_capped(monkeypatch):
+    """The limits themselves on a real waitress server with a tiny app (short deadlines to keep it quick)."""
+    from waitress import create_server
+
+    monkeypatch.setattr(connections, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(connections, "PER_CLIENT", 5)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=2,
+                           **{**connections.SERVER_OPTIONS, "cleanup_interval": 0.2, "asyncore_loop_timeout": 0.2})
+    connections.guard(server)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    port = server.effective_port
+    try:
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10)
+        head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40
+        cut_after = None
+        t0 = time.monotonic()
+        for byte in head:  # a byte every 0.1 s keeps waitress's idle timer fresh, not the head's deadline
+            try:
+                trickler.sendall(bytes([byte]))
+            except OSError:
+                cut_after = time.monotonic() - t0
+                break
+            time.sleep(0.1)
+        if cut_after is None:
+            trickler.settimeout(5)
+            assert trickler.recv(100) == b""  # closed by the server without an answer
+            cut_after = time.monotonic() - t0
+        assert 1.0 <= cut_after <= 4.0, cut_after
+        trickler.close()
+        held = _half_open(port, 12)
+        time.sleep(1.5)
+        open_ = sum(1 for c in psutil.Process().net_connections("tcp")
+                    if c.status == "ESTABLISHED" and c.laddr.port == port)
+        assert open_ <= 5, open_  # the longest-idle ones were closed past the per-client limit
+        assert _timed_get(f"http://127.0.0.1:{port}/")[0] == 200
+        for s in held:
+            s.close()
+    finally:
+        server.close()

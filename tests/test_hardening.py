@@ -1,7 +1,9 @@
 """Nothing lost, nothing hidden, nothing exposed: full disks, broken runs, bounded inputs, credentials, exit codes."""
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import os
 import socket
 import sqlite3
@@ -175,10 +177,15 @@ def test_dashboard_runs_page_survives_broken_runs(mixed_root):
     deps = client.get("/_dash-dependencies", headers=LOCAL).get_json()
     cb = next(d for d in deps if any(i["id"] == "runs-poll" for i in d["inputs"]))
     outputs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in cb["output"].strip(".").split("...")]
-    resp = client.post("/_dash-update-component", headers=LOCAL, json={
-        "output": cb["output"], "outputs": outputs, "changedPropIds": ["runs-poll.n_intervals"],
-        "inputs": [{"id": "runs-poll", "property": "n_intervals", "value": 0}], "state": []})
-    assert resp.status_code == 200
+    deadline = time.monotonic() + 120
+    for n in range(10_000):  # as the page polls: until every analysis is in
+        resp = client.post("/_dash-update-component", headers=LOCAL, json={
+            "output": cb["output"], "outputs": outputs, "changedPropIds": ["runs-poll.n_intervals"],
+            "inputs": [{"id": "runs-poll", "property": "n_intervals", "value": n}], "state": []})
+        assert resp.status_code == 200
+        if resp.get_json()["response"]["runs-poll"]["disabled"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     rows = {r["id"]: r for r in resp.get_json()["response"]["runs-grid"]["rowData"]}
     assert rows["good"]["status"] == "finished"
     assert rows["badpid"]["status"] == "broken" and rows["badextra"]["status"] == "broken"
@@ -276,7 +283,7 @@ def test_an_empty_token_variable_does_not_stop_the_loopback_dashboard(monkeypatc
 
 def test_repeated_failed_logins_back_off():
     backoff = Backoff()
-    for i in range(4):
+    for _ in range(4):
         backoff.failed("10.0.0.9", now=100.0)
         assert backoff.wait_s("10.0.0.9", now=100.0) == 0  # the first failures cost nothing
     backoff.failed("10.0.0.9", now=100.0)
@@ -294,8 +301,16 @@ def test_login_backoff_over_http_and_the_security_headers(tmp_path):
     root = tmp_path / "runs"
     root.mkdir()
     client = create_app(root, Access(host="0.0.0.0", user="me", password="correct horse battery")).server.test_client()
-    codes = [client.get("/", headers=LOCAL).status_code for _ in range(7)]
+    def basic(password: str) -> dict[str, str]:
+        return {**LOCAL, "Authorization": "Basic " + base64.b64encode(f"me:{password}".encode()).decode()}
+
+    # a browser's fetches before it asks for the password, and the same stale password resent: no guesses
+    assert {client.get("/", headers=LOCAL).status_code for _ in range(12)} == {401}
+    assert {client.get("/", headers=basic("yesterday's one")).status_code for _ in range(12)} == {401}
+    assert client.get("/", headers=basic("correct horse battery")).status_code == 200
+    codes = [client.get("/", headers=basic(f"guess {i}")).status_code for i in range(7)]  # a guesser
     assert codes[:5] == [401] * 5 and codes[5] == 429
+    assert client.get("/", headers=basic("correct horse battery")).status_code == 429  # no answer while waiting
     ok = create_app(root).server.test_client().get("/", headers=LOCAL)
     csp = ok.headers["Content-Security-Policy"]
     assert "script-src 'self' 'sha256-" in csp and "unsafe-inline" not in csp.split("style-src")[0]
@@ -354,6 +369,149 @@ def test_more_bad_input_is_one_line_exit_2(tmp_path):
         busy.listen()
         _one_line_error(run("exporter", "--port", str(busy.getsockname()[1])), "already in use")
     _one_line_error(run("report", os.fsdecode(b"/no/such/\xff")), "no such run")
+
+
+def _steps_trace(path: Path, steps: int, first: int = 0) -> Path:
+    """A profiler trace of ``steps`` ProfilerStep spans (100 µs apart), each with one operator inside."""
+    events = []
+    for i in range(steps):
+        ts = 1000 + i * 100
+        events.append({"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{first + i}", "ts": ts, "dur": 90,
+                       "pid": 1, "tid": 1})
+        events.append({"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": ts + 5, "dur": 50, "pid": 1, "tid": 1})
+    path.write_text(json.dumps({"traceEvents": events}))
+    return path
+
+
+def test_an_import_keeps_every_step_of_a_long_trace(tmp_path):
+    """The recorder's backlog bound (10,000 steps waiting) protects a training loop; an import has none to
+    protect and keeps all 15,000, with nothing counted as lost."""
+    trace = _steps_trace(tmp_path / "long.json", 15_000)
+    root = tmp_path / "runs"
+    proc = subprocess.run([GPULENS, "import", str(trace), "--runs-dir", str(root)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and ".importing-" not in proc.stderr, proc.stderr
+    with open_run(Path(proc.stdout.strip())) as run:
+        steps = run.steps()
+        assert len(steps) == 15_000 and steps.step[0] == 0 and steps.step[-1] == 14_999
+        assert not run.meta().get("records_lost")
+        assert run.meta()["steps"] == 15_000
+
+
+def test_hostile_traces_are_one_line_exit_2_and_leave_nothing(tmp_path):
+    big = tmp_path / "bigstep.json"
+    big.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "user_annotation", "ts": 1, "dur": 5, "pid": 1,
+                                                "tid": 1, "name": "ProfilerStep#99999999999999999999"}]}))
+    far = tmp_path / "far.json"  # a time beyond 2^63 (JSON numbers have no range)
+    far.write_text('{"traceEvents":[{"ph":"X","cat":"cpu_op","name":"a","ts":99999999999999999999999,"dur":5,'
+                   '"pid":1,"tid":1}]}')
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"traceEvents":[{"ph":"X","cat":"cpu_op","name":"a","ts":1,"dur":5,"pid":1,"tid":1,"args":'
+                    + "[" * 100_000 + "]" * 100_000 + "}]}")
+    deep_meta = tmp_path / "deepmeta.json"
+    deep_meta.write_text('{"traceEvents":[], "x":' + "[" * 100_000 + "]" * 100_000 + "}")
+    root = tmp_path / "runs"
+    for trace, fragment in ((big, "step number 99999999999999999999 is out of range"),
+                            (far, "timestamps out of range"), (deep, "nested too deeply"),
+                            (deep_meta, "nested too deeply")):
+        proc = subprocess.run([GPULENS, "import", str(trace), "--runs-dir", str(root)], capture_output=True,
+                              text=True, timeout=120)
+        _one_line_error(proc, fragment)
+        assert not root.exists() or not any(root.iterdir())
+    # a process id beyond int64 identifies nothing: the trace still imports
+    odd = tmp_path / "oddpid.json"
+    odd.write_text('{"traceEvents":[{"ph":"X","cat":"cpu_op","name":"a","ts":1,"dur":5,'
+                   '"pid":99999999999999999999999,"tid":1}]}')
+    proc = subprocess.run([GPULENS, "import", str(odd), "--runs-dir", str(root)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("gpus", [{"index": "x"}], "gpus is not a list of GPU records"),
+    ("records_lost", "lots", "records_lost is 'lots'"),
+    ("records_lost", {"steps": "many"}, "records_lost is not a count"),
+    ("optimizers", {}, "optimizers is {}"),
+    ("optimizers", [1], "optimizers is not a list of optimizer records"),
+    ("start", 1e308, "start is 1e+308, not a time"),
+])
+def test_metadata_of_the_wrong_type_is_a_broken_run_everywhere(tmp_path, key, value, fragment):
+    run_dir = tmp_path / "runs" / "odd"
+    shutil.copytree(SAMPLES / "cpu-cnn-workers", run_dir)
+    conn = sqlite3.connect(run_dir / "rank-0.db")
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+    conn.commit()
+    conn.close()
+    proc = subprocess.run([GPULENS, "report", str(run_dir)], capture_output=True, text=True, timeout=120)
+    _one_line_error(proc, fragment)
+    client = create_app(tmp_path / "runs").server.test_client()
+    page = client.get("/run/odd", headers=LOCAL)
+    assert page.status_code == 200  # the page says what is wrong; no 500
+    data.reset()
+    ls = subprocess.run([GPULENS, "ls", str(tmp_path / "runs"), "--json"], capture_output=True, text=True,
+                        timeout=120)
+    assert ls.returncode == 0 and json.loads(ls.stdout)[0]["status"] == "broken"
+
+
+def test_a_gpu_record_written_short_still_reads(tmp_path):
+    run_dir = tmp_path / "short"
+    shutil.copytree(SAMPLES / "cpu-cnn-workers", run_dir)
+    conn = sqlite3.connect(run_dir / "rank-0.db")
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('gpus', ?)", (json.dumps([{}]),))
+    conn.commit()
+    conn.close()
+    proc = subprocess.run([GPULENS, "report", str(run_dir)], capture_output=True, text=True, timeout=120,
+                          env=_env(COLUMNS="120"))
+    assert proc.returncode == 0 and "1 × unknown GPU" in proc.stdout, proc.stderr
+
+
+def test_export_to_an_unwritable_place_or_a_full_disk_is_one_line_and_leaves_no_part_files(tmp_path, tiny_disk):
+    run = SAMPLES / "cpu-cnn-workers"
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    proc = subprocess.run([GPULENS, "export", str(run), "--out", str(not_a_dir / "out")], capture_output=True,
+                          text=True, timeout=120)
+    _one_line_error(proc, "cannot make the folder")
+    (tiny_disk / "filler").write_bytes(b"\0" * (tiny_disk_free(tiny_disk) - 20_000))
+    for fmt in ("csv", "parquet"):
+        out = tiny_disk / fmt
+        proc = subprocess.run([GPULENS, "export", str(run), "--out", str(out), "--format", fmt],
+                              capture_output=True, text=True, timeout=120)
+        _one_line_error(proc, "No space left on device")
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], list(out.iterdir())
+
+
+def tiny_disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@pytest.mark.parametrize("command", [["ls", "ftp://me:secret@files.example/runs"], ["report", "hdfs://nn/runs/x"],
+                                     ["publish", str(SAMPLES / "cpu-cnn-workers"), "zip://x"],
+                                     ["dashboard", "gopher://x/runs"]])
+def test_stores_gpulens_cannot_use_are_refused_in_one_line(command):
+    proc = subprocess.run([GPULENS, *command], capture_output=True, text=True, timeout=60)
+    _one_line_error(proc, "not a run store (stores are file://, s3://")
+    assert "secret" not in proc.stderr
+
+
+def test_compare_says_when_runs_crashed_and_fail_on_status_fails(tmp_path):
+    for name in ("a", "b"):
+        shutil.copytree(SAMPLES / "cpu-cnn-workers", tmp_path / name)
+    conn = sqlite3.connect(tmp_path / "b" / "rank-0.db")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'status'", (json.dumps("crashed"),))
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('error', ?)", (json.dumps("RuntimeError: boom"),))
+    conn.commit()
+    conn.close()
+    compare = lambda *rules: subprocess.run(  # noqa: E731
+        [GPULENS, "compare", str(tmp_path / "a"), str(tmp_path / "b"), *rules], capture_output=True, text=True,
+        timeout=120, env=_env(COLUMNS="200"))
+    plain = compare("--fail-on", "step_time>+5%")
+    assert plain.returncode == 0 and "warning: candidate crashed (RuntimeError: boom)" in plain.stdout
+    gated = compare("--fail-on", "step_time>+5%,status")
+    assert gated.returncode == 1 and "FAIL candidate crashed (RuntimeError: boom)" in gated.stdout
+    as_json = json.loads(compare("--fail-on", "status", "--json").stdout)
+    assert as_json["candidate"]["status"] == "crashed" and as_json["gate"]["passed"] is False
+    assert compare("--fail-on", "statu").returncode == 2
 
 
 def test_gpulens_run_of_a_missing_script_records_nothing(tmp_path):

@@ -38,6 +38,7 @@ def layout(a: str | None = None, b: str | None = None, **_: Any) -> html.Div:
             html.Div([html.Label("B", className="ab ab-b"), dcc.Dropdown(id="cmp-b", options=options, value=b,
                                                                            clearable=False)], className="ab-pick"),
         ], className="two-col"),
+        ui.analysis_poll("cmp-analysis-poll"),
         dcc.Loading(html.Div(id="cmp-body"), type="dot"),
     ], className="page")
 
@@ -50,20 +51,26 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]], cid: str, ro
     ], className="table", id=cid)
 
 
-@callback(Output("cmp-body", "children"), Input("cmp-a", "value"), Input("cmp-b", "value"), Input("theme", "data"))
-def compare(a_id: str | None, b_id: str | None, theme: str | None) -> Any:
-    theme = theme or "light"
+@callback(Output("cmp-body", "children"), Output("cmp-analysis-poll", "disabled"), Input("cmp-a", "value"),
+          Input("cmp-b", "value"), Input("theme", "data"), Input("cmp-analysis-poll", "n_intervals"))
+def compare(a_id: str | None, b_id: str | None, theme: str | None, _poll: int) -> tuple[Any, bool]:
     if not a_id or not b_id:
-        return ui.notice("Pick two runs to compare (the runs root needs at least two).", "info")
+        return ui.notice("Pick two runs to compare (the runs root needs at least two).", "info"), True
     try:
         ra, rb = data.reader(a_id), data.reader(b_id)
-        aa, ab = data.analysis(a_id, wait=60.0), data.analysis(b_id, wait=60.0)
+        aa, ab = data.analysis(a_id), data.analysis(b_id)  # both started at once, neither waited for
     except GpulensError as exc:
-        return ui.notice(str(exc), "error", cid="cmp-error")
+        return ui.notice(str(exc), "error", cid="cmp-error"), True
+    if aa is None or ab is None:
+        return ui.analysing("these runs"), False
     for run, an in ((ra, aa), (rb, ab)):
-        if an is None or an.summary is None:
-            return ui.notice(f"{run.info.name}: {an.error if an else 'still analysing'}", "error", cid="cmp-error")
-    assert aa is not None and ab is not None and aa.summary is not None and ab.summary is not None
+        if an.summary is None:
+            return ui.notice(f"{run.info.name}: {an.error}", "error", cid="cmp-error"), True
+    return _comparison(ra, aa, rb, ab, theme or "light"), True
+
+
+def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: str) -> Any:
+    assert aa.summary is not None and ab.summary is not None
     sa, sb = aa.summary, ab.summary
     na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
     head = comparison.headline_rows(ra, sa, rb, sb)

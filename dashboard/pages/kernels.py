@@ -55,6 +55,8 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
     cats = [c for c in (category or "").split(",") if c in CATEGORIES]
     return html.Div([
         dcc.Store(id="k-run-id", data=run.info.id),
+        ui.analysis_poll("k-analysis-poll"),
+        ui.analysis_poll("k-trace-poll"),  # one per callback: each stops its own once it has the analysis
         html.Div([html.Div([html.H2(f"Kernels · {run.info.name}"), dcc.Link("← run", href=f"/run/{run.info.id}")],
                            className="title-row")], className="page-head"),
         ui.notice("No profiler windows in this run: record with track(profile_every=...) or import a trace "
@@ -89,11 +91,18 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
     ], className="page")
 
 
+class Analysing(GpulensError):
+    """The run's analysis is being computed: the page says so and asks again (see ui.analysis_poll)."""
+
+    def __init__(self) -> None:
+        super().__init__("analysing this run… (this page fills in by itself)")
+
+
 def window_analysis(run_id: str, window: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """The combined analysis of one window (``rank:index``) or of all; plus unreadable windows and the window."""
-    a = data.analysis(run_id, wait=60.0)
+    a = data.analysis(run_id)
     if a is None:
-        raise GpulensError("still analysing this run; try again in a moment")
+        raise Analysing()
     if a.error:
         raise GpulensError(a.error)
     if window == ALL_WINDOWS:
@@ -201,11 +210,13 @@ def kernel_cards(an: dict[str, Any]) -> list[Any]:
     Output("k-cpu-ops", "children"),
     Output("k-gemm", "children"),
     Output("k-kernels-title", "children"),
+    Output("k-trace-poll", "disabled"),
     Input("k-run-id", "data"),
     Input("k-window", "value"),
     Input("theme", "data"),
+    Input("k-trace-poll", "n_intervals"),
 )
-def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
+def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int) -> tuple:
     """What `gpulens report` prints from the windows besides the kernel table: the step breakdown,
     per-device utilization, idle-time attribution, CPU operators, GEMM shapes."""
     theme = theme or "light"
@@ -213,7 +224,8 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
         an, _, _ = window_analysis(run_id, window or ALL_WINDOWS)
     except GpulensError as exc:
         none = html.Div(str(exc), className="muted")
-        return figures.empty_figure(str(exc), theme, 150), none, none, none, none, "Kernels"
+        return (figures.empty_figure(str(exc), theme, 150), none, none, none, none, "Kernels",
+                not isinstance(exc, Analysing))
     fig = figures.share_bar_figure(breakdown_shares(an), th.BREAKDOWN_COLORS,
                                    "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
     devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
@@ -232,7 +244,7 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
     gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
                   "k-gemm-table")
     title = "Kernels" if an.get("kernels") else "Kernels — none: a CPU run (its operators are listed below)"
-    return fig, devices, idle, ops, gemm, title
+    return fig, devices, idle, ops, gemm, title, True
 
 
 @callback(
@@ -244,20 +256,25 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None) -> tuple:
     Output("k-sync", "children"),
     Output("k-download", "children"),
     Output("k-problems", "children"),
+    Output("k-analysis-poll", "disabled"),
     Input("k-run-id", "data"),
     Input("k-window", "value"),
     Input("k-category", "value"),
     Input("k-search", "value"),
     Input("theme", "data"),
+    Input("k-analysis-poll", "n_intervals"),
 )
 def kernels_view(run_id: str, window: str, categories: list[str] | None, search: str | None,
-                 theme: str | None) -> tuple:
+                 theme: str | None, _poll: int) -> tuple:
     theme = theme or "light"
     try:
         an, problems, w = window_analysis(run_id, window or ALL_WINDOWS)
+    except Analysing as exc:
+        empty = figures.empty_figure(str(exc), theme, 150)
+        return [], [ui.analysing()], empty, empty, [], [], [], [], False
     except GpulensError as exc:
         empty = figures.empty_figure(str(exc), theme, 150)
-        return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], []
+        return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], [], True
     rows = kernel_rows(an.get("kernels") or [], categories, search)
     cats = an.get("categories_us") or {}
     total = sum(cats.values()) or 1.0
@@ -290,7 +307,7 @@ def kernels_view(run_id: str, window: str, categories: list[str] | None, search:
         probs.append(ui.notice(an["note"], "info"))
     if not an.get("available", True) and an.get("reason"):
         probs.append(ui.notice(an["reason"], "info"))
-    return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs
+    return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs, True
 
 
 register(__name__, path_template="/run/<run_id>/kernels", title="gpulens · kernels", name="Kernels", layout=layout)

@@ -273,7 +273,7 @@ clientside_callback(
 @callback(Output("live-suggestions", "children"), Input("live-advice-poll", "n_intervals"), State("live-id", "data"))
 def live_suggestions(_n: int, run_id: str) -> Any:
     try:
-        a = data.analysis(run_id, wait=10.0, live=True)
+        a = data.analysis(run_id, live=True)  # never waited for: asked again at the next poll
     except GpulensError as exc:
         return ui.notice(str(exc), "error")
     if a is None:

@@ -54,6 +54,7 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
         dcc.Store(id="ts-range", data=None),
         dcc.Store(id="ts-relayout", data=None),  # the graph's time range after each change (see assets)
         dcc.Store(id="evidence-targets", data=[]),
+        ui.analysis_poll("run-analysis-poll"),
         html.Div([
             html.Div([html.H2(info.name, id="run-title"), ui.status_badge(info.status, info.replay,
                                                                          info.status_reason)],
@@ -91,18 +92,20 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
     Output("run-suggestions", "children"),
     Output("evidence-targets", "data"),
     Output("run-events", "children"),
+    Output("run-analysis-poll", "disabled"),
     Input("run-id", "data"),
+    Input("run-analysis-poll", "n_intervals"),
 )
-def run_overview(run_id: str) -> tuple[Any, Any, list[dict[str, Any]], Any]:
+def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
     try:
         run = data.reader(run_id)
-        a = data.analysis(run_id, wait=60.0, live=run.info.status == "running")
+        a = data.analysis(run_id, live=run.info.status == "running")
     except GpulensError as exc:
-        return ui.notice(str(exc), "error"), [], [], []
+        return ui.notice(str(exc), "error"), [], [], [], True
     if a is None:
-        return ui.notice("still analysing this run…", "info"), [], [], []
+        return ui.analysing(), [], no_update, [], False
     if a.error or a.summary is None:
-        return ui.notice(f"cannot analyse this run: {a.error}", "error", cid="analysis-error"), [], [], []
+        return ui.notice(f"cannot analyse this run: {a.error}", "error", cid="analysis-error"), [], [], [], True
     cards = [ui.card(c.label, c.value, c.sub, cid=f"card-{c.key}", title=c.title, muted=not c.available)
              for c in overview.headline(a.summary)]
     targets: list[dict[str, Any]] = []
@@ -139,7 +142,7 @@ def run_overview(run_id: str) -> tuple[Any, Any, list[dict[str, Any]], Any]:
                                                 for e in events[:200]])], className="table")
     else:
         ev = html.Div("No events (XID errors, clock events, profiler problems) recorded.", className="muted small")
-    return cards, items, targets, ev
+    return cards, items, targets, ev, True
 
 
 # ---------------------------------------------------------------------- zoom

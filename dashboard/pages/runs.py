@@ -127,7 +127,7 @@ def _mean_over_gpus(summary: dict[str, Any], metric: str) -> float | None:
 def refresh_runs(_n: int) -> tuple[list[dict[str, Any]], bool, str, str]:
     try:
         choice = data.root_choice()
-        rows, pending = data.runs(wait=1.5)
+        rows, pending = data.runs()  # what is analysed now; the page polls for the rest
     except GpulensError as exc:
         return [], True, str(exc), ""
     where = root_note(choice)

@@ -54,6 +54,8 @@ class Side:
     reading_means: dict[str, float]  # their exact means (mean of the GPUs' means, as the report)
     step_energy: np.ndarray  # joules per steady step (NaN without energy readings)
     report: dict[str, Any]
+    status: str = "finished"  # the run's, as ls and the report say it (crashed, interrupted, running, ...)
+    status_reason: str | None = None
 
 
 @dataclass
@@ -123,7 +125,8 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
                 samples=steps.samples[steady] if len(steps) else np.zeros(0),
                 tokens=steps.tokens[steady] if len(steps) else np.zeros(0),
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
-                readings=readings, reading_means=means, step_energy=energy, report=report)
+                readings=readings, reading_means=means, step_energy=energy, report=report,
+                status=run.info.status, status_reason=run.info.status_reason)
 
 
 def _fill(m: Metric, got: Change | None) -> Metric:
@@ -149,6 +152,11 @@ def _judge(m: Metric) -> Metric:
     return m
 
 
+def _identity(side: Side) -> dict[str, Any]:
+    return {"id": side.id, "path": side.path, "steps": int(side.durations.size), "status": side.status,
+            "status_reason": side.status_reason}
+
+
 def compare(base: Side, cand: Side) -> Comparison:
     """Every figure of ``cand`` against ``base``.
 
@@ -156,8 +164,7 @@ def compare(base: Side, cand: Side) -> Comparison:
     of totals over the steady steps; means of readings), so the comparison never contradicts either report;
     the intervals come from resampling blocks of those steps or readings.
     """
-    out = Comparison({"id": base.id, "path": base.path, "steps": int(base.durations.size)},
-                     {"id": cand.id, "path": cand.path, "steps": int(cand.durations.size)})
+    out = Comparison(_identity(base), _identity(cand))
     batches_differ = bool(base.batch_size and cand.batch_size and base.batch_size != cand.batch_size)
     st = _fill(Metric("step_time", "Step time", "%", "lower"), median_change(base.durations, cand.durations))
     if batches_differ:
@@ -269,6 +276,7 @@ def _peak_memory(base: Side, cand: Side) -> Metric:
 
 
 # ---------------------------------------------------------------------------------------------- the gate
+STATUS_RULE = "status"
 _RULE = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*(%|pp)\s*$")
 METRIC_NAMES = ("step_time", "throughput", "tokens_per_s", *PHASES, "gpu_busy", "sm_active", "tensor_active",
                 "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample", "energy_per_step")
@@ -294,13 +302,18 @@ class RuleResult:
 
 
 def parse_rules(spec: str) -> list[Rule]:
-    """``"step_time>+5%,peak_memory>+10%,data_wait>+3pp,throughput<-5%"``; a bad rule is a GpulensError."""
+    """``"step_time>+5%,peak_memory>+10%,data_wait>+3pp,throughput<-5%,status"``; a bad rule is a GpulensError.
+
+    ``status`` fails when either run did not finish: a crashed candidate's few steps can look fast."""
     rules = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part == STATUS_RULE:
+            rules.append(Rule(part, STATUS_RULE, True, 0.0, ""))
+            continue
         hit = _RULE.match(part)
         if hit is None:
-            raise GpulensError(f"--fail-on {part!r}: expected METRIC>+N% or METRIC<-N% (pp for shares), "
-                               "e.g. step_time>+5%")
+            raise GpulensError(f"--fail-on {part!r}: expected METRIC>+N% or METRIC<-N% (pp for shares) or "
+                               "status, e.g. step_time>+5%")
         name, op, number, unit = hit.groups()
         name = ALIASES.get(name, name)
         if name not in METRIC_NAMES:
@@ -319,6 +332,11 @@ def check(comparison: Comparison, rules: list[Rule]) -> list[RuleResult]:
     """Each rule against the comparison; a metric the runs do not both have is a GpulensError (bad input)."""
     out = []
     for rule in rules:
+        if rule.metric == STATUS_RULE:
+            unfinished = unfinished_sides(comparison)
+            out.append(RuleResult(rule.text, STATUS_RULE, bool(unfinished),
+                                  "; ".join(unfinished) if unfinished else "both runs finished"))
+            continue
         m = comparison.metric(rule.metric)
         if m is None and rule.metric == "energy_per_sample":
             m = comparison.metric("energy_per_step")
@@ -334,6 +352,17 @@ def check(comparison: Comparison, rules: list[Rule]) -> list[RuleResult]:
                                                             "the noise (the interval includes no change)"))
         else:
             out.append(RuleResult(rule.text, m.name, False, f"{m.label} {shown}"))
+    return out
+
+
+def unfinished_sides(comparison: Comparison) -> list[str]:
+    """``["candidate crashed (no heartbeat for 40 s)"]``: each run that did not finish, in words."""
+    out = []
+    for role, side in (("base", comparison.base), ("candidate", comparison.candidate)):
+        status = side.get("status") or "finished"
+        if status != "finished":
+            reason = side.get("status_reason")
+            out.append(f"{role} {status}" + (f" ({reason})" if reason else ""))
     return out
 
 

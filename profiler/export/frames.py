@@ -132,28 +132,39 @@ def export(run: RunReader, analysis: Any, out_dir: Path, fmt: str,
     pandas()  # both formats go through pandas: say so before any file is written
     if fmt == "parquet":
         _pyarrow()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GpulensError(f"--out {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
     written: dict[str, tuple[Path, int]] = {}
     for table in tables:
         path = out_dir / f"{table}.{fmt}"
         tmp = path.with_name(path.name + ".tmp")
-        if table == "series":
-            rows = _write_series(run, tmp, fmt)
-        else:
-            if table == "steps":
-                frame = steps_frame(run)
-            elif table == "kernels":
-                frame = rows_frame(kernel_rows(analysis.report(suggestions=False).as_dict()), KERNEL_COLUMNS)
-            else:
-                frame = rows_frame(suggestion_rows(analysis.advice.as_dict()), SUGGESTION_COLUMNS)
-            if fmt == "parquet":
-                frame.to_parquet(tmp, index=False)
-            else:
-                frame.to_csv(tmp, index=False)
-            rows = len(frame)
-        tmp.replace(path)  # a reader never sees half a file
+        try:
+            rows = _write_table(run, analysis, table, tmp, fmt)
+            tmp.replace(path)  # a reader never sees half a file
+        except OSError as exc:  # unwritable, or the disk filled: no half file left behind
+            tmp.unlink(missing_ok=True)
+            raise GpulensError(f"cannot write {path} ({exc.strerror or exc}); "
+                               f"{len(written)} of {len(tables)} tables written") from None
         written[table] = (path, rows)
     return written
+
+
+def _write_table(run: RunReader, analysis: Any, table: str, tmp: Path, fmt: str) -> int:
+    if table == "series":
+        return _write_series(run, tmp, fmt)
+    if table == "steps":
+        frame = steps_frame(run)
+    elif table == "kernels":
+        frame = rows_frame(kernel_rows(analysis.report(suggestions=False).as_dict()), KERNEL_COLUMNS)
+    else:
+        frame = rows_frame(suggestion_rows(analysis.advice.as_dict()), SUGGESTION_COLUMNS)
+    if fmt == "parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    return len(frame)
 
 
 def _write_series(run: RunReader, path: Path, fmt: str) -> int:

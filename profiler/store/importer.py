@@ -28,7 +28,10 @@ from gpulens.profiler.analysis.trace.parse import load_trace
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, slug
 from gpulens.profiler.store.schema import STEP_COLUMNS
-from gpulens.profiler.store.writer import RunWriter
+from gpulens.profiler.store.writer import MAX_PENDING, RunWriter, describe_lost
+
+IMPORT_CHUNK = MAX_PENDING["steps"] // 4  # steps handed to the writer before waiting for their commit
+INT64 = 2**63 - 1
 
 
 def _gpus(trace: Trace) -> list[dict[str, Any]]:
@@ -77,6 +80,8 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
             number = int(name.split("#", 1)[1])
         except (IndexError, ValueError):
             number = j
+        if not -INT64 <= number <= INT64:
+            raise ValueError(f"step number {name.split('#', 1)[1][:30]} is out of range")
         dur = (b[j] - a[j]) / 1e6
         d, f, k, o = data[j] / 1e6, fwd[j] / 1e6, bwd[j] / 1e6, opt[j] / 1e6
         row = [number, (a[j] + off) / 1e6, (b[j] + off) / 1e6, d, f, k, o, max(0.0, dur - d - f - k - o)]
@@ -170,9 +175,18 @@ def _write(checked: list[_Rank], run_dir: Path, run_id: str, base: str, world: i
             "imported": True, "warmup_steps": 0, "pid": None,
         }
         writer = RunWriter(run_dir / rank_db_name(rank), meta)
-        for row in item.steps:
-            writer.step(row)
+        # The writer bounds what waits in memory for a live run (a stalled disk must not grow the training
+        # process); an import has no loop to protect, so it waits for each piece to be committed instead.
+        for i in range(0, len(item.steps), IMPORT_CHUNK):
+            for row in item.steps[i:i + IMPORT_CHUNK]:
+                writer.step(row)
+            writer.sync(timeout=600)
         steps = [r[0] for r in item.steps]
         writer.window(0, min(steps) if steps else 0, max(steps) if steps else 0, start, end,
                       f"traces/{dest.name}", "imported", None)
+        lost = writer.lost()
         writer.close(status="finished", end=end, steps=len(steps))
+        lost = lost or writer.lost()
+        if lost:
+            raise GpulensError(f"{src}: rank {rank} of run {run_id} could not be written whole "
+                               f"({describe_lost(lost)}); nothing was imported")

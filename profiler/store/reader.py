@@ -320,7 +320,14 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": _OPTIONAL_NUMBER, "warmup_steps": (int, type(None)), "steps": (int, type(None)),
     "model": _OPTIONAL_DICT, "auto": _OPTIONAL_DICT, "child": _OPTIONAL_DICT, "profile": _OPTIONAL_DICT,
     "sampling": _OPTIONAL_DICT, "batch_probe": _OPTIONAL_DICT, "user_flops": _OPTIONAL_DICT,
+    "records_lost": _OPTIONAL_DICT, "optimizers": (list, type(None)), "clock": _OPTIONAL_DICT,
 }
+#: What a GPU record of the metadata holds (the device sampler and the importer write all of them).
+_GPU_FIELDS = ("nvml_index", "name", "uuid", "pci_bus_id", "memory_total", "compute_capability", "sm_count",
+               "power_limit_w", "max_sm_clock_mhz", "mig_enabled", "gpm_supported", "gpm_reason")
+#: Times (epoch seconds) a run can have: beyond them a datetime cannot be made, so the value is corrupt.
+_TIME_KEYS = ("start", "end", "heartbeat", "pid_create_time")
+_LATEST_TIME = 1e11  # year 5138
 
 
 def _checked_meta(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
@@ -336,8 +343,24 @@ def _checked_meta(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
         if key in meta and not isinstance(value, types) or isinstance(value, bool) and bool not in types:
             expected = " or ".join(t.__name__ for t in types)
             raise RunError("", f"corrupt metadata: {key} is {_short(value)}, not {expected}")
-    if any(not isinstance(g, dict) for g in meta.get("gpus") or []):
+    if any(not isinstance(g, dict) or not isinstance(g.get("index", 0), int) for g in meta.get("gpus") or []):
         raise RunError("", "corrupt metadata: gpus is not a list of GPU records")
+    for i, g in enumerate(meta.get("gpus") or []):  # a record written short still has every field, unknown
+        g.setdefault("index", i)
+        for name in _GPU_FIELDS:
+            g.setdefault(name, None)
+        if not isinstance(g["name"], (str, type(None))):
+            raise RunError("", f"corrupt metadata: GPU {g['index']}'s name is {_short(g['name'])}")
+        g["name"] = g["name"] or "unknown GPU"
+    for key in _TIME_KEYS:
+        value = meta.get(key)
+        if value is not None and not (0 <= value < _LATEST_TIME):
+            raise RunError("", f"corrupt metadata: {key} is {_short(value)}, not a time")
+    lost = meta.get("records_lost") or {}
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in lost.values()):
+        raise RunError("", "corrupt metadata: records_lost is not a count per kind of record")
+    if not all(isinstance(o, dict) for o in meta.get("optimizers") or []):
+        raise RunError("", "corrupt metadata: optimizers is not a list of optimizer records")
     return meta
 
 

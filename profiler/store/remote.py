@@ -34,8 +34,20 @@ def redact(text: str) -> str:
     return _USERINFO.sub(r"\1***@", str(text))
 
 
+#: Stores that hold objects or files whole and list them (fsspec opens many more -- zip://, hdfs://, ftp:// --
+#: whose reads hang on DNS, start a JVM or read archives; a store is none of those).
+SCHEMES = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) for ``url``; one-line error when the protocol's package is missing."""
+    if scheme_of(url) not in SCHEMES:
+        raise GpulensError(f"{redact(url)[:200]}: not a run store (stores are "
+                           f"{', '.join(s + '://' for s in SCHEMES)})")
     try:
         import fsspec
     except ImportError:

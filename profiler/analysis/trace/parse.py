@@ -143,6 +143,8 @@ def _decode(p: Path, raw: bytes) -> tuple[dict[str, Any], list[Any]]:
         return {k: getattr(doc, k) for k in _META_KEYS if getattr(doc, k) is not None}, doc.traceEvents
     except msgspec.ValidationError:
         pass  # valid JSON of another shape: decide below with the generic parser
+    except RecursionError:
+        raise TraceError(p, "not a PyTorch profiler trace (JSON nested too deeply)") from None
     except msgspec.DecodeError as exc:
         if b"N/A" in raw:  # old Kineto wrote bare N/A values
             raw = re.sub(rb'(?<!")N/A(?!")', b'"N/A"', raw)
@@ -150,6 +152,8 @@ def _decode(p: Path, raw: bytes) -> tuple[dict[str, Any], list[Any]]:
         raise _json_error(p, raw, exc) from None
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise TraceError(p, "not a PyTorch profiler trace (JSON nested too deeply)") from None
     except ValueError as exc:
         raise _json_error(p, raw, exc) from None
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
@@ -184,6 +188,9 @@ def load_trace(path: str | Path, rank: int | None = None) -> Trace:
     trace = parse_events(events, meta, str(p), rank)
     if len(trace) == 0:
         raise TraceError(p, "empty trace (no complete events)")
+    reach = float(np.nanmax(np.abs(trace.end))) + abs(trace.epoch_offset_us)
+    if not reach < MAX_TIME_US:
+        raise TraceError(p, f"timestamps out of range ({reach:.3g} us; a trace spans years since 1970 at most)")
     return trace
 
 
@@ -227,6 +234,10 @@ class _Interner(dict):
         return value
 
 
+_INT64 = 2**63 - 1
+MAX_TIME_US = 1e17  # ~3,000 years of microseconds: beyond it a timestamp is garbage, not a time
+
+
 class _IntCache(dict):
     """value -> int for identifier columns mixing ints and strings, each distinct value converted once."""
 
@@ -237,7 +248,7 @@ class _IntCache(dict):
 
 def _int_or(value: Any, cache: dict[Any, int]) -> int:
     if type(value) is int:
-        return value
+        return value if -_INT64 <= value <= _INT64 else -1  # an id beyond int64 identifies nothing here
     got = cache.get(value)
     if got is None:
         if isinstance(value, float) and value.is_integer():
@@ -250,6 +261,8 @@ def _int_or(value: Any, cache: dict[Any, int]) -> int:
                 m = _DIGITS.search(s)  # "stream 7" in old Kineto traces
                 got = int(m.group(1)) if m and s.startswith("stream") else -1
         else:
+            got = -1
+        if not -_INT64 <= got <= _INT64:
             got = -1
         cache[value] = got
     return got
@@ -283,7 +296,7 @@ def parse_events(events: list[_Event], meta: dict[str, Any], path: str = "<memor
     def ints(attr: str, src: list[Any]) -> np.ndarray:
         try:
             return np.fromiter(map(get(attr), src), dtype=np.int64, count=n)
-        except (TypeError, ValueError):  # "stream 7", "Spans" and other strings in some traces
+        except (TypeError, ValueError, OverflowError):  # "stream 7", "Spans", ids beyond int64 in some traces
             return np.fromiter(map(_IntCache().__getitem__, map(get(attr), src)), dtype=np.int64, count=n)
 
     def floats(attr: str, src: list[Any]) -> np.ndarray:
