@@ -110,8 +110,8 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     if s.get("what_if"):
         head.add_row("what-if", what_if_line(s["what_if"]))
     for rank, lost in (s.get("records_lost") or {}).items():
-        head.add_row("lost", Text(f"rank {rank}: {describe_lost(lost)} never reached the database (a full disk, "
-                                  "or steps faster than the writer)", style="yellow"))
+        head.add_row("lost", Text(f"rank {rank}: {describe_lost(lost)}; the figures cover the rest",
+                                  style="yellow"))
     parts = [fmt.rate(tp.get("steps_per_s"), "steps")]
     if tp.get("samples_per_s") is not None:
         parts.append(fmt.rate(tp["samples_per_s"], "samples"))

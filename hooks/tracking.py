@@ -636,6 +636,11 @@ class TrackedRun:
                          f"{', '.join(str(r) for r in sorted(children))} ({sum(children.values())} steps)")
             else:
                 steps = f"{self._rec.step_index} steps"
+                recreated = getattr(getattr(recorder, "_writer", None), "recreated", None)
+                if recreated:  # say what the database holds, not what passed through
+                    when = time.strftime("%H:%M:%S", time.localtime(recreated[-1][0]))
+                    steps += (f", but the run's database was deleted during the run: it holds what came after "
+                              f"{when} ({sum(n for _, n in recreated):,} rows before were deleted with it)")
             from gpulens.fmt import shown_path
 
             print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {shown_path(self.path)}",

@@ -94,6 +94,41 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+DELETER = textwrap.dedent("""
+    import shutil, sys, time, torch, gpulens
+    root, at = sys.argv[1], int(sys.argv[2])
+    model = torch.nn.Linear(8, 1); opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gpulens.track("deleted", runs_dir=root, advise=False) as run:
+        for i in range(3000):
+            opt.zero_grad(); model(torch.randn(4, 8)).sum().backward(); opt.step(); run.step()
+            if i == at:
+                time.sleep(0.8)  # what came before is on disk
+                shutil.rmtree(run.path)  # "rm -rf" of the run folder, by hand or by a cleanup job
+            time.sleep(0.0005)
+    print(run.path)
+""")
+
+
+@pytest.mark.parametrize("at", [1000, 2999])  # mid-run, and just before the run closes
+def test_a_run_folder_deleted_mid_run_is_said_once_and_recording_goes_on_into_a_new_one(tmp_path, at):
+    script = tmp_path / "deleter.py"
+    script.write_text(DELETER)
+    proc = subprocess.run([PY, str(script), str(tmp_path / "runs"), str(at)], capture_output=True, text=True,
+                          timeout=180, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("was deleted while the run was recording") == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "finished: 3000 steps, but the run's database was deleted during the run: it holds what came after" in \
+        last, proc.stderr
+    with open_run(Path(proc.stdout.strip())) as run:
+        assert run.info.status == "finished"
+        kept = len(run.steps())
+        assert kept < 3000 - at + 200 and (kept > 500 if at < 2000 else True)  # what came after, not before
+        meta = run.meta()
+        assert meta["records_lost"]["deleted"] > 0 and len(meta["recreated"]) == 1
+        assert meta["name"] == "deleted" and meta["steps"] == 3000  # its metadata survived
+
+
 def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_disk, tmp_path):
     script = tmp_path / "fast.py"
     script.write_text(textwrap.dedent(f"""
@@ -116,7 +151,7 @@ def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_
     assert lost["steps"] > 0
     report = subprocess.run([GPULENS, "report", str(path)], capture_output=True, text=True, timeout=120,
                             env=_env(COLUMNS="160"))
-    assert report.returncode == 0 and "never reached the database" in report.stdout, report.stderr
+    assert report.returncode == 0 and "never written (a full backlog" in report.stdout, report.stderr
 
 
 def test_the_writer_backlog_is_bounded_and_what_it_drops_is_counted(tmp_path, monkeypatch):

@@ -39,6 +39,8 @@ MAX_PENDING = {"steps": 10_000, "points": 200_000, "events": 10_000, "bulk": 1_0
 #: Disk space set aside at the start and given back at close, so a run whose disk filled up can still
 #: write its final status.
 RESERVE_BYTES = 128 << 10
+#: How often the writer checks that its database file still exists (one stat).
+PRESENCE_CHECK_S = 1.0
 #: Errors after which a batch is kept and tried again (the disk may free up), not dropped.
 _RETRY_ERRORS = ("disk is full", "disk i/o error", "no space left", "file too large", "quota")
 
@@ -91,32 +93,84 @@ class RunWriter:
         self.first: dict[int, tuple[float, float]] = {}
         self.step_tap: StepTap | None = None
 
+        #: What the database holds besides rows, to write again into a database made anew (see _recreate).
+        self._meta_written: dict[str, Any] = dict(meta)
+        self._series_written: list[tuple[Any, ...]] = []
+        self._committed = 0  # rows the current database holds
+        #: (when, rows lost with it) each time the database file was deleted under the writer and made again
+        self.recreated: list[tuple[float, int]] = []
+        self._last_presence_check = time.monotonic()
+        self._conn, self._identity = self._create(meta)
+        self._reserve = self.path.with_name(f".{self.path.name}.reserve")
+        _set_aside(self._reserve, RESERVE_BYTES)
+        self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
+        self._thread.start()
+
+    def _create(self, meta: dict[str, Any]) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """A new database at :attr:`path` holding ``meta``; its connection and (device, inode)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:  # created here, atomically: two processes claiming one rank cannot both get it
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
             raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database") from None
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            schema.create(self._conn)
-            self._conn.execute("BEGIN")
-            self._conn.executemany(
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            schema.create(conn)
+            conn.execute("BEGIN")
+            conn.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in meta.items()],
             )
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
+            st = os.stat(self.path)
         except BaseException:
             # leave no half-made database behind: it would list as a crashed run
-            self._conn.close()
+            conn.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             raise
-        self._reserve = self.path.with_name(f".{self.path.name}.reserve")
+        return conn, (st.st_dev, st.st_ino)
+
+    def _still_there(self) -> bool:
+        """False when the database file is gone (its run folder deleted, say): SQLite would go on writing
+        into the unlinked file, and everything recorded would vanish at close without a word."""
+        now = time.monotonic()
+        if now - self._last_presence_check < PRESENCE_CHECK_S:
+            return True
+        self._last_presence_check = now
+        try:
+            os.stat(self.path)  # a file put back in its place by someone else is theirs: left alone
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def _recreate(self) -> None:
+        """Make the deleted database again and go on recording into it, saying so once per deletion."""
+        lost = self._committed
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        when = clock.now()
+        self.recreated.append((when, lost))
+        meta = {**self._meta_written, "recreated": [{"t": t, "rows_lost": n} for t, n in self.recreated],
+                "records_lost": self.lost()}
+        log.warning("gpulens: %s was deleted while the run was recording (%s rows with it); recording goes on "
+                    "into a new one from %s", self.path, f"{lost:,}", time.strftime("%H:%M:%S",
+                                                                                   time.localtime(when)))
+        self._conn, self._identity = self._create(meta)
+        self._reported = meta["records_lost"]
+        self._committed = 0
+        if self._series_written:
+            batch = _Batch(list(self._series_written), [], [], [], [], [], [], {})
+            self._series_written = []
+            self._flush(batch)  # the series ids later points name
+        self._small = {}
         _set_aside(self._reserve, RESERVE_BYTES)
-        self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ producers
     def series(self, metric: str, gpu: int = -1, unit: str = "", status: str = "ok",
@@ -233,6 +287,8 @@ class RunWriter:
         batch = self._take()
         ok = True
         try:
+            if not self._still_there():
+                self._recreate()
             self._flush(batch)
             if self._failing is not None:
                 since, error = self._failing
@@ -316,6 +372,9 @@ class RunWriter:
         out = {kind: n for kind, n in self._overflow.items() if n}
         if self._dropped:
             out["unwritable"] = self._dropped
+        deleted = sum(n for _, n in self.recreated)
+        if deleted:
+            out["deleted"] = deleted
         return out
 
     def _flush(self, batch: _Batch) -> None:
@@ -361,6 +420,9 @@ class RunWriter:
         conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                          [(k, json.dumps(v)) for k, v in meta.items()])
         conn.execute("COMMIT")
+        self._committed += batch.rows()
+        self._series_written += series_rows
+        self._meta_written.update(meta)
         if "records_lost" in meta:
             self._reported = meta["records_lost"]
         self._last_error = None
@@ -380,6 +442,7 @@ class RunWriter:
         if self._closed:
             return
         self.meta(**final_meta)
+        self._last_presence_check = float("-inf")  # deleted in the last second: the final flush notices too
         self._stop.set()
         self._flush_requested.set()
         self._thread.join(timeout=30)
@@ -393,10 +456,9 @@ class RunWriter:
             ok = self._write_meta({**waiting.meta, "records_lost": self.lost()})
         if ok:
             self._compact_once()
-        lost = self.lost()
+        lost = {kind: n for kind, n in self.lost().items() if kind != "deleted"}  # that one was said when seen
         if lost:
-            log.warning("gpulens: %s records never reached %s (%s)", f"{sum(lost.values()):,}", self.path,
-                        describe_lost(lost))
+            log.warning("gpulens: not everything reached %s: %s", self.path, describe_lost(lost))
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.execute("PRAGMA journal_mode=DELETE")
@@ -451,10 +513,15 @@ def _insert_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> Non
 
 
 def describe_lost(lost: dict[str, int]) -> str:
-    """``records_lost`` in words: '175,944 steps from a full backlog, 50,282 rows not writable'."""
-    parts = [f"{n:,} {kind} from a full backlog" for kind, n in lost.items() if kind != "unwritable"]
+    """``records_lost`` in words: '175,944 steps never written (a full backlog: a full disk, or steps faster
+    than the writer), 50,282 rows the database refused'."""
+    backlog = [f"{n:,} {kind}" for kind, n in lost.items() if kind not in ("unwritable", "deleted")]
+    parts = [f"{', '.join(backlog)} never written (a full backlog: a full disk, or steps faster than the writer)"]
+    parts = parts if backlog else []
     if lost.get("unwritable"):
-        parts.append(f"{lost['unwritable']:,} rows not writable")
+        parts.append(f"{lost['unwritable']:,} rows the database refused")
+    if lost.get("deleted"):
+        parts.append(f"{lost['deleted']:,} rows deleted with the database file during the run")
     return ", ".join(parts)
 
 
