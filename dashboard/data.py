@@ -10,10 +10,15 @@ run's analysis.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ FALLBACK_KEY = "GPULENS_SAMPLES_ROOT"
 _default_root: Path | None = None
 _default_fallback: Path | None = None
 
+#: Analyses an analysis process makes before it is replaced (its peak memory goes back to the system).
+TASKS_PER_WORKER = 8
 #: A running run's analysis is recomputed at most this often (its files change every flush).
 LIVE_ANALYSIS_EVERY_S = 15.0
 #: A running run's metadata (status, heartbeat) is re-read at most this often.
@@ -195,6 +202,27 @@ def analyse(path: Path) -> Analysis:
         return Analysis(error=f"analysis failed: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
 
 
+def _quiet_worker() -> None:
+    """An analysis process leaves Ctrl-C to the dashboard (which stops it), instead of a traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pool(processes: bool, workers: int) -> Executor:
+    """Where analyses run.  Processes by default: an analysis is seconds of Python and numpy, and in the
+    server's process it would hold the GIL the request threads need (/healthz waited 1.5 s behind two of
+    them) and keep its peak memory there; a worker process is replaced after a few analyses (Python 3.11
+    and later), so its memory goes back too.  Threads where processes cannot be had (GPULENS_ANALYSIS_PROCESSES=0)."""
+    if processes:
+        options: dict[str, Any] = {"mp_context": multiprocessing.get_context("spawn"), "initializer": _quiet_worker}
+        if sys.version_info >= (3, 11):
+            options["max_tasks_per_child"] = TASKS_PER_WORKER
+        try:
+            return ProcessPoolExecutor(workers, **options)
+        except (OSError, ValueError, NotImplementedError):
+            pass
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulens-analysis")
+
+
 @dataclass
 class _Entry:
     fp: tuple = ()  # fingerprint of the files ``result`` was computed from
@@ -202,28 +230,47 @@ class _Entry:
     done_at: float = 0.0
     future: Future | None = None
     future_fp: tuple = ()
+    queued: bool = False  # waiting for a worker (not submitted yet)
 
 
 class _Analyses:
-    def __init__(self, size: int = 64, workers: int = 2) -> None:
+    """Analyses by run directory: computed once per version of a run's files however many ask, at most
+    ``workers`` at a time, those a page is looking at before those a runs list wants (a root of a
+    thousand runs must not make the run someone just opened wait behind all of them)."""
+
+    def __init__(self, size: int = 64, workers: int | None = None, processes: bool | None = None) -> None:
         self.size = size
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulens-analysis")
-        self._lock = threading.Lock()
+        if processes is None:
+            processes = os.environ.get("GPULENS_ANALYSIS_PROCESSES", "1") != "0"
+        self._processes = processes
+        # one core left to the server on a small machine; two analyses at once on a larger one
+        self._workers = workers or max(1, min(2, (os.cpu_count() or 2) - 1))
+        self._pool: Executor | None = None  # started on the first analysis
+        self._lock = threading.RLock()  # a future already done runs its callback (which locks) at once
         self._cache: OrderedDict[Path, _Entry] = OrderedDict()
+        self._urgent: OrderedDict[Path, tuple] = OrderedDict()  # path -> fingerprint, first come first
+        self._later: OrderedDict[Path, tuple] = OrderedDict()
+        self._running = 0
 
     def _collect(self, entry: _Entry) -> None:
         if entry.future is not None and entry.future.done():
-            entry.result, entry.fp, entry.done_at = entry.future.result(), entry.future_fp, time.monotonic()
+            try:
+                result = entry.future.result()
+            except BrokenProcessPool as exc:  # a worker died (out of memory, killed): a new pool for the next
+                result = Analysis(error=f"analysis failed: its process died ({exc})")
+                self._pool = None
+            except Exception as exc:  # the result could not come back (not picklable, ...)
+                result = Analysis(error=f"analysis failed: {type(exc).__name__}: {exc}")
+            entry.result, entry.fp, entry.done_at = result, entry.future_fp, time.monotonic()
             entry.future = None
 
-    def get(self, path: Path, wait: float = 0.0, live: bool = False) -> Analysis | None:
+    def get(self, path: Path, wait: float = 0.0, live: bool = False, urgent: bool = True) -> Analysis | None:
         """The analysis of the run's current files, waiting up to ``wait`` s for it (tools and tests; pages
         pass none and poll: a thread held per open page would soon be every thread of the server).
 
-        One analysis per version of a run's files, however many ask; while a new one is computed the
-        previous one (or None) is returned.  A
-        running run keeps its analysis for LIVE_ANALYSIS_EVERY_S before the
-        next one starts, so a live page does not re-analyse on every flush.
+        While a new one is computed the previous one (or None) is returned.  A running run keeps its
+        analysis for LIVE_ANALYSIS_EVERY_S before the next one starts, so a live page does not re-analyse
+        on every flush.  ``urgent``: a page shows this run (else a list wants it: it waits its turn).
         """
         fp = fingerprint(path)
         with self._lock:
@@ -238,25 +285,63 @@ class _Analyses:
             if fresh:
                 return entry.result
             if entry.future is None:
-                entry.future, entry.future_fp = self._pool.submit(analyse, path), fp
+                if urgent and path in self._later:
+                    del self._later[path]
+                if path not in self._urgent and path not in self._later:
+                    (self._urgent if urgent else self._later)[path] = fp
+                    entry.queued = True
+                self._start_waiting()
             future = entry.future
         if wait > 0:
+            deadline = time.monotonic() + wait
+            while future is None and time.monotonic() < deadline:  # queued: wait for its turn first
+                time.sleep(0.05)
+                with self._lock:
+                    future = entry.future
             try:
-                future.result(timeout=wait)
-            except TimeoutError:
+                if future is not None:
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # not done in time, or failed: _collect says which
                 pass
             with self._lock:
                 self._collect(entry)
         return entry.result
 
+    def _start_waiting(self) -> None:
+        """Hand queued analyses to the workers, urgent ones first (called with the lock held)."""
+        while self._running < self._workers and (self._urgent or self._later):
+            queue = self._urgent if self._urgent else self._later
+            path, fp = queue.popitem(last=False)
+            entry = self._cache.get(path)
+            if entry is None or entry.future is not None:
+                continue
+            if self._pool is None:
+                self._pool = _pool(self._processes, self._workers)
+            try:
+                future = self._pool.submit(analyse, path)
+            except BrokenProcessPool:  # a worker died since the last analysis: start a new pool
+                self._pool = _pool(self._processes, self._workers)
+                future = self._pool.submit(analyse, path)
+            except RuntimeError:  # shut down (the interpreter is exiting)
+                return
+            entry.future, entry.future_fp, entry.queued = future, fp, False
+            self._running += 1
+            future.add_done_callback(self._finished)
+
+    def _finished(self, _future: Future) -> None:
+        with self._lock:
+            self._running -= 1
+            self._start_waiting()
+
     def _evict(self, keep: Path) -> None:
-        """Drop the least recently used analyses beyond ``size`` -- never one still being computed: a big
-        runs root would otherwise evict its own pending work and start it again on every refresh."""
+        """Drop the least recently used analyses beyond ``size`` -- never one still being computed or
+        waiting for a worker: a big runs root would otherwise evict its own pending work and start it
+        again on every refresh."""
         for path in list(self._cache):
             if len(self._cache) <= self.size:
                 return
             entry = self._cache[path]
-            if path != keep and (entry.future is None or entry.future.done()):
+            if path != keep and not entry.queued and (entry.future is None or entry.future.done()):
                 del self._cache[path]
 
     def peek(self, path: Path) -> Analysis | None:
@@ -272,6 +357,19 @@ class _Analyses:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._urgent.clear()
+            self._later.clear()
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (they start again with the next analysis): tests, and a process that
+        goes on without the dashboard."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._cache.clear()
+            self._urgent.clear()
+            self._later.clear()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _analyses = _Analyses()
@@ -283,6 +381,11 @@ def analysis_if_done(run_id: Any) -> Analysis | None:
 
 def analysis(run_id: Any, wait: float = 0.0, live: bool = False) -> Analysis | None:
     return _analyses.get(run_path(run_id), wait, live)
+
+
+def shutdown() -> None:
+    """Forget every analysis and stop the analysis processes (tests)."""
+    _analyses.shutdown()
 
 
 def reset() -> None:
@@ -389,7 +492,7 @@ def runs(wait: float = 0.0) -> tuple[list[RunRow], bool]:
             if not live:
                 continue
         left = max(0.0, deadline - time.monotonic())
-        got = _analyses.get(run_dir_in(root, row.id), wait=left, live=live)
+        got = _analyses.get(run_dir_in(root, row.id), wait=left, live=live, urgent=False)
         if got is not None:
             row.analysis = _light(got)
             with _listed_lock:

@@ -1,3 +1,4 @@
 from gpulens.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a worker process (spawn) imports this module as its parent's main
+    raise SystemExit(main())

@@ -49,6 +49,16 @@ def _no_leftover_active_run():
         active.close("finished")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_leftover_analysis_processes():
+    """The dashboard's analysis processes are children of the test process: stopped after each module,
+    so a later test that counts a training script's child processes sees only its own."""
+    yield
+    data = sys.modules.get("gpulens.dashboard.data")
+    if data is not None:
+        data.shutdown()
+
+
 @pytest.fixture
 def gpu_out() -> Path | None:
     """Where GPU tests write their measured figures ($OUT on the device machine)."""

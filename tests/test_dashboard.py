@@ -171,12 +171,13 @@ def test_pages_answer_at_once_while_a_run_is_analysed_and_fill_in_by_polling(app
     started = threading.Event()
     real = data.analyse
 
-    def held(path):  # an analysis that takes as long as the test says
+    def held(path):  # an analysis that takes as long as the test says (in a thread: the test holds it)
         started.set()
         release.wait(60)
         return real(path)
 
     data.analyse = held
+    threaded, data._analyses = data._analyses, data._Analyses(processes=False)
     try:
         with app.server.app_context():
             cards, suggestions, targets, events, poll_off = run_page.run_overview("h100-cnn-input-bound", 0)
@@ -192,6 +193,7 @@ def test_pages_answer_at_once_while_a_run_is_analysed_and_fill_in_by_polling(app
     finally:
         data.analyse = real
         release.set()
+        data._analyses = threaded
         data.reset()
 
 

@@ -20,7 +20,7 @@ import gpulens
 from gpulens.cli import _build_parser, main as cli_main
 from gpulens.dashboard import data
 from gpulens.dashboard.app import create_app
-from gpulens.dashboard.security import Access, Backoff, auth_setting
+from gpulens.dashboard.security import Access, Backoff, auth_setting, token_setting
 from gpulens.profiler import GpulensError, RunError, open_run
 
 GPULENS = str(Path(sys.executable).with_name("gpulens"))
@@ -308,6 +308,22 @@ def test_credentials_come_from_a_file_or_the_environment_and_argv_warns(tmp_path
     assert cli_main(["dashboard", str(tmp_path), "--host", "0.0.0.0", "--auth", "me:short"]) == 2
     err = capsys.readouterr().err.strip()
     assert "at least 12" in err and "\n" not in err
+
+
+def test_tokens_come_from_a_file_or_the_environment_and_argv_warns(tmp_path, capsys):
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-token-of-24-chars\n")
+    assert token_setting(None, str(secret), {})[:2] == ("s3cr3t-token-of-24-chars", f"--token-file {secret}")
+    assert token_setting(None, None, {"GPULENS_TOKEN": "from-the-environment"})[0] == "from-the-environment"
+    value, _, warning = token_setting("on-the-command-line-1", None, {})
+    assert value == "on-the-command-line-1" and "visible to every local user" in warning
+    assert "GPULENS_TOKEN=TOKEN or --token-file FILE" in warning
+    assert cli_main(["dashboard", str(tmp_path), "--token-file", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--token-file" in err and "cannot read" in err and "\n" not in err
+    assert cli_main(["dashboard", str(tmp_path), "--host", "0.0.0.0", "--token", "short"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least 16 characters" in err and "--token TOKEN" not in err
 
 
 def test_an_empty_token_variable_does_not_stop_the_loopback_dashboard(monkeypatch):

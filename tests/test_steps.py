@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import psutil
 import pytest
 from torch.utils.data import DataLoader
 from train_loops import SlowImages, train_cnn
@@ -139,3 +140,20 @@ def test_dataloader_workers_cpu_is_recorded_separately(runs_dir, workers):
     assert count.v.max() == workers
     assert reader.series("workers.cpu").v.max() > 0.3, "busy workers must show CPU"
     assert reader.series("proc.cpu").v.max() > 0.05
+
+
+def test_multiprocessings_helper_processes_are_not_counted_as_workers():
+    """A spawn context (a DataLoader with multiprocessing_context="spawn", a process pool) starts a
+    resource tracker beside its workers: it loads no data."""
+    import multiprocessing
+
+    from gpulens.profiler.record.proctree import ProcessTree
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(sum, ([1, 2],))  # the worker and the tracker are both up
+        tree = ProcessTree()
+        everything = psutil.Process().children(recursive=True)
+        tracker = [p for p in everything if "resource_tracker" in " ".join(p.cmdline())]
+        assert tracker, [p.cmdline() for p in everything]
+        workers = tree.workers()
+        assert tracker[0].pid not in workers and len(workers) == len(everything) - len(tracker)

@@ -20,6 +20,9 @@ import psutil
 
 #: Directory of a run where child processes that train announce their pids.
 TRAINERS_DIR = "trainers"
+#: What multiprocessing's helper processes run (``python -c 'from multiprocessing.resource_tracker import
+#: main;main(5)'``): a DataLoader with a spawn context, or a process pool, starts one.
+_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "multiprocessing.semaphore_tracker")
 
 
 class ProcessTree:
@@ -29,6 +32,7 @@ class ProcessTree:
         self.trainers_dir = trainers
         self._children: dict[int, psutil.Process] = {}
         self._trainers: set[int] = set()
+        self._helpers: dict[int, bool] = {}  # pid -> a multiprocessing helper (see _is_helper)
         self._listed_at = -1e9
 
     def children(self) -> dict[int, psutil.Process]:
@@ -41,9 +45,23 @@ class ProcessTree:
                 fresh = []
             known = self._children
             # keep existing objects: psutil caches per-object state (cpu times)
-            self._children = {p.pid: known.get(p.pid, p) for p in fresh}
+            self._children = {p.pid: known.get(p.pid, p) for p in fresh if not self._is_helper(p)}
             self._trainers = self._list_trainers()
         return self._children
+
+    def _is_helper(self, proc: psutil.Process) -> bool:
+        """multiprocessing's own helpers (the resource tracker every spawn start makes, a forkserver):
+        children that neither train nor load data.  Each child's command line is read once."""
+        pid = proc.pid
+        if pid in self._children:
+            return False
+        if pid not in self._helpers:
+            try:
+                cmdline = " ".join(proc.cmdline()[-4:])
+            except psutil.Error:
+                cmdline = ""
+            self._helpers[pid] = any(h in cmdline for h in _HELPERS)
+        return self._helpers[pid]
 
     def workers(self) -> dict[int, psutil.Process]:
         """The children that are not ranks of the run themselves: DataLoader and compile workers."""

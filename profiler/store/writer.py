@@ -100,14 +100,15 @@ class RunWriter:
         #: (when, rows lost with it) each time the database file was deleted under the writer and made again
         self.recreated: list[tuple[float, int]] = []
         self._last_presence_check = time.monotonic()
-        self._conn, self._identity = self._create(meta)
+        self._watching = True  # False once a deleted database could not be made again
+        self._conn = self._create(meta)
         self._reserve = self.path.with_name(f".{self.path.name}.reserve")
         _set_aside(self._reserve, RESERVE_BYTES)
         self._thread = threading.Thread(target=self._loop, name="gpulens-writer", daemon=True)
         self._thread.start()
 
-    def _create(self, meta: dict[str, Any]) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        """A new database at :attr:`path` holding ``meta``; its connection and (device, inode)."""
+    def _create(self, meta: dict[str, Any]) -> sqlite3.Connection:
+        """A new database at :attr:`path` holding ``meta``, and its connection."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:  # created here, atomically: two processes claiming one rank cannot both get it
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -124,20 +125,19 @@ class RunWriter:
                 [(k, json.dumps(v)) for k, v in meta.items()],
             )
             conn.execute("COMMIT")
-            st = os.stat(self.path)
         except BaseException:
             # leave no half-made database behind: it would list as a crashed run
             conn.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             raise
-        return conn, (st.st_dev, st.st_ino)
+        return conn
 
     def _still_there(self) -> bool:
         """False when the database file is gone (its run folder deleted, say): SQLite would go on writing
         into the unlinked file, and everything recorded would vanish at close without a word."""
         now = time.monotonic()
-        if now - self._last_presence_check < PRESENCE_CHECK_S:
+        if not self._watching or now - self._last_presence_check < PRESENCE_CHECK_S:
             return True
         self._last_presence_check = now
         try:
@@ -150,26 +150,33 @@ class RunWriter:
 
     def _recreate(self) -> None:
         """Make the deleted database again and go on recording into it, saying so once per deletion."""
-        lost = self._committed
+        lost, when = self._committed, clock.now()
+        recreated = [*self.recreated, (when, lost)]
+        meta = {**self._meta_written, "recreated": [{"t": t, "rows_lost": n} for t, n in recreated],
+                "records_lost": {**self.lost(), "deleted": sum(n for _, n in recreated)}}
         try:
-            self._conn.close()
+            conn = self._create(meta)
+        except (OSError, sqlite3.Error) as exc:  # its folder cannot be made again: nothing to write into
+            self._watching = False
+            log.warning("gpulens: %s was deleted while the run was recording and cannot be made again (%s); "
+                        "what is recorded from now on is lost", self.path, exc)
+            return
+        old, self._conn = self._conn, conn
+        try:
+            old.close()
         except sqlite3.Error:
             pass
-        when = clock.now()
-        self.recreated.append((when, lost))
-        meta = {**self._meta_written, "recreated": [{"t": t, "rows_lost": n} for t, n in self.recreated],
-                "records_lost": self.lost()}
+        self.recreated = recreated
         log.warning("gpulens: %s was deleted while the run was recording (%s rows with it); recording goes on "
                     "into a new one from %s", self.path, f"{lost:,}", time.strftime("%H:%M:%S",
                                                                                    time.localtime(when)))
-        self._conn, self._identity = self._create(meta)
         self._reported = meta["records_lost"]
         self._committed = 0
+        self._small = {}
         if self._series_written:
             batch = _Batch(list(self._series_written), [], [], [], [], [], [], {})
             self._series_written = []
             self._flush(batch)  # the series ids later points name
-        self._small = {}
         _set_aside(self._reserve, RESERVE_BYTES)
 
     # ------------------------------------------------------------------ producers
