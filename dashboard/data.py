@@ -360,16 +360,20 @@ class _Analyses:
             self._urgent.clear()
             self._later.clear()
 
-    def shutdown(self) -> None:
-        """Stop the worker processes (they start again with the next analysis): tests, and a process that
-        goes on without the dashboard."""
+    def shutdown(self, now: bool = False) -> None:
+        """Stop the worker processes (they start again with the next analysis); ``now``: without waiting
+        for the analyses they are computing (the dashboard stops: Ctrl-C must not wait a minute)."""
         with self._lock:
             pool, self._pool = self._pool, None
             self._cache.clear()
             self._urgent.clear()
             self._later.clear()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        if now:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=not now, cancel_futures=True)
 
 
 _analyses = _Analyses()
@@ -383,9 +387,9 @@ def analysis(run_id: Any, wait: float = 0.0, live: bool = False) -> Analysis | N
     return _analyses.get(run_path(run_id), wait, live)
 
 
-def shutdown() -> None:
-    """Forget every analysis and stop the analysis processes (tests)."""
-    _analyses.shutdown()
+def shutdown(now: bool = False) -> None:
+    """Forget every analysis and stop the analysis processes (tests; ``now``: the dashboard stops)."""
+    _analyses.shutdown(now)
 
 
 def reset() -> None:

@@ -59,3 +59,6 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
         server.run()
     finally:
         server.close()
+        from gpulens.dashboard import data
+
+        data.shutdown(now=True)

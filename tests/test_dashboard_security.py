@@ -237,3 +237,84 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_and_idle_sockets_are_ca
             s.close()
     finally:
         server.close()
+
+
+def _long_run(root) -> str:
+    """A run whose analysis takes seconds: a sample run with a million more steps."""
+    import shutil
+    import sqlite3
+
+    from dash_support import SAMPLES
+
+    from gpulens.profiler.store.schema import STEP_COLUMNS
+
+    shutil.copytree(SAMPLES / "cpu-cnn-workers", root / "long")
+    conn = sqlite3.connect(root / "long" / "rank-0.db")
+    cols = list(STEP_COLUMNS)
+    last = conn.execute(f"SELECT {', '.join(cols)} FROM steps ORDER BY step DESC LIMIT 1").fetchone()
+    step, t_start, t_end = cols.index("step"), cols.index("t_start"), cols.index("t_end")
+
+    def rows():
+        for k in range(1, 1_000_001):
+            row = list(last)
+            row[step], row[t_start], row[t_end] = last[step] + k, last[t_end] + (k - 1) * 0.01, last[t_end] + k * 0.01
+            yield tuple(row)
+
+    conn.executemany(f"INSERT INTO steps ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows())
+    conn.commit()
+    conn.close()
+    return "long"
+
+
+def test_ctrl_c_stops_the_dashboard_at_once_with_an_analysis_in_its_worker(tmp_path):
+    """Analyses run in a worker process: Ctrl-C stops the dashboard without waiting for one, without a
+    traceback, and leaves no process behind."""
+    import json
+    import signal
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    run_id = _long_run(root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", str(root), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _timed_get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.2)
+        base = f"http://127.0.0.1:{port}"
+        deps = json.load(urllib.request.urlopen(base + "/_dash-dependencies", timeout=30))
+        cb = next(d for d in deps if "run-cards.children" in d["output"])
+        outputs = [{"id": o.split(".")[0], "property": o.split(".")[1]}
+                   for o in cb["output"].strip(".").split("...")]
+        body = json.dumps({"output": cb["output"], "outputs": outputs, "state": [], "changedPropIds": [],
+                           "inputs": [{"id": "run-id", "property": "data", "value": run_id},
+                                      {"id": "run-analysis-poll", "property": "n_intervals", "value": 0}]})
+        t0 = time.monotonic()
+        req = urllib.request.Request(base + "/_dash-update-component", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(req, timeout=30))
+        assert answer["response"]["run-analysis-poll"]["disabled"] is False  # analysing, and said so at once
+        assert time.monotonic() - t0 < 5
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert any("multiprocessing" in " ".join(p.cmdline()) for p in family)  # the analysis's process
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+        assert took < 5, took  # the analysis (seconds more) was not waited for
+        assert b"Traceback" not in out, out.decode()
+        time.sleep(0.5)
+        assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
