@@ -90,7 +90,8 @@ class AutoSteps:
         self._no_optimizer = False  # decided: this loop updates without an optimizer
         self._idle = True  # between training iterations (start, epoch gaps, evaluation)
         self._iter: Any = None  # the DataLoader iterator fetched from last
-        self._loss: Any = None
+        self._loss: Any = None  # the step's loss so far (see _add_loss)
+        self._loss_unreadable = False
         self._fwd_seen = False  # a hooked root module ran forward
         self._fwd_in_step = False  # ... in the open step
         self._late_scans = 0
@@ -177,6 +178,7 @@ class AutoSteps:
 
     def _boundary(self) -> None:
         """End the open step here (an update happened) and start the next one."""
+        self._loss_unreadable = False
         if self._pending and not self._idle:
             loss, self._loss = self._loss, None
             if self._tentative_update and not self._no_optimizer:
@@ -231,7 +233,15 @@ class AutoSteps:
             if self._opt_depth > 1:
                 return
             if not self.saw_optimizer:
-                self._held.clear()  # the backwards before it were micro-batches of this step
+                # the backwards before it were micro-batches of this step, their losses part of its loss
+                losses = [loss for _, loss in self._held if loss is not None]
+                self._held.clear()
+                if losses and not self._loss_unreadable:
+                    try:
+                        self._loss = sum(losses[1:], losses[0]) + self._loss if self._loss is not None \
+                            else sum(losses[1:], losses[0])
+                    except Exception:
+                        self._loss, self._loss_unreadable = None, True
                 self._pending = self._tentative_update = False
             self.saw_optimizer = True
             key = id(optimizer)
@@ -381,9 +391,34 @@ class AutoSteps:
                     self._scan_roots()
             self._enter(BACKWARD)
             if getattr(tensors, "ndim", None) == 0:
-                self._loss = tensors.detach()
+                self._add_loss(tensors)
         except Exception as exc:
             self._failed(exc)
+
+    def take_loss(self) -> Any:
+        """The loss summed since the last boundary, and start again (a framework callback ends the step:
+        the HF Trainer's step end carries no loss, and what went into backward is the one it logs)."""
+        loss, self._loss = self._loss, None
+        self._loss_unreadable = False
+        return loss
+
+    def _add_loss(self, tensor: Any) -> None:
+        """What goes into ``backward()``, summed over the step's backward calls: with gradient accumulation
+        (``(loss / k).backward()`` per micro-batch) that is the mean micro-batch loss, which HF Trainer,
+        accelerate and Lightning log; the last micro-batch alone would be k times too small.  On the device,
+        no sync; a sum that cannot be made (tensors on two devices) leaves the step's loss out.  Backward
+        calls inside ``optimizer.step(closure)`` are one loss evaluated again, not micro-batches."""
+        loss = tensor.detach()
+        if self._loss is None:
+            if not self._loss_unreadable:
+                self._loss = loss
+            return
+        if self._opt_depth > 0:  # a closure evaluated again (LBFGS): the step's loss is its first, as
+            return  # optimizer.step(closure) returns it
+        try:
+            self._loss = self._loss + loss
+        except Exception:
+            self._loss, self._loss_unreadable = None, True
 
     def _backward_end(self) -> None:
         try:

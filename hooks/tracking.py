@@ -398,6 +398,13 @@ class TrackedRun:
             return
         if self._phase_switched:
             self.switch_phase(None)
+        auto = self._auto
+        if auto is not None:  # phase-only detection summed what went into backward during this step
+            try:
+                summed = auto.take_loss()
+            except Exception:
+                summed = None
+            loss = summed if loss is None else loss
         self._end_step(samples, tokens, loss, True)
 
     def idle(self) -> None:

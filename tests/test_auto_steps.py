@@ -84,6 +84,48 @@ def test_gradient_accumulation_folds_micro_batches_into_one_step(runs_dir):
     assert set(steps.samples) == {32}  # four micro-batches of 8
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_with_gradient_accumulation_the_recorded_loss_is_the_one_the_user_logs(runs_dir, k):
+    """``(loss / k).backward()`` per micro-batch: the step's loss is the mean micro-batch loss, as HF
+    Trainer, accelerate and Lightning log it -- not the last micro-batch's loss / k."""
+    model, loader = _mlp(), _data(n=256, batch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    logged, micro = [], []
+    run = _auto_run(runs_dir)
+    for i, (x, y) in enumerate(loader):
+        loss = nn.functional.cross_entropy(model(x), y)
+        micro.append(loss.item())
+        (loss / k).backward()
+        if (i + 1) % k == 0:
+            opt.step()
+            opt.zero_grad()
+            logged.append(sum(micro) / k)
+            micro = []
+    run.close()
+    _, steps = _steps(run)
+    assert len(steps) == len(logged)
+    assert np.allclose(steps.loss, logged, rtol=1e-5), (steps.loss[:4], logged[:4])
+
+
+def test_a_closure_evaluated_again_records_its_first_loss(runs_dir):
+    """LBFGS calls the closure (and backward) several times in one step: one loss, what step() returns."""
+    model = _mlp()
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    returned = []
+    run = _auto_run(runs_dir)
+    for _ in range(5):
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        returned.append(float(opt.step(closure)))
+    run.close()
+    _, steps = _steps(run)
+    assert np.allclose(steps.loss, returned, rtol=1e-6), (steps.loss, returned)
+
+
 def test_two_optimizers_without_a_dataloader_count_one_step_per_iteration(runs_dir):
     torch.manual_seed(0)
     gen, disc = nn.Linear(8, 16), nn.Sequential(nn.Linear(16, 1), nn.Sigmoid())

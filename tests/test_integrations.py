@@ -37,12 +37,15 @@ def _lightning_fit(pl, root, accumulate: int = 1, fail_at: int | None = None, **
             super().__init__()
             self.save_hyperparameters({"width": 64})
             self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+            self.seen: list[float] = []
 
         def training_step(self, batch, batch_idx):
             if fail_at is not None and self.global_step == fail_at:
                 raise RuntimeError("boom in training_step")
             x, y = batch
-            return nn.functional.cross_entropy(self.net(x), y)
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.seen.append(loss.item())  # what the user would log, batch by batch
+            return loss
 
         def validation_step(self, batch, batch_idx):
             x, y = batch
@@ -87,6 +90,8 @@ def test_lightning_gradient_accumulation_and_crash(tmp_path, monkeypatch):
     steps = _only_run(tmp_path / "acc").steps()
     assert len(steps) == trainer.global_step == 10
     assert set(steps.samples) == {32}
+    seen = np.array(trainer.lightning_module.seen)  # a step's loss: the mean of its two micro-batches
+    assert np.allclose(steps.loss, seen.reshape(-1, 2).mean(axis=1), rtol=1e-6)
     with pytest.raises(RuntimeError, match="boom"):
         _lightning_fit(pl, tmp_path / "crash", fail_at=4, store=f"file://{tmp_path / 'store'}")
     meta = _only_run(tmp_path / "crash").meta()
@@ -138,7 +143,62 @@ def test_hf_trainer_callback(tmp_path, monkeypatch):
     for phase in ("data_wait", "forward", "backward", "optimizer"):
         assert (getattr(steps, phase)[later] > 0).all(), phase
     assert set(steps.samples[later]) == {16}  # two micro-batches of 8 per step
+    # the loss is the one the Trainer logs (the mean over its logging window of each step's loss), with
+    # gradient accumulation: not the last micro-batch's loss / 2, and not missing
+    logged = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert logged and np.isfinite(steps.loss).all()
+    previous = 0
+    for step, loss in logged:
+        assert np.mean(steps.loss[previous:step]) == pytest.approx(loss, rel=2e-3, abs=1e-4), (step, loss)
+        previous = step
     # the hooks are gone after training
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
     assert not hasattr(_BaseDataLoaderIter.__next__, "__wrapped__")
+
+
+# ----------------------------------------------------------------------------- accelerate under gpulens run
+ACCELERATE_SCRIPT = """
+import json, sys, torch, torch.nn as nn
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+x = torch.randn(128, 32)
+data = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=8)
+model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+model, opt, data = accelerator.prepare(model, opt, data)
+logged, micro = [], []
+for x, y in data:
+    with accelerator.accumulate(model):
+        loss = nn.functional.cross_entropy(model(x), y)
+        micro.append(loss.item())
+        accelerator.backward(loss)  # accelerate divides by the accumulation steps
+        opt.step()
+        opt.zero_grad()
+        if accelerator.sync_gradients:
+            logged.append(sum(micro) / len(micro))  # what accelerate's examples log per optimizer step
+            micro = []
+print(json.dumps(logged))
+"""
+
+
+def test_accelerate_gradient_accumulation_under_gpulens_run_records_the_logged_loss(tmp_path):
+    pytest.importorskip("accelerate")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "acc.py"
+    script.write_text(ACCELERATE_SCRIPT)
+    gpulens = str(Path(sys.executable).with_name("gpulens"))
+    proc = subprocess.run([gpulens, "run", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--", sys.executable,
+                           str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    logged = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = _only_run(tmp_path / "runs").steps()
+    assert len(steps) == len(logged) == 8
+    assert np.allclose(steps.loss, logged, rtol=1e-5), (steps.loss, logged)

@@ -54,6 +54,7 @@ class GpuLensCallback(*_bases()):  # type: ignore[misc]
         self.run: Any = None
         self._global_step = 0
         self._samples = 0
+        self._losses: list[Any] = []  # the open step's micro-batch losses
 
     # ------------------------------------------------------------------ lifecycle
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -99,11 +100,26 @@ class GpuLensCallback(*_bases()):  # type: ignore[misc]
         if run is None:
             return
         run.switch_phase(None)
+        loss = loss_of(outputs)
+        if loss is not None and hasattr(loss, "detach"):
+            self._losses.append(loss.detach())
         if trainer.global_step != self._global_step:  # an optimizer step happened: the step ends here
             self._global_step = trainer.global_step
-            run.end_step_here(samples=self._samples or None, loss=loss_of(outputs))
+            run.end_step_here(samples=self._samples or None, loss=self._step_loss())
             self._samples = 0
         run.switch_phase("data_wait")  # Lightning fetches the next batch after this hook
+
+    def _step_loss(self) -> Any:
+        """The sum of the step's micro-batch losses as Lightning hands them over (``accumulate_grad_batches``
+        divides each by k before backward and in ``outputs``): the mean micro-batch loss, what went into
+        backward, as the other integrations record it.  On the device, no sync."""
+        losses, self._losses = self._losses, []
+        if not losses:
+            return None
+        try:
+            return sum(losses[1:], losses[0])
+        except Exception:
+            return None
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.run is not None:  # the epoch's first fetch is the first step's data wait
