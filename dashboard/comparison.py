@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler import RunReader
+from gpulens.profiler.analysis.gpus import mean_over_gpus
 
 
 def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
-    vals = [g["metrics"][metric]["mean"] for g in s.get("gpus") or [] if metric in g.get("metrics", {})]
-    return float(np.mean(vals)) if vals else None
+    return mean_over_gpus(s.get("gpus") or [], metric)
 
 
 def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from gpulens import fmt
 from gpulens.dashboard.panels import panel_of
+from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.store.reader import PHASE_COLUMNS, StepView
 
 
@@ -30,15 +31,10 @@ def _gpu_mean(summary: dict[str, Any], metric: str) -> tuple[float | None, str |
     """Mean over GPUs of a metric's run mean, or (None, why it is missing)."""
     if (summary.get("run") or {}).get("imported_from"):
         return None, "not in an imported trace"
-    values, reasons = [], []
-    for g in summary.get("gpus") or []:
-        m = g.get("metrics", {}).get(metric)
-        if m:
-            values.append(m["mean"])
-        elif metric in g.get("not_available", {}):
-            reasons.append(g["not_available"][metric])
-    if values:
-        return sum(values) / len(values), None
+    value = mean_over_gpus(summary.get("gpus") or [], metric)
+    if value is not None:
+        return value, None
+    reasons = [g["not_available"][metric] for g in summary.get("gpus") or [] if metric in g.get("not_available", {})]
     if reasons:
         return None, reasons[0]
     if not summary.get("gpus"):

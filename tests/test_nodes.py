@@ -97,6 +97,23 @@ def test_gpus_are_keyed_by_node_and_index(tmp_path):
     json.dumps(report)  # plain JSON
 
 
+def test_the_advisor_reads_every_gpu_as_the_cards_do(tmp_path):
+    """GPU busy 90 % on node 0's GPU and 30 % on node 1's: the advisor's figure is the cards' 60 %, not
+    GPU 0's 90 %."""
+    from gpulens.dashboard import overview
+
+    run_dir = tmp_path / "r"
+    _node_db(run_dir, 0, 0, busy=90.0)
+    _node_db(run_dir, 1, 1, busy=30.0)
+    with open_run(run_dir) as run:
+        analysis = RunAnalysis(run)
+        measured = analysis.measurements
+        summary = analysis.summary
+    cards = {c.key: c for c in overview.headline(summary)}
+    assert measured.gpu_util == pytest.approx(60.0)
+    assert cards["gpu_busy"].value == "60.0%"
+
+
 def test_run_page_lists_the_nodes(tmp_path):
     from gpulens.dashboard import data
     from gpulens.dashboard.app import create_app

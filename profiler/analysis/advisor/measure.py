@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gpulens.profiler.analysis.gpus import max_over_gpus, mean_over_gpus, ratio_over_gpus, worst_throttle
 from gpulens.profiler.analysis.kernel_view import combine
 from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase, window_means
 from gpulens.profiler.analysis.report import Report
@@ -176,19 +177,18 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         m.gpu_memory_total = g0.get("memory_total_bytes")
         m.n_visible_gpus = len(gpus)
         m.gpu_util_per_gpu = [(_mean(g["metrics"], "gpu.util") or 0.0) for g in gpus]
-        m.gpu_util = _mean(g0["metrics"], "gpu.util")
-        m.sm_active = _mean(g0["metrics"], "gpm.sm_active")
-        m.tensor_active = _mean(g0["metrics"], "gpm.tensor_active")
-        m.dram_bw = _mean(g0["metrics"], "gpm.dram_bw")
-        m.gpu_mem_used_max = (g0["metrics"].get("gpu.mem_used") or {}).get("max")
-        thr = (g0["metrics"].get("gpu.throttle") or {}).get("reasons") or {}
-        m.throttle = {k: v for k, v in thr.items() if k != "gpu_idle"}
-        clock = _mean(g0["metrics"], "gpu.sm_clock")
-        max_clock = (run.info.gpus[0] or {}).get("max_sm_clock_mhz") if run.info.gpus else None
-        m.sm_clock_ratio = clock / max_clock if clock and max_clock else None
-        power = _mean(g0["metrics"], "gpu.power")
-        limit = _mean(g0["metrics"], "gpu.power_limit")
-        m.power_ratio = power / limit if power and limit else None
+        # every GPU, as the report's cards: on a multi-GPU or multi-node run GPU 0 is one of many
+        m.gpu_util = mean_over_gpus(gpus, "gpu.util")
+        m.sm_active = mean_over_gpus(gpus, "gpm.sm_active")
+        m.tensor_active = mean_over_gpus(gpus, "gpm.tensor_active")
+        m.dram_bw = mean_over_gpus(gpus, "gpm.dram_bw")
+        m.gpu_mem_used_max = max_over_gpus(gpus, "gpu.mem_used")
+        m.throttle = worst_throttle(gpus)
+        max_clocks = {g.get("index"): g.get("max_sm_clock_mhz") for g in run.info.gpus or []}
+        m.sm_clock_ratio = ratio_over_gpus(gpus, "gpu.sm_clock",
+                                           [g.get("max_sm_clock_mhz") or max_clocks.get(g.get("index"))
+                                            for g in gpus])
+        m.power_ratio = ratio_over_gpus(gpus, "gpu.power", [_mean(g["metrics"], "gpu.power_limit") for g in gpus])
     st = report.step_time
     m.steps = report.steps
     m.step_s = st.get("median_s")
