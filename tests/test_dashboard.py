@@ -448,3 +448,22 @@ def test_live_update_sends_a_figure_then_only_new_points(tmp_path, app):
     data.reset()
     *_, stop = live.live_update(3, 60, "light", "live-run", cursor, {"width": 800})
     assert stop == 4  # finished: one last update, then the interval stops
+
+
+def test_runs_are_chosen_by_id_where_two_runs_share_a_name():
+    """``gpulens run --run-id base-2 -- python train.py`` twice: both are named "train"; the list and the
+    compare dropdown say which is which."""
+    from gpulens.dashboard.pages import compare as cpage
+    from gpulens.dashboard.pages import runs as runs_page
+
+    rows = [data.RunRow(id=f"base-{i}", name="train", status="finished", status_reason=None, replay=False,
+                        gpu="CPU only", start=1_800_000_000.0 + 60 * i, duration_s=10.0, ranks=1)
+            for i in (1, 2)]
+    cells = [runs_page.run_row(r)["run"] for r in rows]
+    assert cells == ["[base\\-1](/run/base-1) · train", "[base\\-2](/run/base-2) · train"]
+    labels = [cpage.run_label(r) for r in rows]
+    assert len(set(labels)) == 2 and labels[1].startswith("base-2 · train · ") and labels[1].endswith("finished")
+    same = data.RunRow(id="h100-run", name="h100-run", status="running", status_reason=None, replay=False,
+                       gpu="", start=None, duration_s=None, ranks=1)
+    assert runs_page.run_row(same)["run"] == "[h100\\-run](/run/h100-run)" and cpage.run_label(same) == \
+        "h100-run · running"

@@ -1,6 +1,7 @@
 """Two runs side by side: throughput, step breakdown, utilization distributions, kernels, configuration."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dash import Input, Output, callback, dcc, html
@@ -20,7 +21,18 @@ def _options() -> list[dict[str, str]]:
         rows, _ = data.runs(wait=0.0)
     except GpulensError:
         return []
-    return [{"label": f"{r.name} ({r.status})", "value": r.id} for r in rows if not r.error]
+    return [{"label": run_label(r), "value": r.id} for r in rows if not r.error]
+
+
+def run_label(r: data.RunRow) -> str:
+    """``base-2 · train · 2026-12-05 14:02 · finished``: the id first (two runs of one script share a
+    name), the name where it says more, the start."""
+    parts = [r.id]
+    if r.name and r.name != r.id:
+        parts.append(r.name)
+    if r.start:
+        parts.append(time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start)))
+    return " · ".join([*parts, r.status])
 
 
 def layout(a: str | None = None, b: str | None = None, **_: Any) -> html.Div:

@@ -75,7 +75,8 @@ def run_row(row: data.RunRow) -> dict[str, Any]:
     """One grid row; pure function of a :class:`data.RunRow` (tested on the sample runs)."""
     out: dict[str, Any] = {
         "id": row.id,
-        "run": f"[{_escape_md(row.name)}](/run/{row.id})" if not row.error else _escape_md(row.id),
+        "run": _escape_md(row.id) if row.error else f"[{_escape_md(row.id)}](/run/{row.id})" + (
+            f" · {_escape_md(row.name)}" if row.name and row.name != row.id else ""),  # the id tells runs apart
         "status": "replay" if row.replay and row.status == "finished" else row.status,
         "gpu": row.gpu.replace("NVIDIA ", ""),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(row.start)) if row.start else "",
