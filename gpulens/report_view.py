@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
 from typing import Any
 
 from rich import box
@@ -37,8 +39,13 @@ def _bar(share: float | None, width: int = 24) -> str:
     return "█" * n + "·" * (width - n)
 
 
-def terminal() -> Console:
-    """A console that prints text as text: no rich markup or emoji codes read out of run or kernel names."""
+def terminal(piped_width: int | None = None) -> Console:
+    """A console that prints text as text: no rich markup or emoji codes read out of run or kernel names.
+
+    ``piped_width``: the width when the output is not a terminal and ``COLUMNS`` says none (a CI log is a
+    pipe, where rich would assume 80 columns and cut a wide table)."""
+    if piped_width is not None and not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        return Console(markup=False, emoji=False, width=piped_width)
     return Console(markup=False, emoji=False)
 
 
@@ -525,14 +532,15 @@ def render_comparison(comparison: Any, results: list[Any], console: Console | No
     """``gpulens compare``: the figures side by side, each change with its interval and verdict, then the gate."""
     from gpulens.profiler.analysis.compare import change_text, interval_text, unfinished_sides
 
-    console = console or terminal()
+    console = console or terminal(piped_width=120)
     base, cand = comparison.base, comparison.candidate
     table = Table(title=Text(f"{sanitized(cand['id'])} vs {sanitized(base['id'])} (base) · steady steps "
                              f"{cand['steps']} vs {base['steps']}"), title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     for col, justify, width in (("figure", "left", 13), ("base", "right", 9), ("candidate", "right", 9),
                                 ("change", "right", 8), ("95% CI", "right", 14), ("verdict", "left", 13)):
-        table.add_column(col, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
+        # the figure's name wraps in a narrow terminal; the numbers and the verdict never do (nor are cut)
+        table.add_column(col, justify=justify, no_wrap=col != "figure", min_width=width)  # type: ignore[arg-type]
     notes = []
     for m in comparison.metrics:
         verdict = Text(m.verdict, style=_VERDICT_STYLE.get(m.verdict, ""))

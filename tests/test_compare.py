@@ -10,6 +10,7 @@ within a run), and a clean-clone CI once failed one pair of ten at +5 %.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -167,3 +168,26 @@ def test_long_runs_keep_the_exact_figures_and_an_interval_around_them() -> None:
     assert tput.low < tput.change < tput.high
     st = median_change(dur_a, dur_b)
     assert st.base == pytest.approx(np.median(dur_a)) and st.low < st.change < st.high
+
+
+@pytest.mark.parametrize("columns", [None, "80"])  # a CI log (a pipe, no COLUMNS), an 80-column terminal
+def test_compare_never_cuts_the_verdicts(columns):
+    import os
+    import subprocess
+    import sys
+
+    samples = Path(__file__).resolve().parent.parent / "sample_runs"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns:
+        env["COLUMNS"] = columns
+    gpulens_bin = str(Path(sys.executable).with_name("gpulens"))
+    proc = subprocess.run([gpulens_bin, "compare", str(samples / "h100-cnn-input-bound"),
+                           str(samples / "h100-cnn-healthy"), "--fail-on", "step_time>+5%"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode in (0, 1), proc.stderr
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if line.strip().startswith("Step time"))
+    assert re.search(r"(better|worse|same|in noise|changed|not judged|n/a)( \[\d+\])?$", row.rstrip()), row
+    assert "95% CI" in proc.stdout and "verdict" in proc.stdout
+    if columns:
+        assert max(len(line) for line in lines) <= 80
