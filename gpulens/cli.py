@@ -452,3 +452,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpulens: internal error: {type(exc).__name__}: {exc} "
               "(set GPULENS_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        _release_arrow()
+
+
+def _release_arrow() -> None:
+    """Free what Parquet reads left behind while pyarrow is still whole: an Arrow reader's thread that
+    lives on into interpreter shutdown can abort the process after its work is done ("terminate called
+    without an active exception", apache/arrow#34314; seen once in `gpulens ls` of a store here)."""
+    if "pyarrow" in sys.modules:
+        import gc
+
+        gc.collect()
