@@ -158,6 +158,17 @@ def _timed_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, fl
         return resp.status, time.monotonic() - t0
 
 
+def _wait_until_up(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _timed_get(f"http://127.0.0.1:{port}/healthz")
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.2)
+
+
 def test_two_hundred_half_sent_requests_do_not_starve_the_dashboard(root):
     """The real server (waitress, as ``gpulens dashboard`` runs it): 200 idle half-sent requests from one
     address, before any authentication, and a request still answers within 2 s."""
@@ -168,14 +179,7 @@ def test_two_hundred_half_sent_requests_do_not_starve_the_dashboard(root):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     held: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _timed_get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
-                time.sleep(0.2)
+        _wait_until_up(proc, port)
         held = _half_open(port, 200)
         time.sleep(1.0)  # let the server take them all in
         status, took = _timed_get(f"http://127.0.0.1:{port}/healthz")
@@ -281,14 +285,7 @@ def test_ctrl_c_stops_the_dashboard_at_once_with_an_analysis_in_its_worker(tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", str(root), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _timed_get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
-                time.sleep(0.2)
+        _wait_until_up(proc, port)
         base = f"http://127.0.0.1:{port}"
         deps = json.load(urllib.request.urlopen(base + "/_dash-dependencies", timeout=30))
         cb = next(d for d in deps if "run-cards.children" in d["output"])
