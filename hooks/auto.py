@@ -35,7 +35,6 @@ that are not torch DataLoaders are not data wait.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -43,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gpulens.hooks.hidden_hooks import ModuleHooks, gpulens_hook, tracing
+from gpulens.hooks.modelinfo import live_root_modules
 from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
 
 if TYPE_CHECKING:
@@ -497,24 +497,17 @@ class AutoSteps:
     def _scan_roots(self) -> None:
         """Hook the forward of every live root module (once per module)."""
         t0 = time.perf_counter()
-        nn = self.torch.nn
-        module_type = nn.Module  # type(), not isinstance(): some objects warn when asked for __class__
-        modules = [obj for obj in gc.get_objects() if issubclass(type(obj), module_type)]
-        children: set[int] = set()
-        for module in modules:
-            for child in module._modules.values():
-                if child is not None:
-                    children.add(id(child))
+        roots = live_root_modules(self.torch)
         added = 0
-        for module in modules:
+        for module in roots:
             key = id(module)
-            if key in children or key in self._roots:
+            if key in self._roots:
                 continue
             self._roots.add(key)
             self._module_hooks.forward(module, self._fwd_pre, self._fwd_post)
             self.run.attach_comm(self.torch, module)
             added += 1
-        log.debug("gpulens: %d root modules hooked (%d modules scanned in %.0f ms)", added, len(modules),
+        log.debug("gpulens: %d root modules hooked (%d roots found in %.0f ms)", added, len(roots),
                   (time.perf_counter() - t0) * 1e3)
 
     @gpulens_hook

@@ -180,10 +180,12 @@ class ModuleHooks:
         self._handles: list[Any] = []
         self._classes: list[type] = []
 
-    def forward(self, module: Any, pre: Callable[..., Any], post: Callable[..., Any]) -> None:
-        """Hook ``module``'s forward (``pre``/``post`` must be marked with :func:`gpulens_hook`)."""
+    def forward(self, module: Any, pre: Callable[..., Any], post: Callable[..., Any],
+                with_kwargs: bool = False) -> None:
+        """Hook ``module``'s forward (``pre``/``post`` must be marked with :func:`gpulens_hook`; with
+        ``with_kwargs``, ``pre`` is called with the keyword arguments too)."""
         self.hide(type(module))
-        self._handles.append(module.register_forward_pre_hook(pre))
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=with_kwargs))
         self._handles.append(module.register_forward_hook(post, always_call=True))
 
     def hide(self, cls: type) -> None:

@@ -64,3 +64,13 @@ def optimizer_meta(optimizer: Any) -> dict[str, Any]:
     except Exception:  # a custom optimizer without torch's defaults: its type is all we know
         pass
     return out
+
+
+def live_root_modules(torch: Any) -> list[Any]:
+    """Live modules that are nobody's child: the models, wrappers and loss modules a script made."""
+    import gc
+
+    module_type = torch.nn.Module  # type(), not isinstance(): some objects warn when asked for __class__
+    modules = [obj for obj in gc.get_objects() if issubclass(type(obj), module_type)]
+    children = {id(child) for module in modules for child in module._modules.values() if child is not None}
+    return [module for module in modules if id(module) not in children]

@@ -83,16 +83,14 @@ class RunOptions:
     def flops_given(self) -> bool:
         return any((self.flops_per_step, self.flops_per_sample, self.flops_per_token))
 
-    def flops_at(self, profile: ProfileConfig) -> int:
-        """The step whose FLOPs are counted: the first profiler window's warm-up step by default.
+    def flops_at(self) -> int:
+        """The first step whose FLOPs may be counted (the first one after it outside profiler windows).
 
-        Counting runs every op through a Python dispatch mode, so that step is
-        slower; the warm-up step of a window is slow already and left out of
-        throughput, so the user's log shows one slow stretch instead of two.
+        Counting runs a meta-device copy of the model at the step's end, a
+        moment in that step's time: the step is flagged and left out of
+        throughput, as profiled steps are.
         """
-        if self.flops_step is not None:
-            return self.flops_step
-        return profile.window_start(0) if profile.enabled and profile.warmup > 0 else DEFAULT_FLOPS_STEP
+        return self.flops_step if self.flops_step is not None else DEFAULT_FLOPS_STEP
 
 
 def default_name() -> str:

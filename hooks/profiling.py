@@ -99,9 +99,9 @@ class ProfilerWindows:
         """Is ``step`` inside the window currently running?"""
         return self._prof is not None and self._start_step <= step
 
-    def warming_up(self, step: int) -> bool:
-        """Is ``step`` a warm-up step of the running window (profiler on, its events discarded)?"""
-        return self._prof is not None and self._start_step <= step < self._start_step + self.config.warmup
+    def idle_through(self, step: int) -> bool:
+        """Does no window record ``step`` or the step after it?"""
+        return self._prof is None and step != self._next_begin
 
     def on_step_end(self, step: int) -> bool:
         """Called when ``step`` ends; returns whether that step was profiled."""

@@ -275,7 +275,7 @@ class TrackedRun:
             if self.options.count_flops and not self.options.flops_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
 
-                self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at(self._profile))
+                self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at())
             if self._model is not None:
                 self.attach_comm(torch, self._model)
             if self._auto_wanted and self._auto is None:
@@ -439,9 +439,8 @@ class TrackedRun:
     def _pre_step(self, step: int) -> int:
         """At the end of ``step``: advance the profiler window, stop FLOP counting; flags for the step."""
         flags = 0
-        if self._flops is not None and self._flops.counting:
-            self._flops.end()  # before the window moves on: the dispatch mode leaves first
-            flags |= FLAG_PROFILED
+        if self._flops is not None and self._flops.counting and self._flops.end(step):
+            flags |= FLAG_PROFILED  # counting took a moment of this step (before the window moves on)
         if self._windows is not None and self._windows.on_step_end(step):
             flags |= FLAG_PROFILED
         if step == 1 and self._recorder is not None:
@@ -457,16 +456,14 @@ class TrackedRun:
         return flags
 
     def _post_step(self, step: int, shape: Any) -> None:
-        """As ``step`` opens: ranges while a window records; count its FLOPs if due (in a window's warm-up
-        step, never in a recorded one)."""
+        """As ``step`` opens: ranges while a window records; count its FLOPs if due (outside windows)."""
         ranges = self._rec.ranges
         if ranges is not None:
             ranges.set_profiler(self._windows is not None and self._windows.profiled(step))
         flops = self._flops
         if flops is not None and flops.want(step, shape):
-            windows = self._windows
-            if windows is None or not windows.profiled(step) or windows.warming_up(step):
-                flops.begin(step, shape)  # never in a recorded window step: its trace would time the counter
+            if self._windows is None or self._windows.idle_through(step):
+                flops.begin(step, shape)  # never inside a profiler window: its trace would hold the count
 
     def _agree_run_id(self) -> None:
         """The job's run id from rank 0, through the process group's store (hooks/jobid.py)."""
@@ -558,6 +555,8 @@ class TrackedRun:
         if self._closed:
             return
         self._closed = True
+        if self._flops is not None and self._flops.counting:
+            self._flops.abandon()  # the last step may end at interpreter exit: no meta copy runs then
         if self._auto is not None:
             self._auto.finish()  # while recording is on: the last iteration's update ends its step
         self._recording = False
@@ -607,9 +606,7 @@ class TrackedRun:
             self._safe(self._whatif.close, self._rec.step_index)
         try:
             if self._flops is not None and self._flops.counting:
-                self._flops.disabled = True
-                mode, self._flops._mode = self._flops._mode, None
-                mode.__exit__(None, None, None)  # a step cut short: its count is incomplete, drop it
+                self._flops.abandon()  # a step cut short: its count is incomplete, drop it
             if self._windows is not None:
                 self._windows.close()
         except Exception as exc:
@@ -669,12 +666,7 @@ class TrackedRun:
             auto.uninstall()  # the wrappers and module hooks of this process' copy of torch
         flops = self._flops
         if flops is not None and flops.counting:  # forked in the middle of a FLOP-counted step
-            flops.disabled = True
-            try:
-                flops._mode.__exit__(None, None, None)
-            except Exception:
-                pass
-            flops._mode = None
+            flops.abandon()
 
     def _close_at_exit(self, status: str, error: str | None) -> None:
         self._nesting = 0  # the interpreter is leaving: nested track() blocks end with it
