@@ -55,7 +55,9 @@ PANELS: tuple[PanelSpec, ...] = (
               scale=MIB),
     PanelSpec("host_cpu", "Host CPU (%)", "%", (Line("host.cpu", "host CPU (all cores)"),), percent=True, host=True),
     PanelSpec("proc_cpu", "Process CPU (cores)", "cores", (Line("proc.cpu", "training process"),
-                                                           Line("workers.cpu", "DataLoader workers", "dot")),
+                                                           Line("workers.cpu", "DataLoader workers", "dot"),
+                                                           Line("children.cpu", "other children (compile, "
+                                                                "subprocesses)", "dash")),
               host=True),
     PanelSpec("disk", "Disk (MiB/s)", "MiB/s", (Line("host.disk_read", "disk read"),
                                                 Line("host.disk_write", "disk write", "dot")), scale=MIB, host=True),

@@ -22,8 +22,17 @@ _STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "inte
 _GPU_ORDER = ("gpu.util", "gpm.sm_active", "gpm.sm_occupancy", "gpm.tensor_active", "gpm.dram_bw",
               "gpu.mem_util", "gpu.mem_used", "gpu.proc_mem", "gpu.power", "gpu.temp", "gpu.sm_clock",
               "gpu.mem_clock", "gpu.pcie_rx", "gpu.pcie_tx", "gpu.nvlink_rx", "gpu.nvlink_tx")
-_HOST_ORDER = ("host.cpu", "proc.cpu", "workers.cpu", "workers.count", "proc.rss", "workers.rss",
+_HOST_ORDER = ("host.cpu", "proc.cpu", "workers.cpu", "workers.count", "children.cpu", "children.count",
+               "proc.rss", "workers.rss", "children.rss",
                "host.mem_used", "host.swap_used", "host.disk_read", "host.disk_write")
+
+
+def compile_line(comp: dict[str, Any]) -> str:
+    """torch.compile's one-off work, named (it is in no phase and no figure)."""
+    steps = ", ".join(str(k) for k in comp["first_steps"]) + (", …" if comp["steps"] > len(comp["first_steps"])
+                                                               else "")
+    return (f"torch.compile compiled for {fmt.seconds(comp['seconds'])} in {comp['steps']} "
+            f"step{'s' if comp['steps'] != 1 else ''} (step {steps}): one-off work, left out of the phases")
 
 
 def _when(t: float | None) -> str:
@@ -109,11 +118,14 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
     tp = s["throughput"]
     ex = st.get("excluded", {})
     steps_line = f"{s['steps']} steps"
-    if ex.get("warmup") or ex.get("profiled") or ex.get("what_if"):
+    if ex.get("warmup") or ex.get("profiled") or ex.get("what_if") or ex.get("compiling"):
         left = f"{ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled"
+        left += f", {ex['compiling']} compiling" if ex.get("compiling") else ""
         left += f", {ex['what_if']} what-if" if ex.get("what_if") else ""
         steps_line += f" ({left} left out of the figures)"
     head.add_row("steps", steps_line)
+    if st.get("compile"):
+        head.add_row("compile", compile_line(st["compile"]))
     if s.get("what_if"):
         head.add_row("what-if", what_if_line(s["what_if"]))
     for rank, lost in (s.get("records_lost") or {}).items():

@@ -143,8 +143,9 @@ def _parent_pid() -> int | None:
 
 def announce_trainer(run_dir: Path) -> None:
     """Tell the parent's sampler that this child is a rank, not a DataLoader worker."""
-    from gpulens.profiler.record.proctree import TRAINERS_DIR
+    from gpulens.profiler.record.proctree import TRAINERS_DIR, announce_loader_workers_in
 
+    announce_loader_workers_in(run_dir)  # and its DataLoaders' workers, which the parent sees too
     try:
         (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
         (run_dir / TRAINERS_DIR / str(os.getpid())).touch()

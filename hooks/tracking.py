@@ -30,6 +30,7 @@ from typing import Any, Literal
 from gpulens.hooks import runmeta
 from gpulens.hooks.autorun import ENV_RUN_ID_SCOPE
 from gpulens.hooks.children import announce_trainer, child_ranks
+from gpulens.hooks.compile_time import CompileClock
 from gpulens.hooks.lifecycle import Lifecycle
 from gpulens.hooks.modelinfo import model_meta
 from gpulens.hooks.options import RunOptions
@@ -37,7 +38,7 @@ from gpulens.hooks.profiling import ProfilerWindows
 from gpulens.hooks.steps import StepRecorder, phase_slot
 from gpulens.profiler.record.recorder import Recorder
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
-from gpulens.profiler.store.schema import FLAG_PROFILED
+from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED
 
 log = logging.getLogger("gpulens")
 
@@ -94,6 +95,8 @@ class TrackedRun:
         self._lifecycle = Lifecycle(self._close_at_exit)
         self._windows: ProfilerWindows | None = None
         self._flops: Any = None
+        self._loader_hook = False  # hooks/loader_workers.py installed for this run
+        self._compile_clock = CompileClock()
         self._auto_wanted = opts.auto
         self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
         self._exporter: Any = None
@@ -268,6 +271,11 @@ class TrackedRun:
             return
         writer = self._recorder.writer
         try:
+            if not self._loader_hook:
+                from gpulens.hooks import loader_workers
+
+                loader_workers.install(torch)
+                self._loader_hook = True
             self._start_ranges(torch)
             if self._profile.enabled and self._windows is None:
                 self._windows = ProfilerWindows(torch, self.path, self._slot, self._profile, writer)
@@ -439,6 +447,10 @@ class TrackedRun:
     def _pre_step(self, step: int) -> int:
         """At the end of ``step``: advance the profiler window, stop FLOP counting; flags for the step."""
         flags = 0
+        compiled = self._compile_clock.take()
+        if compiled > 0.0:
+            flags |= FLAG_COMPILE
+            self._rec._extra["@compile"] = compiled
         if self._flops is not None and self._flops.counting and self._flops.end(step):
             flags |= FLAG_PROFILED  # counting took a moment of this step (before the window moves on)
         if self._windows is not None and self._windows.on_step_end(step):
@@ -559,6 +571,11 @@ class TrackedRun:
             self._flops.abandon()  # the last step may end at interpreter exit: no meta copy runs then
         if self._auto is not None:
             self._auto.finish()  # while recording is on: the last iteration's update ends its step
+        if self._loader_hook:
+            from gpulens.hooks import loader_workers
+
+            self._loader_hook = False
+            loader_workers.uninstall()
         self._recording = False
         self._model = None
         if self._comm is not None:

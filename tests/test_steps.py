@@ -1,6 +1,7 @@
 """Step and phase recording on real CPU training loops."""
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -155,5 +156,42 @@ def test_multiprocessings_helper_processes_are_not_counted_as_workers():
         everything = psutil.Process().children(recursive=True)
         tracker = [p for p in everything if "resource_tracker" in " ".join(p.cmdline())]
         assert tracker, [p.cmdline() for p in everything]
-        workers = tree.workers()
-        assert tracker[0].pid not in workers and len(workers) == len(everything) - len(tracker)
+        others = tree.other_children()
+        assert tracker[0].pid not in others and len(others) == len(everything) - len(tracker)
+        assert not tree.workers()  # a process pool is no DataLoader
+
+
+def test_dataloader_workers_are_the_loaders_own_processes_not_every_child(runs_dir):
+    """torch.compile's compile workers, the g++ they run, a subprocess of the script: children that load no
+    data.  The DataLoader names its workers (hooks/loader_workers.py); everything else is another child."""
+    import subprocess
+    import time
+
+    from gpulens.profiler.record.proctree import ProcessTree
+
+    loader = DataLoader(SlowImages(n=64, delay=0.0), batch_size=8, num_workers=2, persistent_workers=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from gpulens.profiler.record.recorder import SamplingConfig
+
+        sampling = SamplingConfig(workers_interval=0.1)
+        with gpulens.track("who-loads", quiet=True, profile=False, sampling=sampling) as run:
+            it = iter(loader)
+            next(it)
+            loader_pids = {w.pid for w in it._workers}
+            tree = ProcessTree(refresh_s=0.0, trainers=run.path / "trainers")
+            deadline = time.monotonic() + 30
+            while set(tree.workers()) != loader_pids and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert set(tree.workers()) == loader_pids
+            assert other.pid in tree.other_children() and not loader_pids & set(tree.other_children())
+            time.sleep(0.3)  # the run's own sampler reads both groups
+            del it
+        reader = open_run(run.path)
+        assert reader.series("children.count") is not None and reader.series("workers.count") is not None
+    finally:
+        other.kill()
+        other.wait()
+    from torch.utils.data import dataloader
+
+    assert not hasattr(dataloader._MultiProcessingDataLoaderIter.__init__, "__wrapped__")  # undone at close

@@ -17,7 +17,7 @@ from gpulens.profiler.analysis.whatif import what_if_result
 from gpulens.profiler.store import schema
 from gpulens.profiler.store.metrics import CATALOG, THROTTLE_REASONS
 from gpulens.profiler.store.reader import Event, FlopCount, Node, RunReader, Series, SeriesInfo, StepTable
-from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF
+from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF
 
 REPORT_SCHEMA = "gpulens.report/1"
 PHASES = schema.PHASES
@@ -108,18 +108,33 @@ def summarize(run: RunReader) -> dict[str, Any]:
     return RunAnalysis(run).summary
 
 
+def compile_summary(steps: StepTable, compiling: np.ndarray) -> dict[str, Any] | None:
+    """torch.compile's one-off work: how long, in which steps (None when nothing compiled)."""
+    where = np.flatnonzero(compiling)
+    if not where.size:
+        return None
+    extra = steps.extra
+    seconds = [float(((extra[i] if i < len(extra) else None) or {}).get("@compile", 0.0)) for i in where]
+    return {"steps": int(where.size), "seconds": float(sum(seconds)), "first_steps": [int(steps.step[i]) for i in
+                                                                                      where[:5]],
+            "step_seconds": float(steps.duration[where].sum())}
+
+
 def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
     """Step-time statistics and throughput over the steady steps."""
     n = len(steps)
     flags = steps.flags if n else np.zeros(0, dtype=np.int64)
+    compiling = flags & FLAG_COMPILE != 0
     excluded = {"warmup": int(np.count_nonzero(flags & FLAG_WARMUP)),
                 "profiled": int(np.count_nonzero(flags & FLAG_PROFILED)),
-                "what_if": int(np.count_nonzero(flags & FLAG_WHATIF))}
+                "what_if": int(np.count_nonzero(flags & FLAG_WHATIF)),
+                "compiling": int(np.count_nonzero(compiling))}
     steady = flags == 0
     if n and not steady.any():
         steady = np.ones(n, dtype=bool)  # too short to have steady steps: use them all
     durations = steps.duration[steady] if n else np.zeros(0)
-    step_time: dict[str, Any] = {"count": int(durations.size), "excluded": excluded}
+    step_time: dict[str, Any] = {"count": int(durations.size), "excluded": excluded,
+                                 "compile": compile_summary(steps, compiling)}
     throughput: dict[str, Any] = {"steps_per_s": None, "samples_per_s": None, "tokens_per_s": None}
     if durations.size == 0:
         step_time.update({"mean_s": None, "median_s": None, "p90_s": None, "p99_s": None, "phases": {}})
@@ -254,7 +269,7 @@ def summarize_data(data: RunData) -> dict[str, Any]:
                 "not_available": missing,
             })
     home = next((n for n in nodes if primary_rank in n.ranks), nodes[0])
-    host_metrics, host_missing = _metric_block(data, -1, _speaker(home), ("host.", "proc.", "workers."))
+    host_metrics, host_missing = _metric_block(data, -1, _speaker(home), ("host.", "proc.", "workers.", "children."))
 
     mem_peak = steps.mem_peak if len(steps) else np.zeros(0)
     mem_reserved = steps.mem_reserved if len(steps) else np.zeros(0)

@@ -4,7 +4,7 @@ Four tables, each with stable columns (docs/run-format.md):
 
 * ``steps``: one row per step and rank, the steps table's columns plus
   ``duration_s``, ``rank`` and the flags spelled out (``warmup``,
-  ``profiled``, ``what_if``) -- what a throughput calculation filters on;
+  ``profiled``, ``what_if``, ``compiling``) -- what a throughput calculation filters on;
 * ``series``: long format, one row per reading: ``rank``, ``metric``,
   ``gpu`` (-1 for host and process), ``unit``, ``t`` (epoch seconds, on
   rank 0's clock), ``value``;
@@ -26,7 +26,7 @@ import numpy as np
 
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
-from gpulens.profiler.store.schema import FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF, STEP_COLUMNS
+from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF, STEP_COLUMNS
 
 TABLES = ("steps", "series", "kernels", "suggestions")
 FORMATS = ("parquet", "csv")
@@ -71,6 +71,7 @@ def step_columns(run: RunReader) -> dict[str, np.ndarray]:
     out["warmup"] = (flags & FLAG_WARMUP) != 0
     out["profiled"] = (flags & FLAG_PROFILED) != 0
     out["what_if"] = (flags & FLAG_WHATIF) != 0
+    out["compiling"] = (flags & FLAG_COMPILE) != 0
     return out
 
 

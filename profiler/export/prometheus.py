@@ -101,13 +101,21 @@ EXPOSED: dict[str, Exposed] = {
     "proc.cpu": Exposed("gpulens_process_cpu_cores", 1.0, "gauge", "CPU of the training process (1.0 = one core)."),
     "proc.rss": Exposed("gpulens_process_resident_memory_bytes", 1.0, "gauge", "RSS of the training process."),
     "workers.cpu": Exposed("gpulens_workers_cpu_cores", 1.0, "gauge",
-                           "CPU of the training process' children (DataLoader workers), in cores."),
-    "workers.rss": Exposed("gpulens_workers_resident_memory_bytes", 1.0, "gauge", "RSS of the children, summed."),
-    "workers.count": Exposed("gpulens_workers", 1.0, "gauge", "Live child processes of the training process."),
+                           "CPU of the DataLoader's worker processes, in cores."),
+    "workers.rss": Exposed("gpulens_workers_resident_memory_bytes", 1.0, "gauge",
+                           "RSS of the DataLoader workers, summed."),
+    "workers.count": Exposed("gpulens_workers", 1.0, "gauge", "Live DataLoader worker processes."),
+    "children.cpu": Exposed("gpulens_other_children_cpu_cores", 1.0, "gauge",
+                            "CPU of the other children (compile workers, subprocesses), in cores."),
+    "children.rss": Exposed("gpulens_other_children_resident_memory_bytes", 1.0, "gauge",
+                            "RSS of the other children, summed."),
+    "children.count": Exposed("gpulens_other_children", 1.0, "gauge",
+                              "Live children that neither train nor load data."),
 }
 
 #: Metrics of the training process itself: a standalone exporter has none.
-PROCESS_METRICS = {"gpu.proc_mem", "proc.cpu", "proc.rss", "workers.cpu", "workers.rss", "workers.count"}
+PROCESS_METRICS = {"gpu.proc_mem", "proc.cpu", "proc.rss", "workers.cpu", "workers.rss", "workers.count",
+                   "children.cpu", "children.rss", "children.count"}
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _COL = {name: i for i, name in enumerate(STEP_COLUMNS)}

@@ -247,13 +247,26 @@ class HostSampler:
             self._point(metric, t, max(0.0, (a - b) / dt))
 
     def sample_workers(self, t: float) -> None:
-        """CPU and memory of the child processes (DataLoader workers): one /proc read each."""
+        """CPU and memory of the child processes: DataLoader workers (``workers.*``) apart from the rest
+        (``children.*``: compile workers, a compiler, the script's subprocesses); one /proc read each."""
         dt = None if self._prev_workers_t is None else t - self._prev_workers_t
         self._prev_workers_t = t
-        children = self.tree.workers()
-        cpu_delta = 0.0
-        rss = 0.0
         seen: dict[int, float] = {}
+        cores = 0.0
+        for prefix, children in (("workers", self.tree.workers()), ("children", self.tree.other_children())):
+            cpu_delta, rss, count = self._read_children(children, seen)
+            if dt:
+                cores += cpu_delta / dt
+                self._point(f"{prefix}.cpu", t, cpu_delta / dt)
+            self._point(f"{prefix}.rss", t, rss)
+            self._point(f"{prefix}.count", t, float(count))
+        self._prev_child = seen
+        if dt:
+            self._workers_cores = cores  # the run's own children: not "other processes"
+
+    def _read_children(self, children: dict[int, psutil.Process], seen: dict[int, float]) -> tuple[float, float, int]:
+        cpu_delta = rss = 0.0
+        count = 0
         for pid, child in list(children.items()):
             try:
                 with child.oneshot():
@@ -264,17 +277,12 @@ class HostSampler:
                 continue
             total = times.user + times.system
             seen[pid] = total
+            count += 1
             prev = self._prev_child.get(pid)
-            # a child first seen contributes from its next reading on
-            if prev is not None:
+            if prev is not None:  # a child first seen contributes from its next reading on
                 cpu_delta += max(0.0, total - prev)
             rss += mem.rss
-        self._prev_child = seen
-        if dt:
-            self._workers_cores = cpu_delta / dt
-            self._point("workers.cpu", t, self._workers_cores)
-        self._point("workers.rss", t, rss)
-        self._point("workers.count", t, float(len(seen)))
+        return cpu_delta, rss, count
 
     def close(self) -> None:
         self._host_cpu.close()

@@ -80,10 +80,18 @@ _METRICS = [
     Metric("proc.cpu", "cores", "Training process CPU", "psutil",
            "CPU time of the training process per second (1.0 = one core busy)."),
     Metric("proc.rss", "B", "Training process RSS", "psutil", "Resident memory of the training process."),
-    Metric("workers.cpu", "cores", "Child processes CPU", "psutil",
-           "CPU of the training process' children (DataLoader workers), in cores."),
-    Metric("workers.rss", "B", "Child processes RSS", "psutil", "Resident memory of the children, summed."),
-    Metric("workers.count", "count", "Child processes", "psutil", "Number of live child processes."),
+    Metric("workers.cpu", "cores", "DataLoader workers CPU", "psutil",
+           "CPU of the DataLoader's worker processes (and what they start), in cores."),
+    Metric("workers.rss", "B", "DataLoader workers RSS", "psutil",
+           "Resident memory of the DataLoader workers, summed."),
+    Metric("workers.count", "count", "DataLoader workers", "psutil", "Number of live DataLoader worker processes."),
+    Metric("children.cpu", "cores", "Other child processes CPU", "psutil",
+           "CPU of the training process' other children (torch.compile's workers, a compiler, the script's "
+           "subprocesses), in cores."),
+    Metric("children.rss", "B", "Other child processes RSS", "psutil",
+           "Resident memory of the other children, summed."),
+    Metric("children.count", "count", "Other child processes", "psutil",
+           "Number of live children that neither train nor load data."),
 ]
 
 CATALOG: dict[str, Metric] = {m.name: m for m in _METRICS}
