@@ -88,9 +88,10 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     cards.append(Card("throughput", "Throughput", rate, rate_sub, "steady steps only: warm-up and profiled steps "
                       "are left out", rate != "n/a"))
     st = summary.get("step_time") or {}
-    cards.append(Card("step_time", "Step time", fmt.seconds(st.get("median_s")),
-                      f"median · p90 {fmt.seconds(st.get('p90_s'))}", "wall time per steady step",
-                      st.get("median_s") is not None))
+    cards.append(Card("step_time", "Step time", fmt.seconds(st.get("mean_s")),
+                      f"median {fmt.seconds(st.get('median_s'))} · p90 {fmt.seconds(st.get('p90_s'))}",
+                      "wall time of the steady steps over their count (1 / steps/s, as throughput and MFU); the "
+                      "median is the typical step", st.get("mean_s") is not None))
     cards.append(energy_card(summary))
     mem = summary.get("memory") or {}
     used = [v for v in (mem.get("gpu_memory_used_max_bytes") or {}).values() if v is not None]

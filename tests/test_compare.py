@@ -191,3 +191,51 @@ def test_compare_never_cuts_the_verdicts(columns):
     assert "95% CI" in proc.stdout and "verdict" in proc.stdout
     if columns:
         assert max(len(line) for line in lines) <= 80
+
+
+def _side(name: str, durations: np.ndarray, samples: np.ndarray) -> "Side":
+    from gpulens.profiler.analysis.compare import Side
+
+    n = durations.size
+    return Side(id=name, path=name, batch_size=int(samples[0]), durations=durations, samples=samples,
+                tokens=np.full(n, np.nan), phases={"forward": durations * 0.4, "data_wait": durations * 0.1},
+                readings={}, reading_means={}, step_energy=np.full(n, np.nan),
+                report={"memory": {}, "tensor_core_share": None, "mfu": {}})
+
+
+def test_step_time_and_samples_per_s_never_contradict_and_the_median_says_why_it_differs():
+    """Faster typical steps but a slow step in every ten: the run is slower (more seconds per sample); the
+    median step is faster.  Step time and samples/s say the same, the median row says what differs."""
+    from gpulens.profiler.analysis.compare import compare
+
+    rng = np.random.default_rng(3)
+    base = 0.010 + rng.normal(0, 0.0004, 300)
+    cand = 0.008 + rng.normal(0, 0.0004, 300)
+    cand[::10] = 0.060  # an evaluation stall / checkpoint every ten steps
+    batch = np.full(300, 32.0)
+    out = compare(_side("base", base, batch), _side("cand", cand, batch))
+    st, tp, med = (out.metric(name) for name in ("step_time", "throughput", "median_step"))
+    assert st.verdict == tp.verdict == "worse" and med.verdict == "better"
+    assert st.change == pytest.approx(cand.mean() / base.mean() - 1)
+    assert (1 + st.change) * (1 + tp.change) == pytest.approx(1.0)  # mirrors, interval included
+    assert (1 + st.low) * (1 + tp.high) == pytest.approx(1.0) and (1 + st.high) * (1 + tp.low) == pytest.approx(1.0)
+    assert "typical step" in med.note
+
+    # in noise on one row is in noise on its mirror, for every seed of a same-speed pair
+    for seed in range(20):
+        r = np.random.default_rng(seed)
+        a, b = 0.01 * r.lognormal(0, 0.3, 120), 0.01 * r.lognormal(0, 0.3, 120)
+        pair = compare(_side("a", a, batch[:120]), _side("b", b, batch[:120]))
+        assert pair.metric("step_time").verdict == pair.metric("throughput").verdict
+
+
+def test_samples_per_step_that_vary_are_named_on_the_samples_per_s_row():
+    from gpulens.profiler.analysis.compare import compare
+
+    rng = np.random.default_rng(0)
+    d = 0.01 + rng.normal(0, 0.0005, 100)
+    samples = np.full(100, 32.0)
+    samples[::25] = 8.0  # each epoch's last, partial batch
+    out = compare(_side("a", d, samples), _side("b", d * 1.2, samples))
+    assert "samples per step vary" in out.metric("throughput").note
+    assert out.metric("step_time").verdict == "worse" and out.metric("throughput").verdict == "worse"

@@ -1,9 +1,13 @@
 """Two runs side by side with noise-aware verdicts, and the regression gate ``gpulens compare --fail-on``.
 
-The figures are the report's own -- median step time; samples/s, phase
-shares and energy per sample as ratios of totals over the steady steps;
-means of NVML / GPM readings -- so a comparison never contradicts either
-report.  Each change gets a 95 % interval from resampling blocks of
+The figures are the report's own -- step time as the steady steps' total
+over their count (1 / steps/s: the one definition of speed of the report,
+the dashboard, MFU and the gate), the median step beside it as the typical
+step; samples/s, phase shares and energy per sample as ratios of totals over
+the steady steps; means of NVML / GPM readings -- so a comparison never
+contradicts either report, nor itself: with the same samples per step,
+samples/s takes step time's interval mirrored, so the two rows always carry
+the same verdict.  Each change gets a 95 % interval from resampling blocks of
 consecutive steps (or readings) (:mod:`noise`).  A difference whose interval
 includes zero gets no verdict ("in noise"); one that is significant but
 under 1 % (1 pp) is called the same.  Figures a run has one of (peak memory,
@@ -160,25 +164,36 @@ def _identity(side: Side) -> dict[str, Any]:
 def compare(base: Side, cand: Side) -> Comparison:
     """Every figure of ``cand`` against ``base``.
 
-    The values are the report's (median step time; samples/s, phase shares and energy per sample as ratios
-    of totals over the steady steps; means of readings), so the comparison never contradicts either report;
+    The values are the report's (step time as total over count, the median step; samples/s, phase shares and
+    energy per sample as ratios of totals over the steady steps; means of readings), so the comparison never
+    contradicts either report;
     the intervals come from resampling blocks of those steps or readings.
     """
     out = Comparison(_identity(base), _identity(cand))
     batches_differ = bool(base.batch_size and cand.batch_size and base.batch_size != cand.batch_size)
-    st = _fill(Metric("step_time", "Step time", "%", "lower"), median_change(base.durations, cand.durations))
+    b_dur, c_dur = base.durations, cand.durations
+    st = _fill(Metric("step_time", "Step time", "%", "lower"),
+               ratio_change((b_dur, np.ones_like(b_dur)), (c_dur, np.ones_like(c_dur))))
     if batches_differ:
         st.note = "batch sizes differ: compare samples/s"
     out.metrics.append(st)
-    b_dur, c_dur = base.durations, cand.durations
     if np.isfinite(base.samples).any() and np.isfinite(cand.samples).any():
-        out.metrics.append(_fill(Metric("throughput", "Samples/s", "%", "higher"),
-                                 ratio_change((base.samples, b_dur), (cand.samples, c_dur))))
+        tp = _fill(Metric("throughput", "Samples/s", "%", "higher"),
+                   ratio_change((base.samples, b_dur), (cand.samples, c_dur)))
+        if _same_work(base.samples, cand.samples):
+            _mirror(tp, st)
+        elif not batches_differ:
+            tp.note = "samples per step vary: samples/s weighs each step by its samples, step time does not"
     else:
-        out.metrics.append(_fill(Metric("throughput", "Steps/s", "%", "higher"),
-                                 ratio_change((np.ones_like(b_dur), b_dur), (np.ones_like(c_dur), c_dur))))
+        tp = _mirror(_fill(Metric("throughput", "Steps/s", "%", "higher"),
+                           ratio_change((np.ones_like(b_dur), b_dur), (np.ones_like(c_dur), c_dur))), st)
         if batches_differ:
-            out.metrics[-1].note = st.note
+            tp.note = st.note
+    out.metrics.append(tp)
+    median = _fill(Metric("median_step", "Median step", "%", "lower"), median_change(b_dur, c_dur))
+    median.note = ("the typical step: slow steps (evaluation stalls, checkpoints, spikes) move step time and "
+                   "samples/s, not it")
+    out.metrics.append(median)
     if np.isfinite(base.tokens).any() and np.isfinite(cand.tokens).any():
         out.metrics.append(_fill(Metric("tokens_per_s", "Tokens/s", "%", "higher"),
                                  ratio_change((base.tokens, b_dur), (cand.tokens, c_dur))))
@@ -213,10 +228,27 @@ def compare(base: Side, cand: Side) -> Comparison:
         if m.change is None and m.note is None:
             m.note = "not recorded in both runs"
         _judge(m)
-        if batches_differ and m.name in ("step_time", "throughput") and m.label != "Samples/s" \
+        if batches_differ and m.name in ("step_time", "throughput", "median_step") and m.label != "Samples/s" \
                 and m.verdict in ("better", "worse"):
             m.verdict = "not judged"  # a bigger batch makes every step slower and every sample faster
     return out
+
+
+def _same_work(base: np.ndarray, cand: np.ndarray) -> bool:
+    """The same samples in every step of both runs."""
+    a, b = base[np.isfinite(base)], cand[np.isfinite(cand)]
+    return bool(a.size and b.size) and bool(np.all(a == a[0]) and np.all(b == a[0]))
+
+
+def _mirror(rate: Metric, step_time: Metric) -> Metric:
+    """A per-step rate with the same work in every step is 1 / step time: its change and interval are step
+    time's mirrored, so the two rows can never disagree (resampled separately, they could at the edge)."""
+    if step_time.change is None or rate.change is None:
+        return rate
+    rate.change = 1.0 / (1.0 + step_time.change) - 1.0
+    if step_time.low is not None and step_time.high is not None:
+        rate.low, rate.high = 1.0 / (1.0 + step_time.high) - 1.0, 1.0 / (1.0 + step_time.low) - 1.0
+    return rate
 
 
 #: Readings compared by their mean: metric -> (name, label).  GPM rows appear only where both runs have GPM.
@@ -278,10 +310,11 @@ def _peak_memory(base: Side, cand: Side) -> Metric:
 # ---------------------------------------------------------------------------------------------- the gate
 STATUS_RULE = "status"
 _RULE = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*(%|pp)\s*$")
-METRIC_NAMES = ("step_time", "throughput", "tokens_per_s", *PHASES, "gpu_busy", "sm_active", "tensor_active",
-                "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample", "energy_per_step")
-ALIASES = {"samples_per_s": "throughput", "step": "step_time", "memory": "peak_memory", "peak_mem": "peak_memory",
-           "energy": "energy_per_sample", "busy": "gpu_busy"}
+METRIC_NAMES = ("step_time", "throughput", "median_step", "tokens_per_s", *PHASES, "gpu_busy", "sm_active",
+                "tensor_active", "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample",
+                "energy_per_step")
+ALIASES = {"samples_per_s": "throughput", "step": "step_time", "median": "median_step", "memory": "peak_memory",
+           "peak_mem": "peak_memory", "energy": "energy_per_sample", "busy": "gpu_busy"}
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,7 @@ def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
     meta = data.meta
     gpus = meta.get("gpus") or []
     device = gpus[0]["name"] if gpus else None
-    step_s = step_time.get("median_s")
+    step_s = step_time.get("mean_s")  # total over count: MFU moves with steps/s, as throughput does
     flops = [f for f in (data.flops or []) if f.rank == data.steps.rank]
     user = meta.get("user_flops") or {}
     by_dtype: dict[str, float] | None = None
