@@ -42,9 +42,40 @@ def _gpu_mean(summary: dict[str, Any], metric: str) -> tuple[float | None, str |
     return None, "not recorded"
 
 
+def _cpu_run(summary: dict[str, Any]) -> bool:
+    """Recorded here without any GPU (not an imported trace, whose GPU figures come from its kernels)."""
+    return not summary.get("gpus") and not (summary.get("run") or {}).get("imported_from")
+
+
+def _cpu_cards(summary: dict[str, Any]) -> list[Card]:
+    """A run without a GPU: one card says so, and the host and loop figures take the GPU cards' place."""
+    why = ((summary.get("nvml") or {}).get("reason") or "no NVIDIA GPU on this machine")
+    metrics = (summary.get("host") or {}).get("metrics") or {}
+    cores = ((summary.get("host") or {}).get("info") or {}).get("cpu_count")
+    cards = [Card("gpu_busy", "GPU", "none", why[:80], why, False)]
+    host = (metrics.get("host.cpu") or {}).get("mean")
+    cards.append(Card("host_cpu", "Host CPU", fmt.percent(host),
+                      f"mean of {cores} cores, all processes" if cores else "all processes",
+                      "psutil: share of the host's CPU time in use, every process included", host is not None))
+    proc = (metrics.get("proc.cpu") or {}).get("mean")
+    workers = (metrics.get("workers.cpu") or {}).get("mean")
+    sub = f"DataLoader workers {workers:.2f} cores" if workers else "no DataLoader workers"
+    cards.append(Card("proc_cpu", "Training process CPU", f"{proc:.2f} cores" if proc is not None else "n/a", sub,
+                      "CPU time of the training process per second, in cores (1.00: one core busy all the time)",
+                      proc is not None))
+    wait = (((summary.get("step_time") or {}).get("phases") or {}).get("data_wait") or {}).get("share")
+    cards.append(Card("data_wait", "Data wait", fmt.percent(100 * wait) if wait is not None else "n/a",
+                      "of the steady steps' time", "time the loop waited for the next batch", wait is not None))
+    return cards
+
+
 def headline(summary: dict[str, Any]) -> list[Card]:
     """The cards at the top of the run view, with the reason where a figure is not available."""
     cards: list[Card] = []
+    if _cpu_run(summary):
+        cards = _cpu_cards(summary)
+        _loop_cards(summary, cards, gpu=False)
+        return cards
     n_gpus = len(summary.get("gpus") or [])
     busy, why = _gpu_mean(summary, "gpu.util")
     kernel = next((g.get("gpu_utilization_pct") for g in summary.get("gpu_summary") or []
@@ -76,6 +107,12 @@ def headline(summary: dict[str, Any]) -> list[Card]:
     else:
         cards.append(Card("mfu", "MFU", "n/a", (mfu.get("reason") or "no FLOPs recorded")[:80],
                           mfu.get("reason") or "", False))
+    _loop_cards(summary, cards, gpu=True)
+    return cards
+
+
+def _loop_cards(summary: dict[str, Any], cards: list[Card], gpu: bool) -> None:
+    """Throughput, step time, (GPU energy,) peak memory and a what-if: every run has them."""
     tp = summary.get("throughput") or {}
     if tp.get("samples_per_s"):
         rate, rate_sub = f"{tp['samples_per_s']:,.0f}/s", f"samples · {tp['steps_per_s']:.2f} steps/s"
@@ -92,7 +129,8 @@ def headline(summary: dict[str, Any]) -> list[Card]:
                       f"median {fmt.seconds(st.get('median_s'))} · p90 {fmt.seconds(st.get('p90_s'))}",
                       "wall time of the steady steps over their count (1 / steps/s, as throughput and MFU); the "
                       "median is the typical step", st.get("mean_s") is not None))
-    cards.append(energy_card(summary))
+    if gpu:
+        cards.append(energy_card(summary))
     mem = summary.get("memory") or {}
     used = [v for v in (mem.get("gpu_memory_used_max_bytes") or {}).values() if v is not None]
     if mem.get("cuda_peak_allocated_bytes"):
@@ -112,7 +150,6 @@ def headline(summary: dict[str, Any]) -> list[Card]:
         cards.append(Card("memory", "Peak memory", "n/a", "not recorded", "", False))
     if summary.get("what_if"):
         cards.append(what_if_card(summary["what_if"]))
-    return cards
 
 
 def what_if_card(w: dict[str, Any]) -> Card:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,21 +66,51 @@ def train(runs_dir: str, run_id: str, seconds: float, batch: int = 32) -> None:
                 break
 
 
+def _port_free(host: str, port: int) -> None:
+    """Fail before anything starts (a trainer, a temporary folder) when the dashboard could not listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise GpulensError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") \
+                from None
+
+
+def _announce_end(proc: subprocess.Popen, seconds: float) -> None:
+    """Wait for the trainer (no defunct process left behind) and say that training ended."""
+    code = proc.wait()
+    how = f"after {seconds:.0f} s" if code == 0 else f"with exit status {code} (its log is beside the run)"
+    print(f"gpulens demo: training ended {how}; the run stays on the dashboard until Ctrl-C", file=sys.stderr,
+          flush=True)
+
+
 def run_demo(port: int, seconds: float, runs_dir: str | None) -> int:
-    """Start the trainer in the background and serve its live page until Ctrl-C (or the trainer ends)."""
+    """Start the trainer in the background and serve its live page until Ctrl-C (training ends on its own)."""
     if importlib.util.find_spec("torch") is None:
         raise GpulensError("gpulens demo trains a small model on the CPU and needs PyTorch: pip install torch")
     from gpulens.dashboard.serve import prepare, serve
     from gpulens.profiler.store.runstore import new_run_id
 
-    root = Path(runs_dir) if runs_dir else Path(tempfile.mkdtemp(prefix="gpulens-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    access = prepare(root, port=port)
+    if runs_dir:
+        root, made = Path(runs_dir), False
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root, made = Path(tempfile.mkdtemp(prefix="gpulens-demo-")), True
+    try:
+        access = prepare(root, port=port)
+        _port_free(access.host, access.port)
+    except BaseException:
+        if made:
+            shutil.rmtree(root, ignore_errors=True)  # nothing was recorded: leave nothing behind
+        raise
     run_id = new_run_id("demo")
     env = dict(os.environ, GPULENS_DIR=str(root))
     log = open(root / f"{run_id}.trainer.log", "wb")  # the trainer's own output (torch, profiler) stays out of the way
     proc = subprocess.Popen([sys.executable, "-m", "gpulens.demo", "--train", "--runs-dir", str(root),
                              "--run-id", run_id, "--seconds", str(seconds)], env=env, stdout=log, stderr=log)
+    recorded = False
     try:
         db = root / run_id / "rank-0.db"
         deadline = time.monotonic() + 60
@@ -87,8 +120,11 @@ def run_demo(port: int, seconds: float, runs_dir: str | None) -> int:
             if time.monotonic() > deadline:
                 raise GpulensError("the demo trainer did not start recording within 60 s")
             time.sleep(0.2)
+        recorded = True
         print(f"gpulens demo: training a small CNN on the CPU for {seconds:.0f} s into {root / run_id}",
               file=sys.stderr)
+        threading.Thread(target=_announce_end, args=(proc, seconds), name="gpulens-demo-trainer",
+                         daemon=True).start()
         serve(root, access, open_path=f"/live/{run_id}")
     finally:
         if proc.poll() is None:
@@ -97,7 +133,10 @@ def run_demo(port: int, seconds: float, runs_dir: str | None) -> int:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         log.close()
+        if made and not recorded:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -488,7 +488,9 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
     out: list[Any] = []
     items = advice["suggestions"]
     out.append(Text(f"Suggestions ({len(items)})", style="bold"))
-    if not items:
+    if advice.get("waiting"):
+        out.append(Text(f"  {advice['waiting']}", style="dim"))
+    elif not items:
         out.append(Text("  nothing in this run calls for a change", style="green"))
     number = {s["id"]: i for i, s in enumerate(items, 1)}
     for i, s in enumerate(items, 1):

@@ -220,12 +220,29 @@ def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
     run.close()
 
 
-def test_headline_says_why_gpm_figures_are_missing():
+def test_a_cpu_run_gets_one_no_gpu_card_and_host_and_data_wait_cards():
     run = open_run(SAMPLES / "cpu-cnn-workers")
     a = data.analyse(run.path)
     cards = {c.key: c for c in overview.headline(a.summary)}
-    assert cards["sm_active"].value == "n/a" and "no NVIDIA GPU" in cards["sm_active"].sub
+    assert [k for k, c in cards.items() if not c.available] == ["gpu_busy"]  # one card says why, not six
+    assert cards["gpu_busy"].value == "none" and "no NVIDIA driver" in cards["gpu_busy"].sub
+    assert cards["host_cpu"].value.endswith("%") and "2 cores" in cards["host_cpu"].sub
+    assert cards["proc_cpu"].value.endswith("cores")
+    share = a.summary["step_time"]["phases"]["data_wait"]["share"]
+    assert cards["data_wait"].value == f"{100 * share:.1f}%"
     assert cards["throughput"].available and cards["memory"].sub == "process RSS (CPU run)"
+    run.close()
+
+
+def test_headline_says_why_gpm_figures_are_missing():
+    run = open_run(SAMPLES / "h100-cnn-healthy")
+    a = data.analyse(run.path)
+    summary = {**a.summary, "gpus": [{**g, "metrics": {k: v for k, v in g["metrics"].items()
+                                                       if not k.startswith("gpm.")},
+                                      "not_available": {"gpm.sm_active": "unsupported: not a Hopper GPU"}}
+                                     for g in a.summary["gpus"]]}
+    cards = {c.key: c for c in overview.headline(summary)}
+    assert cards["sm_active"].value == "n/a" and "not a Hopper GPU" in cards["sm_active"].sub
     run.close()
 
 

@@ -238,8 +238,7 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
         html.Div(busy["reason"], className="muted", id="k-phase-busy-table") if busy and busy["reason"] else
         _table(("phase (host)", "host time", "GPU busy", "share"), phase_busy_rows(busy), "k-phase-busy-table")
         if busy else
-        html.Div("no gpulens phase ranges in this trace (recorded by another tool, or before gpulens wrote "
-                 "ranges)", className="muted", id="k-phase-busy-table")])
+        html.Div(_no_phase_busy_reason(an), className="muted", id="k-phase-busy-table")])
     ops = _table(("operator", "calls", "self", "total"), cpu_op_rows(an), "k-cpu-ops-table")
     gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
                   "k-gemm-table")
@@ -311,3 +310,10 @@ def kernels_view(run_id: str, window: str, categories: list[str] | None, search:
 
 
 register(__name__, path_template="/run/<run_id>/kernels", title="gpulens · kernels", name="Kernels", layout=layout)
+
+
+def _no_phase_busy_reason(an: dict) -> str:
+    """Why there is no GPU-busy-by-phase table: no GPU at all, or a trace without gpulens' phase ranges."""
+    if not an.get("has_gpu", bool(an.get("kernels"))):
+        return "no GPU in this run: the GPU's busy time by host phase needs CUDA kernels in the trace"
+    return "no gpulens phase ranges in this trace (recorded by another tool, or before gpulens wrote ranges)"

@@ -281,6 +281,9 @@ def live_suggestions(_n: int, run_id: str) -> Any:
     if a.error:
         return ui.notice(a.error, "warn")
     sugg = (a.advice or {}).get("suggestions") or []
+    waiting = (a.advice or {}).get("waiting")
+    if waiting:
+        return html.Div(waiting.capitalize() + ".", className="muted", id="live-advice-waiting")
     if not sugg:
         return html.Div("Nothing found holding this run back so far.", className="muted")
     return html.Ul([html.Li([html.Span(s["severity"], className=f"sev sev-{s['severity']}"), " ", s["title"], " — ",

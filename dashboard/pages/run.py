@@ -120,7 +120,10 @@ def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
                                       id={"type": "evidence", "index": len(targets)}))
                 targets.append({"t0": t.t0, "t1": t.t1})
         items.append(ui.suggestion_card(s, i, buttons))
-    if not items:
+    waiting = (a.advice or {}).get("waiting")
+    if waiting:
+        items = [ui.notice(waiting.capitalize() + ".", "info", cid="no-suggestions")]
+    elif not items:
         items = [ui.notice("No suggestions: nothing found holding this run back.", "ok", cid="no-suggestions")]
     combined = (a.advice or {}).get("combined_gain_fraction")
     if combined and len(items) > 1:

@@ -133,7 +133,8 @@ def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
     if n and not steady.any():
         steady = np.ones(n, dtype=bool)  # too short to have steady steps: use them all
     durations = steps.duration[steady] if n else np.zeros(0)
-    step_time: dict[str, Any] = {"count": int(durations.size), "excluded": excluded,
+    step_time: dict[str, Any] = {"count": int(durations.size), "steady": int(np.count_nonzero(flags == 0)),
+                                 "excluded": excluded,
                                  "compile": compile_summary(steps, compiling)}
     throughput: dict[str, Any] = {"steps_per_s": None, "samples_per_s": None, "tokens_per_s": None}
     if durations.size == 0:

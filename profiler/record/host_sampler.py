@@ -230,7 +230,7 @@ class HostSampler:
         if runnable is not None:
             self._point("host.runnable", t, float(runnable))
         others = self._busy_cores - self._proc_cores - self._workers_cores
-        if self._others.due(t) and (others >= 0.5 or self._others.scans == 1):
+        if self._others.due(t) and (others >= 0.5 or self._others.scans < 2):  # a baseline, then under contention
             try:
                 found = self._others.scan(t)
             except (psutil.Error, OSError):

@@ -5,7 +5,10 @@ notebook, a compile farm) gets "waits for data" or "slow steps" advice that
 misses the cause.  Knowing *who* takes the CPU needs a walk of /proc --
 milliseconds on a busy host -- so the host sampler asks for one only while
 the host is busier than the run itself, and at most every
-``SamplingConfig.others_interval`` seconds.  Processes of this run are left
+``SamplingConfig.others_interval`` seconds -- after a first walk at the
+run's start (a baseline) and a second one second after contention is first
+seen, so a short contended run names the others too.  Each name comes with
+its PIDs: "python train.py" may be the user's own script name.  Processes of this run are left
 out: the training process and its children, and other ranks of the same
 job (the same command line, e.g. torchrun's siblings) with their children.
 """
@@ -17,8 +20,9 @@ import psutil
 
 from gpulens.profiler.record.proctree import ProcessTree
 
-#: How many names the run's metadata keeps (by CPU used).
+#: How many names the run's metadata keeps (by CPU used), and PIDs per name.
 TOP = 5
+PIDS = 8
 
 
 def display_name(name: str, cmdline: list[str]) -> str:
@@ -57,7 +61,10 @@ class OtherProcesses:
             self._own_cmdline, self._own_name = [], ""
 
     def due(self, t: float) -> bool:
-        return t - self._last_scan >= self.interval
+        """A walk is due: the baseline at once, the first CPU deltas a second later, then every ``interval``."""
+        if self.scans == 0:
+            return True
+        return t - self._last_scan >= (min(1.0, self.interval) if self.scans == 1 else self.interval)
 
     def scan(self, t: float) -> dict[str, object] | None:
         """One walk of /proc; returns the metadata value once two scans give CPU deltas."""
@@ -110,7 +117,8 @@ class OtherProcesses:
         return {"scans": self.scans, "seconds": round(self._covered, 3),
                 "cores": round(sum(self._cpu_by_name.values()) / self._covered, 3),
                 "top": [{"name": name, "cores": round(cpu / self._covered, 3),
-                         "processes": len(self._procs_by_name.get(name, ()))} for name, cpu in top]}
+                         "processes": len(self._procs_by_name.get(name, ())),
+                         "pids": sorted(self._procs_by_name.get(name, ()))[:PIDS]} for name, cpu in top]}
 
     def _same_job(self, procs: list[tuple[int, int, str, float, float]], ours: set[int]) -> set[int]:
         """Other ranks of this job: processes running the very same command line (checked once per process)."""

@@ -119,6 +119,10 @@ def _overlaps(suggestions: list[Suggestion], m: Measurements) -> float | None:
 
 
 def advise_measurements(m: Measurements) -> Advice:
+    if m.running and m.steady_steps == 0:  # warm-up, compiling, a profiler window: not the run's own pace yet
+        return Advice(m.run_id, [], [], None, waiting=(
+            f"suggestions come with the first steady step ({m.steps} step{'s' if m.steps != 1 else ''} so far, "
+            "all warm-up, compiling or profiled)"))
     suggestions: list[Suggestion] = []
     missing: list[NotEvaluated] = []
     for rule in RULES:

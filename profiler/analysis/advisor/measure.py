@@ -45,6 +45,8 @@ class Measurements:
     n_visible_gpus: int = 0
     gpu_util_per_gpu: list[float] = field(default_factory=list)
     steps: int = 0
+    steady_steps: int = 0  # steps outside warm-up, profiler windows, compiling and what-ifs
+    running: bool = False
     step_s: float | None = None
     phase_share: dict[str, float] = field(default_factory=dict)
     gpu_phase_share: dict[str, float] | None = None
@@ -191,6 +193,8 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         m.power_ratio = ratio_over_gpus(gpus, "gpu.power", [_mean(g["metrics"], "gpu.power_limit") for g in gpus])
     st = report.step_time
     m.steps = report.steps
+    m.steady_steps = int(st.get("steady", st.get("count") or 0))
+    m.running = run.info.status == "running"
     m.step_s = st.get("median_s")
     m.phase_share = {k: v["share"] for k, v in (st.get("phases") or {}).items() if v.get("share") is not None}
     gp = st.get("gpu_phases")

@@ -57,12 +57,17 @@ class Advice:
     #: All suggestions together, overlapping ones counted once: the sum over groups of overlapping suggestions
     #: of each group's largest gain (groups claim disjoint parts of the step), at most 0.99.
     combined_gain_fraction: float | None = None
+    #: Why there is no advice yet (a running run before its first steady step), else None.
+    waiting: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"schema": ADVICE_SCHEMA, "run": self.run,
-                "suggestions": [s.as_dict() for s in self.suggestions],
-                "combined_gain_fraction": self.combined_gain_fraction,
-                "not_evaluated": [n.as_dict() for n in self.not_evaluated]}
+        out = {"schema": ADVICE_SCHEMA, "run": self.run,
+               "suggestions": [s.as_dict() for s in self.suggestions],
+               "combined_gain_fraction": self.combined_gain_fraction,
+               "not_evaluated": [n.as_dict() for n in self.not_evaluated]}
+        if self.waiting:
+            out["waiting"] = self.waiting
+        return out
 
 
 def rank_key(s: Suggestion) -> tuple[int, float]:

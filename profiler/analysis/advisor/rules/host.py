@@ -11,6 +11,16 @@ STEAL_PCT = 10.0
 MIN_OTHERS = 0.5  # cores taken by processes outside the run
 
 
+def _named(top: dict) -> str:
+    """A process name with its PIDs (a name alone may be the user's own script's)."""
+    pids = top.get("pids") or []
+    if not pids:
+        return str(top["name"])
+    shown = pids[:3]
+    rest = max(int(top.get("processes") or 0), len(pids)) - len(shown)
+    return f"{top['name']} (PID {', '.join(str(p) for p in shown)}{f' and {rest} more' if rest else ''})"
+
+
 def _others_cores(m: Measurements) -> tuple[float | None, str]:
     """Cores used by processes outside this run, and where that figure comes from."""
     if m.others is not None and m.others.get("cores") is not None:
@@ -48,7 +58,7 @@ def host_contention(m: Measurements) -> Suggestion | None:
         parts.append(f"{m.runnable:.1f} runnable tasks on average")
     top = [t for t in (m.others or {}).get("top", []) if t.get("cores", 0) >= 0.05]
     if top:
-        parts.append("top: " + ", ".join(f"{t['name']} {t['cores']:.1f} cores" for t in top[:3]))
+        parts.append("top: " + ", ".join(f"{_named(t)} {t['cores']:.1f} cores" for t in top[:3]))
     # CPU-bound share of the step: all of it on a CPU run; the data wait (and launch waits) on a GPU run
     bound = 1.0 if m.device != "cuda" else max(m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0,
                                                 (1.0 - (m.kernel_util or 100.0) / 100.0) * (m.host_wait_share or 0.0))
@@ -56,7 +66,7 @@ def host_contention(m: Measurements) -> Suggestion | None:
     if gain < 0.02:
         return None
     severity = "high" if gain >= 0.25 else "medium" if gain >= 0.08 else "low"
-    names = ", ".join(t["name"] for t in top[:3])
+    names = ", ".join(_named(t) for t in top[:3])
     action = ("Give the training the CPU it needs: run it on a quieter node, or stop or move the other jobs"
               + (f" ({names})" if names else "") + "; on a shared node, reserve cores for it (Slurm --exclusive "
               "or --cpus-per-task, cgroup cpusets, taskset) and size torch threads and num_workers to that "
