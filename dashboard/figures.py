@@ -68,7 +68,8 @@ def _color(index: int) -> str:
 
 def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "run",
                       xrange: tuple[float, float] | None = None, duration_s: float | None = None,
-                      panel_height: int = 125, typed_arrays: bool = True) -> dict[str, Any]:
+                      panel_height: int = 125, typed_arrays: bool = True,
+                      span: tuple[float, float] | None = None) -> dict[str, Any]:
     """Stacked panels sharing one x axis: one crosshair and one hover across every panel.
 
     All traces use the single x axis ``x`` and one y axis per panel stacked by
@@ -106,6 +107,8 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
         if clip is not None:  # a few huge outliers (first steps, compile) would flatten everything else
             yaxis.update(range=[0, clip], autorange=False)
             notes.append("outliers above the axis")
+        if notes:  # headroom above the lines for the key: no line crosses it
+            _headroom(yaxis, panel, clip)
         if notes:  # what each line style means, readable without hovering
             layout.setdefault("annotations", []).append({
                 "text": " · ".join(notes), "showarrow": False, "xref": "paper", "yref": f"{yname} domain",
@@ -133,7 +136,16 @@ def timeseries_figure(ts: Timeseries, theme: str = "light", uirevision: str = "r
     if xrange is not None:
         xaxis.update(range=[xrange[0] / divisor, xrange[1] / divisor], autorange=False)
     layout["xaxis"] = xaxis
+    if span is not None and xrange is None:  # the whole run, start to end: the step breakdown's axis too
+        data.append({"type": "scatter", "mode": "lines", "x": [span[0] / divisor, span[1] / divisor], "y": [0, 0],
+                     "xaxis": "x", "yaxis": "y", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip",
+                     "name": "run span"})
     layout["shapes"] = [_mark_shape(m, divisor, layout) for m in ts.marks]
+    for kind, label in _mark_kinds(ts.marks):  # named in the legend, where nothing overlaps
+        data.append({"type": "scatter", "mode": "markers", "x": [None], "y": [None], "xaxis": "x", "yaxis": "y",
+                     "name": label, "legendgroup": f"mark-{kind}", "showlegend": True, "hoverinfo": "skip",
+                     "marker": {"symbol": "square", "size": 11, "color": _MARK_COLORS.get(kind, layout["_muted"]),
+                                "opacity": 0.45}})
     # a time axis on top of each panel group (GPU, host, training loop) besides the one at the bottom, so
     # one is in view while scrolling through a dozen panels; each follows the bottom axis's zoom
     extra = 2
@@ -178,15 +190,49 @@ def _group(panel: Any) -> str:
     return "host" if panel.spec.host else "GPU"
 
 
+_MARK_COLORS = {"flops": "#E69F00", "what_if": "#009E73"}
+_MARK_LEGEND = {"window": "profiler windows", "flops": "FLOPs counted", "what_if": "what-if"}
+
+
+def _mark_kinds(marks: list[Any]) -> list[tuple[str, str]]:
+    """One legend entry per kind of band (its label says what the band is; the shapes carry no text, which
+    would print over each other and over the legend)."""
+    kinds: dict[str, str] = {}
+    for mark in marks:
+        if mark.kind not in kinds:
+            kinds[mark.kind] = mark.label if mark.kind == "what_if" else _MARK_LEGEND.get(mark.kind, mark.kind)
+    return list(kinds.items())
+
+
 def _mark_shape(mark: Any, divisor: float, layout: dict[str, Any]) -> dict[str, Any]:
     """A shaded band over every panel where a profiler window ran (a thin one for the FLOP-counted step)."""
     t0, t1 = mark.t0 / divisor, mark.t1 / divisor
-    color = {"flops": "#E69F00", "what_if": "#009E73"}.get(mark.kind, layout["_muted"])
+    color = _MARK_COLORS.get(mark.kind, layout["_muted"])
     return {"type": "rect", "xref": "x", "yref": "paper", "x0": t0, "x1": t1, "y0": 0, "y1": 1,
             "fillcolor": color, "opacity": 0.25 if mark.kind == "flops" else 0.12, "line": {"width": 0},
-            "layer": "below", "name": mark.label,
-            "label": {"text": plain_text(mark.label), "textposition": "top left", "textangle": -90,
-                      "font": {"size": 9, "color": layout["_muted"]}}}
+            "layer": "below", "name": mark.label}
+
+
+#: Share of a panel's height kept free above its lines for the key in its top left corner.
+KEY_ROOM = 0.22
+
+
+def _headroom(yaxis: dict[str, Any], panel: Any, clip: float | None) -> None:
+    """Set the panel's range so its top ``KEY_ROOM`` holds no line (percent panels: up to 100 + room)."""
+    if panel.spec.percent:
+        yaxis.update(range=[0, 100 / (1 - KEY_ROOM)], autorange=False)
+        return
+    ys = [tr.y[np.isfinite(tr.y)] for tr in panel.traces]
+    ys = [y for y in ys if y.size]
+    if not ys:
+        return
+    values = np.concatenate(ys)
+    top = clip if clip is not None else float(values.max())
+    low = 0.0 if panel.spec.key != "loss" else float(values.min())
+    low = min(low, float(values.min()))
+    if top <= low:
+        top = low + 1.0
+    yaxis.update(range=[low, low + (top - low) / (1 - KEY_ROOM)], autorange=False)
 
 
 def _clip_top(panel: Any) -> float | None:

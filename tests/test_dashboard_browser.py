@@ -196,6 +196,9 @@ def test_zoom_reads_full_resolution_and_evidence_links_zoom(server, page):
     base, _ = server
     page.goto(base + "/run/h100-cnn-input-bound")
     _wait_graph(page, "ts-graph")
+    _wait_for(page, "() => { const gd = document.querySelector('#ts-graph .js-plotly-plot'); "
+                    "return gd && gd._fullLayout && gd._fullLayout._size && gd.querySelector('.legend'); }")
+    time.sleep(0.5)  # a person's first drag comes after the first drawing has settled
     # the page reflowing right after a zoom (cards arriving) makes Plotly report {autosize: true}: the zoom
     # must survive it
     page.evaluate("""() => { const gd = document.querySelector('#ts-graph .js-plotly-plot');
@@ -330,7 +333,9 @@ def test_run_page_names_every_line_marks_windows_and_shows_loss_and_energy(serve
     assert "profiler window 0" in shapes and any(s.startswith("FLOPs counted") for s in shapes)
     page.wait_for_selector("#card-energy")
     assert "Wh" in page.inner_text("#card-energy") and "J/step" in page.inner_text("#card-energy")
-    legend = page.evaluate("Array.from(document.querySelector('#steps-graph .js-plotly-plot').data, t => t.name)")
+    legend = _wait_for(page, """() => { const names = Array.from(
+        document.querySelector('#steps-graph .js-plotly-plot').data, t => t.name);
+        return names.some(n => n.includes('(70.6%)')) && names; }""")  # once the analysis is done
     assert "data wait (70.6%)" in legend  # the card's and the suggestion's figure, not another one
     left = page.evaluate("""() => ['#ts-graph', '#steps-graph'].map(id =>
         document.querySelector(id + ' .js-plotly-plot')._fullLayout.xaxis._offset)""")
@@ -468,3 +473,74 @@ def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
         proc.wait(timeout=10)
     assert not [s for s in statuses if s[0] == 429], [s for s in statuses if s[0] == 429][:5]
     assert sum(1 for s in statuses if s[0] == 200) > 40
+
+
+@pytest.fixture
+def page1280(browser, request):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    yield pg
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    ctx.close()
+    assert not errors, errors
+
+
+def test_at_1280_px_bands_keys_and_axes_never_overlap(server, page1280):
+    """Window bands are named in the legend (no text printed over it or over each other), no line crosses a
+    panel's key, and the step breakdown's time axis is the panels' axis: same range, same pixels."""
+    page = page1280
+    page.goto(f"{server[0]}/run/h100-cnn-input-bound")
+    _wait_graph(page, "ts-graph")
+    _wait_graph(page, "steps-graph")
+    got = page.evaluate("""() => {
+        const gd = document.querySelector('#ts-graph .js-plotly-plot');
+        const fl = gd._fullLayout;
+        const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+        const legend = box(gd.querySelector('.legend'));
+        const labels = Array.from(gd.querySelectorAll('.shapelayer text, .shape-label')).map(box);
+        const legendNames = gd._fullData.filter(t => t.showlegend !== false).map(t => t.name);
+        // each panel key (top-left annotation): the pixel of the panel's highest value is below its bottom edge
+        const crossings = [];
+        const notes = Array.from(gd.querySelectorAll('.annotation'));
+        (gd.layout.annotations || []).forEach((a, i) => {
+            if (!a.yref || !a.yref.endsWith(' domain')) return;
+            const axisName = a.yref.split(' ')[0].replace('y', 'yaxis');
+            const ax = fl[axisName === 'yaxis' ? 'yaxis' : axisName];
+            const id = a.yref.split(' ')[0];
+            // outliers above a clipped axis are announced by the key itself ("outliers above the axis")
+            const top = Math.max(...gd._fullData.filter(t => t.yaxis === id && t.y)
+                .map(t => Math.max(...Array.from(t.y).filter(v => v !== null && isFinite(v) && v <= ax.range[1]))));
+            if (!isFinite(top)) return;
+            const note = notes[i].getBoundingClientRect();
+            const svgTop = gd.querySelector('.main-svg').getBoundingClientRect().top;
+            const yTopPx = svgTop + ax._offset + ax.l2p(Math.min(top, ax.range[1]));
+            if (yTopPx < note.bottom - 1) crossings.push([a.text, yTopPx, note.bottom]);
+        });
+        const sb = document.querySelector('#steps-graph .js-plotly-plot')._fullLayout.xaxis;
+        return {legend, labels, legendNames, crossings, ts: [fl.xaxis.range, fl.xaxis._offset, fl.xaxis._length],
+                steps: [sb.range, sb._offset, sb._length]};
+    }""")
+    assert got["labels"] == []  # bands carry no text of their own
+    assert "profiler windows" in got["legendNames"] and "FLOPs counted" in got["legendNames"]
+    assert got["crossings"] == [], got["crossings"]
+    (r1, off1, len1), (r2, off2, len2) = got["ts"], got["steps"]
+    assert r1 == pytest.approx(r2, abs=1e-6) and abs(off1 - off2) < 1 and abs(len1 - len2) < 1
+
+
+def test_at_1280_px_a_cpu_run_shows_host_cards_and_its_kernels_page_says_no_gpu(server, page1280):
+    page = page1280
+    page.goto(f"{server[0]}/run/cpu-cnn-workers")
+    page.wait_for_selector("#card-host_cpu")
+    assert page.inner_text("#card-gpu_busy").split("\n")[1].strip() == "none"
+    assert "%" in page.inner_text("#card-host_cpu") and "%" in page.inner_text("#card-data_wait")
+    assert "cores" in page.inner_text("#card-proc_cpu")
+    assert page.evaluate("document.querySelectorAll('#run-cards .muted, #run-cards .card-muted').length") <= 1
+    page.goto(f"{server[0]}/run/cpu-cnn-workers/kernels")
+    page.wait_for_selector("#k-phase-busy-table")
+    assert "no GPU in this run" in page.inner_text("#k-phase-busy-table")

@@ -241,11 +241,21 @@ def ts_figure(run_id: str, rng: dict | None, theme: str | None, viewport: dict |
     n = (rng or {}).get("n", 0)
     fig = figures.timeseries_figure(ts, theme or "light", uirevision=f"{run_id}-{n}",
                                     xrange=(t0, t1) if t0 is not None and t1 is not None else None,
-                                    duration_s=run.info.duration_s or 0.0)
+                                    duration_s=run.info.duration_s or 0.0, span=_xrange(run, None, None))
     shown = "whole run" if t0 is None else f"{t0:.1f}–{t1:.1f} s"
     level = f"{shown} · drawn from {ts.level} · drag to zoom, double-click to reset"
     missing = [html.Div(line) for line in ts.unavailable]
     return fig, level, missing, _anchors(fig)
+
+
+def _xrange(run: Any, t0: float | None, t1: float | None) -> tuple[float, float] | None:
+    """The zoomed range, else the whole run: the panels and the step breakdown share one time axis (the
+    panels' figure autoranges over an invisible span of the whole run instead: a range set on it would read
+    as a zoom)."""
+    if t0 is not None and t1 is not None:
+        return t0, t1
+    duration = run.info.duration_s
+    return (0.0, float(duration)) if duration else None
 
 
 def _anchors(fig: dict[str, Any]) -> list[html.Div]:
@@ -302,8 +312,7 @@ def steps_figure(run_id: str, rng: dict | None, theme: str | None, _analysed: An
     return figures.phase_breakdown_figure(t - origin, phases, shares, theme or "light",
                                           uirevision=f"{run_id}-{(rng or {}).get('n', 0)}",
                                           duration_s=run.info.duration_s or 0.0,
-                                          xrange=(t0, t1) if t0 is not None and t1 is not None else None,
-                                          share_of=share_of)
+                                          xrange=_xrange(run, t0, t1), share_of=share_of)
 
 
 @callback(
