@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,7 @@ class AutoSteps:
         self._undo: list[Callable[[], None]] = []
         self._module_hooks = ModuleHooks(torch)
         self._roots: set[int] = set()
+        self._root_refs: list[weakref.ref] = []  # the hooked root modules, for FLOP counting (hooks/flops.py)
         self._anchor: int | None = None
         self._train_thread: int | None = threading.main_thread().ident
         self._opt_depth = 0
@@ -504,6 +506,7 @@ class AutoSteps:
             if key in self._roots:
                 continue
             self._roots.add(key)
+            self._root_refs.append(weakref.ref(module))
             self._module_hooks.forward(module, self._fwd_pre, self._fwd_post)
             self.run.attach_comm(self.torch, module)
             added += 1
@@ -559,6 +562,10 @@ class AutoSteps:
         except Exception as exc:
             log.debug("gpulens: could not close the last automatic step: %s", exc)
         self.uninstall()
+
+    def root_modules(self) -> list[Any]:
+        """The live root modules this detector hooked (no gc walk: they were found when hooked)."""
+        return [m for m in (ref() for ref in self._root_refs) if m is not None]
 
     def describe(self) -> dict[str, Any]:
         """What the detector saw, stored with the run (``auto`` in its metadata)."""

@@ -120,6 +120,7 @@ class ModuleCall:
 @dataclass
 class _Capture:
     step: int
+    walked: bool = False  # the root modules were found by a gc walk in the step before (its time is in it)
     active: bool = False
     calls: list[ModuleCall] = field(default_factory=list)
     depth: int = 0
@@ -131,8 +132,11 @@ class StepFlops:
     """Counts the FLOPs of step ``at`` (and again when the batch shape changes); never changes a step."""
 
     def __init__(self, torch: Any, emit: Callable[[int, float, dict[str, float], str], None], at: int = 5,
-                 recount_every: int = 1000) -> None:
+                 recount_every: int = 1000, roots: Callable[[], list[Any] | None] | None = None) -> None:
         self.torch = torch
+        #: The root modules if someone already knows them (automatic step detection hooked them), else None:
+        #: then a walk of the garbage collector's objects finds them, and that step is flagged too.
+        self.roots = roots
         self.emit = emit
         self.at = at
         self.recount_every = recount_every
@@ -170,10 +174,14 @@ class StepFlops:
         calls only the hooks that were there when the call began.
         """
         try:
+            walked = False
             if self._in_place:
                 roots = usable = []  # the meta copy failed on an eager model: count a real step in place
             else:
-                roots = [m for m in live_root_modules(self.torch) if _has_parameters(m)]
+                known = self.roots() if self.roots is not None else None
+                if not known or not any(_has_parameters(m) for m in known):  # none known, or no model among them
+                    known, walked = live_root_modules(self.torch), True
+                roots = [m for m in known if _has_parameters(m)]
                 usable = [m for m in roots if getattr(m, "_compiled_call_impl", None) is None]
             if not usable and step < self.at:
                 return  # counted in place: from step ``at`` on
@@ -181,7 +189,7 @@ class StepFlops:
             self._last_shape = shape
             self._thread = threading.get_ident()
             if usable:
-                self._capture = _Capture(step + 1)
+                self._capture = _Capture(step + 1, walked=walked)
                 self._hooks = ModuleHooks(self.torch)
                 for module in usable:
                     self._hooks.forward(module, self._pre, self._post, with_kwargs=True)
@@ -254,7 +262,7 @@ class StepFlops:
             return False
         if not cap.active:  # the hooks are on: note the next step's calls
             cap.active, cap.step = True, step + 1
-            return False
+            return cap.walked  # a gc walk took a moment of this step
         if not cap.calls:
             cap.waited += 1
             if cap.waited >= MAX_WAIT_STEPS:

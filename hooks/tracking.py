@@ -283,7 +283,8 @@ class TrackedRun:
             if self.options.count_flops and not self.options.flops_given and self._flops is None:
                 from gpulens.hooks.flops import StepFlops
 
-                self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at())
+                self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at(),
+                                        roots=self._known_roots)
             if self._model is not None:
                 self.attach_comm(torch, self._model)
             if self._auto_wanted and self._auto is None:
@@ -293,6 +294,12 @@ class TrackedRun:
                 self._auto.install()
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
+
+    def _known_roots(self) -> list[Any] | None:
+        """Root modules known without a gc walk: those automatic step detection hooked, or track(model=)."""
+        if self._auto is not None:
+            return self._auto.root_modules()
+        return [self._model] if self._model is not None else None
 
     def _start_ranges(self, torch: ModuleType) -> None:
         """Steps and phases as ranges in profiler windows' traces, and as NVTX ranges under Nsight Systems."""

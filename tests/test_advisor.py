@@ -27,7 +27,7 @@ from gpulens.profiler.record.recorder import SamplingConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"
-TRACES = REPO.parent / "shared" / "data" / "traces"
+TRACES = REPO / "tests" / "data" / "traces"  # public traces, see its README.md
 FAST = SamplingConfig(host_interval=0.1, workers_interval=0.2, slow_interval=0.5)
 
 
@@ -396,8 +396,6 @@ def test_ddp_heavy_allreduce_is_comm_bound(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real GPU recordings and traces
-@pytest.mark.skipif(not (TRACES / "kineto__resnet50_num_workers_0.json.gz").exists(),
-                    reason="../shared/data/traces is not present")
 def test_resnet50_v100_trace_gets_the_plugins_two_recommendations(tmp_path, capsys):
     assert cli_main(["import", str(TRACES / "kineto__resnet50_num_workers_0.json.gz"),
                      "--runs-dir", str(tmp_path)]) == 0

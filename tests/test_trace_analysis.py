@@ -25,21 +25,17 @@ from gpulens.profiler.analysis.trace.patterns import classify
 from gpulens.profiler.analysis.trace.tc_eligible import tc_eligible_share
 from gpulens.profiler.analysis.trace.temporal import hta_gpu_events, temporal_breakdown
 
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
+TRACES = Path(__file__).resolve().parent / "data" / "traces"  # public traces, see its README.md
 DATA = Path(__file__).resolve().parent / "data"
 RESNET = TRACES / "kineto__resnet50_num_workers_0.json.gz"
-needs_shared = pytest.mark.skipif(not TRACES.is_dir(), reason="../shared/data/traces is not present")
 
 
 @pytest.fixture(scope="module")
 def resnet():
-    if not RESNET.exists():
-        pytest.skip("../shared/data/traces is not present")
     return load_trace(RESNET)
 
 
 # ----------------------------------------------------------------------------- the plugin's figures
-@needs_shared
 def test_gpu_summary_reproduces_the_tensorboard_plugin(resnet):
     [g] = gpu_summary(resnet)
     assert g["gpu_utilization_pct"] == pytest.approx(55.51, abs=0.1)
@@ -49,7 +45,6 @@ def test_gpu_summary_reproduces_the_tensorboard_plugin(resnet):
     assert g["steps"] == 6  # steps 5-10
 
 
-@needs_shared
 def test_step_breakdown_reproduces_the_tensorboard_plugin(resnet):
     sb = step_breakdown(resnet)
     avg = sb["average_us"]
@@ -67,7 +62,6 @@ def test_step_breakdown_reproduces_the_tensorboard_plugin(resnet):
     assert round(100 * tc_eligible_share(resnet)) == 68
 
 
-@needs_shared
 def test_top_kernel_matches_the_plugin(resnet):
     top = kernel_table(resnet)[0]
     assert top.name.startswith("void cudnn::detail::dgrad_engine<float, 512, 6, 5, 3, 3, 3, false>")
@@ -93,8 +87,7 @@ def _hta(trace_file: Path, tmp_path: Path):
     return temporal, kernel_metrics
 
 
-@needs_shared
-@pytest.mark.parametrize("name", sorted(p.name for p in TRACES.glob("*.json.gz")) if TRACES.is_dir() else [])
+@pytest.mark.parametrize("name", sorted(p.name for p in TRACES.glob("*.json.gz")))
 def test_temporal_and_kernel_breakdown_agree_with_hta(name, tmp_path):
     path = TRACES / name
     temporal, kernel_metrics = _hta(path, tmp_path)
@@ -305,7 +298,6 @@ def test_user_given_flops_per_token_make_mfu_inputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- import and bad files
-@needs_shared
 def test_import_makes_a_run_the_report_shows(tmp_path, capsys):
     assert cli_main(["import", str(RESNET), "--runs-dir", str(tmp_path)]) == 0
     run_dir = Path(capsys.readouterr().out.strip())
