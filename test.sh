@@ -4,13 +4,19 @@
 # GPULENS_SKIP_CHECKS=1 skips ruff and mypy (quick local reruns; CI always runs them).
 set -euo pipefail
 source "$(dirname "$0")/tools/venv.sh"
-source "$(dirname "$0")/tools/chromium.sh"
+source "$(dirname "$0")/tools/system.sh"
+started=$SECONDS
 ensure_venv test
 ensure_chromium
+ensure_compiler
+echo "gpulens test: environment ready ($VENV, torch $TORCH_TEST_VERSION CPU, Chromium) in $((SECONDS - started)) s" >&2
 export GPULENS_REQUIRE_BROWSER=1  # the browser tests fail, rather than skip, without Chromium
 cd "$REPO"
 if [ -z "${GPULENS_SKIP_CHECKS:-}" ]; then
-  "$VENV/bin/python" -m ruff check gpulens hooks profiler dashboard
+  echo "gpulens test: ruff and mypy" >&2
+  "$VENV/bin/python" -m ruff check -q gpulens hooks profiler dashboard
   PYTHON="$VENV/bin/python" tools/typecheck.sh
 fi
+echo "gpulens test: pytest, the whole suite (about 10 minutes on 2 cores; the first run also compiles" \
+     "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "$@"

@@ -61,8 +61,11 @@ def test_input_bound_run_ranks_dataloader_first_with_the_measured_share(runs_dir
         train_cnn(run, DataLoader(SlowImages(n=128, delay=0.005), batch_size=16), epochs=1)
     reader = open_run(run.path)
     advice = advise(reader)
-    top = _own(advice)[0]
-    assert top.id == "dataloader_bound" and top.severity == "high"
+    # the finding carries the run's own measured share; which rule ranks first on a machine other jobs are
+    # using is a judgement of time (another job's CPU can outrank the loader): tested on the recorded sample
+    # runs instead (the h100/h200 input-bound samples rank dataloader_bound first, below)
+    top = _get(advice, "dataloader_bound")
+    assert top.severity in ("medium", "high")
     from gpulens.profiler.analysis.summary import summarize
 
     share = summarize(reader)["step_time"]["phases"]["data_wait"]["share"]
@@ -108,39 +111,45 @@ def test_host_contention_names_the_other_job_first(runs_dir, tmp_path):
         stop(burners)
     reader = open_run(run.path)
     advice = advise(reader)
-    top = advice.suggestions[0]
-    assert top.id == "host_contention", (_ids(advice), reader.meta().get("cpu_others"))
-    assert "cpu_burner.py" in top.finding and top.severity in ("high", "medium")
+    # what a busy host cannot change: the burners are found, by name and PIDs, and the run is told so (how
+    # much CPU they took and where the suggestion ranks are judged on chosen measurements, next test)
+    found = _get(advice, "host_contention")
+    assert "cpu_burner.py" in found.finding, (_ids(advice), reader.meta().get("cpu_others"))
     others = reader.meta()["cpu_others"]
-    burner = next(t for t in others["top"] if t["name"].endswith("cpu_burner.py"))  # first on a quiet machine
-    assert burner["processes"] == len(burners) and burner["cores"] >= 0.3
+    burner = next(t for t in others["top"] if t["name"].endswith("cpu_burner.py"))
+    assert burner["processes"] == len(burners) and burner["cores"] > 0
     assert set(burner["pids"]) == set(burners)  # a name may be the user's own script's: the PIDs say which
-    assert f"cpu_burner.py (PID {min(burners)}" in top.action
+    assert f"cpu_burner.py (PID {min(burners)}" in found.action
 
 
-def test_a_loop_that_slows_down_mid_run_gets_the_step_and_the_phase(runs_dir):
-    x = torch.randn(64, 256)
-    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    change = 150
-    with gpulens.track("slows-down", quiet=True, sampling=FAST, profile=False) as run:
-        for i in range(250):
-            with run.phase("forward"):
-                loss = model(x).square().mean()
-            with run.phase("backward"):
-                loss.backward()
-            with run.phase("optimizer"):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if i >= change:
-                    time.sleep(0.05)  # the optimizer phase gets slower from here on (well above what a busy host does)
-            run.step()
-    advice = advise(open_run(run.path))
-    s = _get(advice, "step_time_shift")
-    # on a quiet or a loaded machine the slowdown is reported at step 150; on a badly oversubscribed one the
-    # host may slow the loop down earlier, and then step 150 is named as the further slowdown it also was
-    named = [int(x) for x in re.findall(r"at step (\d+)", s.finding)]
-    assert any(abs(step - change) <= 0.05 * change for step in named), s.finding
+def test_host_contention_ranks_first_when_others_take_most_of_the_cpu():
+    """Chosen measurements: a CPU run on 2 cores whose host gave 1.6 cores to another job."""
+    samples = Path(__file__).resolve().parent.parent / "sample_runs"
+    with open_run(samples / "cpu-gpt-small-batch") as run:
+        from gpulens.profiler import RunAnalysis
+
+        m = RunAnalysis(run).measurements
+    crowded = replace(m, cpu_count=2, host_cpu_pct=100.0, proc_cpu=0.4, workers_cpu=0.0, cpu_steal_pct=0.0,
+                      others={"cores": 1.6, "seconds": 10.0, "scans": 3,
+                              "top": [{"name": "python3 burn.py", "cores": 1.6, "processes": 2, "pids": [41, 42]}]})
+    advice = advise_measurements(crowded)
+    top = advice.suggestions[0]
+    assert top.id == "host_contention" and top.severity == "high", _ids(advice)
+    assert "python3 burn.py (PID 41, 42) 1.6 cores" in top.finding and "1.6 of 2 cores" in top.finding
+    quiet = advise_measurements(replace(crowded, others={"cores": 0.0, "seconds": 10.0, "scans": 3, "top": []}))
+    assert "host_contention" not in _ids(quiet)
+
+
+def test_a_run_that_slows_down_mid_run_gets_the_step_and_the_phase(tmp_path):
+    """Step times chosen (tests/timeline.py): from step 150 the optimizer phase takes 50 ms more."""
+    from timeline import noisy, write_run
+
+    d = noisy(250, seed=5, scale=0.004)
+    optimizer = 0.1 * d
+    optimizer[150:] += 0.05
+    path = write_run(tmp_path / "slows-down", {"forward": 0.4 * d, "backward": 0.5 * d, "optimizer": optimizer})
+    s = _get(advise(open_run(path)), "step_time_shift")
+    assert "at step 150" in s.finding, s.finding
     assert f"at step {s.evidence[1].data['step']}" in s.finding and "the optimizer phase moved most" in s.finding
     assert s.severity in ("medium", "high") and s.evidence[0].kind == "time_range"
 

@@ -58,6 +58,33 @@ def _run(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180, env=env)
 
 
+def test_the_what_if_gain_on_a_chosen_timeline(tmp_path: Path) -> None:
+    """6 ms of data wait and 4 ms of compute per step; steps 10-29 replay batches (no wait): 60 % shorter."""
+    from timeline import noisy, write_run
+
+    n = 80
+    compute = noisy(n, seed=7, scale=0.004, sigma=0.05, spikes=0.0)
+    wait = np.full(n, 0.006)
+    wait[10:30] = 0.00005
+    flags = np.zeros(n, dtype=int)
+    flags[10:30 + SETTLE_STEPS] = FLAG_WHATIF
+    path = write_run(tmp_path / "what-if", {"data_wait": wait, "forward": 0.5 * compute, "backward": 0.5 * compute},
+                     samples=64, flags=flags, meta={"what_if": {"kind": "synthetic-data", "status": "done",
+                                                                "first_step": 10, "last_step": 29, "base_batch": 64}})
+    with open_run(path) as run:
+        analysis = RunAnalysis(run)
+        w = analysis.report().as_dict()["what_if"]
+        bound = next(s for s in analysis.advice.suggestions if s.id == "dataloader_bound")
+    expected = float(np.median(compute[10:30] + 0.00005) / np.median((compute + wait)[2:10].tolist()
+                                                                       + (compute + wait)[30 + SETTLE_STEPS:].tolist())
+                     - 1)
+    assert w["step_time_change"] == pytest.approx(expected, abs=1e-4) and -0.65 < expected < -0.55  # epoch floats
+    low, high = w["step_time_change_ci"]
+    assert low < w["step_time_change"] < high < 0
+    assert w["data_wait_median_s"] < 0.001 < w["baseline_data_wait_median_s"]
+    assert "measured: with replayed batches (steps 10-29)" in bound.finding
+
+
 def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) -> None:
     proc = _run(tmp_path, "--what-if", "synthetic-data:at=10,steps=20")
     assert proc.returncode == 0, proc.stderr
@@ -71,9 +98,10 @@ def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) ->
     assert list(flagged) == list(range(10, 30 + SETTLE_STEPS))  # the stretch and its settling steps
     w = report["what_if"]
     assert w["status"] == "done" and w["steps"] == 20 and w["base_batch"] == 64
-    # the collate sleep is 6 ms: without it steps are at least halved, and the interval says so too
-    assert w["step_time_change"] < -0.5 and w["step_time_change_ci"][1] < 0
-    assert w["data_wait_median_s"] < 0.001 < w["baseline_data_wait_median_s"]
+    # the collate sleep is 6 ms: the stretch's steps are shorter and wait for no batch (how much shorter is
+    # judged on a chosen timeline, test_the_what_if_gain_on_a_chosen_timeline: a busy host moves it here)
+    assert w["step_time_change"] < 0
+    assert w["data_wait_median_s"] < w["baseline_data_wait_median_s"] and w["baseline_data_wait_median_s"] > 0.006
     # the run's own figures leave the stretch out
     assert report["step_time"]["excluded"]["what_if"] == 20 + SETTLE_STEPS
     assert report["step_time"]["median_s"] > 0.005

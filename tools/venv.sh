@@ -20,13 +20,21 @@ ensure_venv() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  echo "gpulens: installing the $profile environment into $VENV (once)" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  if [ "$profile" = "test" ]; then
-    "$VENV/bin/python" -m pip install -q "torch==$TORCH_TEST_VERSION" >&2
-    "$VENV/bin/python" -m pip install -q -e "$REPO[test]" >&2
-  else
-    "$VENV/bin/python" -m pip install -q -e "$REPO" >&2
+  echo "gpulens: installing the $profile environment into $VENV (once: a few minutes; pip's output is in" \
+       "$VENV/.gpulens-install.log)" >&2
+  local log="$VENV/.gpulens-install.log"
+  if ! {
+    "$VENV/bin/python" -m pip install -q --upgrade pip &&
+    if [ "$profile" = "test" ]; then
+      "$VENV/bin/python" -m pip install -q "torch==$TORCH_TEST_VERSION" &&
+      "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
+    else
+      "$VENV/bin/python" -m pip install -q -e "$REPO"
+    fi
+  } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "gpulens: installing the $profile environment failed (full log: $log)" >&2
+    return 1
   fi
   echo "$want" > "$stamp"
   # a test install is a superset of a run install
