@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 import gpulens  # noqa: E402
 from gpulens.cli import main  # noqa: E402
-from gpulens.profiler.analysis.compare import Metric, parse_rules  # noqa: E402
+from gpulens.profiler.analysis.compare import Metric, Side, parse_rules  # noqa: E402
 from gpulens.profiler.analysis.noise import median_change  # noqa: E402
 from gpulens.profiler.errors import GpulensError  # noqa: E402
 from timeline import noisy, write_run  # noqa: E402
@@ -208,9 +208,7 @@ def test_compare_never_cuts_the_verdicts(columns):
         assert max(len(line) for line in lines) <= 80
 
 
-def _side(name: str, durations: np.ndarray, samples: np.ndarray) -> "Side":
-    from gpulens.profiler.analysis.compare import Side
-
+def _side(name: str, durations: np.ndarray, samples: np.ndarray) -> Side:
     n = durations.size
     return Side(id=name, path=name, batch_size=int(samples[0]), durations=durations, samples=samples,
                 tokens=np.full(n, np.nan), phases={"forward": durations * 0.4, "data_wait": durations * 0.1},
