@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up ./.venv with the test dependencies and Chromium (once each), check the code (ruff, mypy) and run
+# Set up ./.venv with the test dependencies, Chromium and g++ (once each), check the code (ruff, mypy) and run
 # the whole suite.  Extra arguments go to pytest (e.g. ./test.sh -m gpu, ./test.sh -k steps);
 # GPULENS_SKIP_CHECKS=1 skips ruff and mypy (quick local reruns; CI always runs them).
 set -euo pipefail
@@ -17,6 +17,12 @@ if [ -z "${GPULENS_SKIP_CHECKS:-}" ]; then
   "$VENV/bin/python" -m ruff check -q gpulens hooks profiler dashboard
   PYTHON="$VENV/bin/python" tools/typecheck.sh
 fi
-echo "gpulens test: pytest, the whole suite (about 10 minutes on 2 cores; the first run also compiles" \
+# two pytest workers (pytest-xdist) unless the arguments choose: most tests wait on subprocesses, sockets and
+# sleeps, so two workers on two cores take about 8 minutes where one takes 13
+workers=(-n "${GPULENS_TEST_WORKERS:-2}")
+for arg in "$@"; do
+  case "$arg" in -n|-n*|--numprocesses*|no:xdist) workers=() ;; esac
+done
+echo "gpulens test: pytest, the whole suite (about 8 minutes on 2 cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

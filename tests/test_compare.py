@@ -104,9 +104,11 @@ def test_the_gate_on_real_loops_exits_as_its_verdict_says(tmp_path: Path, capsys
 
 
 def test_compare_json_and_text(tmp_path: Path, capsys) -> None:
-    # 8 ms of forward and 4 ms of data wait, then 12 ms of data wait: its share rises by ~27 pp
-    a = _train(tmp_path, "a", steps=40, wait=0.004, forward_wait=0.008)
-    b = _train(tmp_path, "b", slower=2.0, steps=40, wait=0.004, forward_wait=0.008)
+    # 8 ms of forward and 4 ms of data wait, then 12 ms of data wait: its share rises by ~27 pp (times chosen:
+    # the verdicts are judgements of time; the real loops' rows and units are checked below)
+    noise = noisy(40, seed=3, scale=1.0, sigma=0.03, spikes=0.0)
+    a = write_run(tmp_path / "a", {"data_wait": 0.004 * noise, "forward": 0.008 * noise})
+    b = write_run(tmp_path / "b", {"data_wait": 0.012 * noise[::-1], "forward": 0.008 * noise[::-1]})
     assert main(["compare", str(a), str(b), "--json"]) == 0  # no rules: no gate, never fails
     out = json.loads(capsys.readouterr().out)
     assert out["schema"] == "gpulens.compare/1" and out["gate"] is None
@@ -119,6 +121,17 @@ def test_compare_json_and_text(tmp_path: Path, capsys) -> None:
     assert main(["compare", str(a), str(b), "--fail-on", "data_wait>+10pp,throughput<-10%"]) == 1
     text = capsys.readouterr().out
     assert "95% CI" in text and "FAIL" in text and "gate: 2 of 2 rule(s) broken" in text
+
+
+def test_compare_of_two_real_loops_has_every_row_with_its_unit(tmp_path: Path, capsys) -> None:
+    a, b = _train(tmp_path, "a", steps=30), _train(tmp_path, "b", steps=30, slower=1.0)
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    by = {m["name"]: m for m in json.loads(capsys.readouterr().out)["metrics"]}
+    assert by["step_time"]["unit"] == "%" and by["data_wait"]["unit"] == "pp" and by["peak_memory"]["unit"] == "%"
+    assert by["step_time"]["base"] > 0 and by["throughput"]["candidate"] > 0 and by["peak_memory"]["base"] > 0
+    assert by["gpu_busy"]["verdict"] == "n/a" and by["mfu"]["verdict"] == "n/a"  # a CPU run says so, no guess
+    assert all(m["verdict"] in ("better", "worse", "changed", "same", "in noise", "n/a", "not judged")
+               for m in by.values())
 
 
 def test_compare_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
