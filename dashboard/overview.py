@@ -122,8 +122,8 @@ def _loop_cards(summary: dict[str, Any], cards: list[Card], gpu: bool) -> None:
         rate, rate_sub = "n/a", "no steady steps recorded"
     if tp.get("tokens_per_s"):
         rate_sub += f" · {tp['tokens_per_s']:,.0f} tokens/s"
-    cards.append(Card("throughput", "Throughput", rate, rate_sub, "steady steps only: warm-up and profiled steps "
-                      "are left out", rate != "n/a"))
+    cards.append(Card("throughput", "Throughput", rate, rate_sub, "steady steps only: warm-up, profiled, compiling "
+                      "and what-if steps are left out", rate != "n/a"))
     st = summary.get("step_time") or {}
     cards.append(Card("step_time", "Step time", fmt.seconds(st.get("mean_s")),
                       f"median {fmt.seconds(st.get('median_s'))} · p90 {fmt.seconds(st.get('p90_s'))}",
