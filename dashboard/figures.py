@@ -222,11 +222,9 @@ def _headroom(yaxis: dict[str, Any], panel: Any, clip: float | None) -> None:
     if panel.spec.percent:
         yaxis.update(range=[0, 100 / (1 - KEY_ROOM)], autorange=False)
         return
-    ys = [tr.y[np.isfinite(tr.y)] for tr in panel.traces]
-    ys = [y for y in ys if y.size]
-    if not ys:
+    values = _finite_values(panel)
+    if not values.size:
         return
-    values = np.concatenate(ys)
     top = clip if clip is not None else float(values.max())
     low = 0.0 if panel.spec.key != "loss" else float(values.min())
     low = min(low, float(values.min()))
@@ -235,11 +233,17 @@ def _headroom(yaxis: dict[str, Any], panel: Any, clip: float | None) -> None:
     yaxis.update(range=[low, low + (top - low) / (1 - KEY_ROOM)], autorange=False)
 
 
-def _clip_top(panel: Any) -> float | None:
-    """An upper axis limit that leaves out rare extreme values, or None when there are none."""
+def _finite_values(panel: Any) -> np.ndarray:
+    """Every finite value of a panel's lines."""
     ys = [tr.y[np.isfinite(tr.y)] for tr in panel.traces]
     ys = [y for y in ys if y.size]
-    return _clip_values(np.concatenate(ys)) if ys else None
+    return np.concatenate(ys) if ys else np.zeros(0)
+
+
+def _clip_top(panel: Any) -> float | None:
+    """An upper axis limit that leaves out rare extreme values, or None when there are none."""
+    values = _finite_values(panel)
+    return _clip_values(values) if values.size else None
 
 
 def _clip_values(y: np.ndarray) -> float | None:

@@ -574,8 +574,8 @@ class TrackedRun:
         if self._closed:
             return
         self._closed = True
-        if self._flops is not None and self._flops.counting:
-            self._flops.abandon()  # the last step may end at interpreter exit: no meta copy runs then
+        if self._flops is not None:  # a step cut short has an incomplete count, and the last step may end at
+            self._flops.abandon()  # interpreter exit: no meta copy runs then, and none starts
         if self._auto is not None:
             self._auto.finish()  # while recording is on: the last iteration's update ends its step
         if self._loader_hook:
@@ -629,8 +629,6 @@ class TrackedRun:
         if self._whatif is not None:
             self._safe(self._whatif.close, self._rec.step_index)
         try:
-            if self._flops is not None and self._flops.counting:
-                self._flops.abandon()  # a step cut short: its count is incomplete, drop it
             if self._windows is not None:
                 self._windows.close()
         except Exception as exc:

@@ -107,14 +107,14 @@ def test_with_gradient_accumulation_the_recorded_loss_is_the_one_the_user_logs(r
     assert np.allclose(steps.loss, logged, rtol=1e-5), (steps.loss[:4], logged[:4])
 
 
-def test_a_closure_evaluated_again_records_its_first_loss(runs_dir):
-    """LBFGS calls the closure (and backward) several times in one step: one loss, what step() returns."""
+def _lbfgs(runs_dir, n: int):
+    """``n`` LBFGS steps (a closure evaluated several times per step) under automatic steps; what step() returned."""
     model = _mlp()
     x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
     opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
     returned = []
     run = _auto_run(runs_dir)
-    for _ in range(5):
+    for _ in range(n):
         def closure():
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
@@ -122,6 +122,12 @@ def test_a_closure_evaluated_again_records_its_first_loss(runs_dir):
             return loss
         returned.append(float(opt.step(closure)))
     run.close()
+    return run, returned
+
+
+def test_a_closure_evaluated_again_records_its_first_loss(runs_dir):
+    """LBFGS calls the closure (and backward) several times in one step: one loss, what step() returns."""
+    run, returned = _lbfgs(runs_dir, 5)
     _, steps = _steps(run)
     assert np.allclose(steps.loss, returned, rtol=1e-6), (steps.loss, returned)
 
@@ -187,18 +193,7 @@ def test_manual_sgd_without_optimizer_and_evaluation_left_out(runs_dir):
 
 
 def test_lbfgs_closure_steps(runs_dir):
-    model = _mlp()
-    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
-    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
-    run = _auto_run(runs_dir)
-    for _ in range(6):
-        def closure():
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        opt.step(closure)
-    run.close()
+    run, _ = _lbfgs(runs_dir, 6)
     _, steps = _steps(run)
     assert len(steps) == 6
     # forward and backward ran inside optimizer.step (the closure) and are charged to themselves

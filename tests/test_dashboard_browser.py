@@ -82,13 +82,14 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, request):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+def _page(browser, request, viewport: dict, console_errors: bool):
+    """A fresh page; a screenshot in test-artifacts/ if the test failed; no JS error allowed."""
+    ctx = browser.new_context(viewport=viewport)
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    if console_errors:
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.set_default_timeout(20_000)
     yield pg
     rep = getattr(request.node, "rep_call", None)
@@ -97,6 +98,11 @@ def page(browser, request):
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     ctx.close()
     assert not [e for e in errors if "favicon" not in e], errors  # no JS errors, no failed callbacks
+
+
+@pytest.fixture
+def page(browser, request):
+    yield from _page(browser, request, {"width": 1400, "height": 1000}, console_errors=True)
 
 
 def _wait_for(pg, js: str, arg=None, timeout: float = 20.0):
@@ -477,18 +483,7 @@ def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
 
 @pytest.fixture
 def page1280(browser, request):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
-    yield pg
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    ctx.close()
-    assert not errors, errors
+    yield from _page(browser, request, {"width": 1280, "height": 900}, console_errors=False)
 
 
 def test_at_1280_px_bands_keys_and_axes_never_overlap(server, page1280):
