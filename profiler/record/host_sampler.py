@@ -191,7 +191,8 @@ class HostSampler:
         busy, total, steal = self._host_cpu.read()
         d_total = total - self._prev_cpu[1]
         if d_total > 0:
-            share = (busy - self._prev_cpu[0]) / d_total
+            # a fully busy host: equal deltas of float seconds can divide to 1.000000003
+            share = min(1.0, max(0.0, (busy - self._prev_cpu[0]) / d_total))
             self._busy_cores = share * self.cores
             self._point("host.cpu", t, 100.0 * share)
             self._point("host.cpu_steal", t, max(0.0, 100.0 * (steal - self._prev_cpu[2]) / d_total))
