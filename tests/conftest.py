@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fakes, tests/helpers
+
+# A suite started in the background of a non-interactive shell (`./test.sh &`, a CI runner, nohup) inherits
+# SIGINT *ignored*: Python then never raises KeyboardInterrupt and every child it starts ignores Ctrl-C too, so the
+# tests that press Ctrl-C would wait for a process that cannot hear it. Users press Ctrl-C in a terminal where
+# SIGINT is not ignored: the suite and its children start the way theirs do.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cuda_available() -> bool:

@@ -16,11 +16,14 @@ def fast_sampling(**over: Any) -> SamplingConfig:
     return SamplingConfig(**{**FAST, **over})
 
 
-def record_for(path: Path, seconds: float, nvml: Any = None, during=None, **over: Any):
-    """Run a Recorder for ``seconds`` (calling ``during(elapsed)`` meanwhile); return an open reader."""
+def record_for(path: Path, seconds: float, nvml: Any = None, during=None, until=None, **over: Any):
+    """Run a Recorder for ``seconds`` (calling ``during(elapsed)`` meanwhile); return an open reader.
+
+    ``until()``: go on past ``seconds`` until it is true (at most a minute), for a test that needs a number of
+    sampler ticks, which a busy host spreads over more time."""
     rec = Recorder(path / "rank-0.db", {"name": path.name}, fast_sampling(**over), nvml)
     t0 = time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds:
+    while (elapsed := time.perf_counter() - t0) < seconds or (until is not None and not until() and elapsed < 60):
         if during is not None:
             during(elapsed)
         time.sleep(0.01)

@@ -144,17 +144,22 @@ def test_no_nvml_library_gives_one_log_line_and_host_metrics(tmp_path, caplog):
 
 
 def test_unexpected_exception_in_a_probe_never_escapes(tmp_path, monkeypatch):
+    from gpulens.profiler.record.device_sampler import MAX_TRANSIENT_FAILURES
+
     fake = FakeNvml()
+    calls = []
 
     def broken(h, sensor):
+        calls.append(sensor)
         raise RuntimeError("driver returned garbage")
 
     fake.nvmlDeviceGetTemperature = broken
-    run = record_for(tmp_path / "run", 0.5, fake)
+    run = record_for(tmp_path / "run", 0.5, fake, until=lambda: len(calls) >= MAX_TRANSIENT_FAILURES)
     errors = [e for e in run.events() if e.kind == "sampler_error"]
-    assert len(errors) == 1 and "garbage" in errors[0].message
-    assert run.series("gpu.power", 0).t.size > 5
-    assert run.series("gpu.temp", 0).t.size == 0
+    assert len(errors) == 1 and "garbage" in errors[0].message  # said once, not once per tick
+    assert run.series("gpu.power", 0).t.size > 5  # the other probes went on
+    (temp,) = [s for s in run.series_list() if s.metric == "gpu.temp" and s.gpu == 0]
+    assert temp.count == 0 and temp.status == "failed" and "garbage" in temp.reason  # given up on, with why
 
 
 @pytest.mark.parametrize("spec, expected", [

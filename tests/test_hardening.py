@@ -132,16 +132,22 @@ def test_a_run_folder_deleted_mid_run_is_said_once_and_recording_goes_on_into_a_
 def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_disk, tmp_path):
     script = tmp_path / "fast.py"
     script.write_text(textwrap.dedent(f"""
-        import time, torch, gpulens
+        import shutil, sys, time, torch, gpulens
         model = torch.nn.Linear(8, 1); opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gpulens.track("fill", runs_dir={str(tiny_disk)!r}, quiet=True, advise=False) as run:
-            end = time.time() + 12
-            while time.time() < end:
+            # until the disk is full and 5000 steps and 3 s after (a busy host fills it later, not less)
+            deadline, full, after = time.time() + 150, None, 0
+            while time.time() < deadline and not (full and after >= 5000 and time.time() - full > 3):
                 opt.zero_grad(); model(torch.randn(4, 8)).sum().backward(); opt.step(); run.step()
+                if full is None and shutil.disk_usage({str(tiny_disk)!r}).free < 64 * 1024:
+                    full = time.time()
+                after += full is not None
         print(run.path)
+        print("disk full" if full else "disk never filled", file=sys.stderr)
     """))
-    proc = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=180, env=_env())
+    proc = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=240, env=_env())
     assert proc.returncode == 0, proc.stderr  # training went on
+    assert "disk full" in proc.stderr
     path = Path(proc.stdout.strip())
     assert Path(f"{path}/rank-0.db-wal").exists()  # the closing checkpoint could not run: the WAL holds the run
     run = open_run(path)
