@@ -202,9 +202,24 @@ def analyse(path: Path) -> Analysis:
         return Analysis(error=f"analysis failed: {type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
 
 
-def _quiet_worker() -> None:
-    """An analysis process leaves Ctrl-C to the dashboard (which stops it), instead of a traceback each."""
+def _quiet_worker(dashboard: int) -> None:
+    """An analysis process leaves Ctrl-C to the dashboard (which stops it), instead of a traceback each, and
+    ends when the dashboard is gone however it went (SIGKILL, a crash: no ``finally`` ran there), instead of
+    living on as an orphan that holds its memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(dashboard,), name="gpulens-parent-watch",
+                     daemon=True).start()
+
+
+#: How often an analysis process checks that the dashboard that started it still runs.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by init (or a subreaper): its parent id changes.
+        # ``parent`` comes from the dashboard: read here it could already be init's (killed while we started)
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _pool(processes: bool, workers: int) -> Executor:
@@ -213,7 +228,8 @@ def _pool(processes: bool, workers: int) -> Executor:
     them) and keep its peak memory there; a worker process is replaced after a few analyses (Python 3.11
     and later), so its memory goes back too.  Threads where processes cannot be had (GPULENS_ANALYSIS_PROCESSES=0)."""
     if processes:
-        options: dict[str, Any] = {"mp_context": multiprocessing.get_context("spawn"), "initializer": _quiet_worker}
+        options: dict[str, Any] = {"mp_context": multiprocessing.get_context("spawn"), "initializer": _quiet_worker,
+                                  "initargs": (os.getpid(),)}
         if sys.version_info >= (3, 11):
             options["max_tasks_per_child"] = TASKS_PER_WORKER
         try:

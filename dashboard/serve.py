@@ -1,7 +1,10 @@
 """Serving the dashboard: checks first, then waitress (a production WSGI server, not Flask's dev one)."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,10 +58,44 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
     if on_ready is not None:
         on_ready(url)
+    stopped_by = _stop_on_signals()
     try:
         server.run()
+    except _Stopped:
+        pass
     finally:
         server.close()
         from gpulens.dashboard import data
 
         data.shutdown(now=True)
+    if signal.SIGTERM in stopped_by:  # `kill`, `docker stop`, systemd: the analysis processes are stopped; now
+        os.kill(os.getpid(), signal.SIGTERM)  # die of the signal, as the supervisor expects (-15 / 143)
+    if signal.SIGINT in stopped_by:
+        raise KeyboardInterrupt  # exit status 130, as every other command after Ctrl-C
+
+
+class _Stopped(BaseException):
+    """Ctrl-C or SIGTERM arrived: unwinds ``server.run()`` (which would swallow a KeyboardInterrupt and return
+    as if it had ended by itself) so that the analysis processes are stopped on the way out."""
+
+
+def _stop_on_signals() -> list[int]:
+    """Ctrl-C and SIGTERM stop the dashboard through its ``finally``: SIGTERM killed it where it stood, which
+    left its analysis processes behind.  Returns the list the signal that came is put in; a second one during
+    the cleanup acts as it would without the dashboard."""
+    stopped_by: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return stopped_by  # embedded: the host program owns the signals
+    defaults = {sig: handler for sig, handler in ((signal.SIGINT, signal.default_int_handler),
+                                                  (signal.SIGTERM, signal.SIG_DFL))
+                if signal.getsignal(sig) is handler}  # a handler of the host program's own stays
+
+    def on_signal(signum: int, frame: object) -> None:
+        for sig, handler in defaults.items():
+            signal.signal(sig, handler)
+        stopped_by.append(signum)
+        raise _Stopped
+
+    for sig in defaults:
+        signal.signal(sig, on_signal)
+    return stopped_by

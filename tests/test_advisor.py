@@ -292,24 +292,35 @@ BATCH_SCRIPT = textwrap.dedent("""
     print(run.path, probe.b_max)
 """)
 TRIAL_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch, torch.nn as nn
-    torch.manual_seed(0); torch.set_num_threads(2)
-    budget, batch = int(sys.argv[1]), int(sys.argv[2])
-    model = nn.Sequential(nn.Linear(64, 4096), nn.GELU(), nn.GELU(), nn.GELU(), nn.Linear(4096, 1))
-    model(torch.randn(8, 64)).mean().backward(); model.zero_grad(set_to_none=True)
+    # one trial per batch size read from stdin, each in a fork of this process (torch imported once: a fresh
+    # interpreter per trial spent most of the test's time importing it); the child builds the model itself, so
+    # no thread pool crosses the fork
+    import os, resource, sys, torch, torch.nn as nn
+    budget = int(sys.argv[1])
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key): return int(line.split()[1]) * 1024
-    limit = status("VmSize:") + budget  # the same memory budget on top of this process' own baseline
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        x = torch.randn(batch, 64)
-        for _ in range(2):
-            model(x).mean().backward(); model.zero_grad(set_to_none=True)
-        print("ok")
-    except (MemoryError, RuntimeError):
-        print("oom")
+    def trial(batch):
+        torch.manual_seed(0); torch.set_num_threads(2)
+        model = nn.Sequential(nn.Linear(64, 4096), nn.GELU(), nn.GELU(), nn.GELU(), nn.Linear(4096, 1))
+        model(torch.randn(8, 64)).mean().backward(); model.zero_grad(set_to_none=True)
+        limit = status("VmSize:") + budget  # the same memory budget on top of this process' own baseline
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            x = torch.randn(batch, 64)
+            for _ in range(2):
+                model(x).mean().backward(); model.zero_grad(set_to_none=True)
+            return 0
+        except (MemoryError, RuntimeError):
+            return 1
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(trial(int(line)))
+        _, code = os.waitpid(pid, 0)
+        print("ok" if os.waitstatus_to_exitcode(code) == 0 else "oom", flush=True)
 """)
+
 
 
 @pytest.mark.slow
@@ -326,16 +337,23 @@ def test_batch_headroom_predicts_the_largest_batch_that_really_runs(tmp_path):
     assert "lr x" in s.action and "validate convergence" in s.action
     assert "lr_scaling" in _ids(advice)
 
-    def runs(batch: int) -> bool:
-        r = subprocess.run([sys.executable, "-c", TRIAL_SCRIPT, str(budget), str(batch)], capture_output=True,
-                           text=True)
-        return r.stdout.strip().endswith("ok")
+    trials = subprocess.Popen([sys.executable, "-c", TRIAL_SCRIPT, str(budget)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
 
-    lo, hi = b_max // 2, b_max * 2  # verify by running it: the largest batch that fits the budget
-    assert runs(lo) and not runs(hi)
-    while hi - lo > max(64, b_max // 25):
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if runs(mid) else (lo, mid)
+    def runs(batch: int) -> bool:
+        trials.stdin.write(f"{batch}\n")
+        trials.stdin.flush()
+        return trials.stdout.readline().strip() == "ok"
+
+    try:
+        lo, hi = b_max // 2, b_max * 2  # verify by running it: the largest batch that fits the budget
+        assert runs(lo) and not runs(hi)
+        while hi - lo > max(64, b_max // 25):
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if runs(mid) else (lo, mid)
+    finally:
+        trials.stdin.close()
+        trials.wait(timeout=60)
     print(f"batch_headroom: predicted B_max {b_max}, largest batch that runs {lo}")
     assert abs(b_max - lo) <= 0.2 * lo, f"predicted {b_max}, largest that runs {lo}"
 

@@ -21,6 +21,8 @@ import psutil
 import pytest
 from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, REPO, SLOW_ID, SLOW_STEPS, make_root
 
+from gpulens.dashboard.security import FREE_FAILURES
+
 CHROMIUM = os.environ.get("GPULENS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -451,7 +453,10 @@ def test_first_run_in_the_default_root_replaces_the_samples_without_a_restart(pa
 
 def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
     """A browser's first fetches carry no credentials (it sends them after the 401 challenge): they are no
-    failed logins.  Every page, ten times, each in a fresh context (no cached credentials): no 429."""
+    failed logins.  Every page, three times, each in a fresh context (no cached credentials): no 429. Each
+    load is challenged at least once (Playwright sends credentials only when asked, and does not show those
+    401s as responses), so twelve loads are more than twice the free failures before a wait."""
+    assert 3 * 4 > 2 * FREE_FAILURES
     password = "correct horse battery"
     base, proc = _start_server([str(root)], env={**os.environ, "GPULENS_AUTH": f"me:{password}"})
     statuses: list[tuple[int, str]] = []
@@ -461,7 +466,7 @@ def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
                  ("/run/h100-cnn-input-bound", "#card-gpu_busy"),
                  ("/run/h100-cnn-input-bound/kernels", "#k-devices-table"),
                  ("/compare?a=h100-cnn-input-bound&b=h100-gpt-small-batch", "#cmp-headline"))
-        for _ in range(10):
+        for _ in range(3):
             for path, ready in pages:  # a fresh context per page: Chromium sends the password unasked only
                 # below the path that was challenged, so /run/ID's scripts and callbacks each ask first
                 ctx = browser.new_context(http_credentials={"username": "me", "password": password})
@@ -478,7 +483,7 @@ def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
         proc.terminate()
         proc.wait(timeout=10)
     assert not [s for s in statuses if s[0] == 429], [s for s in statuses if s[0] == 429][:5]
-    assert sum(1 for s in statuses if s[0] == 200) > 40
+    assert sum(1 for s in statuses if s[0] == 200) > 12
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_the_demo_says_training_ended_and_leaves_no_defunct_trainer(tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert not [c for c in children if c.status() == psutil.STATUS_ZOMBIE]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) in (0, 130)  # a dashboard and its analysis worker stop: slow on a busy host
+        assert proc.wait(timeout=120) == 130  # as every command after Ctrl-C (generous: a busy host is slow)
         (folder,) = tmp_path.glob("gpulens-demo-*")
         assert list(folder.glob("demo-*/rank-0.db"))  # the demo's run is kept, as the first line said
     finally:

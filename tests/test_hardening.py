@@ -133,11 +133,14 @@ def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_
     script = tmp_path / "fast.py"
     script.write_text(textwrap.dedent(f"""
         import shutil, sys, time, torch, gpulens
+        from gpulens.profiler.store.writer import MAX_PENDING
         model = torch.nn.Linear(8, 1); opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gpulens.track("fill", runs_dir={str(tiny_disk)!r}, quiet=True, advise=False) as run:
-            # until the disk is full and 5000 steps and 3 s after (a busy host fills it later, not less)
-            deadline, full, after = time.time() + 150, None, 0
-            while time.time() < deadline and not (full and after >= 5000 and time.time() - full > 3):
+            # until the disk is full, then more steps than the writer's backlog holds, however long a busy
+            # host takes for them
+            deadline, full, after = time.time() + 200, None, 0
+            while time.time() < deadline and not (full and after > MAX_PENDING["steps"] + 2000
+                                                   and time.time() - full > 3):
                 opt.zero_grad(); model(torch.randn(4, 8)).sum().backward(); opt.step(); run.step()
                 if full is None and shutil.disk_usage({str(tiny_disk)!r}).free < 64 * 1024:
                     full = time.time()
