@@ -18,11 +18,11 @@ if [ -z "${GPULENS_SKIP_CHECKS:-}" ]; then
   PYTHON="$VENV/bin/python" tools/typecheck.sh
 fi
 # two pytest workers (pytest-xdist) unless the arguments choose: most tests wait on subprocesses, sockets and
-# sleeps, so two workers on two cores take about 8 minutes where one takes 13
+# sleeps, so two workers on two cores take 10-11 minutes where one takes 13-14
 workers=(-n "${GPULENS_TEST_WORKERS:-2}")
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*|no:xdist) workers=() ;; esac
 done
-echo "gpulens test: pytest, the whole suite (about 8 minutes on 2 cores; the first run also compiles" \
+echo "gpulens test: pytest, the whole suite (10-11 minutes on 2 quiet cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

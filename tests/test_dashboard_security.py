@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import signal
 import socket
 import subprocess
@@ -244,6 +245,13 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_and_idle_sockets_are_ca
         server.close()
 
 
+@pytest.fixture(scope="module")
+def long_run_root(tmp_path_factory):
+    """A run of a million steps (an analysis of seconds), made once and copied by each test that needs it."""
+    root = tmp_path_factory.mktemp("long-run")
+    return root, _long_run(root)
+
+
 def _long_run(root) -> str:
     """A run whose analysis takes seconds: a sample run with a million more steps."""
     import shutil
@@ -272,15 +280,15 @@ def _long_run(root) -> str:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill"])
-def test_a_stopped_dashboard_leaves_no_analysis_process_behind(tmp_path, sig):
+def test_a_stopped_dashboard_leaves_no_analysis_process_behind(tmp_path, long_run_root, sig):
     """Analyses run in a worker process. Ctrl-C and SIGTERM (`kill`, `docker stop`) stop the dashboard without
     waiting for one, without a traceback, with the exit a supervisor expects; even SIGKILL, which runs no
     cleanup, leaves no orphaned analysis process holding its memory."""
     import json
 
     root = tmp_path / "runs"
-    root.mkdir()
-    run_id = _long_run(root)
+    template, run_id = long_run_root
+    shutil.copytree(template, root)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
