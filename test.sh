@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ./.venv with the test dependencies, Chromium and g++ (once each), check the code (ruff, mypy) and run
 # the whole suite.  Extra arguments go to pytest (e.g. ./test.sh -m gpu, ./test.sh -k steps);
-# GPULENS_SKIP_CHECKS=1 skips ruff and mypy (quick local reruns; CI always runs them).
+# GPULENS_SKIP_CHECKS=1 skips ruff, mypy and the import layers (quick local reruns; CI always runs them).
 set -euo pipefail
 source "$(dirname "$0")/tools/venv.sh"
 source "$(dirname "$0")/tools/system.sh"
@@ -13,9 +13,10 @@ echo "gpulens test: environment ready ($VENV, torch $TORCH_TEST_VERSION CPU, Chr
 export GPULENS_REQUIRE_BROWSER=1  # the browser tests fail, rather than skip, without Chromium
 cd "$REPO"
 if [ -z "${GPULENS_SKIP_CHECKS:-}" ]; then
-  echo "gpulens test: ruff and mypy" >&2
+  echo "gpulens test: ruff, mypy and the import layers" >&2
   "$VENV/bin/python" -m ruff check -q gpulens hooks profiler dashboard
   PYTHON="$VENV/bin/python" tools/typecheck.sh
+  PYTHON="$VENV/bin/python" tools/layers.sh
 fi
 # two pytest workers (pytest-xdist) unless the arguments choose: most tests wait on subprocesses, sockets and
 # sleeps, so two workers on two cores take 10-11 minutes where one takes 13-14

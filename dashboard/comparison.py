@@ -17,7 +17,7 @@ def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
 def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:
     """``gpulens compare``'s rows for the page: B against A, each change with its interval and verdict."""
     from gpulens.profiler.analysis.compare import change_text, compare, interval_text, side_of
-    from gpulens.report_view import comparison_value
+    from gpulens.tables import comparison_value
 
     result = compare(side_of(run_a, a), side_of(run_b, b))
     return [{"metric": m.label, "a": comparison_value(m, m.base), "b": comparison_value(m, m.candidate),

@@ -317,7 +317,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from gpulens.profiler import runs_root
-    from gpulens.profiler.store.importer import import_traces
+    from gpulens.profiler.importer import import_traces
 
     run_dir = import_traces(args.traces, runs_root(args.runs_dir), args.name)
     print(run_dir)

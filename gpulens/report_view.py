@@ -15,6 +15,7 @@ from rich.text import Text
 from gpulens import fmt
 from gpulens.profiler.analysis.summary import PHASES, metric_label
 from gpulens.profiler.store.writer import describe_lost
+from gpulens.tables import NODE_COLUMNS, comparison_value, node_rows
 
 _PHASE_LABEL = {"data_wait": "data wait", "forward": "forward", "backward": "backward",
                 "optimizer": "optimizer", "other": "other"}
@@ -196,25 +197,6 @@ def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
             ev.add_row(_when(e["t"])[11:], e["kind"], e["message"])
         out.append(ev)
     return out
-
-
-NODE_COLUMNS = ("node", "host", "ranks", "GPUs", "GPU busy", "host CPU", "median step", "vs fastest", "clock")
-
-
-def node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """One row of text per machine (``NODE_COLUMNS``): its step time against the fastest node's, its clock
-    against rank 0's.  The terminal report and the run page print the same rows."""
-    times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
-    fastest = min(times) if times else None
-    rows: list[tuple[str, ...]] = []
-    for n in nodes:
-        step = n.get("step_time_median_s")
-        offset, err = n.get("clock_offset_s"), n.get("clock_uncertainty_s")
-        rows.append((str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
-                     str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
-                     fmt.seconds(step), f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else "",
-                     f"{offset * 1e3:+.2f}±{err * 1e3:.2f} ms" if offset is not None and err is not None else "NTP"))
-    return rows
 
 
 def _node_table(nodes: list[dict[str, Any]]) -> Table:
@@ -523,23 +505,6 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
 
 _VERDICT_STYLE = {"better": "green", "worse": "bold red", "changed": "yellow", "same": "dim", "in noise": "dim",
                   "n/a": "dim"}
-
-
-def comparison_value(m: Any, value: float | None) -> str:
-    """A compared figure as the terminal and the dashboard show it."""
-    if value is None:
-        return "n/a"
-    if m.name in ("step_time", "median_step"):
-        return fmt.seconds(value)
-    if m.name == "peak_memory":
-        return fmt.bytes_(value)
-    if m.unit == "pp" or m.name == "mfu":
-        return f"{value:.1f}%"
-    if m.name.startswith("energy"):
-        return f"{value:,.3g} J"
-    if m.name == "power":
-        return f"{value:,.0f} W"
-    return f"{value:,.0f}/s" if value >= 100 else f"{value:.3g}/s"
 
 
 def render_comparison(comparison: Any, results: list[Any], console: Console | None = None) -> None:

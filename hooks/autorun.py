@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ ENV_OPTIONS = "GPULENS_AUTORUN"
 ENV_OWNER = "GPULENS_AUTORUN_OWNER"
 ENV_RUN_ID_SCOPE = "GPULENS_RUN_ID_SCOPE"  # job | node: is GPULENS_RUN_ID the same on every node of the job
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+
+
+def without_autorun(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without what ``gpulens run`` added to it: for a helper process of ours (the store publisher)
+    that must keep the script's credentials and proxies but never record itself."""
+    out = {k: v for k, v in env.items() if k not in (ENV_OPTIONS, ENV_OWNER)}
+    path = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != BOOTSTRAP_DIR]
+    if path:
+        out["PYTHONPATH"] = os.pathsep.join(path)
+    else:
+        out.pop("PYTHONPATH", None)
+    return out
 
 #: Command lines of launchers: they start the ranks and must not record themselves.
 LAUNCHER_SCRIPTS = {"torchrun", "accelerate", "deepspeed", "lightning", "fabric"}

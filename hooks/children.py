@@ -153,16 +153,3 @@ def announce_trainer(run_dir: Path) -> None:
         log.debug("gpulens: could not announce this child as a rank: %s", exc)
 
 
-def child_ranks(path: Path | None) -> dict[int, int]:
-    """Rank -> steps of the ranks this process' children recorded (asked when this process trained nothing)."""
-    if path is None:
-        return {}
-    try:
-        from gpulens.profiler import open_run
-
-        with open_run(path) as reader:
-            return {rank: len(reader.steps(rank)) for rank in reader.ranks
-                    if (reader.meta(rank).get("child") or {}).get("parent_pid") == os.getpid()}
-    except Exception as exc:
-        log.debug("gpulens: could not look for child ranks: %s", exc)
-        return {}

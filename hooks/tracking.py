@@ -27,9 +27,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from gpulens.hooks import runmeta
-from gpulens.hooks.autorun import ENV_RUN_ID_SCOPE
-from gpulens.hooks.children import announce_trainer, child_ranks
+from gpulens.hooks import run_end, runmeta
+from gpulens.hooks.autorun import ENV_RUN_ID_SCOPE, without_autorun
+from gpulens.hooks.children import announce_trainer
 from gpulens.hooks.compile_time import CompileClock
 from gpulens.hooks.lifecycle import Lifecycle
 from gpulens.hooks.modelinfo import model_meta
@@ -195,7 +195,8 @@ class TrackedRun:
         ranks["rank"] = own
         from gpulens.profiler.store.publisher import start as start_publisher
 
-        self._publisher = start_publisher(opts.store, db, self._target(ranks, pg_rank))
+        self._publisher = start_publisher(opts.store, db, self._target(ranks, pg_rank),
+                                          env=without_autorun(os.environ))
         writer = recorder.writer
         self._emit = lambda row: writer.step(tuple(row))
         self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
@@ -613,7 +614,7 @@ class TrackedRun:
         if self._auto is not None:
             auto_meta["auto"] = self._auto.describe()
             if not self._auto.updates and self._child is None:
-                children = child_ranks(self.path)
+                children = run_end.child_ranks(self.path)
                 if children:
                     auto_meta["auto"]["children"] = sorted(children)
                     auto_meta["role"] = "node"  # its node's sampler: the ranks are its children
@@ -672,7 +673,7 @@ class TrackedRun:
             print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {shown_path(self.path)}",
                   file=sys.stderr)
             if self.options.advise and self._rank == 0:
-                _print_top_advice(self.path)
+                run_end.print_top_advice(self.path)
 
     def orphan(self) -> None:
         """In a forked child: this run belongs to the parent; stop feeding it and never close it here.
@@ -753,9 +754,7 @@ class TrackedRun:
             return "<div class='gpulens-run'><b>gpulens</b>: this run is not recording</div>"
         if self._recorder is not None and not self._closed:
             self._recorder.writer.sync(timeout=2.0)  # the latest steps, not those of the last flush
-        from gpulens.notebook import load
-
-        return load(self)._repr_html_()
+        return run_end.html_view(self)
 
 
 class _TimedLoader:
@@ -828,27 +827,6 @@ def track(name: str | None = None, **kwargs: Any) -> TrackedRun:
         with _active_lock:
             _active = run
     return run
-
-
-def _print_top_advice(path: Path | None, limit: int = 3) -> None:
-    """The three most important suggestions, in a short block at the end of the run."""
-    if path is None:
-        return
-    try:
-        from gpulens.profiler import RunAnalysis, open_run
-
-        with open_run(path) as reader:
-            advice = RunAnalysis(reader).advice  # also keeps the windows' analyses for later reports
-    except Exception as exc:  # advice is a courtesy; it must never fail the program at exit
-        log.info("gpulens: no advice: %s", exc)
-        return
-    top = advice.suggestions[:limit]
-    if not top:
-        print("gpulens: no suggestions: nothing in this run calls for a change", file=sys.stderr)
-        return
-    print("gpulens: top suggestions (gpulens advise for all, with actions):", file=sys.stderr)
-    for s in top:
-        print(f"  [{s.severity}] {s.title}: {s.finding}", file=sys.stderr)
 
 
 def active_run() -> TrackedRun | None:

@@ -5,7 +5,7 @@ disk: schema, writer, reader, runs root), ``analysis`` (summary, kernel view, ad
 Nothing in here imports Dash or torch: runs are read through :func:`open_run` and understood
 through :class:`RunAnalysis`, and viewing a run never needs torch.
 """
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpulens.profiler.errors import GpulensError, RunError
 from gpulens.profiler.store.reader import (
@@ -20,6 +20,9 @@ from gpulens.profiler.store.reader import (
     open_run,
 )
 from gpulens.profiler.store.runstore import list_runs, resolve_run, runs_root
+
+if TYPE_CHECKING:  # the type checker sees the class itself; at run time it is imported on first use
+    from gpulens.profiler.analysis.run_analysis import RunAnalysis
 
 __all__ = [
     "GpulensError",

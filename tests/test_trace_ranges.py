@@ -70,7 +70,7 @@ def test_track_writes_step_and_phase_ranges_into_windows(tmp_path: Path) -> None
         assert run.step_recorder.ranges.depth == 0  # nothing left open outside the window
     _check_window(run.path)
     # the window's trace imported elsewhere (gpulens import) gives every step all four phases
-    from gpulens.profiler.store.importer import import_traces
+    from gpulens.profiler.importer import import_traces
 
     with open_run(run.path) as reader:
         window = reader.windows()[0]

@@ -353,7 +353,7 @@ def nodes_table(run_id: str, _analysed: Any) -> Any:
     nodes = ((a.summary or {}).get("nodes") if a is not None else None) or []
     if len(nodes) < 2:
         return []
-    from gpulens.report_view import NODE_COLUMNS, node_rows
+    from gpulens.tables import NODE_COLUMNS, node_rows
 
     head = html.Thead(html.Tr([html.Th(h) for h in NODE_COLUMNS]))
     rows = [html.Tr([html.Td(cell) for cell in row]) for row in node_rows(nodes)]

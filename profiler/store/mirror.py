@@ -657,7 +657,7 @@ def _holds_db(run_dir: Path) -> bool:
 
 def _legacy_row(run_dir: Path) -> IndexRow:
     """A run published whole by earlier gpulens, listed from its mirrored database."""
-    from gpulens.profiler import open_run
+    from gpulens.profiler.store.reader import open_run
 
     try:
         with open_run(run_dir) as run:

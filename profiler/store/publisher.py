@@ -570,7 +570,8 @@ def agent_main() -> int:
 class PublisherProcess:
     """Starts the publisher process of one database and talks to it (never blocking the training loop)."""
 
-    def __init__(self, url: str, db: Path, target: dict[str, Any], every: float, budget_bps: float) -> None:
+    def __init__(self, url: str, db: Path, target: dict[str, Any], every: float, budget_bps: float,
+                 env: dict[str, str] | None = None) -> None:
         import subprocess
 
         import psutil
@@ -579,7 +580,7 @@ class PublisherProcess:
         self.db = Path(db)
         log_dir = self.db.parent / STATE_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = _clean_env(os.environ)
+        env = dict(os.environ) if env is None else env
         with open(log_dir / "agent.log", "ab") as log_file:
             self._proc = subprocess.Popen([sys.executable, "-m", "gpulens.profiler.store.publisher"],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
@@ -647,20 +648,6 @@ class PublisherProcess:
                         self.db.parent)
 
 
-def _clean_env(env: Any) -> dict[str, str]:
-    """The environment of the publisher: the script's (credentials, proxies), without gpulens run's own
-    variables, so that it is never recorded itself."""
-    from gpulens.hooks.autorun import BOOTSTRAP_DIR, ENV_OPTIONS, ENV_OWNER
-
-    out = {k: v for k, v in env.items() if k not in (ENV_OPTIONS, ENV_OWNER)}
-    path = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != BOOTSTRAP_DIR]
-    if path:
-        out["PYTHONPATH"] = os.pathsep.join(path)
-    else:
-        out.pop("PYTHONPATH", None)
-    return out
-
-
 #: Packages a store's protocol needs besides fsspec (the ones fsspec names for it).
 _PROTOCOL_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
                       "abfss": "adlfs"}
@@ -676,9 +663,11 @@ def _missing_packages(url: str) -> list[str]:
     return [name for name in wanted if name and find_spec(name) is None]
 
 
-def start(url: str | None, db: Path, target: dict[str, Any], every: float | None = None) -> PublisherProcess | None:
+def start(url: str | None, db: Path, target: dict[str, Any], every: float | None = None,
+          env: dict[str, str] | None = None) -> PublisherProcess | None:
     """The publisher process for ``url`` (else ``$GPULENS_STORE``); None when no store is configured or the
-    process cannot start (one warning: recording goes on locally)."""
+    process cannot start (one warning: recording goes on locally).  ``env``: the process's environment (the
+    caller's own without what would make it record itself; default this process's)."""
     from gpulens.profiler.store.remote import ENV_STORE
 
     url = url or os.environ.get(ENV_STORE)
@@ -690,7 +679,7 @@ def start(url: str | None, db: Path, target: dict[str, Any], every: float | None
         missing = _missing_packages(url)  # now, in one line -- not a publisher that dies later
         if missing:
             raise GpulensError(f"run stores need {' and '.join(missing)} (pip install 'gpulens[store]')")
-        return PublisherProcess(url, db, target, max(every, 0.2), budget)
+        return PublisherProcess(url, db, target, max(every, 0.2), budget, env)
     except (GpulensError, ValueError, OSError) as exc:
         log.warning("gpulens: not publishing to %s: %s; the run is recorded locally", redact(url), exc)
     return None
