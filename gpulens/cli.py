@@ -134,7 +134,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sample_runs_dir() -> Path | None:  # noqa: F821 (Path imported inside, like every command here)
+def sample_runs_dir() -> Path | None:
     """The repository's sample_runs/ (a source checkout or editable install), if there is one."""
     from pathlib import Path
 

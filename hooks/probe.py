@@ -85,7 +85,7 @@ def _probe_cpu_forked(torch: Any, run_steps: Callable[[], list[float]]) -> tuple
             start = _status_bytes("VmRSS:")
             times = run_steps()
             payload = {"growth": _status_bytes("VmHWM:") - start, "times": times}
-        except BaseException as exc:  # noqa: BLE001 - report, never raise in a forked child
+        except BaseException as exc:  # report, never raise in a forked child
             payload = {"error": f"{type(exc).__name__}: {exc}"}
             code = 1
         with os.fdopen(write_fd, "w") as fh:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction
+from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction
 
 MEMORY_BOUND = ("elementwise", "reduction", "normalization")
 

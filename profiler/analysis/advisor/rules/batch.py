@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction, busy_words
+from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, busy_words
 from gpulens.profiler.analysis.batch_model import BatchFit, fit, lr_scaling, round_batch
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import how
+from gpulens.profiler.analysis.advisor.rules._shared import how
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
 

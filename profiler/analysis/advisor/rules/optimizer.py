@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import how
+from gpulens.profiler.analysis.advisor.rules._shared import how
 
 THRESHOLD = 0.10  # optimizer phase > 10% of the step, judged on typical steps
 #: torch.optim classes with a fused CUDA implementation (fused=True).

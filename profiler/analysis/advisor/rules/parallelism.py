@@ -120,7 +120,7 @@ def straggler(m: Measurements) -> Suggestion | None:
     if len(ranks) < 2:
         return None
 
-    def work(r) -> float:  # noqa: ANN001
+    def work(r: RankTiming) -> float:
         # time not spent waiting in collectives: from profiler windows when present, else the host phases
         # before the gradient all-reduce (data wait + forward) and after it (optimizer)
         if r.compute_s is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._fmt import busy_fraction, how
+from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, how
 
 TF32_PEAKS = {"H100": "67 -> 494.5 TFLOP/s on H100 SXM", "H200": "67 -> 494.5 TFLOP/s on H200",
               "A100": "19.5 -> 156 TFLOP/s on A100"}

@@ -1,13 +1,19 @@
-"""Helpers the rules share (numbers are formatted by :mod:`gpulens.fmt`)."""
+"""What several rules read the same way: how the run was recorded, how busy the GPU was and how to say
+it, whether the profiled steps were typical (numbers are formatted by :mod:`gpulens.fmt`)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def how(m, in_track: str, in_run: str) -> str:  # noqa: ANN001 - Measurements, avoiding a cycle
+if TYPE_CHECKING:  # measure.py imports the rules' engine at run time: the type only, for the checker
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+
+
+def how(m: Measurements, in_track: str, in_run: str) -> str:
     """The hint that fits how the run was recorded: code calling gpulens, or ``gpulens run`` without code."""
     return in_run if m.recorded_by == "gpulens run" else in_track
 
 
-def busy_fraction(m) -> float:  # noqa: ANN001 - Measurements, avoiding a cycle
+def busy_fraction(m: Measurements) -> float:
     """Share of time the GPU runs kernels (kernel view if present, else NVML), 1.0 on CPU runs."""
     if m.kernel_util is not None:
         return m.kernel_util / 100.0
@@ -16,7 +22,7 @@ def busy_fraction(m) -> float:  # noqa: ANN001 - Measurements, avoiding a cycle
     return 1.0
 
 
-def busy_words(m, outside_data: bool = False) -> str:  # noqa: ANN001 - Measurements, avoiding a cycle
+def busy_words(m: Measurements, outside_data: bool = False) -> str:
     """The GPU's busy share, named as the report and the dashboard's cards name it.
 
     Two figures exist and differ (kernel time in the profiled steps; NVML's
@@ -33,12 +39,12 @@ def busy_words(m, outside_data: bool = False) -> str:  # noqa: ANN001 - Measurem
     return nvml or "GPU busy unknown"
 
 
-def _outside(m) -> float:  # noqa: ANN001
+def _outside(m: Measurements) -> float:
     data = m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0
     return min(1.0, busy_fraction(m) / max(1e-6, 1.0 - data))
 
 
-def windows_typical(m) -> tuple[bool, str]:  # noqa: ANN001 - Measurements, avoiding a cycle
+def windows_typical(m: Measurements) -> tuple[bool, str]:
     """Are the profiled steps typical of the run?  (GPM SM activity inside vs outside the windows.)"""
     inside, outside = m.sm_active_windows
     if inside is None or outside is None:
