@@ -138,13 +138,17 @@ def test_gpulens_run_jobs_read_back_finished_from_s3_short_and_long(tmp_path, ca
     report = _report(f"{store}/{run.name}")
     assert report["status"] == "finished", report["status_reason"]
     assert _steps(cache_run(store, run.name) / "rank-0.db") == _steps(run / "rank-0.db")
-    if seconds > 5:  # ~30 rounds: merged segments, and a store that holds few objects for it
+    if seconds > 5:  # ~30 rounds on a quiet host: merged segments, and a store that holds few objects for it
         import s3fs
 
         keys = s3fs.S3FileSystem().find(f"{store[5:]}/{run.name}/rank=0/steps")
-        assert 1 < len(keys) <= FANOUT + 1, keys
-        assert any(seg.parse_segment_name(k.rsplit("/", 1)[1])[1] - seg.parse_segment_name(k.rsplit("/", 1)[1])[0]
-                   == FANOUT - 1 for k in keys), keys
+        spans = sorted(seg.parse_segment_name(k.rsplit("/", 1)[1]) for k in keys)
+        rounds = spans[-1][1]  # one steps segment per round that had new steps, numbered from 1
+        assert rounds > 1 and [first for first, _ in spans] == sorted({first for first, _ in spans}), keys
+        if rounds >= FANOUT:  # a busy host makes fewer rounds in 9 s (merging, round by round: a test below)
+            assert any(last - first == FANOUT - 1 for first, last in spans) and len(keys) <= FANOUT + 1, keys
+        else:
+            assert len(keys) == rounds, keys
 
 
 def cache_run(store: str, run_id: str) -> Path:
