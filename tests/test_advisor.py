@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -210,7 +211,17 @@ class SleepyFiles(Dataset):
         return torch.zeros(3, 32, 32), i % 10
 
 
+def _worker_cpu_seconds_per_sample(path) -> float:
+    """The DataLoader workers' CPU time per sample: work done, which a busy host stretches but cannot shrink."""
+    with open_run(path) as reader:
+        cpu = reader.series("workers.cpu")
+        samples = float(np.nansum(reader.steps().samples))
+    return float(np.trapezoid(cpu.v, cpu.t)) / samples
+
+
 def test_cpu_bound_workers_and_io_bound_loader_are_told_apart(runs_dir):
+    """Real loops for what a busy host cannot change (who did the work: CPU time per sample in the workers);
+    the verdict, a judgement of CPU shares, on chosen measurements below."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -221,10 +232,25 @@ def test_cpu_bound_workers_and_io_bound_loader_are_told_apart(runs_dir):
                       model=nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)))
     finally:
         torch.set_num_threads(threads)
-    cpu = _get(advise(open_run(run_cpu.path)), "dataloader_kind")
-    io = _get(advise(open_run(run_io.path)), "dataloader_kind")
-    assert cpu.title == "Data loading is CPU-bound in the workers" and "busy" in cpu.finding
+    from gpulens.profiler import RunAnalysis
+
+    for run in (run_cpu, run_io):
+        with open_run(run.path) as reader:
+            assert RunAnalysis(reader).measurements.workers == 2  # the DataLoader's two workers, found
+    busy, idle = _worker_cpu_seconds_per_sample(run_cpu.path), _worker_cpu_seconds_per_sample(run_io.path)
+    assert busy > 3 * idle, (busy, idle)  # augmentation costs CPU in the workers; reading (sleeping) does not
+
+    loader = replace(BASE, device="cpu", cpu_count=2, workers=2.0, host_cpu_pct=95.0,
+                     phase_share={**BASE.phase_share, "data_wait": 0.6})
+    cpu = _get(advise_measurements(replace(loader, workers_cpu=1.6, host_busy_cores=1.9)), "dataloader_kind")
+    assert cpu.title == "Data loading is CPU-bound in the workers" and "busy: 80% of a core each" in cpu.finding
+    io = _get(advise_measurements(replace(loader, workers_cpu=0.06, host_busy_cores=0.5, host_cpu_pct=25.0)),
+              "dataloader_kind")
     assert io.title == "Data loading is I/O-bound" and "mostly idle" in io.finding
+    # another job holds 1.5 of the 2 cores: workers at a quarter core each are all the host left them
+    crowded = _get(advise_measurements(replace(loader, workers_cpu=0.5, host_busy_cores=2.0)), "dataloader_kind")
+    assert crowded.title == "Data loading is CPU-bound in the workers", crowded.title
+    assert "of about 25% of a core each that the host left them" in crowded.finding
 
 
 def test_optimizer_heavy_loop_gets_slow_optimizer_first(runs_dir):
