@@ -390,6 +390,11 @@ class _Analyses:
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.terminate()
         pool.shutdown(wait=not now, cancel_futures=True)
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if now and manager is not None:
+            # the pool's own thread notices the terminated processes and closes its wake-up pipe; exiting while
+            # it does so races with the executor's exit hook, which then prints a traceback (CPython < 3.12)
+            manager.join(timeout=5.0)
 
 
 _analyses = _Analyses()

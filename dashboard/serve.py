@@ -58,9 +58,10 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
     if on_ready is not None:
         on_ready(url)
-    stopped_by = _stop_on_signals()
+    stopped_by: list[int] = []
     try:
-        server.run()
+        stopped_by = _stop_on_signals()
+        server.run()  # returns once a signal's exception closed it (waitress catches SystemExit to close)
     except _Stopped:
         pass
     finally:
@@ -74,9 +75,10 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
         raise KeyboardInterrupt  # exit status 130, as every other command after Ctrl-C
 
 
-class _Stopped(BaseException):
-    """Ctrl-C or SIGTERM arrived: unwinds ``server.run()`` (which would swallow a KeyboardInterrupt and return
-    as if it had ended by itself) so that the analysis processes are stopped on the way out."""
+class _Stopped(SystemExit):
+    """Ctrl-C or SIGTERM arrived: ends ``server.run()`` wherever it is. A SystemExit, because waitress's event
+    loop passes only those (and KeyboardInterrupt) through a connection's handler, where a signal usually
+    lands; any other exception there is logged and swallowed, and the server would go on serving."""
 
 
 def _stop_on_signals() -> list[int]:
