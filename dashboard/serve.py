@@ -58,13 +58,13 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
     if on_ready is not None:
         on_ready(url)
-    stopped_by: list[int] = []
+    stopped_by, restore = _stop_on_signals()
     try:
-        stopped_by = _stop_on_signals()
         server.run()  # returns once a signal's exception closed it (waitress catches SystemExit to close)
     except _Stopped:
         pass
     finally:
+        restore()
         server.close()
         from gpulens.dashboard import data
 
@@ -81,23 +81,26 @@ class _Stopped(SystemExit):
     lands; any other exception there is logged and swallowed, and the server would go on serving."""
 
 
-def _stop_on_signals() -> list[int]:
+def _stop_on_signals() -> tuple[list[int], Callable[[], None]]:
     """Ctrl-C and SIGTERM stop the dashboard through its ``finally``: SIGTERM killed it where it stood, which
-    left its analysis processes behind.  Returns the list the signal that came is put in; a second one during
-    the cleanup acts as it would without the dashboard."""
+    left its analysis processes behind.  Returns the list the signal that came is put in, and what puts the
+    handlers back (a second signal during the cleanup acts as it would without the dashboard)."""
     stopped_by: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return stopped_by  # embedded: the host program owns the signals
+        return stopped_by, lambda: None  # embedded: the host program owns the signals
     defaults = {sig: handler for sig, handler in ((signal.SIGINT, signal.default_int_handler),
                                                   (signal.SIGTERM, signal.SIG_DFL))
                 if signal.getsignal(sig) is handler}  # a handler of the host program's own stays
 
-    def on_signal(signum: int, frame: object) -> None:
+    def restore() -> None:
         for sig, handler in defaults.items():
             signal.signal(sig, handler)
+
+    def on_signal(signum: int, frame: object) -> None:
+        restore()
         stopped_by.append(signum)
         raise _Stopped
 
     for sig in defaults:
         signal.signal(sig, on_signal)
-    return stopped_by
+    return stopped_by, restore
