@@ -98,9 +98,11 @@ def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) ->
     assert list(flagged) == list(range(10, 30 + SETTLE_STEPS))  # the stretch and its settling steps
     w = report["what_if"]
     assert w["status"] == "done" and w["steps"] == 20 and w["base_batch"] == 64
-    # the collate sleep is 6 ms: the stretch's steps are shorter and wait for no batch (how much shorter is
-    # judged on a chosen timeline, test_the_what_if_gain_on_a_chosen_timeline: a busy host moves it here)
-    assert w["step_time_change"] < 0
+    # the collate sleep is 6 ms: the stretch waits for no batch. Whether and how much its steps are shorter is
+    # judged on a chosen timeline (test_the_what_if_gain_on_a_chosen_timeline): under four CPU burners the
+    # stretch measured 2.5x slower here, the compute's noise swamping the 6 ms it saved
+    low, high = w["step_time_change_ci"]
+    assert np.isfinite(w["step_time_change"]) and low <= w["step_time_change"] <= high
     assert w["data_wait_median_s"] < w["baseline_data_wait_median_s"] and w["baseline_data_wait_median_s"] > 0.006
     # the run's own figures leave the stretch out
     assert report["step_time"]["excluded"]["what_if"] == 20 + SETTLE_STEPS
