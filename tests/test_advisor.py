@@ -236,7 +236,8 @@ def test_cpu_bound_workers_and_io_bound_loader_are_told_apart(runs_dir):
 
     for run in (run_cpu, run_io):
         with open_run(run.path) as reader:
-            assert RunAnalysis(reader).measurements.workers == 2  # the DataLoader's two workers, found
+            assert reader.series("workers.count").v.max() == 2  # the DataLoader's two workers, found
+            assert RunAnalysis(reader).measurements.workers > 0  # (a time average: < 2 while they start)
     busy, idle = _worker_cpu_seconds_per_sample(run_cpu.path), _worker_cpu_seconds_per_sample(run_io.path)
     assert busy > 3 * idle, (busy, idle)  # augmentation costs CPU in the workers; reading (sleeping) does not
 

@@ -259,8 +259,9 @@ def test_compare_page_and_theme_toggle(server, page):
 
 
 def _row(page, table: str, label: str) -> tuple[str, str]:
-    """(text, class) of the row of ``table`` whose first cell is ``label``."""
-    return page.evaluate("""([t, label]) => { for (const tr of document.querySelectorAll('#' + t + ' tbody tr')) {
+    """(text, class) of the row of ``table`` whose first cell is ``label``, once it is there (a page's rows
+    fill in as its analysis lands: under load that is seconds after the table itself)."""
+    return _wait_for(page, """([t, label]) => { for (const tr of document.querySelectorAll('#' + t + ' tbody tr')) {
         if (tr.cells[0].innerText.trim() === label) return [tr.innerText, tr.className]; } return null; }""",
                          [table, label])
 
