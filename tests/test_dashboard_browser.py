@@ -294,9 +294,11 @@ def test_kernels_page_shows_the_reports_trace_analysis(server, page):
     # the graph may be drawn again as the page's analysis lands: read its traces once it holds still
     page.wait_for_function("() => { const gd = document.querySelector('#k-breakdown .js-plotly-plot');"
                            " return gd && gd.data && gd.data.some(t => t.name === 'Kernel'); }", timeout=90_000)
-    names = page.evaluate("() => { const gd = document.querySelector('#k-breakdown .js-plotly-plot');"
-                          " return gd && gd.data ? Array.from(gd.data, t => t.name) : []; }")
-    assert {"Kernel", "Memcpy", "Runtime", "DataLoader", "CPU Exec"} <= set(names)
+    want = ["Kernel", "Memcpy", "Runtime", "DataLoader", "CPU Exec"]  # all of them, once a redraw has settled
+    names = _wait_for(page, "(want) => { const gd = document.querySelector('#k-breakdown .js-plotly-plot');"
+                            " const n = gd && gd.data ? Array.from(gd.data, t => t.name) : [];"
+                            " return want.every(x => n.includes(x)) ? n : null; }", want)
+    assert set(want) <= set(names)
     page.wait_for_selector("#k-devices-table")
     devices = page.inner_text("#k-devices-table")
     assert "est. SM efficiency" in devices and "est. occupancy" in devices and "GPU 0" in devices
