@@ -18,12 +18,13 @@ if [ -z "${GPULENS_SKIP_CHECKS:-}" ]; then
   PYTHON="$VENV/bin/python" tools/typecheck.sh
   PYTHON="$VENV/bin/python" tools/layers.sh
 fi
-# two pytest workers (pytest-xdist) unless the arguments choose: most tests wait on subprocesses, sockets and
-# sleeps, so two workers on two cores take 10-11 minutes where one takes 13-14
-workers=(-n "${GPULENS_TEST_WORKERS:-2}")
+# two pytest workers per core (pytest-xdist), handed tests as they free up (worksteal), unless the arguments choose:
+# most tests wait on subprocesses, sockets and sleeps; the suite used half of two cores with one worker per core
+# (420 s), 267-350 s with four
+workers=(-n "${GPULENS_TEST_WORKERS:-$(( $(nproc) * 2 ))}" --dist worksteal)
 for arg in "$@"; do
-  case "$arg" in -n|-n*|--numprocesses*|no:xdist) workers=() ;; esac
+  case "$arg" in -n|-n*|--numprocesses*|no:xdist|--dist*) workers=() ;; esac
 done
-echo "gpulens test: pytest, the whole suite (10-11 minutes on 2 quiet cores; the first run also compiles" \
+echo "gpulens test: pytest, the whole suite (4½-6 minutes on 2 quiet cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

@@ -8,6 +8,7 @@ import numpy as np
 
 from gpulens.profiler import RunReader
 from gpulens.profiler.analysis.gpus import mean_over_gpus
+from gpulens.profiler.analysis.kernel_view import steps_in_windows
 
 
 def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
@@ -25,13 +26,9 @@ def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict
              "verdict": m.verdict + (f" ({m.note})" if m.note else "")} for m in result.metrics]
 
 
-def _steps_in_windows(s: dict[str, Any]) -> int:
-    return sum(w["last_step"] - w["first_step"] + 1 for w in s.get("windows") or []) or 0
-
-
 def kernel_deltas(a: dict[str, Any], b: dict[str, Any], limit: int = 25) -> list[dict[str, Any]]:
     """Kernel time per profiled step in A and B, largest absolute change first."""
-    na, nb = _steps_in_windows(a), _steps_in_windows(b)
+    na, nb = steps_in_windows(a.get("windows") or []), steps_in_windows(b.get("windows") or [])
     if not na or not nb:
         return []
     ka = {k["name"]: k for k in a.get("kernels") or []}

@@ -191,7 +191,7 @@ def energy_card(summary: dict[str, Any]) -> Card:
     phases = e.get("phases") or {}
     if phases:
         lines.append("GPU power while the host was in each phase (GPU work runs behind its launch):")
-        lines += [f"  {name.replace('_', ' ')}: {p['watts']:,.0f} ± {p['watts_se']:,.0f} W"
+        lines += [f"  {fmt.phase(name)}: {p['watts']:,.0f} ± {p['watts_se']:,.0f} W"
                   + (f", {p['j_per_step']:,.2f} J/step" if p.get("j_per_step") is not None else "")
                   for name, p in phases.items()]
     return Card("energy", "GPU energy", f"{e['wh']:,.2f} Wh", " · ".join(sub) or "whole run", "\n".join(lines))

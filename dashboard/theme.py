@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpulens import fmt
+
 GPU_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#7F3C8D")
 HOST_COLORS = ("#555555", "#999999", "#333333")
 RANK_COLORS = GPU_COLORS
@@ -20,13 +22,7 @@ PHASE_COLORS = {
     "optimizer": "#009E73",
     "other": "#999999",
 }
-PHASE_LABELS = {
-    "data_wait": "data wait",
-    "forward": "forward",
-    "backward": "backward",
-    "optimizer": "optimizer",
-    "other": "other",
-}
+PHASE_LABELS = {p: fmt.phase(p) for p in PHASE_COLORS}  # legends' names: the prose's (gpulens.fmt.phase)
 
 CATEGORY_COLORS = {
     "gemm": "#0072B2",

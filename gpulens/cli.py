@@ -459,8 +459,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _release_arrow() -> None:
     """Free what Parquet reads left behind while pyarrow is still whole: an Arrow reader's thread that
     lives on into interpreter shutdown can abort the process after its work is done ("terminate called
-    without an active exception", apache/arrow#34314; seen once in `gpulens ls` of a store here)."""
-    if "pyarrow" in sys.modules:
+    without an active exception", apache/arrow#34314; seen once in `gpulens ls` of a store here).  At exit,
+    once: a collection costs 0.2 s in a big process (a notebook, a test run) that calls main() many times."""
+    global _ARROW_RELEASE_REGISTERED
+    if "pyarrow" in sys.modules and not _ARROW_RELEASE_REGISTERED:
+        import atexit
         import gc
 
-        gc.collect()
+        atexit.register(gc.collect)
+        _ARROW_RELEASE_REGISTERED = True
+
+
+_ARROW_RELEASE_REGISTERED = False

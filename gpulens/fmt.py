@@ -114,6 +114,12 @@ def rate(x: float | None, what: str) -> str:
     return f"{v:.1f} {what}/s"
 
 
+def phase(name: str) -> str:
+    """A step phase as prose, legends and tables name it ("data_wait" is "data wait"; a custom phase keeps
+    its own words): one spelling on every surface."""
+    return name.replace("_", " ")
+
+
 def short_name(name: str, width: int = 60) -> str:
     """A kernel or op name without template arguments, parameters and return type."""
     out = []

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpulens import fmt
+from gpulens.profiler.analysis.kernel_view import steps_in_windows
 from gpulens.profiler.analysis.summary import PHASES, metric_label
 from gpulens.profiler.store.writer import describe_lost
 from gpulens.tables import NODE_COLUMNS, comparison_value, node_rows
@@ -220,7 +221,7 @@ def energy_line(e: dict[str, Any]) -> str:
     if e.get("per_token_j") is not None:
         parts.append(f"{e['per_token_j'] * 1000:,.3g} mJ/token")
     phases = e.get("phases") or {}
-    split = [f"{name.replace('_', ' ')} {p['watts']:,.0f} W" for name, p in phases.items() if name != "outside"]
+    split = [f"{fmt.phase(name)} {p['watts']:,.0f} W" for name, p in phases.items() if name != "outside"]
     if split:
         parts.append("power while the host was in " + ", ".join(split))
     if e.get("source") == "power-integration":
@@ -346,7 +347,7 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
     windows = s["windows"]
     out: list[Any] = []
     head = f"Kernel view ({len(windows)} profiler window{'s' if len(windows) != 1 else ''}"
-    n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in windows)
+    n_steps = steps_in_windows(windows)
     head += f", {n_steps} profiled steps)" if windows else ")"
     out.append(Text(head, style="bold"))
     if not ta["available"] or not ta["has_gpu"]:
@@ -429,7 +430,7 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
         out.append(Text(f"  GPU busy by host phase: not known ({traced['reason']})"))
     elif busy:
         out.append(Text("  GPU busy while the host was in each phase (trace ranges): " + ", ".join(
-            f"{name.replace('_', ' ')} {fmt.share(row['gpu_busy_share'], 0)} of {fmt.us(row['host_us'])}"
+            f"{fmt.phase(name)} {fmt.share(row['gpu_busy_share'], 0)} of {fmt.us(row['host_us'])}"
             for name, row in busy.items() if row.get("gpu_busy_share") is not None)))
     if s["sync"]:
         top = list(s["sync"].items())[:4]

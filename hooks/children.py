@@ -25,7 +25,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("gpulens")
@@ -47,9 +46,9 @@ def install_fork_handler(current: Callable[[], Any], options: dict[str, Any]) ->
             run = current()
             if run is not None:
                 run.orphan()
-            from gpulens.hooks import autorun
+            from gpulens.hooks import started
 
-            autorun.forget_started()
+            started.forget()
             arm(options, start_method="fork")
         except Exception as exc:  # never let a fork fail over recording
             log.debug("gpulens: forked child not armed: %s", exc)
@@ -62,7 +61,7 @@ def arm(options: dict[str, Any], start_method: str) -> None:
     global _armed
     torch = sys.modules.get("torch")
     if torch is None:
-        from gpulens.hooks.autorun import when_torch_imported
+        from gpulens.hooks.torch_import import when_torch_imported
 
         when_torch_imported(lambda module: arm(options, start_method))
         return
@@ -106,7 +105,8 @@ class _Trigger:
 
 
 def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> None:
-    from gpulens.hooks import autorun
+    from gpulens.hooks import started
+    from gpulens.hooks.options import track_kwargs
     from gpulens.hooks.tracking import track
 
     child: dict[str, Any] = {"parent_pid": _parent_pid(), "start_method": start_method}
@@ -117,13 +117,13 @@ def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> 
             child["process_group_world_size"] = int(dist.get_world_size())
     except Exception:
         pass
-    kwargs = autorun.track_options(options)
+    kwargs = track_kwargs(options)
     kwargs["advise"] = False  # the parent advises on the whole run when it ends
     kwargs.pop("prometheus_port", None)  # the parent's exporter holds the port
     run = track(options.get("name") or "run", auto=True, child=child, **kwargs)
     if run.closed:
         return
-    autorun.adopt(run)
+    started.adopt(run)
     try:  # forked multiprocessing children end in os._exit(): close through multiprocessing's exit hook
         from multiprocessing import util
 
@@ -133,23 +133,9 @@ def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> 
 
 
 def _parent_pid() -> int | None:
-    from gpulens.hooks.autorun import ENV_OWNER
+    from gpulens.hooks.run_env import ENV_OWNER
 
     try:
         return int(os.environ.get(ENV_OWNER, ""))
     except ValueError:
         return None
-
-
-def announce_trainer(run_dir: Path) -> None:
-    """Tell the parent's sampler that this child is a rank, not a DataLoader worker."""
-    from gpulens.profiler.record.proctree import TRAINERS_DIR, announce_loader_workers_in
-
-    announce_loader_workers_in(run_dir)  # and its DataLoaders' workers, which the parent sees too
-    try:
-        (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
-        (run_dir / TRAINERS_DIR / str(os.getpid())).touch()
-    except OSError as exc:
-        log.debug("gpulens: could not announce this child as a rank: %s", exc)
-
-

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpulens.hooks.steps import OTHER, Row, loss_value
+from gpulens.profiler.store.schema import GPU_PHASES, GPU_STEP, LOSS, MEM_ALLOCATED, MEM_PEAK, MEM_RESERVED
 
 
 class CudaStepTimer:
@@ -69,10 +70,10 @@ class CudaStepTimer:
             try:
                 current = stats["allocated_bytes"]["all"]["current"]
                 peak = stats["allocated_bytes"]["all"]["peak"]
-                row[17] = current
-                row[18] = stats["reserved_bytes"]["all"]["current"]
+                row[MEM_ALLOCATED] = current
+                row[MEM_RESERVED] = stats["reserved_bytes"]["all"]["current"]
                 self._run_peak = max(self._run_peak, current, peak if peak > self._peak_before else 0)
-                row[19] = self._run_peak
+                row[MEM_PEAK] = self._run_peak
             except KeyError:
                 pass
         loss_host = None
@@ -82,7 +83,7 @@ class CudaStepTimer:
                     self._last_loss = now
                     loss_host = loss.detach().to("cpu", non_blocking=True)
             else:
-                row[10] = loss_value(loss)
+                row[LOSS] = loss_value(loss)
         marks = self._marks if timed else None
         self._marks = []
         if marks is None and loss_host is None:
@@ -111,11 +112,11 @@ class CudaStepTimer:
             for ev, slot in marks[1:]:
                 totals[slot] += prev.elapsed_time(ev) / 1000.0
                 prev = ev
-            row[11] = sum(totals)
-            row[12:17] = totals
+            row[GPU_STEP] = sum(totals)
+            row[GPU_PHASES] = totals
             self._pool.extend(ev for ev, _ in marks)
         if loss_host is not None:
-            row[10] = loss_value(loss_host)
+            row[LOSS] = loss_value(loss_host)
             if not marks or ready is not marks[-1][0]:
                 self._pool.append(ready)
         self._emit(row)

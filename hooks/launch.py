@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpulens.hooks.autorun import (
+from gpulens.hooks.run_env import (
     BOOTSTRAP_DIR,
     ENV_OPTIONS,
     ENV_OWNER,

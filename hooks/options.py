@@ -19,6 +19,11 @@ JSON_OPTIONS = frozenset({"runs_dir", "run_id", "batch_size", "profile_every", "
                           "what_if", "nvtx"})
 
 
+def track_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``track()`` keyword arguments among ``gpulens run``'s options (the rest are its own)."""
+    return {k: v for k, v in options.items() if k in JSON_OPTIONS}
+
+
 @dataclass
 class RunOptions:
     """What :func:`gpulens.track` accepts (see its docstring for each).  ``gpulens run`` passes

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpulens.profiler.store import clock
-from gpulens.profiler.store.schema import FLAG_WARMUP, PHASES
+from gpulens.profiler.store.schema import FLAG_WARMUP, LOSS, PHASES
 
 DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
 PHASE_NAMES = PHASES  # slot i of the step recorder is PHASES[i]
@@ -175,7 +175,7 @@ class StepRecorder:
             self.gpu.end_step(row, loss, self._timing)
         else:
             if loss is not None:
-                row[10] = loss_value(loss)
+                row[LOSS] = loss_value(loss)
             self._emit(row)
         self._open_step(now)  # the next step starts where this one ended
         if self.post_step is not None:
@@ -219,7 +219,7 @@ class StepRecorder:
             return
         row = self._row(self._step_start, t, acc, extra, samples, None, 0)
         if loss is not None:
-            row[10] = loss_value(loss)
+            row[LOSS] = loss_value(loss)
         self.step_index += 1
         self._emit(row)
         self._step_start = t

@@ -28,13 +28,12 @@ from types import ModuleType
 from typing import Any, Literal
 
 from gpulens.hooks import run_end, runmeta
-from gpulens.hooks.autorun import ENV_RUN_ID_SCOPE, without_autorun
-from gpulens.hooks.children import announce_trainer
 from gpulens.hooks.compile_time import CompileClock
 from gpulens.hooks.lifecycle import Lifecycle
 from gpulens.hooks.modelinfo import model_meta
 from gpulens.hooks.options import RunOptions
 from gpulens.hooks.profiling import ProfilerWindows
+from gpulens.hooks.run_env import ENV_RUN_ID_SCOPE, without_autorun
 from gpulens.hooks.steps import StepRecorder, phase_slot
 from gpulens.profiler.record.recorder import Recorder
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
@@ -179,6 +178,8 @@ class TrackedRun:
         meta = runmeta.start_meta(opts, run_id, self._profile, self._model_meta, ranks)
         if self._child is not None:
             meta["child"] = self._child
+            from gpulens.profiler.record.proctree import announce_trainer
+
             announce_trainer(path)
         for claim in range(256 if self._child is not None else 1):
             try:  # a child takes the first free file from its rank on (the files are slots, see members.py)

@@ -19,6 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fakes, tests/h
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# The suite's training scripts share two cores with the other pytest worker and its scripts; torch's OpenMP pool
+# (a thread per core) spin-waits for the core another process holds. One thread each, unless the caller chose:
+# the char-GPT script took 7.7 CPU-s with it and 11.4 without beside one busy loop, 33 in the suite. What the
+# tests check (steps, phases, losses, bit-for-bit weights with and without gpulens) does not depend on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _cuda_available() -> bool:
     try:

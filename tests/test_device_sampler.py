@@ -55,7 +55,8 @@ def test_every_metric_recorded_or_explained_on_two_gpus(tmp_path):
 
 def test_unsupported_metric_is_recorded_once_and_never_polled_again(tmp_path):
     fake = FakeNvml(gpus=2, unsupported={"energy", "pcie", "throttle", "ecc"})
-    run = record_for(tmp_path / "run", 0.8, fake)
+    # until GPU 1's power was read 7 times: a busy host gives the sampler fewer ticks in 0.8 s
+    run = record_for(tmp_path / "run", 0.8, fake, until=lambda: fake.gpu_calls["nvmlDeviceGetPowerUsage", 1] >= 7)
     seen = _by_metric(run, 1)
     for metric in ("gpu.energy", "gpu.pcie_rx", "gpu.pcie_tx", "gpu.throttle", "gpu.ecc_uncorrected"):
         assert seen[metric].status == "unsupported"
@@ -89,7 +90,7 @@ def test_gpm_refused_by_driver_is_unsupported_with_nvml_error(tmp_path):
 def test_gpm_values_are_percentages_between_samples(tmp_path):
     fake = FakeNvml()
     fake.gpm_values = {"NVML_GPM_METRIC_ANY_TENSOR_UTIL": 88.15, "NVML_GPM_METRIC_SM_UTIL": 90.75}
-    run = record_for(tmp_path / "run", 0.7, fake)
+    run = record_for(tmp_path / "run", 0.7, fake, until=lambda: fake.gpu_calls["nvmlGpmSampleGet", 0] >= 5)
     tensor = run.series("gpm.tensor_active", 0)
     assert tensor.t.size >= 3
     assert np.allclose(tensor.v, 88.15)
@@ -101,15 +102,21 @@ def test_gpu_falling_off_the_bus_leaves_a_gap_and_an_event(tmp_path, monkeypatch
     fake = FakeNvml(gpus=2)
     marks = {}
 
-    def during(elapsed):
-        if elapsed > 0.4 and "lost" not in marks:
-            marks["lost"] = __import__("time").time()
-            fake.lose(1)
-        if elapsed > 1.0 and "back" not in marks:
-            marks["back"] = __import__("time").time()
-            fake.recover(1)
+    def power_reads(gpu: int) -> int:
+        return fake.gpu_calls["nvmlDeviceGetPowerUsage", gpu]
 
-    run = record_for(tmp_path / "run", 1.6, fake, during=during)
+    def during(elapsed):  # by the sampler's ticks, not by seconds alone: a busy host gives it fewer of them
+        if elapsed > 0.4 and "lost" not in marks:
+            marks["lost"], marks["reads_at_loss"] = __import__("time").time(), power_reads(0)
+            fake.lose(1)
+        if elapsed > 1.0 and "back" not in marks and power_reads(0) - marks["reads_at_loss"] > 12:
+            marks["back"], marks["reads_at_back"] = __import__("time").time(), power_reads(1)
+            fake.recover(1)
+        if "back" in marks and "reads_later" not in marks and __import__("time").time() > marks["back"] + 0.3:
+            marks["reads_later"] = power_reads(1)
+
+    run = record_for(tmp_path / "run", 1.6, fake, during=during,  # until GPU 1 was read again 0.3 s after
+                     until=lambda: "reads_later" in marks and power_reads(1) - marks["reads_later"] >= 2)
     kinds = [e.kind for e in run.events()]
     assert "gpu_lost" in kinds and "gpu_recovered" in kinds
     lost = next(e for e in run.events() if e.kind == "gpu_lost")

@@ -169,7 +169,7 @@ def test_compiled_model_hooked_before_compile_compiles_fullgraph_and_times_step_
 def test_compile_time_is_named_and_kept_out_of_the_phases(runs_dir):
     """The first step of a compiled model (and a recompile for a new shape) is one-off work: flagged,
     its seconds kept, left out of the phases and throughput, and named by the report."""
-    from gpulens.profiler.analysis.summary import summarize
+    from gpulens.profiler.analysis.run_analysis import summarize
     from gpulens.profiler.store.schema import FLAG_COMPILE
     from gpulens.report_view import compile_line
 
@@ -198,7 +198,8 @@ def test_compile_time_is_named_and_kept_out_of_the_phases(runs_dir):
 
 def test_checkpoints_ema_and_compile_in_a_nanogpt_like_script_under_gpulens_run(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    proc = _gpulens_run(tmp_path / "runs", PY, str(SCRIPTS / "char_gpt.py"), "--max-iters", "30",
+    small = ("--n-layer", "2", "--n-embd", "64")  # what is checked does not need a larger model's CPU time
+    proc = _gpulens_run(tmp_path / "runs", PY, str(SCRIPTS / "char_gpt.py"), "--max-iters", "30", *small,
                         "--eval-interval", "12", "--ema", "--checkpoint", str(ckpt))
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint reloaded: GPT with" in proc.stdout
@@ -209,7 +210,8 @@ def test_checkpoints_ema_and_compile_in_a_nanogpt_like_script_under_gpulens_run(
     printed = [float(m.group(1)) for m in re.finditer(r"iter \d+: loss ([\d.]+)", proc.stdout)]
     np.testing.assert_allclose(steps.loss, printed, atol=6e-5)
 
-    proc = _gpulens_run(tmp_path / "compiled", PY, str(SCRIPTS / "char_gpt.py"), "--max-iters", "8", "--compile")
+    proc = _gpulens_run(tmp_path / "compiled", PY, str(SCRIPTS / "char_gpt.py"), "--max-iters", "8", *small,
+                        "--compile")
     assert proc.returncode == 0, proc.stderr
     assert "graph break" not in proc.stderr.lower()
     assert len(_only_run(tmp_path / "compiled").steps()) == 8

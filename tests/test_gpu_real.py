@@ -238,7 +238,7 @@ def test_mfu_of_a_bf16_matmul_loop_is_near_the_measured_ceiling(tmp_path, gpu_ou
 
     import gpulens
     from gpulens.profiler import open_run
-    from gpulens.profiler.analysis.summary import summarize
+    from gpulens.profiler.analysis.run_analysis import summarize
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -257,7 +257,7 @@ def test_mfu_of_a_bf16_matmul_loop_is_near_the_measured_ceiling(tmp_path, gpu_ou
 
 
 def test_profiled_cuda_run_reports_kernel_view(tmp_path, gpu_out):
-    from gpulens.profiler.analysis.summary import summarize
+    from gpulens.profiler.analysis.run_analysis import summarize
 
     run = _train_mlp(tmp_path, "kernel-view", "bf16")
     s = summarize(run)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpulens.cli import _split_run_args
-from gpulens.hooks.autorun import is_launcher, program_name
+from gpulens.hooks.run_env import is_launcher, program_name
 from gpulens.hooks.launch import name_of
 from gpulens.profiler import open_run
 
@@ -229,11 +229,11 @@ def test_argument_splitting_and_names():
 
 def test_children_of_a_recording_process_do_not_record(tmp_path):
     """A process started by the recording one (spawned DataLoader worker, compile worker) stays quiet."""
-    from gpulens.hooks import autorun
+    from gpulens.hooks import run_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
     env.update(GPULENS_AUTORUN=json.dumps({"runs_dir": str(tmp_path), "quiet": True}), GPULENS_RUN_ID="child-test",
-               GPULENS_AUTORUN_OWNER="1", PYTHONPATH=str(autorun.BOOTSTRAP_DIR))
+               GPULENS_AUTORUN_OWNER="1", PYTHONPATH=str(run_env.BOOTSTRAP_DIR))
     proc = subprocess.run([PY, "-c", "print('hello')"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "hello"
     assert not (tmp_path / "child-test").exists()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gpulens.profiler import open_run
-from gpulens.profiler.analysis.advisor import advise
+from gpulens.profiler.analysis.run_analysis import advise
 from gpulens.profiler.analysis.advisor.measure import PHASES
 from gpulens.profiler.analysis.phase_activity import activity_by_phase
 from gpulens.profiler.analysis.trace import load_trace

@@ -16,7 +16,7 @@ import pytest
 
 from gpulens.cli import main as cli_main
 from gpulens.profiler import RunError, open_run
-from gpulens.profiler.analysis.summary import summarize
+from gpulens.profiler.analysis.run_analysis import summarize
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers"
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 from train_loops import SlowImages, train_cnn
@@ -13,7 +14,7 @@ from train_loops import SlowImages, train_cnn
 import gpulens
 from gpulens.cli import main as cli_main
 from gpulens.profiler import list_runs, open_run
-from gpulens.profiler.analysis.summary import summarize
+from gpulens.profiler.analysis.run_analysis import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"
@@ -113,3 +114,30 @@ def test_ls_lists_runs(cpu_run, capsys):
     assert cli_main(["ls", str(cpu_run.parent), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == [cpu_run.name] and rows[0]["steps"] == 8
+
+
+def test_a_run_without_steady_steps_is_measured_over_all_its_steps_on_every_surface(tmp_path):
+    """One rule (StepTable.counted): a run too short to leave its warm-up is measured over the steps it has by the
+    step time, the ranks and nodes tables, the advisor and compare alike (they once disagreed: a median beside
+    None); phase names are spelled once (fmt.phase)."""
+    from timeline import write_run
+
+    from gpulens import fmt
+    from gpulens.profiler import RunAnalysis
+    from gpulens.profiler.analysis.compare import side_of
+
+    d = np.array([0.010, 0.012, 0.011, 0.013])
+    path = write_run(tmp_path / "r", {"forward": d, "data_wait": d / 2}, warmup=4)
+    with open_run(path) as run:
+        assert not run.steps().steady().any() and run.steps().counted().all()
+        analysis = RunAnalysis(run)
+        report = analysis.report().as_dict()
+        side = side_of(run, report)
+        ranks = analysis.measurements.ranks
+    median = pytest.approx(float(np.median(d * 1.5)), rel=1e-5)  # times are stored as float32 offsets
+    assert report["step_time"]["steady"] == 0 and report["step_time"]["count"] == 4
+    assert report["step_time"]["median_s"] == median
+    assert [(r["steps"], r["step_time_median_s"]) for r in report["ranks"]] == [(4, median)]
+    assert [(n["steps"], n["step_time_median_s"]) for n in report["nodes"]] == [(4, median)]
+    assert side.durations.size == 4 and [(r.steps, r.step_s) for r in ranks] == [(4, median)]
+    assert fmt.phase("data_wait") == "data wait" and fmt.phase("all_reduce") == "all reduce"

@@ -13,7 +13,7 @@ from train_loops import SlowImages, train_cnn
 import gpulens
 from gpulens.hooks.steps import StepRecorder
 from gpulens.profiler import open_run
-from gpulens.profiler.analysis.summary import summarize
+from gpulens.profiler.analysis.run_analysis import summarize
 
 
 def _phase_sum(steps):

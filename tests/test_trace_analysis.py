@@ -15,7 +15,7 @@ import pytest
 
 from gpulens.cli import main as cli_main
 from gpulens.profiler import open_run
-from gpulens.profiler.analysis.summary import summarize
+from gpulens.profiler.analysis.run_analysis import summarize
 from gpulens.profiler.analysis.trace import TraceError, load_trace
 from gpulens.profiler.analysis.trace import intervals as iv
 from gpulens.profiler.analysis.trace.analysis import analyze

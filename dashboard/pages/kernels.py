@@ -166,7 +166,7 @@ def idle_rows(an: dict[str, Any]) -> list[list[Any]]:
 
 def phase_busy_rows(busy: dict[str, Any]) -> list[list[Any]]:
     """GPU busy while the host was in each phase: gpulens' ranges in the window's trace against its kernels."""
-    return [[name.replace("_", " "), fmt.seconds(row["host_us"] / 1e6), fmt.seconds(row["gpu_busy_us"] / 1e6),
+    return [[fmt.phase(name), fmt.seconds(row["host_us"] / 1e6), fmt.seconds(row["gpu_busy_us"] / 1e6),
              fmt.share(row["gpu_busy_share"])] for name, row in busy.get("phases", {}).items()]
 
 

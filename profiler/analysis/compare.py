@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from gpulens import fmt
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
+from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
@@ -106,22 +108,20 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
     """Read what a comparison needs from one run and its report (``gpulens report --json``); ``curves``:
     its energy curves when already read (:attr:`RunData.energy_curves`), else read here."""
     steps = run.steps()
-    steady = steps.steady() if len(steps) else np.zeros(0, dtype=bool)
-    if len(steps) and not steady.any():
-        steady = np.ones(len(steps), dtype=bool)
+    steady = steps.counted()
     readings: dict[str, np.ndarray] = {}
     means: dict[str, float] = {}
     for metric in READINGS:  # one GPU's series in memory at a time: a day at 10 Hz is 864,000 readings
-        kept, per_gpu = [], []
+        kept = []
         for gpu in run.gpus_recorded():
             s = run.series(metric, gpu)
             v = s.v[np.isfinite(s.v)] if s is not None else np.zeros(0)
             if v.size:
-                per_gpu.append(float(v.mean()))
                 kept.append(thin(v)[0])
-        if kept:
+        mean = mean_over_gpus(report.get("gpus") or [], metric)  # the report's cards' figure, not a second one
+        if kept and mean is not None:
             readings[metric] = np.concatenate(kept)
-            means[metric] = float(np.mean(per_gpu))  # as the report's cards: the mean of the GPUs' means
+            means[metric] = mean
     curves = energy_curves(run) if curves is None else curves
     energy = per_step(curves, steps)[steady] if curves else np.full(int(steady.sum()), np.nan)
     return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
@@ -200,7 +200,7 @@ def compare(base: Side, cand: Side) -> Comparison:
     for phase in PHASES:
         if phase in base.phases and phase in cand.phases:
             better = "lower" if phase == "data_wait" else None
-            out.metrics.append(_fill(Metric(phase, f"{phase.replace('_', ' ').capitalize()} share", "pp", better),
+            out.metrics.append(_fill(Metric(phase, f"{fmt.phase(phase).capitalize()} share", "pp", better),
                                      ratio_difference((base.phases[phase], b_dur), (cand.phases[phase], c_dur),
                                                       scale=100.0)))
     for metric, (name, label) in READINGS.items():

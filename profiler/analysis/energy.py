@@ -121,7 +121,7 @@ def phase_fit(power: Series | None, steps: StepTable, limit_w: float | None = No
     if power is None or not len(power) or not len(steps) or not np.isfinite(power.v).any():
         return None
     fit = activity_by_phase("gpu.power", steps.t_start, steps.t_end, {n: getattr(steps, n) for n in PHASES},
-                            power.t, power.v, POWER_AVERAGE_S, upper=np.inf, steady=steps.steady())
+                            power.t, power.v, POWER_AVERAGE_S, upper=np.inf, steady=steps.counted())
     bound = limit_w if limit_w is not None and limit_w > 0 else float(np.nanmax(power.v))
     return PowerSplit(fit, bound) if fit is not None else None
 
@@ -145,7 +145,7 @@ def energy_summary(curves: Sequence[EnergyCurve], fits: Sequence[PowerSplit | No
     joules = per_step(curves, steps)
     in_steps = float(np.nansum(joules))
     out["idle_j"] = max(0.0, total - in_steps)  # evaluation, checkpoints, start-up: no step running
-    steady = steps.steady() & np.isfinite(joules)
+    steady = steps.counted() & np.isfinite(joules)
     if not steady.any():
         return out
     j = joules[steady]
@@ -172,7 +172,7 @@ def _phases(fits: Sequence[PowerSplit], steps: StepTable) -> dict[str, dict[str,
     above the run's 161 W mean, with backward at 12 +- 38 W; a split is stated only when every phase
     holds.  One GPU without a split leaves the sum without one.
     """
-    steady = steps.steady()
+    steady = steps.counted()
     if not fits or not steady.any():
         return {}
     bound = sum(f.bound_w for f in fits)

@@ -9,6 +9,7 @@ reason.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy
 from gpulens.profiler.store.reader import Window
 
 
-def _merge_named(rows_lists: list[list[dict[str, Any]]], key: str, add: tuple[str, ...]) -> dict[str, dict]:
+def _merge_named(rows_lists: list[list[dict[str, Any]]], key: str, add: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for rows in rows_lists:
         for row in rows:
@@ -165,6 +166,12 @@ def empty(reason: str) -> dict[str, Any]:
             "tensor_core_share": None, "tc_eligible_share": None, "temporal_breakdown": [], "gpu_summary": [],
             "step_breakdown_us": {}, "launch": None, "sync": {}, "memcpy": [], "idle": [], "top_cpu_ops": [],
             "gemm_shapes": [], "phase_gpu_busy": None}
+
+
+def steps_in_windows(windows: Sequence[Mapping[str, Any]]) -> int:
+    """Steps the profiler windows hold, each rank's counted (the report's ``windows``): what the kernel
+    view's per-step figures divide by, on every surface."""
+    return sum(int(w["last_step"]) - int(w["first_step"]) + 1 for w in windows)
 
 
 def kernel_view(done: list[tuple[Window, dict[str, Any]]], problems: list[dict[str, Any]]) -> dict[str, Any]:

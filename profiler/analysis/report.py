@@ -7,9 +7,10 @@ makes it, the advisor measures from it, the CLI prints it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpulens.profiler.analysis.advisor.model import Advice
+if TYPE_CHECKING:  # the report holds the advice as printed; the advisor measures from the report
+    from gpulens.profiler.analysis.advisor.model import Advice
 
 
 @dataclass

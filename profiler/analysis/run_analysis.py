@@ -124,3 +124,13 @@ class RunAnalysis:
         if not suggestions:
             return self.figures
         return replace(self.figures, suggestions=self.advice.as_dict())
+
+
+def summarize(run: RunReader) -> dict[str, Any]:
+    """The report's figures of ``run``: a shorthand for ``RunAnalysis(run).summary``."""
+    return RunAnalysis(run).summary
+
+
+def advise(run: RunReader) -> Advice:
+    """The ranked suggestions for ``run``: a shorthand for ``RunAnalysis(run).advice``."""
+    return RunAnalysis(run).advice

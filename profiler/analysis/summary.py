@@ -101,13 +101,6 @@ def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
     )
 
 
-def summarize(run: RunReader) -> dict[str, Any]:
-    """The report's figures of ``run`` (through :class:`RunAnalysis`, like every caller)."""
-    from gpulens.profiler.analysis.run_analysis import RunAnalysis
-
-    return RunAnalysis(run).summary
-
-
 def compile_summary(steps: StepTable, compiling: np.ndarray) -> dict[str, Any] | None:
     """torch.compile's one-off work: how long, in which steps (None when nothing compiled)."""
     where = np.flatnonzero(compiling)
@@ -129,9 +122,7 @@ def step_summary(steps: StepTable) -> tuple[dict[str, Any], dict[str, Any]]:
                 "profiled": int(np.count_nonzero(flags & FLAG_PROFILED)),
                 "what_if": int(np.count_nonzero(flags & FLAG_WHATIF)),
                 "compiling": int(np.count_nonzero(compiling))}
-    steady = flags == 0
-    if n and not steady.any():
-        steady = np.ones(n, dtype=bool)  # too short to have steady steps: use them all
+    steady = steps.counted()
     durations = steps.duration[steady] if n else np.zeros(0)
     step_time: dict[str, Any] = {"count": int(durations.size), "steady": int(np.count_nonzero(flags == 0)),
                                  "excluded": excluded,
@@ -206,7 +197,7 @@ def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
     if given:
         by_dtype, source = given[-1].by_dtype, "user: flops_per_step"
     elif user.get("flops_per_sample") or user.get("flops_per_token"):
-        steady = data.steps.steady() if len(data.steps) else np.zeros(0, dtype=bool)
+        steady = data.steps.counted()
         per = "samples" if user.get("flops_per_sample") else "tokens"
         counts = getattr(data.steps, per)[steady] if steady.any() else np.zeros(0)
         counts = counts[np.isfinite(counts)]
@@ -227,7 +218,8 @@ def mfu_summary(data: RunData, step_time: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _metric_block(data: RunData, gpu: int, rank: int, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
+def _metric_block(data: RunData, gpu: int, rank: int,
+                  prefixes: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics: dict[str, Any] = {}
     missing: dict[str, str] = {}
     for s in data.series:
@@ -354,7 +346,7 @@ def _per_step_work(steps: StepTable) -> tuple[float | None, float | None]:
     """Mean samples and tokens of a steady step (None where the run does not say)."""
     if not len(steps):
         return None, None
-    steady = steps.steady()
+    steady = steps.counted()
     out: list[float | None] = []
     for col in (steps.samples, steps.tokens):
         v = col[steady]
@@ -382,7 +374,7 @@ def _node_entry(data: RunData, node: Node, gpus: list[dict[str, Any]]) -> dict[s
     cpu = data.metrics.get(("host.cpu", -1, _speaker(node))) if node.sampler is not None else None
     durations = [data.rank_durations[r] for r in node.ranks if r in data.rank_durations]
     if not data.rank_durations and len(data.steps):  # one rank: the run's own steady steps
-        durations = [data.steps.duration[data.steps.steady()]]
+        durations = [data.steps.duration[data.steps.counted()]]
     return {"node_rank": node.node_rank, "hostname": node.hostname, "ranks": list(node.ranks),
             "sampling_rank": node.sampling_rank,
             "sampled_by": ("none" if node.sampler is None else "rank" if node.sampling_rank is not None
@@ -408,7 +400,7 @@ def _rank_entries(data: RunData, nodes: list[Node]) -> list[dict[str, Any]]:
     for rank in data.info.get("ranks") or []:
         d = data.rank_durations.get(rank)
         if d is None:
-            d = data.steps.duration[data.steps.steady()] if len(data.steps) else np.zeros(0)
+            d = data.steps.duration[data.steps.counted()] if len(data.steps) else np.zeros(0)
         out.append({"rank": int(rank), "node_rank": node_of.get(rank, 0), "steps": int(np.asarray(d).size),
                     "step_time_median_s": _median([d])})
     return out

@@ -36,7 +36,8 @@ def what_if_result(steps: StepTable, meta: dict[str, Any]) -> dict[str, Any] | N
     first, last = int(plan.get("first_step") or 0), int(plan.get("last_step") or 0)
     step = steps.step
     stretch = (step >= first) & (step <= last) & ((steps.flags & FLAG_PROFILED) == 0)
-    base = steps.steady()
+    base = steps.steady()  # not counted(): without steady steps there is no loop as the user runs it to
+    # compare with, and the fallback to every step would put the stretch on both sides
     if not stretch.any() or not base.any():
         return out
     d = steps.duration

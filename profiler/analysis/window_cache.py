@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -48,7 +48,7 @@ def load(trace: Path, rank: int) -> dict[str, Any] | None:
         return None
     if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("analysis"), dict):
         return None
-    return doc["analysis"]
+    return cast(dict[str, Any], doc["analysis"])
 
 
 def store(trace: Path, rank: int, analysis: dict[str, Any]) -> None:
@@ -76,4 +76,4 @@ def _plain(value: Any) -> Any:
 
 def normalised(analysis: dict[str, Any]) -> dict[str, Any]:
     """``analysis`` as it reads back from its cache (tuples as lists, numpy as Python): one shape either way."""
-    return msgspec.json.decode(msgspec.json.encode(analysis, enc_hook=_plain))
+    return cast(dict[str, Any], msgspec.json.decode(msgspec.json.encode(analysis, enc_hook=_plain)))

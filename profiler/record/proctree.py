@@ -19,6 +19,7 @@ too, but they load no data (:meth:`ProcessTree.other_children`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ TRAINERS_DIR = "trainers"
 #: Directory of a run where child ranks announce their DataLoader workers' pids.
 LOADERS_DIR = "loader_workers"
 
+log = logging.getLogger("gpulens")
 _loader_lock = threading.Lock()
 _loader_pids: set[int] = set()
 _announce_dir: Path | None = None
@@ -57,6 +59,18 @@ def announce_loader_workers_in(run_dir: Path | None) -> None:
     global _announce_dir
     with _loader_lock:
         _announce_dir = run_dir / LOADERS_DIR if run_dir is not None else None
+
+
+def announce_trainer(run_dir: Path) -> None:
+    """This child process is a rank of the run in ``run_dir``, not a DataLoader worker: the parent's sampler
+    reads ``trainers/`` and leaves it out of the workers (its DataLoaders' workers are announced too)."""
+    announce_loader_workers_in(run_dir)
+    try:
+        (run_dir / TRAINERS_DIR).mkdir(exist_ok=True)
+        (run_dir / TRAINERS_DIR / str(os.getpid())).touch()
+    except OSError as exc:
+        log.debug("gpulens: could not announce this child as a rank: %s", exc)
+
 #: What multiprocessing's helper processes run (``python -c 'from multiprocessing.resource_tracker import
 #: main;main(5)'``): a DataLoader with a spawn context, or a process pool, starts one.
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "multiprocessing.semaphore_tracker")

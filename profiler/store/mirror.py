@@ -197,7 +197,7 @@ def _locked(root: Path) -> Iterator[None]:
 def _list(fs: Any, path: str, url: str, only: str | None) -> dict[str, dict[str, Any]]:
     try:
         fs.invalidate_cache(path)  # fsspec keeps listings per process: a dashboard's mirror must see new objects
-        found = fs.find(path, detail=True)
+        found: dict[str, dict[str, Any]] = fs.find(path, detail=True)
     except FileNotFoundError:
         found = {}
     except Exception as exc:
@@ -400,7 +400,7 @@ def _sync_run(fs: Any, root: Path, run_id: str, run: _Run, sizes: dict[str, int]
                 with ThreadPoolExecutor(min(len(work), ASSEMBLERS), thread_name_prefix="gpulens-mirror") as pool:
                     results = list(pool.map(lambda fn: fn(), work))
             else:
-                results = [fn() for fn in work]
+                results = [fn() for fn in work]  # type: ignore[no-untyped-call]  # default-argument lambdas
             for (folder, _, digest), result in zip(todo, results):
                 tags.update(result.tags)
                 stats.fetched += result.fetched

@@ -419,7 +419,7 @@ class _Agent:
             proc = psutil.Process(self.trainer)
             if self.trainer_created is not None and abs(proc.create_time() - float(self.trainer_created)) > 1.0:
                 return False
-            return proc.status() != psutil.STATUS_ZOMBIE
+            return bool(proc.status() != psutil.STATUS_ZOMBIE)
         except Exception:
             return False
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -138,17 +138,26 @@ class StepTable:
 
     def __getattr__(self, name: str) -> np.ndarray:
         try:
-            return self.__dict__["columns"][name]
+            return cast(np.ndarray, self.__dict__["columns"][name])
         except KeyError:
             raise AttributeError(name) from None
 
     @property
     def duration(self) -> np.ndarray:
-        return self.columns["t_end"] - self.columns["t_start"]
+        return np.asarray(self.columns["t_end"] - self.columns["t_start"])
 
     def steady(self) -> np.ndarray:
-        """Mask of steps that count for throughput (not warm-up, not profiled)."""
-        return self.columns["flags"] == 0
+        """Mask of the steps run as the user's loop runs: not warm-up, profiled, compiling or a what-if."""
+        if not len(self):
+            return np.zeros(0, dtype=bool)
+        return np.asarray(self.columns["flags"] == 0)
+
+    def counted(self) -> np.ndarray:
+        """Mask of the steps every figure of the run's pace is computed over (report, advisor, compare,
+        energy, nodes and ranks): the steady ones, or every step of a run too short to have any -- its
+        warm-up is then all the evidence there is, and a figure from it beats none.  One rule, here."""
+        steady = self.steady()
+        return steady if steady.any() or not len(self) else np.ones(len(self), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -463,7 +472,7 @@ def _pid_alive(pid: int, create_time: float | None) -> bool:
         proc = psutil.Process(pid)
         if create_time is not None and abs(proc.create_time() - create_time) > 2.0:
             return False  # the pid was reused by another process
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except Exception:
         return False
 

@@ -47,6 +47,13 @@ STEP_COLUMNS: tuple[str, ...] = (
     "flags",
     "extra",
 )
+#: A column's place in a step row (a list in STEP_COLUMNS order, made once per step on the training loop's
+#: path): recorders write ``row[LOSS]``, never a bare index that a new column would silently shift.
+COLUMN: dict[str, int] = {name: i for i, name in enumerate(STEP_COLUMNS)}
+LOSS = COLUMN["loss"]
+GPU_STEP = COLUMN["gpu_step"]
+GPU_PHASES = slice(COLUMN["gpu_data_wait"], COLUMN["gpu_other"] + 1)  # in PHASES order
+MEM_ALLOCATED, MEM_RESERVED, MEM_PEAK = COLUMN["mem_allocated"], COLUMN["mem_reserved"], COLUMN["mem_peak"]
 
 #: Widths (seconds) of the pre-aggregated min/max/mean buckets kept per series, so a day-long
 #: run's overview reads ~1,500 buckets instead of ~900,000 points.
@@ -211,4 +218,4 @@ def check_version(conn: sqlite3.Connection, path: Path) -> int:
         )
     if version < 1:
         raise RunError(path, f"unknown gpulens schema version {version}")
-    return version
+    return int(version)

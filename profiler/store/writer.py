@@ -216,7 +216,7 @@ class RunWriter:
         self.step_tap = None
         self.latest = None
 
-    def _bounded(self, kind: str, queue: deque) -> None:
+    def _bounded(self, kind: str, queue: deque[Any]) -> None:
         """Called before an append: make room in ``queue`` by dropping its oldest row, counted."""
         if len(queue) >= MAX_PENDING[kind]:
             try:
@@ -343,7 +343,7 @@ class RunWriter:
         self._small = compact_chunks(self._conn, self._small)  # on failure the same chunks wait for the next try
 
     @staticmethod
-    def _drain(queue: deque) -> list:
+    def _drain(queue: deque[Any]) -> list[Any]:
         out = []
         for _ in range(len(queue)):
             out.append(queue.popleft())
@@ -499,13 +499,13 @@ class RunWriter:
 class _Batch:
     """Everything one flush takes from the queues."""
 
-    series_rows: list
-    points: list
-    bulk: list
-    steps: list
-    events: list
-    windows: list
-    flops: list
+    series_rows: list[Any]
+    points: list[Any]
+    bulk: list[Any]
+    steps: list[Any]
+    events: list[Any]
+    windows: list[Any]
+    flops: list[Any]
     meta: dict[str, Any]
 
     def rows(self) -> int:

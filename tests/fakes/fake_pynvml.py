@@ -77,6 +77,7 @@ class FakeNvml(types.ModuleType):
         self.gpm_sample_error = gpm_sample_error
         self.library_missing = library_missing
         self.calls: Counter[str] = Counter()
+        self.gpu_calls: Counter[tuple[str, int]] = Counter()  # (function, GPU): a test waits for ticks, not seconds
         self.lost: set[int] = set()
         self.xids: list[tuple[int, int]] = []
         self.processes: dict[int, list[tuple[int, int]]] = {}
@@ -96,6 +97,8 @@ class FakeNvml(types.ModuleType):
     def _enter(self, fn: str, handle: FakeHandle | None = None, key: str | None = None) -> None:
         with self._lock:
             self.calls[fn] += 1
+            if handle is not None:
+                self.gpu_calls[fn, handle.index] += 1
         if not self.initialised:
             raise _real.NVMLError(_real.NVML_ERROR_UNINITIALIZED)
         if handle is not None and handle.index in self.lost:

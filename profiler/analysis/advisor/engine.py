@@ -17,7 +17,6 @@ from gpulens.profiler.analysis.advisor.rules import (
     thermal,
     utilization,
 )
-from gpulens.profiler.store.reader import RunReader
 
 Rule = Callable[[Measurements], "Suggestion | NotEvaluated | None"]
 
@@ -139,9 +138,3 @@ def advise_measurements(m: Measurements) -> Advice:
     combined = _overlaps(suggestions, m)
     return Advice(m.run_id, _order(suggestions), missing, combined)
 
-
-def advise(run: RunReader) -> Advice:
-    """The ranked suggestions for ``run`` (through :class:`RunAnalysis`, like every caller)."""
-    from gpulens.profiler.analysis.run_analysis import RunAnalysis
-
-    return RunAnalysis(run).advice

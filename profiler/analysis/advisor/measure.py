@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gpulens.profiler.analysis.gpus import max_over_gpus, mean_over_gpus, ratio_over_gpus, worst_throttle
-from gpulens.profiler.analysis.kernel_view import combine
+from gpulens.profiler.analysis.kernel_view import combine, steps_in_windows
 from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase, window_means
 from gpulens.profiler.analysis.report import Report
 from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
@@ -241,7 +241,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     if sb.get("Total"):
         m.loader_share_trace = sb.get("DataLoader", 0.0) / sb["Total"]
         m.comm_share = sb.get("Communication", 0.0) / sb["Total"]
-        n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in report.windows) or 1
+        n_steps = steps_in_windows(report.windows) or 1
         sync_calls = sum(v["calls"] for k, v in m.sync.items() if not k.startswith("Memcpy"))
         m.sync_per_step = sync_calls / n_steps
     m.gemm_shapes = report.gemm_shapes
@@ -304,7 +304,7 @@ def _per_step(m: Measurements, steps: Any) -> None:
     """Phase shares that a few extreme steps cannot dominate (a contended second, a GC pause)."""
     if not len(steps):
         return
-    keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
+    keep = steps.counted()
     d = steps.duration[keep]
     ok = np.isfinite(d) & (d > 0)
     if ok.sum() < 5:
@@ -331,7 +331,7 @@ CONTEXT_GPU = ("gpu.sm_clock", "gpu.util", "gpu.mem_used", "gpu.power", "gpu.tem
 def _shifts(m: Measurements, run: RunReader, steps: Any) -> None:
     if not len(steps):
         return
-    keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
+    keep = steps.counted()
     m.shifts = find_shifts(steps.step[keep], steps.t_start[keep], steps.duration[keep],
                            {p: getattr(steps, p)[keep] for p in PHASES})
     if not m.shifts:
@@ -362,7 +362,7 @@ def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
     interval = float((run.info.meta.get("sampling") or {}).get("gpm_interval") or 0.2)
     m.phase_activity = activity_by_phase("gpm.sm_active", steps.t_start, steps.t_end,
                                          {p: getattr(steps, p) for p in PHASES}, sm.t, sm.v, interval,
-                                         steady=steps.steady())
+                                         steady=steps.counted())
     m.sm_active_windows = window_means(sm.t, sm.v, [(w["t_start"], w["t_end"]) for w in m.windows])
 
 
@@ -373,7 +373,7 @@ def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> 
         steps = run.steps(rank, columns=PHASES)
         if not len(steps):
             continue
-        keep = steps.steady() if steps.steady().any() else np.ones(len(steps), dtype=bool)
+        keep = steps.counted()
         step_s = float(np.median(steps.duration[keep]))
         phases = {p: float(np.median(getattr(steps, p)[keep]))
                   for p in PHASES}

@@ -50,7 +50,7 @@ def gemm_shapes(trace: Trace) -> list[dict[str, Any]]:
     if not trace.input_dims:
         return []
     ktime = kernel_time_by_ext(trace)
-    rows: dict[tuple, dict[str, Any]] = {}
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for idx in trace.input_dims:
         op = trace.names[trace.name[idx]]
         if op not in GEMM_OPS or trace.cat[idx] != Cat.CPU_OP:

@@ -21,6 +21,8 @@ annotations in recent traces) are not counted as CPU work or as steps.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gpulens.profiler.analysis.trace import intervals as iv
@@ -61,7 +63,7 @@ def _role_unions(trace: Trace) -> list[iv.Union]:
     ]
 
 
-def step_breakdown(trace: Trace) -> dict:
+def step_breakdown(trace: Trace) -> dict[str, Any]:
     """Per step and on average: the plugin's category split of the step time (µs)."""
     spans = device_steps(trace)
     a = np.asarray([s.start for s in spans])
@@ -84,7 +86,7 @@ def step_breakdown(trace: Trace) -> dict:
     return {"steps": steps, "average_us": avg}
 
 
-def gpu_summary(trace: Trace) -> list[dict]:
+def gpu_summary(trace: Trace) -> list[dict[str, Any]]:
     """Per device: GPU utilization, est. SM efficiency, est. occupancy, tensor-core share (percent)."""
     kern = trace.mask(Cat.KERNEL)
     if not kern.any():

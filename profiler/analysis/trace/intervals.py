@@ -53,7 +53,7 @@ class Covered:
 
     def within(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Length of the union inside each window [a_i, b_i] (vectorised)."""
-        return self.before(b) - self.before(a)
+        return np.asarray(self.before(b) - self.before(a))
 
 
 def covered_before(u: Union, t: np.ndarray) -> np.ndarray:

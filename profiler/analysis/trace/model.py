@@ -87,7 +87,7 @@ class Trace:
 
     @property
     def end(self) -> np.ndarray:
-        return self.ts + self.dur
+        return np.asarray(self.ts + self.dur)
 
     def mask(self, *cats: Cat) -> np.ndarray:
         return np.isin(self.cat, np.asarray([int(c) for c in cats], dtype=self.cat.dtype))

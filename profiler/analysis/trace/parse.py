@@ -226,7 +226,7 @@ def _as_event(e: dict[str, Any]) -> _Event:
                   dur=num(dur, None) if dur is not None else None, args=args)  # type: ignore[arg-type]
 
 
-class _Interner(dict):
+class _Interner(dict[Any, int]):
     """value -> dense id; lookups of known values stay in C (dict.__getitem__)."""
 
     def __missing__(self, key: Any) -> int:
@@ -238,7 +238,7 @@ _INT64 = 2**63 - 1
 MAX_TIME_US = 1e17  # ~3,000 years of microseconds: beyond it a timestamp is garbage, not a time
 
 
-class _IntCache(dict):
+class _IntCache(dict[Any, int]):
     """value -> int for identifier columns mixing ints and strings, each distinct value converted once."""
 
     def __missing__(self, key: Any) -> int:

@@ -1,6 +1,8 @@
 """Host contention: other processes, or the hypervisor, take the CPU the training needs."""
 from __future__ import annotations
 
+from typing import Any
+
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, Suggestion
@@ -11,7 +13,7 @@ STEAL_PCT = 10.0
 MIN_OTHERS = 0.5  # cores taken by processes outside the run
 
 
-def _named(top: dict) -> str:
+def _named(top: dict[str, Any]) -> str:
     """A process name with its PIDs (a name alone may be the user's own script's)."""
     pids = top.get("pids") or []
     if not pids:

@@ -148,8 +148,8 @@ def straggler(m: Measurements) -> Suggestion | None:
         id="straggler", severity="high" if ratio > 1.2 else "medium",
         title=f"Rank {slow.rank}{f' (node {slow.node_rank})' if many_nodes else ''} is a straggler",
         finding=(f"rank {slow.rank}{where} needs {ratio:.2f}x the median per-rank work per step ({detail}); the others "
-                 f"wait for it in every collective; its extra time is in {phase.replace('_', ' ')}"),
-        action=(f"Look at rank {slow.rank}'s {phase.replace('_', ' ')}: its data shard (slower storage, larger "
+                 f"wait for it in every collective; its extra time is in {fmt.phase(phase)}"),
+        action=(f"Look at rank {slow.rank}'s {fmt.phase(phase)}: its data shard (slower storage, larger "
                 "samples: bucket by length or batch by token count), its host (CPU contention, a slower or "
                 "throttled GPU)."),
         expected_gain=f"up to {fmt.share(1 - median / values[worst], 0)} of step time for every rank",

@@ -81,7 +81,7 @@ def _by_gain(gain: float) -> str:
 def _first_fp32(m: Measurements) -> str:
     for k in m.top_kernels:
         if k["category"] in ("gemm", "convolution") and not k["tensor_core"]:
-            return k["name"][:60]
+            return str(k["name"])[:60]
     return "sgemm kernels"
 
 

@@ -80,7 +80,7 @@ def step_time_shift(m: Measurements) -> Suggestion | None:
     moved = s.moved
     if moved is not None and s.phases.get(moved):
         a, b = s.phases[moved]
-        finding += f"; the {moved.replace('_', ' ')} phase moved most: {fmt.ms(a)} -> {fmt.ms(b)} per step"
+        finding += f"; the {fmt.phase(moved)} phase moved most: {fmt.ms(a)} -> {fmt.ms(b)} per step"
     context = m.shift_context.get(s.step) or []
     if context:
         finding += f"; at the same time: {_changes(context)}"

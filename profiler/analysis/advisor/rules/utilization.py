@@ -5,6 +5,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
 from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, busy_words, how, windows_typical
+from gpulens.profiler.analysis.kernel_view import steps_in_windows
 
 
 def low_gpu_busy(m: Measurements) -> Suggestion | None:
@@ -21,11 +22,11 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     traced = (busy_by_phase.get("phases") or {}) if busy_by_phase.get("complete") else {}
     if traced:  # exact for the profiled steps: the trace holds the phase ranges and the kernels
         finding += ("; GPU busy while the host was in each phase (profiled steps, from the trace): "
-                    + ", ".join(f"{name.replace('_', ' ')} {fmt.share(row['gpu_busy_share'], 0)}"
+                    + ", ".join(f"{fmt.phase(name)} {fmt.share(row['gpu_busy_share'], 0)}"
                                 for name, row in traced.items() if row.get("gpu_busy_share") is not None))
     elif pa is not None and pa.precise() and len(pa.by_phase) >= 2:
         finding += ("; SM activity while the host was in each phase (GPU work runs after its launch): "
-                    + ", ".join(f"{name.replace('_', ' ')} {fmt.percent(v, 0)}" for name, v in pa.by_phase.items()))
+                    + ", ".join(f"{fmt.phase(name)} {fmt.percent(v, 0)}" for name, v in pa.by_phase.items()))
     return Suggestion(
         id="low_gpu_busy", severity="medium", title="The GPU is idle most of the time",
         finding=finding,
@@ -83,7 +84,7 @@ def launch_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
 def sync_points(m: Measurements) -> Suggestion | None:
     if m.device != "cuda" or not m.sync or not m.step_s:
         return None
-    n_steps = sum(w["last_step"] - w["first_step"] + 1 for w in m.windows) or 1
+    n_steps = steps_in_windows(m.windows) or 1
     calls = {k: v for k, v in m.sync.items() if not k.startswith("Memcpy")}
     if not calls:
         return None
