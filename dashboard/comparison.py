@@ -9,13 +9,14 @@ import numpy as np
 from gpulens.profiler import RunReader
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.kernel_view import steps_in_windows
+from gpulens.profiler.analysis.report import Report
 
 
-def _gpu_mean(s: dict[str, Any], metric: str) -> float | None:
-    return mean_over_gpus(s.get("gpus") or [], metric)
+def gpu_mean(s: Report, metric: str) -> float | None:
+    return mean_over_gpus(s.gpus, metric)
 
 
-def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict[str, Any]) -> list[dict[str, Any]]:
+def headline_rows(run_a: RunReader, a: Report, run_b: RunReader, b: Report) -> list[dict[str, Any]]:
     """``gpulens compare``'s rows for the page: B against A, each change with its interval and verdict."""
     from gpulens.profiler.analysis.compare import change_text, compare, interval_text, side_of
     from gpulens.tables import comparison_value
@@ -26,18 +27,18 @@ def headline_rows(run_a: RunReader, a: dict[str, Any], run_b: RunReader, b: dict
              "verdict": m.verdict + (f" ({m.note})" if m.note else "")} for m in result.metrics]
 
 
-def kernel_deltas(a: dict[str, Any], b: dict[str, Any], limit: int = 25) -> list[dict[str, Any]]:
+def kernel_deltas(a: Report, b: Report, limit: int = 25) -> list[dict[str, Any]]:
     """Kernel time per profiled step in A and B, largest absolute change first."""
-    na, nb = steps_in_windows(a.get("windows") or []), steps_in_windows(b.get("windows") or [])
+    na, nb = steps_in_windows(a.windows), steps_in_windows(b.windows)
     if not na or not nb:
         return []
-    ka = {k["name"]: k for k in a.get("kernels") or []}
-    kb = {k["name"]: k for k in b.get("kernels") or []}
-    rows = []
+    ka = {k.name: k for k in a.kernels}
+    kb = {k.name: k for k in b.kernels}
+    rows: list[dict[str, Any]] = []
     for name in set(ka) | set(kb):
-        ta = ka[name]["total_us"] / na if name in ka else 0.0
-        tb = kb[name]["total_us"] / nb if name in kb else 0.0
-        cat = (ka.get(name) or kb[name])["category"]
+        ta = ka[name].total_us / na if name in ka else 0.0
+        tb = kb[name].total_us / nb if name in kb else 0.0
+        cat = (ka.get(name) or kb[name]).category
         rows.append({"name": name, "category": cat, "a_us_per_step": ta, "b_us_per_step": tb, "delta_us": tb - ta,
                      "only": "A" if name not in kb else "B" if name not in ka else ""})
     rows.sort(key=lambda r: -abs(r["delta_us"]))
@@ -52,28 +53,26 @@ def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def config_of(s: dict[str, Any]) -> dict[str, Any]:
+def config_of(s: Report) -> dict[str, Any]:
     """What describes how a run was set up: user config, batch, world size, versions, GPU."""
-    run = s.get("run") or {}
+    run = s.run
     out: dict[str, Any] = {}
-    _flat("config", run.get("config") or {}, out)
-    out["batch_size"] = run.get("batch_size")
-    out["world_size"] = run.get("world_size")
-    out["torch"] = run.get("torch_version")
-    out["gpulens"] = run.get("gpulens_version")
-    gpus = s.get("gpus") or []
-    out["gpu"] = f"{gpus[0]['name']} × {len(gpus)}" if gpus else "none"
-    out["driver"] = (s.get("nvml") or {}).get("driver_version")
-    out["host"] = run.get("host")
-    cmd = run.get("command")
+    _flat("config", run.config, out)
+    out["batch_size"] = run.batch_size
+    out["world_size"] = run.world_size
+    out["torch"] = run.torch_version
+    out["gpulens"] = run.gpulens_version
+    out["gpu"] = f"{s.gpus[0].name} × {len(s.gpus)}" if s.gpus else "none"
+    out["driver"] = s.nvml.driver_version
+    out["host"] = run.host
+    cmd = run.command
     out["command"] = " ".join(cmd) if isinstance(cmd, list) else cmd
-    mfu = s.get("mfu") or {}
-    if mfu.get("by_dtype"):
-        out["dtypes (FLOPs)"] = ", ".join(sorted(k for k, v in mfu["by_dtype"].items() if v))
+    if s.mfu.by_dtype:
+        out["dtypes (FLOPs)"] = ", ".join(sorted(k for k, v in s.mfu.by_dtype.items() if v))
     return out
 
 
-def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+def config_diff(a: Report, b: Report) -> list[dict[str, Any]]:
     ca, cb = config_of(a), config_of(b)
     rows = []
     for key in sorted(set(ca) | set(cb), key=lambda k: (not k.startswith("config."), k)):

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gpulens.profiler import GpulensError, RunError, RunReader, open_run
+from gpulens.profiler.analysis.gpus import mean_over_gpus
+from gpulens.profiler.analysis.report import Report
 from gpulens.profiler.store.runstore import is_run_dir, list_runs, member_dbs, run_dir_in
 
 CONFIG_KEY = "GPULENS_RUNS_ROOT"
@@ -170,17 +172,36 @@ def reader(run_id: Any) -> RunReader:
 
 
 # ---------------------------------------------------------------------- analyses
+@dataclass(frozen=True)
+class RunFigures:
+    """What the runs page shows of a run: kept for every run of a big root, where whole analyses are kept
+    only for the latest (a team store's thousand runs)."""
+
+    steps_per_s: float | None
+    samples_per_s: float | None
+    gpu_busy: float | None  # NVML busy, the mean over GPUs as the run page's card
+    sm_active: float | None
+    mfu_pct: float | None
+
+    @classmethod
+    def of(cls, report: Report) -> RunFigures:
+        return cls(report.throughput.steps_per_s, report.throughput.samples_per_s,
+                   mean_over_gpus(report.gpus, "gpu.util"), mean_over_gpus(report.gpus, "gpm.sm_active"),
+                   report.mfu.mfu_pct)
+
+
 @dataclass
 class Analysis:
-    """A run's summary (``gpulens report --json``), advice, and per-window kernel analyses."""
+    """A run's report (``gpulens report`` without its suggestions), advice, and per-window kernel analyses."""
 
-    summary: dict[str, Any] | None = None
+    report: Report | None = None
     advice: dict[str, Any] | None = None
     windows: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     broken: bool = False  # the run's files could not be read (RunError), not an analysis bug
+    figures: RunFigures | None = None  # the runs page's figures (kept when the report is dropped)
 
 
 def analyse(path: Path) -> Analysis:
@@ -191,11 +212,12 @@ def analyse(path: Path) -> Analysis:
     try:
         with open_run(path) as run:
             analysis = RunAnalysis(run)
-            summary = analysis.summary
+            report = analysis.figures
             advice = analysis.advice.as_dict()
             windows = [(a.window, a.analysis) for a in analysis.windows]
             problems = [p.as_dict() for p in analysis.window_problems]
-        return Analysis(summary, advice, windows, problems, None, time.perf_counter() - t0)
+        return Analysis(report, advice, windows, problems, None, time.perf_counter() - t0,
+                        figures=RunFigures.of(report))
     except GpulensError as exc:
         return Analysis(error=str(exc), seconds=time.perf_counter() - t0, broken=True)
     except Exception as exc:  # a bug in one analysis must not take the page down
@@ -440,13 +462,9 @@ class RunRow:
 def _light(a: Analysis) -> Analysis:
     """What the runs page shows of an analysis -- throughput, GPU and SM busy, MFU, the top suggestion -- kept for
     every run of a big root (a team store's thousand runs), where whole analyses are kept only for the latest."""
-    s = a.summary or {}
-    gpus = [{"metrics": {k: {"mean": v.get("mean")} for k, v in (g.get("metrics") or {}).items()
-                         if k in ("gpu.util", "gpm.sm_active")}} for g in s.get("gpus") or []]
-    summary = {"throughput": s.get("throughput") or {}, "gpus": gpus, "mfu": s.get("mfu")}
     advice = {"suggestions": ((a.advice or {}).get("suggestions") or [])[:1]}
-    return Analysis(summary if a.summary is not None else None, advice if a.advice is not None else None,
-                    error=a.error, seconds=a.seconds, broken=a.broken)
+    return Analysis(None, advice if a.advice is not None else None, error=a.error, seconds=a.seconds,
+                    broken=a.broken, figures=a.figures)
 
 
 @dataclass

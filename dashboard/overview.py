@@ -1,6 +1,6 @@
 """Pure helpers of the run view: headline cards, evidence targets, step-phase series, rank means.
 
-They take the run's summary (``gpulens report --json``) or reader views and
+They take the run's report (:class:`~gpulens.profiler.analysis.report.Report`) or reader views and
 return plain values, so the run page's callbacks stay thin and these are
 tested on recorded runs without a browser.
 """
@@ -14,6 +14,7 @@ import numpy as np
 from gpulens import fmt
 from gpulens.dashboard.panels import panel_of
 from gpulens.profiler.analysis.gpus import mean_over_gpus
+from gpulens.profiler.analysis.report import MetricStats, Report, WhatIf, WindowEntry
 from gpulens.profiler.store.reader import PHASE_COLUMNS, StepView
 
 
@@ -27,59 +28,64 @@ class Card:
     available: bool = True
 
 
-def _gpu_mean(summary: dict[str, Any], metric: str) -> tuple[float | None, str | None]:
+def _gpu_mean(report: Report, metric: str) -> tuple[float | None, str | None]:
     """Mean over GPUs of a metric's run mean, or (None, why it is missing)."""
-    if (summary.get("run") or {}).get("imported_from"):
+    if report.run.imported_from:
         return None, "not in an imported trace"
-    value = mean_over_gpus(summary.get("gpus") or [], metric)
+    value = mean_over_gpus(report.gpus, metric)
     if value is not None:
         return value, None
-    reasons = [g["not_available"][metric] for g in summary.get("gpus") or [] if metric in g.get("not_available", {})]
+    reasons = [g.not_available[metric] for g in report.gpus if metric in g.not_available]
     if reasons:
         return None, reasons[0]
-    if not summary.get("gpus"):
+    if not report.gpus:
         return None, "no NVIDIA GPU in this run"
     return None, "not recorded"
 
 
-def _cpu_run(summary: dict[str, Any]) -> bool:
+def _cpu_run(report: Report) -> bool:
     """Recorded here without any GPU (not an imported trace, whose GPU figures come from its kernels)."""
-    return not summary.get("gpus") and not (summary.get("run") or {}).get("imported_from")
+    return not report.gpus and not report.run.imported_from
 
 
-def _cpu_cards(summary: dict[str, Any]) -> list[Card]:
+def _mean(metrics: dict[str, MetricStats], name: str) -> float | None:
+    m = metrics.get(name)
+    return m.mean if m is not None else None
+
+
+def _cpu_cards(report: Report) -> list[Card]:
     """A run without a GPU: one card says so, and the host and loop figures take the GPU cards' place."""
-    why = ((summary.get("nvml") or {}).get("reason") or "no NVIDIA GPU on this machine")
-    metrics = (summary.get("host") or {}).get("metrics") or {}
-    cores = ((summary.get("host") or {}).get("info") or {}).get("cpu_count")
+    why = report.nvml.reason or "no NVIDIA GPU on this machine"
+    metrics = report.host.metrics
+    cores = report.host.info.get("cpu_count")
     cards = [Card("gpu_busy", "GPU", "none", why[:80], why, False)]
-    host = (metrics.get("host.cpu") or {}).get("mean")
+    host = _mean(metrics, "host.cpu")
     cards.append(Card("host_cpu", "Host CPU", fmt.percent(host),
                       f"mean of {cores} cores, all processes" if cores else "all processes",
                       "psutil: share of the host's CPU time in use, every process included", host is not None))
-    proc = (metrics.get("proc.cpu") or {}).get("mean")
-    workers = (metrics.get("workers.cpu") or {}).get("mean")
+    proc = _mean(metrics, "proc.cpu")
+    workers = _mean(metrics, "workers.cpu")
     sub = f"DataLoader workers {workers:.2f} cores" if workers else "no DataLoader workers"
     cards.append(Card("proc_cpu", "Training process CPU", f"{proc:.2f} cores" if proc is not None else "n/a", sub,
                       "CPU time of the training process per second, in cores (1.00: one core busy all the time)",
                       proc is not None))
-    wait = (((summary.get("step_time") or {}).get("phases") or {}).get("data_wait") or {}).get("share")
+    data_wait = report.step_time.phases.get("data_wait")
+    wait = data_wait.share if data_wait is not None else None
     cards.append(Card("data_wait", "Data wait", fmt.percent(100 * wait) if wait is not None else "n/a",
                       "of the steady steps' time", "time the loop waited for the next batch", wait is not None))
     return cards
 
 
-def headline(summary: dict[str, Any]) -> list[Card]:
+def headline(report: Report) -> list[Card]:
     """The cards at the top of the run view, with the reason where a figure is not available."""
     cards: list[Card] = []
-    if _cpu_run(summary):
-        cards = _cpu_cards(summary)
-        _loop_cards(summary, cards, gpu=False)
+    if _cpu_run(report):
+        cards = _cpu_cards(report)
+        _loop_cards(report, cards, gpu=False)
         return cards
-    n_gpus = len(summary.get("gpus") or [])
-    busy, why = _gpu_mean(summary, "gpu.util")
-    kernel = next((g.get("gpu_utilization_pct") for g in summary.get("gpu_summary") or []
-                   if g.get("gpu_utilization_pct") is not None), None)
+    n_gpus = len(report.gpus)
+    busy, why = _gpu_mean(report, "gpu.util")
+    kernel = next((g.gpu_utilization_pct for g in report.gpu_summary if g.gpu_utilization_pct is not None), None)
     sub = why or (f"mean of {n_gpus} GPUs" if n_gpus > 1 else "NVML, whole run")
     if busy is None and kernel is not None:  # an imported trace: its kernels are all we know of the GPU
         cards.append(Card("gpu_busy", "GPU busy", fmt.percent(kernel), "from the trace: kernels run this share "
@@ -95,106 +101,102 @@ def headline(summary: dict[str, Any]) -> list[Card]:
             ("sm_active", "gpm.sm_active", "SM activity", "GPM: share of SMs busy over time (Hopper+)"),
             ("tensor_active", "gpm.tensor_active", "Tensor activity", "GPM: time the tensor cores issued work"),
             ("dram_bw", "gpm.dram_bw", "DRAM bandwidth", "GPM: DRAM bandwidth used over its peak")):
-        value, why = _gpu_mean(summary, metric)
+        value, why = _gpu_mean(report, metric)
         cards.append(Card(key, label, fmt.percent(value), "GPM mean" if value is not None else f"n/a: {why}", title,
                           value is not None))
-    mfu = summary.get("mfu") or {}
-    if mfu.get("mfu_pct") is not None:
-        peak = mfu.get("peak") or {}
-        cards.append(Card("mfu", "MFU", fmt.percent(mfu["mfu_pct"]),
-                          f"{mfu.get('achieved_tflops', 0):.1f} TFLOP/s of {peak.get('gpu', 'peak')}",
-                          f"model FLOPs ({mfu.get('source')}) per second over the dense peak of the dtypes used"))
+    mfu = report.mfu
+    if mfu.mfu_pct is not None:
+        cards.append(Card("mfu", "MFU", fmt.percent(mfu.mfu_pct),
+                          f"{mfu.achieved_tflops or 0:.1f} TFLOP/s of {mfu.peak.gpu if mfu.peak else 'peak'}",
+                          f"model FLOPs ({mfu.source}) per second over the dense peak of the dtypes used"))
     else:
-        cards.append(Card("mfu", "MFU", "n/a", (mfu.get("reason") or "no FLOPs recorded")[:80],
-                          mfu.get("reason") or "", False))
-    _loop_cards(summary, cards, gpu=True)
+        cards.append(Card("mfu", "MFU", "n/a", (mfu.reason or "no FLOPs recorded")[:80], mfu.reason or "", False))
+    _loop_cards(report, cards, gpu=True)
     return cards
 
 
-def _loop_cards(summary: dict[str, Any], cards: list[Card], gpu: bool) -> None:
+def _loop_cards(report: Report, cards: list[Card], gpu: bool) -> None:
     """Throughput, step time, (GPU energy,) peak memory and a what-if: every run has them."""
-    tp = summary.get("throughput") or {}
-    if tp.get("samples_per_s"):
-        rate, rate_sub = f"{tp['samples_per_s']:,.0f}/s", f"samples · {tp['steps_per_s']:.2f} steps/s"
-    elif tp.get("steps_per_s"):
-        rate, rate_sub = f"{tp['steps_per_s']:.2f}/s", "steps (no batch size recorded)"
+    tp = report.throughput
+    if tp.samples_per_s:
+        rate, rate_sub = f"{tp.samples_per_s:,.0f}/s", f"samples · {tp.steps_per_s or 0:.2f} steps/s"
+    elif tp.steps_per_s:
+        rate, rate_sub = f"{tp.steps_per_s:.2f}/s", "steps (no batch size recorded)"
     else:
         rate, rate_sub = "n/a", "no steady steps recorded"
-    if tp.get("tokens_per_s"):
-        rate_sub += f" · {tp['tokens_per_s']:,.0f} tokens/s"
+    if tp.tokens_per_s:
+        rate_sub += f" · {tp.tokens_per_s:,.0f} tokens/s"
     cards.append(Card("throughput", "Throughput", rate, rate_sub, "steady steps only: warm-up, profiled, compiling "
                       "and what-if steps are left out", rate != "n/a"))
-    st = summary.get("step_time") or {}
-    cards.append(Card("step_time", "Step time", fmt.seconds(st.get("mean_s")),
-                      f"median {fmt.seconds(st.get('median_s'))} · p90 {fmt.seconds(st.get('p90_s'))}",
+    st = report.step_time
+    cards.append(Card("step_time", "Step time", fmt.seconds(st.mean_s),
+                      f"median {fmt.seconds(st.median_s)} · p90 {fmt.seconds(st.p90_s)}",
                       "wall time of the steady steps over their count (1 / steps/s, as throughput and MFU); the "
-                      "median is the typical step", st.get("mean_s") is not None))
+                      "median is the typical step", st.mean_s is not None))
     if gpu:
-        cards.append(energy_card(summary))
-    mem = summary.get("memory") or {}
-    used = [v for v in (mem.get("gpu_memory_used_max_bytes") or {}).values() if v is not None]
-    if mem.get("cuda_peak_allocated_bytes"):
-        total = (summary.get("gpus") or [{}])[0].get("memory_total_bytes")
-        sub = f"CUDA allocated peak · reserved {fmt.bytes_(mem.get('cuda_peak_reserved_bytes'))}"
+        cards.append(energy_card(report))
+    mem = report.memory
+    used = [v for v in mem.gpu_memory_used_max_bytes.values() if v is not None]
+    if mem.cuda_peak_allocated_bytes:
+        total = report.gpus[0].memory_total_bytes if report.gpus else None
+        sub = f"CUDA allocated peak · reserved {fmt.bytes_(mem.cuda_peak_reserved_bytes)}"
         if total:
             sub += f" of {fmt.bytes_(total)}"
-        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem["cuda_peak_allocated_bytes"]), sub,
+        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem.cuda_peak_allocated_bytes), sub,
                           "torch.cuda.max_memory_allocated since the run started"))
     elif used:
         cards.append(Card("memory", "Peak memory", fmt.bytes_(max(used)), "GPU memory used (NVML)",
                           "device memory in use by all processes, maximum"))
-    elif mem.get("process_rss_max_bytes"):
-        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem["process_rss_max_bytes"]),
+    elif mem.process_rss_max_bytes:
+        cards.append(Card("memory", "Peak memory", fmt.bytes_(mem.process_rss_max_bytes),
                           "process RSS (CPU run)", "resident memory of the training process, maximum"))
     else:
         cards.append(Card("memory", "Peak memory", "n/a", "not recorded", "", False))
-    if summary.get("what_if"):
-        cards.append(what_if_card(summary["what_if"]))
+    if report.what_if is not None:
+        cards.append(what_if_card(report.what_if))
 
 
-def what_if_card(w: dict[str, Any]) -> Card:
+def what_if_card(w: WhatIf) -> Card:
     """A measured what-if: the step time its stretch reached, against the run's own steady steps."""
-    label = "What-if: synthetic data" if w.get("kind") == "synthetic-data" else f"What-if: batch {w.get('batch_size')}"
-    title = (f"steps {w.get('first_step')}-{w.get('last_step')} of the real loop "
-             + ("replayed cached batches instead of waiting on the DataLoader" if w.get("kind") == "synthetic-data"
-                else f"trained on batches of {w.get('batch_size')} (compute time: step minus data wait)")
+    label = "What-if: synthetic data" if w.kind == "synthetic-data" else f"What-if: batch {w.batch_size}"
+    title = (f"steps {w.first_step}-{w.last_step} of the real loop "
+             + ("replayed cached batches instead of waiting on the DataLoader" if w.kind == "synthetic-data"
+                else f"trained on batches of {w.batch_size} (compute time: step minus data wait)")
              + "; compared with the run's steady steps, 95% block-bootstrap interval")
-    if w.get("step_time_change") is None:
-        why = w.get("reason") or w.get("status") or "no steps measured"
+    if w.step_time_change is None:
+        why = w.reason or w.status or "no steps measured"
         return Card("what_if", label, "n/a", str(why)[:80], title, False)
-    ci = w.get("step_time_change_ci")
-    sub = f"vs {fmt.seconds(w['baseline_step_time_median_s'])}"
-    sub += f" ({w['step_time_change']:+.0%}" + (f", CI {ci[0]:+.0%}..{ci[1]:+.0%})" if ci else ")")
-    if w.get("kind") == "batch-size" and w.get("samples_per_s_change") is not None:
-        sub += f" · samples/s {w['samples_per_s_change']:+.0%}"
-    return Card("what_if", label, fmt.seconds(w["step_time_median_s"]), sub, title)
+    ci = w.step_time_change_ci
+    sub = f"vs {fmt.seconds(w.baseline_step_time_median_s)}"
+    sub += f" ({w.step_time_change:+.0%}" + (f", CI {ci[0]:+.0%}..{ci[1]:+.0%})" if ci else ")")
+    if w.kind == "batch-size" and w.samples_per_s_change is not None:
+        sub += f" · samples/s {w.samples_per_s_change:+.0%}"
+    return Card("what_if", label, fmt.seconds(w.step_time_median_s), sub, title)
 
 
-def energy_card(summary: dict[str, Any]) -> Card:
+def energy_card(report: Report) -> Card:
     """GPU energy of the run, per steady step and per sample, and (in the tooltip) per phase."""
-    e = summary.get("energy") or {}
-    if not e.get("available"):
-        why = "no NVIDIA GPU in this run" if not summary.get("gpus") else "no energy counter or power readings"
-        return Card("energy", "GPU energy", "n/a", why, e.get("reason") or why, False)
+    e = report.energy
+    if not e.available:
+        why = "no NVIDIA GPU in this run" if not report.gpus else "no energy counter or power readings"
+        return Card("energy", "GPU energy", "n/a", why, e.reason or why, False)
     sub = []
-    if e.get("step_j_median") is not None:
-        sub.append(f"{e['step_j_median']:,.1f} J/step")
-    if e.get("per_token_j") is not None:
-        sub.append(f"{e['per_token_j'] * 1000:,.2f} mJ/token")
-    elif e.get("per_sample_j") is not None:
-        sub.append(f"{e['per_sample_j']:,.2f} J/sample")
-    source = "NVML's total-energy counter" if e.get("source") == "nvml-energy-counter" else "integrated power readings"
-    lines = [f"{source} of {e.get('gpus')} GPU(s), first reading to last; J/step: its rise inside each steady "
+    if e.step_j_median is not None:
+        sub.append(f"{e.step_j_median:,.1f} J/step")
+    if e.per_token_j is not None:
+        sub.append(f"{e.per_token_j * 1000:,.2f} mJ/token")
+    elif e.per_sample_j is not None:
+        sub.append(f"{e.per_sample_j:,.2f} J/sample")
+    source = "NVML's total-energy counter" if e.source == "nvml-energy-counter" else "integrated power readings"
+    lines = [f"{source} of {e.gpus} GPU(s), first reading to last; J/step: its rise inside each steady "
              "step (median)"]
-    if e.get("idle_j") is not None:
-        lines.append(f"outside steps (start-up, evaluation, checkpoints): {e['idle_j'] / 3600:,.3f} Wh")
-    phases = e.get("phases") or {}
-    if phases:
+    if e.idle_j is not None:
+        lines.append(f"outside steps (start-up, evaluation, checkpoints): {e.idle_j / 3600:,.3f} Wh")
+    if e.phases:
         lines.append("GPU power while the host was in each phase (GPU work runs behind its launch):")
-        lines += [f"  {fmt.phase(name)}: {p['watts']:,.0f} ± {p['watts_se']:,.0f} W"
-                  + (f", {p['j_per_step']:,.2f} J/step" if p.get("j_per_step") is not None else "")
-                  for name, p in phases.items()]
-    return Card("energy", "GPU energy", f"{e['wh']:,.2f} Wh", " · ".join(sub) or "whole run", "\n".join(lines))
+        lines += [f"  {fmt.phase(name)}: {p.watts:,.0f} ± {p.watts_se:,.0f} W, {p.j_per_step:,.2f} J/step"
+                  for name, p in e.phases.items()]
+    return Card("energy", "GPU energy", f"{e.wh or 0:,.2f} Wh", " · ".join(sub) or "whole run", "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -208,22 +210,20 @@ class Target:
     href: str | None = None  # another page instead of a zoom
 
 
-def evidence_targets(suggestion: dict[str, Any], summary: dict[str, Any], run_id: str,
+def evidence_targets(suggestion: dict[str, Any], report: Report, run_id: str,
                      start: float | None) -> list[Target]:
     """Turn a suggestion's evidence into links: time ranges zoom the graphs, kernels open the kernel view."""
     out: list[Target] = []
     origin = start or 0.0
-    windows = {(w["rank"], w["index"]): w for w in summary.get("windows") or []}
+    windows: dict[tuple[object, object], WindowEntry] = {(w.rank, w.index): w for w in report.windows}
     for ev in suggestion.get("evidence") or []:
         kind, label, d = ev.get("kind"), ev.get("label", ""), ev.get("data") or {}
         if kind == "window":
             w = windows.get((d.get("rank"), d.get("index")))
             if w:
-                pad = max((w["t_end"] - w["t_start"]) * 0.5, 1.0)
-                out.append(Target(f"{label} (zoom)", "ts-section", w["t_start"] - origin - pad,
-                                  w["t_end"] - origin + pad))
-                out.append(Target(f"{label} (kernels)", "",
-                                  href=f"/run/{run_id}/kernels?window={w['rank']}:{w['index']}"))
+                pad = max((w.t_end - w.t_start) * 0.5, 1.0)
+                out.append(Target(f"{label} (zoom)", "ts-section", w.t_start - origin - pad, w.t_end - origin + pad))
+                out.append(Target(f"{label} (kernels)", "", href=f"/run/{run_id}/kernels?window={w.rank}:{w.index}"))
         elif kind == "time_range" and d.get("t0") is not None:
             out.append(Target(label, "ts-section", float(d["t0"]) - origin, float(d.get("t1", d["t0"])) - origin))
         elif kind == "metric":
@@ -239,9 +239,9 @@ def evidence_targets(suggestion: dict[str, Any], summary: dict[str, Any], run_id
                 query = "?category=" + ",".join(d["category"])
             elif d.get("names"):
                 query = "?q=" + str(d["names"][0])
-            elif d.get("window") is not None:
-                w = (summary.get("windows") or [None])[0]
-                query = f"?window={w['rank']}:{w['index']}" if w else ""
+            elif d.get("window") is not None and report.windows:
+                first = report.windows[0]
+                query = f"?window={first.rank}:{first.index}"
             out.append(Target(label, "", href=f"/run/{run_id}/kernels{query}"))
         elif kind == "probe":
             out.append(Target(label, "panel-memory"))
@@ -268,10 +268,11 @@ def phase_series(view: StepView, bins: int) -> tuple[np.ndarray, dict[str, np.nd
     return tt, phases, {p: v / whole for p, v in means.items()}
 
 
-def steady_phase_shares(summary: dict[str, Any] | None) -> dict[str, float]:
-    """Each phase's share of the steady steps, from the summary: the figure the advice and report use."""
-    phases = ((summary or {}).get("step_time") or {}).get("phases") or {}
-    return {p: float(v["share"]) for p, v in phases.items() if isinstance(v, dict) and v.get("share") is not None}
+def steady_phase_shares(report: Report | None) -> dict[str, float]:
+    """Each phase's share of the steady steps, from the report: the figure the advice and report use."""
+    if report is None:
+        return {}
+    return {p: v.share for p, v in report.step_time.phases.items() if v.share is not None}
 
 
 def rank_means(views: list[StepView]) -> list[dict[str, Any]]:

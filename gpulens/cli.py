@@ -253,13 +253,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gpulens.profiler import RunAnalysis, open_run
 
     with open_run(_run_target(args.run, args.runs_dir)) as run:
-        summary = RunAnalysis(run).report().as_dict()
+        report = RunAnalysis(run).report()
     if args.json:
-        print(json.dumps(summary, indent=2, default=_json_default))
+        print(json.dumps(report.as_dict(), indent=2, default=_json_default))
     else:
         from gpulens.report_view import render
 
-        render(summary)
+        render(report)
     return EXIT_OK
 
 
@@ -286,8 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for target in (args.base, args.candidate):
         with open_run(_run_target(target, args.runs_dir)) as run:
             analysis = RunAnalysis(run)
-            report = analysis.report(suggestions=False).as_dict()
-            sides.append(side_of(run, report, analysis.data.energy_curves))
+            sides.append(side_of(run, analysis.report(suggestions=False), analysis.data.energy_curves))
     comparison = compare(sides[0], sides[1])
     results = check(comparison, rules)
     failed = [r for r in results if r.failed]

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from msgspec import UNSET
 
+from gpulens.profiler.analysis.report import Report
 from gpulens.profiler.errors import GpulensError
 
 #: Points of the inline sparkline (steps are bucketed to this many medians).
@@ -87,8 +89,7 @@ class Run:
     def kernels(self) -> Any:
         from gpulens.profiler.export.frames import KERNEL_COLUMNS, kernel_rows, rows_frame
 
-        return self._with(lambda r, a: rows_frame(kernel_rows(a.report(suggestions=False).as_dict()),
-                                                  KERNEL_COLUMNS))
+        return self._with(lambda r, a: rows_frame(kernel_rows(a.report(suggestions=False)), KERNEL_COLUMNS))
 
     @property
     def suggestions(self) -> Any:
@@ -102,7 +103,7 @@ class Run:
 
     def _repr_html_(self) -> str:
         try:
-            return self._with(lambda r, a: render_html(a.report().as_dict(), r.step_durations(r.primary_rank)
+            return self._with(lambda r, a: render_html(a.report(), r.step_durations(r.primary_rank)
                                                        if r.ranks else np.zeros(0)))
         except GpulensError as exc:
             return f"<div class='gpulens-run'><b>gpulens</b>: {html.escape(str(exc))}</div>"
@@ -130,7 +131,7 @@ def show(run: Any, runs_dir: str | Path | None = None, theme: str = "light") -> 
         if reader.ranks:
             view = reader.step_view(None, None, None, 1200)
             t, phases, shares = overview.phase_series(view, 400)
-            steady = overview.steady_phase_shares(RunAnalysis(reader).summary)
+            steady = overview.steady_phase_shares(RunAnalysis(reader).figures)
             out["breakdown"] = go.Figure(figures.phase_breakdown_figure(
                 t - (reader.info.start or 0.0), phases, steady or shares, theme,
                 duration_s=reader.info.duration_s or 0.0,
@@ -155,32 +156,33 @@ def sparkline(durations: np.ndarray, width: int = 240, height: int = 36) -> str:
             f"<polyline fill='none' stroke='#1f77b4' stroke-width='1.2' points='{points}'/></svg>")
 
 
-def render_html(report: dict[str, Any], durations: np.ndarray, suggestions: int = 3) -> str:
+def render_html(report: Report, durations: np.ndarray, suggestions: int = 3) -> str:
     """The inline view: title and status, the headline cards, the top suggestions, a step-time sparkline."""
     from gpulens.dashboard.overview import headline
 
     esc = html.escape
-    run = report["run"]
+    run = report.run
     cards = "".join(
         f"<div style='border:1px solid #ddd;border-radius:6px;padding:6px 10px;min-width:120px' "
         f"title='{esc(c.title)}'><div style='font-size:11px;color:#666'>{esc(c.label)}</div>"
         f"<div style='font-size:18px;font-weight:600'>{esc(c.value)}</div>"
         f"<div style='font-size:11px;color:#666'>{esc(c.sub)}</div></div>"
         for c in headline(report))
-    tips = (report.get("suggestions") or {}).get("suggestions") or []
+    advice = report.suggestions if report.suggestions is not UNSET else {}
+    tips = advice.get("suggestions") or []
+    assert isinstance(tips, list)
     items = "".join(f"<li><b>[{esc(s['severity'])}] {esc(s['title'])}</b> — {esc(s['expected_gain'])}"
                     f"<div style='color:#555;font-size:12px'>{esc(s['finding'])}</div></li>"
                     for s in tips[:suggestions])
-    st = report.get("step_time") or {}
-    median = st.get("median_s")
+    median = report.step_time.median_s
     from gpulens import fmt
 
     spark = sparkline(durations)
     return (
         "<div class='gpulens-run' style='font-family:system-ui,sans-serif;font-size:13px'>"
-        f"<div><b>gpulens</b> · {esc(str(run.get('name')))} · <code>{esc(str(run.get('id')))}</code> · "
-        f"{esc(str(report.get('status')))} · {report.get('steps', 0)} steps · "
-        f"{esc(fmt.seconds(report.get('duration_s')))}"
+        f"<div><b>gpulens</b> · {esc(run.name)} · <code>{esc(run.id)}</code> · "
+        f"{esc(report.status)} · {report.steps} steps · "
+        f"{esc(fmt.seconds(report.duration_s))}"
         "</div>"
         f"<div style='display:flex;flex-wrap:wrap;gap:6px;margin:6px 0'>{cards}</div>"
         + (f"<div>step time (median {esc(fmt.seconds(median))}): {spark}</div>" if spark else "")

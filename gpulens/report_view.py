@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+from msgspec import UNSET
 from rich import box
 from rich.console import Console, Group
 from rich.padding import Padding
@@ -14,12 +15,20 @@ from rich.text import Text
 
 from gpulens import fmt
 from gpulens.profiler.analysis.kernel_view import steps_in_windows
+from gpulens.profiler.analysis.report import (
+    CompileWork,
+    Energy,
+    MetricStats,
+    NodeEntry,
+    Report,
+    StepTime,
+    WhatIf,
+    read_section,
+)
 from gpulens.profiler.analysis.summary import PHASES, metric_label
 from gpulens.profiler.store.writer import describe_lost
 from gpulens.tables import NODE_COLUMNS, comparison_value, node_rows
 
-_PHASE_LABEL = {"data_wait": "data wait", "forward": "forward", "backward": "backward",
-                "optimizer": "optimizer", "other": "other"}
 _STATUS_STYLE = {"finished": "green", "running": "cyan", "crashed": "red", "interrupted": "yellow"}
 _GPU_ORDER = ("gpu.util", "gpm.sm_active", "gpm.sm_occupancy", "gpm.tensor_active", "gpm.dram_bw",
               "gpu.mem_util", "gpu.mem_used", "gpu.proc_mem", "gpu.power", "gpu.temp", "gpu.sm_clock",
@@ -29,12 +38,11 @@ _HOST_ORDER = ("host.cpu", "proc.cpu", "workers.cpu", "workers.count", "children
                "host.mem_used", "host.swap_used", "host.disk_read", "host.disk_write")
 
 
-def compile_line(comp: dict[str, Any]) -> str:
+def compile_line(comp: CompileWork) -> str:
     """torch.compile's one-off work, named (it is in no phase and no figure)."""
-    steps = ", ".join(str(k) for k in comp["first_steps"]) + (", …" if comp["steps"] > len(comp["first_steps"])
-                                                               else "")
-    return (f"torch.compile compiled for {fmt.seconds(comp['seconds'])} in {comp['steps']} "
-            f"step{'s' if comp['steps'] != 1 else ''} (step {steps}): one-off work, left out of the phases")
+    steps = ", ".join(str(k) for k in comp.first_steps) + (", …" if comp.steps > len(comp.first_steps) else "")
+    return (f"torch.compile compiled for {fmt.seconds(comp.seconds)} in {comp.steps} "
+            f"step{'s' if comp.steps != 1 else ''} (step {steps}): one-off work, left out of the phases")
 
 
 def _when(t: float | None) -> str:
@@ -77,130 +85,133 @@ def sanitized(value: Any) -> Any:
     return value
 
 
-def render(summary: dict[str, Any], console: Console | None = None) -> None:
+def render(report: Report, console: Console | None = None) -> None:
     console = console or terminal()
-    console.print(Group(*_blocks(sanitized(summary), console.width)))
+    safe = read_section(sanitized(report.as_dict()), Report)  # every name from the run made safe to print
+    console.print(Group(*_blocks(safe, console.width)))
 
 
-def _blocks(s: dict[str, Any], width: int = 120) -> list[Any]:
-    run = s["run"]
+def _blocks(s: Report, width: int = 120) -> list[Any]:
+    run = s.run
     out: list[Any] = []
-    status = s["status"]
-    title = Text.assemble(("gpulens report", "bold"), "  ", (run["name"], "bold cyan"), "  ",
+    status = s.status
+    title = Text.assemble(("gpulens report", "bold"), "  ", (run.name, "bold cyan"), "  ",
                           (status, f"bold {_STATUS_STYLE.get(status, 'white')}"))
-    if run.get("replay"):
+    if run.replay:
         title.append("  (replay)", style="magenta")
     out.append(title)
 
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
     head.add_column()
-    head.add_row("run", f"{run['id']}  ({run['path']})")
-    if s.get("status_reason"):
-        head.add_row("status", f"{status}: {s['status_reason']}")
-    host = s["host"]["info"]
-    if run.get("imported_from"):
-        head.add_row("imported", f"from {run['imported_from']} (trace only: no NVML or host samples)")
+    head.add_row("run", f"{run.id}  ({run.path})")
+    if s.status_reason:
+        head.add_row("status", f"{status}: {s.status_reason}")
+    host = s.host.info
+    if run.imported_from:
+        head.add_row("imported", f"from {run.imported_from} (trace only: no NVML or host samples)")
     else:
-        host_line = f"{run.get('host') or 'n/a'} · {host.get('cpu_count', '?')} CPUs · " \
-                    f"{fmt.bytes_(host.get('memory_total'))} RAM · Python {host.get('python', '?')}"
-        head.add_row("host", host_line + (f" · torch {run['torch_version']}" if run.get("torch_version") else ""))
-    nvml = s["nvml"]
-    if s["gpus"]:
-        names: dict[str, int] = {}
-        for g in s["gpus"]:
-            names[g["name"]] = names.get(g["name"], 0) + 1
+        memory_total = host.get("memory_total")
+        host_line = f"{run.host or 'n/a'} · {host.get('cpu_count', '?')} CPUs · " \
+                    f"{fmt.bytes_(memory_total if isinstance(memory_total, (int, float)) else None)} RAM · " \
+                    f"Python {host.get('python', '?')}"
+        head.add_row("host", host_line + (f" · torch {run.torch_version}" if run.torch_version else ""))
+    nvml = s.nvml
+    if s.gpus:
+        names: dict[str | None, int] = {}
+        for g in s.gpus:
+            names[g.name] = names.get(g.name, 0) + 1
         gpu_line = ", ".join(f"{n} × {name}" for name, n in names.items())
-        gpu_line += f" · driver {nvml.get('driver_version') or '?'} · CUDA {nvml.get('cuda_driver_version') or '?'}"
+        gpu_line += f" · driver {nvml.driver_version or '?'} · CUDA {nvml.cuda_driver_version or '?'}"
         head.add_row("GPUs", gpu_line)
     else:
-        head.add_row("GPUs", Text(f"none recorded: {nvml.get('reason') or 'no GPU'}", style="yellow"))
-    head.add_row("started", f"{_when(run.get('start'))} · duration {fmt.seconds(s['duration_s'])}")
-    st = s["step_time"]
-    tp = s["throughput"]
-    ex = st.get("excluded", {})
-    steps_line = f"{s['steps']} steps"
-    if ex.get("warmup") or ex.get("profiled") or ex.get("what_if") or ex.get("compiling"):
-        left = f"{ex.get('warmup', 0)} warm-up, {ex.get('profiled', 0)} profiled"
-        left += f", {ex['compiling']} compiling" if ex.get("compiling") else ""
-        left += f", {ex['what_if']} what-if" if ex.get("what_if") else ""
+        head.add_row("GPUs", Text(f"none recorded: {nvml.reason or 'no GPU'}", style="yellow"))
+    head.add_row("started", f"{_when(run.start)} · duration {fmt.seconds(s.duration_s)}")
+    st = s.step_time
+    tp = s.throughput
+    ex = st.excluded
+    steps_line = f"{s.steps} steps"
+    if ex.warmup or ex.profiled or ex.what_if or ex.compiling:
+        left = f"{ex.warmup} warm-up, {ex.profiled} profiled"
+        left += f", {ex.compiling} compiling" if ex.compiling else ""
+        left += f", {ex.what_if} what-if" if ex.what_if else ""
         steps_line += f" ({left} left out of the figures)"
     head.add_row("steps", steps_line)
-    if st.get("compile"):
-        head.add_row("compile", compile_line(st["compile"]))
-    if s.get("what_if"):
-        head.add_row("what-if", what_if_line(s["what_if"]))
-    for rank, lost in (s.get("records_lost") or {}).items():
+    if st.compile is not None:
+        head.add_row("compile", compile_line(st.compile))
+    if s.what_if is not None:
+        head.add_row("what-if", what_if_line(s.what_if))
+    for rank, lost in s.records_lost.items():
         head.add_row("lost", Text(f"rank {rank}: {describe_lost(lost)}; the figures cover the rest",
                                   style="yellow"))
-    parts = [fmt.rate(tp.get("steps_per_s"), "steps")]
-    if tp.get("samples_per_s") is not None:
-        parts.append(fmt.rate(tp["samples_per_s"], "samples"))
-    if tp.get("tokens_per_s") is not None:
-        parts.append(fmt.rate(tp["tokens_per_s"], "tokens"))
+    parts = [fmt.rate(tp.steps_per_s, "steps")]
+    if tp.samples_per_s is not None:
+        parts.append(fmt.rate(tp.samples_per_s, "samples"))
+    if tp.tokens_per_s is not None:
+        parts.append(fmt.rate(tp.tokens_per_s, "tokens"))
     head.add_row("throughput", " · ".join(parts))
-    if (s.get("energy") or {}).get("available"):
-        head.add_row("energy", energy_line(s["energy"]))
-    if s.get("loss"):
-        head.add_row("loss", f"{s['loss']['first']:.4g} → {s['loss']['last']:.4g}")
+    if s.energy.available:
+        head.add_row("energy", energy_line(s.energy))
+    if s.loss is not None:
+        head.add_row("loss", f"{s.loss.first:.4g} → {s.loss.last:.4g}")
     out.append(head)
 
-    if s.get("suggestions") is not None:
+    if s.suggestions is not UNSET:
         out.append(Text(""))
-        out.extend(_advice_blocks(s["suggestions"], full=False))
+        out.extend(_advice_blocks(s.suggestions, full=False))
     out.append(Text(""))
     out.append(_step_table(st))
-    if run.get("imported_from"):
+    if run.imported_from:
         out.append(Text("  phases of an imported trace: data wait from DataLoader spans, optimizer from "
                         "Optimizer.step spans; forward and backward are not separated (in other)", style="dim"))
-    nodes = s.get("nodes") or []
+    nodes = s.nodes
     if len(nodes) > 1:
         out.append(Text(""))
         out.append(_node_table(nodes))
-    for gpu in s["gpus"]:
+    for gpu in s.gpus:
         out.append(Text(""))
-        where = f"node {gpu.get('node_rank', 0)} · " if len(nodes) > 1 else ""
-        if not gpu["metrics"] and not gpu["not_available"]:
-            out.append(Text(f"{where}GPU {gpu['index']} · {gpu['name']}: no NVML samples "
-                            f"({nvml.get('reason') or 'none'})", style="dim"))
+        where = f"node {gpu.node_rank} · " if len(nodes) > 1 else ""
+        if not gpu.metrics and not gpu.not_available:
+            out.append(Text(f"{where}GPU {gpu.index} · {gpu.name}: no NVML samples "
+                            f"({nvml.reason or 'none'})", style="dim"))
             continue
-        out.append(_metric_table(f"{where}GPU {gpu['index']} · {gpu['name']} · "
-                                 f"{fmt.bytes_(gpu.get('memory_total_bytes'))}"
-                                 + (f" · {gpu['energy_j'] / 3600:.2f} Wh" if gpu.get("energy_j") else ""),
-                                 gpu["metrics"], gpu["not_available"], _GPU_ORDER, width))
-    if s["host"]["metrics"] or not run.get("imported_from"):
+        out.append(_metric_table(f"{where}GPU {gpu.index} · {gpu.name} · "
+                                 f"{fmt.bytes_(gpu.memory_total_bytes)}"
+                                 + (f" · {gpu.energy_j / 3600:.2f} Wh" if gpu.energy_j else ""),
+                                 gpu.metrics, gpu.not_available, _GPU_ORDER, width))
+    if s.host.metrics or not run.imported_from:
         out.append(Text(""))
-        out.append(_metric_table("Host and training process", s["host"]["metrics"], s["host"]["not_available"],
+        out.append(_metric_table("Host and training process", s.host.metrics, s.host.not_available,
                                  _HOST_ORDER, width))
     out.append(Text(""))
     out.extend(_kernel_blocks(s))
-    mem = s["memory"]
+    mem = s.memory
     out.append(Text(""))
     mem_table = Table(title="Memory peaks", title_justify="left", show_header=False, box=None)
     mem_table.add_column(style="dim")
     mem_table.add_column(justify="right")
-    mem_table.add_row("CUDA allocated (torch)", fmt.bytes_(mem["cuda_peak_allocated_bytes"])
-                      if mem["cuda_peak_allocated_bytes"] is not None else "not available (no CUDA in this run)")
-    mem_table.add_row("CUDA reserved (torch)", fmt.bytes_(mem["cuda_peak_reserved_bytes"])
-                      if mem["cuda_peak_reserved_bytes"] is not None else "not available (no CUDA in this run)")
-    for idx, used in mem["gpu_memory_used_max_bytes"].items():
+    mem_table.add_row("CUDA allocated (torch)", fmt.bytes_(mem.cuda_peak_allocated_bytes)
+                      if mem.cuda_peak_allocated_bytes is not None else "not available (no CUDA in this run)")
+    mem_table.add_row("CUDA reserved (torch)", fmt.bytes_(mem.cuda_peak_reserved_bytes)
+                      if mem.cuda_peak_reserved_bytes is not None else "not available (no CUDA in this run)")
+    for idx, used in mem.gpu_memory_used_max_bytes.items():
         mem_table.add_row(f"GPU {idx} used (NVML, all processes)", fmt.bytes_(used))
-    mem_table.add_row("process RSS", fmt.bytes_(mem["process_rss_max_bytes"]))
-    mem_table.add_row("worker processes RSS", fmt.bytes_(mem["workers_rss_max_bytes"]))
+    mem_table.add_row("process RSS", fmt.bytes_(mem.process_rss_max_bytes))
+    mem_table.add_row("worker processes RSS", fmt.bytes_(mem.workers_rss_max_bytes))
     out.append(mem_table)
-    if s["events"]:
+    if s.events:
         out.append(Text(""))
-        ev = Table(title=f"Events ({len(s['events'])})", title_justify="left", box=None)
+        ev = Table(title=f"Events ({len(s.events)})", title_justify="left", box=None)
         ev.add_column("time", style="dim")
         ev.add_column("kind")
         ev.add_column("message")
-        for e in s["events"][:20]:
-            ev.add_row(_when(e["t"])[11:], e["kind"], e["message"])
+        for e in s.events[:20]:
+            ev.add_row(_when(e.t)[11:], e.kind, e.message)
         out.append(ev)
     return out
 
 
-def _node_table(nodes: list[dict[str, Any]]) -> Table:
+def _node_table(nodes: list[NodeEntry]) -> Table:
     """One row per machine, so a slow or hot node stands out."""
     table = Table(title=f"Nodes ({len(nodes)})", title_justify="left", box=None)
     for name in NODE_COLUMNS:
@@ -210,78 +221,75 @@ def _node_table(nodes: list[dict[str, Any]]) -> Table:
     return table
 
 
-def energy_line(e: dict[str, Any]) -> str:
+def energy_line(e: Energy) -> str:
     """GPU energy: whole run, per steady step, per sample or token, and by phase where readings split it."""
-    parts = [f"{e['wh']:,.2f} Wh ({e['gpus']} GPU{'s' if e['gpus'] != 1 else ''}, mean {e['mean_power_w']:,.0f} W)"
-             if e.get("mean_power_w") else f"{e['wh']:,.2f} Wh"]
-    if e.get("step_j_median") is not None:
-        parts.append(f"{e['step_j_median']:,.1f} J/step")
-    if e.get("per_sample_j") is not None:
-        parts.append(f"{e['per_sample_j']:,.3g} J/sample")
-    if e.get("per_token_j") is not None:
-        parts.append(f"{e['per_token_j'] * 1000:,.3g} mJ/token")
-    phases = e.get("phases") or {}
-    split = [f"{fmt.phase(name)} {p['watts']:,.0f} W" for name, p in phases.items() if name != "outside"]
+    parts = [f"{e.wh or 0:,.2f} Wh ({e.gpus} GPU{'s' if e.gpus != 1 else ''}, mean {e.mean_power_w:,.0f} W)"
+             if e.mean_power_w else f"{e.wh or 0:,.2f} Wh"]
+    if e.step_j_median is not None:
+        parts.append(f"{e.step_j_median:,.1f} J/step")
+    if e.per_sample_j is not None:
+        parts.append(f"{e.per_sample_j:,.3g} J/sample")
+    if e.per_token_j is not None:
+        parts.append(f"{e.per_token_j * 1000:,.3g} mJ/token")
+    split = [f"{fmt.phase(name)} {p.watts:,.0f} W" for name, p in e.phases.items() if name != "outside"]
     if split:
         parts.append("power while the host was in " + ", ".join(split))
-    if e.get("source") == "power-integration":
+    if e.source == "power-integration":
         parts.append("from integrated power readings (no energy counter)")
     return " · ".join(parts)
 
 
-def what_if_line(w: dict[str, Any]) -> str:
+def what_if_line(w: WhatIf) -> str:
     """A measured what-if in one line: what ran, and what it measured against the run's steady steps."""
-    label = (f"batch size {w.get('batch_size')}" if w.get("kind") == "batch-size"
-             else "synthetic data (replayed batches)")
-    if w.get("status") not in ("done", "cut short"):
-        return f"{label}: {w.get('status')}" + (f" ({w['reason']})" if w.get("reason") else "")
-    if w.get("step_time_change") is None:
+    label = f"batch size {w.batch_size}" if w.kind == "batch-size" else "synthetic data (replayed batches)"
+    if w.status not in ("done", "cut short"):
+        return f"{label}: {w.status}" + (f" ({w.reason})" if w.reason else "")
+    if w.step_time_change is None:
         return f"{label}: no steps measured"
-    what = "compute (no data wait)" if w.get("kind") == "batch-size" else "step"
-    line = (f"{label}, steps {w['first_step']}-{w['last_step']}: {what} {fmt.seconds(w['step_time_median_s'])} vs "
-            f"{fmt.seconds(w['baseline_step_time_median_s'])} ({w['step_time_change']:+.1%}")
-    ci = w.get("step_time_change_ci")
+    what = "compute (no data wait)" if w.kind == "batch-size" else "step"
+    line = (f"{label}, steps {w.first_step}-{w.last_step}: {what} {fmt.seconds(w.step_time_median_s)} vs "
+            f"{fmt.seconds(w.baseline_step_time_median_s)} ({w.step_time_change:+.1%}")
+    ci = w.step_time_change_ci
     line += f", 95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else ")"
-    if w.get("kind") == "batch-size" and w.get("samples_per_s_change") is not None:
-        line += (f"; {fmt.rate(w['samples_per_s'], 'samples')} vs {fmt.rate(w['baseline_samples_per_s'], 'samples')}"
-                 f" ({w['samples_per_s_change']:+.1%})")
-    if w.get("status") == "cut short":
+    if w.kind == "batch-size" and w.samples_per_s_change is not None:
+        line += (f"; {fmt.rate(w.samples_per_s, 'samples')} vs {fmt.rate(w.baseline_samples_per_s, 'samples')}"
+                 f" ({w.samples_per_s_change:+.1%})")
+    if w.status == "cut short":
         line += " (cut short)"
     return line
 
 
-def _step_table(st: dict[str, Any]) -> Table:
+def _step_table(st: StepTime) -> Table:
     title = "Step time"
-    if st.get("count"):
-        title += (f" (steady steps: {st['count']} · mean {fmt.seconds(st['mean_s'])} · "
-                  f"median {fmt.seconds(st['median_s'])} · p90 {fmt.seconds(st['p90_s'])} · "
-                  f"p99 {fmt.seconds(st['p99_s'])})")
+    if st.count:
+        title += (f" (steady steps: {st.count} · mean {fmt.seconds(st.mean_s)} · "
+                  f"median {fmt.seconds(st.median_s)} · p90 {fmt.seconds(st.p90_s)} · "
+                  f"p99 {fmt.seconds(st.p99_s)})")
     table = Table(title=title, title_justify="left")
     table.add_column("phase (host)")
     table.add_column("mean", justify="right")
     table.add_column("share", justify="right")
     table.add_column("", no_wrap=True)
-    gpu = st.get("gpu_phases")
-    if gpu:
+    gpu = st.gpu_phases if st.gpu_phases is not UNSET else None
+    if gpu is not None:
         table.add_column("GPU stream share", justify="right")
-    if not st.get("count"):
+    if not st.count:
         table.add_row("no steps recorded", "", "", "")
         return table
     for name in PHASES:
-        ph = st["phases"][name]
-        row = [_PHASE_LABEL[name], fmt.seconds(ph["mean_s"]), fmt.share(ph["share"]), _bar(ph["share"])]
-        if gpu:
-            row.append(fmt.share(gpu[name]["share"]))
+        ph = st.phases[name]
+        row = [fmt.phase(name), fmt.seconds(ph.mean_s), fmt.share(ph.share), _bar(ph.share)]
+        if gpu is not None:
+            row.append(fmt.share(getattr(gpu, name).share))
         table.add_row(*row)
-    for name, ph in (st.get("custom_phases") or {}).items():
-        row = [f"  {name} (in other)", fmt.seconds(ph["mean_s"]), fmt.share(ph["share"]), ""]
-        if gpu:
+    for name, ph in (st.custom_phases if st.custom_phases is not UNSET else {}).items():
+        row = [f"  {name} (in other)", fmt.seconds(ph.mean_s), fmt.share(ph.share), ""]
+        if gpu is not None:
             row.append("")
         table.add_row(*row, style="dim")
-    comm = st.get("comm")
-    if comm:
-        row = ["  all-reduce (overlaps)", fmt.seconds(comm["mean_s"]), fmt.share(comm["share"]), ""]
-        if gpu:
+    if st.comm is not UNSET:
+        row = ["  all-reduce (overlaps)", fmt.seconds(st.comm.mean_s), fmt.share(st.comm.share), ""]
+        if gpu is not None:
             row.append("")
         table.add_row(*row, style="dim")
     return table
@@ -292,7 +300,7 @@ _STATS = ("mean", "p50", "p90", "p99", "max")
 _DROP_ORDER = ("p99", "p50", "p90")
 
 
-def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], order: tuple[str, ...],
+def _metric_table(title: str, metrics: dict[str, MetricStats], missing: dict[str, str], order: tuple[str, ...],
                   width: int = 120) -> Any:
     names = [m for m in order if m in metrics] + sorted(m for m in metrics if m not in order)
     notes: list[Text] = []
@@ -301,16 +309,17 @@ def _metric_table(title: str, metrics: dict[str, Any], missing: dict[str, str], 
         m = metrics[name]
         if name == "gpu.energy":
             continue  # shown as energy used in the title
-        if "change" in m:  # cumulative counter: what happened during the run matters
-            notes.append(Text(f"  {metric_label(name)}: +{fmt.value(m['change'], m['unit'])} during the run"))
+        if m.change is not UNSET:  # cumulative counter: what happened during the run matters
+            notes.append(Text(f"  {metric_label(name)}: +{fmt.value(m.change, m.unit)} during the run"))
             continue
         if name == "gpu.throttle":
-            reasons = ", ".join(f"{r} {share * 100:.0f}% of samples" for r, share in m.get("reasons", {}).items()
+            reasons = ", ".join(f"{r} {share * 100:.0f}% of samples"
+                                for r, share in (m.reasons if m.reasons is not UNSET else {}).items()
                                 if r != "gpu_idle")
             notes.append(Text(f"  clocks held back by: {reasons}" if reasons
                               else "  clocks held back by: nothing (no power or thermal throttling)"))
             continue
-        rows.append((metric_label(name), {k: fmt.value(m[k], m["unit"]) for k in _STATS}))
+        rows.append((metric_label(name), {k: fmt.value(getattr(m, k), m.unit) for k in _STATS}))
     stats = _fitting_stats(rows, width)
     table = Table(title=title, title_justify="left")
     table.add_column("metric", no_wrap=True)
@@ -342,42 +351,42 @@ def _fitting_stats(rows: list[tuple[str, dict[str, str]]], width: int) -> list[s
     return stats
 
 
-def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
-    ta = s["trace_analysis"]
-    windows = s["windows"]
+def _kernel_blocks(s: Report) -> list[Any]:
+    ta = s.trace_analysis
+    windows = s.windows
     out: list[Any] = []
     head = f"Kernel view ({len(windows)} profiler window{'s' if len(windows) != 1 else ''}"
     n_steps = steps_in_windows(windows)
     head += f", {n_steps} profiled steps)" if windows else ")"
     out.append(Text(head, style="bold"))
-    if not ta["available"] or not ta["has_gpu"]:
-        out.append(Text(f"  {ta['reason']}", style="yellow"))
-    for err in s["window_errors"][:3]:
-        out.append(Text(f"  window {err['window']} (rank {err['rank']}) unreadable: {err['error']}", style="red"))
-    mfu = s["mfu"]
-    if mfu["available"]:
-        by_dtype = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in mfu["by_dtype"].items())
-        line = f"  FLOPs per step {mfu['flops_per_step'] / 1e9:.3g} GFLOP ({by_dtype}; {mfu['source']})"
+    if not ta.available or not ta.has_gpu:
+        out.append(Text(f"  {ta.reason}", style="yellow"))
+    for err in s.window_errors[:3]:
+        out.append(Text(f"  window {err.window} (rank {err.rank}) unreadable: {err.error}", style="red"))
+    mfu = s.mfu
+    if mfu.available:
+        by_dtype = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in mfu.by_dtype.items())
+        line = f"  FLOPs per step {(mfu.flops_per_step or 0) / 1e9:.3g} GFLOP ({by_dtype}; {mfu.source})"
         out.append(Text(line))
-        ach = mfu["achieved_tflops"]
+        ach = mfu.achieved_tflops
         ach_s = f"{ach:.3g} TFLOP/s achieved" if ach is not None else "achieved n/a"
-        if mfu["mfu_pct"] is not None:
-            out.append(Text(f"  {ach_s} · MFU {mfu['mfu_pct']:.1f}% of {mfu['peak']['gpu']} dense peak"))
+        if mfu.mfu_pct is not None and mfu.peak is not None:
+            out.append(Text(f"  {ach_s} · MFU {mfu.mfu_pct:.1f}% of {mfu.peak.gpu} dense peak"))
         else:
-            out.append(Text(f"  {ach_s} · MFU not available: {mfu['reason']}", style="dim"))
+            out.append(Text(f"  {ach_s} · MFU not available: {mfu.reason}", style="dim"))
     else:
-        out.append(Text(f"  MFU not available: {mfu['reason']}", style="dim"))
-    if s["gpu_summary"]:
+        out.append(Text(f"  MFU not available: {mfu.reason}", style="dim"))
+    if s.gpu_summary:
         t = Table(title="GPU summary (TensorBoard-plugin definitions, profiled steps)", title_justify="left")
         for col in ("rank", "device", "GPU utilization", "est. SM efficiency", "est. occupancy", "tensor cores"):
             t.add_column(col, justify="right")
-        for g in s["gpu_summary"]:
-            t.add_row(str(g["rank"]), str(g["device"]), fmt.percent(g["gpu_utilization_pct"]),
-                      fmt.percent(g["sm_efficiency_pct"]), fmt.percent(g["achieved_occupancy_pct"]),
-                      fmt.percent(g["tensor_core_pct"]))
+        for g in s.gpu_summary:
+            t.add_row(str(g.rank), str(g.device), fmt.percent(g.gpu_utilization_pct),
+                      fmt.percent(g.sm_efficiency_pct), fmt.percent(g.achieved_occupancy_pct),
+                      fmt.percent(g.tensor_core_pct))
         out.append(t)
-    sb = s["step_breakdown_us"]
-    if sb and sb.get("Total"):
+    sb = s.step_breakdown_us
+    if sb.get("Total"):
         t = Table(title=f"Profiled step breakdown (mean step {fmt.us(sb['Total'])})", title_justify="left")
         t.add_column("category")
         t.add_column("time", justify="right")
@@ -388,60 +397,58 @@ def _kernel_blocks(s: dict[str, Any]) -> list[Any]:
                 continue
             t.add_row(k, fmt.us(v), fmt.share(v / sb["Total"]), _bar(v / sb["Total"]))
         out.append(t)
-    if s["temporal_breakdown"]:
+    if s.temporal_breakdown:
         t = Table(title="Temporal breakdown (HTA definitions)", title_justify="left")
         for col in ("rank", "idle", "compute", "non-compute", "GPU span"):
             t.add_column(col, justify="right")
-        for r in s["temporal_breakdown"]:
-            t.add_row(str(r["rank"]), fmt.percent(r["idle_pct"]), fmt.percent(r["compute_pct"]),
-                      fmt.percent(r["non_compute_pct"]),
-                      fmt.us(r["span_us"]))
+        for r in s.temporal_breakdown:
+            t.add_row(str(r.rank), fmt.percent(r.idle_pct), fmt.percent(r.compute_pct),
+                      fmt.percent(r.non_compute_pct), fmt.us(r.span_us))
         out.append(t)
-    if s["kernels"]:
-        tc = s["tensor_core_share"]
-        elig = s["tc_eligible_share"]
-        title = f"Top kernels ({len(s['kernels'])} in all · tensor cores {fmt.share(tc)} of kernel time"
+    if s.kernels:
+        tc = s.tensor_core_share
+        elig = s.tc_eligible_share
+        title = f"Top kernels ({len(s.kernels)} in all · tensor cores {fmt.share(tc)} of kernel time"
         title += f" · {fmt.share(elig)} launched by tensor-core-eligible ops)" if elig is not None else ")"
         t = Table(title=title, title_justify="left")
         t.add_column("kernel", no_wrap=True, max_width=46)
         t.add_column("category", no_wrap=True)
         for col in ("TC", "calls", "total", "mean", "share"):
             t.add_column(col, justify="right", no_wrap=True)
-        for k in s["kernels"][:12]:
-            t.add_row(fmt.short_name(k["name"], 46), k["category"], "yes" if k["tensor_core"] else "-",
-                      str(k["calls"]), fmt.us(k["total_us"]), fmt.us(k["mean_us"]), fmt.share(k["share"]))
+        for kr in s.kernels[:12]:
+            t.add_row(fmt.short_name(kr.name, 46), kr.category, "yes" if kr.tensor_core else "-",
+                      str(kr.calls), fmt.us(kr.total_us), fmt.us(kr.mean_us), fmt.share(kr.share))
         out.append(t)
-        cats = s["categories_us"]
+        cats = s.categories_us
         total = sum(cats.values()) or 1.0
         out.append(Text("  by category: " + ", ".join(f"{c} {100 * v / total:.0f}%" for c, v in cats.items()
                                                        if v / total >= 0.005)))
-    launch = s["launch"]
-    if launch:
-        kps = launch["kernels_per_step"]
+    launch = s.launch
+    if launch is not None:
+        kps = launch.kernels_per_step
         out.append(Text(
-            f"  launches: {kps:.0f} kernels/step · median kernel {fmt.us(launch['median_kernel_us'])} · "
-            f"{fmt.share(launch['short_kernel_share'])} shorter than 10 µs · "
-            f"{fmt.share(launch['shorter_than_launch_share'])} shorter than their launch call · "
-            f"{launch['launch_delay_outliers']} launch delays > 100 µs" if kps is not None else
-            f"  launches: {launch['kernels']} kernels · median kernel {fmt.us(launch['median_kernel_us'])}"))
-    traced = s.get("phase_gpu_busy") or {}
-    busy = traced.get("phases") or {}
-    if traced.get("reason"):
-        out.append(Text(f"  GPU busy by host phase: not known ({traced['reason']})"))
-    elif busy:
+            f"  launches: {kps:.0f} kernels/step · median kernel {fmt.us(launch.median_kernel_us)} · "
+            f"{fmt.share(launch.short_kernel_share)} shorter than 10 µs · "
+            f"{fmt.share(launch.shorter_than_launch_share)} shorter than their launch call · "
+            f"{launch.launch_delay_outliers} launch delays > 100 µs" if kps is not None else
+            f"  launches: {launch.kernels} kernels · median kernel {fmt.us(launch.median_kernel_us)}"))
+    traced = s.phase_gpu_busy
+    if traced is not None and traced.reason:
+        out.append(Text(f"  GPU busy by host phase: not known ({traced.reason})"))
+    elif traced is not None and traced.phases:
         out.append(Text("  GPU busy while the host was in each phase (trace ranges): " + ", ".join(
-            f"{fmt.phase(name)} {fmt.share(row['gpu_busy_share'], 0)} of {fmt.us(row['host_us'])}"
-            for name, row in busy.items() if row.get("gpu_busy_share") is not None)))
-    if s["sync"]:
-        top = list(s["sync"].items())[:4]
-        out.append(Text("  synchronisation: " + ", ".join(f"{n} ×{r['calls']} ({fmt.us(r['total_us'])})"
+            f"{fmt.phase(name)} {fmt.share(row.gpu_busy_share, 0)} of {fmt.us(row.host_us)}"
+            for name, row in traced.phases.items() if row.gpu_busy_share is not None)))
+    if s.sync:
+        top = list(s.sync.items())[:4]
+        out.append(Text("  synchronisation: " + ", ".join(f"{n} ×{r.calls} ({fmt.us(r.total_us)})"
                                                           for n, r in top)))
-    if s["memcpy"]:
+    if s.memcpy:
         out.append(Text("  memcpy: " + ", ".join(
-            f"{m['direction']} {fmt.bytes_(m['bytes'])} in {m['count']} copies" for m in s["memcpy"][:4])))
-    if s["top_cpu_ops"]:
+            f"{m.direction} {fmt.bytes_(m.bytes)} in {m.count} copies" for m in s.memcpy[:4])))
+    if s.top_cpu_ops:
         out.append(Text("  top CPU ops (self time): " + ", ".join(
-            f"{o['name']} {fmt.us(o['self_us'])}" for o in s["top_cpu_ops"][:5])))
+            f"{o.name} {fmt.us(o.self_us)}" for o in s.top_cpu_ops[:5])))
     return out
 
 

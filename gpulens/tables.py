@@ -2,30 +2,30 @@
 never disagree about a figure's wording."""
 from __future__ import annotations
 
-from typing import Any
-
 from gpulens import fmt
+from gpulens.profiler.analysis.compare import Metric
+from gpulens.profiler.analysis.report import NodeEntry
 
 NODE_COLUMNS = ("node", "host", "ranks", "GPUs", "GPU busy", "host CPU", "median step", "vs fastest", "clock")
 
 
-def node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def node_rows(nodes: list[NodeEntry]) -> list[tuple[str, ...]]:
     """One row of text per machine (``NODE_COLUMNS``): its step time against the fastest node's, its clock
     against rank 0's.  The terminal report and the run page print the same rows."""
-    times = [n["step_time_median_s"] for n in nodes if n.get("step_time_median_s")]
+    times = [n.step_time_median_s for n in nodes if n.step_time_median_s]
     fastest = min(times) if times else None
     rows: list[tuple[str, ...]] = []
     for n in nodes:
-        step = n.get("step_time_median_s")
-        offset, err = n.get("clock_offset_s"), n.get("clock_uncertainty_s")
-        rows.append((str(n["node_rank"]), str(n["hostname"]), ", ".join(str(r) for r in n["ranks"]),
-                     str(len(n["gpus"])), fmt.percent(n.get("gpu_busy_pct")), fmt.percent(n.get("host_cpu_pct")),
+        step = n.step_time_median_s
+        offset, err = n.clock_offset_s, n.clock_uncertainty_s
+        rows.append((str(n.node_rank), str(n.hostname), ", ".join(str(r) for r in n.ranks),
+                     str(len(n.gpus)), fmt.percent(n.gpu_busy_pct), fmt.percent(n.host_cpu_pct),
                      fmt.seconds(step), f"+{(step / fastest - 1) * 100:.1f}%" if step and fastest else "",
                      f"{offset * 1e3:+.2f}±{err * 1e3:.2f} ms" if offset is not None and err is not None else "NTP"))
     return rows
 
 
-def comparison_value(m: Any, value: float | None) -> str:
+def comparison_value(m: Metric, value: float | None) -> str:
     """A compared figure as the terminal and the dashboard show it."""
     if value is None:
         return "n/a"

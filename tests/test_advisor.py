@@ -25,6 +25,7 @@ from gpulens.profiler.analysis.advisor import Measurements, advise_measurements
 from gpulens.profiler.analysis.run_analysis import advise
 from gpulens.profiler.analysis.advisor.measure import RankTiming
 from gpulens.profiler.analysis.advisor.model import SEVERITIES
+from gpulens.profiler.analysis.report import GemmShape, Launch, PhaseBusy, PhaseGpuBusy
 from gpulens.profiler.record.recorder import SamplingConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,9 +195,10 @@ def test_overlapping_gains_are_marked_and_counted_once():
     assert advice.combined_gain_fraction is not None and max(gains) <= advice.combined_gain_fraction <= 0.99
     # one definition per figure: the NVML busy share is quoted with the card's name
     from gpulens.dashboard.overview import headline
-    from gpulens.profiler.analysis.run_analysis import summarize
+    from gpulens.profiler import RunAnalysis
 
-    card = next(c for c in headline(summarize(open_run(SAMPLES / "h100-gpt-small-batch"))) if c.key == "gpu_busy")
+    with open_run(SAMPLES / "h100-gpt-small-batch") as run:
+        card = next(c for c in headline(RunAnalysis(run).figures) if c.key == "gpu_busy")
     assert f"GPU busy (NVML, whole run) {card.value}" in idle.finding
     assert "kernels run" in card.sub and "kernels run" in launch.finding
 
@@ -515,13 +517,29 @@ def test_report_lists_the_suggestions(capsys):
 
 
 # ----------------------------------------------------------------------------- rules on recorded values
+def _launch(shorter_than_launch_share: float, median_kernel_us: float, kernels_per_step: float) -> Launch:
+    """A profiled window's launch statistics (the report's ``launch``) of 5 steps."""
+    return Launch(kernels=int(5 * kernels_per_step), steps=5, kernels_per_step=kernels_per_step,
+                  median_kernel_us=median_kernel_us, short_kernel_share=None,
+                  shorter_than_launch_share=shorter_than_launch_share, median_launch_us=None,
+                  median_launch_delay_us=None, launch_delay_outliers=0, runtime_outliers=0)
+
+
+def _data_wait_busy(steps: int, host_us: float, gpu_busy_us: float, complete: bool = True) -> PhaseGpuBusy:
+    """The trace's GPU busy time during the data waits of the profiled steps (``phase_gpu_busy``)."""
+    return PhaseGpuBusy(steps=steps, ranges_us=host_us, gpu_lag_us=None, counted_share=1.0 if complete else 0.2,
+                        complete=complete, reason=None,
+                        phases={"data_wait": PhaseBusy(host_us=host_us, gpu_busy_us=gpu_busy_us,
+                                                       gpu_busy_share=gpu_busy_us / host_us)})
+
+
 BASE = Measurements(run_id="unit", device="cuda", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=9.0,
                     gpu_memory_total=80 * 2**30, n_visible_gpus=1, gpu_util_per_gpu=[60.0], steps=100, step_s=0.05,
                     phase_share={"data_wait": 0.01, "forward": 0.3, "backward": 0.5, "optimizer": 0.04,
                                  "other": 0.15}, gpu_util=60.0, kernel_util=60.0, has_kernels=True, tc_share=0.6,
                     tc_eligible=0.7, category_share={"gemm": 0.6, "elementwise": 0.3, "reduction": 0.1},
                     transpose_share=0.0, fp32_gemm_share=0.0,
-                    launch={"shorter_than_launch_share": 0.1, "median_kernel_us": 40.0, "kernels_per_step": 200},
+                    launch=_launch(shorter_than_launch_share=0.1, median_kernel_us=40.0, kernels_per_step=200),
                     peak_allocated=30 * 2**30, batch_size=32)
 
 
@@ -532,8 +550,9 @@ def test_base_measurements_are_quiet():
 
 @pytest.mark.parametrize("change, rule, severity", [
     (dict(tc_share=0.0, fp32_gemm_share=0.55, kernel_util=90.0, gpu_util=90.0), "tf32_off", "high"),
-    (dict(kernel_util=20.0, gpu_util=95.0, launch={"shorter_than_launch_share": 0.7, "median_kernel_us": 4.0,
-                                                 "kernels_per_step": 900}, host_wait_share=0.9), "launch_bound", "high"),
+    (dict(kernel_util=20.0, gpu_util=95.0, launch=_launch(shorter_than_launch_share=0.7, median_kernel_us=4.0,
+                                                        kernels_per_step=900), host_wait_share=0.9),
+     "launch_bound", "high"),
     (dict(category_share={"elementwise": 0.5, "normalization": 0.2, "gemm": 0.3}, tc_share=0.1, dram_bw=70.0,
           sm_active=40.0, kernel_util=95.0), "bandwidth_bound", "medium"),
     (dict(peak_allocated=77 * 2**30), "memory_limit", "high"),
@@ -542,10 +561,10 @@ def test_base_measurements_are_quiet():
     (dict(model_wrapper="DistributedDataParallel", ddp_backend="gloo", world_size=2), "ddp_backend", "high"),
     (dict(throttle={"hw_thermal": 0.4}, sm_clock_ratio=0.7), "throttling", "medium"),
     (dict(tc_share=0.0, tc_eligible=0.68, kernel_util=90.0), "no_mixed_precision", "high"),
-    (dict(gemm_shapes=[{"op": "aten::mm", "m": 4096, "n": 50257, "k": 768, "dtype": "c10::BFloat16", "calls": 10,
-                        "kernel_us": 9000.0, "multiple": 8, "misaligned": ["N"]},
-                       {"op": "aten::mm", "m": 4096, "n": 768, "k": 768, "dtype": "c10::BFloat16", "calls": 10,
-                        "kernel_us": 3000.0, "multiple": 8, "misaligned": []}]), "gemm_alignment", "low"),
+    (dict(gemm_shapes=[GemmShape(op="aten::mm", m=4096, n=50257, k=768, dtype="c10::BFloat16", calls=10,
+                                 kernel_us=9000.0, multiple=8, misaligned=["N"]),
+                       GemmShape(op="aten::mm", m=4096, n=768, k=768, dtype="c10::BFloat16", calls=10,
+                                 kernel_us=3000.0, multiple=8, misaligned=[])]), "gemm_alignment", "low"),
     (dict(world_size=2, comm_share=0.35, ranks=[RankTiming(0, 100, 0.05, 0.03, 0.018),
                                                 RankTiming(1, 100, 0.05, 0.03, 0.018)]), "comm_bound", "high"),
 ])
@@ -563,21 +582,20 @@ def test_data_waits_the_gpu_works_through_promise_less():
     exposed = _get(advise_measurements(waits), "dataloader_bound")
     assert exposed.gain_fraction == pytest.approx(0.4) and exposed.severity == "high"
     # 3 profiled steps of 50 ms, each waiting 20 ms as the run does (40 % of 50 ms)
-    traced = {"complete": True, "steps": 3,
-              "phases": {"data_wait": {"host_us": 6e4, "gpu_busy_us": 4.5e4, "gpu_busy_share": 0.75}}}
+    traced = _data_wait_busy(3, host_us=6e4, gpu_busy_us=4.5e4)
     hidden = _get(advise_measurements(replace(waits, phase_gpu_busy=traced)), "dataloader_bound")
     assert hidden.gain_fraction == pytest.approx(0.1) and hidden.severity == "medium"
     assert hidden.expected_gain.startswith("up to 10% shorter steps")
     assert "GPU work that runs through the waits (75% of them" in hidden.gain_estimate
     assert "the GPU ran work through 75% of the profiled steps' data waits" in hidden.finding
-    unknown = {**traced, "complete": False}  # a GPU behind its window: no claim either way
+    unknown = _data_wait_busy(3, host_us=6e4, gpu_busy_us=4.5e4, complete=False)  # a GPU behind: no claim
     assert _get(advise_measurements(replace(waits, phase_gpu_busy=unknown)), "dataloader_bound").gain_fraction == 0.4
     # the profiled steps happened to wait 0.2 ms in all (the run: 20 ms a step): they say nothing of the waits
-    short = {**traced, "phases": {"data_wait": {"host_us": 200.0, "gpu_busy_us": 198.0, "gpu_busy_share": 0.99}}}
+    short = _data_wait_busy(3, host_us=200.0, gpu_busy_us=198.0)
     plain = _get(advise_measurements(replace(waits, phase_gpu_busy=short)), "dataloader_bound")
     assert plain.gain_fraction == 0.4 and "profiled steps' data waits" not in plain.finding
     # waits the GPU works through entirely: the host waits, the step does not -- no suggestion
-    busy = {**traced, "phases": {"data_wait": {"host_us": 6e4, "gpu_busy_us": 5.94e4, "gpu_busy_share": 0.99}}}
+    busy = _data_wait_busy(3, host_us=6e4, gpu_busy_us=5.94e4)
     assert "dataloader_bound" not in _ids(advise_measurements(replace(waits, phase_gpu_busy=busy)))
 
 

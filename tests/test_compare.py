@@ -226,7 +226,7 @@ def _side(name: str, durations: np.ndarray, samples: np.ndarray) -> Side:
     return Side(id=name, path=name, batch_size=int(samples[0]), durations=durations, samples=samples,
                 tokens=np.full(n, np.nan), phases={"forward": durations * 0.4, "data_wait": durations * 0.1},
                 readings={}, reading_means={}, step_energy=np.full(n, np.nan),
-                report={"memory": {}, "tensor_core_share": None, "mfu": {}})
+                memory=None, mfu=None, tensor_core_share=None)
 
 
 def test_step_time_and_samples_per_s_never_contradict_and_the_median_says_why_it_differs():

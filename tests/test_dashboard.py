@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import msgspec
 import pytest
 from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, SAMPLES, SLOW_ID, make_root
 
@@ -225,12 +226,12 @@ def test_run_overview_cards_and_suggestions_with_zoomable_evidence(app):
 def test_a_cpu_run_gets_one_no_gpu_card_and_host_and_data_wait_cards():
     run = open_run(SAMPLES / "cpu-cnn-workers")
     a = data.analyse(run.path)
-    cards = {c.key: c for c in overview.headline(a.summary)}
+    cards = {c.key: c for c in overview.headline(a.report)}
     assert [k for k, c in cards.items() if not c.available] == ["gpu_busy"]  # one card says why, not six
     assert cards["gpu_busy"].value == "none" and "no NVIDIA driver" in cards["gpu_busy"].sub
     assert cards["host_cpu"].value.endswith("%") and "2 cores" in cards["host_cpu"].sub
     assert cards["proc_cpu"].value.endswith("cores")
-    share = a.summary["step_time"]["phases"]["data_wait"]["share"]
+    share = a.report.step_time.phases["data_wait"].share
     assert cards["data_wait"].value == f"{100 * share:.1f}%"
     assert cards["throughput"].available and cards["memory"].sub == "process RSS (CPU run)"
     run.close()
@@ -239,11 +240,11 @@ def test_a_cpu_run_gets_one_no_gpu_card_and_host_and_data_wait_cards():
 def test_headline_says_why_gpm_figures_are_missing():
     run = open_run(SAMPLES / "h100-cnn-healthy")
     a = data.analyse(run.path)
-    summary = {**a.summary, "gpus": [{**g, "metrics": {k: v for k, v in g["metrics"].items()
-                                                       if not k.startswith("gpm.")},
-                                      "not_available": {"gpm.sm_active": "unsupported: not a Hopper GPU"}}
-                                     for g in a.summary["gpus"]]}
-    cards = {c.key: c for c in overview.headline(summary)}
+    report = msgspec.structs.replace(a.report, gpus=[
+        msgspec.structs.replace(g, metrics={k: v for k, v in g.metrics.items() if not k.startswith("gpm.")},
+                                not_available={"gpm.sm_active": "unsupported: not a Hopper GPU"})
+        for g in a.report.gpus])
+    cards = {c.key: c for c in overview.headline(report)}
     assert cards["sm_active"].value == "n/a" and "not a Hopper GPU" in cards["sm_active"].sub
     run.close()
 
@@ -330,8 +331,8 @@ def test_compare_page_gives_noise_aware_verdicts():
     """The page's "beyond the noise" rows are gpulens compare's: the input-bound CNN against the healthy one."""
     from gpulens.profiler import open_run
 
-    a = data.analyse(SAMPLES / "h100-cnn-input-bound").summary
-    b = data.analyse(SAMPLES / "h100-cnn-healthy").summary
+    a = data.analyse(SAMPLES / "h100-cnn-input-bound").report
+    b = data.analyse(SAMPLES / "h100-cnn-healthy").report
     with open_run(SAMPLES / "h100-cnn-input-bound") as ra, open_run(SAMPLES / "h100-cnn-healthy") as rb:
         rows = {r["metric"]: r for r in comparison.headline_rows(ra, a, rb, b)}
     assert rows["Data wait share"]["verdict"] == "better" and rows["Data wait share"]["change"] == "-66.9 pp"
@@ -346,8 +347,8 @@ def test_compare_page_gives_noise_aware_verdicts():
 
 
 def test_config_diff_and_kernel_deltas_are_pure():
-    a = data.analyse(SAMPLES / "h100-gpt-small-batch").summary
-    b = data.analyse(SAMPLES / "h100-gpt-compiled").summary
+    a = data.analyse(SAMPLES / "h100-gpt-small-batch").report
+    b = data.analyse(SAMPLES / "h100-gpt-compiled").report
     diff = {r["key"]: r for r in comparison.config_diff(a, b)}
     assert diff["config.precision"]["changed"] and not diff["gpu"]["changed"]
     deltas = comparison.kernel_deltas(a, b)
@@ -414,7 +415,7 @@ def test_analysis_is_cached_until_the_files_change(tmp_path):
     time.sleep(0.01)
     db.touch()
     second = data.analysis("r", wait=30)
-    assert second is not first and second.summary["steps"] == first.summary["steps"]
+    assert second is not first and second.report.steps == first.report.steps
 
 
 # ---------------------------------------------------------------------- live

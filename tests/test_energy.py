@@ -93,17 +93,17 @@ def test_phase_split_recovers_known_watts() -> None:
 
 def test_cpu_run_says_why_there_is_no_energy() -> None:
     with open_run(SAMPLES / "cpu-cnn-workers") as run:
-        report = RunAnalysis(run, persist=False).report(suggestions=False).as_dict()
-    e = report["energy"]
-    assert not e["available"] and "no NVIDIA GPU" in e["reason"]
+        report = RunAnalysis(run, persist=False).report(suggestions=False)
+    e = report.energy
+    assert not e.available and e.reason is not None and "no NVIDIA GPU" in e.reason
     card = energy_card(report)
     assert card.value == "n/a" and not card.available
 
 
 def test_energy_card_shows_run_step_and_phase_energy() -> None:
     with open_run(SAMPLES / "h100-gpt-small-batch") as run:
-        report = RunAnalysis(run, persist=False).report(suggestions=False).as_dict()
+        report = RunAnalysis(run, persist=False).report(suggestions=False)
     card = energy_card(report)
-    assert card.value == f"{report['energy']['wh']:,.2f} Wh"
+    assert card.value == f"{report.energy.wh:,.2f} Wh"
     assert "J/step" in card.sub and "mJ/token" in card.sub  # a language model: per token
     assert "GPU power while the host was in each phase" in card.title and "forward" in card.title

@@ -169,7 +169,7 @@ def test_compiled_model_hooked_before_compile_compiles_fullgraph_and_times_step_
 def test_compile_time_is_named_and_kept_out_of_the_phases(runs_dir):
     """The first step of a compiled model (and a recompile for a new shape) is one-off work: flagged,
     its seconds kept, left out of the phases and throughput, and named by the report."""
-    from gpulens.profiler.analysis.run_analysis import summarize
+    from gpulens.profiler import RunAnalysis
     from gpulens.profiler.store.schema import FLAG_COMPILE
     from gpulens.report_view import compile_line
 
@@ -191,8 +191,10 @@ def test_compile_time_is_named_and_kept_out_of_the_phases(runs_dir):
     flagged = [i for i in range(len(steps)) if steps.flags[i] & FLAG_COMPILE]
     assert flagged == [0, 6]
     assert all(steps.extra[i]["@compile"] > 0 for i in flagged)
-    comp = summarize(open_run(run.path))["step_time"]["compile"]
-    assert comp["steps"] == 2 and comp["first_steps"] == [0, 6] and 0 < comp["seconds"] <= comp["step_seconds"]
+    with open_run(run.path) as reader:
+        comp = RunAnalysis(reader).figures.step_time.compile
+    assert comp is not None and comp.steps == 2 and comp.first_steps == [0, 6]
+    assert 0 < comp.seconds <= comp.step_seconds
     assert compile_line(comp).startswith("torch.compile compiled for ")
 
 

@@ -108,8 +108,8 @@ def test_the_advisor_reads_every_gpu_as_the_cards_do(tmp_path):
     with open_run(run_dir) as run:
         analysis = RunAnalysis(run)
         measured = analysis.measurements
-        summary = analysis.summary
-    cards = {c.key: c for c in overview.headline(summary)}
+        report = analysis.figures
+    cards = {c.key: c for c in overview.headline(report)}
     assert measured.gpu_util == pytest.approx(60.0)
     assert cards["gpu_busy"].value == "60.0%"
 

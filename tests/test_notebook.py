@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import gpulens  # noqa: E402
 from gpulens.notebook import render_html, sparkline  # noqa: E402
+from gpulens.profiler import RunAnalysis, open_run  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
 
@@ -32,8 +33,9 @@ def test_finished_run_renders_cards_suggestions_and_sparkline() -> None:
 
 
 def test_html_escapes_what_the_run_says() -> None:
-    report = gpulens.load(SAMPLES / "cpu-cnn-workers").report
-    report["run"]["name"] = "<script>alert(1)</script>"
+    with open_run(SAMPLES / "cpu-cnn-workers") as run:
+        report = RunAnalysis(run, persist=False).report()
+    report.run.name = "<script>alert(1)</script>"
     page = render_html(report, np.array([0.01, 0.02, 0.015]))
     assert "<script>" not in page and "&lt;script&gt;" in page
 

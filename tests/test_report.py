@@ -132,7 +132,7 @@ def test_a_run_without_steady_steps_is_measured_over_all_its_steps_on_every_surf
         assert not run.steps().steady().any() and run.steps().counted().all()
         analysis = RunAnalysis(run)
         report = analysis.report().as_dict()
-        side = side_of(run, report)
+        side = side_of(run, analysis.report())
         ranks = analysis.measurements.ranks
     median = pytest.approx(float(np.median(d * 1.5)), rel=1e-5)  # times are stored as float32 offsets
     assert report["step_time"]["steady"] == 0 and report["step_time"]["count"] == 4

@@ -110,8 +110,9 @@ def test_synthetic_data_measures_the_loop_without_input_waits(tmp_path: Path) ->
     # the run page: a card with the measured step time, and the stretch shaded on the time axis
     from gpulens.dashboard.overview import headline
     from gpulens.dashboard.panels import marks
+    from gpulens.profiler.analysis.report import Report, read_section
 
-    card = next(c for c in headline(report) if c.key == "what_if")
+    card = next(c for c in headline(read_section(report, Report)) if c.key == "what_if")
     assert card.available and card.label == "What-if: synthetic data" and "CI" in card.sub
     with open_run(tmp_path / "runs" / "r") as run:
         shaded = [m for m in marks(run, run.info.start) if m.kind == "what_if"]
@@ -263,6 +264,7 @@ def test_batch_headroom_states_a_measured_batch_size_what_if() -> None:
     """The memory model says a bigger batch fits; a batch-size what-if that ran says what it measured."""
     from gpulens.profiler.analysis.advisor.measure import Measurements
     from gpulens.profiler.analysis.advisor.rules.batch import batch_headroom
+    from gpulens.profiler.analysis.report import WhatIf, read_section
 
     m = Measurements(run_id="r", device="cpu", steps=100, step_s=0.01, batch_size=32,
                      probes=[{"batch": 32, "peak_bytes": 1.0e9, "step_s": 0.010},
@@ -270,8 +272,13 @@ def test_batch_headroom_states_a_measured_batch_size_what_if() -> None:
                      probe_capacity=8.0e9)
     plain = batch_headroom(m)
     assert plain is not None and "measured" not in plain.finding
-    m.what_if = {"kind": "batch-size", "batch_size": 128, "first_step": 20, "last_step": 39,
-                 "samples_per_s_change": 0.85}
+    m.what_if = read_section({"kind": "batch-size", "status": "done", "reason": None, "batch_size": 128,
+                              "base_batch": 32, "first_step": 20, "last_step": 39, "steps": 20,
+                              "measure": "step time without data wait", "step_time_median_s": None,
+                              "baseline_step_time_median_s": None, "step_time_change": None,
+                              "step_time_change_ci": None, "data_wait_median_s": None,
+                              "baseline_data_wait_median_s": None, "samples_per_s": 5920.0,
+                              "baseline_samples_per_s": 3200.0, "samples_per_s_change": 0.85}, WhatIf)
     s = batch_headroom(m)
     assert "measured (--what-if batch-size=128, steps 20-39): 1.85x samples/s" in s.finding
     assert "measured 1.85x at batch 128" in s.expected_gain

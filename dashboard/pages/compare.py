@@ -76,27 +76,26 @@ def compare(a_id: str | None, b_id: str | None, theme: str | None, _poll: int) -
     if aa is None or ab is None:
         return ui.analysing("these runs"), False
     for run, an in ((ra, aa), (rb, ab)):
-        if an.summary is None:
+        if an.report is None:
             return ui.notice(f"{run.info.name}: {an.error}", "error", cid="cmp-error"), True
     return _comparison(ra, aa, rb, ab, theme or "light"), True
 
 
 def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: str) -> Any:
-    assert aa.summary is not None and ab.summary is not None
-    sa, sb = aa.summary, ab.summary
+    assert aa.report is not None and ab.report is not None
+    sa, sb = aa.report, ab.report
     na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
     head = comparison.headline_rows(ra, sa, rb, sb)
     head_table = _table(head, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A"), ("ci", "95% CI"),
                                ("verdict", "verdict")], "cmp-headline",
                         lambda r: r["verdict"] if r["verdict"] in ("better", "worse") else "")
-    phases_a = ((sa.get("step_time") or {}).get("phases") or {})
-    phases_b = ((sb.get("step_time") or {}).get("phases") or {})
+    phases_a, phases_b = sa.step_time.phases, sb.step_time.phases
     steps_fig = figures.grouped_bars_figure(
         [th.PHASE_LABELS[p] for p in PHASE_COLUMNS],
-        {na: [(phases_a.get(p) or {}).get("mean_s", 0.0) * 1e3 for p in PHASE_COLUMNS],
-         nb: [(phases_b.get(p) or {}).get("mean_s", 0.0) * 1e3 for p in PHASE_COLUMNS]},
+        {na: [(ph.mean_s if (ph := phases_a.get(p)) else 0.0) * 1e3 for p in PHASE_COLUMNS],
+         nb: [(ph.mean_s if (ph := phases_b.get(p)) else 0.0) * 1e3 for p in PHASE_COLUMNS]},
         AB_COLORS, "ms per step", "Step time by phase (mean per steady step)", theme)
-    metric = "gpm.sm_active" if all(comparison._gpu_mean(s, "gpm.sm_active") is not None for s in (sa, sb)) \
+    metric = "gpm.sm_active" if all(comparison.gpu_mean(s, "gpm.sm_active") is not None for s in (sa, sb)) \
         else "gpu.util"
     dists = {}
     for name, run in ((na, ra), (nb, rb)):
@@ -119,7 +118,7 @@ def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: s
     cfg_table = _table(cfg, [("key", "setting"), ("a", na), ("b", nb)], "cmp-config",
                        lambda r: "changed" if r["changed"] else "")
     notes = []
-    bs_a, bs_b = (sa.get("run") or {}).get("batch_size"), (sb.get("run") or {}).get("batch_size")
+    bs_a, bs_b = sa.run.batch_size, sb.run.batch_size
     if bs_a and bs_b and bs_a != bs_b:
         notes.append(ui.notice(f"Batch sizes differ ({bs_a} vs {bs_b}): compare samples/s, not steps/s or step time.",
                                "info", cid="cmp-batch-note"))

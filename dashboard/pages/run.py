@@ -104,15 +104,15 @@ def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
         return ui.notice(str(exc), "error"), [], [], [], True
     if a is None:
         return ui.analysing(), [], no_update, [], False
-    if a.error or a.summary is None:
+    if a.error or a.report is None:
         return ui.notice(f"cannot analyse this run: {a.error}", "error", cid="analysis-error"), [], [], [], True
     cards = [ui.card(c.label, c.value, c.sub, cid=f"card-{c.key}", title=c.title, muted=not c.available)
-             for c in overview.headline(a.summary)]
+             for c in overview.headline(a.report)]
     targets: list[dict[str, Any]] = []
     items: list[Any] = []
     for i, s in enumerate((a.advice or {}).get("suggestions") or []):
         buttons: list[Any] = []
-        for t in overview.evidence_targets(s, a.summary, run.info.id, run.info.start):
+        for t in overview.evidence_targets(s, a.report, run.info.id, run.info.start):
             if t.href:
                 buttons.append(dcc.Link(t.label, href=t.href, className="ev-link"))
             else:
@@ -135,13 +135,13 @@ def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
             html.Summary(f"{len(missing)} rule(s) not evaluated — what they need"),
             html.Ul([html.Li([html.Code(m["id"]), ": ", m["needs"]]) for m in missing]),
         ], className="not-evaluated"))
-    events = a.summary.get("events") or []
+    events = a.report.events
     if events:
         start = run.info.start or 0.0
         head = html.Thead(html.Tr([html.Th("t"), html.Th("kind"), html.Th("GPU"), html.Th("message")]))
-        ev: Any = html.Table([head, html.Tbody([html.Tr([html.Td(f"+{e['t'] - start:.1f} s"), html.Td(e["kind"]),
-                                                         html.Td("" if e["gpu"] < 0 else str(e["gpu"])),
-                                                         html.Td(e["message"])])
+        ev: Any = html.Table([head, html.Tbody([html.Tr([html.Td(f"+{e.t - start:.1f} s"), html.Td(e.kind),
+                                                         html.Td("" if e.gpu is None or e.gpu < 0 else str(e.gpu)),
+                                                         html.Td(e.message)])
                                                 for e in events[:200]])], className="table")
     else:
         ev = html.Div("No events (XID errors, clock events, profiler problems) recorded.", className="muted small")
@@ -306,7 +306,7 @@ def steps_figure(run_id: str, rng: dict | None, theme: str | None, _analysed: An
     share_of = "all steps in this range"
     if t0 is None:  # the whole run: the shares the cards and the advice use (steady steps), one number each
         a = data.analysis_if_done(run_id)
-        steady = overview.steady_phase_shares(a.summary if a is not None else None)
+        steady = overview.steady_phase_shares(a.report if a is not None else None)
         if steady:
             shares, share_of = steady, "steady steps (as in the advice)"
     return figures.phase_breakdown_figure(t - origin, phases, shares, theme or "light",
@@ -350,7 +350,7 @@ def nodes_table(run_id: str, _analysed: Any) -> Any:
         a = data.analysis_if_done(run_id)
     except GpulensError:
         return []
-    nodes = ((a.summary or {}).get("nodes") if a is not None else None) or []
+    nodes = a.report.nodes if a is not None and a.report is not None else []
     if len(nodes) < 2:
         return []
     from gpulens.tables import NODE_COLUMNS, node_rows

@@ -95,13 +95,10 @@ def run_row(row: data.RunRow) -> dict[str, Any]:
             out["status"] = "broken"
         out["top"] = a.error
         return out
-    s = a.summary or {}
-    tp = s.get("throughput") or {}
-    out["steps_per_s"] = tp.get("steps_per_s")
-    out["samples_per_s"] = tp.get("samples_per_s")
-    out["gpu_busy"] = _mean_over_gpus(s, "gpu.util")
-    out["sm_active"] = _mean_over_gpus(s, "gpm.sm_active")
-    out["mfu"] = (s.get("mfu") or {}).get("mfu_pct")
+    f = a.figures
+    if f is not None:
+        out.update(steps_per_s=f.steps_per_s, samples_per_s=f.samples_per_s, gpu_busy=f.gpu_busy,
+                   sm_active=f.sm_active, mfu=f.mfu_pct)
     sugg = (a.advice or {}).get("suggestions") or []
     if sugg:
         top = sugg[0]
@@ -111,11 +108,6 @@ def run_row(row: data.RunRow) -> dict[str, Any]:
     if row.status in ("crashed", "interrupted") and row.status_reason:
         out["top"] = f"{row.status}: {row.status_reason} · " + out["top"]
     return out
-
-
-def _mean_over_gpus(summary: dict[str, Any], metric: str) -> float | None:
-    values = [g["metrics"][metric]["mean"] for g in summary.get("gpus") or [] if metric in g.get("metrics", {})]
-    return sum(values) / len(values) if values else None
 
 
 @callback(

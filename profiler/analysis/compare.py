@@ -33,6 +33,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
+from gpulens.profiler.analysis.report import Memory, Mfu, Report
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
 from gpulens.profiler.store.schema import PHASES
@@ -51,7 +52,7 @@ class Side:
 
     id: str
     path: str
-    batch_size: Any
+    batch_size: int | None
     durations: np.ndarray  # steady steps, in recorded order
     samples: np.ndarray
     tokens: np.ndarray
@@ -59,7 +60,9 @@ class Side:
     readings: dict[str, np.ndarray]  # every GPU's readings of gpu.util, gpm.sm_active, ..., thinned for resampling
     reading_means: dict[str, float]  # their exact means (mean of the GPUs' means, as the report)
     step_energy: np.ndarray  # joules per steady step (NaN without energy readings)
-    report: dict[str, Any]
+    memory: Memory | None  # the report's sections compare reads: peak memory, MFU, tensor-core share
+    mfu: Mfu | None
+    tensor_core_share: float | None
     status: str = "finished"  # the run's, as ls and the report say it (crashed, interrupted, running, ...)
     status_reason: str | None = None
 
@@ -104,7 +107,7 @@ class Comparison:
                 "metrics": [asdict(m) for m in self.metrics]}
 
 
-def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | None = None) -> Side:
+def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = None) -> Side:
     """Read what a comparison needs from one run and its report (``gpulens report --json``); ``curves``:
     its energy curves when already read (:attr:`RunData.energy_curves`), else read here."""
     steps = run.steps()
@@ -118,18 +121,19 @@ def side_of(run: RunReader, report: dict[str, Any], curves: list[EnergyCurve] | 
             v = s.v[np.isfinite(s.v)] if s is not None else np.zeros(0)
             if v.size:
                 kept.append(thin(v)[0])
-        mean = mean_over_gpus(report.get("gpus") or [], metric)  # the report's cards' figure, not a second one
+        mean = mean_over_gpus(report.gpus, metric)  # the report's cards' figure, not a second one
         if kept and mean is not None:
             readings[metric] = np.concatenate(kept)
             means[metric] = mean
     curves = energy_curves(run) if curves is None else curves
     energy = per_step(curves, steps)[steady] if curves else np.full(int(steady.sum()), np.nan)
-    return Side(id=run.info.id, path=str(run.info.path), batch_size=report["run"].get("batch_size"),
+    return Side(id=run.info.id, path=str(run.info.path), batch_size=report.run.batch_size,
                 durations=steps.duration[steady] if len(steps) else np.zeros(0),
                 samples=steps.samples[steady] if len(steps) else np.zeros(0),
                 tokens=steps.tokens[steady] if len(steps) else np.zeros(0),
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
-                readings=readings, reading_means=means, step_energy=energy, report=report,
+                readings=readings, reading_means=means, step_energy=energy, memory=report.memory,
+                mfu=report.mfu, tensor_core_share=report.tensor_core_share,
                 status=run.info.status, status_reason=run.info.status_reason)
 
 
@@ -270,7 +274,7 @@ def _recentre(m: Metric, base: float | None, cand: float | None) -> None:
 def _tensor_core_share(base: Side, cand: Side) -> Metric:
     """Tensor-core kernels' share of kernel time in the profiler windows: one figure per run, no interval."""
     m = Metric("tensor_core_share", "Tensor-core share of kernel time", "pp", "higher")
-    a, b = base.report.get("tensor_core_share"), cand.report.get("tensor_core_share")
+    a, b = base.tensor_core_share, cand.tensor_core_share
     if a is None or b is None:
         m.note = "needs profiler windows with GPU kernels in both runs"
         return m
@@ -281,11 +285,11 @@ def _tensor_core_share(base: Side, cand: Side) -> Metric:
 def _mfu(base: Side, cand: Side, step_time: Metric) -> Metric:
     """MFU changes as FLOPs per step over step time: at the counted FLOPs, step time's interval carries over."""
     m = Metric("mfu", "MFU", "%", "higher")
-    a, b = (base.report.get("mfu") or {}), (cand.report.get("mfu") or {})
-    if a.get("mfu_pct") is None or b.get("mfu_pct") is None:
-        m.note = a.get("reason") or b.get("reason")
+    a, b = base.mfu, cand.mfu
+    if a is None or b is None or a.mfu_pct is None or b.mfu_pct is None:
+        m.note = (a.reason if a is not None else None) or (b.reason if b is not None else None)
         return m
-    m.base, m.candidate = float(a["mfu_pct"]), float(b["mfu_pct"])
+    m.base, m.candidate = a.mfu_pct, b.mfu_pct
     m.change = m.candidate / m.base - 1.0 if m.base else None
     if step_time.change is not None and step_time.low is not None and step_time.high is not None \
             and m.change is not None:  # step time's relative uncertainty, around MFU's own change
@@ -297,7 +301,8 @@ def _mfu(base: Side, cand: Side, step_time: Metric) -> Metric:
 def _peak_memory(base: Side, cand: Side) -> Metric:
     """Peak CUDA memory (exact, from the allocator), else the training process' peak resident memory."""
     for key, label in (("cuda_peak_allocated_bytes", "Peak CUDA mem"), ("process_rss_max_bytes", "Peak RSS")):
-        a, b = base.report["memory"].get(key), cand.report["memory"].get(key)
+        a = getattr(base.memory, key) if base.memory is not None else None
+        b = getattr(cand.memory, key) if cand.memory is not None else None
         if a and b:
             m = Metric("peak_memory", label, "%", "lower", float(a), float(b), float(b) / float(a) - 1.0,
                        exact=key == "cuda_peak_allocated_bytes")

@@ -9,11 +9,12 @@ reason.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from gpulens.profiler.analysis.report import WindowEntry
 from gpulens.profiler.analysis.trace.gpu_summary import ROLES
 from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy
 from gpulens.profiler.store.reader import Window
@@ -168,10 +169,10 @@ def empty(reason: str) -> dict[str, Any]:
             "gemm_shapes": [], "phase_gpu_busy": None}
 
 
-def steps_in_windows(windows: Sequence[Mapping[str, Any]]) -> int:
+def steps_in_windows(windows: Sequence[WindowEntry]) -> int:
     """Steps the profiler windows hold, each rank's counted (the report's ``windows``): what the kernel
     view's per-step figures divide by, on every surface."""
-    return sum(int(w["last_step"]) - int(w["first_step"]) + 1 for w in windows)
+    return sum(w.last_step - w.first_step + 1 for w in windows)
 
 
 def kernel_view(done: list[tuple[Window, dict[str, Any]]], problems: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ the end-of-run advice and the kernels page all come through here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -102,14 +102,15 @@ class RunAnalysis:
         return gather(self.run, self.kernel_view)
 
     @cached_property
-    def summary(self) -> dict[str, Any]:
-        """The report's figures, without the suggestions."""
-        return summarize_data(self.data)
-
-    @cached_property
     def figures(self) -> Report:
         """The report without its suggestions: what the advisor measures from."""
-        return Report.from_parts(self.summary, None)
+        return Report.from_parts(summarize_data(self.data), None)
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """The report's figures in their JSON form (``report --json`` without ``suggestions``): what crosses a
+        process boundary to the dashboard."""
+        return self.figures.as_dict()
 
     @cached_property
     def measurements(self) -> Measurements:
@@ -123,7 +124,7 @@ class RunAnalysis:
         """``gpulens report --json``; ``suggestions=False`` leaves the advisor out (and never runs it)."""
         if not suggestions:
             return self.figures
-        return replace(self.figures, suggestions=self.advice.as_dict())
+        return self.figures.with_advice(self.advice)
 
 
 def summarize(run: RunReader) -> dict[str, Any]:

@@ -253,10 +253,11 @@ def summarize_data(data: RunData) -> dict[str, Any]:
             metrics, missing = _metric_block(data, idx, speaker, ("gpu.", "gpm."))
             energy = data.metrics.get(("gpu.energy", idx, speaker))
             gpus.append({
-                "index": idx, "node_rank": node.node_rank, "name": gpu.get("name"), "uuid": gpu.get("uuid"),
-                "memory_total_bytes": gpu.get("memory_total"),
-                "compute_capability": gpu.get("compute_capability"),
-                "gpm_supported": gpu.get("gpm_supported"),
+                "index": idx, "node_rank": node.node_rank, "name": _of(gpu.get("name"), str),
+                "uuid": _of(gpu.get("uuid"), str),
+                "memory_total_bytes": _of(gpu.get("memory_total"), int),
+                "compute_capability": _of(gpu.get("compute_capability"), str),
+                "gpm_supported": _of(gpu.get("gpm_supported"), bool),
                 "energy_j": energy["change"] if energy is not None and energy["count"] > 1 else None,
                 "metrics": metrics,
                 "not_available": missing,
@@ -286,17 +287,18 @@ def summarize_data(data: RunData) -> dict[str, Any]:
                             "last": float(steps.t_end[-1]), "status": "ok"}
 
     loss = steps.loss[np.isfinite(steps.loss)] if len(steps) else np.zeros(0)
-    nvml = meta.get("nvml") or {}
+    nvml = _of(meta.get("nvml"), dict) or {}
     from gpulens.profiler.analysis.kernel_view import empty
 
     kernel = data.kernel if data.kernel is not None else empty("trace analysis not gathered")
     return {
         "schema": REPORT_SCHEMA,
-        "run": {**data.info, "host": meta.get("host"), "command": meta.get("command"),
-                "torch_version": meta.get("torch_version"), "gpulens_version": meta.get("gpulens_version"),
-                "world_size": meta.get("world_size", 1), "batch_size": meta.get("batch_size"),
+        "run": {**data.info, "host": _of(meta.get("host"), str), "command": _of(meta.get("command"), list, str),
+                "torch_version": _of(meta.get("torch_version"), str),
+                "gpulens_version": _of(meta.get("gpulens_version"), str),
+                "world_size": _of(meta.get("world_size", 1), int) or 1, "batch_size": _of(meta.get("batch_size"), int),
                 "imported_from": meta.get("imported_from"),
-                "config": meta.get("config") or {}},
+                "config": _of(meta.get("config"), dict) or {}},
         "status": data.info["status"],
         "status_reason": data.info["status_reason"],
         "records_lost": data.info.get("records_lost") or {},
@@ -308,10 +310,11 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "gpus": gpus,
         "nodes": [_node_entry(data, n, gpus) for n in nodes],
         "ranks": _rank_entries(data, nodes),
-        "nvml": {"available": bool(nvml.get("available")), "reason": nvml.get("reason"),
-                 "driver_version": nvml.get("driver_version"),
-                 "cuda_driver_version": nvml.get("cuda_driver_version")},
-        "host": {"info": meta.get("host_info") or {}, "metrics": host_metrics, "not_available": host_missing},
+        "nvml": {"available": bool(nvml.get("available")), "reason": _of(nvml.get("reason"), str),
+                 "driver_version": _of(nvml.get("driver_version"), str),
+                 "cuda_driver_version": _of(nvml.get("cuda_driver_version"), str)},
+        "host": {"info": _of(meta.get("host_info"), dict) or {}, "metrics": host_metrics,
+                 "not_available": host_missing},
         "memory": memory,
         "samples": samples,
         "events": [{"t": e.t, "kind": e.kind, "gpu": e.gpu, "message": e.message, "rank": e.rank}
@@ -388,6 +391,14 @@ def _node_entry(data: RunData, node: Node, gpus: list[dict[str, Any]]) -> dict[s
             # this node's clock minus rank 0's, measured through the job's store; None: as NTP keeps them
             "clock_offset_s": _num((node.clock or {}).get("offset_s")),
             "clock_uncertainty_s": _num((node.clock or {}).get("uncertainty_s"))}
+
+
+def _of(value: Any, *kinds: type) -> Any:
+    """A recorded value as the report documents it, or None: a damaged or foreign run's metadata can hold
+    anything (``"torch_version": true``), and one wrong value must not cost the whole report."""
+    if isinstance(value, bool) and bool not in kinds:  # True is an int to isinstance
+        return None
+    return value if isinstance(value, kinds) else None
 
 
 def _num(value: Any) -> float | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gpulens.profiler.analysis.report import Report
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader
 from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED, FLAG_WARMUP, FLAG_WHATIF, STEP_COLUMNS
@@ -86,8 +87,8 @@ def series_parts(run: RunReader) -> Iterator[dict[str, Any]]:
                "gpu": np.full(n, info.gpu, dtype=np.int64), "unit": [info.unit] * n, "t": s.t, "value": s.v}
 
 
-def kernel_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: row.get(k) for k in KERNEL_COLUMNS} for row in report.get("kernels") or []]
+def kernel_rows(report: Report) -> list[dict[str, Any]]:
+    return [{k: getattr(row, k) for k in KERNEL_COLUMNS} for row in report.kernels]
 
 
 def suggestion_rows(advice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,7 +159,7 @@ def _write_table(run: RunReader, analysis: Any, table: str, tmp: Path, fmt: str)
     if table == "steps":
         frame = steps_frame(run)
     elif table == "kernels":
-        frame = rows_frame(kernel_rows(analysis.report(suggestions=False).as_dict()), KERNEL_COLUMNS)
+        frame = rows_frame(kernel_rows(analysis.report(suggestions=False)), KERNEL_COLUMNS)
     else:
         frame = rows_frame(suggestion_rows(analysis.advice.as_dict()), SUGGESTION_COLUMNS)
     if fmt == "parquet":

@@ -10,11 +10,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from msgspec import UNSET
 
 from gpulens.profiler.analysis.gpus import max_over_gpus, mean_over_gpus, ratio_over_gpus, worst_throttle
 from gpulens.profiler.analysis.kernel_view import combine, steps_in_windows
 from gpulens.profiler.analysis.phase_activity import PhaseActivity, activity_by_phase, window_means
-from gpulens.profiler.analysis.report import Report
+from gpulens.profiler.analysis.report import (
+    GemmShape,
+    KernelRow,
+    Launch,
+    MetricStats,
+    PhaseGpuBusy,
+    Report,
+    SyncCalls,
+    WhatIf,
+    WindowEntry,
+)
 from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
 from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.reader import RunReader, Window
@@ -70,14 +81,14 @@ class Measurements:
     category_share: dict[str, float] = field(default_factory=dict)
     transpose_share: float | None = None
     fp32_gemm_share: float | None = None
-    launch: dict[str, Any] | None = None
+    launch: Launch | None = None
     host_wait_share: float | None = None  # GPU idle time attributed to the host, over stream idle time
-    sync: dict[str, Any] = field(default_factory=dict)
+    sync: dict[str, SyncCalls] = field(default_factory=dict)
     sync_per_step: float | None = None
     step_breakdown: dict[str, float] = field(default_factory=dict)
     comm_share: float | None = None
-    gemm_shapes: list[dict[str, Any]] = field(default_factory=list)
-    what_if: dict[str, Any] | None = None  # a measured what-if's result (report key what_if)
+    gemm_shapes: list[GemmShape] = field(default_factory=list)
+    what_if: WhatIf | None = None  # a measured what-if's result (report key what_if)
     peak_allocated: float | None = None
     peak_reserved: float | None = None
     fragmentation: float | None = None
@@ -102,8 +113,8 @@ class Measurements:
     sm_clock_ratio: float | None = None  # mean SM clock over the GPU's maximum
     t_start: float | None = None
     t_end: float | None = None
-    windows: list[dict[str, Any]] = field(default_factory=list)
-    top_kernels: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[WindowEntry] = field(default_factory=list)
+    top_kernels: list[KernelRow] = field(default_factory=list)
     # the optimizer as it ran: implementation (fused | foreach | for-loop) and the parameters' device
     optimizer_impl: str | None = None
     optimizer_device: str | None = None
@@ -123,16 +134,16 @@ class Measurements:
     shift_events: dict[int, list[str]] = field(default_factory=dict)  # shift step -> events near it
     # device counters by host phase, and inside vs outside the profiler windows
     phase_activity: PhaseActivity | None = None
-    phase_gpu_busy: dict[str, Any] | None = None  # from the windows' gpulens ranges: exact, profiled steps only
+    phase_gpu_busy: PhaseGpuBusy | None = None  # from the windows' gpulens ranges: exact, profiled steps only
     sm_active_windows: tuple[float | None, float | None] = (None, None)  # GPM SM activity in, out of windows
 
 
 _FP32_GEMM = ("sgemm", "ffma", "f32f32_f32f32", "simt")
 
 
-def _mean(metrics: dict[str, Any], name: str) -> float | None:
+def _mean(metrics: dict[str, MetricStats], name: str) -> float | None:
     m = metrics.get(name)
-    return float(m["mean"]) if m else None
+    return m.mean if m is not None else None
 
 
 def _worker_load(run: RunReader) -> tuple[float | None, float | None]:
@@ -174,11 +185,11 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     gpus = report.gpus
     if gpus:
         g0 = gpus[0]
-        m.gpu_name = g0["name"]
-        m.compute_capability = float(g0["compute_capability"]) if g0.get("compute_capability") else None
-        m.gpu_memory_total = g0.get("memory_total_bytes")
+        m.gpu_name = g0.name
+        m.compute_capability = float(g0.compute_capability) if g0.compute_capability else None
+        m.gpu_memory_total = g0.memory_total_bytes
         m.n_visible_gpus = len(gpus)
-        m.gpu_util_per_gpu = [(_mean(g["metrics"], "gpu.util") or 0.0) for g in gpus]
+        m.gpu_util_per_gpu = [(_mean(g.metrics, "gpu.util") or 0.0) for g in gpus]
         # every GPU, as the report's cards: on a multi-GPU or multi-node run GPU 0 is one of many
         m.gpu_util = mean_over_gpus(gpus, "gpu.util")
         m.sm_active = mean_over_gpus(gpus, "gpm.sm_active")
@@ -187,34 +198,33 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         m.gpu_mem_used_max = max_over_gpus(gpus, "gpu.mem_used")
         m.throttle = worst_throttle(gpus)
         max_clocks = {g.get("index"): g.get("max_sm_clock_mhz") for g in run.info.gpus or []}
-        m.sm_clock_ratio = ratio_over_gpus(gpus, "gpu.sm_clock",
-                                           [g.get("max_sm_clock_mhz") or max_clocks.get(g.get("index"))
-                                            for g in gpus])
-        m.power_ratio = ratio_over_gpus(gpus, "gpu.power", [_mean(g["metrics"], "gpu.power_limit") for g in gpus])
+        m.sm_clock_ratio = ratio_over_gpus(gpus, "gpu.sm_clock", [max_clocks.get(g.index) for g in gpus])
+        m.power_ratio = ratio_over_gpus(gpus, "gpu.power", [_mean(g.metrics, "gpu.power_limit") for g in gpus])
     st = report.step_time
     m.steps = report.steps
-    m.steady_steps = int(st.get("steady", st.get("count") or 0))
+    m.steady_steps = st.steady
     m.running = run.info.status == "running"
-    m.step_s = st.get("median_s")
-    m.phase_share = {k: v["share"] for k, v in (st.get("phases") or {}).items() if v.get("share") is not None}
-    gp = st.get("gpu_phases")
-    if gp:
-        m.gpu_phase_share = {k: v["share"] for k, v in gp.items() if isinstance(v, dict) and v.get("share") is not None}
+    m.step_s = st.median_s
+    m.phase_share = {k: v.share for k, v in st.phases.items() if v.share is not None}
+    gp = st.gpu_phases
+    if gp is not UNSET:
+        m.gpu_phase_share = {k: v.share for k in PHASES if (v := getattr(gp, k)).share is not None}
     tp = report.throughput
-    if tp.get("steps_per_s"):
-        if tp.get("samples_per_s"):
-            m.samples_per_step = tp["samples_per_s"] / tp["steps_per_s"]
-        if tp.get("tokens_per_s"):
-            m.tokens_per_step = tp["tokens_per_s"] / tp["steps_per_s"]
-    host = report.host["metrics"]
+    if tp.steps_per_s:
+        if tp.samples_per_s:
+            m.samples_per_step = tp.samples_per_s / tp.steps_per_s
+        if tp.tokens_per_s:
+            m.tokens_per_step = tp.tokens_per_s / tp.steps_per_s
+    host = report.host.metrics
     m.workers, m.workers_cpu = _worker_load(run)
     m.proc_cpu = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
-    m.cpu_count = (report.host["info"] or {}).get("cpu_count")
+    cpu_count = report.host.info.get("cpu_count")
+    m.cpu_count = cpu_count if isinstance(cpu_count, int) else None
 
-    m.has_kernels = bool(report.trace_analysis["has_gpu"])
-    m.device = "cuda" if (m.has_kernels or report.memory["cuda_peak_allocated_bytes"] or gpus and
+    m.has_kernels = report.trace_analysis.has_gpu
+    m.device = "cuda" if (m.has_kernels or report.memory.cuda_peak_allocated_bytes or gpus and
                           m.gpu_util and m.gpu_util > 0) else "cpu"
     m.tc_share = report.tensor_core_share
     m.tc_eligible = report.tc_eligible_share
@@ -223,18 +233,18 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     if total > 0:
         m.category_share = {k: v / total for k, v in cats.items()}
         kernels = report.kernels
-        m.transpose_share = sum(k["total_us"] for k in kernels
-                                if "nchwtonhwc" in k["name"].lower() or "nhwctonchw" in k["name"].lower()) / total
-        m.fp32_gemm_share = sum(k["total_us"] for k in kernels if k["category"] in ("gemm", "convolution")
-                                and not k["tensor_core"] and any(p in k["name"].lower() for p in _FP32_GEMM)) / total
+        m.transpose_share = sum(k.total_us for k in kernels
+                                if "nchwtonhwc" in k.name.lower() or "nhwctonchw" in k.name.lower()) / total
+        m.fp32_gemm_share = sum(k.total_us for k in kernels if k.category in ("gemm", "convolution")
+                                and not k.tensor_core and any(p in k.name.lower() for p in _FP32_GEMM)) / total
         m.top_kernels = kernels[:10]
     if report.gpu_summary:
-        m.kernel_util = report.gpu_summary[0]["gpu_utilization_pct"]
+        m.kernel_util = report.gpu_summary[0].gpu_utilization_pct
     m.launch = report.launch
     idle = report.idle
-    idle_total = sum(r["idle_us"] for r in idle)
+    idle_total = sum(r.idle_us for r in idle)
     if idle_total > 0:
-        m.host_wait_share = sum(r["host_wait_us"] for r in idle) / idle_total
+        m.host_wait_share = sum(r.host_wait_us for r in idle) / idle_total
     m.sync = report.sync
     sb = report.step_breakdown_us
     m.step_breakdown = sb
@@ -242,14 +252,14 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         m.loader_share_trace = sb.get("DataLoader", 0.0) / sb["Total"]
         m.comm_share = sb.get("Communication", 0.0) / sb["Total"]
         n_steps = steps_in_windows(report.windows) or 1
-        sync_calls = sum(v["calls"] for k, v in m.sync.items() if not k.startswith("Memcpy"))
+        sync_calls = sum(v.calls for k, v in m.sync.items() if not k.startswith("Memcpy"))
         m.sync_per_step = sync_calls / n_steps
     m.gemm_shapes = report.gemm_shapes
     m.phase_gpu_busy = report.phase_gpu_busy
     m.what_if = report.what_if
     mem = report.memory
-    m.peak_allocated = mem["cuda_peak_allocated_bytes"]
-    m.peak_reserved = mem["cuda_peak_reserved_bytes"]
+    m.peak_allocated = mem.cuda_peak_allocated_bytes
+    m.peak_reserved = mem.cuda_peak_reserved_bytes
     steps = run.steps()
     if len(steps) and np.isfinite(steps.mem_reserved).any():
         # reserved memory never used even at the allocation peak: what the allocator holds but cannot use
@@ -258,8 +268,8 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
             frag = (steps.mem_reserved[ok] - steps.mem_peak[ok]) / steps.mem_reserved[ok]
             m.fragmentation = float(np.clip(np.max(frag), 0.0, 1.0))
     mfu = report.mfu
-    m.mfu_pct = mfu.get("mfu_pct")
-    m.flops_by_dtype = mfu.get("by_dtype") or {}
+    m.mfu_pct = mfu.mfu_pct
+    m.flops_by_dtype = dict(mfu.by_dtype)
     m.probes = list(meta.get("batch_probe", {}).get("points", []))
     m.probe_capacity = meta.get("batch_probe", {}).get("capacity_bytes")
     m.probe_device = meta.get("batch_probe", {}).get("device")
@@ -289,7 +299,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     return m
 
 
-def _host_contention(m: Measurements, host: dict[str, Any], meta: dict[str, Any]) -> None:
+def _host_contention(m: Measurements, host: dict[str, MetricStats], meta: dict[str, Any]) -> None:
     cpu = _mean(host, "host.cpu")
     if cpu is not None and m.cpu_count:
         m.host_busy_cores = cpu / 100.0 * m.cpu_count
@@ -363,7 +373,7 @@ def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
     m.phase_activity = activity_by_phase("gpm.sm_active", steps.t_start, steps.t_end,
                                          {p: getattr(steps, p) for p in PHASES}, sm.t, sm.v, interval,
                                          steady=steps.counted())
-    m.sm_active_windows = window_means(sm.t, sm.v, [(w["t_start"], w["t_end"]) for w in m.windows])
+    m.sm_active_windows = window_means(sm.t, sm.v, [(w.t_start, w.t_end) for w in m.windows])
 
 
 def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> list[RankTiming]:

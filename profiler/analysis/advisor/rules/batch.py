@@ -72,10 +72,10 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
                 if gain is not None and sps_new and sps_now
                 else "higher throughput; not estimated without step times at 2+ batch sizes")
     w = m.what_if
-    if w and w.get("kind") == "batch-size" and w.get("samples_per_s_change") is not None:
-        finding += (f"; measured (--what-if batch-size={w['batch_size']}, steps {w['first_step']}-{w['last_step']}): "
-                    f"{w['samples_per_s_change'] + 1:.2f}x samples/s of compute at batch {w['batch_size']}")
-        expected += f"; measured {w['samples_per_s_change'] + 1:.2f}x at batch {w['batch_size']}"
+    if w is not None and w.kind == "batch-size" and w.samples_per_s_change is not None:
+        finding += (f"; measured (--what-if batch-size={w.batch_size}, steps {w.first_step}-{w.last_step}): "
+                    f"{w.samples_per_s_change + 1:.2f}x samples/s of compute at batch {w.batch_size}")
+        expected += f"; measured {w.samples_per_s_change + 1:.2f}x at batch {w.batch_size}"
     return Suggestion(
         id="batch_headroom", severity="medium", title=f"Memory allows a batch of about {suggested}",
         finding=finding,

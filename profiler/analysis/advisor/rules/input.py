@@ -91,7 +91,7 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
                 Evidence("metric", "DataLoader workers' CPU", {"metric": "workers.cpu", "gpu": -1})]
     if m.windows:
         w = m.windows[0]
-        evidence.append(Evidence("window", "profiled steps", {"rank": w["rank"], "index": w["index"]}))
+        evidence.append(Evidence("window", "profiled steps", {"rank": w.rank, "index": w.index}))
     action, snippet = _loader_advice(m)
     expected = f"up to {fmt.share(gain, 0)} shorter steps"
     estimate = "upper bound: the measured data-wait share, which vanishes when loading overlaps compute"
@@ -119,24 +119,24 @@ def _hidden_share(m: Measurements, share: float) -> float | None:
     """Share of the data waits the GPU spent running queued work, from the profiled steps' trace -- None
     when the trace cannot say (no ranges, a GPU behind its window) or its waits are not the run's (under
     half the run's mean wait per step: a few short waits say nothing of the long ones)."""
-    busy = m.phase_gpu_busy or {}
-    traced = ((busy.get("phases") or {}).get("data_wait") or {}) if busy.get("complete") else {}
-    if traced.get("gpu_busy_share") is None or not busy.get("steps") or not m.step_s:
+    busy = m.phase_gpu_busy
+    traced = busy.phases.get("data_wait") if busy is not None and busy.complete else None
+    if traced is None or traced.gpu_busy_share is None or busy is None or not busy.steps or not m.step_s:
         return None
-    per_step = traced["host_us"] / 1e6 / busy["steps"]
-    return float(traced["gpu_busy_share"]) if per_step >= 0.5 * share * m.step_s else None
+    per_step = traced.host_us / 1e6 / busy.steps
+    return traced.gpu_busy_share if per_step >= 0.5 * share * m.step_s else None
 
 
 def measured_without_waits(m: Measurements) -> tuple[str, str] | None:
     """(finding, gain) of a synthetic-data what-if that ran: the step time the loop reached with no input wait."""
     w = m.what_if
-    if not w or w.get("kind") != "synthetic-data" or w.get("step_time_change") is None:
+    if w is None or w.kind != "synthetic-data" or w.step_time_change is None:
         return None
-    change = float(w["step_time_change"])
-    ci = w.get("step_time_change_ci")
+    change = w.step_time_change
+    ci = w.step_time_change_ci
     sure = f", 95% CI {-ci[1]:.0%} to {-ci[0]:.0%}" if ci else ""
-    finding = (f"measured: with replayed batches (steps {w['first_step']}-{w['last_step']}) a step took "
-               f"{fmt.seconds(w['step_time_median_s'])} against {fmt.seconds(w['baseline_step_time_median_s'])}")
+    finding = (f"measured: with replayed batches (steps {w.first_step}-{w.last_step}) a step took "
+               f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)}")
     return finding, f"{-change:.0%} shorter steps{sure}"
 
 

@@ -62,7 +62,7 @@ def slow_optimizer(m: Measurements) -> Suggestion | NotEvaluated | None:
     gpu_share = (m.gpu_phase_share or {}).get("optimizer")
     if gpu_share is not None:
         finding += f"; GPU stream: {fmt.share(gpu_share)}"
-    multi = sum(k["calls"] for k in m.top_kernels if "multi_tensor_apply" in k["name"])
+    multi = sum(k.calls for k in m.top_kernels if "multi_tensor_apply" in k.name)
     if multi:
         finding += f"; {multi} multi_tensor_apply launches in the profiled steps"
     known = _implementation(m)

@@ -59,7 +59,7 @@ def comm_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
                  "model.register_comm_hook(None, default_hooks.bf16_compress_hook)  # multi-node"),
         expected_gain=f"up to {fmt.share(m.comm_share, 0)} of step time",
         gain_estimate="upper bound: the communication share of profiled steps", confidence="medium",
-        evidence=[Evidence("window", "profiled steps", {"rank": w["rank"], "index": w["index"]})
+        evidence=[Evidence("window", "profiled steps", {"rank": w.rank, "index": w.index})
                   for w in m.windows[:2]],
         gain_fraction=m.comm_share)
 

@@ -80,35 +80,35 @@ def _by_gain(gain: float) -> str:
 
 def _first_fp32(m: Measurements) -> str:
     for k in m.top_kernels:
-        if k["category"] in ("gemm", "convolution") and not k["tensor_core"]:
-            return str(k["name"])[:60]
+        if k.category in ("gemm", "convolution") and not k.tensor_core:
+            return k.name[:60]
     return "sgemm kernels"
 
 
 def gemm_alignment(m: Measurements) -> Suggestion | None:
     if not m.has_kernels or not m.gemm_shapes:
         return None
-    bad = [g for g in m.gemm_shapes if g["misaligned"] and g["kernel_us"] > 0]
-    total_gemm = sum(g["kernel_us"] for g in m.gemm_shapes) or 0.0
+    bad = [g for g in m.gemm_shapes if g.misaligned and g.kernel_us > 0]
+    total_gemm = sum(g.kernel_us for g in m.gemm_shapes) or 0.0
     if not bad or total_gemm <= 0:
         return None
-    share = sum(g["kernel_us"] for g in bad) / total_gemm
+    share = sum(g.kernel_us for g in bad) / total_gemm
     gemm_share = m.category_share.get("gemm", 0.0)
     if share < 0.2 or gemm_share < 0.1:
         return None
     g = bad[0]
-    shape = f"{g['op']} M={g['m']} N={g['n']} K={g['k']} ({g['dtype'] or '?'})"
+    shape = f"{g.op} M={g.m} N={g.n} K={g.k} ({g.dtype or '?'})"
     return Suggestion(
         id="gemm_alignment", severity="low", title="GEMM dimensions are not multiples of 8",
         finding=(f"{fmt.share(share, 0)} of GEMM kernel time is in shapes with a dimension that is not a multiple of "
-                 f"{g['multiple']}, e.g. {shape} ({', '.join(g['misaligned'])} misaligned)"),
+                 f"{g.multiple}, e.g. {shape} ({', '.join(g.misaligned)} misaligned)"),
         action=("Pad the odd dimensions: vocabulary to a multiple of 64, hidden and head sizes and batch x "
                 "sequence to multiples of 8 (64 for full efficiency on A100/H100)."),
         snippet="vocab_padded = (vocab_size + 63) // 64 * 64\nembedding = nn.Embedding(vocab_padded, d_model)",
         expected_gain=f"part of {fmt.share(share * gemm_share, 0)} of kernel time",
         gain_estimate="heuristic: a quarter of the misaligned GEMMs' time", confidence="low",
         evidence=[Evidence("kernels", "misaligned GEMMs",
-                           {"shapes": [f"{b['m']}x{b['n']}x{b['k']}" for b in bad[:5]]})],
+                           {"shapes": [f"{b.m}x{b.n}x{b.k}" for b in bad[:5]]})],
         gain_fraction=share * gemm_share * 0.25 * busy_fraction(m))
 
 

@@ -18,12 +18,12 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     if m.sm_active is not None:
         finding += f"; GPM SM activity {fmt.percent(m.sm_active)}"
     pa = m.phase_activity
-    busy_by_phase = m.phase_gpu_busy or {}
-    traced = (busy_by_phase.get("phases") or {}) if busy_by_phase.get("complete") else {}
+    busy_by_phase = m.phase_gpu_busy
+    traced = busy_by_phase.phases if busy_by_phase is not None and busy_by_phase.complete else {}
     if traced:  # exact for the profiled steps: the trace holds the phase ranges and the kernels
         finding += ("; GPU busy while the host was in each phase (profiled steps, from the trace): "
-                    + ", ".join(f"{fmt.phase(name)} {fmt.share(row['gpu_busy_share'], 0)}"
-                                for name, row in traced.items() if row.get("gpu_busy_share") is not None))
+                    + ", ".join(f"{fmt.phase(name)} {fmt.share(row.gpu_busy_share, 0)}"
+                                for name, row in traced.items() if row.gpu_busy_share is not None))
     elif pa is not None and pa.precise() and len(pa.by_phase) >= 2:
         finding += ("; SM activity while the host was in each phase (GPU work runs after its launch): "
                     + ", ".join(f"{fmt.phase(name)} {fmt.percent(v, 0)}" for name, v in pa.by_phase.items()))
@@ -50,15 +50,15 @@ def launch_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     data = m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0
     compute = max(1e-6, 1.0 - data)
     busy = min(1.0, busy_fraction(m) / compute)
-    short = m.launch.get("shorter_than_launch_share")
-    median = m.launch.get("median_kernel_us")
+    short = m.launch.shorter_than_launch_share
+    median = m.launch.median_kernel_us
     if short is None or median is None or short < 0.4 or median > 20 or busy >= 0.7:
         return None
     host_wait = m.host_wait_share if m.host_wait_share is not None else 0.5
     gain = compute * (1 - busy) * host_wait
     severity = "high" if busy < 0.4 and short >= 0.6 and gain >= 0.15 else "medium"
     finding = (f"{fmt.share(short, 0)} of kernels finish before their launch call returns (median kernel "
-               f"{median:.1f} µs, {m.launch.get('kernels_per_step') or 0:.0f} kernels per step); "
+               f"{median:.1f} µs, {m.launch.kernels_per_step or 0:.0f} kernels per step); "
                f"{busy_words(m, outside_data=data > 0.05)}")
     if m.host_wait_share is not None:
         finding += f"; {fmt.share(m.host_wait_share, 0)} of GPU idle time is spent waiting for the host to launch"
@@ -88,12 +88,12 @@ def sync_points(m: Measurements) -> Suggestion | None:
     calls = {k: v for k, v in m.sync.items() if not k.startswith("Memcpy")}
     if not calls:
         return None
-    total_us = sum(v["total_us"] for v in calls.values()) / n_steps
+    total_us = sum(v.total_us for v in calls.values()) / n_steps
     share = total_us / (m.step_s * 1e6)
-    per_step = sum(v["calls"] for v in calls.values()) / n_steps
+    per_step = sum(v.calls for v in calls.values()) / n_steps
     if share < 0.05 or per_step < 1:
         return None
-    top = ", ".join(f"{k} x{v['calls'] / n_steps:.1f}/step" for k, v in list(calls.items())[:3])
+    top = ", ".join(f"{k} x{v.calls / n_steps:.1f}/step" for k, v in list(calls.items())[:3])
     return Suggestion(
         id="sync_points", severity="medium" if share >= 0.15 else "low",
         title="The host waits for the GPU inside the step",
