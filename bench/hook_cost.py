@@ -1,20 +1,25 @@
-"""Claim: the per-step hot path of track() costs a few tens of µs (under 1% of a 5 ms step).
+"""Claim: the per-step hot path of track() costs a few µs (well under 1% of a 5 ms step); gpulens run's
+automatic step detection costs more (torch's hooks on the model, backward, optimizer and DataLoader).
 
 Times N iterations of a loop doing no training work -- only the hooks:
 loader wrapper, three phases, ``run.step(loss=...)`` -- against the same loop
-without hooks (baseline measured in the same run), with the samplers off so
-only the training-thread cost is counted.  With ``--device cuda`` the loss is a
-CUDA tensor (async copy + event) and GPU phase timing is active.
+without hooks, with the samplers off so only the training-thread cost is
+counted; and a tiny real training loop (Linear(4, 4), SGD, a DataLoader) with
+and without automatic step detection.  Every arm is measured in interleaved
+pairs (order shuffled per pair) and reported as the median difference with a
+95 % bootstrap interval.  With ``--device cuda`` the loss is a CUDA tensor
+(async copy + event) and GPU phase timing is active.
 
-Two figures: the hot path alone (profiler windows and FLOP counting off), and
-the same loop at default settings, where the per-window cost of torch.profiler
-(start, stop, export -- on steps flagged as profiled) is amortised over every
-500 steps.
+Two figures for track(): the hot path alone (profiler windows and FLOP
+counting off), and the same loop at default settings, where the per-window
+cost of torch.profiler (start, stop, export -- on steps flagged as profiled) is
+amortised over every 500 steps.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import random
 import statistics
 import tempfile
 import time
@@ -23,6 +28,7 @@ import torch
 
 import gpulens
 from gpulens.profiler.record.recorder import SamplingConfig
+from stats import bootstrap_ci
 
 
 def loop(run, n: int, loss) -> float:
@@ -76,36 +82,43 @@ def auto_loop(n: int, runs_dir: str | None, quiet) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--pairs", type=int, default=15, help="interleaved (baseline, hooked) pairs per claim")
     args = ap.parse_args()
     if args.device == "cuda":
         torch.zeros(1, device="cuda")  # initialise CUDA so track() attaches its GPU timer
     loss = torch.tensor(1.2345, device=args.device)
     quiet = SamplingConfig(devices=False, host=False)
-    base, hooked, defaults = [], [], []
+    rng = random.Random(0)
+    hot, defaults, auto = [], [], []  # per pair: hooked minus baseline, seconds per step
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            base.append(loop(None, args.steps, loss))
-            for arm, extra in ((hooked, {"profile": False, "count_flops": False}), (defaults, {})):
+        for _ in range(args.pairs):
+            arms = ["base", "hot", "defaults"]
+            rng.shuffle(arms)
+            got = {}
+            for arm in arms:
+                if arm == "base":
+                    got[arm] = loop(None, args.steps, loss)
+                    continue
+                extra = {"profile": False, "count_flops": False} if arm == "hot" else {}
                 with gpulens.track("hook-cost", runs_dir=tmp, quiet=True, sampling=quiet, **extra) as run:
                     run.step()  # attach the CUDA timer (checked on step) before timing
                     time.sleep(1.1)
                     run.step()
-                    arm.append(loop(run, args.steps, loss))
-    auto_base, auto = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            auto_base.append(auto_loop(args.steps // 5, None, quiet))
-            auto.append(auto_loop(args.steps // 5, tmp, quiet))
-    b, h, d = statistics.median(base), statistics.median(hooked), statistics.median(defaults)
-    ab, aa = statistics.median(auto_base), statistics.median(auto)
-    print(f"device {args.device}: baseline loop {b * 1e6:.2f} µs/step, hot path {h * 1e6:.2f} µs/step, "
-          f"defaults (profiler windows every 500 steps) {d * 1e6:.2f} µs/step")
-    print(f"hook cost: {(h - b) * 1e6:.1f} µs per step = {(h - b) / 5e-3 * 100:.2f}% of a 5 ms step; "
-          f"with profiler windows amortised {(d - b) * 1e6:.1f} µs per step")
-    print(f"gpulens run (automatic steps), tiny real loop: plain {ab * 1e6:.1f} µs/step, detected "
-          f"{aa * 1e6:.1f} µs/step: {(aa - ab) * 1e6:.1f} µs per step = {(aa - ab) / 5e-3 * 100:.2f}% of a 5 ms step")
+                    got[arm] = loop(run, args.steps, loss)
+            hot.append(got["hot"] - got["base"])
+            defaults.append(got["defaults"] - got["base"])
+            pair = [("plain", None), ("detected", tmp)]
+            rng.shuffle(pair)
+            times = {name: auto_loop(args.steps // 5, where, quiet) for name, where in pair}
+            auto.append(times["detected"] - times["plain"])
+    for label, values in (("track() hot path", hot), ("track() at defaults (windows every 500 steps)", defaults),
+                          ("gpulens run's automatic steps, tiny real loop", auto)):
+        mid, lo, hi = bootstrap_ci([v * 1e6 for v in values])
+        print(f"{label}: {mid:.1f} µs per step [95% CI {lo:.1f}-{hi:.1f}, {len(values)} pairs] = "
+              f"{mid / 5e3 * 100:.2f}% of a 5 ms step")
+    a, t = statistics.median(auto), statistics.median(hot)
+    print(f"automatic steps cost {a / t:.1f}x the track() hot path (same machine, same run)")
 
 
 if __name__ == "__main__":

@@ -21,15 +21,25 @@ _TIMERS = ("_compile.compile_inner", "backward._backward_impl")
 class CompileClock:
     def __init__(self) -> None:
         self._seen = 0.0
+        self._key: tuple[object, int, object, int] = (None, 0, None, 0)  # the timer lists (held: ids stay
+        # theirs) and their lengths when last summed
 
     def take(self) -> float:
-        """Seconds spent compiling since the last call."""
+        """Seconds spent compiling since the last call.
+
+        Called at every step's end: it sums dynamo's timers only when one of them changed (a timer list
+        grew, or dynamo's reset replaced it), so a step without compiling costs two lookups."""
         utils = sys.modules.get("torch._dynamo.utils")
         if utils is None:
             return 0.0
         try:
             timers = utils.compilation_time_metrics
-            total = sum(sum(timers.get(name, ())) for name in _TIMERS)
+            frames, backward = timers.get(_TIMERS[0]), timers.get(_TIMERS[1])
+            key = (frames, len(frames) if frames else 0, backward, len(backward) if backward else 0)
+            if key == self._key:
+                return 0.0
+            self._key = key
+            total = (sum(frames) if frames else 0.0) + (sum(backward) if backward else 0.0)
         except Exception:
             return 0.0
         delta, self._seen = total - self._seen, total
