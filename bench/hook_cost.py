@@ -79,6 +79,29 @@ def auto_loop(n: int, runs_dir: str | None, quiet) -> float:
             run.close()
 
 
+def tracked_loop(n: int, runs_dir: str, quiet) -> float:
+    """The same tiny real loop with the phases and the step marked by hand (``track()``)."""
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loader = torch.utils.data.DataLoader([torch.ones(2, 4)] * n, batch_size=None)
+    with gpulens.track("hook-cost-track", runs_dir=runs_dir, quiet=True, sampling=quiet, profile=False,
+                       count_flops=False, advise=False) as run:
+        fwd, bwd, step = run.phase("forward"), run.phase("backward"), run.phase("optimizer")
+        t0 = time.perf_counter()
+        for i, x in enumerate(run.loader(loader)):
+            if i == 10:
+                t0 = time.perf_counter()
+            opt.zero_grad()
+            with fwd:
+                loss = model(x).sum()
+            with bwd:
+                loss.backward()
+            with step:
+                opt.step()
+            run.step(loss=loss.detach())
+        return (time.perf_counter() - t0) / (n - 10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -90,7 +113,7 @@ def main() -> None:
     loss = torch.tensor(1.2345, device=args.device)
     quiet = SamplingConfig(devices=False, host=False)
     rng = random.Random(0)
-    hot, defaults, auto = [], [], []  # per pair: hooked minus baseline, seconds per step
+    hot, defaults, auto, tracked = [], [], [], []  # per pair: hooked minus baseline, seconds per step
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.pairs):
             arms = ["base", "hot", "defaults"]
@@ -108,17 +131,20 @@ def main() -> None:
                     got[arm] = loop(run, args.steps, loss)
             hot.append(got["hot"] - got["base"])
             defaults.append(got["defaults"] - got["base"])
-            pair = [("plain", None), ("detected", tmp)]
-            rng.shuffle(pair)
-            times = {name: auto_loop(args.steps // 5, where, quiet) for name, where in pair}
+            loops = ["plain", "detected", "tracked"]
+            rng.shuffle(loops)
+            times = {name: tracked_loop(args.steps // 5, tmp, quiet) if name == "tracked" else
+                     auto_loop(args.steps // 5, tmp if name == "detected" else None, quiet) for name in loops}
             auto.append(times["detected"] - times["plain"])
+            tracked.append(times["tracked"] - times["plain"])
     for label, values in (("track() hot path", hot), ("track() at defaults (windows every 500 steps)", defaults),
-                          ("gpulens run's automatic steps, tiny real loop", auto)):
+                          ("track() with hand-placed phases, tiny real loop", tracked),
+                          ("gpulens run's automatic steps, the same loop", auto)):
         mid, lo, hi = bootstrap_ci([v * 1e6 for v in values])
         print(f"{label}: {mid:.1f} µs per step [95% CI {lo:.1f}-{hi:.1f}, {len(values)} pairs] = "
               f"{mid / 5e3 * 100:.2f}% of a 5 ms step")
-    a, t = statistics.median(auto), statistics.median(hot)
-    print(f"automatic steps cost {a / t:.1f}x the track() hot path (same machine, same run)")
+    a, t = statistics.median(auto), statistics.median(tracked)
+    print(f"automatic steps cost {a / t:.1f}x track()'s hand-placed hooks in the same loop (same machine, same run)")
 
 
 if __name__ == "__main__":
