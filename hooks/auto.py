@@ -175,7 +175,7 @@ class AutoSteps:
         self._rec.enter(slot)
 
     def _exit(self) -> None:
-        if self._rec._stack:
+        if self._rec.phase_open:
             self._rec.exit()
 
     def _boundary(self) -> None:
@@ -189,7 +189,7 @@ class AutoSteps:
                 if len(self._held) >= TENTATIVE_MAX:
                     self._release_held()
             else:
-                self._rec._stack.clear()  # a phase left open by an exception must not leak into the next step
+                self._rec.drop_phases()  # a phase left open by an exception must not leak into the next step
                 self.run.auto_step(loss)
         self._pending = False
         self._tentative_update = False
@@ -223,7 +223,7 @@ class AutoSteps:
         self._boundary()
         if not self._idle:
             self._idle = True
-            self._rec._stack.clear()
+            self._rec.drop_phases()
             self._rec.break_step()
 
     # ------------------------------------------------------------------ optimizer
@@ -443,7 +443,7 @@ class AutoSteps:
                 return original(it)
             training = auto._fetch_begin(it)
             try:
-                if training and auto.run._whatif is not None:
+                if training and auto.run.has_what_if:
                     batch = auto.run.fetch_batch(lambda: original(it))
                 else:
                     batch = original(it)
@@ -490,8 +490,7 @@ class AutoSteps:
                 return
             n = infer_batch_size(batch)
             if n is not None:
-                rec = self._rec
-                rec._batch_samples = (rec._batch_samples or 0) + n
+                self._rec.add_samples(n)
         except Exception as exc:
             self._failed(exc)
 
@@ -546,7 +545,7 @@ class AutoSteps:
             return
         try:
             self._fwd_depth = max(self._fwd_depth - 1, 0)
-            if self._fwd_depth == 0 and self._rec._stack and self._rec._stack[-1][0] == FORWARD:
+            if self._fwd_depth == 0 and self._rec.in_phase(FORWARD):
                 self._exit()
         except Exception as exc:
             self._failed(exc)

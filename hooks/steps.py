@@ -201,6 +201,26 @@ class StepRecorder:
             _extra_json(extra) if extra else None,
         ]
 
+    def in_phase(self, slot: int) -> bool:
+        """The innermost open phase is ``slot``."""
+        return bool(self._stack) and self._stack[-1][0] == slot
+
+    @property
+    def phase_open(self) -> bool:
+        return bool(self._stack)
+
+    def drop_phases(self) -> None:
+        """Forget the open phases (one left open by an exception must not leak into the next step)."""
+        self._stack.clear()
+
+    def measure(self, key: str, seconds: float) -> None:
+        """A measurement of the open step kept beside its phases (``@compile``, ``@comm``: '@', not a phase)."""
+        self._extra[key] = seconds
+
+    def add_samples(self, n: int) -> None:
+        """A batch of ``n`` samples fetched for the open step (several fetches add up)."""
+        self._batch_samples = (self._batch_samples or 0) + n
+
     def snapshot(self) -> tuple[float, list[float], dict[str, float], int | None]:
         """Where the open step stands now: a place it may later be cut at (:meth:`emit_until`)."""
         now = time.perf_counter()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gpulens.hooks import run_end, runmeta
 from gpulens.hooks.compile_time import CompileClock
@@ -38,6 +38,14 @@ from gpulens.hooks.steps import StepRecorder, phase_slot
 from gpulens.profiler.record.recorder import Recorder
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
 from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED
+
+if TYPE_CHECKING:  # the attachments, imported when torch (or a store, or an exporter) is there
+    from gpulens.hooks.auto import AutoSteps
+    from gpulens.hooks.comm import CommTimer
+    from gpulens.hooks.flops import StepFlops
+    from gpulens.hooks.whatif import WhatIf
+    from gpulens.profiler.export.prometheus import RunExporter
+    from gpulens.profiler.store.publisher import PublisherProcess
 
 log = logging.getLogger("gpulens")
 
@@ -93,13 +101,13 @@ class TrackedRun:
         self._recorder: Recorder | None = None
         self._lifecycle = Lifecycle(self._close_at_exit)
         self._windows: ProfilerWindows | None = None
-        self._flops: Any = None
+        self._flops: StepFlops | None = None
         self._loader_hook = False  # hooks/loader_workers.py installed for this run
         self._compile_clock = CompileClock()
         self._auto_wanted = opts.auto
-        self._auto: Any = None  # AutoSteps once torch is there (gpulens run)
-        self._exporter: Any = None
-        self._publisher: Any = None  # copies this rank's database to a run store (GPULENS_STORE)
+        self._auto: AutoSteps | None = None  # once torch is there (gpulens run)
+        self._exporter: RunExporter | None = None
+        self._publisher: PublisherProcess | None = None  # copies this rank's database to a run store (GPULENS_STORE)
         self._clock_stop: threading.Event | None = None  # ends rank 0's answers to clock pings
         self._clock_thread: threading.Thread | None = None
         self._clock_measured: dict[str, Any] | None = None  # kept for close: it may land while the run closes
@@ -108,9 +116,9 @@ class TrackedRun:
         self._profile = opts.profile_config()
         self._model_meta = model_meta(opts.model, opts.optimizer)
         self._model = opts.model  # for DDP all-reduce timing once torch is attached; dropped at close
-        self._comm: Any = None
+        self._comm: CommTimer | None = None
         self._child = opts.child  # a child process of the recording one (gpulens.hooks.children)
-        self._whatif: Any = None  # a measured what-if's stretch (hooks/whatif.py)
+        self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/whatif.py)
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         self._slot = 0
@@ -256,6 +264,11 @@ class TrackedRun:
         probe = self._meta_seen.get("batch_probe")
         return probe.get("b_max") if isinstance(probe, dict) else None
 
+    @property
+    def has_what_if(self) -> bool:
+        """A measured what-if is planned: training fetches go through :meth:`fetch_batch`."""
+        return self._whatif is not None
+
     def fetch_batch(self, real_next: Any) -> Any:
         """A training batch: from the loader, or during a what-if's stretch from its cache."""
         whatif = self._whatif
@@ -387,7 +400,7 @@ class TrackedRun:
         if auto is not None:
             auto.uninstall()
             self._rec.break_step()
-            self._rec._stack.clear()
+            self._rec.drop_phases()
             log.info("gpulens: %s in the training code: automatic step detection off", why)
 
     def switch_phase(self, name: str | None) -> None:
@@ -459,7 +472,7 @@ class TrackedRun:
         compiled = self._compile_clock.take()
         if compiled > 0.0:
             flags |= FLAG_COMPILE
-            self._rec._extra["@compile"] = compiled
+            self._rec.measure("@compile", compiled)
         if self._flops is not None and self._flops.counting and self._flops.end(step):
             flags |= FLAG_PROFILED  # counting took a moment of this step (before the window moves on)
         if self._windows is not None and self._windows.on_step_end(step):
@@ -473,7 +486,7 @@ class TrackedRun:
         if self._comm is not None and self._comm.models:
             seconds = self._comm.take(time.perf_counter())
             if seconds is not None:
-                self._rec._extra["@comm"] = seconds  # '@': a measurement, not a phase of the step
+                self._rec.measure("@comm", seconds)
         return flags
 
     def _post_step(self, step: int, shape: Any) -> None:
@@ -777,7 +790,7 @@ class _TimedLoader:
         while True:
             active = run._recording and run._safe(rec.loader_next, first)
             try:
-                batch = run.fetch_batch(it.__next__) if active and run._whatif is not None else next(it)
+                batch = run.fetch_batch(it.__next__) if active and run.has_what_if else next(it)
             except StopIteration:
                 if active:
                     run._safe(rec.loader_end)
