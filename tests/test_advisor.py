@@ -130,7 +130,7 @@ def test_host_contention_ranks_first_when_others_take_most_of_the_cpu():
         from gpulens.profiler import RunAnalysis
 
         m = RunAnalysis(run).measurements
-    crowded = replace(m, cpu_count=2, host_cpu_pct=100.0, proc_cpu=0.4, workers_cpu=0.0, cpu_steal_pct=0.0,
+    crowded = replace(m, cpu_count=2, host_cpu_pct=100.0, proc_cpu_cores=0.4, workers_cpu_cores=0.0, cpu_steal_pct=0.0,
                       others={"cores": 1.6, "seconds": 10.0, "scans": 3,
                               "top": [{"name": "python3 burn.py", "cores": 1.6, "processes": 2, "pids": [41, 42]}]})
     advice = advise_measurements(crowded)
@@ -246,13 +246,13 @@ def test_cpu_bound_workers_and_io_bound_loader_are_told_apart(runs_dir):
 
     loader = replace(BASE, device="cpu", cpu_count=2, workers=2.0, host_cpu_pct=95.0,
                      phase_share={**BASE.phase_share, "data_wait": 0.6})
-    cpu = _get(advise_measurements(replace(loader, workers_cpu=1.6, host_busy_cores=1.9)), "dataloader_kind")
+    cpu = _get(advise_measurements(replace(loader, workers_cpu_cores=1.6, host_busy_cores=1.9)), "dataloader_kind")
     assert cpu.title == "Data loading is CPU-bound in the workers" and "busy: 80% of a core each" in cpu.finding
-    io = _get(advise_measurements(replace(loader, workers_cpu=0.06, host_busy_cores=0.5, host_cpu_pct=25.0)),
+    io = _get(advise_measurements(replace(loader, workers_cpu_cores=0.06, host_busy_cores=0.5, host_cpu_pct=25.0)),
               "dataloader_kind")
     assert io.title == "Data loading is I/O-bound" and "mostly idle" in io.finding
     # another job holds 1.5 of the 2 cores: workers at a quarter core each are all the host left them
-    crowded = _get(advise_measurements(replace(loader, workers_cpu=0.5, host_busy_cores=2.0)), "dataloader_kind")
+    crowded = _get(advise_measurements(replace(loader, workers_cpu_cores=0.5, host_busy_cores=2.0)), "dataloader_kind")
     assert crowded.title == "Data loading is CPU-bound in the workers", crowded.title
     assert "of about 25% of a core each that the host left them" in crowded.finding
 
@@ -534,13 +534,13 @@ def _data_wait_busy(steps: int, host_us: float, gpu_busy_us: float, complete: bo
 
 
 BASE = Measurements(run_id="unit", device="cuda", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=9.0,
-                    gpu_memory_total=80 * 2**30, n_visible_gpus=1, gpu_util_per_gpu=[60.0], steps=100, step_s=0.05,
+                    gpu_memory_total_bytes=80 * 2**30, n_visible_gpus=1, gpu_busy_pct_per_gpu=[60.0], steps=100, step_s=0.05,
                     phase_share={"data_wait": 0.01, "forward": 0.3, "backward": 0.5, "optimizer": 0.04,
-                                 "other": 0.15}, gpu_util=60.0, kernel_util=60.0, has_kernels=True, tc_share=0.6,
-                    tc_eligible=0.7, category_share={"gemm": 0.6, "elementwise": 0.3, "reduction": 0.1},
+                                 "other": 0.15}, gpu_busy_pct=60.0, kernel_busy_pct=60.0, has_kernels=True, tc_share=0.6,
+                    tc_eligible_share=0.7, category_share={"gemm": 0.6, "elementwise": 0.3, "reduction": 0.1},
                     transpose_share=0.0, fp32_gemm_share=0.0,
                     launch=_launch(shorter_than_launch_share=0.1, median_kernel_us=40.0, kernels_per_step=200),
-                    peak_allocated=30 * 2**30, batch_size=32)
+                    peak_allocated_bytes=30 * 2**30, batch_size=32)
 
 
 def test_base_measurements_are_quiet():
@@ -549,18 +549,18 @@ def test_base_measurements_are_quiet():
 
 
 @pytest.mark.parametrize("change, rule, severity", [
-    (dict(tc_share=0.0, fp32_gemm_share=0.55, kernel_util=90.0, gpu_util=90.0), "tf32_off", "high"),
-    (dict(kernel_util=20.0, gpu_util=95.0, launch=_launch(shorter_than_launch_share=0.7, median_kernel_us=4.0,
+    (dict(tc_share=0.0, fp32_gemm_share=0.55, kernel_busy_pct=90.0, gpu_busy_pct=90.0), "tf32_off", "high"),
+    (dict(kernel_busy_pct=20.0, gpu_busy_pct=95.0, launch=_launch(shorter_than_launch_share=0.7, median_kernel_us=4.0,
                                                         kernels_per_step=900), host_wait_share=0.9),
      "launch_bound", "high"),
-    (dict(category_share={"elementwise": 0.5, "normalization": 0.2, "gemm": 0.3}, tc_share=0.1, dram_bw=70.0,
-          sm_active=40.0, kernel_util=95.0), "bandwidth_bound", "medium"),
-    (dict(peak_allocated=77 * 2**30), "memory_limit", "high"),
-    (dict(n_visible_gpus=4, gpu_util_per_gpu=[90.0, 0.0, 0.0, 1.0]), "idle_gpus", "high"),
+    (dict(category_share={"elementwise": 0.5, "normalization": 0.2, "gemm": 0.3}, tc_share=0.1, dram_bw_pct=70.0,
+          sm_active_pct=40.0, kernel_busy_pct=95.0), "bandwidth_bound", "medium"),
+    (dict(peak_allocated_bytes=77 * 2**30), "memory_limit", "high"),
+    (dict(n_visible_gpus=4, gpu_busy_pct_per_gpu=[90.0, 0.0, 0.0, 1.0]), "idle_gpus", "high"),
     (dict(n_visible_gpus=2, model_wrapper="DataParallel"), "dataparallel", "high"),
     (dict(model_wrapper="DistributedDataParallel", ddp_backend="gloo", world_size=2), "ddp_backend", "high"),
     (dict(throttle={"hw_thermal": 0.4}, sm_clock_ratio=0.7), "throttling", "medium"),
-    (dict(tc_share=0.0, tc_eligible=0.68, kernel_util=90.0), "no_mixed_precision", "high"),
+    (dict(tc_share=0.0, tc_eligible_share=0.68, kernel_busy_pct=90.0), "no_mixed_precision", "high"),
     (dict(gemm_shapes=[GemmShape(op="aten::mm", m=4096, n=50257, k=768, dtype="c10::BFloat16", calls=10,
                                  kernel_us=9000.0, multiple=8, misaligned=["N"]),
                        GemmShape(op="aten::mm", m=4096, n=768, k=768, dtype="c10::BFloat16", calls=10,
@@ -601,7 +601,7 @@ def test_data_waits_the_gpu_works_through_promise_less():
 
 def test_rules_without_data_say_what_would_enable_them():
     bare = Measurements(run_id="bare", device="cuda", steps=10, step_s=0.1,
-                        phase_share={"data_wait": 0.0, "other": 1.0}, gpu_memory_total=80 * 2**30)
+                        phase_share={"data_wait": 0.0, "other": 1.0}, gpu_memory_total_bytes=80 * 2**30)
     needs = {n.id: n.needs for n in advise_measurements(bare).not_evaluated}
     assert "profiler window" in needs["launch_bound"]
     assert "profiler window" in needs["no_mixed_precision"]

@@ -110,7 +110,7 @@ def test_the_advisor_reads_every_gpu_as_the_cards_do(tmp_path):
         measured = analysis.measurements
         report = analysis.figures
     cards = {c.key: c for c in overview.headline(report)}
-    assert measured.gpu_util == pytest.approx(60.0)
+    assert measured.gpu_busy_pct == pytest.approx(60.0)
     assert cards["gpu_busy"].value == "60.0%"
 
 

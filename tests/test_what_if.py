@@ -269,7 +269,7 @@ def test_batch_headroom_states_a_measured_batch_size_what_if() -> None:
     m = Measurements(run_id="r", device="cpu", steps=100, step_s=0.01, batch_size=32,
                      probes=[{"batch": 32, "peak_bytes": 1.0e9, "step_s": 0.010},
                              {"batch": 64, "peak_bytes": 1.2e9, "step_s": 0.016}],
-                     probe_capacity=8.0e9)
+                     probe_capacity_bytes=8.0e9)
     plain = batch_headroom(m)
     assert plain is not None and "measured" not in plain.finding
     m.what_if = read_section({"kind": "batch-size", "status": "done", "reason": None, "batch_size": 128,

@@ -46,96 +46,111 @@ class RankTiming:
 
 @dataclass
 class Measurements:
+    """What the advisor knows of a run, grouped by concern; units in the names (``_pct`` 0-100, ``_share``
+    0-1, ``_bytes``, ``_cores``, ``_s``) or stated for the group."""
+
+    # the run
     run_id: str
     imported: bool = False
     recorded_by: str = "track"  # track | gpulens run | import: what a hint tells the user to do
-    device: str = "cpu"  # cuda | cpu
-    gpu_name: str | None = None
-    compute_capability: float | None = None
-    gpu_memory_total: float | None = None
-    n_visible_gpus: int = 0
-    gpu_util_per_gpu: list[float] = field(default_factory=list)
+    running: bool = False
+    t_start: float | None = None
+    t_end: float | None = None
     steps: int = 0
     steady_steps: int = 0  # steps outside warm-up, profiler windows, compiling and what-ifs
-    running: bool = False
+
+    # the step loop (seconds; shares are fractions 0-1 of the steady steps' time)
     step_s: float | None = None
     phase_share: dict[str, float] = field(default_factory=dict)
     gpu_phase_share: dict[str, float] | None = None
-    loader_share_trace: float | None = None  # the plugin's DataLoader share of profiled steps
-    samples_per_step: float | None = None
-    tokens_per_step: float | None = None
-    workers: float | None = None
-    workers_cpu: float | None = None
-    proc_cpu: float | None = None
-    host_cpu_pct: float | None = None
-    cpu_count: int | None = None
-    disk_read_bps: float | None = None
-    gpu_util: float | None = None
-    sm_active: float | None = None
-    tensor_active: float | None = None
-    dram_bw: float | None = None
-    kernel_util: float | None = None
-    has_kernels: bool = False
-    tc_share: float | None = None
-    tc_eligible: float | None = None
-    category_share: dict[str, float] = field(default_factory=dict)
-    transpose_share: float | None = None
-    fp32_gemm_share: float | None = None
-    launch: Launch | None = None
-    host_wait_share: float | None = None  # GPU idle time attributed to the host, over stream idle time
-    sync: dict[str, SyncCalls] = field(default_factory=dict)
-    sync_per_step: float | None = None
-    step_breakdown: dict[str, float] = field(default_factory=dict)
-    comm_share: float | None = None
-    gemm_shapes: list[GemmShape] = field(default_factory=list)
-    what_if: WhatIf | None = None  # a measured what-if's result (report key what_if)
-    peak_allocated: float | None = None
-    peak_reserved: float | None = None
-    fragmentation: float | None = None
-    gpu_mem_used_max: float | None = None
-    mfu_pct: float | None = None
-    flops_by_dtype: dict[str, float] = field(default_factory=dict)
-    probes: list[dict[str, float]] = field(default_factory=list)
-    probe_capacity: float | None = None
-    probe_device: str | None = None
-    params: int | None = None
-    param_bytes: float | None = None
-    optimizer: str | None = None
-    model_wrapper: str | None = None
-    ddp_backend: str | None = None
-    batch_size: float | None = None
-    target_batch: float | None = None
-    world_size: int = 1
-    local_world_size: int = 1
-    ranks: list[RankTiming] = field(default_factory=list)
-    throttle: dict[str, float] = field(default_factory=dict)
-    power_ratio: float | None = None
-    sm_clock_ratio: float | None = None  # mean SM clock over the GPU's maximum
-    t_start: float | None = None
-    t_end: float | None = None
-    windows: list[WindowEntry] = field(default_factory=list)
-    top_kernels: list[KernelRow] = field(default_factory=list)
-    # the optimizer as it ran: implementation (fused | foreach | for-loop) and the parameters' device
-    optimizer_impl: str | None = None
-    optimizer_device: str | None = None
-    # per-step view of the phases: the share after dropping outlier steps, and the median step's share
     phase_share_typical: dict[str, float] = field(default_factory=dict)
     phase_share_median: dict[str, float] = field(default_factory=dict)
     outlier_steps: int = 0
-    # host contention
+    samples_per_step: float | None = None
+    tokens_per_step: float | None = None
+    batch_size: float | None = None
+    target_batch: float | None = None
+    what_if: WhatIf | None = None  # a measured what-if's result (report key what_if)
+
+    # the GPUs (NVML and GPM readings in percent 0-100, over the run; ratios 0-1)
+    device: str = "cpu"  # cuda | cpu
+    gpu_name: str | None = None
+    compute_capability: float | None = None
+    n_visible_gpus: int = 0
+    gpu_busy_pct: float | None = None
+    gpu_busy_pct_per_gpu: list[float] = field(default_factory=list)
+    sm_active_pct: float | None = None
+    tensor_active_pct: float | None = None
+    dram_bw_pct: float | None = None
+    sm_active_windows: tuple[float | None, float | None] = (None, None)  # GPM SM activity in, out of windows
+    throttle: dict[str, float] = field(default_factory=dict)
+    power_ratio: float | None = None
+    sm_clock_ratio: float | None = None  # mean SM clock over the GPU's maximum
+    phase_activity: PhaseActivity | None = None
+
+    # memory (bytes; fragmentation a fraction 0-1)
+    gpu_memory_total_bytes: float | None = None
+    gpu_mem_used_max_bytes: float | None = None
+    peak_allocated_bytes: float | None = None
+    peak_reserved_bytes: float | None = None
+    fragmentation: float | None = None
+    probes: list[dict[str, float]] = field(default_factory=list)
+    probe_capacity_bytes: float | None = None
+    probe_device: str | None = None
+
+    # the host (CPU in cores, or percent where named _pct)
+    cpu_count: int | None = None
+    workers: float | None = None
+    workers_cpu_cores: float | None = None
+    proc_cpu_cores: float | None = None
+    host_cpu_pct: float | None = None
+    disk_read_bps: float | None = None
     host_busy_cores: float | None = None  # mean busy cores of the whole host
     cpu_steal_pct: float | None = None
     cpu_pressure_pct: float | None = None  # PSI: time some task waited for a CPU
     runnable: float | None = None  # mean runnable tasks on the host
     others: dict[str, Any] | None = None  # other processes' CPU by name (sampler metadata cpu_others)
+
+    # the profiler windows' kernels (shares are fractions 0-1 of kernel or stream time)
+    has_kernels: bool = False
+    windows: list[WindowEntry] = field(default_factory=list)
+    kernel_busy_pct: float | None = None
+    tc_share: float | None = None
+    tc_eligible_share: float | None = None
+    category_share: dict[str, float] = field(default_factory=dict)
+    transpose_share: float | None = None
+    fp32_gemm_share: float | None = None
+    top_kernels: list[KernelRow] = field(default_factory=list)
+    launch: Launch | None = None
+    host_wait_share: float | None = None  # GPU idle time attributed to the host, over stream idle time
+    sync: dict[str, SyncCalls] = field(default_factory=dict)
+    sync_per_step: float | None = None
+    step_breakdown: dict[str, float] = field(default_factory=dict)
+    loader_share_trace: float | None = None  # the plugin's DataLoader share of profiled steps
+    comm_share: float | None = None
+    gemm_shapes: list[GemmShape] = field(default_factory=list)
+    phase_gpu_busy: PhaseGpuBusy | None = None  # from the windows' gpulens ranges: exact, profiled steps only
+    mfu_pct: float | None = None
+    flops_by_dtype: dict[str, float] = field(default_factory=dict)
+
+    # the model and its optimizer
+    params: int | None = None
+    param_bytes: float | None = None
+    optimizer: str | None = None
+    optimizer_impl: str | None = None
+    optimizer_device: str | None = None
+    model_wrapper: str | None = None
+
+    # distributed training
+    ddp_backend: str | None = None
+    world_size: int = 1
+    local_world_size: int = 1
+    ranks: list[RankTiming] = field(default_factory=list)
+
     # lasting step-time changes, with what changed around them
     shifts: list[Shift] = field(default_factory=list)
     shift_context: dict[int, list[Change]] = field(default_factory=dict)  # shift step -> series that moved
     shift_events: dict[int, list[str]] = field(default_factory=dict)  # shift step -> events near it
-    # device counters by host phase, and inside vs outside the profiler windows
-    phase_activity: PhaseActivity | None = None
-    phase_gpu_busy: PhaseGpuBusy | None = None  # from the windows' gpulens ranges: exact, profiled steps only
-    sm_active_windows: tuple[float | None, float | None] = (None, None)  # GPM SM activity in, out of windows
 
 
 _FP32_GEMM = ("sgemm", "ffma", "f32f32_f32f32", "simt")
@@ -187,15 +202,15 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         g0 = gpus[0]
         m.gpu_name = g0.name
         m.compute_capability = float(g0.compute_capability) if g0.compute_capability else None
-        m.gpu_memory_total = g0.memory_total_bytes
+        m.gpu_memory_total_bytes = g0.memory_total_bytes
         m.n_visible_gpus = len(gpus)
-        m.gpu_util_per_gpu = [(_mean(g.metrics, "gpu.util") or 0.0) for g in gpus]
+        m.gpu_busy_pct_per_gpu = [(_mean(g.metrics, "gpu.util") or 0.0) for g in gpus]
         # every GPU, as the report's cards: on a multi-GPU or multi-node run GPU 0 is one of many
-        m.gpu_util = mean_over_gpus(gpus, "gpu.util")
-        m.sm_active = mean_over_gpus(gpus, "gpm.sm_active")
-        m.tensor_active = mean_over_gpus(gpus, "gpm.tensor_active")
-        m.dram_bw = mean_over_gpus(gpus, "gpm.dram_bw")
-        m.gpu_mem_used_max = max_over_gpus(gpus, "gpu.mem_used")
+        m.gpu_busy_pct = mean_over_gpus(gpus, "gpu.util")
+        m.sm_active_pct = mean_over_gpus(gpus, "gpm.sm_active")
+        m.tensor_active_pct = mean_over_gpus(gpus, "gpm.tensor_active")
+        m.dram_bw_pct = mean_over_gpus(gpus, "gpm.dram_bw")
+        m.gpu_mem_used_max_bytes = max_over_gpus(gpus, "gpu.mem_used")
         m.throttle = worst_throttle(gpus)
         max_clocks = {g.get("index"): g.get("max_sm_clock_mhz") for g in run.info.gpus or []}
         m.sm_clock_ratio = ratio_over_gpus(gpus, "gpu.sm_clock", [max_clocks.get(g.index) for g in gpus])
@@ -216,8 +231,8 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
         if tp.tokens_per_s:
             m.tokens_per_step = tp.tokens_per_s / tp.steps_per_s
     host = report.host.metrics
-    m.workers, m.workers_cpu = _worker_load(run)
-    m.proc_cpu = _mean(host, "proc.cpu")
+    m.workers, m.workers_cpu_cores = _worker_load(run)
+    m.proc_cpu_cores = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
     cpu_count = report.host.info.get("cpu_count")
@@ -225,9 +240,9 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
 
     m.has_kernels = report.trace_analysis.has_gpu
     m.device = "cuda" if (m.has_kernels or report.memory.cuda_peak_allocated_bytes or gpus and
-                          m.gpu_util and m.gpu_util > 0) else "cpu"
+                          m.gpu_busy_pct and m.gpu_busy_pct > 0) else "cpu"
     m.tc_share = report.tensor_core_share
-    m.tc_eligible = report.tc_eligible_share
+    m.tc_eligible_share = report.tc_eligible_share
     cats = report.categories_us
     total = sum(v for k, v in cats.items() if k not in ("memcpy", "memset")) or 0.0
     if total > 0:
@@ -239,7 +254,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
                                 and not k.tensor_core and any(p in k.name.lower() for p in _FP32_GEMM)) / total
         m.top_kernels = kernels[:10]
     if report.gpu_summary:
-        m.kernel_util = report.gpu_summary[0].gpu_utilization_pct
+        m.kernel_busy_pct = report.gpu_summary[0].gpu_utilization_pct
     m.launch = report.launch
     idle = report.idle
     idle_total = sum(r.idle_us for r in idle)
@@ -258,8 +273,8 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     m.phase_gpu_busy = report.phase_gpu_busy
     m.what_if = report.what_if
     mem = report.memory
-    m.peak_allocated = mem.cuda_peak_allocated_bytes
-    m.peak_reserved = mem.cuda_peak_reserved_bytes
+    m.peak_allocated_bytes = mem.cuda_peak_allocated_bytes
+    m.peak_reserved_bytes = mem.cuda_peak_reserved_bytes
     steps = run.steps()
     if len(steps) and np.isfinite(steps.mem_reserved).any():
         # reserved memory never used even at the allocation peak: what the allocator holds but cannot use
@@ -271,7 +286,7 @@ def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: R
     m.mfu_pct = mfu.mfu_pct
     m.flops_by_dtype = dict(mfu.by_dtype)
     m.probes = list(meta.get("batch_probe", {}).get("points", []))
-    m.probe_capacity = meta.get("batch_probe", {}).get("capacity_bytes")
+    m.probe_capacity_bytes = meta.get("batch_probe", {}).get("capacity_bytes")
     m.probe_device = meta.get("batch_probe", {}).get("device")
     model = meta.get("model") or {}
     m.params = model.get("params")

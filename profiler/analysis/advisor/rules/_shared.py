@@ -15,10 +15,10 @@ def how(m: Measurements, in_track: str, in_run: str) -> str:
 
 def busy_fraction(m: Measurements) -> float:
     """Share of time the GPU runs kernels (kernel view if present, else NVML), 1.0 on CPU runs."""
-    if m.kernel_util is not None:
-        return m.kernel_util / 100.0
-    if m.gpu_util is not None and m.device == "cuda":
-        return m.gpu_util / 100.0
+    if m.kernel_busy_pct is not None:
+        return m.kernel_busy_pct / 100.0
+    if m.gpu_busy_pct is not None and m.device == "cuda":
+        return m.gpu_busy_pct / 100.0
     return 1.0
 
 
@@ -31,8 +31,8 @@ def busy_words(m: Measurements, outside_data: bool = False) -> str:
     """
     from gpulens import fmt
 
-    nvml = f"GPU busy (NVML, whole run) {fmt.percent(m.gpu_util)}" if m.gpu_util is not None else None
-    if m.kernel_util is not None:
+    nvml = f"GPU busy (NVML, whole run) {fmt.percent(m.gpu_busy_pct)}" if m.gpu_busy_pct is not None else None
+    if m.kernel_busy_pct is not None:
         where = "of the profiled steps' time outside data waits" if outside_data else "of the profiled steps' time"
         text = f"kernels run {fmt.share(busy_fraction(m) if not outside_data else _outside(m))} {where}"
         return f"{text} ({nvml})" if nvml else text

@@ -17,8 +17,8 @@ def bandwidth_bound(m: Measurements) -> Suggestion | None:
         return None
     parts = ", ".join(f"{c} {fmt.share(m.category_share.get(c, 0.0), 0)}" for c in MEMORY_BOUND)
     finding = f"{fmt.share(share, 0)} of kernel time is memory-bound work ({parts})"
-    if m.dram_bw is not None and m.sm_active:
-        finding += f"; GPM DRAM bandwidth {m.dram_bw:.0f}% against SM activity {m.sm_active:.0f}%"
+    if m.dram_bw_pct is not None and m.sm_active_pct:
+        finding += f"; GPM DRAM bandwidth {m.dram_bw_pct:.0f}% against SM activity {m.sm_active_pct:.0f}%"
     gain = share * 0.5 * busy_fraction(m)
     return Suggestion(
         id="bandwidth_bound", severity="medium", title="Kernels move memory more than they compute",
@@ -29,7 +29,7 @@ def bandwidth_bound(m: Measurements) -> Suggestion | None:
         expected_gain=f"about {fmt.share(gain, 0)} of step time",
         gain_estimate="memory-bound kernel share x 1/2 (fusion halves the traffic) x GPU-busy share; "
                       "bounded by that share",
-        confidence="low" if m.dram_bw is None else "medium",
+        confidence="low" if m.dram_bw_pct is None else "medium",
         evidence=[Evidence("kernels", "memory-bound kernels", {"category": list(MEMORY_BOUND)}),
                   Evidence("metric", "DRAM bandwidth", {"metric": "gpm.dram_bw", "gpu": 0})],
         gain_fraction=gain)

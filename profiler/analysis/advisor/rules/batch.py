@@ -9,13 +9,13 @@ from gpulens.profiler.analysis.batch_model import BatchFit, fit, lr_scaling, rou
 
 
 def _capacity(m: Measurements) -> float | None:
-    if m.probes and m.probe_capacity:
-        return float(m.probe_capacity)
-    return float(m.gpu_memory_total) if m.device == "cuda" and m.gpu_memory_total else None
+    if m.probes and m.probe_capacity_bytes:
+        return float(m.probe_capacity_bytes)
+    return float(m.gpu_memory_total_bytes) if m.device == "cuda" and m.gpu_memory_total_bytes else None
 
 
 def _peak(m: Measurements) -> float | None:
-    return m.peak_allocated if m.peak_allocated else m.gpu_mem_used_max
+    return m.peak_allocated_bytes if m.peak_allocated_bytes else m.gpu_mem_used_max_bytes
 
 
 def memory_fit(m: Measurements) -> tuple[BatchFit | None, str]:
@@ -47,7 +47,7 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
         return None
     # how busy the SMs are: GPM when the GPU has it (NVML "a kernel ran" over-reports, profiled windows
     # under-report because of the profiler's own overhead)
-    busy = m.sm_active / 100.0 if m.sm_active is not None else busy_fraction(m)
+    busy = m.sm_active_pct / 100.0 if m.sm_active_pct is not None else busy_fraction(m)
     if m.device == "cuda" and busy >= 0.8 and (m.mfu_pct is None or m.mfu_pct >= 30):
         return None  # the GPU is busy: a bigger batch would not buy much
     if m.phase_share.get("data_wait", 0.0) > 0.25:
@@ -66,7 +66,7 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
                f"{(model.m_act or 0.0) / 2**20:.1f} MiB per sample, "
                f"so the largest batch that fits with a 5% margin is {b_max}")
     if m.device == "cuda":
-        finding += ("; " + (f"GPM SM activity {fmt.percent(m.sm_active, 0)}" if m.sm_active is not None else
+        finding += ("; " + (f"GPM SM activity {fmt.percent(m.sm_active_pct, 0)}" if m.sm_active_pct is not None else
                             busy_words(m)) + (f", MFU {m.mfu_pct:.0f}%" if m.mfu_pct else ""))
     expected = (f"{sps_new / sps_now:.2f}x samples/s at batch {suggested} (step time fitted against batch size)"
                 if gain is not None and sps_new and sps_now
@@ -131,13 +131,13 @@ def memory_limit(m: Measurements) -> Suggestion | None:
 
 
 def fragmentation(m: Measurements) -> Suggestion | None:
-    if m.fragmentation is None or not m.peak_reserved or m.fragmentation <= 0.25 \
-            or m.fragmentation * m.peak_reserved < 2 * 2**30:  # a few hundred MiB is not worth a setting
+    if m.fragmentation is None or not m.peak_reserved_bytes or m.fragmentation <= 0.25 \
+            or m.fragmentation * m.peak_reserved_bytes < 2 * 2**30:  # a few hundred MiB is not worth a setting
         return None
     return Suggestion(
         id="fragmentation", severity="low", title="The caching allocator holds memory it cannot use",
         finding=(f"up to {fmt.share(m.fragmentation, 0)} of reserved memory is not allocated (reserved peak "
-                 f"{fmt.gib(m.peak_reserved)}, allocated peak {fmt.gib(m.peak_allocated)})"),
+                 f"{fmt.gib(m.peak_reserved_bytes)}, allocated peak {fmt.gib(m.peak_allocated_bytes)})"),
         action="Let the allocator grow segments instead of carving new ones; avoid periodic empty_cache().",
         snippet="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python train.py",
         expected_gain="memory headroom", gain_estimate="not a speed gain", confidence="medium",

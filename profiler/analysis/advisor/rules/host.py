@@ -29,7 +29,7 @@ def _others_cores(m: Measurements) -> tuple[float | None, str]:
         return float(m.others["cores"]), "per-process scan"
     if m.host_busy_cores is None or m.local_world_size > 1:
         return None, ""  # other ranks of this job would count as others
-    ours = (m.proc_cpu or 0.0) + (m.workers_cpu or 0.0)
+    ours = (m.proc_cpu_cores or 0.0) + (m.workers_cpu_cores or 0.0)
     return max(0.0, m.host_busy_cores - ours), "host CPU minus this run's"
 
 
@@ -44,7 +44,7 @@ def host_contention(m: Measurements) -> Suggestion | None:
     crowded = others is not None and others >= max(MIN_OTHERS, 0.2 * m.cpu_count)
     if not ((saturated and crowded) or steal >= STEAL_PCT):
         return None
-    ours = (m.proc_cpu or 0.0) + (m.workers_cpu or 0.0)
+    ours = (m.proc_cpu_cores or 0.0) + (m.workers_cpu_cores or 0.0)
     taken = (others or 0.0) + m.cpu_count * steal / 100.0
     parts = []
     if others is not None and crowded:
@@ -62,8 +62,9 @@ def host_contention(m: Measurements) -> Suggestion | None:
     if top:
         parts.append("top: " + ", ".join(f"{_named(t)} {t['cores']:.1f} cores" for t in top[:3]))
     # CPU-bound share of the step: all of it on a CPU run; the data wait (and launch waits) on a GPU run
+    launch_wait = (1.0 - (m.kernel_busy_pct or 100.0) / 100.0) * (m.host_wait_share or 0.0)
     bound = 1.0 if m.device != "cuda" else max(m.phase_share.get("data_wait", 0.0) if m.phase_share else 0.0,
-                                                (1.0 - (m.kernel_util or 100.0) / 100.0) * (m.host_wait_share or 0.0))
+                                                launch_wait)
     gain = bound * taken / (ours + taken) if ours + taken > 0 else 0.0
     if gain < 0.02:
         return None

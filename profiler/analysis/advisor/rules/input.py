@@ -144,9 +144,9 @@ def worker_headroom(m: Measurements) -> float:
     """The CPU one worker could have had, in cores: the host's cores not used by anything but the workers."""
     if not m.workers:
         return 1.0
-    if m.host_busy_cores is None or not m.cpu_count or m.workers_cpu is None:
+    if m.host_busy_cores is None or not m.cpu_count or m.workers_cpu_cores is None:
         return 1.0
-    others = max(0.0, m.host_busy_cores - m.workers_cpu)  # the training process and everything else
+    others = max(0.0, m.host_busy_cores - m.workers_cpu_cores)  # the training process and everything else
     free = max(0.05 * m.workers, m.cpu_count - others)
     return min(1.0, free / m.workers)
 
@@ -154,16 +154,16 @@ def worker_headroom(m: Measurements) -> float:
 def dataloader_kind(m: Measurements) -> Suggestion | None:
     """When the loop waits for data and workers exist: are they busy (CPU-bound) or idle (storage-bound)?"""
     share, _ = wait_share(m)
-    if share is None or share <= THRESHOLD or not m.workers or m.workers < 0.5 or m.workers_cpu is None:
+    if share is None or share <= THRESHOLD or not m.workers or m.workers < 0.5 or m.workers_cpu_cores is None:
         return None
-    per_worker = m.workers_cpu / m.workers
+    per_worker = m.workers_cpu_cores / m.workers
     # judged against the CPU a worker could have had: on a contended host, CPU-bound workers get less than a core
     headroom = worker_headroom(m)
     host = m.host_cpu_pct
     if per_worker >= 0.6 * headroom:
         saturated = host is not None and host >= 85
         finding = (f"the {m.workers:.0f} DataLoader workers are busy: {per_worker:.0%} of a core each "
-                   f"({m.workers_cpu:.1f} cores)")
+                   f"({m.workers_cpu_cores:.1f} cores)")
         if headroom < 0.95:
             finding += f", of about {headroom:.0%} of a core each that the host left them"
         if host is not None:

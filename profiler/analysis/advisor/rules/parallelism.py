@@ -65,17 +65,17 @@ def comm_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
 
 
 def strategy(m: Measurements) -> Suggestion | None:
-    if m.device != "cuda" or not m.params or not m.gpu_memory_total:
+    if m.device != "cuda" or not m.params or not m.gpu_memory_total_bytes:
         return None
     need = 16 * m.params  # mixed-precision Adam: weights, grads, two moments, fp32 master copy
-    if need <= 0.9 * m.gpu_memory_total:
+    if need <= 0.9 * m.gpu_memory_total_bytes:
         return None
     if m.model_wrapper == "FullyShardedDataParallel":
         return None
     return Suggestion(
         id="strategy", severity="high", title="The model's training state does not fit one GPU",
         finding=(f"{m.params / 1e6:.0f} M parameters need about {fmt.gib(need)} for mixed-precision Adam (16 bytes per "
-                 f"parameter) against {fmt.gib(m.gpu_memory_total)} per GPU"),
+                 f"parameter) against {fmt.gib(m.gpu_memory_total_bytes)} per GPU"),
         action="Shard weights, gradients and optimizer state: FSDP (or DeepSpeed ZeRO) across the node's GPUs.",
         snippet=("from torch.distributed.fsdp import fully_shard\n"
                  "for block in model.blocks: fully_shard(block)\nfully_shard(model)"),
@@ -84,7 +84,7 @@ def strategy(m: Measurements) -> Suggestion | None:
 
 
 def idle_gpus(m: Measurements) -> Suggestion | None:
-    utils = m.gpu_util_per_gpu
+    utils = m.gpu_busy_pct_per_gpu
     if m.n_visible_gpus <= 1 or not utils or max(utils) < 50:
         return None
     idle = [i for i, u in enumerate(utils) if u < 5]

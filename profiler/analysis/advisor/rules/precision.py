@@ -22,17 +22,17 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
     if missing or not m.has_kernels:
         return missing
     cc = m.compute_capability
-    if cc is None or cc < 7.0 or m.tc_share is None or m.tc_eligible is None:
+    if cc is None or cc < 7.0 or m.tc_share is None or m.tc_eligible_share is None:
         return None
-    if m.tc_share >= 0.01 or m.tc_eligible < 0.2:
+    if m.tc_share >= 0.01 or m.tc_eligible_share < 0.2:
         return None
     bf16 = cc >= 8.0
     busy = busy_fraction(m)
-    gain = m.tc_eligible * 0.5 * busy
+    gain = m.tc_eligible_share * 0.5 * busy
     return Suggestion(
         id="no_mixed_precision", severity=_by_gain(gain),
         title="Matrix math runs without tensor cores",
-        finding=(f"{fmt.share(m.tc_eligible, 0)} of kernel time is launched by tensor-core-eligible operators "
+        finding=(f"{fmt.share(m.tc_eligible_share, 0)} of kernel time is launched by tensor-core-eligible operators "
                  f"(matmul, convolution, attention) and {fmt.share(m.tc_share)} of kernel time runs on tensor cores"),
         action=(f"Enable automatic mixed precision "
                 f"({'bf16 on this Ampere-or-newer GPU' if bf16 else 'fp16 with a GradScaler'}): "

@@ -15,8 +15,8 @@ def low_gpu_busy(m: Measurements) -> Suggestion | None:
     if busy >= 0.5:
         return None
     finding = busy_words(m)
-    if m.sm_active is not None:
-        finding += f"; GPM SM activity {fmt.percent(m.sm_active)}"
+    if m.sm_active_pct is not None:
+        finding += f"; GPM SM activity {fmt.percent(m.sm_active_pct)}"
     pa = m.phase_activity
     busy_by_phase = m.phase_gpu_busy
     traced = busy_by_phase.phases if busy_by_phase is not None and busy_by_phase.complete else {}
