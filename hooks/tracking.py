@@ -347,8 +347,8 @@ class TrackedRun:
         if self._recorder is None:  # not recording (nothing to expose)
             return
         ranks = runmeta.rank_env()
-        exporter = RunExporter(self._recorder, run_id=self.id or "", rank=ranks["rank"],
-                               local_rank=ranks["local_rank"], node_rank=ranks["node_rank"])
+        exporter = RunExporter(self._recorder.writer, self._recorder.gpus or [], run_id=self.id or "",
+                               rank=ranks["rank"], local_rank=ranks["local_rank"], node_rank=ranks["node_rank"])
         try:
             bound = exporter.serve(port + ranks["local_rank"] if port else 0, addr)
         except BaseException:

@@ -151,7 +151,7 @@ def test_exporter_taps_the_writer_only_while_it_serves(tmp_path):
     rec = Recorder(tmp_path / "rank-0.db", {"name": "taps"}, fast_sampling(), FakeNvml(gpus=1))
     try:
         assert rec.writer.latest is None and rec.writer.step_tap is None
-        exporter = RunExporter(rec, run_id="r", rank=0, local_rank=0, node_rank=3)
+        exporter = RunExporter(rec.writer, rec.gpus or [], run_id="r", rank=0, local_rank=0, node_rank=3)
         url = f"http://127.0.0.1:{exporter.serve(0)}/metrics"
         from gpulens.profiler.store.schema import STEP_COLUMNS
 

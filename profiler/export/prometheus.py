@@ -30,7 +30,7 @@ from gpulens.profiler.store.schema import PHASES, STEP_COLUMNS
 from gpulens.profiler.store.sink import LiveValues, StepRow
 
 if TYPE_CHECKING:
-    from gpulens.profiler.record.recorder import Recorder
+    from gpulens.profiler.store.writer import RunWriter
 
 log = logging.getLogger("gpulens")
 
@@ -322,13 +322,16 @@ class _Server:
 class RunExporter:
     """Exposes one recording rank: the node's devices and host (local rank 0) and this rank's steps."""
 
-    def __init__(self, recorder: Recorder, run_id: str, rank: int, local_rank: int, node_rank: int = 0) -> None:
-        self.writer = recorder.writer
+    def __init__(self, writer: RunWriter, gpus: list[dict[str, Any]], run_id: str, rank: int, local_rank: int,
+                 node_rank: int = 0) -> None:
+        """``writer``: the rank's database writer, which keeps the latest values while an exposition reads them;
+        ``gpus``: the devices its samplers read (the run's ``gpus`` metadata)."""
+        self.writer = writer
         self.tally = StepTally()
         live = self.writer.start_exposing(self.tally.add)
         labels = {"run": run_id, "rank": str(rank), "local_rank": str(local_rank), "node_rank": str(node_rank),
                   "Hostname": socket.gethostname()}
-        self.collector = MetricsCollector(live, list(recorder.gpus or []), labels, self.tally)
+        self.collector = MetricsCollector(live, list(gpus), labels, self.tally)
         self._server: _Server | None = None
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
