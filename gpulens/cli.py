@@ -192,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gpulens.hooks.launch import execute, interpreter_note, prepare
+    from gpulens.hooks.launcher.launch import execute, interpreter_note, prepare
 
     if args.profile_every is not None and args.profile_every < 0:
         raise GpulensError("--profile-every must be 0 (off) or a positive number of steps")

@@ -1,7 +1,7 @@
 """What ``gpulens run`` puts in the environment of the processes it starts, and how a process reads it.
 
-Shared by the launcher (:mod:`gpulens.hooks.launch`), the in-process start
-(:mod:`gpulens.hooks.autorun`), child processes (:mod:`gpulens.hooks.children`)
+Shared by the launcher (:mod:`gpulens.hooks.launcher.launch`), the in-process start
+(:mod:`gpulens.hooks.launcher.autorun`), child processes (:mod:`gpulens.hooks.launcher.children`)
 and the track API; it imports nothing of theirs, so none of them imports
 another to learn a variable's name.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 ENV_OPTIONS = "GPULENS_AUTORUN"
 ENV_OWNER = "GPULENS_AUTORUN_OWNER"
 ENV_RUN_ID_SCOPE = "GPULENS_RUN_ID_SCOPE"  # job | node: is GPULENS_RUN_ID the same on every node of the job
-BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "launcher" / "_bootstrap"
 
 
 def without_autorun(env: Mapping[str, str]) -> dict[str, str]:

@@ -117,7 +117,7 @@ class TrackedRun:
         self._model_meta = model_meta(opts.model, opts.optimizer)
         self._model = opts.model  # for DDP all-reduce timing once torch is attached; dropped at close
         self._comm: CommTimer | None = None
-        self._child = opts.child  # a child process of the recording one (gpulens.hooks.children)
+        self._child = opts.child  # a child process of the recording one (gpulens.hooks.launcher.children)
         self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/whatif.py)
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0

@@ -15,7 +15,7 @@ import pytest
 
 from gpulens.cli import _split_run_args
 from gpulens.hooks.run_env import is_launcher, program_name
-from gpulens.hooks.launch import name_of
+from gpulens.hooks.launcher.launch import name_of
 from gpulens.profiler import open_run
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -199,7 +199,7 @@ def test_dry_run_shows_the_command_and_environment(tmp_path):
 
 
 def test_a_foreign_python_is_pointed_out(tmp_path):
-    from gpulens.hooks.launch import interpreter_note
+    from gpulens.hooks.launcher.launch import interpreter_note
 
     assert interpreter_note([PY, "t.py"]) is None
     assert interpreter_note(["bash", "t.sh"]) is None

@@ -46,7 +46,7 @@ def install_fork_handler(current: Callable[[], Any], options: dict[str, Any]) ->
             run = current()
             if run is not None:
                 run.orphan()
-            from gpulens.hooks import started
+            from gpulens.hooks.launcher import started
 
             started.forget()
             arm(options, start_method="fork")
@@ -61,7 +61,7 @@ def arm(options: dict[str, Any], start_method: str) -> None:
     global _armed
     torch = sys.modules.get("torch")
     if torch is None:
-        from gpulens.hooks.torch_import import when_torch_imported
+        from gpulens.hooks.launcher.torch_import import when_torch_imported
 
         when_torch_imported(lambda module: arm(options, start_method))
         return
@@ -105,7 +105,7 @@ class _Trigger:
 
 
 def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> None:
-    from gpulens.hooks import started
+    from gpulens.hooks.launcher import started
     from gpulens.hooks.options import track_kwargs
     from gpulens.hooks.tracking import track
 

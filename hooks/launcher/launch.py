@@ -4,7 +4,7 @@ The command is *exec*'d, not spawned: the script keeps gpulens' process id,
 so its exit status and the signals sent to it (Ctrl-C, SIGTERM from a
 scheduler, SIGKILL) are its own, unchanged.  Recording starts inside it from
 a sitecustomize that PYTHONPATH puts first (``_bootstrap/``), which also
-reaches the ranks torchrun starts; see :mod:`gpulens.hooks.autorun`.
+reaches the ranks torchrun starts; see :mod:`gpulens.hooks.launcher.autorun`.
 """
 from __future__ import annotations
 

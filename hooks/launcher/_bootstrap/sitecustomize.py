@@ -2,7 +2,7 @@
 
 ``gpulens run`` puts this directory first on PYTHONPATH, so Python imports
 this file at start-up, before the user's script.  It hands over to
-``gpulens.hooks.autorun`` (which decides whether this process records), then
+``gpulens.hooks.launcher.autorun`` (which decides whether this process records), then
 runs the sitecustomize it shadows, if there is one, as Python would have.
 """
 
@@ -14,7 +14,7 @@ def _gpulens_autorun() -> None:
     if os.environ.get("GPULENS_AUTORUN") is None:
         return
     try:
-        from gpulens.hooks import autorun
+        from gpulens.hooks.launcher import autorun
     except Exception as exc:  # another interpreter without gpulens: say so once, run the script anyway
         if not os.environ.get("GPULENS_AUTORUN_WARNED"):
             os.environ["GPULENS_AUTORUN_WARNED"] = "1"

@@ -7,7 +7,7 @@ Launchers (torchrun's agent, accelerate, deepspeed) do not record -- their
 ranks do.  The first process that records marks the environment its
 children inherit; a child (a DataLoader or compile worker, an ``mp.spawn``
 rank, a hogwild process) records only once it trains
-(:mod:`gpulens.hooks.children`).
+(:mod:`gpulens.hooks.launcher.children`).
 """
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpulens.hooks import started
+from gpulens.hooks.launcher import started
+from gpulens.hooks.launcher.torch_import import when_torch_imported
 from gpulens.hooks.run_env import ENV_OPTIONS, ENV_OWNER, is_launcher, program_name
-from gpulens.hooks.torch_import import when_torch_imported
 
 log = logging.getLogger("gpulens")
 
 
 def _script_missing(argv: list[str]) -> bool:
     """``python missing.py``: Python is about to say it cannot open the file; there is nothing to record."""
-    from gpulens.hooks.launch import python_script
+    from gpulens.hooks.launcher.launch import python_script
 
     script = python_script([Path(sys.executable).name, *argv[1:]])
     return script is not None and not Path(script).is_file()
@@ -52,7 +52,7 @@ def start() -> Any:
     except ValueError as exc:
         print(f"gpulens: not recording: bad {ENV_OPTIONS} ({exc})", file=sys.stderr)
         return None
-    from gpulens.hooks import children  # not before: a launcher (torchrun's agent) imports no more than this
+    from gpulens.hooks.launcher import children  # not before: a launcher (torchrun's agent) imports no more than this
     from gpulens.hooks.options import track_kwargs
 
     _configure_logging(bool(options.get("quiet")))
