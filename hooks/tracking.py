@@ -581,7 +581,11 @@ class TrackedRun:
         return False
 
     def close(self, status: str = "finished", error: str | None = None) -> None:
-        """Stop recording and write the final status; safe to call twice."""
+        """Stop recording and write the final status; safe to call twice.
+
+        In this order: the hooks stop (the last automatic step ends first), the helper threads get their last
+        moment, the parts attached to the run close, the database gets its final status and metadata, the store
+        its last round, and the run says how it ended."""
         global _active
         if self._nesting > 0:
             self._nesting -= 1
@@ -589,6 +593,36 @@ class TrackedRun:
         if self._closed:
             return
         self._closed = True
+        self._stop_hooks()
+        self._join_helpers()
+        with _active_lock:
+            if _active is self:
+                _active = None
+        self._lifecycle.uninstall()
+        recorder = self._recorder
+        if recorder is None:
+            return
+        final_meta, children = self._final_meta()
+        self._close_parts()
+        try:
+            recorder.close(status, error, steps=self._rec.step_index, **runmeta.torch_meta(), **final_meta)
+        except Exception as exc:
+            log.warning("gpulens: closing run %s failed: %s", self.id, exc)
+            return
+        if self._publisher is not None:  # the final status and the last rows, to the store too
+            self._publisher.close()
+        if children and self.path is not None:  # the files named as what they hold: rank-<torch rank>.db
+            try:
+                from gpulens.profiler.store.members import tidy
+
+                tidy(self.path)
+            except OSError as exc:
+                log.debug("gpulens: run files not renamed: %s", exc)
+        if not self.quiet and self._child is None:  # the parent speaks for the run
+            self._say_how_it_ended(status, recorder, children)
+
+    def _stop_hooks(self) -> None:
+        """Nothing of the training loop is timed after this."""
         if self._flops is not None:  # a step cut short has an incomplete count, and the last step may end at
             self._flops.abandon()  # interpreter exit: no meta copy runs then, and none starts
         if self._auto is not None:
@@ -602,9 +636,12 @@ class TrackedRun:
         self._model = None
         if self._comm is not None:
             self._comm.close()
+
+    def _join_helpers(self) -> None:
+        """The clock pings and the job's run id: a short job can end before they land."""
         if self._clock_thread is not None:
-            # a short job can end before its node's pings are answered: a pinging rank gives them a moment to
-            # land in its metadata, and rank 0 answers the peers that asked before it lets them go
+            # a pinging rank gives them a moment to land in its metadata, and rank 0 answers the peers that
+            # asked before it lets them go
             if self._rank == 0 and self._clock_stop is not None:
                 self._clock_stop.set()
             from gpulens.hooks.clocksync import CLOSE_WAIT_S
@@ -612,33 +649,40 @@ class TrackedRun:
             self._clock_thread.join(timeout=CLOSE_WAIT_S)
             if self._clock_measured is not None and self._recorder is not None:
                 self._recorder.writer.meta(clock=self._clock_measured)
-        if self._id_thread is not None:  # a short job can end before rank 0's run id reached this rank
+        if self._id_thread is not None:  # rank 0's run id may not have reached this rank yet
             from gpulens.hooks.clocksync import CLOSE_WAIT_S
 
             self._id_thread.join(timeout=CLOSE_WAIT_S)
-        with _active_lock:
-            if _active is self:
-                _active = None
-        self._lifecycle.uninstall()
-        recorder = self._recorder
-        if recorder is None:
-            return
-        auto_meta: dict[str, Any] = {}
+
+    def _final_meta(self) -> tuple[dict[str, Any], dict[int, int]]:
+        """What the run's metadata says at the end (how steps were found, the backend), and the child ranks
+        that trained when this process did not."""
+        meta: dict[str, Any] = {}
         children: dict[int, int] = {}
         if self._auto is not None:
-            auto_meta["auto"] = self._auto.describe()
+            meta["auto"] = self._auto.describe()
             if not self._auto.updates and self._child is None:
                 children = run_end.child_ranks(self.path)
                 if children:
-                    auto_meta["auto"]["children"] = sorted(children)
-                    auto_meta["role"] = "node"  # its node's sampler: the ranks are its children
+                    meta["auto"]["children"] = sorted(children)
+                    meta["role"] = "node"  # its node's sampler: the ranks are its children
                 elif not self.quiet:
                     print("gpulens: no training step found (no optimizer.step, GradScaler.step or backward in this "
                           "process or a child of it): recorded device and host samples only", file=sys.stderr)
         elif self._auto_wanted:
-            auto_meta["auto"] = {"mode": "time-only", "boundary": None,
-                                 "reason": "torch was never imported" if "torch" not in sys.modules
-                                 else "steps were marked by the training code"}
+            meta["auto"] = {"mode": "time-only", "boundary": None,
+                            "reason": "torch was never imported" if "torch" not in sys.modules
+                            else "steps were marked by the training code"}
+        try:
+            backend = runmeta.distributed_backend()
+            if backend:
+                meta["distributed_backend"] = backend
+        except Exception as exc:
+            log.debug("gpulens: no distributed backend read: %s", exc)
+        return meta, children
+
+    def _close_parts(self) -> None:
+        """The exporter, a what-if, the profiler windows and the GPU timer: each closes on its own."""
         if self._exporter is not None:
             self._exporter.close()
         if self._whatif is not None:
@@ -654,40 +698,24 @@ class TrackedRun:
                 gpu.flush()
         except Exception as exc:
             log.warning("gpulens: could not resolve the last GPU timings: %s", exc)
-        try:
-            backend = runmeta.distributed_backend()
-            if backend:
-                auto_meta["distributed_backend"] = backend
-            recorder.close(status, error, steps=self._rec.step_index, **runmeta.torch_meta(), **auto_meta)
-        except Exception as exc:
-            log.warning("gpulens: closing run %s failed: %s", self.id, exc)
-            return
-        if self._publisher is not None:  # the final status and the last rows, to the store too
-            self._publisher.close()
-        if children and self.path is not None:  # the files named as what they hold: rank-<torch rank>.db
-            try:
-                from gpulens.profiler.store.members import tidy
 
-                tidy(self.path)
-            except OSError as exc:
-                log.debug("gpulens: run files not renamed: %s", exc)
-        if not self.quiet and self._child is None:  # the parent speaks for the run
-            if children:
-                steps = (f"training ran in {len(children)} child process(es), recorded as rank(s) "
-                         f"{', '.join(str(r) for r in sorted(children))} ({sum(children.values())} steps)")
-            else:
-                steps = f"{self._rec.step_index} steps"
-                recreated = getattr(getattr(recorder, "_writer", None), "recreated", None)
-                if recreated:  # say what the database holds, not what passed through
-                    when = time.strftime("%H:%M:%S", time.localtime(recreated[-1][0]))
-                    steps += (f", but the run's database was deleted during the run: it holds what came after "
-                              f"{when} ({sum(n for _, n in recreated):,} rows before were deleted with it)")
-            from gpulens.fmt import shown_path
+    def _say_how_it_ended(self, status: str, recorder: Recorder, children: dict[int, int]) -> None:
+        if children:
+            steps = (f"training ran in {len(children)} child process(es), recorded as rank(s) "
+                     f"{', '.join(str(r) for r in sorted(children))} ({sum(children.values())} steps)")
+        else:
+            steps = f"{self._rec.step_index} steps"
+            recreated = recorder.writer.recreated
+            if recreated:  # say what the database holds, not what passed through
+                when = time.strftime("%H:%M:%S", time.localtime(recreated[-1][0]))
+                steps += (f", but the run's database was deleted during the run: it holds what came after "
+                          f"{when} ({sum(n for _, n in recreated):,} rows before were deleted with it)")
+        from gpulens.fmt import shown_path
 
-            print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {shown_path(self.path)}",
-                  file=sys.stderr)
-            if self.options.advise and self._rank == 0:
-                run_end.print_top_advice(self.path)
+        print(f"gpulens: run {self.id} {status}: {steps} -> gpulens report {shown_path(self.path)}",
+              file=sys.stderr)
+        if self.options.advise and self._rank == 0:
+            run_end.print_top_advice(self.path)
 
     def orphan(self) -> None:
         """In a forked child: this run belongs to the parent; stop feeding it and never close it here.
