@@ -424,6 +424,48 @@ def test_a_round_cut_short_is_finished_by_the_next_with_nothing_twice(tmp_path, 
     assert bad.returncode == 2 and "not a store URL" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_round_publishes_rows_and_status_as_they_were_together(tmp_path, cache, monkeypatch):
+    """The run's last commit (its last steps and "finished") lands while a round reads the database: the round
+    publishes the moment before it, and the last round the rest. Read one statement at a time, the round took
+    the steps before the commit and the status after it, published "finished" over part of the steps, and
+    the store's index kept the short count (seen under load: `gpulens ls` said 4 steps of 19)."""
+    import shutil
+
+    from gpulens.profiler.store.mirror import index_rows
+    from gpulens.profiler.store.publisher import Publisher, Target
+
+    run = tmp_path / "r"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers", run)
+    db = run / "rank-0.db"
+    steps = _steps(db)
+    with sqlite3.connect(db) as conn:  # the run as it was before its last commit: WAL, running, 10 steps short
+        conn.execute("PRAGMA journal_mode=WAL")
+        last = conn.execute("SELECT * FROM steps WHERE step >= ? ORDER BY step", (len(steps) - 10,)).fetchall()
+        conn.execute("DELETE FROM steps WHERE step >= ?", (len(steps) - 10,))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'status'", (json.dumps("running"),))
+    real_points = seg._new_points
+
+    def last_commit_lands(conn, state, source):  # between reading the steps and reading the metadata
+        monkeypatch.setattr(seg, "_new_points", real_points)
+        with sqlite3.connect(db) as writer:
+            writer.executemany(f"INSERT INTO steps VALUES ({', '.join('?' * len(last[0]))})", last)
+            writer.execute("UPDATE meta SET value = ? WHERE key = 'status'", (json.dumps("finished"),))
+        return real_points(conn, state, source)
+
+    monkeypatch.setattr(seg, "_new_points", last_commit_lands)
+    store = f"file://{tmp_path / 'store'}"
+    pub = Publisher(store, db, Target("r", 0, 0))
+    assert pub.round()
+    index, _ = sync_runs(store, full=False)
+    (row,) = index_rows(index, {})
+    # one moment, before the commit: not finished (a running status whose heartbeat is old reads "crashed")
+    assert row.status != "finished" and row.steps == len(steps) - 10
+    assert pub.round(final=True)
+    index, _ = sync_runs(store, full=False)
+    (row,) = index_rows(index, {})
+    assert (row.status, row.steps) == ("finished", len(steps))
+
+
 def test_ls_reads_only_the_index_and_a_cache_fetches_only_changes(tmp_path, cache, s3):
     store = _bucket(s3, "listing")
     base = _env(WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", TORCHELASTIC_RUN_ID="job-7",

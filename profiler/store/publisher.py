@@ -203,6 +203,11 @@ class Publisher:
         source = self.target.source
         conn = _connect_ro(self.db)
         try:
+            # one read transaction: the rows and the metadata as they were together. Read one statement at a
+            # time, a round could read the steps before the run's last commit and its status after it, and
+            # publish "finished" over a part of the steps (the status does not change again, so no later
+            # round would send the metadata, and the store's index, with the rest)
+            conn.execute("BEGIN")
             patch = {"run_id": source.run, **(meta_patch or {})}
             export = seg.export_new(conn, self.state.export, source, patch)
             windows = conn.execute("SELECT path FROM windows WHERE path IS NOT NULL").fetchall()
