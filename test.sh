@@ -25,6 +25,6 @@ workers=(-n "${GPULENS_TEST_WORKERS:-$(( $(nproc) * 2 ))}" --dist worksteal)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*|no:xdist|--dist*) workers=() ;; esac
 done
-echo "gpulens test: pytest, the whole suite (4½-6 minutes on 2 quiet cores; the first run also compiles" \
+echo "gpulens test: pytest, the whole suite (4½-10 minutes on 2 quiet cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

@@ -89,7 +89,7 @@ def test_window_analyses_are_kept_beside_their_traces_and_reused(tmp_path, monke
         assert RunAnalysis(run).report().as_dict() == first
     os.utime(traces[0], ns=(0, 0))  # the trace changed: its analysis is stale
     with pytest.raises(AssertionError, match="parsed again"), open_run(run_dir) as run:
-        RunAnalysis(run).summary
+        RunAnalysis(run).figures
     monkeypatch.undo()
     with open_run(run_dir) as run:
         assert RunAnalysis(run, persist=False).report().as_dict() == first

@@ -107,12 +107,6 @@ class RunAnalysis:
         return Report.from_parts(summarize_data(self.data), None)
 
     @cached_property
-    def summary(self) -> dict[str, Any]:
-        """The report's figures in their JSON form (``report --json`` without ``suggestions``): what crosses a
-        process boundary to the dashboard."""
-        return self.figures.as_dict()
-
-    @cached_property
     def measurements(self) -> Measurements:
         return measure(self.run, [(a.window, a.analysis) for a in self.windows], self.figures)
 
@@ -128,8 +122,8 @@ class RunAnalysis:
 
 
 def summarize(run: RunReader) -> dict[str, Any]:
-    """The report's figures of ``run``: a shorthand for ``RunAnalysis(run).summary``."""
-    return RunAnalysis(run).summary
+    """The report's figures of ``run`` in their JSON form (``report --json`` without ``suggestions``)."""
+    return RunAnalysis(run).figures.as_dict()
 
 
 def advise(run: RunReader) -> Advice:
