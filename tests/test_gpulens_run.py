@@ -85,11 +85,13 @@ def test_ddp_under_torchrun_records_each_rank_into_one_run(tmp_path):
         assert len(steps) == 20  # 320 samples / 2 ranks / batch 16 x 2 epochs
         comm = [e["@comm"] for e in steps.extra if "@comm" in e]
         assert len(comm) >= 18 and all(c > 0 for c in comm)  # the all-reduce of every step, timed
-    # one clock: DDP synchronises every step, and both ranks' step ends agree to well under a millisecond
+    # one clock: DDP synchronises every step, so both ranks' step ends agree to a small part of a step (under a
+    # millisecond on a quiet machine; judged against the loop's own step time, which a busy host stretches as it
+    # stretches the skew, where a wrong clock would be off by seconds)
     import numpy as np
 
     skew = np.abs(reader.steps(0).t_end - reader.steps(1).t_end)
-    assert float(np.median(skew)) < 0.005
+    assert float(np.median(skew)) < 0.5 * float(np.median(reader.steps(0).duration))
     host = {s.metric for s in reader.series_list(0)}
     assert "host.cpu" in host
     assert "host.cpu" not in {s.metric for s in reader.series_list(1)}  # only local rank 0 samples the node
