@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gpulens.hooks.hidden_hooks import ModuleHooks, gpulens_hook, tracing
+from gpulens.hooks.hidden_hooks import ModuleHooks, compiling_check, gpulens_hook
 from gpulens.hooks.modelinfo import live_root_modules
 from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
 
@@ -73,6 +73,7 @@ class AutoSteps:
         self.run = run
         self._rec = run.step_recorder  # kept here: the hot path does no property lookups
         self.torch = torch
+        self._compiling = compiling_check(torch)  # torch.compiler.is_compiling, looked up once
         self.boundaries = boundaries
         self.active = False
         self._handles: list[Any] = []
@@ -168,15 +169,13 @@ class AutoSteps:
         self.uninstall()
 
     # ------------------------------------------------------------------ phases
-    def _enter(self, slot: int) -> None:
-        if self._idle:
-            self._idle = False
-            self._rec.break_step()  # the step opens here, not where the last one ended
-        self._rec.enter(slot)
-
-    def _exit(self) -> None:
-        if self._rec.phase_open:
-            self._rec.exit()
+    # Every hook runs several times per step, so each opens its phase itself (``if self._idle:
+    # self._wake()`` then ``self._rec.enter(slot)``) and closes it with ``self._rec.exit()``: one
+    # Python call per transition, not three (bench/hook_cost.py).
+    def _wake(self) -> None:
+        """A training iteration begins after idle time (start, an epoch gap, evaluation)."""
+        self._idle = False
+        self._rec.break_step()  # the step opens here, not where the last one ended
 
     def _boundary(self) -> None:
         """End the open step here (an update happened) and start the next one."""
@@ -252,7 +251,9 @@ class AutoSteps:
             if self.boundaries and self._pending and key in self._stepped:
                 self._boundary()  # the same optimizer again, nothing else between: a new iteration (LBFGS)
             self._stepped.add(key)
-            self._enter(OPTIMIZER)
+            if self._idle:
+                self._wake()
+            self._rec.enter(OPTIMIZER)
         except Exception as exc:
             self._failed(exc)
 
@@ -270,7 +271,7 @@ class AutoSteps:
             self._opt_depth = max(self._opt_depth - 1, 0)
             if self._opt_depth:
                 return
-            self._exit()
+            self._rec.exit()
             self._updated()
         except Exception as exc:
             self._failed(exc)
@@ -391,7 +392,9 @@ class AutoSteps:
                 self._train_thread = threading.get_ident()
                 if not self._fwd_seen:  # no hooked model ran forward yet: look for it (a gc walk, ~0.1 s)
                     self._scan_roots()
-            self._enter(BACKWARD)
+            if self._idle:
+                self._wake()
+            self._rec.enter(BACKWARD)
             if getattr(tensors, "ndim", None) == 0:
                 self._add_loss(tensors)
         except Exception as exc:
@@ -424,7 +427,7 @@ class AutoSteps:
 
     def _backward_end(self) -> None:
         try:
-            self._exit()
+            self._rec.exit()
             if not self.saw_optimizer and self._opt_depth == 0:
                 # no optimizer in this loop (so far): the backward may be the update
                 if self._no_optimizer:
@@ -473,7 +476,9 @@ class AutoSteps:
                 elif new_epoch:
                     self._go_idle()  # what came before the epoch's first fetch belongs to no step
             self._fetched = True
-            self._enter(DATA)
+            if self._idle:
+                self._wake()
+            self._rec.enter(DATA)
             return True
         except Exception as exc:
             self._failed(exc)
@@ -483,7 +488,7 @@ class AutoSteps:
         if not training:
             return
         try:
-            self._exit()
+            self._rec.exit()
             if stopped:
                 if self.boundaries:
                     self._go_idle()
@@ -514,7 +519,7 @@ class AutoSteps:
 
     @gpulens_hook
     def _fwd_pre(self, module: Any, args: Any) -> None:
-        if tracing(self.torch) or not self.active or threading.get_ident() != self._train_thread:
+        if self._compiling() or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
             self._fwd_seen = True
@@ -535,18 +540,20 @@ class AutoSteps:
             if self._idle and not training:
                 return  # a stray no-grad forward between iterations belongs to no step
             self._fwd_in_step = True
-            self._enter(FORWARD)
+            if self._idle:
+                self._wake()
+            self._rec.enter(FORWARD)
         except Exception as exc:
             self._failed(exc)
 
     @gpulens_hook
     def _fwd_post(self, module: Any, args: Any, output: Any) -> None:
-        if tracing(self.torch) or not self.active or threading.get_ident() != self._train_thread:
+        if self._compiling() or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
             self._fwd_depth = max(self._fwd_depth - 1, 0)
             if self._fwd_depth == 0 and self._rec.in_phase(FORWARD):
-                self._exit()
+                self._rec.exit()
         except Exception as exc:
             self._failed(exc)
 

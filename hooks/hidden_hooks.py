@@ -57,8 +57,19 @@ def is_gpulens_hook(obj: Any) -> bool:
 
 def tracing(torch: Any) -> bool:
     """True while torch.compile / torch.export trace the code (the hook must stay out of the graph)."""
+    return compiling_check(torch)()
+
+
+def _never() -> bool:
+    return False
+
+
+def compiling_check(torch: Any) -> Callable[[], bool]:
+    """The function :func:`tracing` asks, for hooks that run every step and look it up once
+    (``torch.compiler.is_compiling``: dynamo knows the function and reads it as True in a graph)."""
     compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
+    check = getattr(compiler, "is_compiling", None)
+    return check if callable(check) else _never
 
 
 def state_without_ours(state: Any) -> Any:

@@ -5,6 +5,12 @@ when none is active) at every transition, so the phases of a step add up to
 its wall time by construction and nested phases never double count.  Each
 transition costs one ``perf_counter()`` call and a list update; everything
 else (GPU event resolution, writing) happens off this path or later.
+
+:meth:`StepRecorder.enter` and :meth:`StepRecorder.exit` run several times
+per step for every hook of ``gpulens run``: they read the clock and charge
+the elapsed time in their own frame (a Python call costs as much as the
+accounting), which is why the charge appears inline there and again in
+:meth:`StepRecorder._charge` for the rarer callers.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from gpulens.profiler.store import clock
 from gpulens.profiler.store.schema import FLAG_WARMUP, LOSS, PHASES
 
 DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(5)
+_NO_PHASE: tuple[int, str | None] = (OTHER, None)  # the top of an empty phase stack
 PHASE_NAMES = PHASES  # slot i of the step recorder is PHASES[i]
 ALIASES = {
     "data_wait": DATA, "data": DATA, "dataloader": DATA, "data_loading": DATA, "input": DATA,
@@ -71,6 +78,8 @@ class StepRecorder:
         self.warmup_steps = warmup_steps
         self.batch_size = batch_size
         self._sync = sync
+        #: The clock of every transition: perf_counter itself (a C call, no frame) unless phases sync the device.
+        self._clock: Callable[[], float] = self._synced_now if sync is not None else time.perf_counter
         self.gpu: Any = None
         self._acc = [0.0] * 5
         self._extra: dict[str, float] = {}
@@ -92,13 +101,13 @@ class StepRecorder:
         self._batch_samples: int | None = None
 
     # ------------------------------------------------------------------ core accounting
-    def _now(self) -> float:
-        if self._sync is not None:
-            self._sync()
+    def _synced_now(self) -> float:
+        assert self._sync is not None
+        self._sync()
         return time.perf_counter()
 
     def _charge(self, now: float) -> None:
-        slot, name = self._stack[-1] if self._stack else (OTHER, None)
+        slot, name = self._stack[-1] if self._stack else _NO_PHASE
         dt = now - self._t_last
         self._acc[slot] += dt
         if name is not None:
@@ -116,16 +125,24 @@ class StepRecorder:
         self._timing = self.gpu.begin_step(start) if self.gpu is not None else False
 
     def enter(self, slot: int, name: str | None = None) -> None:
-        now = self._now()
-        if self._open:
-            self._charge(now)
+        now = self._clock()
+        stack = self._stack
+        if self._open:  # _charge(now), inline
+            top, top_name = stack[-1] if stack else _NO_PHASE
+            dt = now - self._t_last
+            self._acc[top] += dt
+            self._t_last = now
+            if top_name is not None:
+                self._extra[top_name] = self._extra.get(top_name, 0.0) + dt
+            if self._timing:
+                self.gpu.mark(top)
         else:
             self._open_step(now)
-        self._stack.append((slot, name))
+        stack.append((slot, name))
         ranges = self.ranges
         if ranges is not None and ranges.active:
             ranges.push(name or PHASE_NAMES[slot])
-            self._range_depths.append(len(self._stack))
+            self._range_depths.append(len(stack))
 
     def charge_to(self, slot: int) -> None:
         """Charge the time since the last transition to ``slot`` instead of "other" (no phase was open).
@@ -135,18 +152,29 @@ class StepRecorder:
         """
         if self._open and not self._stack:
             self._stack.append((slot, None))
-            self._charge(self._now())
+            self._charge(self._clock())
             self._stack.pop()
 
     def exit(self) -> None:
-        now = self._now()
-        if self._open:
-            self._charge(now)
-        if self._range_depths and self._range_depths[-1] == len(self._stack):
+        """Leave the innermost phase; nothing to do when none is open (the time since the last transition
+        stays "other" either way, charged at the next one)."""
+        stack = self._stack
+        if not stack:
+            return
+        now = self._clock()
+        if self._open:  # _charge(now), inline
+            top, top_name = stack[-1]
+            dt = now - self._t_last
+            self._acc[top] += dt
+            self._t_last = now
+            if top_name is not None:
+                self._extra[top_name] = self._extra.get(top_name, 0.0) + dt
+            if self._timing:
+                self.gpu.mark(top)
+        if self._range_depths and self._range_depths[-1] == len(stack):
             self._range_depths.pop()
             self.ranges.pop()
-        if self._stack:
-            self._stack.pop()
+        stack.pop()
 
     def _close_ranges(self) -> None:
         """End every open range (the step's end; a window may stop right after)."""
@@ -159,7 +187,7 @@ class StepRecorder:
             self._close_ranges()
         if self.pre_step is not None:
             flags |= self.pre_step(self.step_index)  # profiler windows, FLOP counting end here
-        now = self._now()
+        now = self._clock()
         if manual:
             self.step_calls += 1
         if not self._open:
@@ -204,10 +232,6 @@ class StepRecorder:
     def in_phase(self, slot: int) -> bool:
         """The innermost open phase is ``slot``."""
         return bool(self._stack) and self._stack[-1][0] == slot
-
-    @property
-    def phase_open(self) -> bool:
-        return bool(self._stack)
 
     def drop_phases(self) -> None:
         """Forget the open phases (one left open by an exception must not leak into the next step)."""

@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # the attachments, imported when torch (or a store, or an exp
     from gpulens.profiler.store.publisher import PublisherProcess
 
 log = logging.getLogger("gpulens")
+#: Seconds between looks for an initialised CUDA (to time the GPU side of steps) while there is none.
+CUDA_CHECK_S = 1.0
 
 _active_lock = threading.Lock()
 _active: TrackedRun | None = None
@@ -207,7 +209,7 @@ class TrackedRun:
         self._publisher = start_publisher(opts.store, db, self._target(ranks, pg_rank),
                                           env=without_autorun(os.environ))
         writer = recorder.writer
-        self._emit = lambda row: writer.step(tuple(row))
+        self._emit = writer.step  # the row list as it is: nothing changes it once emitted
         self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
                                  sync=self._sync if opts.sync_phases else None)
         self._rec.pre_step = self._pre_step
@@ -387,7 +389,8 @@ class TrackedRun:
         try:
             rec = self._rec
             if rec.gpu is None:
-                self._maybe_attach_cuda()
+                if time.perf_counter() - self._cuda_checked >= CUDA_CHECK_S:
+                    self._maybe_attach_cuda()
             elif rec.step_index & 7 == 0:
                 rec.gpu.poll()
             rec.step(samples, tokens, loss, manual=manual)
@@ -533,10 +536,8 @@ class TrackedRun:
         self.set_meta(clock=measured)
 
     def _maybe_attach_cuda(self) -> None:
-        now = time.perf_counter()
-        if now - self._cuda_checked < 1.0:
-            return
-        self._cuda_checked = now
+        """Time the GPU side of steps once the training code has initialised CUDA (asked once a second)."""
+        self._cuda_checked = time.perf_counter()
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_initialized():
             return

@@ -18,12 +18,14 @@ from gpulens.cli import main as cli_main
 from gpulens.profiler import RunError, open_run
 
 TRAIN = textwrap.dedent("""
-    import sys, torch, torch.nn as nn, gpulens
+    import sys, time, torch, torch.nn as nn, gpulens
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    done = open(sys.argv[2], "a", buffering=1)  # each finished step and when, as the loop saw it
     with gpulens.track("doomed", runs_dir=sys.argv[1], quiet=True, batch_size=32) as run:
         print(run.path, flush=True)
+        step = 0
         while True:
             with run.phase("forward"):
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -32,13 +34,26 @@ TRAIN = textwrap.dedent("""
             with run.phase("optimizer"):
                 opt.step(); opt.zero_grad()
             run.step(loss=loss)
+            done.write(f"{step} {time.time()}\\n")
+            step += 1
 """)
 
 
+def _lines(path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def test_sigkill_keeps_everything_up_to_the_last_second(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    """Everything the loop had finished a second before the kill is in the run, however slowly a busy host ran it."""
+    done = tmp_path / "done.txt"
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN, str(tmp_path), str(done)], stdout=subprocess.PIPE,
+                            text=True)
     path = proc.stdout.readline().strip()
-    time.sleep(3.0)
+    started, deadline = time.monotonic(), time.monotonic() + 120
+    while time.monotonic() - started < 3.0 or _lines(done) < 20:  # 3 s of samples (2 Hz) and 20 steps at least
+        assert proc.poll() is None and time.monotonic() < deadline, "the loop never finished 20 steps"
+        time.sleep(0.1)
+    time.sleep(1.5)  # the first 20 steps are now more than a second old
     t_kill = time.time()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -51,8 +66,9 @@ def test_sigkill_keeps_everything_up_to_the_last_second(tmp_path):
     assert host.t.size >= 5  # 2 Hz for 3 s
     assert t_kill - host.t[-1] <= 1.0, f"last sample {t_kill - host.t[-1]:.2f} s before the kill"
     steps = reader.steps()
-    assert len(steps) > 20
-    assert t_kill - steps.t_end[-1] <= 1.0
+    finished = [line.split() for line in done.read_text().split("\n")[:-1]]  # whole lines (the kill may cut one)
+    due = [int(step) for step, t in finished if float(t) <= t_kill - 1.0]  # finished a second before the kill
+    assert len(due) >= 20 and set(due) <= set(steps.step.tolist()), (len(due), len(steps))
     assert np.isfinite(steps.loss).all()
     # a crashed run still reports, through the CLI too
     assert cli_main(["report", path, "--json"]) == 0

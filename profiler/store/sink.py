@@ -14,11 +14,12 @@ nothing for it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-#: A step row as :data:`~gpulens.profiler.store.schema.STEP_COLUMNS` orders it (heterogeneous by design).
-StepRow = tuple[Any, ...]
+#: A step row as :data:`~gpulens.profiler.store.schema.STEP_COLUMNS` orders it (heterogeneous by design): the
+#: recorder's own list, handed over as it is (nobody changes it once emitted), or a tuple.
+StepRow = Sequence[Any]
 #: Given every step row as it is recorded (must not block; an exception detaches it).
 StepTap = Callable[[StepRow], None]
 

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,21 @@ PRESENCE_CHECK_S = 1.0
 #: Errors after which a batch is kept and tried again (the disk may free up), not dropped.
 _RETRY_ERRORS = ("disk is full", "disk i/o error", "no space left", "file too large", "quota")
 
-#: Step rows go in this many per statement.  sqlite3 lets go of the GIL around every statement it
+#: Step rows go in up to this many per statement.  sqlite3 lets go of the GIL around every statement it
 #: steps, and taking it back waits out the interpreter's switch interval (5 ms) while the training
 #: thread runs Python: one row per statement is 200 rows/s at best behind a tight loop, 512 per
 #: statement keeps up with any loop (22 columns x 512 = 11,264 parameters, under SQLite's 32,766).
+#: A flush's rows go in statements of power-of-two sizes (at most ten), each prepared once and then
+#: taken from the connection's statement cache: a statement sized to each flush was parsed anew every
+#: time, as much work on the writer's side of the GIL as binding the rows.
 ROWS_PER_INSERT = 512
-_STEP_ROW = f"({', '.join('?' for _ in schema.STEP_COLUMNS)})"
+#: ``None`` goes in as ``''`` and ``NULLIF(?, '')`` makes it NULL again inside SQLite: sqlite3 binds str,
+#: int and float directly but passes every other value, None included, through its adapter lookup,
+#: which raises and formats two AttributeErrors under the GIL (four times a float's cost; a CPU run's
+#: step row holds a dozen).  No column holds an empty string (``extra`` is JSON text or NULL).
+_STEP_ROW = "(" + ", ".join(["NULLIF(?, '')"] * len(schema.STEP_COLUMNS)) + ")"
 _STEP_INSERT = f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)}) VALUES "
-_STEP_INSERT_FULL = _STEP_INSERT + ", ".join([_STEP_ROW] * ROWS_PER_INSERT)
+_STEP_INSERTS: dict[int, str] = {}  # rows per statement -> its SQL
 
 
 class RunWriter:
@@ -65,7 +72,7 @@ class RunWriter:
         self.path = Path(path)
         self.flush_interval = float(flush_interval)
         self._points: deque[tuple[int, float, float]] = deque()
-        self._steps: deque[tuple[Any, ...]] = deque()
+        self._steps: deque[StepRow] = deque()
         self._events: deque[tuple[Any, ...]] = deque()
         self._series_rows: deque[tuple[Any, ...]] = deque()
         self._windows: deque[tuple[Any, ...]] = deque()
@@ -512,11 +519,16 @@ class _Batch:
         return len(self.points) + len(self.steps) + len(self.events) + sum(int(t.size) for _, t, _ in self.bulk)
 
 
-def _insert_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> None:
-    for i in range(0, len(steps), ROWS_PER_INSERT):
-        part = steps[i:i + ROWS_PER_INSERT]
-        sql = _STEP_INSERT_FULL if len(part) == ROWS_PER_INSERT else _STEP_INSERT + ", ".join([_STEP_ROW] * len(part))
-        conn.execute(sql, [value for row in part for value in row])
+def _insert_steps(conn: sqlite3.Connection, steps: Sequence[StepRow]) -> None:
+    """Insert ``steps`` in order (a later row for the same step replaces an earlier one)."""
+    i, left = 0, len(steps)
+    while left:
+        size = min(1 << (left.bit_length() - 1), ROWS_PER_INSERT)
+        sql = _STEP_INSERTS.get(size)
+        if sql is None:
+            sql = _STEP_INSERTS[size] = _STEP_INSERT + ", ".join([_STEP_ROW] * size)
+        conn.execute(sql, ["" if value is None else value for row in steps[i:i + size] for value in row])
+        i, left = i + size, left - size
 
 
 def describe_lost(lost: dict[str, int]) -> str:
@@ -606,15 +618,17 @@ _STEP_ROLLUP_UPSERT = (
 
 _I_START, _I_END = schema.STEP_COLUMNS.index("t_start"), schema.STEP_COLUMNS.index("t_end")
 _I_PHASES = [schema.STEP_COLUMNS.index(p) for p in schema.PHASES]
+_PHASES = slice(_I_PHASES[0], _I_PHASES[-1] + 1)  # the phase columns follow each other
+assert list(range(len(schema.STEP_COLUMNS)))[_PHASES] == _I_PHASES
 _I_SAMPLES = schema.STEP_COLUMNS.index("samples")
 
 
-def _step_rollup_rows(steps: list[tuple[Any, ...]],
+def _step_rollup_rows(steps: Sequence[StepRow],
                       levels: tuple[int, ...] = schema.ROLLUP_LEVELS) -> list[tuple[Any, ...]]:
     """Step time and phase sums per time bucket: the step panels of a day-long run read these."""
     t_end = np.fromiter((r[_I_END] for r in steps), dtype=np.float64, count=len(steps))
     dur = t_end - np.fromiter((r[_I_START] for r in steps), dtype=np.float64, count=len(steps))
-    phases = np.array([[r[i] for i in _I_PHASES] for r in steps], dtype=np.float64).reshape(-1, 5)
+    phases = np.array([r[_PHASES] for r in steps], dtype=np.float64).reshape(-1, 5)
     samples = np.fromiter((r[_I_SAMPLES] or 0 for r in steps), dtype=np.float64, count=len(steps))
     order = np.argsort(t_end, kind="stable")
     t_end, dur, phases, samples = t_end[order], dur[order], phases[order], samples[order]
