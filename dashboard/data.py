@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -34,7 +33,10 @@ FALLBACK_KEY = "GPULENS_SAMPLES_ROOT"
 _default_root: Path | None = None
 _default_fallback: Path | None = None
 
-#: Analyses an analysis process makes before it is replaced (its peak memory goes back to the system).
+#: Analyses an analysis process makes before it is replaced (its peak memory goes back to the system): the
+#: pool of processes is replaced after this many per process.  Not ``max_tasks_per_child``: Python 3.11 and
+#: 3.12 can stop replacing its processes while work is queued (CPython gh-115634), and every analysis after
+#: that waits forever.
 TASKS_PER_WORKER = 8
 #: A running run's analysis is recomputed at most this often (its files change every flush).
 LIVE_ANALYSIS_EVERY_S = 15.0
@@ -247,15 +249,13 @@ def _exit_with_parent(parent: int) -> None:
 def _pool(processes: bool, workers: int) -> Executor:
     """Where analyses run.  Processes by default: an analysis is seconds of Python and numpy, and in the
     server's process it would hold the GIL the request threads need (/healthz waited 1.5 s behind two of
-    them) and keep its peak memory there; a worker process is replaced after a few analyses (Python 3.11
-    and later), so its memory goes back too.  Threads where processes cannot be had (GPULENS_ANALYSIS_PROCESSES=0)."""
+    them) and keep its peak memory there; the pool is replaced after a few analyses per process
+    (:data:`TASKS_PER_WORKER`), so that memory goes back too.  Threads where processes cannot be had
+    (GPULENS_ANALYSIS_PROCESSES=0)."""
     if processes:
-        options: dict[str, Any] = {"mp_context": multiprocessing.get_context("spawn"), "initializer": _quiet_worker,
-                                  "initargs": (os.getpid(),)}
-        if sys.version_info >= (3, 11):
-            options["max_tasks_per_child"] = TASKS_PER_WORKER
         try:
-            return ProcessPoolExecutor(workers, **options)
+            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_quiet_worker, initargs=(os.getpid(),))
         except (OSError, ValueError, NotImplementedError):
             pass
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulens-analysis")
@@ -289,6 +289,8 @@ class _Analyses:
         self._urgent: OrderedDict[Path, tuple] = OrderedDict()  # path -> fingerprint, first come first
         self._later: OrderedDict[Path, tuple] = OrderedDict()
         self._running = 0
+        self._pool_tasks = 0  # analyses handed to the current pool
+        self.pools_started = 0
 
     def _collect(self, entry: _Entry) -> None:
         if entry.future is not None and entry.future.done():
@@ -353,18 +355,29 @@ class _Analyses:
             entry = self._cache.get(path)
             if entry is None or entry.future is not None:
                 continue
-            if self._pool is None:
-                self._pool = _pool(self._processes, self._workers)
+            pool = self._pool
+            if pool is not None and self._processes and self._pool_tasks >= self._workers * TASKS_PER_WORKER:
+                pool.shutdown(wait=False)  # what it is analysing finishes; then its processes exit
+                pool = None
+            if pool is None:
+                pool = self._new_pool()
             try:
-                future = self._pool.submit(analyse, path)
+                future = pool.submit(analyse, path)
             except BrokenProcessPool:  # a worker died since the last analysis: start a new pool
-                self._pool = _pool(self._processes, self._workers)
-                future = self._pool.submit(analyse, path)
+                pool = self._new_pool()
+                future = pool.submit(analyse, path)
             except RuntimeError:  # shut down (the interpreter is exiting)
                 return
+            self._pool_tasks += 1
             entry.future, entry.future_fp, entry.queued = future, fp, False
             self._running += 1
             future.add_done_callback(self._finished)
+
+    def _new_pool(self) -> Executor:
+        pool = self._pool = _pool(self._processes, self._workers)
+        self._pool_tasks = 0
+        self.pools_started += 1
+        return pool
 
     def _finished(self, _future: Future) -> None:
         with self._lock:

@@ -354,6 +354,7 @@ TRIAL_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a failsafe: eight trials of batches of ~20k under 1.5 GB; > 300 s under four burners
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS probing and RLIMIT_AS are Linux-only")
 def test_batch_headroom_predicts_the_largest_batch_that_really_runs(tmp_path):
     budget = 1536 * 2**20

@@ -487,3 +487,25 @@ def test_runs_are_chosen_by_id_where_two_runs_share_a_name():
                        gpu="", start=None, duration_s=None, ranks=1)
     assert runs_page.run_row(same)["run"] == "[h100\\-run](/run/h100-run)" and cpage.run_label(same) == \
         "h100-run · running"
+
+
+def test_a_backlog_of_analyses_all_finish_while_their_processes_are_replaced(tmp_path, monkeypatch):
+    """More analyses queued than a process makes before it is replaced: every one finishes.  (Python 3.11's
+    ``max_tasks_per_child`` stops replacing processes when work is queued, CPython gh-115634: a dashboard
+    on a busy runs root showed "analysing" forever.)"""
+    import shutil
+
+    monkeypatch.setattr(data, "TASKS_PER_WORKER", 2)
+    paths = []
+    for i in range(7):
+        shutil.copytree(SAMPLES / "cpu-cnn-workers", tmp_path / f"r{i}")
+        paths.append(tmp_path / f"r{i}")
+    analyses = data._Analyses(workers=1, processes=True)
+    try:
+        for path in paths:  # all queued at once, as the runs page of a big root does
+            assert analyses.get(path) is None
+        done = [analyses.get(path, wait=240) for path in paths]  # a failsafe: each takes ~1 s
+        assert all(a is not None and a.report is not None for a in done), [a and a.error for a in done]
+        assert analyses.pools_started == 4  # 7 analyses, 2 per process of 1: the pool replaced thrice
+    finally:
+        analyses.shutdown(now=True)
