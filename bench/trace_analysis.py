@@ -42,7 +42,7 @@ t0 = time.perf_counter()
 from gpulens.profiler.analysis.trace import load_trace
 from gpulens.profiler.analysis.trace.analysis import analyze
 a = analyze(load_trace(sys.argv[1]))
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, a["temporal_breakdown"]["idle_pct"])
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, a.temporal_breakdown.idle_pct)
 """
 HTA = """
 import sys, time, resource, logging, warnings

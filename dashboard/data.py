@@ -24,7 +24,9 @@ from typing import Any
 
 from gpulens.profiler import GpulensError, RunError, RunReader, open_run
 from gpulens.profiler.analysis.gpus import mean_over_gpus
-from gpulens.profiler.analysis.report import Report
+from gpulens.profiler.analysis.report import Report, WindowError
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
+from gpulens.profiler.store.reader import Window
 from gpulens.profiler.store.runstore import is_run_dir, list_runs, member_dbs, run_dir_in
 
 CONFIG_KEY = "GPULENS_RUNS_ROOT"
@@ -198,8 +200,8 @@ class Analysis:
 
     report: Report | None = None
     advice: dict[str, Any] | None = None
-    windows: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[tuple[Window, TraceAnalysis]] = field(default_factory=list)
+    problems: list[WindowError] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     broken: bool = False  # the run's files could not be read (RunError), not an analysis bug
@@ -217,7 +219,7 @@ def analyse(path: Path) -> Analysis:
             report = analysis.figures
             advice = analysis.advice.as_dict()
             windows = [(a.window, a.analysis) for a in analysis.windows]
-            problems = [p.as_dict() for p in analysis.window_problems]
+            problems = analysis.window_problems
         return Analysis(report, advice, windows, problems, None, time.perf_counter() - t0,
                         figures=RunFigures.of(report))
     except GpulensError as exc:

@@ -163,7 +163,7 @@ def _write(checked: list[_Rank], run_dir: Path, run_id: str, base: str, world: i
             with open(src, "rb") as fin, gzip.open(dest, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
         # analysed now, from the trace already in memory: reports never parse it again
-        window_cache.store(dest, rank, window_cache.normalised(analyze(trace)))
+        window_cache.store(dest, rank, analyze(trace))
         off = trace.epoch_offset_us
         start, end = (float(trace.ts.min()) + off) / 1e6, (float(trace.end.max()) + off) / 1e6
         meta = {

@@ -214,17 +214,17 @@ def test_tensor_core_classification_agrees_with_gpm(tmp_path, gpu_out, dtype, tf
         pytest.skip("GPM needs Hopper or newer")
     run = _train_mlp(tmp_path, f"tc-{dtype}-{tf32}", dtype, tf32)
     ks = RunAnalysis(run).kernel_view
-    assert ks["windows"], ks["window_errors"]
-    assert ks["has_gpu"] and ks["kernels"]
+    assert ks.windows, ks.window_errors
+    assert ks.has_gpu and ks.kernels
     tensor = []
     for w in run.windows():
         s = run.series("gpm.tensor_active", 0, t0=w.t_start, t1=w.t_end + 0.3)
         tensor.extend(s.v.tolist())
     gpm_tensor = float(np.mean(tensor)) if tensor else float("nan")
-    share = ks["tensor_core_share"]
+    share = ks.tensor_core_share
     _note(gpu_out, f"tc_vs_gpm_{dtype}_tf32{tf32}", {"tc_share": share, "gpm_tensor_active": gpm_tensor,
-                                                     "top": [k["name"][:80] for k in ks["kernels"][:3]],
-                                                     "gpu_summary": ks["gpu_summary"]})
+                                                     "top": [k.name[:80] for k in ks.kernels[:3]],
+                                                     "gpu_summary": [g.as_dict() for g in ks.gpu_summary]})
     # GPM averages 200 ms intervals and a window lasts ~100 ms: the window's tensor activity is
     # diluted (measured 6.6% bf16, 13.2% TF32 on the H100), yet clearly apart from 0.003% for fp32.
     if dtype == "bf16" or tf32:

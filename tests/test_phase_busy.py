@@ -10,7 +10,9 @@ from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import RunAnalysis
 from gpulens.profiler.analysis.trace import load_trace
 from gpulens.profiler.analysis.trace.analysis import analyze
+from gpulens.profiler.analysis.report import read_section
 from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy, phase_gpu_busy
+from gpulens.profiler.analysis.trace.result import WindowPhaseBusy
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"
@@ -52,12 +54,14 @@ def test_work_queued_ahead_runs_through_the_data_wait_and_counts_there(tmp_path)
         "forward": {"host_us": 80.0 + 200.0, "gpu_busy_us": 50.0 + 145.0},
         "backward": {"host_us": 100.0, "gpu_busy_us": 50.0},
         "data_wait": {"host_us": 100.0, "gpu_busy_us": 60.0}}}
-    combined = combine_phase_busy([got, None, got])
-    assert list(combined["phases"]) == ["data_wait", "forward", "backward"] and combined["steps"] == 4
-    assert combined["complete"] and combined["reason"] is None and combined["counted_share"] == pytest.approx(0.96)
-    assert combined["phases"]["data_wait"]["gpu_busy_share"] == pytest.approx(0.6)
-    assert combined["phases"]["forward"]["host_us"] == 560.0
-    assert combine_phase_busy([combined]) == combined  # the dashboard may hand a combined view again
+    window = read_section(got, WindowPhaseBusy)  # as analyze() hands it on
+    combined = combine_phase_busy([window, None, window])
+    assert combined is not None
+    assert list(combined.phases) == ["data_wait", "forward", "backward"] and combined.steps == 4
+    assert combined.complete and combined.reason is None and combined.counted_share == pytest.approx(0.96)
+    assert combined.phases["data_wait"].gpu_busy_share == pytest.approx(0.6)
+    assert combined.phases["forward"].host_us == 560.0
+    assert window.phases["forward"].host_us == 280.0  # the windows are left as they were
 
 
 def test_a_gpu_running_behind_the_window_makes_the_split_unknown_not_zero(tmp_path):
@@ -69,9 +73,9 @@ def test_a_gpu_running_behind_the_window_makes_the_split_unknown_not_zero(tmp_pa
         events += [_launch(110 + i, 100 + i), _kernel(600_000 + 100 * i, 90, 100 + i)]
     got = phase_gpu_busy(load_trace(_write(tmp_path, "behind.json", events)))
     assert got["gpu_lag_us"] == pytest.approx(600_000 - 110) and sum(r["host_us"] for r in got["phases"].values()) == 0
-    combined = combine_phase_busy([got])
-    assert not combined["complete"] and combined["phases"] == {}
-    assert combined["reason"].startswith("the GPU ran 600 ms behind the host")
+    combined = combine_phase_busy([read_section(got, WindowPhaseBusy)])
+    assert combined is not None and not combined.complete and combined.phases == {}
+    assert combined.reason is not None and combined.reason.startswith("the GPU ran 600 ms behind the host")
 
 
 def test_a_real_h200_trace_shows_an_idle_gpu_through_every_data_wait():
@@ -98,6 +102,6 @@ def test_traces_without_ranges_or_gpu_work_have_none():
     cpu = SAMPLES / "cpu-cnn-workers"  # ranges, but no GPU
     for run in (h100, cpu):
         (trace_path,) = sorted((run / "traces").glob("*.pt.trace.json.gz"))[:1]
-        assert analyze(load_trace(trace_path))["phase_gpu_busy"] is None
+        assert analyze(load_trace(trace_path)).phase_gpu_busy is None
     with open_run(h100) as reader:
         assert RunAnalysis(reader, persist=False).report(suggestions=False).as_dict()["phase_gpu_busy"] is None

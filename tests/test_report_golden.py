@@ -93,3 +93,33 @@ def test_window_analyses_are_kept_beside_their_traces_and_reused(tmp_path, monke
     monkeypatch.undo()
     with open_run(run_dir) as run:
         assert RunAnalysis(run, persist=False).report().as_dict() == first
+
+
+def test_a_cached_analysis_of_the_wrong_shape_is_analysed_again_not_read(tmp_path):
+    """The cache beside a trace reads back through the analysis' types: a file with the right key but a
+    damaged or foreign analysis (a field of the wrong type, a key gpulens never wrote, not JSON at all) is
+    no cache -- the trace is parsed again and the report is the one from the trace."""
+    import shutil
+
+    import msgspec
+
+    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.analysis import window_cache
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(REPO / "sample_runs" / "cpu-cnn-workers", run_dir,
+                    ignore=shutil.ignore_patterns("*" + window_cache.SUFFIX))
+    (trace,) = sorted((run_dir / "traces").glob("*.pt.trace.json.gz"))
+    with open_run(run_dir) as run:
+        first = RunAnalysis(run).report().as_dict()
+    good = window_cache.cache_path(trace).read_bytes()
+    doc = msgspec.json.decode(good)
+    assert window_cache.load(trace, 0) is not None
+    wrong_type = {**doc, "analysis": {**doc["analysis"], "kernels": "many"}}
+    extra_key = {**doc, "analysis": {**doc["analysis"], "injected": 1}}
+    for bad in (msgspec.json.encode(wrong_type), msgspec.json.encode(extra_key), b'{"key": ', b"\x00" * 64):
+        window_cache.cache_path(trace).write_bytes(bad)
+        assert window_cache.load(trace, 0) is None
+        with open_run(run_dir) as run:
+            assert RunAnalysis(run).report().as_dict() == first
+        assert window_cache.cache_path(trace).read_bytes() == good  # written again, from the trace

@@ -241,11 +241,11 @@ def test_cpu_only_trace_from_real_training(tmp_path):
     assert [(w.first_step, w.last_step) for w in windows] == [(4, 5), (14, 15), (24, 24)]
     trace = load_trace(windows[0].path)
     a = analyze(trace)
-    assert a["has_gpu"] is False and a["note"] == "no GPU activity in this trace"
-    assert a["kernels"] == [] and a["temporal_breakdown"] is None and a["gpu_summary"] == []
-    ops = {o["name"] for o in a["cpu_ops"]}
+    assert a.has_gpu is False and a.note == "no GPU activity in this trace"
+    assert a.kernels == [] and a.temporal_breakdown is None and a.gpu_summary == []
+    ops = {o.name for o in a.cpu_ops}
     assert {"aten::addmm", "aten::mm"} & ops
-    assert [s["name"] for s in a["step_breakdown"]["steps"]] == ["ProfilerStep#4", "ProfilerStep#5"]
+    assert [s.name for s in a.step_breakdown.steps] == ["ProfilerStep#4", "ProfilerStep#5"]
     summary = summarize(reader)
     assert summary["trace_analysis"]["reason"].startswith("no GPU activity")
     flags = reader.steps().flags
@@ -362,4 +362,4 @@ def test_unusual_value_types_go_through_the_generic_parser(tmp_path):
     assert trace.corr.tolist() == [-1, 42, 42] and trace.ext.tolist() == [7, 7, -1]
     assert trace.stream.tolist() == [-1, -1, 7] and np.isnan(trace.blocks_per_sm[2])
     assert trace.shapes(0)[0] == [[4, 8], [8, 16]]
-    assert analyze(trace)["kernels"][0]["tensor_core"] is True
+    assert analyze(trace).kernels[0].tensor_core is True

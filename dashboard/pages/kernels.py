@@ -14,8 +14,10 @@ from gpulens.dashboard import theme as th
 from gpulens.dashboard.components import GRID_THEME
 from gpulens.dashboard.pages import register
 from gpulens.profiler import GpulensError
-from gpulens.profiler.analysis.kernel_view import combine
-from gpulens.profiler.analysis.trace.phase_busy import combine_phase_busy
+from gpulens.profiler.analysis.kernel_view import KernelView, combine
+from gpulens.profiler.analysis.report import WindowError
+from gpulens.profiler.analysis.trace.result import KernelStat, PhaseGpuBusy
+from gpulens.profiler.store.reader import Window
 
 ALL_WINDOWS = "all"
 CATEGORIES = tuple(th.CATEGORY_COLORS)
@@ -98,7 +100,7 @@ class Analysing(GpulensError):
         super().__init__("analysing this run… (this page fills in by itself)")
 
 
-def window_analysis(run_id: str, window: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+def window_analysis(run_id: str, window: str) -> tuple[KernelView, list[WindowError], Window | None]:
     """The combined analysis of one window (``rank:index``) or of all; plus unreadable windows and the window."""
     a = data.analysis(run_id)
     if a is None:
@@ -114,17 +116,17 @@ def window_analysis(run_id: str, window: str) -> tuple[dict[str, Any], list[dict
     raise GpulensError(f"no readable window {window!r} in this run")
 
 
-def kernel_rows(kernels: list[dict[str, Any]], categories: list[str] | None, search: str | None) -> list[dict]:
+def kernel_rows(kernels: list[KernelStat], categories: list[str] | None, search: str | None) -> list[dict]:
     rows = []
     needle = (search or "").strip().lower()
     for k in kernels:
-        if categories and k["category"] not in categories:
+        if categories and k.category not in categories:
             continue
-        if needle and needle not in k["name"].lower():
+        if needle and needle not in k.name.lower():
             continue
-        rows.append({"name": k["name"], "category": k["category"], "tensor_core": bool(k["tensor_core"]),
-                     "calls": k["calls"], "total_ms": k["total_us"] / 1e3, "mean_us": k["mean_us"],
-                     "max_us": k["max_us"], "share_pct": k["share"] * 100})
+        rows.append({"name": k.name, "category": k.category, "tensor_core": k.tensor_core, "calls": k.calls,
+                     "total_ms": k.total_us / 1e3, "mean_us": k.mean_us, "max_us": k.max_us,
+                     "share_pct": k.share * 100})
     return rows
 
 
@@ -135,69 +137,65 @@ def _table(head: tuple[str, ...], rows: list[list[Any]], cid: str) -> Any:
                        html.Tbody([html.Tr([html.Td(c) for c in r]) for r in rows])], className="table", id=cid)
 
 
-def breakdown_shares(an: dict[str, Any]) -> dict[str, float]:
+def breakdown_shares(an: KernelView) -> dict[str, float]:
     """The TensorBoard-style step breakdown as % of the profiled step (the report's "Kernel view" bar)."""
-    sb = an.get("step_breakdown_us") or {}
+    sb = an.step_breakdown_us
     total = sb.get("Total") or sum(v for k, v in sb.items() if k != "Total")
     if not total:
         return {}
     return {k: v / total * 100 for k, v in sb.items() if k != "Total" and v}
 
 
-def device_rows(an: dict[str, Any]) -> list[list[Any]]:
-    return [[f"rank {g['rank']}", f"GPU {g['device']}", str(g.get("steps", "")),
-             fmt.percent(g.get("gpu_utilization_pct")), fmt.percent(g.get("sm_efficiency_pct")),
-             fmt.percent(g.get("achieved_occupancy_pct")), fmt.percent(g.get("tensor_core_pct"))]
-            for g in an.get("gpu_summary") or []]
+def device_rows(an: KernelView) -> list[list[Any]]:
+    return [[f"rank {g.rank}", f"GPU {g.device}", str(g.steps), fmt.percent(g.gpu_utilization_pct),
+             fmt.percent(g.sm_efficiency_pct), fmt.percent(g.achieved_occupancy_pct), fmt.percent(g.tensor_core_pct)]
+            for g in an.gpu_summary]
 
 
-def idle_rows(an: dict[str, Any]) -> list[list[Any]]:
+def idle_rows(an: KernelView) -> list[list[Any]]:
     out = []
-    for r in an.get("idle") or []:
-        idle = r.get("idle_us") or 0.0
+    for r in an.idle:
+        idle = r.idle_us
 
-        def part(key: str, r: dict[str, Any] = r, idle: float = idle) -> str:
-            return f"{fmt.seconds(r.get(key, 0.0) / 1e6)} ({fmt.share(r.get(key, 0.0) / idle if idle else None)})"
+        def part(us: float, idle: float = idle) -> str:
+            return f"{fmt.seconds(us / 1e6)} ({fmt.share(us / idle if idle else None)})"
 
-        out.append([f"rank {r['rank']} GPU {r['device']} stream {r['stream']}", fmt.seconds(idle / 1e6),
-                    part("host_wait_us"), part("kernel_wait_us"), part("other_us")])
+        out.append([f"rank {r.rank} GPU {r.device} stream {r.stream}", fmt.seconds(idle / 1e6),
+                    part(r.host_wait_us), part(r.kernel_wait_us), part(r.other_us)])
     return out
 
 
-def phase_busy_rows(busy: dict[str, Any]) -> list[list[Any]]:
+def phase_busy_rows(busy: PhaseGpuBusy) -> list[list[Any]]:
     """GPU busy while the host was in each phase: gpulens' ranges in the window's trace against its kernels."""
-    return [[fmt.phase(name), fmt.seconds(row["host_us"] / 1e6), fmt.seconds(row["gpu_busy_us"] / 1e6),
-             fmt.share(row["gpu_busy_share"])] for name, row in busy.get("phases", {}).items()]
+    return [[fmt.phase(name), fmt.seconds(row.host_us / 1e6), fmt.seconds(row.gpu_busy_us / 1e6),
+             fmt.share(row.gpu_busy_share)] for name, row in busy.phases.items()]
 
 
-def cpu_op_rows(an: dict[str, Any], limit: int = 25) -> list[list[Any]]:
-    ops = sorted(an.get("top_cpu_ops") or [], key=lambda o: -o.get("self_us", 0.0))[:limit]
-    return [[o["name"], str(o["calls"]), f"{o['self_us'] / 1e3:.2f} ms", f"{o['total_us'] / 1e3:.2f} ms"] for o in ops]
+def cpu_op_rows(an: KernelView, limit: int = 25) -> list[list[Any]]:
+    ops = sorted(an.top_cpu_ops, key=lambda o: -o.self_us)[:limit]
+    return [[o.name, str(o.calls), f"{o.self_us / 1e3:.2f} ms", f"{o.total_us / 1e3:.2f} ms"] for o in ops]
 
 
-def gemm_rows(an: dict[str, Any]) -> list[list[Any]]:
-    return [[g["op"], f"{g['m']}×{g['n']}×{g['k']}", g.get("dtype", ""), str(g["calls"]),
-             f"{g['kernel_us']:.1f} µs", ", ".join(g.get("misaligned") or []) or "—"]
-            for g in an.get("gemm_shapes") or []]
+def gemm_rows(an: KernelView) -> list[list[Any]]:
+    return [[g.op, f"{g.m}×{g.n}×{g.k}", g.dtype, str(g.calls), f"{g.kernel_us:.1f} µs",
+             ", ".join(g.misaligned) or "—"] for g in an.gemm_shapes]
 
 
-def kernel_cards(an: dict[str, Any]) -> list[Any]:
-    launch = an.get("launch") or {}
-    gs = (an.get("gpu_summary") or [{}])[0] if an.get("gpu_summary") else {}
-    sync_calls = sum(v["calls"] for k, v in (an.get("sync") or {}).items() if not k.startswith("Memcpy"))
+def kernel_cards(an: KernelView) -> list[Any]:
+    launch = an.launch
+    gs = an.gpu_summary[0] if an.gpu_summary else None
+    sync_calls = sum(v.calls for k, v in an.sync.items() if not k.startswith("Memcpy"))
     return [
-        ui.card("GPU busy in window", fmt.percent(gs.get("gpu_utilization_pct")), "kernel time over window span",
-                cid="kc-busy"),
-        ui.card("Tensor-core share", fmt.share(an.get("tensor_core_share")),
-                f"eligible (GEMM/conv): {fmt.share(an.get('tc_eligible_share'))}", cid="kc-tc"),
-        ui.card("Kernels per step", f"{launch.get('kernels_per_step', 0):.0f}" if launch else "n/a",
-                f"{launch.get('kernels', 0)} kernels in {launch.get('steps', 0)} steps" if launch else "",
-                cid="kc-per-step"),
-        ui.card("Median kernel", f"{launch['median_kernel_us']:.1f} µs" if launch.get("median_kernel_us") else "n/a",
-                f"{fmt.share(launch.get('short_kernel_share'))} shorter than 10 µs" if launch else "",
-                cid="kc-median"),
-        ui.card("Launch (CPU)", f"{launch['median_launch_us']:.1f} µs" if launch.get("median_launch_us") else "n/a",
-                f"{fmt.share(launch.get('shorter_than_launch_share'))} of kernels shorter than their launch"
+        ui.card("GPU busy in window", fmt.percent(gs.gpu_utilization_pct if gs else None),
+                "kernel time over window span", cid="kc-busy"),
+        ui.card("Tensor-core share", fmt.share(an.tensor_core_share),
+                f"eligible (GEMM/conv): {fmt.share(an.tc_eligible_share)}", cid="kc-tc"),
+        ui.card("Kernels per step", f"{launch.kernels_per_step:.0f}" if launch and launch.kernels_per_step else "n/a",
+                f"{launch.kernels} kernels in {launch.steps} steps" if launch else "", cid="kc-per-step"),
+        ui.card("Median kernel", f"{launch.median_kernel_us:.1f} µs" if launch and launch.median_kernel_us else "n/a",
+                f"{fmt.share(launch.short_kernel_share)} shorter than 10 µs" if launch else "", cid="kc-median"),
+        ui.card("Launch (CPU)", f"{launch.median_launch_us:.1f} µs" if launch and launch.median_launch_us else "n/a",
+                f"{fmt.share(launch.shorter_than_launch_share)} of kernels shorter than their launch"
                 if launch else "", cid="kc-launch"),
         ui.card("Sync calls", str(sync_calls), "cudaDeviceSynchronize, cudaStreamSynchronize, …", cid="kc-sync"),
     ]
@@ -230,19 +228,19 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
                                    "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
     devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
                       "tensor-core kernels"), device_rows(an), "k-devices-table")
-    busy = combine_phase_busy([an.get("phase_gpu_busy")])  # one window's raw analysis, or all combined
+    busy = an.phase_gpu_busy
     idle = html.Div([
         _table(("stream", "idle", "waiting for the host", "waiting for other kernels", "other"),
                idle_rows(an), "k-idle-table"),
         html.H4("GPU busy while the host was in each phase"),
-        html.Div(busy["reason"], className="muted", id="k-phase-busy-table") if busy and busy["reason"] else
+        html.Div(busy.reason, className="muted", id="k-phase-busy-table") if busy and busy.reason else
         _table(("phase (host)", "host time", "GPU busy", "share"), phase_busy_rows(busy), "k-phase-busy-table")
         if busy else
         html.Div(_no_phase_busy_reason(an), className="muted", id="k-phase-busy-table")])
     ops = _table(("operator", "calls", "self", "total"), cpu_op_rows(an), "k-cpu-ops-table")
     gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
                   "k-gemm-table")
-    title = "Kernels" if an.get("kernels") else "Kernels — none: a CPU run (its operators are listed below)"
+    title = "Kernels" if an.kernels else "Kernels — none: a CPU run (its operators are listed below)"
     return fig, devices, idle, ops, gemm, title, True
 
 
@@ -274,46 +272,43 @@ def kernels_view(run_id: str, window: str, categories: list[str] | None, search:
     except GpulensError as exc:
         empty = figures.empty_figure(str(exc), theme, 150)
         return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], [], True
-    rows = kernel_rows(an.get("kernels") or [], categories, search)
-    cats = an.get("categories_us") or {}
+    rows = kernel_rows(an.kernels, categories, search)
+    cats = an.categories_us
     total = sum(cats.values()) or 1.0
     cat_fig = figures.share_bar_figure({k: v / total * 100 for k, v in cats.items()}, th.CATEGORY_COLORS,
                                        "GPU kernel time by category, % of kernel time", theme)
-    temporal = [{**r, "non_compute_pct": max(r.get("non_compute_pct", 0.0), 0.0)}
-                for r in an.get("temporal_breakdown") or []]
+    temporal = [{**r.as_dict(), "non_compute_pct": max(r.non_compute_pct, 0.0)} for r in an.temporal_breakdown]
     tmp_fig = figures.temporal_figure(temporal, theme)
-    memcpy = an.get("memcpy") or []
+    memcpy = an.memcpy
     memcpy_table = html.Table([
-        html.Thead(html.Tr([html.Th(h) for h in ("direction", "memory", "count", "bytes", "time", "GB/s")])),
-        html.Tbody([html.Tr([html.Td(m["direction"]), html.Td(m.get("memory", "")), html.Td(str(m["count"])),
-                             html.Td(fmt.bytes_(m["bytes"])), html.Td(f"{m['total_us']:.1f} µs"),
-                             html.Td(f"{m['gb_per_s']:.2f}" if m.get("gb_per_s") is not None else "")])
+        html.Thead(html.Tr([html.Th(h) for h in ("direction", "count", "bytes", "time", "GB/s")])),
+        html.Tbody([html.Tr([html.Td(m.direction), html.Td(str(m.count)), html.Td(fmt.bytes_(m.bytes)),
+                             html.Td(f"{m.total_us:.1f} µs"),
+                             html.Td(f"{m.gb_per_s:.2f}" if m.gb_per_s is not None else "")])
                     for m in memcpy])], className="table") if memcpy else html.Div("none", className="muted")
-    sync = an.get("sync") or {}
+    sync = an.sync
     sync_table = html.Table([
         html.Thead(html.Tr([html.Th("call"), html.Th("calls"), html.Th("time")])),
-        html.Tbody([html.Tr([html.Td(k), html.Td(str(v["calls"])), html.Td(f"{v['total_us']:.1f} µs")])
+        html.Tbody([html.Tr([html.Td(k), html.Td(str(v.calls)), html.Td(f"{v.total_us:.1f} µs")])
                     for k, v in sync.items()])], className="table") if sync else html.Div("none", className="muted")
     download: list[Any] = []
     if w is not None and w.path is not None:
         href = f"/download/trace/{quote(run_id)}/{w.rank}/{w.index}"
         download = [html.A("Download trace (.json.gz)", href=href, className="btn", id="k-trace-link"),
                     html.Span(" opens in ui.perfetto.dev or chrome://tracing", className="muted small")]
-    elif w is None and an.get("kernels"):
+    elif w is None and an.kernels:
         download = [html.Span("pick one window to download its trace", className="muted small")]
-    probs = [ui.notice(f"rank {p['rank']} window {p['window']}: {p['error']}", "warn") for p in problems]
-    if an.get("note"):
-        probs.append(ui.notice(an["note"], "info"))
-    if not an.get("available", True) and an.get("reason"):
-        probs.append(ui.notice(an["reason"], "info"))
+    probs = [ui.notice(f"rank {p.rank} window {p.window}: {p.error}", "warn") for p in problems]
+    if not an.available and an.reason:  # no readable window
+        probs.append(ui.notice(an.reason, "info"))
     return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs, True
 
 
 register(__name__, path_template="/run/<run_id>/kernels", title="gpulens · kernels", name="Kernels", layout=layout)
 
 
-def _no_phase_busy_reason(an: dict) -> str:
+def _no_phase_busy_reason(an: KernelView) -> str:
     """Why there is no GPU-busy-by-phase table: no GPU at all, or a trace without gpulens' phase ranges."""
-    if not an.get("has_gpu", bool(an.get("kernels"))):
+    if not an.has_gpu:
         return "no GPU in this run: the GPU's busy time by host phase needs CUDA kernels in the trace"
     return "no gpulens phase ranges in this trace (recorded by another tool, or before gpulens wrote ranges)"

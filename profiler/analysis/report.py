@@ -20,21 +20,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import numpy as np
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, UnsetType
+
+from gpulens.profiler.analysis.section import Section
+
+# rows the report prints as one trace's analysis has them, defined there (re-exported: report types live here)
+from gpulens.profiler.analysis.trace.result import CpuOp as CpuOp
+from gpulens.profiler.analysis.trace.result import GemmShape as GemmShape
+from gpulens.profiler.analysis.trace.result import PhaseBusy as PhaseBusy
+from gpulens.profiler.analysis.trace.result import PhaseGpuBusy as PhaseGpuBusy
+from gpulens.profiler.analysis.trace.result import SyncCalls as SyncCalls
+from gpulens.profiler.analysis.trace.result import TemporalRow as TemporalRow
 
 if TYPE_CHECKING:  # the report holds the advice as printed; the advisor measures from the report
     from gpulens.profiler.analysis.advisor.model import Advice
 
 T = TypeVar("T")
 Number = int | float  # a value that prints as the summary computed it (an int stays "3", a float "3.0")
-
-
-class Section(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A report section: attribute access, and the dict the JSON prints (UNSET keys left out)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(self)
-        return out
 
 
 # ---- run -------------------------------------------------------------------------------------------------------
@@ -287,19 +289,6 @@ class KernelRow(Section, kw_only=True):
     tensor_core: bool
 
 
-class TemporalRow(Section, kw_only=True):
-    """HTA's temporal breakdown of one rank."""
-
-    rank: int
-    idle_us: float
-    compute_us: float
-    non_compute_us: float
-    span_us: float
-    idle_pct: float
-    compute_pct: float
-    non_compute_pct: float
-
-
 class GpuSummaryRow(Section, kw_only=True):
     """The TensorBoard plugin's GPU summary of one rank's device."""
 
@@ -325,11 +314,6 @@ class Launch(Section, kw_only=True):
     runtime_outliers: int
 
 
-class SyncCalls(Section, kw_only=True):
-    calls: int
-    total_us: float
-
-
 class MemcpyRow(Section, kw_only=True):
     direction: str
     count: int
@@ -346,41 +330,6 @@ class IdleRow(Section, kw_only=True):
     host_wait_us: float
     kernel_wait_us: float
     other_us: float
-
-
-class CpuOp(Section, kw_only=True):
-    name: str
-    calls: int
-    total_us: float
-    self_us: float
-
-
-class GemmShape(Section, kw_only=True):
-    op: str
-    m: int
-    n: int
-    k: int
-    dtype: str
-    calls: int
-    kernel_us: float
-    multiple: int
-    misaligned: list[str]
-
-
-class PhaseBusy(Section, kw_only=True):
-    host_us: float
-    gpu_busy_us: float
-    gpu_busy_share: float | None
-
-
-class PhaseGpuBusy(Section, kw_only=True):
-    steps: int
-    ranges_us: float
-    gpu_lag_us: float | None
-    counted_share: float | None
-    complete: bool
-    reason: str | None
-    phases: dict[str, PhaseBusy]
 
 
 # ---- what-if, energy -------------------------------------------------------------------------------------------

@@ -20,33 +20,22 @@ from gpulens.profiler.analysis import window_cache
 from gpulens.profiler.analysis.advisor.engine import advise_measurements
 from gpulens.profiler.analysis.advisor.measure import Measurements, measure
 from gpulens.profiler.analysis.advisor.model import Advice
-from gpulens.profiler.analysis.kernel_view import kernel_view
-from gpulens.profiler.analysis.report import Report
+from gpulens.profiler.analysis.kernel_view import KernelView, kernel_view
+from gpulens.profiler.analysis.report import Report, WindowError
 from gpulens.profiler.analysis.summary import RunData, gather, summarize_data
 from gpulens.profiler.analysis.trace import load_trace
 from gpulens.profiler.analysis.trace.analysis import analyze
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.errors import RunError
 from gpulens.profiler.store.reader import RunReader, Window
 
 
 @dataclass(frozen=True)
 class WindowAnalysis:
-    """One profiler window and the analysis of its trace (:func:`analyze`'s keys)."""
+    """One profiler window and the analysis of its trace."""
 
     window: Window
-    analysis: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class WindowProblem:
-    """A window whose trace could not be read, and why (``window_errors`` in the report)."""
-
-    rank: int
-    window: int
-    error: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "window": self.window, "error": self.error}
+    analysis: TraceAnalysis
 
 
 class RunAnalysis:
@@ -58,25 +47,25 @@ class RunAnalysis:
         self.persist = persist
 
     @cached_property
-    def _windows(self) -> tuple[list[WindowAnalysis], list[WindowProblem]]:
+    def _windows(self) -> tuple[list[WindowAnalysis], list[WindowError]]:
         done: list[WindowAnalysis] = []
-        problems: list[WindowProblem] = []
+        problems: list[WindowError] = []
         for w in self.run.windows():
             if w.path is None or w.status == "failed":
-                problems.append(WindowProblem(w.rank, w.index, w.error or "no trace file"))
+                problems.append(WindowError(rank=w.rank, window=w.index, error=w.error or "no trace file"))
                 continue
             try:
                 done.append(WindowAnalysis(w, self._analysis_of(w)))
             except RunError as exc:
-                problems.append(WindowProblem(w.rank, w.index, str(exc)))
+                problems.append(WindowError(rank=w.rank, window=w.index, error=str(exc)))
         return done, problems
 
-    def _analysis_of(self, w: Window) -> dict[str, Any]:
+    def _analysis_of(self, w: Window) -> TraceAnalysis:
         assert w.path is not None
         cached = window_cache.load(w.path, w.rank)
         if cached is not None:
             return cached
-        analysis = window_cache.normalised(analyze(load_trace(w.path, rank=w.rank)))
+        analysis = analyze(load_trace(w.path, rank=w.rank))
         if self.persist:
             window_cache.store(w.path, w.rank, analysis)
         return analysis
@@ -87,15 +76,15 @@ class RunAnalysis:
         return self._windows[0]
 
     @property
-    def window_problems(self) -> list[WindowProblem]:
+    def window_problems(self) -> list[WindowError]:
         """Windows whose trace could not be read."""
         return self._windows[1]
 
     @cached_property
-    def kernel_view(self) -> dict[str, Any]:
+    def kernel_view(self) -> KernelView:
         """All windows combined (the report's kernel keys, with ``windows`` and ``window_errors``)."""
         return kernel_view([(a.window, a.analysis) for a in self.windows],
-                           [p.as_dict() for p in self.window_problems])
+                           self.window_problems)
 
     @cached_property
     def data(self) -> RunData:

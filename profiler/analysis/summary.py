@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from msgspec import to_builtins
 
 from gpulens.profiler.analysis.energy import EnergyCurve, PowerSplit, energy_summary, gpu_energy
+from gpulens.profiler.analysis.kernel_view import KernelView, empty
 from gpulens.profiler.analysis.peaks import mfu
 from gpulens.profiler.analysis.whatif import what_if_result
 from gpulens.profiler.store import schema
@@ -44,7 +46,7 @@ class RunData:
     series: list[SeriesInfo]
     metrics: dict[tuple[str, int, int], dict[str, Any] | None]  # metric_entry() per (metric, gpu, rank)
     events: list[Event]
-    kernel: dict[str, Any] | None = None  # the kernel view (analysis.kernel_view); None = not gathered
+    kernel: KernelView | None = None  # the kernel view (analysis.kernel_view); None = not gathered
     flops: list[FlopCount] | None = None
     nodes: list[Node] = field(default_factory=list)  # empty: one node, described by ``meta``
     rank_durations: dict[int, Any] = field(default_factory=dict)  # rank -> steady step times (s)
@@ -67,7 +69,7 @@ def metric_entry(series: Series) -> dict[str, Any] | None:
     return entry
 
 
-def gather(run: RunReader, kernel: dict[str, Any]) -> RunData:
+def gather(run: RunReader, kernel: KernelView) -> RunData:
     """Read what the summary needs, one series at a time: a day-long 8-GPU run never sits in memory whole."""
     infos = run.series_list()
     nodes = run.nodes()
@@ -288,8 +290,6 @@ def summarize_data(data: RunData) -> dict[str, Any]:
 
     loss = steps.loss[np.isfinite(steps.loss)] if len(steps) else np.zeros(0)
     nvml = _of(meta.get("nvml"), dict) or {}
-    from gpulens.profiler.analysis.kernel_view import empty
-
     kernel = data.kernel if data.kernel is not None else empty("trace analysis not gathered")
     return {
         "schema": REPORT_SCHEMA,
@@ -320,26 +320,18 @@ def summarize_data(data: RunData) -> dict[str, Any]:
         "events": [{"t": e.t, "kind": e.kind, "gpu": e.gpu, "message": e.message, "rank": e.rank}
                    for e in data.events],
         "mfu": mfu_summary(data, step_time),
-        "trace_analysis": {"available": kernel["available"], "reason": kernel["reason"],
-                           "has_gpu": kernel["has_gpu"]},
-        "windows": kernel.get("windows", []),
-        "window_errors": kernel.get("window_errors", []),
-        "kernels": [{"name": k["name"], "calls": k["calls"], "total_us": k["total_us"], "mean_us": k["mean_us"],
-                     "max_us": k["max_us"], "share": k["share"], "category": k["category"],
-                     "tensor_core": k["tensor_core"]} for k in kernel["kernels"]],
-        "categories_us": kernel["categories_us"],
-        "tensor_core_share": kernel["tensor_core_share"],
-        "tc_eligible_share": kernel["tc_eligible_share"],
-        "temporal_breakdown": kernel["temporal_breakdown"],
-        "gpu_summary": kernel["gpu_summary"],
-        "step_breakdown_us": kernel["step_breakdown_us"],
-        "launch": kernel["launch"],
-        "sync": kernel["sync"],
-        "memcpy": kernel["memcpy"],
-        "idle": kernel["idle"],
-        "top_cpu_ops": kernel["top_cpu_ops"],
-        "gemm_shapes": kernel.get("gemm_shapes", []),
-        "phase_gpu_busy": kernel.get("phase_gpu_busy"),
+        "trace_analysis": {"available": kernel.available, "reason": kernel.reason, "has_gpu": kernel.has_gpu},
+        "windows": to_builtins(kernel.windows),
+        "window_errors": to_builtins(kernel.window_errors),
+        "kernels": [{"name": k.name, "calls": k.calls, "total_us": k.total_us, "mean_us": k.mean_us,
+                     "max_us": k.max_us, "share": k.share, "category": k.category,
+                     "tensor_core": k.tensor_core} for k in kernel.kernels],
+        "categories_us": kernel.categories_us,
+        "tensor_core_share": kernel.tensor_core_share,
+        "tc_eligible_share": kernel.tc_eligible_share,
+        **{key: to_builtins(getattr(kernel, key)) for key in (
+            "temporal_breakdown", "gpu_summary", "step_breakdown_us", "launch", "sync", "memcpy", "idle",
+            "top_cpu_ops", "gemm_shapes", "phase_gpu_busy")},
         "what_if": what_if_result(steps, meta),
         "energy": energy_summary(data.energy_curves, data.power_fits, steps, _per_step_work(steps)),
     }

@@ -2,18 +2,22 @@
 
 ``traces/<trace>.gpulens-analysis.json`` holds :func:`analyze`'s result with
 the trace file's size and modification time and the analysis version: a
-changed trace, or an analysis gpulens computes differently now, reads as
-no cache.  Writing is best effort (a read-only run is analysed in memory,
-every time, as before) and atomic (a reader never sees half a file).
+changed trace, an analysis gpulens computes differently now, or a file that
+is not a :class:`TraceAnalysis` (damaged, foreign) reads as no cache.
+Writing is best effort (a read-only run is analysed in memory, every time,
+as before) and atomic (a reader never sees half a file).
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
+
+from gpulens.profiler.analysis.trace.analysis import plain
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
 
 log = logging.getLogger("gpulens")
 
@@ -37,43 +41,32 @@ def _key(trace: Path, rank: int) -> dict[str, Any] | None:
             "rank": rank}
 
 
-def load(trace: Path, rank: int) -> dict[str, Any] | None:
+class _Cached(msgspec.Struct):
+    key: dict[str, Any]
+    analysis: TraceAnalysis
+
+
+def load(trace: Path, rank: int) -> TraceAnalysis | None:
     """The cached analysis of ``trace`` if it is still the analysis of that file, else None."""
     key = _key(trace, rank)
     if key is None:
         return None
     try:
-        doc = msgspec.json.decode(cache_path(trace).read_bytes())
-    except (OSError, msgspec.DecodeError):
+        doc = msgspec.json.decode(cache_path(trace).read_bytes(), type=_Cached)
+    except (OSError, msgspec.DecodeError):  # ValidationError is a DecodeError: not this version's record
         return None
-    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("analysis"), dict):
-        return None
-    return cast(dict[str, Any], doc["analysis"])
+    return doc.analysis if doc.key == key else None
 
 
-def store(trace: Path, rank: int, analysis: dict[str, Any]) -> None:
+def store(trace: Path, rank: int, analysis: TraceAnalysis) -> None:
     key = _key(trace, rank)
     if key is None:
         return
     path = cache_path(trace)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(msgspec.json.encode({"key": key, "analysis": analysis}, enc_hook=_plain))
+        tmp.write_bytes(msgspec.json.encode(_Cached(key, analysis), enc_hook=plain))
         os.replace(tmp, path)
     except (OSError, TypeError, msgspec.EncodeError) as exc:  # a read-only run: analysed in memory only
         tmp.unlink(missing_ok=True)
         log.debug("gpulens: window analysis not cached (%s)", exc)
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and paths as JSON values (what json.dumps(default=...) would have written)."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot cache a {type(value).__name__}")
-
-
-def normalised(analysis: dict[str, Any]) -> dict[str, Any]:
-    """``analysis`` as it reads back from its cache (tuples as lists, numpy as Python): one shape either way."""
-    return cast(dict[str, Any], msgspec.json.decode(msgspec.json.encode(analysis, enc_hook=_plain)))

@@ -27,6 +27,7 @@ from gpulens.profiler.analysis.report import (
     WindowEntry,
 )
 from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.reader import RunReader, Window
 from gpulens.profiler.store.schema import PHASES
@@ -190,7 +191,7 @@ def recorded_by(meta: dict[str, Any]) -> str:
     return "gpulens run" if "auto" in meta else "track"  # runs recorded before the key existed
 
 
-def measure(run: RunReader, done: list[tuple[Window, dict[str, Any]]], report: Report) -> Measurements:
+def measure(run: RunReader, done: list[tuple[Window, TraceAnalysis]], report: Report) -> Measurements:
     """Measurements of a run from its window analyses (``(window, analysis)`` pairs) and report figures
     (:class:`~gpulens.profiler.analysis.run_analysis.RunAnalysis` hands them in)."""
     meta = run.info.meta
@@ -391,7 +392,7 @@ def _gpu_by_phase(m: Measurements, run: RunReader, steps: Any) -> None:
     m.sm_active_windows = window_means(sm.t, sm.v, [(w.t_start, w.t_end) for w in m.windows])
 
 
-def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> list[RankTiming]:
+def _rank_timings(run: RunReader, done: list[tuple[Window, TraceAnalysis]]) -> list[RankTiming]:
     out = []
     node_of = {r: n for n in run.nodes() for r in n.ranks}
     for rank in run.ranks:
@@ -405,7 +406,7 @@ def _rank_timings(run: RunReader, done: list[tuple[Window, dict[str, Any]]]) -> 
         mine = [a for w, a in done if w.rank == rank]
         comm_s = None
         if mine:
-            sb = combine(mine)["step_breakdown_us"]
+            sb = combine(mine).step_breakdown_us
             if sb.get("Total"):
                 comm_s = sb.get("Communication", 0.0) / 1e6
         if comm_s is None:  # no window: the DDP all-reduce hook's per-step wall time (gloo)

@@ -1,7 +1,16 @@
-"""Every analysis of one trace at once, as plain JSON-able data."""
+"""Every analysis of one trace at once, as one typed record (:class:`.result.TraceAnalysis`).
+
+The analyzers compute with numpy and hand back plain rows; :func:`analyze`
+checks them against the record's types once, through the same JSON form the
+cache beside the trace keeps, so a fresh analysis and a cached one are the
+same values (numpy scalars as Python numbers, tuples as lists).
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from gpulens.profiler.analysis.trace.cpu_ops import cpu_op_table
 from gpulens.profiler.analysis.trace.gemm_shapes import gemm_shapes
@@ -12,13 +21,14 @@ from gpulens.profiler.analysis.trace.launch import launch_stats, sync_stats
 from gpulens.profiler.analysis.trace.memcpy import memcpy_stats
 from gpulens.profiler.analysis.trace.model import Trace
 from gpulens.profiler.analysis.trace.phase_busy import phase_gpu_busy
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.analysis.trace.tc_eligible import tc_eligible_share
 from gpulens.profiler.analysis.trace.temporal import stream_breakdown, temporal_breakdown
 
 NO_GPU = "no GPU activity in this trace"
 
 
-def analyze(trace: Trace) -> dict[str, Any]:
+def analyze(trace: Trace) -> TraceAnalysis:
     kernels = kernel_table(trace)
     has_gpu = trace.has_gpu
     out: dict[str, Any] = {
@@ -28,7 +38,7 @@ def analyze(trace: Trace) -> dict[str, Any]:
         "devices": trace.device_properties,
         "has_gpu": has_gpu,
         "note": None if has_gpu else NO_GPU,
-        "kernels": [k.as_dict() for k in kernels],
+        "kernels": kernels,
         "categories_us": category_times(kernels),
         "tensor_core_share": tensor_core_share(trace),
         "tc_eligible_share": tc_eligible_share(trace),
@@ -44,4 +54,18 @@ def analyze(trace: Trace) -> dict[str, Any]:
         "step_breakdown": step_breakdown(trace),
         "phase_gpu_busy": phase_gpu_busy(trace),
     }
-    return out
+    return typed(out)
+
+
+def typed(analysis: dict[str, Any]) -> TraceAnalysis:
+    """``analysis`` (the analyzers' rows) as the record, exactly as it reads back from its JSON cache."""
+    return msgspec.json.decode(msgspec.json.encode(analysis, enc_hook=plain), type=TraceAnalysis)
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars and paths as JSON values (what json.dumps(default=...) would have written)."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")

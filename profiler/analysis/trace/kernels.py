@@ -1,29 +1,11 @@
 """Kernel table and tensor-core share."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 
 from gpulens.profiler.analysis.trace.model import Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import classify
-
-
-@dataclass
-class KernelStat:
-    name: str
-    category: str
-    tensor_core: bool
-    calls: int
-    total_us: float
-    mean_us: float
-    max_us: float
-    min_us: float
-    share: float  # of all GPU work time (kernels + memcpy + memset)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from gpulens.profiler.analysis.trace.result import KernelStat
 
 
 def _window_mask(trace: Trace, window: tuple[float, float] | None) -> np.ndarray:
@@ -55,8 +37,9 @@ def kernel_table(trace: Trace, window: tuple[float, float] | None = None,
     for i, nid in enumerate(uniq):
         name = trace.names[nid]
         category, tc = classify(name)
-        out.append(KernelStat(name, category, tc, int(calls[i]), float(total[i]), float(total[i] / calls[i]),
-                              float(mx[i]), float(mn[i]), float(total[i] / grand)))
+        out.append(KernelStat(name=name, category=category, tensor_core=tc, calls=int(calls[i]),
+                              total_us=float(total[i]), mean_us=float(total[i] / calls[i]), max_us=float(mx[i]),
+                              min_us=float(mn[i]), share=float(total[i] / grand)))
     out.sort(key=lambda k: -k.total_us)
     return out
 

@@ -16,6 +16,7 @@ busy" in every phase -- its window's kernels all ran after the window's steps ha
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from gpulens.profiler.analysis.trace.intervals import merge, overlap
 from gpulens.profiler.analysis.trace.model import Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import LAUNCH_RUNTIME
+from gpulens.profiler.analysis.trace.result import PhaseBusy, PhaseGpuBusy, PhaseTimes, WindowPhaseBusy
 
 PREFIX = "gpulens."
 STEP_PREFIX = "gpulens.step#"
@@ -87,23 +89,22 @@ def _first_kernel(trace: Trace, t0: float, t1: float) -> tuple[float, float] | N
     return float(trace.ts[launch].min()), float(trace.ts[i])
 
 
-def combine_phase_busy(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+def combine_phase_busy(parts: Sequence[WindowPhaseBusy | None]) -> PhaseGpuBusy | None:
     """Windows and ranks together: times add up, shares come from the sums (in the order steps run);
     ``complete`` False (with the ``reason``) when the GPU ran so far behind that under half of the phase
-    time could be counted.  A combined result combines again to itself (the dashboard's window picker
-    hands either kind)."""
-    found = [p for p in parts if p]
+    time could be counted."""
+    found = [p for p in parts if p is not None]
     if not found:
         return None
-    total: dict[str, dict[str, float]] = {}
+    total: dict[str, PhaseTimes] = {}
     for p in found:
-        for name, row in p["phases"].items():
-            acc = total.setdefault(name, {"host_us": 0.0, "gpu_busy_us": 0.0})
-            acc["host_us"] += row["host_us"]
-            acc["gpu_busy_us"] += row["gpu_busy_us"]
-    ranges = sum(p.get("ranges_us") or 0.0 for p in found)
-    counted = sum(row["host_us"] for row in total.values())
-    lags = [p["gpu_lag_us"] for p in found if p.get("gpu_lag_us") is not None]
+        for name, row in p.phases.items():
+            acc = total.setdefault(name, PhaseTimes(host_us=0.0, gpu_busy_us=0.0))
+            acc.host_us += row.host_us
+            acc.gpu_busy_us += row.gpu_busy_us
+    ranges = sum(p.ranges_us or 0.0 for p in found)
+    counted = sum(row.host_us for row in total.values())
+    lags = [p.gpu_lag_us for p in found if p.gpu_lag_us is not None]
     lag = max(lags) if lags else None
     complete = ranges > 0 and counted >= MIN_COUNTED * ranges
     reason = None
@@ -113,8 +114,11 @@ def combine_phase_busy(parts: list[dict[str, Any] | None]) -> dict[str, Any] | N
                   "is unknown")
     order = ("data_wait", "forward", "backward", "optimizer")
     names = [n for n in order if n in total] + sorted(n for n in total if n not in order)
-    return {"steps": sum(p["steps"] for p in found), "ranges_us": ranges, "gpu_lag_us": lag,
-            "counted_share": counted / ranges if ranges else None, "complete": complete, "reason": reason,
-            "phases": {n: {**total[n], "gpu_busy_share": (total[n]["gpu_busy_us"] / total[n]["host_us"]
-                                                          if total[n]["host_us"] > 0 else None)}
-                       for n in names} if complete else {}}
+    phases = {}
+    for n in names if complete else ():
+        t = total[n]
+        phases[n] = PhaseBusy(host_us=t.host_us, gpu_busy_us=t.gpu_busy_us,
+                              gpu_busy_share=t.gpu_busy_us / t.host_us if t.host_us > 0 else None)
+    return PhaseGpuBusy(steps=sum(p.steps for p in found), ranges_us=ranges, gpu_lag_us=lag,
+                        counted_share=counted / ranges if ranges else None, complete=complete, reason=reason,
+                        phases=phases)
