@@ -17,18 +17,18 @@ __all__ = ["track", "TrackedRun", "SamplingConfig", "ProfileConfig", "probe_batc
            "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gpulens.hooks.probe import probe_batch_sizes
-    from gpulens.hooks.profiling import ProfileConfig
-    from gpulens.hooks.tracking import TrackedRun, track
+    from gpulens.hooks.track.probe import probe_batch_sizes
+    from gpulens.hooks.track.profiling import ProfileConfig
+    from gpulens.hooks.track.tracking import TrackedRun, track
     from gpulens.notebook import Run, load, show
     from gpulens.profiler.record.recorder import SamplingConfig
 
 _LAZY = {
-    "track": ("gpulens.hooks.tracking", "track"),
-    "TrackedRun": ("gpulens.hooks.tracking", "TrackedRun"),
+    "track": ("gpulens.hooks.track.tracking", "track"),
+    "TrackedRun": ("gpulens.hooks.track.tracking", "TrackedRun"),
     "SamplingConfig": ("gpulens.profiler.record.recorder", "SamplingConfig"),
-    "ProfileConfig": ("gpulens.hooks.profiling", "ProfileConfig"),
-    "probe_batch_sizes": ("gpulens.hooks.probe", "probe_batch_sizes"),
+    "ProfileConfig": ("gpulens.hooks.track.profiling", "ProfileConfig"),
+    "probe_batch_sizes": ("gpulens.hooks.track.probe", "probe_batch_sizes"),
     "load": ("gpulens.notebook", "load"),
     "show": ("gpulens.notebook", "show"),
     "Run": ("gpulens.notebook", "Run"),

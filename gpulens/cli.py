@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise GpulensError(f"--{flag.replace('_', '-')} must be a positive number")
     if args.what_if:
-        from gpulens.hooks.whatif import parse_what_if
+        from gpulens.hooks.track.whatif import parse_what_if
 
         parse_what_if(args.what_if)  # a bad value is one line and exit 2 here, not a warning in the run
     launch = prepare(args.command_args, module=args.module, name=args.name, runs_dir=args.runs_dir, run_id=args.run_id,

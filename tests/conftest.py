@@ -55,7 +55,7 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True)
 def _no_leftover_active_run():
     yield
-    import gpulens.hooks.tracking as track_mod
+    import gpulens.hooks.track.tracking as track_mod
 
     active = track_mod._active
     if active is not None and not active._closed:

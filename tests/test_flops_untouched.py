@@ -1,7 +1,7 @@
 """FLOP counting never changes what the user's training computes.
 
 The FLOPs of a step are counted on a meta-device copy of the model after the
-step (hooks/flops.py): a compiled model is never run eagerly, no random
+step (hooks/track/flops.py): a compiled model is never run eagerly, no random
 generator moves, the user's hooks are not called.  The weights a script gets
 under ``gpulens run`` are those it gets without it, bit for bit, and the
 count is the one torch's own FlopCounterMode gives for the real step.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import gpulens
-from gpulens.hooks.flops import ModuleCall, count_calls
+from gpulens.hooks.track.flops import ModuleCall, count_calls
 from gpulens.profiler import open_run
 
 PROBE = str(Path(__file__).resolve().parent / "scripts" / "weights_probe.py")

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 
 import gpulens
-from gpulens.hooks.hidden_hooks import is_gpulens_hook
-from gpulens.hooks.kineto_output import kineto_quiet, split_kineto
+from gpulens.hooks.track.hidden_hooks import is_gpulens_hook
+from gpulens.hooks.track.kineto_output import kineto_quiet, split_kineto
 from gpulens.profiler import open_run
 from gpulens.profiler.store.reader import node_key
 

@@ -183,7 +183,7 @@ def _train_mlp(tmp_path, name, dtype, tf32=False, steps=40):
     import torch.nn as nn
 
     import gpulens
-    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.hooks.track.profiling import ProfileConfig
     from gpulens.profiler import open_run
 
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -278,7 +278,7 @@ def test_cuda_windows_shapes_first_window_and_unscaled_fp16_loss(tmp_path, gpu_o
     import torch.nn as nn
 
     import gpulens
-    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.hooks.track.profiling import ProfileConfig
     from gpulens.profiler import open_run
     from gpulens.profiler.analysis.trace import load_trace
 
@@ -303,7 +303,7 @@ def test_cuda_windows_shapes_first_window_and_unscaled_fp16_loss(tmp_path, gpu_o
     expected = torch.stack(losses).cpu().numpy()
     got = steps.loss
     ok = np.isfinite(got)
-    # a CUDA loss is copied at most every 20 ms (hooks/cuda.py): these 30 steps take ~0.15 s on an H200,
+    # a CUDA loss is copied at most every 20 ms (hooks/track/cuda.py): these 30 steps take ~0.15 s on an H200,
     # so about 6 are read (seen: 6 of 30) -- each of them unscaled (the scale is 65536)
     assert ok.sum() >= 3 and np.allclose(got[ok], expected[:len(got)][ok], rtol=1e-3)
     windows = reader.windows()
@@ -320,7 +320,7 @@ def test_cuda_what_if_energy_and_nvtx(tmp_path, gpu_out):
     from torch.utils.data import DataLoader, TensorDataset
 
     import gpulens
-    from gpulens.hooks.ranges import TraceRanges
+    from gpulens.hooks.track.ranges import TraceRanges
     from gpulens.profiler import RunAnalysis, open_run
     from gpulens.profiler.analysis.energy import curve
 
@@ -438,7 +438,7 @@ def test_phase_gpu_busy_tells_a_hidden_data_wait_from_an_exposed_one(tmp_path, g
     import torch
 
     import gpulens
-    from gpulens.hooks.profiling import ProfileConfig
+    from gpulens.hooks.track.profiling import ProfileConfig
     from gpulens.profiler import RunAnalysis, open_run
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpulens.hooks.runmeta import job_wide_id, rank_env
+from gpulens.hooks.track.runmeta import job_wide_id, rank_env
 from gpulens.profiler.store.members import Entry, resolve
 from gpulens.profiler.store.mirror import parse_listing
 from gpulens.profiler.store.segments import parse_segment_name, plan

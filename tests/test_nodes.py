@@ -17,7 +17,7 @@ import pytest
 
 from helpers import TINY_TRAIN
 
-from gpulens.hooks.runmeta import node_count, node_rank, rank_env
+from gpulens.hooks.track.runmeta import node_count, node_rank, rank_env
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import RunAnalysis
 from gpulens.profiler.store.writer import RunWriter
@@ -137,7 +137,7 @@ def test_clock_offset_through_a_real_tcp_store_and_no_answer_costs_only_the_meas
 
     import torch.distributed as dist
 
-    from gpulens.hooks import clocksync
+    from gpulens.hooks.track import clocksync
 
     server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
                            timeout=timedelta(seconds=10))
@@ -168,7 +168,7 @@ def test_rank_0_closing_still_answers_the_peers_that_asked():
 
     import torch.distributed as dist
 
-    from gpulens.hooks import clocksync
+    from gpulens.hooks.track import clocksync
 
     server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
                            timeout=timedelta(seconds=10))
@@ -198,7 +198,7 @@ def test_rank_0_closing_before_a_peer_asked_waits_for_the_nodes_it_expects():
 
     import torch.distributed as dist
 
-    from gpulens.hooks import clocksync
+    from gpulens.hooks.track import clocksync
 
     server = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False,
                            timeout=timedelta(seconds=10))
@@ -229,7 +229,7 @@ def test_a_clock_measured_while_the_run_closes_is_kept(tmp_path, monkeypatch):
     import torch  # noqa: F401  (the clock sync starts only with torch loaded)
 
     import gpulens
-    from gpulens.hooks import clocksync
+    from gpulens.hooks.track import clocksync
 
     measured = {"offset_s": 0.004, "uncertainty_s": 0.0002, "rounds": 8, "against_rank": 0}
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from train_loops import SlowImages, train_cnn
 
 import gpulens
-from gpulens.hooks.steps import StepRecorder
+from gpulens.hooks.track.steps import StepRecorder
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import summarize
 
@@ -104,7 +104,7 @@ class _Clock:
 
 
 def test_custom_and_nested_phases_are_charged_exclusively(runs_dir, monkeypatch):
-    from gpulens.hooks import steps as steps_mod
+    from gpulens.hooks.track import steps as steps_mod
 
     clock = _Clock()
     monkeypatch.setattr(steps_mod, "time", clock)
@@ -130,7 +130,7 @@ def test_custom_and_nested_phases_are_charged_exclusively(runs_dir, monkeypatch)
 def test_phase_aliases():
     rows = []
     rec = StepRecorder(rows.append, warmup_steps=0)
-    from gpulens.hooks.steps import phase_slot
+    from gpulens.hooks.track.steps import phase_slot
 
     for name in ("fwd", "bwd", "optim", "data"):
         rec.enter(*phase_slot(name))
@@ -192,7 +192,7 @@ def test_multiprocessings_helper_processes_are_not_counted_as_workers():
 
 def test_dataloader_workers_are_the_loaders_own_processes_not_every_child(runs_dir):
     """torch.compile's compile workers, the g++ they run, a subprocess of the script: children that load no
-    data.  The DataLoader names its workers (hooks/loader_workers.py); everything else is another child."""
+    data.  The DataLoader names its workers (hooks/track/loader_workers.py); everything else is another child."""
     import subprocess
     import time
 

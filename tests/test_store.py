@@ -562,7 +562,7 @@ def test_foreign_truncated_and_hostile_objects_make_their_run_broken_and_nothing
 
 
 def test_secrets_stay_out_of_argv_metadata_messages_and_objects(tmp_path, cache, s3):
-    from gpulens.hooks.runmeta import redact_argv
+    from gpulens.hooks.track.runmeta import redact_argv
     from gpulens.profiler.store.remote import redact
 
     assert redact("ftp://alice:hunter2@host/runs") == "ftp://***@host/runs"

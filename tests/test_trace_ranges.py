@@ -1,4 +1,4 @@
-"""Steps and phases as record_function ranges in profiler windows (hooks/ranges.py): the chrome trace a
+"""Steps and phases as record_function ranges in profiler windows (hooks/track/ranges.py): the chrome trace a
 window writes -- what Perfetto, HTA and TensorBoard read -- has one range per phase per recorded step."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 import gpulens  # noqa: E402
 from gpulens import ProfileConfig  # noqa: E402
-from gpulens.hooks.ranges import TraceRanges, under_nsight  # noqa: E402
+from gpulens.hooks.track.ranges import TraceRanges, under_nsight  # noqa: E402
 from gpulens.profiler import RunAnalysis, open_run  # noqa: E402
 from gpulens.profiler.analysis.trace import load_trace  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Measured what-ifs (hooks/whatif.py, profiler/analysis/whatif.py): a stretch of the real CPU training loop
+"""Measured what-ifs (hooks/track/whatif.py, profiler/analysis/whatif.py): a stretch of the real CPU training loop
 run with replayed batches or at another batch size, flagged, left out of throughput, and measured."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gpulens.hooks.whatif import FLAG_WHATIF, SETTLE_STEPS, WhatIf, WhatIfPlan, parse_what_if, resize_batch  # noqa: E402
+from gpulens.hooks.track.whatif import FLAG_WHATIF, SETTLE_STEPS, WhatIf, WhatIfPlan, parse_what_if, resize_batch  # noqa: E402
 from gpulens.profiler import RunAnalysis, open_run  # noqa: E402
 from gpulens.profiler.errors import GpulensError  # noqa: E402
 
@@ -245,7 +245,7 @@ def test_report_json_has_the_what_if_key_for_every_run(tmp_path: Path) -> None:
 
 def test_a_failing_what_if_never_reaches_the_loop(monkeypatch) -> None:
     """Copying the batch fails (out of memory, say): the loop gets its real batches and the run says why."""
-    import gpulens.hooks.whatif as whatif_module
+    import gpulens.hooks.track.whatif as whatif_module
 
     def no_memory(batch, torch):
         raise MemoryError("cannot allocate 4 GiB")

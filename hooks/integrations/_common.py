@@ -14,7 +14,7 @@ def start_run(name: str | None, kwargs: dict[str, Any], steps_by: str, **known: 
     then stand down (the framework says where steps end), and ``steps_by`` is
     recorded so the run says how its steps were found.
     """
-    from gpulens.hooks.tracking import track
+    from gpulens.hooks.track.tracking import track
 
     options = {k: v for k, v in known.items() if v is not None}
     options.update(kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpulens.hooks.steps import infer_batch_size
+from gpulens.hooks.track.steps import infer_batch_size
 from gpulens.integrations._common import end_run, loss_of, start_run
 
 

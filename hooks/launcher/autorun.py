@@ -53,7 +53,7 @@ def start() -> Any:
         print(f"gpulens: not recording: bad {ENV_OPTIONS} ({exc})", file=sys.stderr)
         return None
     from gpulens.hooks.launcher import children  # not before: a launcher (torchrun's agent) imports no more than this
-    from gpulens.hooks.options import track_kwargs
+    from gpulens.hooks.track.options import track_kwargs
 
     _configure_logging(bool(options.get("quiet")))
     options["name"] = options.get("name") or program_name(argv)
@@ -62,7 +62,7 @@ def start() -> Any:
         children.arm(options, start_method="spawn")
         return None
     os.environ[ENV_OWNER] = str(os.getpid())
-    from gpulens.hooks.tracking import track
+    from gpulens.hooks.track.tracking import track
 
     run = track(options["name"], auto=True, **track_kwargs(options))
     if run.closed:

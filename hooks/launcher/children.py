@@ -106,8 +106,8 @@ class _Trigger:
 
 def _start_child_run(torch: Any, options: dict[str, Any], start_method: str) -> None:
     from gpulens.hooks.launcher import started
-    from gpulens.hooks.options import track_kwargs
-    from gpulens.hooks.tracking import track
+    from gpulens.hooks.track.options import track_kwargs
+    from gpulens.hooks.track.tracking import track
 
     child: dict[str, Any] = {"parent_pid": _parent_pid(), "start_method": start_method}
     try:

@@ -1,6 +1,6 @@
 """What a measured what-if showed: its stretch's steps against the run's own steady steps.
 
-The stretch (hooks/whatif.py) ran the user's loop with replayed batches
+The stretch (hooks/track/whatif.py) ran the user's loop with replayed batches
 (``synthetic-data``) or at another batch size; both sides are real steps of
 the same process, so the comparison carries the same noise-aware interval as
 ``gpulens compare`` (:mod:`noise`).  Profiled steps inside the stretch are

@@ -203,7 +203,7 @@ class Node:
     ranks: list[int]
     sampling_rank: int | None  # the training rank that sampled it; None: a process that trains nothing, or none
     gpus: list[dict[str, Any]]  # the sampler's GPU descriptions (index, name, uuid, ...)
-    clock: dict[str, Any] | None = None  # offset_s, uncertainty_s against rank 0 (hooks/clocksync.py)
+    clock: dict[str, Any] | None = None  # offset_s, uncertainty_s against rank 0 (hooks/track/clocksync.py)
     #: the reader's key of the database holding this node's GPU and host series: ``sampling_rank``, or the
     #: key of the node's sampling process (:func:`node_key`), None when nothing sampled it
     sampler: int | None = None
@@ -614,7 +614,7 @@ class RunReader:
 
     @corrupt_run_errors
     def _align_clocks(self) -> None:
-        """Put every rank on rank 0's clock: each node's offset measured against it (hooks/clocksync.py)."""
+        """Put every rank on rank 0's clock: each node's offset measured against it (hooks/track/clocksync.py)."""
         by_node: dict[int, list[_RankDB]] = {}
         for db in self._dbs.values():
             by_node.setdefault(int(db.meta.get("node_rank") or 0), []).append(db)

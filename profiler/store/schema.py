@@ -67,9 +67,9 @@ MIRROR_ROLLUP_LEVELS = tuple(level for level in ROLLUP_LEVELS if level >= 10)
 #: step-time statistics leave out.
 FLAG_WARMUP = 1
 FLAG_PROFILED = 2
-#: A measured what-if's stretch and the steps settling after it (hooks/whatif.py): not the run's own pace.
+#: A measured what-if's stretch and the steps settling after it (hooks/track/whatif.py): not the run's own pace.
 FLAG_WHATIF = 4
-#: torch.compile compiled during the step (hooks/compile_time.py): one-off work, its seconds in ``@compile``.
+#: torch.compile compiled during the step (hooks/track/compile_time.py): one-off work, its seconds in ``@compile``.
 FLAG_COMPILE = 8
 
 #: meta["nvml"]["reason"] of a rank that leaves the node's GPUs and host to the process sampling them.

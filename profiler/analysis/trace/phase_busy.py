@@ -1,6 +1,6 @@
 """GPU busy while the host was in each training phase, from gpulens' own ranges in a window's trace.
 
-Inside profiler windows every phase of a step is a ``gpulens.<phase>`` range (hooks/ranges.py), on the
+Inside profiler windows every phase of a step is a ``gpulens.<phase>`` range (hooks/track/ranges.py), on the
 same clock as the kernels.  The share of each phase's host time during which a GPU stream ran anything
 is then exact for the profiled steps -- where the split of the sampled GPM SM activity by phase
 (:mod:`gpulens.profiler.analysis.phase_activity`) is a least-squares fit that the readings often cannot

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpulens.hooks.steps import infer_batch_size
+from gpulens.hooks.track.steps import infer_batch_size
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.schema import FLAG_WHATIF
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpulens.hooks.hidden_hooks import ModuleHooks, gpulens_hook, tracing
-from gpulens.hooks.modelinfo import live_root_modules
+from gpulens.hooks.track.hidden_hooks import ModuleHooks, gpulens_hook, tracing
+from gpulens.hooks.track.modelinfo import live_root_modules
 
 log = logging.getLogger("gpulens")
 

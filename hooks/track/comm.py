@@ -14,7 +14,7 @@ DDP itself, so a user hook registered later in training would fail -- DDP's
 documentation asks for hooks before training starts).  DDP cannot take a hook
 back, so after the run closes ours goes on averaging, as the default does,
 without timing; and DDP models pickle and copy without it (the class stays
-hidden, :mod:`gpulens.hooks.hidden_hooks`).
+hidden, :mod:`gpulens.hooks.track.hidden_hooks`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from gpulens.hooks.hidden_hooks import gpulens_hook, hide_class
+from gpulens.hooks.track.hidden_hooks import gpulens_hook, hide_class
 
 log = logging.getLogger("gpulens")
 

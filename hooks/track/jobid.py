@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from gpulens.hooks.clocksync import default_store
+from gpulens.hooks.track.clocksync import default_store
 
 log = logging.getLogger("gpulens")
 
@@ -50,7 +50,7 @@ def agree(torch: Any, rank: int, run_id: str, settled: bool, on_agreed: Callable
                 store.set(key(), run_id)
                 return
             # polled, not waited for: a store client serves one request at a time, and a wait would hold it
-            # (the clock pings, hooks/clocksync.py, share it) until rank 0's first step
+            # (the clock pings, hooks/track/clocksync.py, share it) until rank 0's first step
             deadline = time.monotonic() + wait.total_seconds()
             while not store.check([key()]):
                 if time.monotonic() > deadline:

@@ -196,7 +196,7 @@ def distributed_backend() -> str | None:
 
 def start_meta(options: Any, run_id: str, profile: Any, model: dict[str, Any] | None,
                ranks: dict[str, Any]) -> dict[str, Any]:
-    """A rank's metadata as recording starts (``options``: :class:`~gpulens.hooks.options.RunOptions`)."""
+    """A rank's metadata as recording starts (``options``: :class:`~gpulens.hooks.track.options.RunOptions`)."""
     from gpulens import __version__
     from gpulens.profiler.store import clock
 

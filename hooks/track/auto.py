@@ -42,12 +42,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gpulens.hooks.hidden_hooks import ModuleHooks, compiling_check, gpulens_hook
-from gpulens.hooks.modelinfo import live_root_modules
-from gpulens.hooks.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
+from gpulens.hooks.track.hidden_hooks import ModuleHooks, compiling_check, gpulens_hook
+from gpulens.hooks.track.modelinfo import live_root_modules
+from gpulens.hooks.track.steps import BACKWARD, DATA, FORWARD, OPTIMIZER, infer_batch_size
 
 if TYPE_CHECKING:
-    from gpulens.hooks.tracking import TrackedRun
+    from gpulens.hooks.track.tracking import TrackedRun
 
 log = logging.getLogger("gpulens")
 
@@ -80,7 +80,7 @@ class AutoSteps:
         self._undo: list[Callable[[], None]] = []
         self._module_hooks = ModuleHooks(torch)
         self._roots: set[int] = set()
-        self._root_refs: list[weakref.ref] = []  # the hooked root modules, for FLOP counting (hooks/flops.py)
+        self._root_refs: list[weakref.ref] = []  # the hooked root modules, for FLOP counting (hooks/track/flops.py)
         self._anchor: int | None = None
         self._train_thread: int | None = threading.main_thread().ident
         self._opt_depth = 0
@@ -259,7 +259,7 @@ class AutoSteps:
 
     def _describe(self, optimizer: Any) -> None:
         """Which optimizer, on which device, with which implementation (once per optimizer)."""
-        from gpulens.hooks.modelinfo import optimizer_meta
+        from gpulens.hooks.track.modelinfo import optimizer_meta
 
         self._described[id(optimizer)] = optimizer_meta(optimizer)
         self.run.set_meta(optimizers=list(self._described.values()))

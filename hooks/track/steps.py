@@ -68,7 +68,7 @@ class StepRecorder:
     """Per-step accounting; ``emit`` receives finished rows (schema.STEP_COLUMNS order).
 
     ``gpu`` is an optional object with ``begin_step``, ``mark``, ``end_step``
-    and ``poll`` (see :class:`gpulens.hooks.cuda.CudaStepTimer`); it is
+    and ``poll`` (see :class:`gpulens.hooks.track.cuda.CudaStepTimer`); it is
     attached once the training code initialises CUDA.
     """
 
@@ -95,7 +95,7 @@ class StepRecorder:
         self.pre_step: Callable[[int], int] | None = None  # returns extra flags for the ending step
         self.post_step: Callable[[int, Any], None] | None = None  # called as the next step opens
         self.step_flags: Callable[[int], int] | None = None  # flags by step index (a what-if's stretch)
-        self.ranges: Any = None  # TraceRanges (hooks/ranges.py): steps and phases as trace/NVTX ranges
+        self.ranges: Any = None  # TraceRanges (hooks/track/ranges.py): steps and phases as trace/NVTX ranges
         self._range_depths: list[int] = []  # phase-stack depth each open range was pushed at (-1: the step)
         self._calls_at_last_next = -1
         self._batch_samples: int | None = None

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from gpulens.hooks.steps import OTHER, Row, loss_value
+from gpulens.hooks.track.steps import OTHER, Row, loss_value
 from gpulens.profiler.store.schema import GPU_PHASES, GPU_STEP, LOSS, MEM_ALLOCATED, MEM_PEAK, MEM_RESERVED
 
 

@@ -13,7 +13,7 @@ thread; the chrome trace export (which releases the GIL) and its gzip run on
 a background thread at the lowest CPU priority, so a busy host gives the
 training threads the cores first.  The window is recorded in the database
 only once its file is complete.  Kineto's log lines are kept out of the
-user's terminal (:mod:`gpulens.hooks.kineto_output`).
+user's terminal (:mod:`gpulens.hooks.track.kineto_output`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpulens.hooks.kineto_output import kineto_quiet
+from gpulens.hooks.track.kineto_output import kineto_quiet
 from gpulens.profiler.store import clock
 from gpulens.profiler.store.writer import RunWriter
 

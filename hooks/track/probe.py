@@ -199,7 +199,7 @@ def _steps(torch: Any, model: Any, inputs: Any, target: Any, optimizer: Any, los
 def _store(result: ProbeResult) -> None:
     """Attach the probe to the active run (if any), where the advisor looks for it."""
     try:
-        from gpulens.hooks import tracking
+        from gpulens.hooks.track import tracking
 
         run = tracking.active_run()
         if run is not None:

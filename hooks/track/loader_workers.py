@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from gpulens.hooks.hidden_hooks import gpulens_hook
+from gpulens.hooks.track.hidden_hooks import gpulens_hook
 
 log = logging.getLogger("gpulens")
 

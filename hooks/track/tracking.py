@@ -27,23 +27,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpulens.hooks import run_end, runmeta
-from gpulens.hooks.compile_time import CompileClock
-from gpulens.hooks.lifecycle import Lifecycle
-from gpulens.hooks.modelinfo import model_meta
-from gpulens.hooks.options import RunOptions
-from gpulens.hooks.profiling import ProfilerWindows
 from gpulens.hooks.run_env import ENV_RUN_ID_SCOPE, without_autorun
-from gpulens.hooks.steps import StepRecorder, phase_slot
+from gpulens.hooks.track import run_end, runmeta
+from gpulens.hooks.track.compile_time import CompileClock
+from gpulens.hooks.track.lifecycle import Lifecycle
+from gpulens.hooks.track.modelinfo import model_meta
+from gpulens.hooks.track.options import RunOptions
+from gpulens.hooks.track.profiling import ProfilerWindows
+from gpulens.hooks.track.steps import StepRecorder, phase_slot
 from gpulens.profiler.record.recorder import Recorder
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, runs_root, validate_run_id
 from gpulens.profiler.store.schema import FLAG_COMPILE, FLAG_PROFILED
 
 if TYPE_CHECKING:  # the attachments, imported when torch (or a store, or an exporter) is there
-    from gpulens.hooks.auto import AutoSteps
-    from gpulens.hooks.comm import CommTimer
-    from gpulens.hooks.flops import StepFlops
-    from gpulens.hooks.whatif import WhatIf
+    from gpulens.hooks.track.auto import AutoSteps
+    from gpulens.hooks.track.comm import CommTimer
+    from gpulens.hooks.track.flops import StepFlops
+    from gpulens.hooks.track.whatif import WhatIf
     from gpulens.profiler.export.prometheus import RunExporter
     from gpulens.profiler.store.publisher import PublisherProcess
 
@@ -104,7 +104,7 @@ class TrackedRun:
         self._lifecycle = Lifecycle(self._close_at_exit)
         self._windows: ProfilerWindows | None = None
         self._flops: StepFlops | None = None
-        self._loader_hook = False  # hooks/loader_workers.py installed for this run
+        self._loader_hook = False  # hooks/track/loader_workers.py installed for this run
         self._compile_clock = CompileClock()
         self._auto_wanted = opts.auto
         self._auto: AutoSteps | None = None  # once torch is there (gpulens run)
@@ -120,7 +120,7 @@ class TrackedRun:
         self._model = opts.model  # for DDP all-reduce timing once torch is attached; dropped at close
         self._comm: CommTimer | None = None
         self._child = opts.child  # a child process of the recording one (gpulens.hooks.launcher.children)
-        self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/whatif.py)
+        self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/track/whatif.py)
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         self._slot = 0
@@ -128,7 +128,7 @@ class TrackedRun:
         self._auto_role = False
         self._id_settled = True
         self._job_run_id: str | None = None
-        self._id_thread: threading.Thread | None = None  # reads rank 0's run id (hooks/jobid.py)
+        self._id_thread: threading.Thread | None = None  # reads rank 0's run id (hooks/track/jobid.py)
         try:
             self._start()
         except Exception as exc:
@@ -172,7 +172,7 @@ class TrackedRun:
         env_id = os.environ.get("GPULENS_RUN_ID")
         given = opts.run_id or env_id or runmeta.shared_run_id(self.name)
         # an id is the job's when given, or derived from something job-wide; a node's own id waits for the
-        # process group, through which every rank learns rank 0's (hooks/jobid.py)
+        # process group, through which every rank learns rank 0's (hooks/track/jobid.py)
         self._id_settled = bool(opts.run_id) or ranks["world_size"] <= 1 or (
             os.environ.get(ENV_RUN_ID_SCOPE) == "job" if env_id else runmeta.job_wide_id())
         root = runs_root(opts.runs_dir)
@@ -237,7 +237,7 @@ class TrackedRun:
                 "auto": self._auto_role or (self._child is not None and pg_rank is None)}
 
     def _on_job_run_id(self, run_id: str) -> None:
-        """The job's run id, agreed through the process group (hooks/jobid.py): the store gets one run."""
+        """The job's run id, agreed through the process group (hooks/track/jobid.py): the store gets one run."""
         self._job_run_id = run_id
         self._id_settled = True
         if run_id != self.id and self._recorder is not None:  # also while closing: the database is still open
@@ -248,7 +248,7 @@ class TrackedRun:
                                                   child.get("process_group_rank", 0)))
 
     def _start_what_if(self, text: str) -> None:
-        from gpulens.hooks.whatif import WhatIf, parse_what_if
+        from gpulens.hooks.track.whatif import WhatIf, parse_what_if
 
         try:
             plan = parse_what_if(text)
@@ -289,7 +289,7 @@ class TrackedRun:
         writer = self._recorder.writer
         try:
             if not self._loader_hook:
-                from gpulens.hooks import loader_workers
+                from gpulens.hooks.track import loader_workers
 
                 loader_workers.install(torch)
                 self._loader_hook = True
@@ -298,14 +298,14 @@ class TrackedRun:
                 self._windows = ProfilerWindows(torch, self.path, self._slot, self._profile, writer)
                 self._windows.begin_if_first()
             if self.options.count_flops and not self.options.flops_given and self._flops is None:
-                from gpulens.hooks.flops import StepFlops
+                from gpulens.hooks.track.flops import StepFlops
 
                 self._flops = StepFlops(torch, writer.flops, at=self.options.flops_at(),
                                         roots=self._known_roots)
             if self._model is not None:
                 self.attach_comm(torch, self._model)
             if self._auto_wanted and self._auto is None:
-                from gpulens.hooks.auto import AutoSteps
+                from gpulens.hooks.track.auto import AutoSteps
 
                 self._auto = AutoSteps(self, torch)
                 self._auto.install()
@@ -322,7 +322,7 @@ class TrackedRun:
         """Steps and phases as ranges in profiler windows' traces, and as NVTX ranges under Nsight Systems."""
         if self._rec.ranges is not None:
             return
-        from gpulens.hooks.ranges import TraceRanges, under_nsight
+        from gpulens.hooks.track.ranges import TraceRanges, under_nsight
 
         nvtx = self.options.nvtx if self.options.nvtx is not None else under_nsight()
         if not (self._profile.enabled or nvtx):
@@ -337,7 +337,7 @@ class TrackedRun:
     def attach_comm(self, torch: ModuleType, model: Any) -> None:
         """Time the gradient all-reduce of a (gloo) DDP model, stored per step as ``@comm``."""
         if self._comm is None:
-            from gpulens.hooks.comm import CommTimer
+            from gpulens.hooks.track.comm import CommTimer
 
             self._comm = CommTimer()
         if self._comm.attach(torch, model):
@@ -381,7 +381,7 @@ class TrackedRun:
         self._end_step(samples, tokens, loss, True)
 
     def auto_step(self, loss: Any = None) -> None:
-        """A step boundary found by :class:`~gpulens.hooks.auto.AutoSteps` (or a framework callback)."""
+        """A step boundary found by :class:`~gpulens.hooks.track.auto.AutoSteps` (or a framework callback)."""
         if self._recording:
             self._end_step(None, None, loss, False)
 
@@ -503,7 +503,7 @@ class TrackedRun:
                 flops.begin(step, shape)  # never inside a profiler window: its trace would hold the count
 
     def _agree_run_id(self) -> None:
-        """The job's run id from rank 0, through the process group's store (hooks/jobid.py)."""
+        """The job's run id from rank 0, through the process group's store (hooks/track/jobid.py)."""
         torch = sys.modules.get("torch")
         if torch is None or self.id is None:
             return
@@ -511,18 +511,18 @@ class TrackedRun:
             rank = int(torch.distributed.get_rank())
         except Exception:
             return
-        from gpulens.hooks.jobid import agree
+        from gpulens.hooks.track.jobid import agree
 
         if rank == 0:
             self._on_job_run_id(self.id)
         self._id_thread = agree(torch, rank, self.id, self._id_settled and rank != 0, self._on_job_run_id)
 
     def _start_clock_sync(self) -> None:
-        """Measure this node's clock against rank 0's through the job's store (hooks/clocksync.py)."""
+        """Measure this node's clock against rank 0's through the job's store (hooks/track/clocksync.py)."""
         torch = sys.modules.get("torch")
         if torch is None or self._child is not None or self._clock_stop is not None:
             return
-        from gpulens.hooks.clocksync import start
+        from gpulens.hooks.track.clocksync import start
 
         ranks = runmeta.rank_env()
         self._clock_stop = threading.Event()
@@ -541,7 +541,7 @@ class TrackedRun:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_initialized():
             return
-        from gpulens.hooks.cuda import CudaStepTimer
+        from gpulens.hooks.track.cuda import CudaStepTimer
 
         self._rec.gpu = CudaStepTimer(torch, self._emit, interval=self.options.cuda_timing_interval)
         if self._recorder is not None:
@@ -629,7 +629,7 @@ class TrackedRun:
         if self._auto is not None:
             self._auto.finish()  # while recording is on: the last iteration's update ends its step
         if self._loader_hook:
-            from gpulens.hooks import loader_workers
+            from gpulens.hooks.track import loader_workers
 
             self._loader_hook = False
             loader_workers.uninstall()
@@ -645,13 +645,13 @@ class TrackedRun:
             # asked before it lets them go
             if self._rank == 0 and self._clock_stop is not None:
                 self._clock_stop.set()
-            from gpulens.hooks.clocksync import CLOSE_WAIT_S
+            from gpulens.hooks.track.clocksync import CLOSE_WAIT_S
 
             self._clock_thread.join(timeout=CLOSE_WAIT_S)
             if self._clock_measured is not None and self._recorder is not None:
                 self._recorder.writer.meta(clock=self._clock_measured)
         if self._id_thread is not None:  # rank 0's run id may not have reached this rank yet
-            from gpulens.hooks.clocksync import CLOSE_WAIT_S
+            from gpulens.hooks.track.clocksync import CLOSE_WAIT_S
 
             self._id_thread.join(timeout=CLOSE_WAIT_S)
 
@@ -749,7 +749,7 @@ class TrackedRun:
 
     @property
     def step_recorder(self) -> StepRecorder:
-        """The step and phase accounting (for :class:`~gpulens.hooks.auto.AutoSteps`' hot path)."""
+        """The step and phase accounting (for :class:`~gpulens.hooks.track.auto.AutoSteps`' hot path)."""
         return self._rec
 
     def set_meta(self, **values: Any) -> None:
