@@ -25,6 +25,7 @@ from gpulens.profiler.analysis.trace import intervals as iv
 from gpulens.profiler.analysis.trace.analysis import analyze
 from gpulens.profiler.analysis.trace.model import Cat, Trace
 from gpulens.profiler.analysis.trace.parse import load_trace
+from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.runstore import new_run_id, rank_db_name, run_dir_in, slug
 from gpulens.profiler.store.schema import STEP_COLUMNS
@@ -92,17 +93,22 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
 
 @dataclass
 class _Rank:
-    """One trace, checked and turned into what its rank database will hold, before anything is written."""
+    """One trace, checked and turned into what its rank database will hold, before anything is written.
+
+    It keeps what the run needs (steps, GPUs, the analysis), not the trace: ranks are read one at a time,
+    so eight 500 MB traces import in the memory of one."""
 
     path: Path
-    trace: Trace
     rank: int
     gpus: list[dict[str, Any]]
     steps: list[tuple[Any, ...]]
     world: int
+    analysis: TraceAnalysis
+    start: float
+    end: float
 
 
-def _checked(path: str | Path, trace: Trace, rank: int) -> _Rank:
+def _checked(path: str | Path, trace: Trace) -> _Rank:
     """The trace's metadata as the PyTorch profiler writes it, or a one-line error naming the file."""
     try:
         dist = trace.meta.get("distributedInfo") or {}
@@ -112,9 +118,13 @@ def _checked(path: str | Path, trace: Trace, rank: int) -> _Rank:
                                                                     for p in trace.device_properties):
             raise TypeError("deviceProperties is not a list of objects")
         world = int(dist.get("world_size", 1) or 1)
-        return _Rank(Path(path), trace, rank, _gpus(trace), _step_rows(trace), world)
+        gpus, steps = _gpus(trace), _step_rows(trace)
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         raise GpulensError(f"{path}: not a PyTorch profiler trace gpulens can import ({exc})") from None
+    off = trace.epoch_offset_us
+    start, end = (float(trace.ts.min()) + off) / 1e6, (float(trace.end.max()) + off) / 1e6
+    # analysed now, from the trace in memory: reports never parse it again
+    return _Rank(Path(path), trace.rank, gpus, steps, world, analyze(trace), start, end)
 
 
 def import_traces(paths: list[str | Path], root: Path, name: str | None = None) -> Path:
@@ -128,11 +138,10 @@ def import_traces(paths: list[str | Path], root: Path, name: str | None = None) 
         raise GpulensError("no trace files given")
     if root.exists() and not root.is_dir():
         raise GpulensError(f"{root}: not a directory (the runs root)")
-    traces = [load_trace(p) for p in paths]
-    ranks = [t.rank for t in traces]
-    if len(set(ranks)) != len(ranks):
-        ranks = list(range(len(traces)))
-    checked = [_checked(p, t, r) for p, t, r in zip(paths, traces, ranks)]
+    checked = [_checked(p, load_trace(p)) for p in paths]  # one trace in memory at a time
+    if len({c.rank for c in checked}) != len(checked):
+        for i, c in enumerate(checked):
+            c.rank = i
     base = name or Path(str(paths[0])).name.split(".")[0]
     run_id = new_run_id(f"imported-{slug(base)}")
     run_dir = run_dir_in(root, run_id) if root.exists() else root / run_id
@@ -153,19 +162,16 @@ def import_traces(paths: list[str | Path], root: Path, name: str | None = None) 
 def _write(checked: list[_Rank], run_dir: Path, run_id: str, base: str, world: int) -> None:
     first = checked[0].rank
     for item in checked:
-        trace, rank, src = item.trace, item.rank, item.path
+        rank, src, start, end = item.rank, item.path, item.start, item.end
         dest = run_dir / "traces" / f"rank-{rank}.imported.pt.trace.json.gz"
         with open(src, "rb") as fin:
             gzipped = fin.read(2) == b"\x1f\x8b"
         if gzipped:
             shutil.copyfile(src, dest)
-        else:
-            with open(src, "rb") as fin, gzip.open(dest, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        # analysed now, from the trace already in memory: reports never parse it again
-        window_cache.store(dest, rank, analyze(trace))
-        off = trace.epoch_offset_us
-        start, end = (float(trace.ts.min()) + off) / 1e6, (float(trace.end.max()) + off) / 1e6
+        else:  # level 1: a gigabyte in seconds, not a minute (the copy is kept for re-analysis, not archived)
+            with open(src, "rb") as fin, gzip.open(dest, "wb", compresslevel=1) as fout:
+                shutil.copyfileobj(fin, fout, 4 << 20)
+        window_cache.store(dest, rank, item.analysis)
         meta = {
             "run_id": run_id, "name": base, "status": "finished", "start": start, "end": end,
             "rank": rank, "local_rank": rank, "world_size": world, "imported_from": str(src.resolve()),

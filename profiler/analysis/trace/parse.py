@@ -1,17 +1,15 @@
 """Reading a PyTorch profiler chrome trace (plain or gzipped JSON) into a :class:`Trace`.
 
-Decoding is typed (msgspec): only the fields gpulens reads are materialised,
-as small structs instead of dicts, and input shapes stay raw JSON until an
-analyzer asks for them.  That is what makes large traces cheap (see
-bench/trace_analysis.py).  Anything that is not a readable PyTorch profiler
-trace raises :class:`TraceError` with a one-line reason naming the file.
+The file is read in chunks (``source``), split into pieces of whole events (``jsonsplit``) and each
+piece decoded typed (msgspec: only the fields gpulens reads, as small structs, input shapes kept as raw
+JSON until an analyzer asks) and turned into columns at once, so the document is never held whole: a
+1 GB trace parses in a fraction of its size (bench/trace_analysis.py).  Anything that is not a readable
+PyTorch profiler trace raises :class:`TraceError` with a one-line reason naming the file.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import zlib
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -19,13 +17,13 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from gpulens.profiler.analysis.trace.jsonsplit import EventSplitter, JsonShapeError
 from gpulens.profiler.analysis.trace.model import CATEGORY_NAMES, Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import SHAPE_OPS
-from gpulens.profiler.errors import RunError
-
-
-class TraceError(RunError):
-    """A trace file that cannot be analysed; the message is one line."""
+from gpulens.profiler.analysis.trace.source import ENV_MAX_TRACE as ENV_MAX_TRACE
+from gpulens.profiler.analysis.trace.source import TraceError as TraceError
+from gpulens.profiler.analysis.trace.source import json_chunks
+from gpulens.profiler.analysis.trace.source import max_trace_bytes as max_trace_bytes
 
 
 class _Args(msgspec.Struct, rename={"ext": "External id", "ext_lower": "external id", "bps": "blocks per SM",
@@ -61,137 +59,54 @@ class _Event(msgspec.Struct):
     args: _Args | None = None
 
 
-class _Doc(msgspec.Struct):
-    traceEvents: list[_Event]
-    schemaVersion: Any = None
-    deviceProperties: Any = None
-    distributedInfo: Any = None
-    displayTimeUnit: Any = None
-    baseTimeNanoseconds: Any = None
-
-
-_DECODER = msgspec.json.Decoder(_Doc)
+_EVENTS = msgspec.json.Decoder(list[_Event])
 _META_KEYS = ("schemaVersion", "deviceProperties", "distributedInfo", "displayTimeUnit", "baseTimeNanoseconds")
 _PYTORCH_CATS = {"cpu_op", "operator", "user_annotation", "cuda_runtime", "runtime", "kernel",
                  "python_function", "gpu_memcpy", "gpu_memset", "cuda_driver", "gpu_user_annotation"}
 _DIGITS = re.compile(r"(\d+)\s*$")
-
-
-def _read_bytes(p: Path) -> bytes:
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise TraceError(p, f"cannot read: {exc.strerror or exc}") from None
-    if not raw:
-        raise TraceError(p, "empty file, not a trace")
-    if raw[:2] == b"\x1f\x8b":
-        raw = _gunzip(p, raw)
-    elif len(raw) > max_trace_bytes():
-        raise TraceError(p, f"{len(raw) / 2**20:.0f} MiB of JSON: more than the {max_trace_bytes() / 2**20:.0f} MiB "
-                            f"a trace may hold here (set {ENV_MAX_TRACE} to raise it)")
-    return raw
-
-
-#: Environment variable raising the cap on a trace's decompressed size (bytes).
-ENV_MAX_TRACE = "GPULENS_MAX_TRACE_BYTES"
-#: Real Kineto JSON compresses 10-20x; a "trace" that inflates more than this is a gzip bomb, not a trace.
-MAX_RATIO = 100
-
-
-def max_trace_bytes() -> int:
-    """Most bytes of JSON a trace may decompress to (4 GiB, or ``$GPULENS_MAX_TRACE_BYTES``)."""
-    try:
-        return max(1, int(os.environ.get(ENV_MAX_TRACE, "")))
-    except ValueError:
-        return 4 << 30
-
-
-def _gunzip(p: Path, raw: bytes) -> bytes:
-    """Decompress in bounded pieces: a small file cannot make us hold gigabytes."""
-    limit = min(max_trace_bytes(), max(64 << 20, MAX_RATIO * len(raw)))
-    out = bytearray()
-    data = raw
-    try:
-        while data:
-            inflater = zlib.decompressobj(wbits=31)  # one gzip member at a time (concatenated members are valid)
-            while data:
-                out += inflater.decompress(data, 1 << 20)
-                if len(out) > limit:
-                    raise TraceError(p, f"decompresses to more than {limit / 2**20:.0f} MiB "
-                                        f"({len(raw) / 2**20:.1f} MiB compressed): not a profiler trace, or "
-                                        f"a larger one than allowed (set {ENV_MAX_TRACE})")
-                data = inflater.unconsumed_tail
-            if not inflater.eof:
-                raise TraceError(p, "truncated gzip file (it ends before the end of the compressed data)")
-            data = inflater.unused_data
-    except zlib.error as exc:
-        raise TraceError(p, f"corrupt gzip file ({exc})") from None
-    return bytes(out)
-
-
-def _json_error(p: Path, raw: bytes, exc: Exception) -> TraceError:
-    stripped = raw.rstrip()
-    truncated = stripped[:1] in (b"{", b"[") and stripped[-1:] not in (b"}", b"]")
-    detail = str(exc).splitlines()[0][:120]
-    return TraceError(p, f"{'truncated JSON' if truncated else 'not valid JSON'} ({detail})")
-
-
-def _decode(p: Path, raw: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """(metadata, events); events are typed structs, or dicts for unusual traces."""
-    try:
-        doc = _DECODER.decode(raw)
-        return {k: getattr(doc, k) for k in _META_KEYS if getattr(doc, k) is not None}, doc.traceEvents
-    except msgspec.ValidationError:
-        pass  # valid JSON of another shape: decide below with the generic parser
-    except RecursionError:
-        raise TraceError(p, "not a PyTorch profiler trace (JSON nested too deeply)") from None
-    except msgspec.DecodeError as exc:
-        if b"N/A" in raw:  # old Kineto wrote bare N/A values
-            raw = re.sub(rb'(?<!")N/A(?!")', b'"N/A"', raw)
-            return _decode(p, raw)
-        raise _json_error(p, raw, exc) from None
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise TraceError(p, "not a PyTorch profiler trace (JSON nested too deeply)") from None
-    except ValueError as exc:
-        raise _json_error(p, raw, exc) from None
-    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-        raise TraceError(p, "not a PyTorch profiler trace (no traceEvents list)")
-    return {k: v for k, v in data.items() if k != "traceEvents"}, data["traceEvents"]
-
-
-def _cat_of(e: Any) -> Any:
-    return e.get("cat") if isinstance(e, dict) else getattr(e, "cat", None)
-
-
-def _is_pytorch(meta: dict[str, Any], events: list[Any]) -> bool:
-    if any(k in meta for k in ("schemaVersion", "deviceProperties", "distributedInfo")):
-        return True
-    return any(str(_cat_of(e) or "").lower() in _PYTORCH_CATS for e in events[:5000])
+_BYTE = re.compile(r"\(byte (\d+)\)")
+#: Events whose categories decide whether a metadata-less document is a PyTorch trace.
+_SNIFF = 5000
 
 
 def load_trace(path: str | Path, rank: int | None = None) -> Trace:
+    """Parse a trace file into columns, holding a few MiB of its JSON at a time (see ``jsonsplit``)."""
     p = Path(path)
-    meta, events = _decode(p, _read_bytes(p))
-    if not events:
+    columns = _Columns(p)
+    splitter = EventSplitter(columns.add)
+    try:
+        for chunk in json_chunks(p):
+            splitter.feed(chunk)
+        found = splitter.finish()
+    except JsonShapeError as exc:
+        raise TraceError(p, str(exc)) from None
+    meta = {k: found[k] for k in _META_KEYS if found.get(k) is not None}
+    if not columns.events:
         raise TraceError(p, "empty trace (no events)")
-    if not _is_pytorch(meta, events):
+    if not (any(k in meta for k in ("schemaVersion", "deviceProperties", "distributedInfo")) or columns.pytorch):
         raise TraceError(p, "not a PyTorch profiler trace (no PyTorch event categories or metadata)")
     if not isinstance(meta.get("distributedInfo") or {}, dict):
         raise TraceError(p, "distributedInfo is not an object, as the PyTorch profiler writes it")
     props = meta.get("deviceProperties") or []
     if not isinstance(props, list) or not all(isinstance(d, dict) for d in props):
         raise TraceError(p, "deviceProperties is not a list of objects, as the PyTorch profiler writes it")
-    if not isinstance(events[0], _Event):  # came through the generic parser
-        events = [_as_event(e) for e in events if isinstance(e, dict)]
-    trace = parse_events(events, meta, str(p), rank)
+    trace = columns.trace(meta, rank)
     if len(trace) == 0:
         raise TraceError(p, "empty trace (no complete events)")
     reach = float(np.nanmax(np.abs(trace.end))) + abs(trace.epoch_offset_us)
     if not reach < MAX_TIME_US:
         raise TraceError(p, f"timestamps out of range ({reach:.3g} us; a trace spans years since 1970 at most)")
     return trace
+
+
+def _decode_events(piece: bytes) -> list[Any]:
+    """Typed events of a JSON array; dicts through the generic parser when the types are unusual."""
+    try:
+        return _EVENTS.decode(piece)
+    except msgspec.ValidationError:
+        pass  # valid JSON of another shape (string ids, say): the generic parser below
+    data = json.loads(piece)
+    return [_as_event(e) for e in data if isinstance(e, dict)]
 
 
 def _as_event(e: dict[str, Any]) -> _Event:
@@ -268,62 +183,119 @@ def _int_or(value: Any, cache: dict[Any, int]) -> int:
     return got
 
 
-def parse_events(events: list[_Event], meta: dict[str, Any], path: str = "<memory>",
-                 rank: int | None = None) -> Trace:
-    """Keep complete ('X') events as columns (C-level map/attrgetter loops, no per-event Python)."""
-    complete = [e for e in events if e.ph == "X" and e.ts is not None and e.dur is not None]
-    n = len(complete)
-    get = attrgetter
-    name_ids = _Interner()
-    try:
-        name = np.fromiter(map(name_ids.__getitem__, map(get("name"), complete)), dtype=np.int32, count=n)
-    except TypeError:  # unhashable names: stringify
-        name_ids = _Interner()
-        name = np.fromiter((name_ids[str(x)] for x in map(get("name"), complete)), dtype=np.int32, count=n)
-    names = [x if type(x) is str else str(x) for x in name_ids]
-    cat_ids = _Interner()
-    cat_codes = np.fromiter(map(cat_ids.__getitem__, map(get("cat"), complete)), dtype=np.int32, count=n)
-    lookup = np.asarray([int(CATEGORY_NAMES.get(str(c).lower(), Cat.OTHER)) for c in cat_ids] or [0],
-                        dtype=np.int8)
-    cat = lookup[cat_codes] if n else np.empty(0, dtype=np.int8)
-    step_names = np.asarray([nm.startswith("ProfilerStep#") for nm in names] or [False])
-    is_step = step_names[name] & np.isin(cat, (int(Cat.CPU_OP), int(Cat.USER_ANNOTATION)))
-    cat[is_step] = int(Cat.PROFILER_STEP)
+class _Columns:
+    """Complete ('X') events as columns, built piece by piece (C-level map/attrgetter loops, no per-event
+    Python); the pieces' arrays are joined once, column by column, so the peak is one column over the total."""
 
-    none = _Args()
-    args = [e.args or none for e in complete]
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events = 0  # every event, complete or not
+        self.pytorch = False  # a PyTorch category among the first events
+        self.name_ids = _Interner()
+        self.cat_ids = _Interner()
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
+        self.size = 0
+        self.input_dims: dict[int, bytes] = {}
+        self.input_types: dict[int, bytes | None] = {}
+        self.shape_names: dict[int, bool] = {}
 
-    def ints(attr: str, src: list[Any]) -> np.ndarray:
+    def add(self, piece: bytes, offset: int, exact: bool) -> bool:
         try:
-            return np.fromiter(map(get(attr), src), dtype=np.int64, count=n)
-        except (TypeError, ValueError, OverflowError):  # "stream 7", "Spans", ids beyond int64 in some traces
-            return np.fromiter(map(_IntCache().__getitem__, map(get(attr), src)), dtype=np.int64, count=n)
+            events = _decode_events(piece)
+        except RecursionError:
+            raise JsonShapeError("not a PyTorch profiler trace (JSON nested too deeply)") from None
+        except (msgspec.DecodeError, ValueError) as exc:
+            if not exact:
+                return False
+            if b"N/A" in piece:  # old Kineto wrote bare N/A values
+                fixed = re.sub(rb'(?<!")N/A(?!")', b'"N/A"', piece)
+                if fixed != piece:
+                    return self.add(fixed, offset, exact)
+            detail = _BYTE.sub(lambda m: f"(byte {offset + int(m.group(1)) - 1})", str(exc).splitlines()[0])
+            raise JsonShapeError(f"not valid JSON ({detail[:120]})") from None
+        if not self.pytorch and self.events < _SNIFF:
+            self.pytorch = any(str(e.cat or "").lower() in _PYTORCH_CATS for e in events[:_SNIFF - self.events])
+        self.events += len(events)
+        self._columns(events)
+        return True
 
-    def floats(attr: str, src: list[Any]) -> np.ndarray:
-        return np.fromiter(map(get(attr), src), dtype=np.float64, count=n)
+    def _columns(self, events: list[_Event]) -> None:
+        complete = [e for e in events if e.ph == "X" and e.ts is not None and e.dur is not None]
+        n = len(complete)
+        if not n:
+            return
+        get = attrgetter
+        name_ids = self.name_ids
+        try:
+            name = np.fromiter(map(name_ids.__getitem__, map(get("name"), complete)), dtype=np.int32, count=n)
+        except TypeError:  # unhashable names: stringify
+            name = np.fromiter((name_ids[x if type(x) is str else str(x)] for x in map(get("name"), complete)),
+                               dtype=np.int32, count=n)
+        cat_ids = self.cat_ids
+        try:
+            cat = np.fromiter(map(cat_ids.__getitem__, map(get("cat"), complete)), dtype=np.int32, count=n)
+        except TypeError:  # an unhashable category (a list, say) is no category gpulens knows
+            cat = np.fromiter((cat_ids[x if type(x) is str else str(x)] for x in map(get("cat"), complete)),
+                              dtype=np.int32, count=n)
+        none = _Args()
+        args = [e.args or none for e in complete]
 
-    ext = ints("ext", args)
-    lower = ext < 0
-    if lower.any():
-        ext[lower] = ints("ext_lower", args)[lower]
-    input_dims: dict[int, Any] = {}
-    input_types: dict[int, Any] = {}
-    wanted = [name_ids[o] for o in SHAPE_OPS if o in name_ids]
-    for i in np.flatnonzero(np.isin(name, wanted)) if wanted else ():
-        a = args[i]
-        raw = a.dims if len(a.dims) else a.dims_lower
-        if len(raw):  # kept as JSON bytes; Trace.shapes() decodes the few an analyzer asks for
-            input_dims[int(i)] = bytes(raw)
-            input_types[int(i)] = bytes(a.types) if len(a.types) else None
-    dist = meta.get("distributedInfo") or {}
-    if rank is None:
-        rank = dist.get("rank", 0) if isinstance(dist.get("rank", 0), int) else 0
-    return Trace(
-        path=path, rank=int(rank), meta=meta, names=names, cat=cat, name=name,
-        pid=ints("pid", complete), tid=ints("tid", complete),
-        ts=floats("ts", complete), dur=floats("dur", complete),
-        corr=ints("correlation", args), ext=ext,
-        stream=ints("stream", args), device=ints("device", args),
-        blocks_per_sm=floats("bps", args), occupancy=floats("occ", args), nbytes=floats("bytes", args),
-        input_dims=input_dims, input_types=input_types,
-    )
+        def ints(attr: str, src: list[Any]) -> np.ndarray:
+            try:
+                return np.fromiter(map(get(attr), src), dtype=np.int64, count=n)
+            except (TypeError, ValueError, OverflowError):  # "stream 7", "Spans", ids beyond int64 in some traces
+                return np.fromiter(map(_IntCache().__getitem__, map(get(attr), src)), dtype=np.int64, count=n)
+
+        def floats(attr: str, src: list[Any]) -> np.ndarray:
+            return np.fromiter(map(get(attr), src), dtype=np.float64, count=n)
+
+        ext = ints("ext", args)
+        lower = ext < 0
+        if lower.any():
+            ext[lower] = ints("ext_lower", args)[lower]
+        for col, values in (("name", name), ("cat", cat), ("pid", ints("pid", complete)),
+                            ("tid", ints("tid", complete)), ("ts", floats("ts", complete)),
+                            ("dur", floats("dur", complete)), ("corr", ints("correlation", args)), ("ext", ext),
+                            ("stream", ints("stream", args)), ("device", ints("device", args)),
+                            ("blocks_per_sm", floats("bps", args)), ("occupancy", floats("occ", args)),
+                            ("nbytes", floats("bytes", args))):
+            self.parts[col].append(values)
+        names = name_ids
+        wanted = [names[o] for o in SHAPE_OPS if o in names]
+        for i in np.flatnonzero(np.isin(name, wanted)) if wanted else ():
+            a = args[i]
+            raw = a.dims if len(a.dims) else a.dims_lower
+            if len(raw):  # kept as JSON bytes; Trace.shapes() decodes the few an analyzer asks for
+                self.input_dims[self.size + int(i)] = bytes(raw)
+                self.input_types[self.size + int(i)] = bytes(a.types) if len(a.types) else None
+        self.size += n
+
+    def trace(self, meta: dict[str, Any], rank: int | None) -> Trace:
+        cols: dict[str, np.ndarray] = {}
+        for col, dtype in _COLUMNS.items():
+            parts = self.parts[col]
+            cols[col] = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+            parts.clear()  # the pieces go as the column is made: the peak is the columns plus one
+        names = [x if type(x) is str else str(x) for x in self.name_ids]
+        lookup = np.asarray([int(CATEGORY_NAMES.get(str(c).lower(), Cat.OTHER)) for c in self.cat_ids] or [0],
+                            dtype=np.int8)
+        cat = lookup[cols.pop("cat")] if self.size else np.empty(0, dtype=np.int8)
+        step_names = np.asarray([nm.startswith("ProfilerStep#") for nm in names] or [False])
+        name = cols["name"]
+        is_step = step_names[name] & np.isin(cat, (int(Cat.CPU_OP), int(Cat.USER_ANNOTATION)))
+        cat[is_step] = int(Cat.PROFILER_STEP)
+        dist = meta.get("distributedInfo") or {}
+        if rank is None:
+            rank = dist.get("rank", 0) if isinstance(dist.get("rank", 0), int) else 0
+        return Trace(path=str(self.path), rank=int(rank), meta=meta, names=names, cat=cat, name=name,
+                     pid=cols["pid"], tid=cols["tid"], ts=cols["ts"], dur=cols["dur"], corr=cols["corr"],
+                     ext=cols["ext"], stream=cols["stream"], device=cols["device"],
+                     blocks_per_sm=cols["blocks_per_sm"], occupancy=cols["occupancy"], nbytes=cols["nbytes"],
+                     input_dims=self.input_dims, input_types=self.input_types)
+
+
+_COLUMNS: dict[str, type] = {
+    "name": np.int32, "cat": np.int32, "pid": np.int64, "tid": np.int64, "ts": np.float64, "dur": np.float64,
+    "corr": np.int64, "ext": np.int64, "stream": np.int64, "device": np.int64, "blocks_per_sm": np.float64,
+    "occupancy": np.float64, "nbytes": np.float64,
+}
