@@ -57,16 +57,18 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
         return []
     steps = steps[np.argsort(trace.ts[steps], kind="stable")]
     ops = trace.mask(Cat.CPU_OP, Cat.USER_ANNOTATION)
-    names = trace.names_where(ops)
     op_ts, op_end = trace.ts[ops], trace.end[ops]
     a, b = trace.ts[steps], trace.end[steps]
 
+    def spans(match: Any) -> np.ndarray:  # operator spans whose name matches (judged once per distinct name)
+        return np.asarray(trace.name_flags(match)[ops])
+
     def time_in(match: Any) -> np.ndarray:  # per step, microseconds inside spans whose name matches
-        hit = np.fromiter((match(n) for n in names), dtype=bool, count=len(names))
+        hit = spans(match)
         return iv.overlap(iv.merge(op_ts[hit], op_end[hit]), a, b)
 
     fwd = bwd = np.zeros(steps.size)
-    if "gpulens.forward" in set(names):  # a gpulens window: its own phase ranges give all four phases
+    if spans(lambda n: n == "gpulens.forward").any():  # a gpulens window: its own phase ranges give all four
         own = {p: time_in(lambda n, want=f"gpulens.{p}": n == want)
                for p in ("data_wait", "forward", "backward", "optimizer")}
         data, fwd, bwd, opt = own["data_wait"], own["forward"], own["backward"], own["optimizer"]

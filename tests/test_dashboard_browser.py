@@ -479,6 +479,7 @@ def test_first_run_in_the_default_root_replaces_the_samples_without_a_restart(pa
         proc.wait(timeout=10)
 
 
+@pytest.mark.timeout(900)  # a failsafe: twelve page loads in fresh contexts; 300 s ran out under four burners
 def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
     """A browser's first fetches carry no credentials (it sends them after the 401 challenge): they are no
     failed logins.  Every page, three times, each in a fresh context (no cached credentials): no 429. Each

@@ -74,7 +74,7 @@ def _document(rng: random.Random) -> bytes:
     return (text + rng.choice(["", "\n", "  \n"])).encode()
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_the_splitter_agrees_with_a_whole_document_parse_at_every_chunk_size(seed):
     rng = random.Random(seed)
     for n in range(60):
@@ -84,7 +84,7 @@ def test_the_splitter_agrees_with_a_whole_document_parse_at_every_chunk_size(see
             assert _split(doc, chunk) == want, (chunk, doc[:200])
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_a_damaged_document_is_refused_exactly_when_json_refuses_it(seed):
     """Delete, insert or swap one byte of a valid trace: the splitter and json.loads agree on whether it is
     a trace, and on its events when it is -- at any chunk size."""
@@ -118,14 +118,16 @@ def test_every_prefix_of_a_trace_is_refused_as_truncated():
             _split(doc[:cut], 16)
 
 
-@pytest.mark.parametrize("chunk", [1 << 10, 1 << 16])
-def test_a_real_trace_parses_to_the_same_columns_at_any_chunk_size(chunk, monkeypatch):
+@pytest.mark.parametrize("trace, chunk, events", [(CONTROL, 1 << 16, 74937),
+                                                   (TRACES / "hta__timeline_analysis__sampled_rank-0.json.gz", 1 << 10,
+                                                    4811)])
+def test_a_real_trace_parses_to_the_same_columns_at_any_chunk_size(trace, chunk, events, monkeypatch):
     from gpulens.profiler.analysis.trace import source
 
-    whole = load_trace(CONTROL)
+    whole = load_trace(trace)
     monkeypatch.setattr(source, "CHUNK", chunk)
-    cut = load_trace(CONTROL)
-    assert len(cut) == len(whole) == 74937 and cut.names == whole.names and cut.meta == whole.meta
+    cut = load_trace(trace)
+    assert len(cut) == len(whole) == events and cut.names == whole.names and cut.meta == whole.meta
     for col in ("cat", "name", "pid", "tid", "ts", "dur", "corr", "ext", "stream", "device", "blocks_per_sm",
                 "occupancy", "nbytes"):
         assert np.array_equal(getattr(cut, col), getattr(whole, col), equal_nan=True), col
@@ -150,17 +152,27 @@ def _big_trace(path: Path, target_bytes: int) -> int:
 @pytest.mark.slow
 def test_a_large_trace_parses_in_a_fraction_of_its_size(tmp_path):
     """400 MB of JSON parse in less memory than the document holds (a whole-document parse holds it, and
-    needed ~4.4x): 266 MiB measured, of which 96 MiB are the columns."""
+    needed ~4.4x): 266 MiB measured, of which 96 MiB are the columns.  Cut in the middle, it is one line."""
     big = tmp_path / "big.json"
     copies = _big_trace(big, 400 << 20)
     size = big.stat().st_size
-    code = ("import sys, resource; from gpulens.profiler.analysis.trace import load_trace; "
-            "t = load_trace(sys.argv[1]); print(len(t), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak (this pytest worker's) across exec
+    code = ("import sys, re; from gpulens.profiler.analysis.trace import load_trace; t = load_trace(sys.argv[1]); "
+            "print(len(t), re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     events, peak_kib = map(int, out.stdout.split())
     assert events == 74937 * copies
     assert peak_kib * 1024 < size, (peak_kib >> 10, size >> 20)
+    # cut off in the middle (a copy that stopped, a full disk): one line, exit 2, nothing half-imported
+    with open(big, "r+b") as f:
+        f.truncate(size * 6 // 10)
+    gpulens = str(Path(sys.executable).with_name("gpulens"))
+    proc = subprocess.run([gpulens, "import", str(big), "--runs-dir", str(tmp_path / "runs")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "truncated JSON (the file ends inside traceEvents)" in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 @pytest.mark.parametrize("name, content, fragment", [

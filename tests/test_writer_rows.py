@@ -64,3 +64,19 @@ def test_non_finite_losses_are_kept_as_sqlite_keeps_them(tmp_path):
         writer.step(row)
     writer.close(status="finished")
     assert [r[loss] for r in _stored(tmp_path / "rank-0.db")] == [None, math.inf, -math.inf, 0.0]
+
+
+def test_sync_commits_what_came_before_it_without_waiting_out_the_flush_interval(tmp_path):
+    """sync() (the notebook view, an import) needs a flush started after the call: the writer must not sleep
+    its interval between the flush under way and that one.  With an interval of an hour, a sync that waited it
+    would run into its own 30 s timeout (and say so)."""
+    writer = RunWriter(tmp_path / "rank-0.db", {"name": "sync"}, flush_interval=3600)
+    try:
+        for round_ in range(3):
+            rows = [_row(round_ * 10 + i) for i in range(10)]
+            for row in rows:
+                writer.step(row)
+            assert writer.sync(timeout=30)
+            assert len(_stored(tmp_path / "rank-0.db")) == 10 * (round_ + 1)
+    finally:
+        writer.close(status="finished")

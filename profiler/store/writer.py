@@ -91,6 +91,7 @@ class RunWriter:
         self._last_error: str | None = None
         self._flushed = threading.Condition()
         self._flush_count = 0
+        self._sync_target = 0  # flushes a sync() waits for: the writer does not sleep until they are done
         self._flush_requested = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -279,18 +280,22 @@ class RunWriter:
         with self._meta_lock:
             self._meta_updates.update(values)
 
-    def sync(self, timeout: float = 10.0) -> None:
-        """Block until everything queued before this call is committed (tests, close)."""
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Block until everything queued before this call is committed (tests, the notebook view, an import);
+        False if ``timeout`` came first."""
         with self._flushed:
-            target = self._flush_count + 2
+            target = self._flush_count + 2  # the flush under way may have taken its batch before this call
+            self._sync_target = max(self._sync_target, target)
             self._flush_requested.set()
-            self._flushed.wait_for(lambda: self._flush_count >= target or self._closed, timeout)
+            return self._flushed.wait_for(lambda: self._flush_count >= target or self._closed, timeout)
 
     # ------------------------------------------------------------------ writer thread
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if len(self._steps) < MAX_PENDING["steps"] // 2 or self._failing is not None:
-                self._flush_requested.wait(self.flush_interval)  # else a backlog builds: write it right away
+            # wait for the interval, unless a backlog builds or a sync waits for a second flush: write it now
+            waiting = self._flush_count < self._sync_target or len(self._steps) >= MAX_PENDING["steps"] // 2
+            if self._failing is not None or not waiting:
+                self._flush_requested.wait(self.flush_interval)
             self._flush_requested.clear()
             self._flush_once()
             if time.monotonic() - self._last_compact >= COMPACT_EVERY_S:

@@ -51,23 +51,35 @@ def gemm_shapes(trace: Trace) -> list[dict[str, Any]]:
         return []
     ktime = kernel_time_by_ext(trace)
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for idx in trace.input_dims:
+    keys: dict[tuple[str, bytes, bytes | None], tuple[Any, ...] | None] = {}  # a training loop repeats its shapes
+    for idx, raw_dims in trace.input_dims.items():
         op = trace.names[trace.name[idx]]
         if op not in GEMM_OPS or trace.cat[idx] != Cat.CPU_OP:
             continue
-        dims, types = trace.shapes(idx)
-        shape = mnk(op, dims or [])
-        if shape is None:
+        seen = (op, raw_dims, trace.input_types.get(idx))
+        if seen not in keys:
+            keys[seen] = _shape_key(op, *trace.shapes(idx))
+        key = keys[seen]
+        if key is None:
             continue
-        dtype = ""
-        if isinstance(types, list) and len(types) > GEMM_OPS[op][0]:
-            dtype = str(types[GEMM_OPS[op][0]])
-        half = dtype in HALF_TYPES
-        multiple = 8 if half else 4  # tf32 tiles want multiples of 4
-        bad = [name for name, v in zip("MNK", shape) if v % multiple]
-        key = (op, shape, dtype)
-        row = rows.setdefault(key, {"op": op, "m": shape[0], "n": shape[1], "k": shape[2], "dtype": dtype,
-                                    "calls": 0, "kernel_us": 0.0, "multiple": multiple, "misaligned": bad})
+        row = rows.get(key)
+        if row is None:
+            _, shape, dtype = key
+            multiple = 8 if dtype in HALF_TYPES else 4  # tf32 tiles want multiples of 4
+            bad = [name for name, v in zip("MNK", shape) if v % multiple]
+            row = rows[key] = {"op": op, "m": shape[0], "n": shape[1], "k": shape[2], "dtype": dtype, "calls": 0,
+                               "kernel_us": 0.0, "multiple": multiple, "misaligned": bad}
         row["calls"] += 1
         row["kernel_us"] += ktime.get(int(trace.ext[idx]), 0.0)
     return sorted(rows.values(), key=lambda r: -r["kernel_us"])
+
+
+def _shape_key(op: str, dims: Any, types: Any) -> tuple[Any, ...] | None:
+    """(op, (M, N, K), dtype) of one call's recorded shapes, or None when they are not a GEMM's."""
+    shape = mnk(op, dims or [])
+    if shape is None:
+        return None
+    dtype = ""
+    if isinstance(types, list) and len(types) > GEMM_OPS[op][0]:
+        dtype = str(types[GEMM_OPS[op][0]])
+    return op, shape, dtype

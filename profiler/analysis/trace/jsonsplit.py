@@ -177,11 +177,14 @@ class EventSplitter:
             if i == hi and last:
                 raise JsonShapeError(f"not valid JSON (a comma before the end of traceEvents near byte "
                                      f"{self._origin + i})")
-        piece = bytes(buf[i:hi]).rstrip()
-        if not piece:
+        j = hi
+        while j > i and buf[j - 1] in _WS:
+            j -= 1
+        if j == i:
             return True
-        start = self._origin + i
-        return self._consume(b"[" + piece + b"]", start, exact)
+        with memoryview(buf) as view:
+            piece = b"".join((b"[", view[i:j], b"]"))  # one copy: fresh pages cost more than the bytes
+        return self._consume(piece, self._origin + i, exact)
 
     # ------------------------------------------------------------------ exact scan
     def _exact(self, stop: int) -> None:

@@ -26,7 +26,7 @@ from gpulens.profiler.analysis.trace.source import json_chunks
 from gpulens.profiler.analysis.trace.source import max_trace_bytes as max_trace_bytes
 
 
-class _Args(msgspec.Struct, rename={"ext": "External id", "ext_lower": "external id", "bps": "blocks per SM",
+class _Args(msgspec.Struct, gc=False, rename={"ext": "External id", "ext_lower": "external id", "bps": "blocks per SM",
                                     "occ": "est. achieved occupancy %", "dims": "Input Dims",
                                     "dims_lower": "Input dims", "types": "Input type"}):
     """The arguments gpulens reads, typed; any other key is skipped while decoding.
@@ -48,7 +48,7 @@ class _Args(msgspec.Struct, rename={"ext": "External id", "ext_lower": "external
     types: msgspec.Raw = msgspec.Raw()
 
 
-class _Event(msgspec.Struct):
+class _Event(msgspec.Struct, gc=False):
     ph: Any = None
     cat: Any = None
     name: Any = ""
