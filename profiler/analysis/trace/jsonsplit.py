@@ -216,7 +216,7 @@ class EventSplitter:
         done_at = base + hi - lo
         for j in top.tolist():
             at = base + int(pos[j])
-            self._top_level(at, int(chars[j]), int(pre[j]), int(post[j]), closes, base)
+            self._top_level(at, int(chars[j]), int(pre[j]), int(post[j]))
         self._scan = done_at
         if self._mode == _EVENTS and closes.size:
             last = base + int(closes[-1])
@@ -226,7 +226,8 @@ class EventSplitter:
                 self._need_comma = True
         self._check_sizes()
 
-    def _top_level(self, at: int, char: int, pre: int, post: int, closes: np.ndarray, base: int) -> None:
+    def _top_level(self, at: int, char: int, pre: int, post: int) -> None:
+        """Act on a bracket, comma or colon at nesting depth 0 or 1 (``pre``/``post``: depth before and after)."""
         mode = self._mode
         if mode == _DONE:
             raise JsonShapeError(f"not valid JSON (data after the end of the document at byte {at})")
