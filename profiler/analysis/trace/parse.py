@@ -20,10 +20,8 @@ import numpy as np
 from gpulens.profiler.analysis.trace.jsonsplit import EventSplitter, JsonShapeError
 from gpulens.profiler.analysis.trace.model import CATEGORY_NAMES, Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import SHAPE_OPS
-from gpulens.profiler.analysis.trace.source import ENV_MAX_TRACE as ENV_MAX_TRACE
 from gpulens.profiler.analysis.trace.source import TraceError as TraceError
 from gpulens.profiler.analysis.trace.source import json_chunks
-from gpulens.profiler.analysis.trace.source import max_trace_bytes as max_trace_bytes
 
 
 class _Args(msgspec.Struct, gc=False, rename={"ext": "External id", "ext_lower": "external id", "bps": "blocks per SM",
@@ -197,7 +195,6 @@ class _Columns:
         self.size = 0
         self.input_dims: dict[int, bytes] = {}
         self.input_types: dict[int, bytes | None] = {}
-        self.shape_names: dict[int, bool] = {}
 
     def add(self, piece: bytes, offset: int, exact: bool) -> bool:
         try:
@@ -260,8 +257,7 @@ class _Columns:
                             ("blocks_per_sm", floats("bps", args)), ("occupancy", floats("occ", args)),
                             ("nbytes", floats("bytes", args))):
             self.parts[col].append(values)
-        names = name_ids
-        wanted = [names[o] for o in SHAPE_OPS if o in names]
+        wanted = [name_ids[o] for o in SHAPE_OPS if o in name_ids]
         for i in np.flatnonzero(np.isin(name, wanted)) if wanted else ():
             a = args[i]
             raw = a.dims if len(a.dims) else a.dims_lower
