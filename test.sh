@@ -25,6 +25,10 @@ workers=(-n "${GPULENS_TEST_WORKERS:-$(( $(nproc) * 2 ))}" --dist worksteal)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*|no:xdist|--dist*) workers=() ;; esac
 done
+# the suite starts a few hundred Python processes that import gpulens from this checkout: with
+# PYTHONDONTWRITEBYTECODE set (as on some CI machines) each compiled the same ~40 modules again (~0.25 s of CPU
+# apiece); let them keep their bytecode beside the sources (__pycache__, ignored by git)
+unset PYTHONDONTWRITEBYTECODE
 echo "gpulens test: pytest, the whole suite (4½-10 minutes on 2 quiet cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

@@ -62,7 +62,7 @@ print(time.perf_counter() - t0, hwm_kib(), tb.iloc[0]["idle_time_pctg"])
 """
 
 
-def synthesize(src: Path, dest: Path, target_mb: float) -> float:
+def synthesize(src: Path, dest: Path, target_mb: float, rank: int | None = None, world: int = 1) -> float:
     """Write ``src``'s events again and again along time until the JSON is >= target_mb (MB, 1e6 bytes).
 
     Each copy shifts timestamps past the previous one and moves correlation / external ids and step
@@ -71,6 +71,9 @@ def synthesize(src: Path, dest: Path, target_mb: float) -> float:
     """
     data = json.loads(gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes())
     events = data.pop("traceEvents")
+    if rank is not None:  # one rank of a job, as the profiler names it on each rank
+        data["distributedInfo"] = {**(data.get("distributedInfo") or {}), "rank": rank, "world_size": world,
+                                   "backend": "nccl"}
     ts = [e["ts"] for e in events if isinstance(e.get("ts"), (int, float))]
     span = max(ts) - min(ts) + 1000
     opener = (lambda p: gzip.open(p, "wb", compresslevel=1)) if dest.suffix == ".gz" else (lambda p: open(p, "wb"))
@@ -169,6 +172,26 @@ def end_to_end(trace: Path, pairs: int) -> None:
     print("  " + fmt_ci("speed-up (HTA time / gpulens time)", ratios))
 
 
+def multi_rank(src: Path, ranks: int, mb: float) -> None:
+    """``gpulens import`` of a job's ``ranks`` traces of ``mb`` MB each, then its report: time, peak RSS and
+    the per-rank and cross-rank figures (HTA is not run: it would hold every rank at once, ~6x each)."""
+    gpulens = str(Path(sys.executable).with_name("gpulens"))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, paths = time.time(), []
+        for r in range(ranks):
+            paths.append(Path(tmp) / f"rank-{r}.pt.trace.json")
+            written = synthesize(src, paths[-1], mb, rank=r, world=ranks)
+        print(f"({ranks} rank traces of {written:.0f} MB written in {time.time() - t0:.0f} s)")
+        t1, r1, out = timed([gpulens, "import", *map(str, paths), "--runs-dir", str(Path(tmp) / "runs")])
+        t2, r2, report = timed([gpulens, "report", out.strip(), "--json"])
+    doc = json.loads(report)
+    print(f"{ranks} x {written:.0f} MB: gpulens import {t1:.1f} s (peak RSS {r1:.0f} MiB), "
+          f"report --json {t2:.1f} s (peak RSS {r2:.0f} MiB)")
+    for row in doc.get("ranks", []):
+        print("  rank", {k: row.get(k) for k in ("rank", "node_rank", "steps", "step_time_median_s")})
+    print("  suggestions:", [s["id"] for s in doc.get("suggestions", {}).get("suggestions", [])])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", type=Path, default=DEFAULT, help="a gzipped Kineto trace (default: largest in sample_runs/)")
@@ -178,9 +201,14 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true",
                     help="with --end-to-end: on a synthetic trace of --synthetic-mb (plain JSON) made from --trace")
     ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--ranks", type=int, default=0,
+                    help="import a job of this many synthetic rank traces of --synthetic-mb each (gpulens only)")
     args = ap.parse_args()
     if args.trace is None or not args.trace.exists():
         sys.exit(f"trace_analysis.py: trace {args.trace} not found; pass --trace PATH.pt.trace.json.gz")
+    if args.ranks:
+        multi_rank(args.trace, args.ranks, args.synthetic_mb)
+        return
     if args.end_to_end and args.synthetic:
         with tempfile.TemporaryDirectory() as tmp:
             big = Path(tmp) / "synthetic.pt.trace.json"

@@ -5,24 +5,25 @@ disk: schema, writer, reader, runs root), ``analysis`` (summary, kernel view, ad
 Nothing in here imports Dash or torch: runs are read through :func:`open_run` and understood
 through :class:`RunAnalysis`, and viewing a run never needs torch.
 """
+from __future__ import annotations
+
 from typing import TYPE_CHECKING, Any
 
-from gpulens.profiler.errors import GpulensError, RunError
-from gpulens.profiler.store.reader import (
-    FlopCount,
-    RunReader,
-    Series,
-    SeriesStats,
-    SeriesView,
-    StepTable,
-    StepView,
-    Window,
-    open_run,
-)
-from gpulens.profiler.store.runstore import list_runs, resolve_run, runs_root
-
-if TYPE_CHECKING:  # the type checker sees the class itself; at run time it is imported on first use
+if TYPE_CHECKING:  # the type checker sees the names; at run time each is imported on first use
     from gpulens.profiler.analysis.run_analysis import RunAnalysis
+    from gpulens.profiler.errors import GpulensError, RunError
+    from gpulens.profiler.store.reader import (
+        FlopCount,
+        RunReader,
+        Series,
+        SeriesStats,
+        SeriesView,
+        StepTable,
+        StepView,
+        Window,
+        open_run,
+    )
+    from gpulens.profiler.store.runstore import list_runs, resolve_run, runs_root
 
 __all__ = [
     "GpulensError",
@@ -42,10 +43,24 @@ __all__ = [
     "RunAnalysis",
 ]
 
+# Lazy, because every gpulens command imports a module of this package (its errors at least): the reader and
+# its column code are ~30 ms that `gpulens import`, the recorder and the CLI's argument errors never use.
+_LAZY = {
+    "GpulensError": "gpulens.profiler.errors",
+    "RunError": "gpulens.profiler.errors",
+    **dict.fromkeys(["FlopCount", "RunReader", "Series", "SeriesStats", "SeriesView", "StepTable", "StepView",
+                     "Window", "open_run"], "gpulens.profiler.store.reader"),
+    **dict.fromkeys(["list_runs", "resolve_run", "runs_root"], "gpulens.profiler.store.runstore"),
+    "RunAnalysis": "gpulens.profiler.analysis.run_analysis",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "RunAnalysis":  # imported on first use: reading a run does not need the analysis modules
-        from gpulens.profiler.analysis.run_analysis import RunAnalysis
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpulens.profiler' has no attribute {name!r}")
+    import importlib
 
-        return RunAnalysis
-    raise AttributeError(f"module 'gpulens.profiler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

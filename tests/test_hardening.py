@@ -85,10 +85,10 @@ def test_a_disk_that_fills_and_frees_loses_nothing(tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 3 MB tmpfs (needs root and mount rights; skipped where a container forbids it)."""
+    """A 2 MB tmpfs (needs root and mount rights; skipped where a container forbids it)."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (not root, or no mount rights)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -137,6 +137,7 @@ def test_a_run_that_filled_the_disk_still_opens_with_its_status_and_counts(tiny_
     script.write_text(textwrap.dedent(f"""
         import shutil, sys, time, torch, gpulens
         from gpulens.profiler.store.writer import MAX_PENDING
+        MAX_PENDING["steps"] = 2000  # the writer's backlog bound, small so that the test passes it in seconds
         model = torch.nn.Linear(8, 1); opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gpulens.track("fill", runs_dir={str(tiny_disk)!r}, quiet=True, advise=False) as run:
             # until the disk is full, then more steps than the writer's backlog holds, however long a busy
