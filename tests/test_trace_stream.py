@@ -192,41 +192,6 @@ def test_more_bad_documents_are_one_line(tmp_path, name, content, fragment):
     assert fragment in str(err.value) and name in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_read_ahead_keeps_order_and_errors_and_stops_when_the_reader_stops():
-    """The chunks come in order; a reading error reaches the caller where it happened; a caller that stops
-    early (a malformed piece) leaves no thread reading behind it and closes the file's generator."""
-    import threading
-
-    from gpulens.profiler.analysis.trace.source import read_ahead
-
-    assert list(read_ahead(iter([b"a", b"b", b"c"]), depth=1)) == [b"a", b"b", b"c"]
-
-    def failing():
-        yield b"first"
-        raise TraceError("t.json", "cannot read: I/O error")
-
-    got = []
-    with pytest.raises(TraceError, match="I/O error"):
-        for chunk in read_ahead(failing()):
-            got.append(chunk)
-    assert got == [b"first"]
-
-    closed = []
-
-    def endless():
-        try:
-            while True:
-                yield b"x" * 10
-        finally:
-            closed.append(True)
-
-    before = threading.active_count()
-    chunks = read_ahead(endless(), depth=2)
-    assert next(chunks) == b"x" * 10
-    chunks.close()
-    assert closed == [True] and threading.active_count() == before
-
-
 def test_one_malformed_event_in_the_middle_of_a_large_trace_names_its_place(tmp_path):
     events = [{"ph": "X", "cat": "kernel", "name": f"k{i}", "ts": i, "dur": 1, "pid": 0, "tid": 7}
               for i in range(200_000)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import closing
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from gpulens.profiler.analysis.trace.jsonsplit import EventSplitter, JsonShapeEr
 from gpulens.profiler.analysis.trace.model import CATEGORY_NAMES, Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import SHAPE_OPS
 from gpulens.profiler.analysis.trace.source import TraceError as TraceError
-from gpulens.profiler.analysis.trace.source import json_chunks, read_ahead
+from gpulens.profiler.analysis.trace.source import json_chunks
 
 
 class _Args(msgspec.Struct, gc=False, rename={"ext": "External id", "ext_lower": "external id", "bps": "blocks per SM",
@@ -74,9 +73,8 @@ def load_trace(path: str | Path, rank: int | None = None) -> Trace:
     columns = _Columns(p)
     splitter = EventSplitter(columns.add)
     try:
-        with closing(read_ahead(json_chunks(p))) as chunks:  # closed at once on an error: the reader stops
-            for chunk in chunks:
-                splitter.feed(chunk)
+        for chunk in json_chunks(p):
+            splitter.feed(chunk)
         found = splitter.finish()
     except JsonShapeError as exc:
         raise TraceError(p, str(exc)) from None

@@ -7,10 +7,8 @@ file that expands to gigabytes (a bomb) is refused before it is held.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,54 +66,6 @@ def json_chunks(p: Path, chunk: int | None = None) -> Iterator[bytes]:
             if not data:
                 return
             yield data
-
-
-def read_ahead(chunks: Iterator[bytes], depth: int = 2) -> Generator[bytes, None, None]:
-    """``chunks`` produced in a thread, at most ``depth`` ahead of the consumer.
-
-    Inflating and reading release the GIL, so the next chunk is made while the caller decodes this one (a
-    gzipped trace's inflate is a fifth of its parse); ``depth`` bounds what waits.  The producer's
-    exceptions reach the caller in order, and a caller that stops early stops the thread.
-    """
-    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[str, object]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not put(("chunk", chunk)):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put(("error", exc))
-            return
-        put(("end", None))
-
-    thread = threading.Thread(target=produce, name="gpulens-trace-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "chunk":
-                yield value  # type: ignore[misc]
-            elif kind == "error":
-                raise value  # type: ignore[misc]
-            else:
-                return
-    finally:
-        stop.set()
-        thread.join()
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
 
 
 def _gunzip(p: Path, f: BinaryIO, compressed: int, chunk: int) -> Iterator[bytes]:
