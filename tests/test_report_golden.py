@@ -71,7 +71,8 @@ def test_window_analyses_are_kept_beside_their_traces_and_reused(tmp_path, monke
     import shutil
 
     from gpulens.profiler import RunAnalysis, open_run
-    from gpulens.profiler.analysis import run_analysis, window_cache
+    from gpulens.profiler.analysis import window_cache
+    from gpulens.profiler.analysis.trace import parse
 
     run_dir = tmp_path / "run"
     shutil.copytree(REPO / "sample_runs" / "h100-gpt-small-batch", run_dir,
@@ -84,7 +85,7 @@ def test_window_analyses_are_kept_beside_their_traces_and_reused(tmp_path, monke
     def no_parsing(*args, **kwargs):
         raise AssertionError("a trace was parsed again")
 
-    monkeypatch.setattr(run_analysis, "load_trace", no_parsing)
+    monkeypatch.setattr(parse, "load_trace", no_parsing)
     with open_run(run_dir) as run:
         assert RunAnalysis(run).report().as_dict() == first
     os.utime(traces[0], ns=(0, 0))  # the trace changed: its analysis is stale

@@ -23,8 +23,6 @@ from gpulens.profiler.analysis.advisor.model import Advice
 from gpulens.profiler.analysis.kernel_view import KernelView, kernel_view
 from gpulens.profiler.analysis.report import Report, WindowError
 from gpulens.profiler.analysis.summary import RunData, gather, summarize_data
-from gpulens.profiler.analysis.trace import load_trace
-from gpulens.profiler.analysis.trace.analysis import analyze
 from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.errors import RunError
 from gpulens.profiler.store.reader import RunReader, Window
@@ -65,6 +63,11 @@ class RunAnalysis:
         cached = window_cache.load(w.path, w.rank)
         if cached is not None:
             return cached
+        # the parser and the analyzers only on a cache miss: a report of an imported or analysed run reads
+        # the analysis kept beside the trace and needs neither
+        from gpulens.profiler.analysis.trace.analysis import analyze
+        from gpulens.profiler.analysis.trace.parse import load_trace
+
         analysis = analyze(load_trace(w.path, rank=w.rank))
         if self.persist:
             window_cache.store(w.path, w.rank, analysis)

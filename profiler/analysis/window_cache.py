@@ -16,7 +16,6 @@ from typing import Any
 
 import msgspec
 
-from gpulens.profiler.analysis.trace.analysis import plain
 from gpulens.profiler.analysis.trace.result import TraceAnalysis
 
 log = logging.getLogger("gpulens")
@@ -62,6 +61,8 @@ def store(trace: Path, rank: int, analysis: TraceAnalysis) -> None:
     key = _key(trace, rank)
     if key is None:
         return
+    from gpulens.profiler.analysis.trace.analysis import plain  # writing only: reading needs no analyzer
+
     path = cache_path(trace)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -52,9 +52,14 @@ def gemm_shapes(trace: Trace) -> list[dict[str, Any]]:
     ktime = kernel_time_by_ext(trace)
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     keys: dict[tuple[str, bytes, bytes | None], tuple[Any, ...] | None] = {}  # a training loop repeats its shapes
-    for idx, raw_dims in trace.input_dims.items():
-        op = trace.names[trace.name[idx]]
-        if op not in GEMM_OPS or trace.cat[idx] != Cat.CPU_OP:
+    # the events' columns gathered once (numpy scalars one by one cost more than the rest of the loop)
+    idxs = np.fromiter(trace.input_dims, dtype=np.int64, count=len(trace.input_dims))
+    names = trace.names
+    ops = [names[i] for i in trace.name[idxs].tolist()]
+    cpu = (trace.cat[idxs] == int(Cat.CPU_OP)).tolist()
+    exts = trace.ext[idxs].tolist()
+    for (idx, raw_dims), op, is_cpu_op, ext in zip(trace.input_dims.items(), ops, cpu, exts):
+        if op not in GEMM_OPS or not is_cpu_op:
             continue
         seen = (op, raw_dims, trace.input_types.get(idx))
         if seen not in keys:
@@ -70,7 +75,7 @@ def gemm_shapes(trace: Trace) -> list[dict[str, Any]]:
             row = rows[key] = {"op": op, "m": shape[0], "n": shape[1], "k": shape[2], "dtype": dtype, "calls": 0,
                                "kernel_us": 0.0, "multiple": multiple, "misaligned": bad}
         row["calls"] += 1
-        row["kernel_us"] += ktime.get(int(trace.ext[idx]), 0.0)
+        row["kernel_us"] += ktime.get(ext, 0.0)
     return sorted(rows.values(), key=lambda r: -r["kernel_us"])
 
 

@@ -79,18 +79,22 @@ def _device_steps(trace: Trace) -> list[StepSpan]:
     matched_groups: set[int] = set()
     i_step = i_rt = 0
     dmin, dmax = _MAX, -_MAX
-    while i_step < n and i_rt < rt.size:
+    # the merge walks Python lists: the same values as the arrays, without a numpy scalar per access
+    rt_start_l, rt_end_l, has_dev_l, pos_l = rt_start.tolist(), rt_end.tolist(), has_dev.tolist(), pos_c.tolist()
+    g_min_l, g_max_l, g_cnt_l = g_min.tolist(), g_max.tolist(), g_cnt.tolist()
+    n_rt = len(rt_start_l)
+    while i_step < n and i_rt < n_rt:
         h0, h1 = steps[i_step]
-        r0, r1 = rt_start[i_rt], rt_end[i_rt]
+        r0, r1 = rt_start_l[i_rt], rt_end_l[i_rt]
         if r0 < h0:
             i_rt += 1
         elif r1 <= h1:
-            if has_dev[i_rt]:
-                g = int(pos_c[i_rt])
-                dmin = min(dmin, float(g_min[g]))
-                dmax = max(dmax, float(g_max[g]))
+            if has_dev_l[i_rt]:
+                g = pos_l[i_rt]
+                dmin = min(dmin, g_min_l[g])
+                dmax = max(dmax, g_max_l[g])
                 matched_groups.add(g)
-                matched_count[i_step] += int(g_cnt[g])
+                matched_count[i_step] += g_cnt_l[g]
             i_rt += 1
         elif r0 < h1:
             i_rt += 1
