@@ -166,8 +166,7 @@ def test_runs_list_renders_with_the_broken_run_and_opens_a_run(server, page):
     page.wait_for_url("**/run/h100-cnn-input-bound")
     data = _wait_graph(page, "ts-graph")
     assert data["n"] >= 12  # every panel drew its lines
-    page.wait_for_selector("#card-gpu_busy")
-    assert "15.2%" in page.inner_text("#card-gpu_busy")
+    _text_when(page, "#card-gpu_busy", "15.2%")
     assert _wait_graph(page, "steps-graph")["n"] == 5
     assert page.locator("#suggestion-dataloader_bound").count() == 1
 
@@ -251,8 +250,7 @@ def test_kernels_page_renders_hostile_names_as_text(server, page):
 def test_compare_page_and_theme_toggle(server, page):
     base, _ = server
     page.goto(f"{base}/compare?a=h100-cnn-input-bound&b=h100-gpt-small-batch")
-    page.wait_for_selector("#cmp-headline")
-    assert "Samples/s" in page.inner_text("#cmp-headline")
+    _text_when(page, "#cmp-headline", "Samples/s")
     before = page.evaluate("document.documentElement.dataset.theme")
     page.click("#theme-toggle")
     _wait_for(page, f"document.documentElement.dataset.theme !== '{before}'")
@@ -260,6 +258,14 @@ def test_compare_page_and_theme_toggle(server, page):
     assert {before, after} == {"light", "dark"}
     _wait_for(page, """(want) => { const gd = document.querySelector('#cmp-steps .js-plotly-plot');
         return gd && gd.layout.font.color === want; }""", arg="#e6edf3" if after == "dark" else "#1f2328")
+
+
+def _text_when(page, selector: str, *needles: str) -> str:
+    """The element's text once it holds every needle.  Reading it once the element exists is a race: pages
+    that poll for their analysis render again while it lands, and a table between two renders reads ''."""
+    return _wait_for(page, """([sel, needles]) => { const el = document.querySelector(sel);
+        const text = el ? el.innerText : ''; return needles.every(n => text.includes(n)) && text; }""",
+                     [selector, list(needles)])
 
 
 def _row(page, table: str, label: str) -> tuple[str, str]:
@@ -303,9 +309,7 @@ def test_kernels_page_shows_the_reports_trace_analysis(server, page):
                             " const n = gd && gd.data ? Array.from(gd.data, t => t.name) : [];"
                             " return want.every(x => n.includes(x)) ? n : null; }", want)
     assert set(want) <= set(names)
-    page.wait_for_selector("#k-devices-table")
-    devices = page.inner_text("#k-devices-table")
-    assert "est. SM efficiency" in devices and "est. occupancy" in devices and "GPU 0" in devices
+    _text_when(page, "#k-devices-table", "est. SM efficiency", "est. occupancy", "GPU 0")
     assert "waiting for the host" in page.inner_text("#k-idle-table")
     assert "no gpulens phase ranges" in page.inner_text("#k-phase-busy-table")  # recorded before ranges existed
     # a run whose trace carries the phase ranges: GPU busy by host phase, nothing during the data waits
@@ -319,8 +323,7 @@ def test_kernels_page_shows_the_reports_trace_analysis(server, page):
     assert "cudaDeviceSynchronize" in page.inner_text("#k-sync")
     # a CPU run: its operators, not an empty kernel table without a word
     page.goto(f"{base}/run/cpu-cnn-workers/kernels")
-    page.wait_for_selector("#k-cpu-ops-table")
-    assert "aten::mkldnn_convolution" in page.inner_text("#k-cpu-ops-table")
+    _text_when(page, "#k-cpu-ops-table", "aten::mkldnn_convolution")
     assert "CPU run" in page.inner_text("#k-kernels-title")
     names = page.evaluate("Array.from(document.querySelector('#k-breakdown .js-plotly-plot').data, t => t.name)")
     assert "CPU Exec" in names
@@ -346,8 +349,7 @@ def test_run_page_names_every_line_marks_windows_and_shows_loss_and_energy(serve
     shapes = page.evaluate("(document.querySelector('#ts-graph .js-plotly-plot').layout.shapes || [])"
                            ".map(s => s.name)")
     assert "profiler window 0" in shapes and any(s.startswith("FLOPs counted") for s in shapes)
-    page.wait_for_selector("#card-energy")
-    assert "Wh" in page.inner_text("#card-energy") and "J/step" in page.inner_text("#card-energy")
+    _text_when(page, "#card-energy", "Wh", "J/step")
     legend = _wait_for(page, """() => { const names = Array.from(
         document.querySelector('#steps-graph .js-plotly-plot').data, t => t.name);
         return names.some(n => n.includes('(70.6%)')) && names; }""")  # once the analysis is done
