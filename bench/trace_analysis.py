@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=0,
                     help="import a job of this many synthetic rank traces of --synthetic-mb each (gpulens only)")
     args = ap.parse_args()
+    if args.ranks < 0 or args.pairs < 1 or args.synthetic_mb <= 0:
+        sys.exit("trace_analysis.py: --ranks must be >= 0, --pairs >= 1 and --synthetic-mb > 0")
     if args.trace is None or not args.trace.exists():
         sys.exit(f"trace_analysis.py: trace {args.trace} not found; pass --trace PATH.pt.trace.json.gz")
     if args.ranks:

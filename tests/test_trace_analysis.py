@@ -228,6 +228,35 @@ def test_interval_union_and_overlap_against_brute_force():
         assert np.allclose(iv.overlap(u, a, b), want)
 
 
+def test_the_step_merge_in_arrays_is_the_walk_on_any_layout():
+    """The array form of the host-step / runtime-call merge (every trace whose step ends are in order) gives
+    the walk's values exactly: zero-length steps and calls, calls on step edges, before and after every step."""
+    from gpulens.profiler.analysis.trace.steps import _merge_sorted, _merge_walk
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n, m, groups = int(rng.integers(1, 6)), int(rng.integers(0, 25)), 6
+        edges = np.sort(rng.integers(0, 30, 2 * n)).astype(float)
+        h0, h1 = edges[0::2], edges[1::2]
+        r0 = np.sort(rng.integers(-2, 32, m).astype(float))
+        r1 = r0 + rng.choice([0.0, 0.0, 1.0, 2.0, 5.0], m)
+        pos, has = rng.integers(0, groups, m), rng.random(m) < 0.8
+        g_min = rng.random(groups) * 10
+        g_max, g_cnt = g_min + rng.random(groups), rng.integers(1, 4, groups)
+        args = (r0, r1, has, pos, g_min, g_max, g_cnt)
+        assert _merge_sorted(h0, h1, *args) == _merge_walk(list(zip(h0.tolist(), h1.tolist())), *args)
+
+
+def test_cpu_op_self_times_do_not_depend_on_the_walks_batches(resnet, monkeypatch):
+    """The self-time walk goes a batch of ops at a time (bounded memory on huge traces); parents that began
+    in an earlier batch lose their children's time just the same, to the last bit."""
+    from gpulens.profiler.analysis.trace import cpu_ops
+
+    whole = cpu_ops.cpu_op_table(resnet, limit=None)
+    monkeypatch.setattr(cpu_ops, "WALK_BATCH", 7)
+    assert cpu_ops.cpu_op_table(resnet, limit=None) == whole and len(whole) > 50
+
+
 # ----------------------------------------------------------------------------- CPU traces
 def test_cpu_only_trace_from_real_training(tmp_path):
     import torch

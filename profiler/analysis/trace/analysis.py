@@ -7,6 +7,7 @@ same values (numpy scalars as Python numbers, tuples as lists).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgspec
 from gpulens.profiler.analysis.trace.cpu_ops import cpu_op_table
 from gpulens.profiler.analysis.trace.gemm_shapes import gemm_shapes
 from gpulens.profiler.analysis.trace.gpu_summary import gpu_summary, step_breakdown
+from gpulens.profiler.analysis.trace.heap import return_freed_heap
 from gpulens.profiler.analysis.trace.idle import idle_breakdown
 from gpulens.profiler.analysis.trace.kernels import category_times, kernel_table, tensor_core_share
 from gpulens.profiler.analysis.trace.launch import launch_stats, sync_stats
@@ -29,7 +31,13 @@ NO_GPU = "no GPU activity in this trace"
 
 
 def analyze(trace: Trace) -> TraceAnalysis:
-    kernels = kernel_table(trace)
+    def run(analyzer: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return analyzer(trace, *args)
+        finally:
+            return_freed_heap()  # each analyzer's temporaries, before the next makes its own (heap.py)
+
+    kernels = run(kernel_table)
     has_gpu = trace.has_gpu
     out: dict[str, Any] = {
         "rank": trace.rank,
@@ -40,19 +48,19 @@ def analyze(trace: Trace) -> TraceAnalysis:
         "note": None if has_gpu else NO_GPU,
         "kernels": kernels,
         "categories_us": category_times(kernels),
-        "tensor_core_share": tensor_core_share(trace),
-        "tc_eligible_share": tc_eligible_share(trace),
-        "temporal_breakdown": temporal_breakdown(trace),
-        "streams": stream_breakdown(trace),
-        "idle": idle_breakdown(trace),
-        "launch": launch_stats(trace),
-        "sync": sync_stats(trace),
-        "memcpy": memcpy_stats(trace),
-        "cpu_ops": cpu_op_table(trace, limit=30),
-        "gemm_shapes": gemm_shapes(trace)[:50],
-        "gpu_summary": gpu_summary(trace),
-        "step_breakdown": step_breakdown(trace),
-        "phase_gpu_busy": phase_gpu_busy(trace),
+        "tensor_core_share": run(tensor_core_share),
+        "tc_eligible_share": run(tc_eligible_share),
+        "temporal_breakdown": run(temporal_breakdown),
+        "streams": run(stream_breakdown),
+        "idle": run(idle_breakdown),
+        "launch": run(launch_stats),
+        "sync": run(sync_stats),
+        "memcpy": run(memcpy_stats),
+        "cpu_ops": run(cpu_op_table, 30),
+        "gemm_shapes": run(gemm_shapes)[:50],
+        "gpu_summary": run(gpu_summary),
+        "step_breakdown": run(step_breakdown),
+        "phase_gpu_busy": run(phase_gpu_busy),
     }
     return typed(out)
 

@@ -46,10 +46,10 @@ def _role_unions(trace: Trace) -> list[iv.Union]:
     comm_kern = kern & np.isin(trace.ext, comm_ext) & (trace.ext >= 0) if comm_ext.size else np.zeros_like(kern)
 
     def u(mask: np.ndarray) -> iv.Union:
-        return iv.merge(trace.ts[mask], trace.end[mask])
+        return iv.merge(trace.ts[mask], trace.ends(mask))
 
     def sub(index: np.ndarray) -> iv.Union:
-        return iv.merge(trace.ts[index], trace.end[index])
+        return iv.merge(trace.ts[index], trace.ends(index))
 
     cpu_exec = np.concatenate((op_idx[~is_loader & ~is_comm], np.flatnonzero(trace.mask(Cat.PYTHON))))
     return [
@@ -97,7 +97,7 @@ def gpu_summary(trace: Trace) -> list[dict[str, Any]]:
     out = []
     for dev in np.unique(trace.device[kern]):
         on = kern & (trace.device == dev)
-        ts, end = trace.ts[on], trace.end[on]
+        ts, end = trace.ts[on], trace.ends(on)
         busy = iv.length(iv.clip(iv.merge(ts, end), w0, w1))
         bps = trace.blocks_per_sm[on]
         has_bps = np.isfinite(bps) & (bps > 0)

@@ -28,7 +28,7 @@ def idle_breakdown(trace: Trace, consecutive_kernel_delay: float = 30.0) -> list
         sel = np.flatnonzero((dev == d) & (stream == s))
         order = sel[np.argsort(trace.ts[idx[sel]], kind="stable")]
         ts = trace.ts[idx[order]]
-        end = trace.end[idx[order]]
+        end = trace.ends(idx[order])
         if ts.size < 2:
             continue
         prev_end = np.maximum.accumulate(end)[:-1]

@@ -62,7 +62,7 @@ def tensor_core_share(trace: Trace, window: tuple[float, float] | None = None,
         mask &= trace.device == device
     if not mask.any():
         return None
-    s, e = trace.ts[mask], trace.end[mask]
+    s, e = trace.ts[mask], trace.ends(mask)
     if window is not None:
         s, e = np.maximum(s, window[0]), np.minimum(e, window[1])
     dur = np.clip(e - s, 0.0, None)

@@ -87,7 +87,13 @@ class Trace:
 
     @property
     def end(self) -> np.ndarray:
+        """Every event's end: a new array of the trace's length (prefer :meth:`ends` for a selection)."""
         return np.asarray(self.ts + self.dur)
+
+    def ends(self, sel: Any) -> Any:
+        """The ends of the selected events (mask, indices or one index): the same values as ``end[sel]``
+        without first building the whole trace's ends -- 8 bytes per event, ~80 MB for a 4 GB trace, per call."""
+        return self.ts[sel] + self.dur[sel]
 
     def mask(self, *cats: Cat) -> np.ndarray:
         """Events of any of ``cats``: one comparison per category (np.isin sorts; the analyzers ask ~50 times)."""

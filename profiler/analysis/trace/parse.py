@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from gpulens.profiler.analysis.trace.heap import return_freed_heap
 from gpulens.profiler.analysis.trace.jsonsplit import EventSplitter, JsonShapeError
 from gpulens.profiler.analysis.trace.model import CATEGORY_NAMES, Cat, Trace
 from gpulens.profiler.analysis.trace.patterns import SHAPE_OPS
@@ -91,10 +92,16 @@ def load_trace(path: str | Path, rank: int | None = None) -> Trace:
     trace = columns.trace(meta, rank)
     if len(trace) == 0:
         raise TraceError(p, "empty trace (no complete events)")
-    reach = float(np.nanmax(np.abs(trace.end))) + abs(trace.epoch_offset_us)
+    reach = _reach(trace) + abs(trace.epoch_offset_us)
     if not reach < MAX_TIME_US:
         raise TraceError(p, f"timestamps out of range ({reach:.3g} us; a trace spans years since 1970 at most)")
     return trace
+
+
+def _reach(trace: Trace, chunk: int = 1 << 20) -> float:
+    """The largest |end| of any event, a slice at a time (two whole-trace temporaries at 4 GB are ~160 MB)."""
+    parts = [np.fmax.reduce(np.abs(trace.ends(slice(i, i + chunk)))) for i in range(0, len(trace), chunk)]
+    return float(np.fmax.reduce(np.asarray(parts)))  # fmax: NaN only where every value is NaN, as nanmax
 
 
 def _decode_events(piece: bytes) -> list[Any]:
@@ -272,6 +279,7 @@ class _Columns:
             parts = self.parts[col]
             cols[col] = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
             parts.clear()  # the pieces go as the column is made: the peak is the columns plus one
+            return_freed_heap()
         names = [x if type(x) is str else str(x) for x in self.name_ids]
         lookup = np.asarray([int(CATEGORY_NAMES.get(str(c).lower(), Cat.OTHER)) for c in self.cat_ids] or [0],
                             dtype=np.int8)

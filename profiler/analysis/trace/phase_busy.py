@@ -51,7 +51,7 @@ def phase_gpu_busy(trace: Trace) -> dict[str, Any] | None:
     if not keep.any():
         return None
     annotations, ids = annotations[keep], ids[keep]
-    starts, ends = trace.ts[annotations], trace.end[annotations]
+    starts, ends = trace.ts[annotations], trace.ends(annotations)
     first = _first_kernel(trace, float(starts.min()), float(ends.max()))
     out: dict[str, Any] = {"steps": steps, "ranges_us": float((ends - starts).sum()), "gpu_lag_us": None,
                            "phases": {}}
@@ -60,7 +60,7 @@ def phase_gpu_busy(trace: Trace) -> dict[str, Any] | None:
     launched_at, began = first
     out["gpu_lag_us"] = began - launched_at
     work = trace.gpu_work()
-    busy = merge(trace.ts[work], trace.end[work])  # any stream of any device: "the GPU runs something"
+    busy = merge(trace.ts[work], trace.ends(work))  # any stream of any device: "the GPU runs something"
     starts = np.maximum(starts, began)  # before it, the GPU may run work the trace does not hold
     ends = np.maximum(ends, starts)
     inside = overlap(busy, starts, ends)

@@ -39,7 +39,7 @@ def hta_gpu_events(trace: Trace) -> np.ndarray:
 
 
 def _hta_times(trace: Trace, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ts, end = trace.ts[mask], trace.end[mask]
+    ts, end = trace.ts[mask], trace.ends(mask)
     if np.any(trace.ts != np.floor(trace.ts)):  # ns-resolution trace: HTA rounds to whole µs
         ts, end = np.ceil(trace.ts[mask]), np.floor(trace.ts[mask] + trace.dur[mask])
     return ts, end
@@ -100,7 +100,7 @@ def stream_breakdown(trace: Trace) -> list[dict[str, float | int]]:
     mask = trace.gpu_work()
     if not mask.any():
         return []
-    ts, end, dev, stream = trace.ts[mask], trace.end[mask], trace.device[mask], trace.stream[mask]
+    ts, end, dev, stream = trace.ts[mask], trace.ends(mask), trace.device[mask], trace.stream[mask]
     kind = _kind(trace, mask)
     rows: list[dict[str, Any]] = []
     for d in np.unique(dev):
