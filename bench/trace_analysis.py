@@ -139,7 +139,7 @@ def timed(argv: list[str]) -> tuple[float, float, str]:
     return time.perf_counter() - t0, float(proc.stderr.strip().splitlines()[-1]) / 1024, proc.stdout
 
 
-def end_to_end(trace: Path, pairs: int) -> None:
+def end_to_end(trace: Path, pairs: int, one_process: bool = False) -> None:
     from stats import fmt_ci
 
     gpulens = str(Path(sys.executable).with_name("gpulens"))
@@ -149,8 +149,11 @@ def end_to_end(trace: Path, pairs: int) -> None:
         hta_dir.mkdir()
         os.symlink(trace.resolve(), hta_dir / trace.name)
         for i in range(-1, pairs):  # pair -1 warms both up (bytecode caches, the page cache) and is not counted
-            def gl() -> tuple[float, float]:
-                t1, r1, out = timed([gpulens, "import", str(trace), "--runs-dir", str(Path(tmp) / f"runs{i}")])
+            def gl(runs: Path = Path(tmp) / f"runs{i}") -> tuple[float, float]:
+                if one_process:  # trace to figures in one command
+                    t, r, _ = timed([gpulens, "import", str(trace), "--runs-dir", str(runs), "--report", "--json"])
+                    return t, r
+                t1, r1, out = timed([gpulens, "import", str(trace), "--runs-dir", str(runs)])
                 t2, r2, _ = timed([gpulens, "report", out.strip(), "--json"])
                 return t1 + t2, max(r1, r2)
 
@@ -167,7 +170,8 @@ def end_to_end(trace: Path, pairs: int) -> None:
             rss_theirs.append(hr)
             ratios.append(h / g)
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    print(f"{trace.name}: gpulens import + report --json {med(ours):.2f} s (peak RSS {max(rss_ours):.0f} MiB); "
+    what = "import --report --json" if one_process else "import + report --json"
+    print(f"{trace.name}: gpulens {what} {med(ours):.2f} s (peak RSS {max(rss_ours):.0f} MiB); "
           f"HTA load + temporal + kernel breakdown {med(theirs):.2f} s (peak RSS {max(rss_theirs):.0f} MiB)")
     print("  " + fmt_ci("speed-up (HTA time / gpulens time)", ratios))
 
@@ -201,6 +205,8 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true",
                     help="with --end-to-end: on a synthetic trace of --synthetic-mb (plain JSON) made from --trace")
     ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--one-process", action="store_true",
+                    help="with --end-to-end: time `gpulens import --report --json` (one process) for gpulens")
     ap.add_argument("--ranks", type=int, default=0,
                     help="import a job of this many synthetic rank traces of --synthetic-mb each (gpulens only)")
     args = ap.parse_args()
@@ -217,10 +223,10 @@ def main() -> None:
             t0 = time.time()
             mb = synthesize(args.trace, big, args.synthetic_mb)
             print(f"(synthetic trace of {mb:.0f} MB written in {time.time() - t0:.0f} s)")
-            end_to_end(big, args.pairs)
+            end_to_end(big, args.pairs, args.one_process)
         return
     if args.end_to_end:
-        end_to_end(args.trace, args.pairs)
+        end_to_end(args.trace, args.pairs, args.one_process)
         return
     raw_mb = len(gzip.decompress(args.trace.read_bytes())) / 1e6
     compare(f"real trace {args.trace.name}", args.trace, raw_mb)

@@ -66,6 +66,10 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("traces", nargs="+", help="trace files (.json or .json.gz), one per rank")
     imp.add_argument("--name", help="run name (default: from the first file name)")
     imp.add_argument("--runs-dir", help="runs root (default $GPULENS_DIR or ./gpulens-runs)")
+    imp.add_argument("--report", action="store_true",
+                     help="then print the run's report, as `gpulens report RUN` would (the run's folder goes to "
+                          "stderr)")
+    imp.add_argument("--json", action="store_true", help="with --report: the report as JSON")
 
     ls = sub.add_parser("ls", help="list the runs under a runs root or a store URL")
     ls.add_argument("runs_dir", nargs="?", help="runs root or store URL (default $GPULENS_DIR or ./gpulens-runs)")
@@ -318,9 +322,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     from gpulens.profiler import runs_root
     from gpulens.profiler.importer import import_traces
 
+    if args.json and not args.report:
+        print("gpulens import: --json goes with --report (the report as JSON)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     run_dir = import_traces(args.traces, runs_root(args.runs_dir), args.name)
-    print(run_dir)
-    return EXIT_OK
+    if not args.report:
+        print(run_dir)
+        return EXIT_OK
+    # one process from trace to figures: the report reads the analysis the import just kept beside the trace
+    print(f"gpulens: imported into {run_dir}", file=sys.stderr)
+    return cmd_report(argparse.Namespace(run=str(run_dir), runs_dir=None, json=args.json))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -354,6 +354,19 @@ def test_import_makes_a_run_the_report_shows(tmp_path, capsys):
     assert s["gpus"][0]["name"] == "Tesla V100-DGXS-32GB"
 
 
+def test_import_with_report_prints_what_report_prints_in_one_process(tmp_path, capsys):
+    """Trace to figures in one command; the report is the one ``gpulens report --json`` gives of the run."""
+    assert cli_main(["import", str(RESNET), "--runs-dir", str(tmp_path / "a"), "--report", "--json"]) == 0
+    out, err = capsys.readouterr()
+    one = json.loads(out)
+    run_dir = Path(err.split("imported into ", 1)[1].strip())
+    assert run_dir.parent == (tmp_path / "a").resolve() and one["run"]["id"] == run_dir.name
+    assert cli_main(["report", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == one
+    assert cli_main(["import", str(RESNET), "--runs-dir", str(tmp_path / "b"), "--json"]) == 2  # --json alone
+    assert "--json goes with --report" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def _bad(tmp_path, name, content: bytes) -> Path:
     p = tmp_path / name
     p.write_bytes(content)
