@@ -330,7 +330,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(run_dir)
         return EXIT_OK
     # one process from trace to figures: the report reads the analysis the import just kept beside the trace
-    print(f"gpulens: imported into {run_dir}", file=sys.stderr)
+    print(f"gpulens: imported into {fmt.shown_path(run_dir)}", file=sys.stderr)
     return cmd_report(argparse.Namespace(run=str(run_dir), runs_dir=None, json=args.json))
 
 

@@ -359,7 +359,7 @@ def test_import_with_report_prints_what_report_prints_in_one_process(tmp_path, c
     assert cli_main(["import", str(RESNET), "--runs-dir", str(tmp_path / "a"), "--report", "--json"]) == 0
     out, err = capsys.readouterr()
     one = json.loads(out)
-    run_dir = Path(err.split("imported into ", 1)[1].strip())
+    run_dir = Path(err.split("imported into ", 1)[1].strip()).resolve()
     assert run_dir.parent == (tmp_path / "a").resolve() and one["run"]["id"] == run_dir.name
     assert cli_main(["report", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == one
