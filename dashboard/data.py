@@ -231,10 +231,16 @@ def analyse(path: Path) -> Analysis:
 def _quiet_worker(dashboard: int) -> None:
     """An analysis process leaves Ctrl-C to the dashboard (which stops it), instead of a traceback each, and
     ends when the dashboard is gone however it went (SIGKILL, a crash: no ``finally`` ran there), instead of
-    living on as an orphan that holds its memory."""
+    living on as an orphan that holds its memory.  It imports what an analysis needs as it starts: the first
+    analysis a page asks for does not wait for them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(dashboard,), name="gpulens-parent-watch",
                      daemon=True).start()
+    import gpulens.profiler.analysis.run_analysis  # noqa: F401
+
+
+def _ready() -> None:
+    """The task that starts an analysis process ahead of the first analysis (:meth:`_Analyses.warm`)."""
 
 
 #: How often an analysis process checks that the dashboard that started it still runs.
@@ -375,6 +381,18 @@ class _Analyses:
             self._running += 1
             future.add_done_callback(self._finished)
 
+    def warm(self) -> None:
+        """Start the analysis process now (the dashboard calls this as it starts serving): the first page
+        opened then finds one ready instead of waiting ~1 s for a new interpreter and its imports, which on a
+        small machine cost the page one more poll."""
+        with self._lock:
+            if self._pool is not None or not self._processes:
+                return
+            try:
+                self._new_pool().submit(_ready)
+            except (BrokenProcessPool, RuntimeError):  # cannot start one now: the first analysis will
+                self._pool = None
+
     def _new_pool(self) -> Executor:
         pool = self._pool = _pool(self._processes, self._workers)
         self._pool_tasks = 0
@@ -443,6 +461,10 @@ def analysis_if_done(run_id: Any) -> Analysis | None:
 
 def analysis(run_id: Any, wait: float = 0.0, live: bool = False) -> Analysis | None:
     return _analyses.get(run_path(run_id), wait, live)
+
+
+def warm_analyses() -> None:
+    _analyses.warm()
 
 
 def shutdown(now: bool = False) -> None:

@@ -56,6 +56,9 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
     if access.needs_auth:
         how = f"HTTP Basic user {access.user}" if access.password else "token"
         print(f"gpulens: authentication required ({how})", file=sys.stderr, flush=True)
+    from gpulens.dashboard import data
+
+    data.warm_analyses()  # an analysis process ready before the first page asks for one
     if on_ready is not None:
         on_ready(url)
     stopped_by, restore = _stop_on_signals()
@@ -66,8 +69,6 @@ def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 
     finally:
         restore()
         server.close()
-        from gpulens.dashboard import data
-
         data.shutdown(now=True)
     if signal.SIGTERM in stopped_by:  # `kill`, `docker stop`, systemd: the analysis processes are stopped; now
         os.kill(os.getpid(), signal.SIGTERM)  # die of the signal, as the supervisor expects (-15 / 143)

@@ -474,6 +474,7 @@ def test_first_run_in_the_default_root_replaces_the_samples_without_a_restart(pa
         _wait_graph(page, "live-graph")
         assert "no such run" not in page.inner_text("body")
     finally:
+        page.goto("about:blank")  # the live page polls: stopped under it, its next poll is a console error
         if writer is not None:
             writer.terminate()
             writer.wait(timeout=10)
