@@ -47,6 +47,7 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
         run = data.reader(run_id)
     except GpulensError as exc:
         return ui.error_page("Cannot open this run", str(exc))
+    data.analysis(run_id)  # started now, while the page's scripts load: ready sooner for its callbacks
     windows = run.windows()
     options = [{"label": "All windows combined", "value": ALL_WINDOWS}]
     for w in windows:

@@ -26,6 +26,7 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
     except GpulensError as exc:
         return ui.error_page("Cannot open this run", str(exc))
     info = run.info
+    data.analysis(run_id, live=info.status == "running")  # started now, ready sooner for the page's callbacks
     meta = info.meta
     gpus = info.gpus
     gpu_text = (f"{gpus[0].get('name')} × {len(gpus)}" if gpus else "no NVIDIA GPU")
