@@ -7,7 +7,9 @@ through :class:`RunAnalysis`, and viewing a run never needs torch.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gpulens.lazy import lazy_getattr
 
 if TYPE_CHECKING:  # the type checker sees the names; at run time each is imported on first use
     from gpulens.profiler.analysis.run_analysis import RunAnalysis
@@ -55,12 +57,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gpulens.profiler' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

@@ -57,8 +57,8 @@ def _step_rows(trace: Trace) -> list[tuple[Any, ...]]:
         return []
     steps = steps[np.argsort(trace.ts[steps], kind="stable")]
     ops = trace.mask(Cat.CPU_OP, Cat.USER_ANNOTATION)
-    op_ts, op_end = trace.ts[ops], trace.end[ops]
-    a, b = trace.ts[steps], trace.end[steps]
+    op_ts, op_end = trace.ts[ops], trace.ends(ops)
+    a, b = trace.ts[steps], trace.ends(steps)
 
     def spans(match: Any) -> np.ndarray:  # operator spans whose name matches (judged once per distinct name)
         return np.asarray(trace.name_flags(match)[ops])

@@ -8,7 +8,9 @@ and should not pay for the parser.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gpulens.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from gpulens.profiler.analysis.trace.model import Cat, Trace
@@ -22,12 +24,4 @@ _LAZY = {"Cat": "gpulens.profiler.analysis.trace.model", "Trace": "gpulens.profi
          "load_trace": "gpulens.profiler.analysis.trace.parse"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gpulens.profiler.analysis.trace' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
