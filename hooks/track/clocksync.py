@@ -5,7 +5,8 @@ milliseconds of skew shift one node's series against another's.  Once the proces
 first rank of every other node pings rank 0 a few times through the rendezvous store the job already
 has (no server of ours, no port): it writes a ping, rank 0 answers with its clock, and the round trip
 with the shortest time gives the offset (our clock minus rank 0's, at the midpoint of the round trip) and
-its uncertainty (half that round trip).  It all runs on background threads with short timeouts: a store
+its uncertainty (half that round trip, plus how far each side's clock anchor can be off: see
+``profiler.store.clock``).  It all runs on background threads with short timeouts: a store
 that is slow or gone costs nothing but the measurement.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
             t1 = clock.now()
             store.set(f"{KEY}/{rank}/ping/{i}", "1")
             store.wait([f"{KEY}/{rank}/pong/{i}"], WAIT)
-            theirs = float(store.get(f"{KEY}/{rank}/pong/{i}"))
+            theirs, their_anchor = _pong(store.get(f"{KEY}/{rank}/pong/{i}"))
         except Exception:
             if best is None:
                 raise
@@ -59,11 +60,18 @@ def ping(store: Any, rank: int, rounds: int = ROUNDS) -> dict[str, Any] | None:
         t2 = clock.now()
         rtt = t2 - t1
         done += 1
-        if best is None or rtt < best[1]:
-            best = ((t1 + t2) / 2 - theirs, rtt)
+        if best is None or rtt / 2 + their_anchor < best[1]:
+            best = ((t1 + t2) / 2 - theirs, rtt / 2 + their_anchor)
     if best is None:
         return None
-    return {"offset_s": best[0], "uncertainty_s": best[1] / 2, "rounds": done, "against_rank": 0}
+    return {"offset_s": best[0], "uncertainty_s": best[1] + clock.ANCHOR_ERROR_S, "rounds": done, "against_rank": 0,
+            "perf_epoch_s": clock.perf_epoch()}
+
+
+def _pong(raw: bytes | str) -> tuple[float, float]:
+    """rank 0's clock reading and its clock's anchor error (0 from a gpulens that sent the reading only)."""
+    parts = (raw.decode() if isinstance(raw, bytes) else raw).split()
+    return float(parts[0]), (float(parts[1]) if len(parts) > 1 else 0.0)
 
 
 def serve(store: Any, stop: threading.Event, rounds: int = ROUNDS, serve_for: float = SERVE_FOR_S,
@@ -108,7 +116,7 @@ def _answer(store: Any, peer: str, rounds: int) -> None:
     try:
         for i in range(rounds):
             store.wait([f"{KEY}/{peer}/ping/{i}"], WAIT)
-            store.set(f"{KEY}/{peer}/pong/{i}", repr(clock.now()))
+            store.set(f"{KEY}/{peer}/pong/{i}", f"{clock.now()!r} {clock.ANCHOR_ERROR_S!r}")
     except Exception as exc:  # a peer that went away
         log.debug("gpulens: clock pings of rank %s stopped: %s", peer, exc)
 
@@ -128,7 +136,8 @@ def start(torch: Any, rank: int, local_rank: int, node_rank: int, world_size: in
     def run() -> None:
         try:
             if rank == 0:
-                record({"offset_s": 0.0, "uncertainty_s": 0.0, "rounds": 0, "against_rank": 0, "reference": True})
+                record({"offset_s": 0.0, "uncertainty_s": 0.0, "rounds": 0, "against_rank": 0, "reference": True,
+                        "perf_epoch_s": clock.perf_epoch()})
                 serve(store, stop, peers=max(0, nodes - 1))
             else:
                 got = ping(store, rank)
