@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from gpulens import fmt
 from gpulens.profiler import RunReader
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.kernel_view import steps_in_windows
@@ -16,15 +17,27 @@ def gpu_mean(s: Report, metric: str) -> float | None:
     return mean_over_gpus(s.gpus, metric)
 
 
-def headline_rows(run_a: RunReader, a: Report, run_b: RunReader, b: Report) -> list[dict[str, Any]]:
-    """``gpulens compare``'s rows for the page: B against A, each change with its interval and verdict."""
-    from gpulens.profiler.analysis.compare import change_text, compare, interval_text, side_of
+def headline_rows(run_a: RunReader, a: Report, run_b: RunReader, b: Report,
+                  advice_a: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``gpulens compare``'s rows for the page, B against A, each change with its interval and verdict; and the
+    fixes: A's proposed changes that B applied, their predictions beside what B got (``gpulens compare``'s
+    ``fix`` lines)."""
+    from gpulens.profiler.analysis.compare import change_text, check_fixes, compare, interval_text, side_of
     from gpulens.tables import comparison_value
 
-    result = compare(side_of(run_a, a), side_of(run_b, b))
-    return [{"metric": m.label, "a": comparison_value(m, m.base), "b": comparison_value(m, m.candidate),
+    side_a, side_b = side_of(run_a, a), side_of(run_b, b)
+    result = compare(side_a, side_b)
+    check_fixes(result, [s for s in (advice_a or {}).get("suggestions") or [] if s.get("change")], side_a, side_b)
+    rows = [{"metric": m.label, "a": comparison_value(m, m.base), "b": comparison_value(m, m.candidate),
              "change": change_text(m, with_interval=False), "ci": interval_text(m),
              "verdict": m.verdict + (f" ({m.note})" if m.note else "")} for m in result.metrics]
+    fixes = [{"suggestion": f.suggestion, "applied": fmt.change(f.applied),
+              "predicted": f"{fmt.share(f.predicted, 0)} ({fmt.share(f.low, 0)} to {fmt.share(f.high, 0)})",
+              "got": "n/a" if f.got is None else fmt.share(f.got, 0) + (
+                  f" ({fmt.share(f.got_low, 0)} to {fmt.share(f.got_high, 0)})"
+                  if f.got_low is not None and f.got_high is not None else ""),
+              "held": "—" if f.inside is None else "inside" if f.inside else "outside"} for f in result.fixes]
+    return rows, fixes
 
 
 def kernel_deltas(a: Report, b: Report, limit: int = 25) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from typing import Any
 
 from dash import dcc, html
 
+from gpulens import fmt
+
 #: AG Grid's Quartz theme, denser: dashboards show many columns (dark mode follows data-ag-theme-mode).
 GRID_THEME = {"function": "themeQuartz.withParams({spacing: 5, fontSize: 13, headerFontSize: 13})"}
 
@@ -73,6 +75,10 @@ def suggestion_card(s: dict[str, Any], index: int, evidence_buttons: list[Any]) 
     ]
     if s.get("snippet"):
         body.append(html.Pre(html.Code(s["snippet"]), className="snippet"))
+    if s.get("change"):
+        body.append(html.P([html.B("Change: "), html.Code(fmt.change(s["change"]))], className="sugg-change"))
+    if s.get("prediction"):
+        body.append(html.P([html.B("Predicted: "), fmt.prediction(s["prediction"])], className="sugg-prediction"))
     body.append(html.P([html.B("Expected gain: "), f"{s.get('expected_gain')} — {s.get('gain_estimate')}",
                         html.Span(f" (confidence {s.get('confidence')})", className="muted")]))
     if s.get("overlaps"):

@@ -283,15 +283,19 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from gpulens.profiler import RunAnalysis, open_run
-    from gpulens.profiler.analysis.compare import check, compare, parse_rules, side_of
+    from gpulens.profiler.analysis.compare import check, check_fixes, compare, parse_rules, side_of
 
     rules = parse_rules(args.fail_on) if args.fail_on is not None else []  # bad rules: exit 2 before any work
     sides = []
+    proposed: list[dict[str, Any]] = []
     for target in (args.base, args.candidate):
         with open_run(_run_target(target, args.runs_dir)) as run:
             analysis = RunAnalysis(run)
             sides.append(side_of(run, analysis.report(suggestions=False), analysis.data.energy_curves))
+            if not proposed and len(sides) == 1:  # the base's advice: the changes it proposed, with predictions
+                proposed = [s for s in analysis.advice.as_dict()["suggestions"] if s.get("change")]
     comparison = compare(sides[0], sides[1])
+    check_fixes(comparison, proposed, sides[0], sides[1])
     results = check(comparison, rules)
     failed = [r for r in results if r.failed]
     if args.json:

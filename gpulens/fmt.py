@@ -188,3 +188,18 @@ def shown_path(path: object) -> str:
     except ValueError:  # another drive (Windows)
         return safe_text(text)
     return safe_text(rel if not rel.startswith("..") else text)
+
+
+def change(values: dict[str, object]) -> str:
+    """``num_workers=2, persistent_workers=True``: a suggestion's change as the user would write it."""
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+
+
+def prediction(p: dict[str, object]) -> str:
+    """``37% shorter steps (20% to 45%); model: ...``: a predicted gain, its interval and its basis."""
+    def num(key: str) -> float | None:
+        v = p.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    return (f"{share(num('gain_fraction'), 0)} shorter steps ({share(num('low'), 0)} to {share(num('high'), 0)}); "
+            f"{p.get('basis')}")

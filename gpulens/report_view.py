@@ -496,6 +496,10 @@ def _advice_blocks(advice: dict[str, Any], full: bool) -> list[Any]:
             out.append(_indented(Text(f"do: {s['action']}"), 5))
             if s.get("snippet"):
                 out.append(_indented(Text(s["snippet"], style="cyan"), 7))
+            if s.get("change"):
+                out.append(_indented(Text(f"change: {fmt.change(s['change'])}"), 5))
+            if s.get("prediction"):
+                out.append(_indented(Text(f"predicted: {fmt.prediction(s['prediction'])}"), 5))
             out.append(_indented(Text(f"gain: {s['gain_estimate']} · confidence {s['confidence']} · id {s['id']}",
                                       style="dim"), 5))
     combined = advice.get("combined_gain_fraction")
@@ -539,6 +543,16 @@ def render_comparison(comparison: Any, results: list[Any], console: Console | No
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(Text(f"[{i}] {sanitized(note)}", style="dim"))
+    for f in comparison.fixes:
+        got = "not measured" if f.got is None else f"got {fmt.share(f.got, 0)}"
+        if f.got is not None and f.got_low is not None and f.got_high is not None:
+            got += f" (95% CI {fmt.share(f.got_low, 0)} to {fmt.share(f.got_high, 0)})"
+        held = ("" if f.inside is None else " — inside the predicted interval" if f.inside
+                else " — outside the predicted interval")
+        console.print(Text.assemble(
+            ("fix ", "bold"), f"{sanitized(f.suggestion)} ({sanitized(fmt.change(f.applied))} applied): predicted "
+            f"{fmt.share(f.predicted, 0)} shorter median step ({fmt.share(f.low, 0)} to {fmt.share(f.high, 0)}), "
+            f"{got}{held}"))
     for line in unfinished_sides(comparison):  # a crashed run's few steps can look fast: say it, always
         console.print(Text(f"warning: {sanitized(line)}: its figures cover only the steps it recorded "
                            "(--fail-on status makes this fail the gate)", style="bold yellow"))

@@ -334,7 +334,9 @@ def test_compare_page_gives_noise_aware_verdicts():
     a = data.analyse(SAMPLES / "h100-cnn-input-bound").report
     b = data.analyse(SAMPLES / "h100-cnn-healthy").report
     with open_run(SAMPLES / "h100-cnn-input-bound") as ra, open_run(SAMPLES / "h100-cnn-healthy") as rb:
-        rows = {r["metric"]: r for r in comparison.headline_rows(ra, a, rb, b)}
+        head, fixes = comparison.headline_rows(ra, a, rb, b, data.analyse(SAMPLES / "h100-cnn-input-bound").advice)
+        rows = {r["metric"]: r for r in head}
+    assert fixes == []  # the advice proposed 3 workers; the healthy run has 4 (and another batch): not its change
     assert rows["Data wait share"]["verdict"] == "better" and rows["Data wait share"]["change"] == "-66.9 pp"
     # the report's own figures: the page never contradicts the cards or gpulens report
     assert rows["Data wait share"]["a"] == "70.6%" and rows["Data wait share"]["b"] == "3.7%"

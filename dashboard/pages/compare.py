@@ -85,10 +85,18 @@ def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: s
     assert aa.report is not None and ab.report is not None
     sa, sb = aa.report, ab.report
     na, nb = f"A: {ra.info.name}", f"B: {rb.info.name}"
-    head = comparison.headline_rows(ra, sa, rb, sb)
+    head, fixes = comparison.headline_rows(ra, sa, rb, sb, aa.advice)
     head_table = _table(head, [("metric", ""), ("a", na), ("b", nb), ("change", "B vs A"), ("ci", "95% CI"),
                                ("verdict", "verdict")], "cmp-headline",
                         lambda r: r["verdict"] if r["verdict"] in ("better", "worse") else "")
+    fix_part: list[Any] = []
+    if fixes:
+        fix_part = [html.H3("Predicted and got"),
+                    html.Div("Changes A's suggestions proposed that B applied: the median step's predicted shortening "
+                             "beside what B got (95% CI).", className="muted"),
+                    _table(fixes, [("suggestion", "suggestion"), ("applied", "applied in B"),
+                                   ("predicted", "predicted"), ("got", "got"), ("held", "")], "cmp-fixes",
+                           lambda r: "better" if r["held"] == "inside" else "worse" if r["held"] == "outside" else "")]
     phases_a, phases_b = sa.step_time.phases, sb.step_time.phases
     steps_fig = figures.grouped_bars_figure(
         [th.PHASE_LABELS[p] for p in PHASE_COLUMNS],
@@ -127,7 +135,7 @@ def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: s
         html.Div("Each change has a 95% interval from resampling blocks of steady steps (or readings); a change "
                  "whose interval includes zero gets no verdict. The same rows as gpulens compare A B, whose "
                  "--fail-on turns them into a CI gate.", className="muted"),
-        head_table,
+        head_table, *fix_part,
         html.Div([dcc.Graph(figure=steps_fig, id="cmp-steps", config={"displaylogo": False}),
                   dcc.Graph(figure=dist_fig, id="cmp-dist", config={"displaylogo": False})], className="two-col"),
         html.Div([html.H3("Over the run"),

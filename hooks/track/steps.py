@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from gpulens.hooks.track import thread_times
 from gpulens.profiler.store import clock
 from gpulens.profiler.store.schema import FLAG_WARMUP, LOSS, PHASES
 
@@ -64,6 +66,28 @@ def infer_batch_size(batch: Any) -> int | None:
     return None
 
 
+#: One data wait in this many is measured (two reads of the thread's times, ~7 µs): a sample of every
+#: loader's waits at an eighth of the cost (bench/hook_cost.py: +3 µs per step on the hot path at one in four).
+WAIT_SAMPLE = 8
+#: How often (in measured waits) the totals reach the run's metadata; the last totals land at close.
+REPORT_WAITS = 8
+
+
+@dataclass
+class WaitTotals:
+    """The measured data waits of the training thread: how many, their wall time, and how much of it the
+    thread ran (CPU) or stood runnable in the run queue; the rest it was blocked."""
+
+    waits: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    runnable_s: float = 0.0
+
+    def as_meta(self) -> dict[str, float]:
+        return {"waits": self.waits, "wall_s": round(self.wall_s, 6), "cpu_s": round(self.cpu_s, 6),
+                "runnable_s": round(self.runnable_s, 6)}
+
+
 class StepRecorder:
     """Per-step accounting; ``emit`` receives finished rows (schema.STEP_COLUMNS order).
 
@@ -99,6 +123,13 @@ class StepRecorder:
         self._range_depths: list[int] = []  # phase-stack depth each open range was pushed at (-1: the step)
         self._calls_at_last_next = -1
         self._batch_samples: int | None = None
+        #: the data wait being measured: (phase-stack depth, perf_counter, thread CPU s, run-queue s) at its start
+        self._wait_at: tuple[int, float, float, float] | None = None
+        self._wait_count = 0  # data waits entered; every WAIT_SAMPLE-th is measured
+        self._thread_times: thread_times.Reader | None = None
+        self._close_thread_times: Callable[[], None] | None = None
+        self.waits = WaitTotals()
+        self.on_waits: Callable[[dict[str, float]], None] | None = None  # the totals, every REPORT_WAITS waits
 
     # ------------------------------------------------------------------ core accounting
     def _synced_now(self) -> float:
@@ -139,6 +170,8 @@ class StepRecorder:
         else:
             self._open_step(now)
         stack.append((slot, name))
+        if slot == DATA and self._wait_at is None:
+            self._begin_wait(len(stack), now)
         ranges = self.ranges
         if ranges is not None and ranges.active:
             ranges.push(name or PHASE_NAMES[slot])
@@ -171,10 +204,52 @@ class StepRecorder:
                 self._extra[top_name] = self._extra.get(top_name, 0.0) + dt
             if self._timing:
                 self.gpu.mark(top)
+        wait = self._wait_at
+        if wait is not None and wait[0] == len(stack):
+            self._end_wait(now, wait)
         if self._range_depths and self._range_depths[-1] == len(stack):
             self._range_depths.pop()
             self.ranges.pop()
         stack.pop()
+
+    def _begin_wait(self, depth: int, now: float) -> None:
+        self._wait_count += 1
+        if self._wait_count % WAIT_SAMPLE:
+            return
+        if self._thread_times is None:  # opened here: the reader reads the thread that opened it
+            self._thread_times, self._close_thread_times = thread_times.for_this_thread()
+        try:
+            cpu, queued = self._thread_times()
+        except (OSError, ValueError, IndexError):  # closed under us (the run closing), or unreadable
+            return
+        self._wait_at = (depth, now, cpu, queued)
+
+    def _end_wait(self, now: float, wait: tuple[int, float, float, float]) -> None:
+        """A measured data wait ended: how much of it this thread computed (loading in the training process),
+        stood in the run queue (a busy host) or was blocked (on workers, storage, the network) -- what a
+        prediction of more workers needs (hooks/track/thread_times.py)."""
+        self._wait_at = None
+        read = self._thread_times
+        if read is None:
+            return
+        try:
+            cpu, queued = read()
+        except (OSError, ValueError, IndexError):
+            return
+        totals = self.waits
+        totals.waits += 1
+        totals.wall_s += now - wait[1]
+        totals.cpu_s += cpu - wait[2]
+        totals.runnable_s += queued - wait[3]
+        if self.on_waits is not None and totals.waits % REPORT_WAITS == 0:
+            self.on_waits(totals.as_meta())
+
+    def close_waits(self) -> None:
+        """Let go of the thread-time reader (a file descriptor on Linux)."""
+        self._wait_at = None
+        close, self._close_thread_times, self._thread_times = self._close_thread_times, None, None
+        if close is not None:
+            close()
 
     def _close_ranges(self) -> None:
         """End every open range (the step's end; a window may stop right after)."""
@@ -236,6 +311,7 @@ class StepRecorder:
     def drop_phases(self) -> None:
         """Forget the open phases (one left open by an exception must not leak into the next step)."""
         self._stack.clear()
+        self._wait_at = None
 
     def measure(self, key: str, seconds: float) -> None:
         """A measurement of the open step kept beside its phases (``@compile``, ``@comm``: '@', not a phase)."""

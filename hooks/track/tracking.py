@@ -214,6 +214,7 @@ class TrackedRun:
                                  sync=self._sync if opts.sync_phases else None)
         self._rec.pre_step = self._pre_step
         self._rec.post_step = self._post_step
+        self._rec.on_waits = lambda totals: writer.meta(data_wait_cpu=totals)
         if opts.what_if:
             self._start_what_if(opts.what_if)
         if opts.flops_per_step:
@@ -660,6 +661,9 @@ class TrackedRun:
         that trained when this process did not."""
         meta: dict[str, Any] = {}
         children: dict[int, int] = {}
+        self._rec.close_waits()
+        if self._rec.waits.waits:
+            meta["data_wait_cpu"] = self._rec.waits.as_meta()
         if self._auto is not None:
             meta["auto"] = self._auto.describe()
             if not self._auto.updates and self._child is None:

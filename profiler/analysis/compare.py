@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpulens import fmt
+from gpulens.profiler.analysis.advisor.measure import worker_load
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
@@ -65,6 +66,7 @@ class Side:
     tensor_core_share: float | None
     status: str = "finished"  # the run's, as ls and the report say it (crashed, interrupted, running, ...)
     status_reason: str | None = None
+    workers: float | None = None  # DataLoader workers, mean while they were alive (None: no workers recorded)
 
 
 @dataclass
@@ -94,17 +96,73 @@ class Metric:
 
 
 @dataclass
+class FixCheck:
+    """A change the base run's advice proposed, which the candidate applied: what it predicted for the median
+    step against what the candidate got (gains: 0.3 = 30 % shorter; ``got_low``/``got_high`` its 95 % CI)."""
+
+    suggestion: str
+    change: dict[str, Any]
+    applied: dict[str, Any]  # the change's settings the candidate measurably has
+    unchecked: list[str]  # the change's settings no recording shows (pin_memory, persistent_workers, ...)
+    predicted: float
+    low: float
+    high: float
+    basis: str
+    got: float | None = None
+    got_low: float | None = None
+    got_high: float | None = None
+
+    @property
+    def inside(self) -> bool | None:
+        """The measured gain falls in the predicted interval (None: not measured)."""
+        return None if self.got is None else self.low <= self.got <= self.high
+
+
+@dataclass
 class Comparison:
     base: dict[str, Any]
     candidate: dict[str, Any]
     metrics: list[Metric] = field(default_factory=list)
+    fixes: list[FixCheck] = field(default_factory=list)
 
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "base": self.base, "candidate": self.candidate,
-                "metrics": [asdict(m) for m in self.metrics]}
+                "metrics": [asdict(m) for m in self.metrics],
+                "fixes": [{**asdict(f), "inside": f.inside} for f in self.fixes]}
+
+
+def _settings(side: Side) -> dict[str, Any]:
+    """What a run's recording shows of the settings a change names."""
+    out: dict[str, Any] = {"num_workers": round(side.workers) if side.workers else 0}
+    if side.batch_size:
+        out["batch_size"] = side.batch_size
+    return out
+
+
+def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base: Side, cand: Side) -> None:
+    """Each of the base's suggestions with a change and a prediction whose settings the candidate has (and the
+    base had not): its prediction beside the candidate's median step against the base's."""
+    before, after = _settings(base), _settings(cand)
+    median = comparison.metric("median_step")
+    for s in suggestions:
+        change, p = s.get("change"), s.get("prediction")
+        if not isinstance(change, dict) or not isinstance(p, dict):
+            continue
+        checkable = {k: v for k, v in change.items() if k in after}
+        if not checkable or any(after[k] != v for k, v in checkable.items()) \
+                or all(before.get(k) == v for k, v in checkable.items()):
+            continue
+        fix = FixCheck(suggestion=str(s.get("id")), change=change, applied=checkable,
+                       unchecked=[k for k in change if k not in checkable], predicted=float(p["gain_fraction"]),
+                       low=float(p["low"]), high=float(p["high"]), basis=str(p.get("basis")))
+        if median is not None and median.change is not None:
+            fix.got = -median.change
+            if median.low is not None and median.high is not None:
+                fix.got_low, fix.got_high = -median.high, -median.low
+        comparison.fixes.append(fix)
 
 
 def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = None) -> Side:
@@ -134,7 +192,7 @@ def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = N
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
                 readings=readings, reading_means=means, step_energy=energy, memory=report.memory,
                 mfu=report.mfu, tensor_core_share=report.tensor_core_share,
-                status=run.info.status, status_reason=run.info.status_reason)
+                status=run.info.status, status_reason=run.info.status_reason, workers=worker_load(run)[0])
 
 
 def _fill(m: Metric, got: Change | None) -> Metric:

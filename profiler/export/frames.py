@@ -18,6 +18,7 @@ optional: without them the error says which extra to install.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ FORMATS = ("parquet", "csv")
 SERIES_COLUMNS = ("rank", "metric", "gpu", "unit", "t", "value")
 KERNEL_COLUMNS = ("name", "calls", "total_us", "mean_us", "max_us", "share", "category", "tensor_core")
 SUGGESTION_COLUMNS = ("rank", "id", "severity", "title", "finding", "action", "expected_gain",
-                      "expected_gain_fraction", "gain_estimate", "confidence", "overlaps")
+                      "expected_gain_fraction", "gain_estimate", "confidence", "overlaps", "change",
+                      "predicted_gain_fraction", "predicted_low", "predicted_high", "prediction_basis")
 
 
 def pandas() -> Any:
@@ -97,6 +99,10 @@ def suggestion_rows(advice: dict[str, Any]) -> list[dict[str, Any]]:
         row = {k: s.get(k) for k in SUGGESTION_COLUMNS if k != "rank"}
         row["rank"] = i
         row["overlaps"] = ",".join(s.get("overlaps") or [])
+        row["change"] = json.dumps(s["change"], sort_keys=True) if s.get("change") else None
+        p = s.get("prediction") or {}
+        row["predicted_gain_fraction"], row["predicted_low"], row["predicted_high"], row["prediction_basis"] = (
+            p.get("gain_fraction"), p.get("low"), p.get("high"), p.get("basis"))
         rows.append({k: row[k] for k in SUGGESTION_COLUMNS})
     return rows
 

@@ -111,6 +111,10 @@ class Measurements:
     cpu_pressure_pct: float | None = None  # PSI: time some task waited for a CPU
     runnable: float | None = None  # mean runnable tasks on the host
     others: dict[str, Any] | None = None  # other processes' CPU by name (sampler metadata cpu_others)
+    # the training thread's data waits (run metadata data_wait_cpu): shares of their time it ran, or stood
+    # runnable in the run queue; the rest it was blocked (workers, storage)
+    wait_cpu_share: float | None = None
+    wait_runnable_share: float | None = None
 
     # the profiler windows' kernels (shares are fractions 0-1 of kernel or stream time)
     has_kernels: bool = False
@@ -162,7 +166,7 @@ def _mean(metrics: dict[str, MetricStats], name: str) -> float | None:
     return m.mean if m is not None else None
 
 
-def _worker_load(run: RunReader) -> tuple[float | None, float | None]:
+def worker_load(run: RunReader) -> tuple[float | None, float | None]:
     """Mean number of DataLoader workers and their CPU (cores), while they were alive.
 
     Averaged over the whole run, the time before workers start and between
@@ -232,7 +236,7 @@ def measure(run: RunReader, done: list[tuple[Window, TraceAnalysis]], report: Re
         if tp.tokens_per_s:
             m.tokens_per_step = tp.tokens_per_s / tp.steps_per_s
     host = report.host.metrics
-    m.workers, m.workers_cpu_cores = _worker_load(run)
+    m.workers, m.workers_cpu_cores = worker_load(run)
     m.proc_cpu_cores = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
@@ -323,7 +327,16 @@ def _host_contention(m: Measurements, host: dict[str, MetricStats], meta: dict[s
     m.cpu_pressure_pct = _mean(host, "host.cpu_pressure")
     m.runnable = _mean(host, "host.runnable")
     others = meta.get("cpu_others")
+    waits = meta.get("data_wait_cpu")
+    if isinstance(waits, dict) and _pos(waits.get("wall_s")) and _pos(waits.get("waits")):
+        wall = float(waits["wall_s"])
+        m.wait_cpu_share = min(1.0, max(0.0, float(waits.get("cpu_s") or 0.0) / wall))
+        m.wait_runnable_share = min(1.0 - m.wait_cpu_share, max(0.0, float(waits.get("runnable_s") or 0.0) / wall))
     m.others = others if isinstance(others, dict) and isinstance(others.get("top"), list) else None
+
+
+def _pos(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v and v != float("inf")
 
 
 def _per_step(m: Measurements, steps: Any) -> None:

@@ -17,6 +17,24 @@ class Evidence:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What following a suggestion's ``change`` should do to the median step: a point estimate, not a bound.
+
+    ``gain_fraction`` is the expected shortening (0.3: 30 % shorter steps; negative: longer), ``low`` and
+    ``high`` an interval that the prediction test set shows to hold, ``basis`` how it was predicted
+    ("what-if measured", "model: ...")."""
+
+    gain_fraction: float
+    low: float
+    high: float
+    basis: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gain_fraction": round(self.gain_fraction, 4), "low": round(self.low, 4),
+                "high": round(self.high, 4), "basis": self.basis}
+
+
 @dataclass
 class Suggestion:
     id: str  # rule id from ADVISOR-RULES.md
@@ -31,10 +49,15 @@ class Suggestion:
     snippet: str | None = None
     gain_fraction: float | None = None  # upper bound on the step-time fraction saved, for ranking
     overlaps: list[str] = field(default_factory=list)  # suggestions that claim part of the same time
+    #: the change proposed, machine-readable (``{"num_workers": 2, "persistent_workers": True}``): what a user or
+    #: CI applies, and what ``gpulens compare`` checks the next run against
+    change: dict[str, Any] | None = None
+    prediction: Prediction | None = None  # what the change should do, where a model or a what-if can say
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["expected_gain_fraction"] = out.pop("gain_fraction")
+        out["prediction"] = self.prediction.as_dict() if self.prediction is not None else None
         return out
 
 

@@ -1,9 +1,12 @@
 """Input pipeline: is the loop waiting for data, and why?"""
 from __future__ import annotations
 
+from typing import Any
+
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
-from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
+from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, LoadingPrediction, predict_workers
 from gpulens.profiler.analysis.advisor.rules._shared import how
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
@@ -29,12 +32,72 @@ def current_workers(m: Measurements) -> int | None:
     return round(m.workers) if m.workers is not None else None
 
 
-def _loader_advice(m: Measurements) -> tuple[str, str]:
-    """(action, snippet): never fewer workers than the run has, pinned memory only where a GPU is fed."""
+def loading_inputs(m: Measurements, share: float, hidden: float | None) -> LoadingInputs | None:
+    """The loading model's inputs from a run (None: no step time or core count)."""
+    if not m.step_s or not m.cpu_count:
+        return None
+    ranks = max(1, m.local_world_size)
+    ours = (m.proc_cpu_cores or 0.0) + (m.workers_cpu_cores or 0.0)
+    others = max(0.0, m.host_busy_cores / ranks - ours) if m.host_busy_cores is not None else 0.0
+    w = m.what_if
+    without = w.step_time_median_s if w is not None and w.kind == "synthetic-data" else None
+    return LoadingInputs(
+        step_s=m.step_s, wait_s=share * m.step_s, workers=current_workers(m) or 0, cores=m.cpu_count / ranks,
+        others_cores=others, proc_cores=m.proc_cpu_cores, workers_cores=m.workers_cpu_cores,
+        wait_cpu_share=m.wait_cpu_share, wait_runnable_share=m.wait_runnable_share,
+        hidden_share=hidden if hidden is not None and hidden >= 0.05 else 0.0, step_without_waits_s=without)
+
+
+def workers_prediction(m: Measurements, share: float, hidden: float | None,
+                       bound: float) -> tuple[int, Prediction] | LoadingPrediction | None:
+    """(workers to propose, what they should do); or the model's best when no worker count beyond the run's is
+    predicted to shorten the step by ``THRESHOLD`` (the loop's own threads and the workers would share cores
+    too few for both); or None where the model cannot say.  The point estimate never exceeds the upper bound
+    (the wait that can vanish); the interval may, by the model's measured error: a loop that stops loading in
+    its own thread runs its own work a little faster."""
+    x = loading_inputs(m, share, hidden)
+    p = predict_workers(x) if x is not None else None
+    if p is None:
+        return None
+    if p.gain < THRESHOLD:
+        return p
+    split = ("measured" if p.split_known else "not measured: the interval spans all-CPU to all-blocked")
+    basis = (f"model: loading overlapped with the loop's own work, {_workers(p.workers)} at the CPU the host left "
+             f"(a batch costs {fmt.seconds(p.cpu_s)} CPU + {fmt.seconds(p.blocked_s)} blocked, {split}); "
+             f"limited by {p.limit}")
+    gain = min(p.gain, bound)
+    return p.workers, Prediction(gain, min(p.low, gain), max(p.high, gain), basis)
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' if n > 1 else ''}"
+
+
+def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPrediction | None = None
+                   ) -> tuple[str, str, dict[str, Any] | None]:
+    """(action, snippet, change): never fewer workers than the run has, pinned memory only where a GPU is fed;
+    a change only with a prediction (``verdict``: the loading model's, see :func:`workers_prediction`)."""
     n, have = suggested_workers(m), current_workers(m)
     cuda = m.device == "cuda"
     copies = ", pinned memory with non_blocking copies" if cuda else ""
-    if have is not None and n is not None and n <= have:
+    change: dict[str, Any] | None = None
+    cheaper = ("Make each sample cheaper to load (decode once and cache, lighter transforms, "
+               "transforms on batches)")
+    if isinstance(verdict, tuple):
+        n = verdict[0]
+        action = (f"Load batches in parallel and ahead of time: num_workers={n} (the fewest that the loading model "
+                  f"says reach the shortest step on {m.cpu_count} cores){copies}, persistent workers.")
+        workers = str(n)
+        change = {"num_workers": n, "persistent_workers": True, **({"pin_memory": True} if cuda else {})}
+    elif verdict is not None:
+        best = (f"would shorten the step by only {fmt.share(verdict.gain, 0)}" if verdict.gain > 0 else
+                "would not shorten the step")
+        now = f"the run has {have}; " if have else ""
+        action = (f"More workers are not predicted to help: {now}the best, {_workers(verdict.workers)}, {best} "
+                  f"(limited by {verdict.limit}; the loop's own threads and the workers' CPU share "
+                  f"{m.cpu_count} cores). {cheaper}{copies}.")
+        workers = str(max(have or 0, 1))
+    elif have is not None and n is not None and n <= have:
         action = (f"More workers will not help: the run has {have} for {m.cpu_count} cores. Make each sample "
                   f"cheaper to load (see the data-loading suggestion), prefetch deeper and keep the workers "
                   f"alive between epochs{copies}.")
@@ -56,7 +119,7 @@ def _loader_advice(m: Measurements) -> tuple[str, str]:
     if cuda:
         snippet += ("\nfor x, y in loader:\n"
                     "    x = x.to(device, non_blocking=True); y = y.to(device, non_blocking=True)")
-    return action, snippet
+    return action, snippet, change
 
 
 def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
@@ -82,6 +145,12 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         finding += f"; the GPU ran work through {fmt.share(hidden, 0)} of the profiled steps' data waits (trace)"
     if workers is not None:
         finding += f"; DataLoader worker processes: {workers}"
+    if m.wait_cpu_share is not None:
+        blocked = max(0.0, 1.0 - m.wait_cpu_share - (m.wait_runnable_share or 0.0))
+        where = "loading in this thread" if not workers else "receiving batches"
+        finding += (f"; of the training thread's waits, {fmt.share(m.wait_cpu_share, 0)} computing ({where}), "
+                    f"{fmt.share(m.wait_runnable_share or 0.0, 0)} waiting for a CPU, {fmt.share(blocked, 0)} blocked "
+                    "(workers, storage, network)")
     # the GPU's work that ran through the waits (queued ahead) must still run once they are gone
     gain = share * (1.0 - hidden) if hidden is not None and hidden >= 0.05 else share
     if gain <= THRESHOLD:
@@ -92,7 +161,8 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     if m.windows:
         w = m.windows[0]
         evidence.append(Evidence("window", "profiled steps", {"rank": w.rank, "index": w.index}))
-    action, snippet = _loader_advice(m)
+    verdict = workers_prediction(m, share, hidden, gain)
+    action, snippet, change = _loader_advice(m, verdict)
     expected = f"up to {fmt.share(gain, 0)} shorter steps"
     estimate = "upper bound: the measured data-wait share, which vanishes when loading overlaps compute"
     if gain < share:
@@ -107,12 +177,16 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     elif not m.imported:
         action += how(m, " To measure the gain first: gpulens.track(..., what_if=\"synthetic-data\").",
                       " To measure the gain first: gpulens run --what-if synthetic-data -- <your command>.")
+    prediction = verdict[1] if isinstance(verdict, tuple) else None
+    if prediction is not None and measured is None:
+        expected = (f"{fmt.share(prediction.gain_fraction, 0)} shorter steps predicted "
+                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {expected})")
     return Suggestion(
         id="dataloader_bound", severity=severity,
         title="The training loop waits for data",
         finding=finding, action=action, snippet=snippet,
         expected_gain=expected, gain_estimate=estimate,
-        confidence="high", evidence=evidence, gain_fraction=gain)
+        confidence="high", evidence=evidence, gain_fraction=gain, change=change, prediction=prediction)
 
 
 def _hidden_share(m: Measurements, share: float) -> float | None:

@@ -1,0 +1,200 @@
+"""Claim: the advisor's predicted gain for a change is what the change really does (issue: within 15 % of the
+measured gain, relative, in most scenarios, and the measured gain inside the predicted [low, high] in all).
+
+Each scenario is a real CPU training loop written the way users write one (a Dataset, a DataLoader, an
+MLP, SGD).  The baseline runs under ``gpulens.track()``; ``gpulens advise`` proposes a ``change`` with its
+``prediction``; the bench applies the change for real (the DataLoader rebuilt with it) and times both arms
+in pairs in one process (each arm a run of its own: the baseline, then the change).  The measured gain
+is 1 - median(changed step) / median(baseline step) over the pairs' runs, with a 95 % bootstrap interval
+over pairs.  Run it on a quiet machine: a busy one changes what the change does (that is the model's point:
+it reads the CPU the host left), and the prediction of each pair is made from that pair's baseline.
+
+    python bench/predictions.py [--pairs 3] [--steps 80] [--scenario io-reads ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import gpulens
+from gpulens.profiler import open_run
+from gpulens.profiler.analysis.run_analysis import RunAnalysis
+from stats import bootstrap_ci
+
+
+def _spin(seconds: float) -> None:
+    """CPU work of a transform (decode, augment): this thread runs for ``seconds``."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+
+
+class Samples(Dataset):
+    """A sample costs ``cpu_s`` of CPU and ``io_s`` of blocked time (a read from slow storage)."""
+
+    def __init__(self, n: int, cpu_s: float, io_s: float, dim: int) -> None:
+        self.n, self.cpu_s, self.io_s, self.dim = n, cpu_s, io_s, dim
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.io_s:
+            time.sleep(self.io_s)
+        if self.cpu_s:
+            _spin(self.cpu_s)
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(self.dim, generator=g), i % 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    cpu_s: float  # per sample
+    io_s: float  # per sample
+    workers: int  # the baseline's num_workers
+    batch: int = 32
+    dim: int = 512
+    hidden: int = 1024
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("io-reads", "reads that wait on storage, in the training process", cpu_s=0.0, io_s=0.0015, workers=0),
+    Scenario("cpu-transforms", "CPU-heavy transforms in the training process", cpu_s=0.0006, io_s=0.0, workers=0),
+    Scenario("mixed", "half CPU, half waiting on reads, in the training process", cpu_s=0.0004, io_s=0.0008,
+             workers=0),
+    Scenario("io-one-worker", "reads that wait on storage, one worker", cpu_s=0.0, io_s=0.0015, workers=1),
+    Scenario("slow-storage-big-model", "slow reads (3 ms a sample) feeding a wider model, in the training process",
+             cpu_s=0.0, io_s=0.003, workers=0, batch=16, hidden=2048),
+    Scenario("light-transforms", "light CPU transforms in the training process", cpu_s=0.0002, io_s=0.0,
+             workers=0),
+)}
+
+
+def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str) -> Path:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(scenario.dim, scenario.hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(scenario.hidden, scenario.hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(scenario.hidden, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = Samples(scenario.batch * steps, scenario.cpu_s, scenario.io_s, scenario.dim)
+    loader = DataLoader(data, batch_size=scenario.batch, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
+        for x, y in run.loader(loader):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step(loss=loss)
+    assert run.path is not None
+    return Path(run.path)
+
+
+def median_step(path: Path) -> float:
+    with open_run(path) as run:
+        steps = run.steps()
+        keep = steps.counted()
+        return float(statistics.median(steps.duration[keep]))
+
+
+#: A decline ("more workers are not predicted to help") holds when one more worker gains less than this.
+DECLINE_HOLDS = 0.05
+
+
+def advice_of(path: Path) -> dict | None:
+    """The data-loading suggestion of a run: with a change and its prediction, or declining more workers."""
+    with open_run(path) as run:
+        advice = RunAnalysis(run).advice.as_dict()
+    return next((s for s in advice["suggestions"] if s["id"] == "dataloader_bound"), None)
+
+
+def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
+    """Each pair: a baseline, its advice, the change applied.  Where the advice declines more workers, one more
+    worker is tried: the decline holds if it gains under DECLINE_HOLDS."""
+    ratios, predicted, lows, highs, changes, declined = [], [], [], [], [], []
+    for i in range(pairs):
+        base = train(scenario, scenario.workers, steps, runs_dir, f"{scenario.name}-base-{i}")
+        s = advice_of(base)
+        if s is None:
+            say(f"  pair {i}: no data-loading suggestion")
+            continue
+        p = s.get("prediction")
+        n = int(s["change"]["num_workers"]) if s.get("change") and p else scenario.workers + 1
+        changed = train(scenario, n, steps, runs_dir, f"{scenario.name}-changed-{i}")
+        b, c = median_step(base), median_step(changed)
+        if not p:
+            declined.append(1 - c / b)
+            say(f"  pair {i}: base {b * 1e3:.1f} ms; more workers declined; num_workers={n} anyway: "
+                f"{c * 1e3:.1f} ms, measured {1 - c / b:+.0%}")
+            continue
+        ratios.append(c / b)
+        predicted.append(p["gain_fraction"])
+        lows.append(p["low"])
+        highs.append(p["high"])
+        changes.append(n)
+        say(f"  pair {i}: base {b * 1e3:.1f} ms, num_workers={n} {c * 1e3:.1f} ms: measured {1 - c / b:+.0%}, "
+            f"predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
+    out: dict = {"scenario": scenario.name, "what": scenario.what, "declined": declined}
+    if not ratios:
+        return out
+    mid, lo, hi = bootstrap_ci(ratios)
+    gain = 1 - mid
+    pred = statistics.median(predicted)
+    low, high = statistics.median(lows), statistics.median(highs)
+    return {**out, "num_workers": statistics.mode(changes), "pairs": len(ratios),
+            "measured": gain, "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
+            "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--scenario", nargs="*", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    args = ap.parse_args(argv)
+    if not 1 <= args.pairs <= 50 or not 20 <= args.steps <= 10000:
+        print("predictions: --pairs 1-50, --steps 20-10000", file=sys.stderr)
+        return 2
+    results = []
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for name in args.scenario:
+            scenario = SCENARIOS[name]
+            print(f"{name}: {scenario.what} (baseline num_workers={scenario.workers})", flush=True)
+            results.append(run_scenario(scenario, args.pairs, args.steps, runs_dir, lambda s: print(s, flush=True)))
+    print()
+    within = inside = counted = held = declines = 0
+    for r in results:
+        if r["declined"]:
+            ok = sum(g < DECLINE_HOLDS for g in r["declined"])
+            declines += len(r["declined"])
+            held += ok
+            print(f"{r['scenario']}: more workers declined in {len(r['declined'])} pair(s); one more worker "
+                  f"measured {', '.join(f'{g:+.1%}' for g in r['declined'])}: the decline held in {ok}")
+        if "measured" not in r:
+            continue
+        counted += 1
+        within += r["within_15pct"]
+        inside += r["inside"]
+        lo, hi = r["measured_ci"]
+        print(f"{r['scenario']}: num_workers={r['num_workers']} ({r['pairs']} pairs): predicted {r['predicted']:+.1%} "
+              f"[{r['low']:+.1%}, {r['high']:+.1%}], measured {r['measured']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}); "
+              f"within 15%: {'yes' if r['within_15pct'] else 'no'}, inside: {'yes' if r['inside'] else 'no'}")
+    print(f"predictions within 15 % of the measured gain: {within}/{counted}; measured inside [low, high]: "
+          f"{inside}/{counted}; declines that held: {held}/{declines}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

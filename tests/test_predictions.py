@@ -1,0 +1,230 @@
+"""Predicted gains: the loading model on per-step figures whose answer is known, the rule that carries it, and
+the training thread's data-wait split (CPU, run queue, blocked) measured in real loops.
+
+How close the predictions come to what a change really does is measured on a quiet machine by
+bench/predictions.py (real loops, the change applied): figures in docs/advisor.md.  Here nothing judges a
+time a busy host can stretch.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import gpulens
+from gpulens.profiler import open_run
+from gpulens.profiler.analysis.advisor import Measurements, advise_measurements
+from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, predict_workers, step_with
+
+MS = 1e-3
+
+
+def test_reads_that_block_are_hidden_by_workers_until_the_loops_own_work_limits():
+    # 50 ms steps: 30 ms waiting on reads (the thread blocked), 20 ms of compute on one core; two cores
+    x = LoadingInputs(step_s=50 * MS, wait_s=30 * MS, workers=0, cores=2, proc_cores=0.4, wait_cpu_share=0.0,
+                      wait_runnable_share=0.0)
+    assert step_with(x, 1, (0.0, 30 * MS)) == (pytest.approx(30 * MS), "the loaders")
+    p = predict_workers(x)
+    assert p is not None and p.workers == 2  # 15 ms of loading per step: the 20 ms of compute is the limit
+    assert p.step_s == pytest.approx(20 * MS) and p.gain == pytest.approx(0.6) and p.limit == "the loop's own work"
+    assert p.low < p.gain < p.high and p.split_known
+
+
+def test_cpu_heavy_loading_is_limited_by_the_cores():
+    # the same step, but loading computes: 30 ms of CPU per batch in the training thread, which is busy throughout
+    x = LoadingInputs(step_s=50 * MS, wait_s=30 * MS, workers=0, cores=2, proc_cores=1.0, wait_cpu_share=1.0,
+                      wait_runnable_share=0.0)
+    one = predict_workers(x, workers=1)
+    assert one is not None and one.step_s == pytest.approx(30 * MS) and one.limit == "the loaders"
+    # two workers would load a batch in 15 ms each, but the loop's thread and two busy workers on two cores run
+    # at 2/3 speed: the loop's 20 ms become 30, no better than one worker -- which is what is proposed
+    two = predict_workers(x, workers=2)
+    assert two is not None and two.step_s == pytest.approx(30 * MS) and two.limit == "the loop's own work"
+    p = predict_workers(x)
+    assert p is not None and p.workers == 1 and p.gain == pytest.approx(0.4)
+    # four cores: two workers and the loop fit, and the 50 ms of CPU per step need only 12.5 ms of them
+    roomy = predict_workers(replace(x, cores=4))
+    assert roomy is not None and roomy.workers == 2 and roomy.step_s == pytest.approx(20 * MS)
+
+
+def test_a_busy_host_and_an_unmeasured_split_widen_the_interval_not_the_point():
+    quiet = LoadingInputs(step_s=50 * MS, wait_s=30 * MS, workers=0, cores=2, proc_cores=1.0, wait_cpu_share=0.5,
+                          wait_runnable_share=0.0)
+    p = predict_workers(quiet, workers=2)
+    busy = predict_workers(replace(quiet, others_cores=1.0), workers=2)
+    assert p is not None and busy is not None
+    assert busy.high == p.high  # others may yield their CPU to the new workers, as on a quiet host ...
+    assert busy.gain < p.gain and busy.low < p.low  # ... the point estimate counts on what they left
+    # without the process' CPU, only the split says whether four workers on two cores compute (the cores limit
+    # them) or wait on reads (they hide the waits): unmeasured, the interval spans both
+    lean = LoadingInputs(step_s=50 * MS, wait_s=40 * MS, workers=0, cores=2, wait_cpu_share=1.0,
+                         wait_runnable_share=0.0)
+    cpu, blocked = (predict_workers(replace(lean, wait_cpu_share=share), workers=4) for share in (1.0, 0.0))
+    unknown = predict_workers(replace(lean, wait_cpu_share=None), workers=4)
+    assert cpu is not None and blocked is not None and unknown is not None and not unknown.split_known
+    # computing, the loop's thread and four workers share two cores (all at 2/5 speed): 50 ms of CPU, 25 ms
+    assert cpu.step_s == pytest.approx(25 * MS) and blocked.step_s == pytest.approx(10 * MS)
+    assert unknown.low <= cpu.low and unknown.high >= blocked.high
+
+
+def test_workers_the_loop_waits_on_tell_their_own_cost():
+    # one worker, idle on reads (no CPU): the loop waits 10 ms of a 30 ms step, so a batch takes the worker 30 ms
+    x = LoadingInputs(step_s=30 * MS, wait_s=10 * MS, workers=1, cores=4, proc_cores=0.6, workers_cores=0.0)
+    p = predict_workers(x)
+    assert p is not None and p.workers == 2 and p.blocked_s == pytest.approx(30 * MS) and p.cpu_s == 0.0
+    assert p.step_s == pytest.approx(20 * MS)  # 15 ms per batch from two workers: the loop's 20 ms is the limit
+
+
+def _measured(**kw) -> Measurements:
+    base = dict(run_id="unit", steps=200, steady_steps=190, step_s=0.05, cpu_count=2, workers=None,
+                phase_share={"data_wait": 0.6, "forward": 0.15, "backward": 0.2, "optimizer": 0.03, "other": 0.02},
+                proc_cpu_cores=0.4, host_busy_cores=0.45, wait_cpu_share=0.0, wait_runnable_share=0.02)
+    base.update(kw)
+    return Measurements(**base)
+
+
+def test_the_rule_proposes_the_change_and_a_point_estimate_never_above_the_bound():
+    advice = advise_measurements(_measured()).as_dict()
+    s = next(s for s in advice["suggestions"] if s["id"] == "dataloader_bound")
+    assert s["change"] == {"num_workers": 2, "persistent_workers": True}
+    p = s["prediction"]
+    assert s["expected_gain_fraction"] == pytest.approx(0.6)
+    assert p["low"] <= p["gain_fraction"] <= s["expected_gain_fraction"] <= p["high"]
+    assert p["basis"].startswith("model: ") and "predicted" in s["expected_gain"]
+    assert "num_workers=2" in s["snippet"] and "num_workers=2" in s["action"]
+    # no core count: the old heuristic's change, and no prediction
+    bare = advise_measurements(_measured(cpu_count=None)).as_dict()
+    s = next(s for s in bare["suggestions"] if s["id"] == "dataloader_bound")
+    assert s["prediction"] is None and "predicted" not in s["expected_gain"]
+
+
+def test_the_rule_declines_workers_that_would_share_cores_the_loop_keeps_busy():
+    # a CPU run whose torch threads keep both cores busy; loading computes 15 ms of each 50 ms step in its thread
+    m = _measured(phase_share={"data_wait": 0.3, "forward": 0.3, "backward": 0.3, "optimizer": 0.05, "other": 0.05},
+                  proc_cpu_cores=2.0, host_busy_cores=2.0, wait_cpu_share=1.0, wait_runnable_share=0.0)
+    s = next(s for s in advise_measurements(m).as_dict()["suggestions"] if s["id"] == "dataloader_bound")
+    assert s["change"] is None and s["prediction"] is None  # no change without a prediction that it helps
+    assert s["action"].startswith("More workers are not predicted to help: the best, 1 worker, would not shorten")
+    assert "predicted" not in s["expected_gain"]
+
+
+class _Slow(Dataset):
+    """Each sample sleeps (a read that blocks) or computes (a transform), for ``each`` seconds."""
+
+    def __init__(self, kind: str, each: float) -> None:
+        self.kind, self.each = kind, each
+
+    def __len__(self) -> int:
+        return 8 * 48
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.kind == "sleep":
+            time.sleep(self.each)
+        else:
+            end = time.thread_time() + self.each
+            while time.thread_time() < end:
+                pass
+        return torch.ones(4), i % 2
+
+
+@pytest.mark.parametrize("kind", ["sleep", "compute"])
+def test_the_training_threads_waits_are_split_into_cpu_run_queue_and_blocked(tmp_path, kind):
+    """Blocked time is what the thread did not run and did not wait to run: a sleeping read's time, never a
+    transform's, however busy the host (a preempted transform waits in the run queue, not blocked)."""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    each = 0.002
+    with gpulens.track(kind, runs_dir=tmp_path, quiet=True, advise=False, profile_every=0) as run:
+        for x, y in run.loader(DataLoader(_Slow(kind, each), batch_size=8)):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step()
+    with open_run(run.path) as r:
+        w = r.meta(0)["data_wait_cpu"]
+    assert w["waits"] == 48 // 8  # one wait in eight measured: 48 batches
+    blocked = w["wall_s"] - w["cpu_s"] - w["runnable_s"]
+    slept = w["waits"] * 8 * each
+    if kind == "sleep":
+        assert slept * 0.95 <= blocked <= w["wall_s"] and w["cpu_s"] < slept
+    else:
+        assert w["cpu_s"] >= slept * 0.95 and blocked < 0.25 * w["wall_s"], w
+
+
+def _runs(tmp_path):
+    """A loop that waits 30 ms of each 50 ms step on reads (the training thread blocked), on 4 idle cores, and
+    the same loop after ``num_workers=2``: 1 ms of wait left in a 21 ms step (times chosen, written through
+    the real writer)."""
+    from timeline import write_run
+
+    n = 120
+    base = write_run(tmp_path / "base", {"data_wait": np.full(n, 0.030), "forward": np.full(n, 0.010),
+                                         "backward": np.full(n, 0.008), "optimizer": np.full(n, 0.002)},
+                     meta={"host_info": {"cpu_count": 4},
+                           "data_wait_cpu": {"waits": 30, "wall_s": 0.9, "cpu_s": 0.0, "runnable_s": 0.0}},
+                     series={"proc.cpu": 0.4, "host.cpu": 10.0})
+    cand = write_run(tmp_path / "cand", {"data_wait": np.full(n, 0.001), "forward": np.full(n, 0.010),
+                                         "backward": np.full(n, 0.008), "optimizer": np.full(n, 0.002)},
+                     meta={"host_info": {"cpu_count": 4}},
+                     series={"proc.cpu": 0.95, "host.cpu": 24.0, "workers.count": 2.0, "workers.cpu": 0.0})
+    return base, cand
+
+
+def test_advise_and_the_card_carry_the_change_and_the_prediction(tmp_path, capsys):
+    from gpulens.cli import main as cli_main
+    from gpulens.dashboard.components import suggestion_card
+
+    base, _ = _runs(tmp_path)
+    assert cli_main(["advise", str(base), "--json"]) == 0
+    s = next(s for s in json.loads(capsys.readouterr().out)["suggestions"] if s["id"] == "dataloader_bound")
+    # 2 workers hide the 30 ms of reads (15 ms each); the loop's 20 ms of its own work is what is left
+    assert s["change"] == {"num_workers": 2, "persistent_workers": True}
+    assert s["prediction"]["gain_fraction"] == pytest.approx(0.6)
+    assert s["prediction"]["low"] == pytest.approx(1 - 0.020 * 1.35 / 0.050)  # the model's error on the test set
+    assert s["prediction"]["high"] == pytest.approx(1 - 0.020 * 0.7 / 0.050)  # above the bound by the model's error
+    assert "100% blocked" in s["finding"]
+    assert cli_main(["advise", str(base)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "change: num_workers=2, persistent_workers=True" in text
+    assert "predicted: 60% shorter steps (46% to 72%); model: loading overlapped" in text
+    card = json.dumps(suggestion_card(s, 0, []).to_plotly_json(), default=lambda o: o.to_plotly_json())
+    assert "num_workers=2, persistent_workers=True" in card and "60% shorter steps (46% to 72%)" in card
+
+
+def test_compare_says_what_the_fix_was_predicted_to_do_and_what_it_did(tmp_path, capsys):
+    from gpulens.cli import main as cli_main
+
+    base, cand = _runs(tmp_path)
+    assert cli_main(["compare", str(base), str(cand), "--json"]) == 0
+    fixes = json.loads(capsys.readouterr().out)["fixes"]
+    assert len(fixes) == 1
+    f = fixes[0]
+    assert (f["suggestion"], f["applied"], f["unchecked"]) == ("dataloader_bound", {"num_workers": 2},
+                                                               ["persistent_workers"])
+    assert f["predicted"] == pytest.approx(0.6) and f["got"] == pytest.approx(1 - 21 / 50, rel=1e-4) and f["inside"]
+    assert f["got_low"] <= f["got"] <= f["got_high"]
+    assert cli_main(["compare", str(base), str(cand)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("fix dataloader_bound (num_workers=2 applied): predicted 60% shorter median step (46% to 72%), got 58%"
+            in text) and "inside the predicted interval" in text
+    # the other way round, nothing was proposed for the candidate's workers: no fix to check
+    assert cli_main(["compare", str(cand), str(base), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fixes"] == []
+
+
+def test_the_compare_page_shows_the_fix_beside_its_prediction(tmp_path):
+    from gpulens.dashboard import comparison, data
+
+    base, cand = _runs(tmp_path)
+    a, b = data.analyse(base), data.analyse(cand)
+    assert a.report is not None and b.report is not None
+    with open_run(base) as ra, open_run(cand) as rb:
+        _, fixes = comparison.headline_rows(ra, a.report, rb, b.report, a.advice)
+    assert fixes == [{"suggestion": "dataloader_bound", "applied": "num_workers=2",
+                      "predicted": "60% (46% to 72%)", "got": "58% (58% to 58%)", "held": "inside"}]
