@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 #: Model error, from the prediction test set (bench/predictions.py, docs/advisor.md): the step reached was
-#: 0.74-1.29 times the predicted one; the interval of the gain follows from these factors.  Below: a loop that
-#: stops loading in its own thread also runs its own work faster (fewer allocations, warmer caches); above:
+#: 0.68-1.29 times the predicted one; the interval of the gain follows from these factors.  Below: a loop whose
+#: loading leaves for workers also runs its own work faster (fewer allocations, warmer caches); above:
 #: CPU-bound workers beside a loop whose torch threads keep every core busy get less than a fair share.
-STEP_ERROR_LOW, STEP_ERROR_HIGH = 0.7, 1.35
+STEP_ERROR_LOW, STEP_ERROR_HIGH = 0.65, 1.35
 #: Workers proposed at most: blocked loaders may outnumber the cores, but not without end.
 MAX_WORKERS = 16
 GOOD_ENOUGH = 1.02  # the fewest workers whose step is within 2 % of the best
