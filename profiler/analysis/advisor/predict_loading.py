@@ -7,8 +7,8 @@ CPU the host does not have, or when one more worker is not enough: users who fol
 * the loop's own work per step, ``Tc = T - W`` (step time less the data wait; the GPU work that ran
   through the waits stays, as it must still run);
 * what one batch costs the loader: CPU seconds ``L_cpu`` and blocked seconds ``L_blk`` (storage, network,
-  sleeps).  With ``num_workers=0`` the training thread's own times during its waits split them
-  (``/proc/thread-self/schedstat``: CPU, run queue, and the rest blocked); with workers, their CPU per
+  sleeps).  With ``num_workers=0`` the training thread's own times during its waits split them (its CPU
+  clock, its run-queue time from ``/proc/thread-self/schedstat``, the rest blocked); with workers, their CPU per
   step is ``L_cpu``, and the wall time one worker takes per batch (``N0 * T`` when the loop waits on
   them) less its CPU at the rate the host let it run is ``L_blk``;
 * the CPU the training process uses for its own work per step, ``M``, and the cores others left it.
@@ -116,7 +116,7 @@ CONTENDED_CORES = 0.25
 
 def predict_workers(x: LoadingInputs, workers: int | None = None) -> LoadingPrediction | None:
     """The prediction for ``workers`` workers, or for the fewest that reach the best step (None: the run
-    cannot say, or no worker count beyond the run's helps)."""
+    cannot say, or it has MAX_WORKERS already).  Whether that step is worth a change is the rule's call."""
     if x.step_s <= 0 or x.wait_s <= 0:
         return None
     split_known = True
