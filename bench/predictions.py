@@ -2,7 +2,8 @@
 measured gain, relative, in most scenarios, and the measured gain inside the predicted [low, high] in all).
 
 Each scenario is a real CPU training loop written the way users write one (a Dataset, a DataLoader, an
-MLP, SGD).  The baseline runs under ``gpulens.track()``; ``gpulens advise`` proposes a ``change`` with its
+MLP, SGD; the small-batch one slices tensors in memory and probes its batch sizes first, and its gain is in
+time per sample, as its change makes each step longer).  The baseline runs under ``gpulens.track()``; ``gpulens advise`` proposes a ``change`` with its
 ``prediction``; the bench applies the change for real (the DataLoader rebuilt with it) and times both arms
 in pairs in one process (each arm a run of its own: the baseline, then the change).  The measured gain
 is 1 - median(changed step) / median(baseline step) over the pairs' runs, with a 95 % bootstrap interval
@@ -153,8 +154,92 @@ def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say:
     gain = 1 - mid
     pred = statistics.median(predicted)
     low, high = statistics.median(lows), statistics.median(highs)
-    return {**out, "num_workers": statistics.mode(changes), "pairs": len(ratios),
+    return {**out, "change": "num_workers", "value": statistics.mode(changes), "pairs": len(ratios),
             "measured": gain, "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
+            "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+
+
+# ---------------------------------------------------------------------------------------------- a small batch
+@dataclass(frozen=True)
+class BatchScenario:
+    name: str
+    what: str
+    batch: int  # the baseline's
+    target: int  # the memory budget is the one this batch fits (by the probe's own fit)
+    probe_sizes: tuple[int, ...]
+    dim: int = 256
+    hidden: int = 1024
+
+
+BATCH_SCENARIOS = {s.name: s for s in (
+    BatchScenario("small-batch", "batches of 16 from tensors in memory (a small MLP: per-step costs dominate)",
+                  batch=16, target=128, probe_sizes=(16, 256, 1024)),
+)}
+
+
+def _batch_model(s: BatchScenario) -> torch.nn.Module:
+    torch.manual_seed(0)
+    block = lambda n_in: [torch.nn.Linear(n_in, s.hidden), torch.nn.LayerNorm(s.hidden), torch.nn.GELU(),  # noqa: E731
+                          torch.nn.Dropout(0.1)]
+    return torch.nn.Sequential(*block(s.dim), *block(s.hidden), torch.nn.Linear(s.hidden, 10))
+
+
+def train_batch(s: BatchScenario, batch: int, samples: int, runs_dir: str, name: str, probe: bool) -> Path:
+    """A loop over slices of tensors in memory (no DataLoader), as small examples write one; the baseline
+    probes its batch sizes first (``gpulens.probe_batch_sizes``) with a memory budget that fits ``target``."""
+    model = _batch_model(s)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x_all, y_all = torch.randn(samples, s.dim, generator=gen), torch.randint(0, 10, (samples,), generator=gen)
+    loss_fn = torch.nn.functional.cross_entropy
+    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
+        if probe:
+            make = lambda b: (torch.randn(b, s.dim), torch.randint(0, 10, (b,)))  # noqa: E731
+            result = gpulens.probe_batch_sizes(model, make, s.probe_sizes, optimizer=opt, loss_fn=loss_fn, steps=5,
+                                               capacity_bytes=1e12)
+            if result.fit is not None and result.fit.m_act > 0:  # the budget: what ``target`` needs, by this fit
+                budget = (result.fit.m_static + (s.target + 0.5) * result.fit.m_act) / (1 - result.margin)
+                run.set_meta(batch_probe={**result.as_meta(), "capacity_bytes": budget, "b_max": s.target})
+        for i in range(0, samples - batch + 1, batch):
+            loss = loss_fn(model(x_all[i:i + batch]), y_all[i:i + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step(loss=loss)
+    assert run.path is not None
+    return Path(run.path)
+
+
+def run_batch_scenario(s: BatchScenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
+    """Each pair: a baseline with its probe, its advice, the proposed batch applied for as many samples.  The
+    gain is in time per sample (the step itself gets longer)."""
+    ratios, predicted, lows, highs, changes = [], [], [], [], []
+    for i in range(pairs):
+        base = train_batch(s, s.batch, s.batch * steps, runs_dir, f"{s.name}-base-{i}", probe=True)
+        with open_run(base) as run:
+            advice = RunAnalysis(run).advice.as_dict()
+        sug = next((x for x in advice["suggestions"] if x["id"] == "batch_headroom"), None)
+        if sug is None or not sug.get("change"):
+            say(f"  pair {i}: no batch change proposed ({[x['id'] for x in advice['suggestions']]})")
+            continue
+        p, n = sug["prediction"], int(sug["change"]["batch_size"])
+        changed = train_batch(s, n, s.batch * steps, runs_dir, f"{s.name}-changed-{i}", probe=False)
+        b, c = median_step(base) / s.batch, median_step(changed) / n
+        ratios.append(c / b)
+        predicted.append(p["gain_fraction"])
+        lows.append(p["low"])
+        highs.append(p["high"])
+        changes.append(n)
+        say(f"  pair {i}: base {b * 1e6:.0f} µs/sample, batch_size={n} {c * 1e6:.0f} µs/sample: measured "
+            f"{1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
+    out: dict = {"scenario": s.name, "what": s.what, "declined": [], "change": "batch_size"}
+    if not ratios:
+        return out
+    mid, lo, hi = bootstrap_ci(ratios)
+    gain = 1 - mid
+    pred, low, high = statistics.median(predicted), statistics.median(lows), statistics.median(highs)
+    return {**out, "value": statistics.mode(changes), "pairs": len(ratios), "measured": gain,
+            "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
             "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
 
 
@@ -162,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--scenario", nargs="*", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    ap.add_argument("--scenario", nargs="*", choices=sorted([*SCENARIOS, *BATCH_SCENARIOS]),
+                    default=[*SCENARIOS, *BATCH_SCENARIOS])
     args = ap.parse_args(argv)
     if not 1 <= args.pairs <= 50 or not 20 <= args.steps <= 10000:
         print("predictions: --pairs 1-50, --steps 20-10000", file=sys.stderr)
@@ -170,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as runs_dir:
         for name in args.scenario:
+            say = lambda line: print(line, flush=True)  # noqa: E731
+            if name in BATCH_SCENARIOS:
+                batch_scenario = BATCH_SCENARIOS[name]
+                print(f"{name}: {batch_scenario.what} (baseline batch_size={batch_scenario.batch})", flush=True)
+                results.append(run_batch_scenario(batch_scenario, args.pairs, args.steps, runs_dir, say))
+                continue
             scenario = SCENARIOS[name]
             print(f"{name}: {scenario.what} (baseline num_workers={scenario.workers})", flush=True)
-            results.append(run_scenario(scenario, args.pairs, args.steps, runs_dir, lambda s: print(s, flush=True)))
+            results.append(run_scenario(scenario, args.pairs, args.steps, runs_dir, say))
     print()
     within = inside = counted = held = declines = 0
     for r in results:
@@ -188,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         within += r["within_15pct"]
         inside += r["inside"]
         lo, hi = r["measured_ci"]
-        print(f"{r['scenario']}: num_workers={r['num_workers']} ({r['pairs']} pairs): predicted {r['predicted']:+.1%} "
+        print(f"{r['scenario']}: {r['change']}={r['value']} ({r['pairs']} pairs): predicted {r['predicted']:+.1%} "
               f"[{r['low']:+.1%}, {r['high']:+.1%}], measured {r['measured']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}); "
               f"within 15%: {'yes' if r['within_15pct'] else 'no'}, inside: {'yes' if r['inside'] else 'no'}")
     print(f"predictions within 15 % of the measured gain: {within}/{counted}; measured inside [low, high]: "

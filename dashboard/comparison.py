@@ -27,16 +27,16 @@ def headline_rows(run_a: RunReader, a: Report, run_b: RunReader, b: Report,
 
     side_a, side_b = side_of(run_a, a), side_of(run_b, b)
     result = compare(side_a, side_b)
-    check_fixes(result, [s for s in (advice_a or {}).get("suggestions") or [] if s.get("change")], side_a, side_b)
+    check_fixes(result, (advice_a or {}).get("suggestions") or [], side_a, side_b)
     rows = [{"metric": m.label, "a": comparison_value(m, m.base), "b": comparison_value(m, m.candidate),
              "change": change_text(m, with_interval=False), "ci": interval_text(m),
              "verdict": m.verdict + (f" ({m.note})" if m.note else "")} for m in result.metrics]
-    fixes = [{"suggestion": f.suggestion, "applied": fmt.change(f.applied),
-              "predicted": f"{fmt.share(f.predicted, 0)} ({fmt.share(f.low, 0)} to {fmt.share(f.high, 0)})",
-              "got": "n/a" if f.got is None else fmt.share(f.got, 0) + (
-                  f" ({fmt.share(f.got_low, 0)} to {fmt.share(f.got_high, 0)})"
-                  if f.got_low is not None and f.got_high is not None else ""),
-              "held": "—" if f.inside is None else "inside" if f.inside else "outside"} for f in result.fixes]
+    fixes = []
+    for f in result.fixes:
+        predicted, got, held = fmt.fix_texts(f.predicted, f.low, f.high, f.measure, f.got, f.got_low, f.got_high,
+                                             f.inside)
+        fixes.append({"suggestion": f.suggestion, "applied": fmt.change(f.applied), "predicted": predicted,
+                      "got": got, "held": held})
     return rows, fixes
 
 

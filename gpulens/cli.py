@@ -292,8 +292,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         with open_run(_run_target(target, args.runs_dir)) as run:
             analysis = RunAnalysis(run)
             sides.append(side_of(run, analysis.report(suggestions=False), analysis.data.energy_curves))
-            if not proposed and len(sides) == 1:  # the base's advice: the changes it proposed, with predictions
-                proposed = [s for s in analysis.advice.as_dict()["suggestions"] if s.get("change")]
+            if len(sides) == 1:  # the base's advice: check_fixes takes the changes it proposed, with predictions
+                proposed = analysis.advice.as_dict()["suggestions"]
     comparison = compare(sides[0], sides[1])
     check_fixes(comparison, proposed, sides[0], sides[1])
     results = check(comparison, rules)

@@ -201,5 +201,23 @@ def prediction(p: dict[str, object]) -> str:
         v = p.get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    return (f"{share(num('gain_fraction'), 0)} shorter steps ({share(num('low'), 0)} to {share(num('high'), 0)}); "
-            f"{p.get('basis')}")
+    return (f"{share(num('gain_fraction'), 0)} {gain_words(p.get('measure'))} ({share(num('low'), 0)} to "
+            f"{share(num('high'), 0)}); {p.get('basis')}")
+
+
+def gain_words(measure: object) -> str:
+    """What a predicted gain shortens: ``shorter steps`` (the median step) or ``less time per sample`` (a
+    batch-size change, which lengthens each step)."""
+    return "less time per sample" if measure == "time_per_sample" else "shorter steps"
+
+
+def fix_texts(predicted: float, low: float, high: float, measure: str, got: float | None,
+              got_low: float | None, got_high: float | None, inside: bool | None) -> tuple[str, str, str]:
+    """(predicted, got, verdict) of a change a comparison checked, as ``gpulens compare`` and the dashboard's
+    compare page both say them: ``58% shorter steps (44% to 71%)``, ``59% (95% CI 57% to 60%)``, ``inside``."""
+    got_text = "not measured" if got is None else share(got, 0) + (
+        f" (95% CI {share(got_low, 0)} to {share(got_high, 0)})" if got_low is not None and got_high is not None
+        else "")
+    verdict = "—" if inside is None else "inside" if inside else "outside"
+    words = gain_words(measure) if measure == "time_per_sample" else "shorter median step"  # what compare measured
+    return f"{share(predicted, 0)} {words} ({share(low, 0)} to {share(high, 0)})", got_text, verdict

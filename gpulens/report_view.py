@@ -544,15 +544,12 @@ def render_comparison(comparison: Any, results: list[Any], console: Console | No
     for i, note in enumerate(notes, 1):
         console.print(Text(f"[{i}] {sanitized(note)}", style="dim"))
     for f in comparison.fixes:
-        got = "not measured" if f.got is None else f"got {fmt.share(f.got, 0)}"
-        if f.got is not None and f.got_low is not None and f.got_high is not None:
-            got += f" (95% CI {fmt.share(f.got_low, 0)} to {fmt.share(f.got_high, 0)})"
-        held = ("" if f.inside is None else " — inside the predicted interval" if f.inside
-                else " — outside the predicted interval")
+        predicted, got_text, held_word = fmt.fix_texts(f.predicted, f.low, f.high, f.measure, f.got, f.got_low,
+                                                       f.got_high, f.inside)
+        held = "" if f.inside is None else f" — {held_word} the predicted interval"
         console.print(Text.assemble(
             ("fix ", "bold"), f"{sanitized(f.suggestion)} ({sanitized(fmt.change(f.applied))} applied): predicted "
-            f"{fmt.share(f.predicted, 0)} shorter median step ({fmt.share(f.low, 0)} to {fmt.share(f.high, 0)}), "
-            f"{got}{held}"))
+            f"{predicted}, {got_text if f.got is None else 'got ' + got_text}{held}"))
     for line in unfinished_sides(comparison):  # a crashed run's few steps can look fast: say it, always
         console.print(Text(f"warning: {sanitized(line)}: its figures cover only the steps it recorded "
                            "(--fail-on status makes this fail the gate)", style="bold yellow"))

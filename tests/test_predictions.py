@@ -227,4 +227,74 @@ def test_the_compare_page_shows_the_fix_beside_its_prediction(tmp_path):
     with open_run(base) as ra, open_run(cand) as rb:
         _, fixes = comparison.headline_rows(ra, a.report, rb, b.report, a.advice)
     assert fixes == [{"suggestion": "dataloader_bound", "applied": "num_workers=2",
-                      "predicted": "60% (46% to 74%)", "got": "58% (58% to 58%)", "held": "inside"}]
+                      "predicted": "60% shorter median step (46% to 74%)", "got": "58% (95% CI 58% to 58%)",
+                      "held": "inside"}]
+
+
+# ----------------------------------------------------------------------------- a larger batch: time per sample
+def test_a_larger_batch_shortens_the_time_per_sample_by_the_probes_curve_and_its_wait_grows():
+    from gpulens.profiler.analysis.advisor.predict_batch import (PER_SAMPLE_ERROR_HIGH, PER_SAMPLE_ERROR_LOW,
+                                                                 predict_batch)
+
+    # the probe: 10 ms a step plus 0.1 ms a sample; the run: 20 ms at batch 16, of which 4 ms waits for data
+    p = predict_batch(0.020, 0.004, 16, 128, t0=0.010, t1=0.0001)
+    own = 0.016 * (0.010 + 0.0128) / (0.010 + 0.0016)  # the loop's own work by the probe's ratio
+    wait = 0.004 * 128 / 16  # eight times the samples to load
+    assert p.step_s == pytest.approx(own + wait)
+    assert p.gain == pytest.approx(1 - (own + wait) / 128 / (0.020 / 16))
+    assert p.low == pytest.approx(1 - (own + wait) / 128 * PER_SAMPLE_ERROR_HIGH / (0.020 / 16))
+    assert p.high == pytest.approx(1 - (own + wait) / 128 * PER_SAMPLE_ERROR_LOW / (0.020 / 16))
+    # a step that is all per-sample work gains nothing from a larger batch, whatever the batch
+    assert predict_batch(0.020, 0.0, 16, 128, t0=0.0, t1=0.001).gain == pytest.approx(0.0)
+    assert predict_batch(0.020, 0.0, 16, 128, t0=-0.05, t1=0.001) is None  # a fit that says nothing there
+
+
+def _batch_runs(tmp_path):
+    """A loop at batch 16, 20 ms a step (no data wait), with a probe that fitted 10 ms + 0.1 ms a sample and
+    1 MB of activations a sample under a budget that fits 128; and the same loop at batch 128: 40 ms a step
+    (times chosen, written through the real writer)."""
+    from timeline import write_run
+
+    n = 120
+    probe = {"device": "cpu", "capacity_bytes": (1e9 + 128.5e6) / 0.95, "margin": 0.05, "failed_at": None,
+             "points": [{"batch": b, "peak_bytes": 1e9 + b * 1e6, "step_s": 0.010 + 0.0001 * b} for b in (16, 64, 256)]}
+    phases = lambda step: {"forward": np.full(n, step * 0.4), "backward": np.full(n, step * 0.4),  # noqa: E731
+                           "optimizer": np.full(n, step * 0.2)}
+    base = write_run(tmp_path / "base", phases(0.020), samples=16, meta={"batch_probe": probe})
+    cand = write_run(tmp_path / "cand", phases(0.040), samples=128)
+    return base, cand
+
+
+def test_the_batch_rule_proposes_the_batch_with_a_prediction_per_sample_and_compare_checks_it(tmp_path, capsys):
+    from gpulens.cli import main as cli_main
+
+    base, cand = _batch_runs(tmp_path)
+    assert cli_main(["advise", str(base), "--json"]) == 0
+    s = next(s for s in json.loads(capsys.readouterr().out)["suggestions"] if s["id"] == "batch_headroom")
+    assert s["change"] == {"batch_size": 128}
+    p = s["prediction"]
+    per_sample = 0.020 * (0.010 + 0.0128) / (0.010 + 0.0016) / 128
+    assert p["measure"] == "time_per_sample" and p["gain_fraction"] == pytest.approx(1 - per_sample / (0.020 / 16),
+                                                                                      abs=1e-4)
+    assert p["low"] < p["gain_fraction"] < p["high"] and "fitted on the probe at batches 16, 64, 256" in p["basis"]
+    assert cli_main(["advise", str(base)]) == 0
+    assert "predicted: 75% less time per sample (68% to 83%)" in " ".join(capsys.readouterr().out.split())
+    # the candidate ran at 128: 40 ms for 128 samples against 20 ms for 16, 75 % less time a sample
+    assert cli_main(["compare", str(base), str(cand), "--json"]) == 0
+    (f,) = json.loads(capsys.readouterr().out)["fixes"]
+    assert (f["suggestion"], f["applied"], f["measure"]) == ("batch_headroom", {"batch_size": 128}, "time_per_sample")
+    assert f["got"] == pytest.approx(0.75, abs=1e-3) and f["inside"]
+    assert cli_main(["compare", str(base), str(cand)]) == 0
+    assert ("fix batch_headroom (batch_size=128 applied): predicted 75% less time per sample (68% to 83%), got 75%"
+            in " ".join(capsys.readouterr().out.split()))
+
+
+def test_a_batch_that_would_not_help_is_not_proposed():
+    from gpulens.profiler.analysis.advisor.rules.batch import batch_headroom
+
+    # every millisecond of the step is per-sample work (t0 = 0): a larger batch fits but saves no time
+    m = Measurements(run_id="r", device="cpu", steps=100, step_s=0.016, batch_size=16,
+                     probes=[{"batch": b, "peak_bytes": 1e9 + b * 1e6, "step_s": 0.001 * b} for b in (16, 64, 256)],
+                     probe_capacity_bytes=(1e9 + 128.5e6) / 0.95)
+    s = batch_headroom(m)
+    assert s is not None and s.change is None and s.prediction is None

@@ -108,6 +108,7 @@ class FixCheck:
     low: float
     high: float
     basis: str
+    measure: str = "median_step"  # what the prediction shortens: median_step | time_per_sample
     got: float | None = None
     got_low: float | None = None
     got_high: float | None = None
@@ -137,16 +138,19 @@ class Comparison:
 def _settings(side: Side) -> dict[str, Any]:
     """What a run's recording shows of the settings a change names."""
     out: dict[str, Any] = {"num_workers": round(side.workers) if side.workers else 0}
-    if side.batch_size:
-        out["batch_size"] = side.batch_size
+    samples = side.samples[np.isfinite(side.samples)] if side.samples.size else side.samples
+    per_step = float(np.median(samples)) if samples.size else 0.0
+    batch = side.batch_size or (round(per_step) if per_step > 0 else None)  # as the advisor reads it
+    if batch:
+        out["batch_size"] = batch
     return out
 
 
 def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base: Side, cand: Side) -> None:
     """Each of the base's suggestions with a change and a prediction whose settings the candidate has (and the
-    base had not): its prediction beside the candidate's median step against the base's."""
+    base had not): its prediction beside what the candidate got -- its median step against the base's, or, for a
+    prediction of the time per sample (a batch change), its samples/s against the base's."""
     before, after = _settings(base), _settings(cand)
-    median = comparison.metric("median_step")
     for s in suggestions:
         change, p = s.get("change"), s.get("prediction")
         if not isinstance(change, dict) or not isinstance(p, dict):
@@ -157,11 +161,21 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
             continue
         fix = FixCheck(suggestion=str(s.get("id")), change=change, applied=checkable,
                        unchecked=[k for k in change if k not in checkable], predicted=float(p["gain_fraction"]),
-                       low=float(p["low"]), high=float(p["high"]), basis=str(p.get("basis")))
-        if median is not None and median.change is not None:
-            fix.got = -median.change
-            if median.low is not None and median.high is not None:
-                fix.got_low, fix.got_high = -median.high, -median.low
+                       low=float(p["low"]), high=float(p["high"]), basis=str(p.get("basis")),
+                       measure=str(p.get("measure") or "median_step"))
+        if fix.measure == "time_per_sample":
+            # samples/s up by c: the time per sample is 1 / (1 + c) of the base's, shorter by c / (1 + c)
+            tp = comparison.metric("throughput")
+            if tp is not None and tp.change is not None and tp.name == "throughput" and tp.label == "Samples/s":
+                fix.got = tp.change / (1.0 + tp.change)
+                if tp.low is not None and tp.high is not None:
+                    fix.got_low, fix.got_high = tp.low / (1.0 + tp.low), tp.high / (1.0 + tp.high)
+        else:
+            median = comparison.metric("median_step")
+            if median is not None and median.change is not None:
+                fix.got = -median.change
+                if median.low is not None and median.high is not None:
+                    fix.got_low, fix.got_high = -median.high, -median.low
         comparison.fixes.append(fix)
 
 

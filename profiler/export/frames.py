@@ -36,7 +36,8 @@ SERIES_COLUMNS = ("rank", "metric", "gpu", "unit", "t", "value")
 KERNEL_COLUMNS = ("name", "calls", "total_us", "mean_us", "max_us", "share", "category", "tensor_core")
 SUGGESTION_COLUMNS = ("rank", "id", "severity", "title", "finding", "action", "expected_gain",
                       "expected_gain_fraction", "gain_estimate", "confidence", "overlaps", "change",
-                      "predicted_gain_fraction", "predicted_low", "predicted_high", "prediction_basis")
+                      "predicted_gain_fraction", "predicted_low", "predicted_high", "prediction_basis",
+                      "prediction_measure")
 
 
 def pandas() -> Any:
@@ -103,6 +104,7 @@ def suggestion_rows(advice: dict[str, Any]) -> list[dict[str, Any]]:
         p = s.get("prediction") or {}
         row["predicted_gain_fraction"], row["predicted_low"], row["predicted_high"], row["prediction_basis"] = (
             p.get("gain_fraction"), p.get("low"), p.get("high"), p.get("basis"))
+        row["prediction_measure"] = p.get("measure")
         rows.append({k: row[k] for k in SUGGESTION_COLUMNS})
     return rows
 

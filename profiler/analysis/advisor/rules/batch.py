@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
-from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
+from gpulens.profiler.analysis.advisor.predict_batch import predict_batch
 from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, busy_words
 from gpulens.profiler.analysis.batch_model import BatchFit, fit, lr_scaling, round_batch
 
@@ -42,9 +43,8 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
     current = int(m.batch_size or (model.batches[0] if model.batches else 0))
     if current <= 0:
         return None
-    peak_now = model.peak(current)
-    if peak_now / capacity >= 0.8:
-        return None
+    peak_now = model.peak(current)  # how near the limit it is does not matter: how far the batch can grow does
+    # (weights and libraries at 85 % of the memory, activations at 2 %: the batch can still grow several-fold)
     # how busy the SMs are: GPM when the GPU has it (NVML "a kernel ran" over-reports, profiled windows
     # under-report because of the profiler's own overhead)
     busy = m.sm_active_pct / 100.0 if m.sm_active_pct is not None else busy_fraction(m)
@@ -71,6 +71,10 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
     expected = (f"{sps_new / sps_now:.2f}x samples/s at batch {suggested} (step time fitted against batch size)"
                 if gain is not None and sps_new and sps_now
                 else "higher throughput; not estimated without step times at 2+ batch sizes")
+    prediction = batch_prediction(m, model, current, suggested)
+    if prediction is not None:
+        expected = (f"{fmt.share(prediction.gain_fraction, 0)} less time per sample predicted "
+                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}); {expected}")
     w = m.what_if
     if w is not None and w.kind == "batch-size" and w.samples_per_s_change is not None:
         finding += (f"; measured (--what-if batch-size={w.batch_size}, steps {w.first_step}-{w.last_step}): "
@@ -89,7 +93,28 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
                                                 "gpu": 0 if m.device == "cuda" else -1}),
                   Evidence("probe", "batch-size fit", {"m_static": model.m_static, "m_act": model.m_act,
                                                        "b_max": b_max, "batches": list(model.batches)})],
-        gain_fraction=gain)
+        gain_fraction=gain, change={"batch_size": suggested} if prediction is not None else None,
+        prediction=prediction)
+
+
+#: A batch change is proposed (``change``) when it is predicted to save at least this much time per sample.
+WORTH_PROPOSING = 0.05
+
+
+def batch_prediction(m: Measurements, model: BatchFit, current: int, suggested: int) -> Prediction | None:
+    """The time per sample at the suggested batch, from the run's median step and the probe's step-time fit
+    (:mod:`predict_batch`); None without both, or under a 5 % gain."""
+    if m.step_s is None or model.t0 is None or model.t1 is None:
+        return None
+    wait = m.step_s * m.phase_share_median.get("data_wait", m.phase_share.get("data_wait", 0.0))
+    p = predict_batch(m.step_s, wait, current, suggested, model.t0, model.t1)
+    if p is None or p.gain < WORTH_PROPOSING:
+        return None
+    batches = ", ".join(str(b) for b in model.batches)
+    basis = (f"model: step time {model.t0 * 1e3:.1f} ms + {model.t1 * 1e6:.0f} µs per sample, fitted on the probe "
+             f"at batches {batches}, applied to the run's {fmt.ms(m.step_s)} step at batch {current}; its data "
+             "wait grows with the batch")
+    return Prediction(p.gain, min(p.low, p.gain), max(p.high, p.gain), basis, measure="time_per_sample")
 
 
 def lr_scaling_rule(m: Measurements) -> Suggestion | None:
