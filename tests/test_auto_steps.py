@@ -331,3 +331,33 @@ def test_eval_before_training_is_not_a_step(runs_dir, order):
     run.close()
     _, steps = _steps(run)
     assert len(steps) == 6
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_run_loader_with_step_once_per_k_batches_records_one_step_per_optimizer_step(runs_dir, k):
+    """``run.loader()`` with ``run.step()`` called once per k batches (gradient accumulation written by hand):
+    each step is the user's optimizer step, k micro-batches and their samples; the loader's own one-step-per-
+    iteration is only for loops that never call step()."""
+    model, loader = _mlp(), _data(n=16 * 8 * 12, batch=8)  # 192 batches: 192 / k optimizer steps
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    with gpulens.track("manual-accumulation", runs_dir=runs_dir, quiet=True, profile=False, count_flops=False,
+                       advise=False) as run:
+        for i, (x, y) in enumerate(run.loader(loader)):
+            loss = nn.functional.cross_entropy(model(x), y) / k
+            loss.backward()
+            if (i + 1) % k == 0:
+                with run.phase("optimizer"):
+                    opt.step()
+                    opt.zero_grad()
+                losses.append(loss.item())
+                run.step(loss=loss)
+    _, steps = _steps(run)
+    counted = steps.counted()
+    # before the loop's first step() the loader took each of the first k - 1 batches for a step: warm-up, kept
+    # out of the figures; every step after is one optimizer step of k batches
+    assert len(steps) == 192 // k + (k - 1)
+    assert int(counted.sum()) == 192 // k - 2 if k == 1 else 192 // k - 1
+    assert set(steps.samples[counted]) == {8 * k}
+    assert (steps.optimizer[counted] > 0).all()
+    assert np.allclose(steps.loss[k - 1:], losses, rtol=1e-6)

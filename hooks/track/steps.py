@@ -121,7 +121,6 @@ class StepRecorder:
         self.step_flags: Callable[[int], int] | None = None  # flags by step index (a what-if's stretch)
         self.ranges: Any = None  # TraceRanges (hooks/track/ranges.py): steps and phases as trace/NVTX ranges
         self._range_depths: list[int] = []  # phase-stack depth each open range was pushed at (-1: the step)
-        self._calls_at_last_next = -1
         self._batch_samples: int | None = None
         #: the data wait being measured: (phase-stack depth, perf_counter, thread CPU s, run-queue s) at its start
         self._wait_at: tuple[int, float, float, float] | None = None
@@ -130,6 +129,8 @@ class StepRecorder:
         self._close_thread_times: Callable[[], None] | None = None
         self.waits = WaitTotals()
         self.on_waits: Callable[[dict[str, float]], None] | None = None  # the totals, every REPORT_WAITS waits
+        #: the warm-up grew after its steps were emitted (see :meth:`step`): the run's metadata must say so
+        self.on_warmup: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ core accounting
     def _synced_now(self) -> float:
@@ -264,6 +265,12 @@ class StepRecorder:
             flags |= self.pre_step(self.step_index)  # profiler windows, FLOP counting end here
         now = self._clock()
         if manual:
+            if self.step_calls == 0 and self.step_index > 0:
+                # the loop's first own step() after iterations the loader took for steps: those were micro-batches
+                # of a step accumulated over several (gradient accumulation) -- warm-up, out of the figures
+                self.warmup_steps = max(self.warmup_steps, self.step_index + 1)
+                if self.on_warmup is not None:
+                    self.on_warmup(self.warmup_steps)
             self.step_calls += 1
         if not self._open:
             self._open_step(self._idle_since)
@@ -364,16 +371,18 @@ class StepRecorder:
         if first:
             if self._open:
                 self.break_step()
-        elif self.step_calls == self._calls_at_last_next:
-            # the user did not call step() during the last iteration: one
-            # iteration of the for loop is one step
+        elif self.step_calls == 0:
+            # the user has not called step(): one iteration of the for loop is one step.  Once they have, their
+            # calls make the steps, and iterations between two calls are micro-batches of one step (gradient
+            # accumulation: step() once per k batches)
             self.step(manual=False)
-        self._calls_at_last_next = self.step_calls
         self.enter(DATA)
 
     def loader_got(self, batch: Any) -> None:
         self.exit()
-        self._batch_samples = infer_batch_size(batch)
+        n = infer_batch_size(batch)
+        if n is not None:
+            self.add_samples(n)  # micro-batches of one step add up
 
     def loader_end(self) -> None:
         self.exit()

@@ -215,6 +215,7 @@ class TrackedRun:
         self._rec.pre_step = self._pre_step
         self._rec.post_step = self._post_step
         self._rec.on_waits = lambda totals: writer.meta(data_wait_cpu=totals)
+        self._rec.on_warmup = lambda steps: writer.meta(warmup_steps=steps)
         if opts.what_if:
             self._start_what_if(opts.what_if)
         if opts.flops_per_step:

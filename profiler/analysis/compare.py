@@ -138,12 +138,17 @@ class Comparison:
 def _settings(side: Side) -> dict[str, Any]:
     """What a run's recording shows of the settings a change names."""
     out: dict[str, Any] = {"num_workers": round(side.workers) if side.workers else 0}
-    samples = side.samples[np.isfinite(side.samples)] if side.samples.size else side.samples
-    per_step = float(np.median(samples)) if samples.size else 0.0
+    per_step = _per_step_samples(side)
     batch = side.batch_size or (round(per_step) if per_step > 0 else None)  # as the advisor reads it
     if batch:
         out["batch_size"] = batch
     return out
+
+
+def _per_step_samples(side: Side) -> float:
+    """The median samples per step (0: not recorded)."""
+    samples = side.samples[np.isfinite(side.samples)] if side.samples.size else side.samples
+    return float(np.median(samples)) if samples.size else 0.0
 
 
 def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base: Side, cand: Side) -> None:
@@ -151,6 +156,11 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
     base had not): its prediction beside what the candidate got -- its median step against the base's, or, for a
     prediction of the time per sample (a batch change), its samples/s against the base's."""
     before, after = _settings(base), _settings(cand)
+    # gradients accumulated over k micro-batches: k times the samples per optimizer step (a batch k times as
+    # large reads the same: the optimizer runs once per k times the samples either way)
+    ratio = _per_step_samples(cand) / _per_step_samples(base) if _per_step_samples(base) > 0 else 0.0
+    before["gradient_accumulation_steps"] = 1
+    after["gradient_accumulation_steps"] = round(ratio) if ratio >= 1.5 and abs(ratio - round(ratio)) < 0.05 else 1
     for s in suggestions:
         change, p = s.get("change"), s.get("prediction")
         if not isinstance(change, dict) or not isinstance(p, dict):

@@ -827,6 +827,11 @@ class RunReader:
         if db.shift:
             data["t_start"] = data["t_start"] + db.shift
             data["t_end"] = data["t_end"] + db.shift
+        warmup = db.meta.get("warmup_steps")
+        if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0 and len(data["step"]):
+            # warm-up found longer after its steps were written (a loop's first step() after the loader took
+            # its batches for steps: micro-batches of an accumulated step): the metadata says how long it was
+            data["flags"] = np.where(data["step"] < warmup, data["flags"] | schema.FLAG_WARMUP, data["flags"])
         return StepTable(db.rank, data, extra)
 
     @corrupt_run_errors

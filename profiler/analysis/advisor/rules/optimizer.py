@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
-from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
+from gpulens.profiler.analysis.advisor.predict_accumulation import predict_accumulation
 from gpulens.profiler.analysis.advisor.rules._shared import how
 
 THRESHOLD = 0.10  # optimizer phase > 10% of the step, judged on typical steps
+MICRO_BATCHES = 2  # the accumulation proposed: the optimizer once per 2 micro-batches
 #: torch.optim classes with a fused CUDA implementation (fused=True).
 FUSED_ON_CUDA = ("Adam", "AdamW", "SGD", "Adagrad")
 
@@ -88,11 +90,25 @@ def slow_optimizer(m: Measurements) -> Suggestion | NotEvaluated | None:
         factor = 0.5
         gain_text = "half of the optimizer's share per sample with k=2 micro-batches per optimizer step"
     gain = judged * factor
+    change, prediction = None, None
+    if known is None and m.step_s:
+        p = predict_accumulation(m.step_s, judged * m.step_s, MICRO_BATCHES)
+        if p is not None:
+            change = {"gradient_accumulation_steps": MICRO_BATCHES}
+            prediction = Prediction(
+                p.gain, p.low, p.high,
+                f"model: the optimizer step ({fmt.ms(judged * m.step_s)} of the {fmt.ms(m.step_s)} median step) "
+                f"runs once per {MICRO_BATCHES} micro-batches, the rest of the step once per micro-batch",
+                measure="time_per_sample")
+    expected = f"up to {fmt.share(gain, 0)} of step time"
+    if prediction is not None:
+        expected = (f"{fmt.share(prediction.gain_fraction, 0)} less time per sample predicted "
+                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {expected})")
     return Suggestion(
         id="slow_optimizer", severity="high" if judged >= 0.25 else "medium",
         title="The optimizer step is a large part of each step",
         finding=finding, action=action, snippet=snippet,
-        expected_gain=f"up to {fmt.share(gain, 0)} of step time",
+        expected_gain=expected,
         gain_estimate=gain_text + " (judged on typical steps: outlier steps left out)", confidence="medium",
         evidence=[Evidence("phase", "optimizer per step", {"phase": "optimizer", "share": share})],
-        gain_fraction=gain)
+        gain_fraction=gain, change=change, prediction=prediction)
