@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -112,6 +112,37 @@ def median_step(path: Path) -> float:
         return float(statistics.median(steps.duration[keep]))
 
 
+@dataclass
+class Pairs:
+    """The pairs of one scenario: each pair's measured ratio (changed over baseline), its prediction, the value
+    its change set."""
+
+    ratios: list[float] = field(default_factory=list)
+    predicted: list[float] = field(default_factory=list)
+    lows: list[float] = field(default_factory=list)
+    highs: list[float] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+
+    def add(self, ratio: float, prediction: dict, value: int) -> None:
+        self.ratios.append(ratio)
+        self.predicted.append(prediction["gain_fraction"])
+        self.lows.append(prediction["low"])
+        self.highs.append(prediction["high"])
+        self.values.append(value)
+
+    def summary(self, out: dict) -> dict:
+        """``out`` with the measured gain (95 % bootstrap interval over pairs) beside the median prediction."""
+        if not self.ratios:
+            return out
+        mid, lo, hi = bootstrap_ci(self.ratios)
+        gain = 1 - mid
+        pred = statistics.median(self.predicted)
+        low, high = statistics.median(self.lows), statistics.median(self.highs)
+        return {**out, "value": statistics.mode(self.values), "pairs": len(self.ratios), "measured": gain,
+                "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
+                "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+
+
 #: A decline ("more workers are not predicted to help") holds when one more worker gains less than this.
 DECLINE_HOLDS = 0.05
 
@@ -126,7 +157,7 @@ def advice_of(path: Path) -> dict | None:
 def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
     """Each pair: a baseline, its advice, the change applied.  Where the advice declines more workers, one more
     worker is tried: the decline holds if it gains under DECLINE_HOLDS."""
-    ratios, predicted, lows, highs, changes, declined = [], [], [], [], [], []
+    measured, declined = Pairs(), []
     for i in range(pairs):
         base = train(scenario, scenario.workers, steps, runs_dir, f"{scenario.name}-base-{i}")
         s = advice_of(base)
@@ -142,23 +173,11 @@ def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say:
             say(f"  pair {i}: base {b * 1e3:.1f} ms; more workers declined; num_workers={n} anyway: "
                 f"{c * 1e3:.1f} ms, measured {1 - c / b:+.0%}")
             continue
-        ratios.append(c / b)
-        predicted.append(p["gain_fraction"])
-        lows.append(p["low"])
-        highs.append(p["high"])
-        changes.append(n)
+        measured.add(c / b, p, n)
         say(f"  pair {i}: base {b * 1e3:.1f} ms, num_workers={n} {c * 1e3:.1f} ms: measured {1 - c / b:+.0%}, "
             f"predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
-    out: dict = {"scenario": scenario.name, "what": scenario.what, "declined": declined}
-    if not ratios:
-        return out
-    mid, lo, hi = bootstrap_ci(ratios)
-    gain = 1 - mid
-    pred = statistics.median(predicted)
-    low, high = statistics.median(lows), statistics.median(highs)
-    return {**out, "change": "num_workers", "value": statistics.mode(changes), "pairs": len(ratios),
-            "measured": gain, "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
-            "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+    return measured.summary({"scenario": scenario.name, "what": scenario.what, "declined": declined,
+                             "change": "num_workers"})
 
 
 # ---------------------------------------------------------------------------------------------- a small batch
@@ -215,7 +234,7 @@ def train_batch(s: BatchScenario, batch: int, samples: int, runs_dir: str, name:
 def run_batch_scenario(s: BatchScenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
     """Each pair: a baseline with its probe, its advice, the proposed batch applied for as many samples.  The
     gain is in time per sample (the step itself gets longer)."""
-    ratios, predicted, lows, highs, changes = [], [], [], [], []
+    measured = Pairs()
     for i in range(pairs):
         base = train_batch(s, s.batch, s.batch * steps, runs_dir, f"{s.name}-base-{i}", probe=True)
         with open_run(base) as run:
@@ -227,22 +246,10 @@ def run_batch_scenario(s: BatchScenario, pairs: int, steps: int, runs_dir: str, 
         p, n = sug["prediction"], int(sug["change"]["batch_size"])
         changed = train_batch(s, n, s.batch * steps, runs_dir, f"{s.name}-changed-{i}", probe=False)
         b, c = median_step(base) / s.batch, median_step(changed) / n
-        ratios.append(c / b)
-        predicted.append(p["gain_fraction"])
-        lows.append(p["low"])
-        highs.append(p["high"])
-        changes.append(n)
+        measured.add(c / b, p, n)
         say(f"  pair {i}: base {b * 1e6:.0f} µs/sample, batch_size={n} {c * 1e6:.0f} µs/sample: measured "
             f"{1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
-    out: dict = {"scenario": s.name, "what": s.what, "declined": [], "change": "batch_size"}
-    if not ratios:
-        return out
-    mid, lo, hi = bootstrap_ci(ratios)
-    gain = 1 - mid
-    pred, low, high = statistics.median(predicted), statistics.median(lows), statistics.median(highs)
-    return {**out, "value": statistics.mode(changes), "pairs": len(ratios), "measured": gain,
-            "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
-            "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+    return measured.summary({"scenario": s.name, "what": s.what, "declined": [], "change": "batch_size"})
 
 
 # ---------------------------------------------------------------------------------------------- a slow optimizer
@@ -299,7 +306,7 @@ def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_di
     """Each pair: a baseline, its advice, the proposed accumulation applied.  The gain is in time per sample.
     Twice the steps of the other scenarios: its steps are short (~10 ms) and memory-bound, and 150 of them
     scattered a pair's gain over 12-41 % where 300 kept it within 28-34 %."""
-    ratios, predicted, lows, highs, changes = [], [], [], [], []
+    measured = Pairs()
     steps *= 2
     for i in range(pairs):
         base = train_accumulating(s, 1, steps, runs_dir, f"{s.name}-base-{i}")
@@ -312,22 +319,11 @@ def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_di
         p, k = sug["prediction"], int(sug["change"]["gradient_accumulation_steps"])
         changed = train_accumulating(s, k, max(20, steps // k), runs_dir, f"{s.name}-changed-{i}")
         b, c = per_sample(base), per_sample(changed)
-        ratios.append(c / b)
-        predicted.append(p["gain_fraction"])
-        lows.append(p["low"])
-        highs.append(p["high"])
-        changes.append(k)
+        measured.add(c / b, p, k)
         say(f"  pair {i}: base {b * 1e6:.0f} µs/sample, gradient_accumulation_steps={k} {c * 1e6:.0f} µs/sample: "
             f"measured {1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
-    out: dict = {"scenario": s.name, "what": s.what, "declined": [], "change": "gradient_accumulation_steps"}
-    if not ratios:
-        return out
-    mid, lo, hi = bootstrap_ci(ratios)
-    gain = 1 - mid
-    pred, low, high = statistics.median(predicted), statistics.median(lows), statistics.median(highs)
-    return {**out, "value": statistics.mode(changes), "pairs": len(ratios), "measured": gain,
-            "measured_ci": (1 - hi, 1 - lo), "predicted": pred, "low": low, "high": high,
-            "within_15pct": abs(pred - gain) <= 0.15 * abs(gain), "inside": low <= gain <= high}
+    return measured.summary({"scenario": s.name, "what": s.what, "declined": [],
+                             "change": "gradient_accumulation_steps"})
 
 
 def main(argv: list[str] | None = None) -> int:
