@@ -207,14 +207,15 @@ def prediction(p: dict[str, object]) -> str:
 
 def gain_words(measure: object) -> str:
     """What a predicted gain shortens: ``shorter steps`` (the median step) or ``less time per sample`` (a
-    batch-size change, which lengthens each step)."""
+    larger batch, or gradients accumulated over more batches: each step gets longer)."""
     return "less time per sample" if measure == "time_per_sample" else "shorter steps"
 
 
 def fix_texts(predicted: float, low: float, high: float, measure: str, got: float | None,
               got_low: float | None, got_high: float | None, inside: bool | None) -> tuple[str, str, str]:
     """(predicted, got, verdict) of a change a comparison checked, as ``gpulens compare`` and the dashboard's
-    compare page both say them: ``58% shorter steps (44% to 71%)``, ``59% (95% CI 57% to 60%)``, ``inside``."""
+    compare page both say them: ``58% shorter median step (44% to 71%)``, ``59% (95% CI 57% to 60%)``,
+    ``inside``."""
     got_text = "not measured" if got is None else share(got, 0) + (
         f" (95% CI {share(got_low, 0)} to {share(got_high, 0)})" if got_low is not None and got_high is not None
         else "")

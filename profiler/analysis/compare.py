@@ -154,7 +154,8 @@ def _per_step_samples(side: Side) -> float:
 def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base: Side, cand: Side) -> None:
     """Each of the base's suggestions with a change and a prediction whose settings the candidate has (and the
     base had not): its prediction beside what the candidate got -- its median step against the base's, or, for a
-    prediction of the time per sample (a batch change), its samples/s against the base's."""
+    prediction of the time per sample (a larger batch, accumulated gradients), its samples/s against the
+    base's."""
     before, after = _settings(base), _settings(cand)
     # gradients accumulated over k micro-batches: k times the samples per optimizer step (a batch k times as
     # large reads the same: the optimizer runs once per k times the samples either way)
