@@ -356,3 +356,17 @@ def test_a_gpu_optimizer_keeps_its_fused_advice_without_a_prediction():
                   optimizer="AdamW", optimizer_impl="foreach")
     s = slow_optimizer(m)
     assert "fused=True" in s.snippet and s.change is None and s.prediction is None  # no model of a kernel count
+
+
+def test_the_compare_page_says_a_batch_fix_per_sample(tmp_path):
+    from gpulens.dashboard import comparison, data
+
+    base, cand = _batch_runs(tmp_path)
+    a, b = data.analyse(base), data.analyse(cand)
+    assert a.report is not None and b.report is not None
+    with open_run(base) as ra, open_run(cand) as rb:
+        _, fixes = comparison.headline_rows(ra, a.report, rb, b.report, a.advice)
+    assert fixes == [{"suggestion": "batch_headroom", "applied": "batch_size=128",
+                      "predicted": "75% less time per sample (64% to 83%)", "got": fixes[0]["got"],
+                      "held": "inside"}]
+    assert fixes[0]["got"].startswith("75% (95% CI ")
