@@ -105,11 +105,13 @@ def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str
     return Path(run.path)
 
 
-def median_step(path: Path) -> float:
+def median_step(path: Path, per_sample: bool = False) -> float:
+    """The run's median step (``per_sample``: of each step's time over its samples)."""
     with open_run(path) as run:
         steps = run.steps()
         keep = steps.counted()
-        return float(statistics.median(steps.duration[keep]))
+        times = steps.duration[keep] / steps.samples[keep] if per_sample else steps.duration[keep]
+        return float(statistics.median(times))
 
 
 @dataclass
@@ -147,11 +149,11 @@ class Pairs:
 DECLINE_HOLDS = 0.05
 
 
-def advice_of(path: Path) -> dict | None:
-    """The data-loading suggestion of a run: with a change and its prediction, or declining more workers."""
+def advice_of(path: Path, rule: str) -> tuple[dict | None, list[str]]:
+    """A run's suggestion from ``rule`` (with its change and prediction, if any), and every suggestion's id."""
     with open_run(path) as run:
-        advice = RunAnalysis(run).advice.as_dict()
-    return next((s for s in advice["suggestions"] if s["id"] == "dataloader_bound"), None)
+        suggestions = RunAnalysis(run).advice.as_dict()["suggestions"]
+    return next((s for s in suggestions if s["id"] == rule), None), [s["id"] for s in suggestions]
 
 
 def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
@@ -160,7 +162,7 @@ def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say:
     measured, declined = Pairs(), []
     for i in range(pairs):
         base = train(scenario, scenario.workers, steps, runs_dir, f"{scenario.name}-base-{i}")
-        s = advice_of(base)
+        s, _ = advice_of(base, "dataloader_bound")
         if s is None:
             say(f"  pair {i}: no data-loading suggestion")
             continue
@@ -237,11 +239,9 @@ def run_batch_scenario(s: BatchScenario, pairs: int, steps: int, runs_dir: str, 
     measured = Pairs()
     for i in range(pairs):
         base = train_batch(s, s.batch, s.batch * steps, runs_dir, f"{s.name}-base-{i}", probe=True)
-        with open_run(base) as run:
-            advice = RunAnalysis(run).advice.as_dict()
-        sug = next((x for x in advice["suggestions"] if x["id"] == "batch_headroom"), None)
+        sug, ids = advice_of(base, "batch_headroom")
         if sug is None or not sug.get("change"):
-            say(f"  pair {i}: no batch change proposed ({[x['id'] for x in advice['suggestions']]})")
+            say(f"  pair {i}: no batch change proposed ({ids})")
             continue
         p, n = sug["prediction"], int(sug["change"]["batch_size"])
         changed = train_batch(s, n, s.batch * steps, runs_dir, f"{s.name}-changed-{i}", probe=False)
@@ -293,14 +293,6 @@ def train_accumulating(s: OptimizerScenario, micro_batches: int, steps: int, run
     return Path(run.path)
 
 
-def per_sample(path: Path) -> float:
-    """The median step over its samples: the time per sample of a typical step."""
-    with open_run(path) as run:
-        steps = run.steps()
-        keep = steps.counted()
-        return float(statistics.median(steps.duration[keep] / steps.samples[keep]))
-
-
 def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_dir: str,
                            say: Callable[[str], None]) -> dict:
     """Each pair: a baseline, its advice, the proposed accumulation applied.  The gain is in time per sample.
@@ -310,15 +302,13 @@ def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_di
     steps *= 2
     for i in range(pairs):
         base = train_accumulating(s, 1, steps, runs_dir, f"{s.name}-base-{i}")
-        with open_run(base) as run:
-            advice = RunAnalysis(run).advice.as_dict()
-        sug = next((x for x in advice["suggestions"] if x["id"] == "slow_optimizer"), None)
+        sug, ids = advice_of(base, "slow_optimizer")
         if sug is None or not sug.get("change"):
-            say(f"  pair {i}: no optimizer change proposed ({[x['id'] for x in advice['suggestions']]})")
+            say(f"  pair {i}: no optimizer change proposed ({ids})")
             continue
         p, k = sug["prediction"], int(sug["change"]["gradient_accumulation_steps"])
         changed = train_accumulating(s, k, max(20, steps // k), runs_dir, f"{s.name}-changed-{i}")
-        b, c = per_sample(base), per_sample(changed)
+        b, c = median_step(base, per_sample=True), median_step(changed, per_sample=True)
         measured.add(c / b, p, k)
         say(f"  pair {i}: base {b * 1e6:.0f} µs/sample, gradient_accumulation_steps={k} {c * 1e6:.0f} µs/sample: "
             f"measured {1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")

@@ -159,7 +159,8 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
     before, after = _settings(base), _settings(cand)
     # gradients accumulated over k micro-batches: k times the samples per optimizer step (a batch k times as
     # large reads the same: the optimizer runs once per k times the samples either way)
-    ratio = _per_step_samples(cand) / _per_step_samples(base) if _per_step_samples(base) > 0 else 0.0
+    per_step = _per_step_samples(base)
+    ratio = _per_step_samples(cand) / per_step if per_step > 0 else 0.0
     before["gradient_accumulation_steps"] = 1
     after["gradient_accumulation_steps"] = round(ratio) if ratio >= 1.5 and abs(ratio - round(ratio)) < 0.05 else 1
     for s in suggestions:

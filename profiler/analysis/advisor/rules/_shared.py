@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gpulens import fmt
+
 if TYPE_CHECKING:  # measure.py imports the rules' engine at run time: the type only, for the checker
     from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.model import Prediction
 
 
 def how(m: Measurements, in_track: str, in_run: str) -> str:
     """The hint that fits how the run was recorded: code calling gpulens, or ``gpulens run`` without code."""
     return in_run if m.recorded_by == "gpulens run" else in_track
+
+
+def predicted_gain(prediction: Prediction, bound: str) -> str:
+    """A suggestion's expected gain with its prediction first: ``58% shorter steps predicted (44% to 73%; up to
+    84% shorter steps)`` -- the point estimate, its interval, then the upper bound ``bound`` it never exceeds."""
+    return (f"{fmt.share(prediction.gain_fraction, 0)} {fmt.gain_words(prediction.measure)} predicted "
+            f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {bound})")
 
 
 def busy_fraction(m: Measurements) -> float:

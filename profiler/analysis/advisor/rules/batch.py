@@ -5,7 +5,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
 from gpulens.profiler.analysis.advisor.predict_batch import predict_batch
-from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, busy_words
+from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, busy_words, predicted_gain
 from gpulens.profiler.analysis.batch_model import BatchFit, fit, lr_scaling, round_batch
 
 
@@ -73,8 +73,7 @@ def batch_headroom(m: Measurements) -> Suggestion | NotEvaluated | None:
                 else "higher throughput; not estimated without step times at 2+ batch sizes")
     prediction = batch_prediction(m, model, current, suggested)
     if prediction is not None:
-        expected = (f"{fmt.share(prediction.gain_fraction, 0)} less time per sample predicted "
-                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}); {expected}")
+        expected = predicted_gain(prediction, expected)
     w = m.what_if
     if w is not None and w.kind == "batch-size" and w.samples_per_s_change is not None:
         finding += (f"; measured (--what-if batch-size={w.batch_size}, steps {w.first_step}-{w.last_step}): "

@@ -7,7 +7,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
 from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, LoadingPrediction, predict_workers
-from gpulens.profiler.analysis.advisor.rules._shared import how
+from gpulens.profiler.analysis.advisor.rules._shared import how, predicted_gain
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
 
@@ -179,8 +179,7 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
                       " To measure the gain first: gpulens run --what-if synthetic-data -- <your command>.")
     prediction = verdict[1] if isinstance(verdict, tuple) else None
     if prediction is not None and measured is None:
-        expected = (f"{fmt.share(prediction.gain_fraction, 0)} shorter steps predicted "
-                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {expected})")
+        expected = predicted_gain(prediction, expected)
     return Suggestion(
         id="dataloader_bound", severity=severity,
         title="The training loop waits for data",

@@ -5,7 +5,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
 from gpulens.profiler.analysis.advisor.predict_accumulation import predict_accumulation
-from gpulens.profiler.analysis.advisor.rules._shared import how
+from gpulens.profiler.analysis.advisor.rules._shared import how, predicted_gain
 
 THRESHOLD = 0.10  # optimizer phase > 10% of the step, judged on typical steps
 MICRO_BATCHES = 2  # the accumulation proposed: the optimizer once per 2 micro-batches
@@ -102,8 +102,7 @@ def slow_optimizer(m: Measurements) -> Suggestion | NotEvaluated | None:
                 measure="time_per_sample")
     expected = f"up to {fmt.share(gain, 0)} of step time"
     if prediction is not None:
-        expected = (f"{fmt.share(prediction.gain_fraction, 0)} less time per sample predicted "
-                    f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {expected})")
+        expected = predicted_gain(prediction, expected)
     return Suggestion(
         id="slow_optimizer", severity="high" if judged >= 0.25 else "medium",
         title="The optimizer step is a large part of each step",
