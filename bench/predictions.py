@@ -7,12 +7,17 @@ tensors in memory after a batch-size probe, and the change is ``batch_size``; th
 AdamW over a wide MLP, and the change is ``gradient_accumulation_steps``.  The baseline runs under
 ``gpulens.track()``; the advisor proposes a ``change`` with its ``prediction``; the bench applies the change
 for real and times both arms in pairs in one process (each arm a run of its own: the baseline, then the
-change).  The measured gain is 1 - median(changed) / median(baseline) over the pairs' runs -- of the step,
-or of the time per sample where the change makes each step longer -- with a 95 % bootstrap interval over
+change).  The measured gain is 1 - changed / baseline over the pairs' runs -- of the mean step for the loading
+scenarios (workers started together deliver in rounds, so their median step is the rounds' short steps), of
+the median time per sample where the change makes each step longer -- with a 95 % bootstrap interval over
 pairs.  Run it on a quiet machine: a busy one changes what the change does (the loading model reads the CPU
 the host left), and the prediction of each pair is made from that pair's baseline.
 
-    python bench/predictions.py [--pairs 3] [--steps 80] [--scenario io-reads ...]
+With ``--what-if`` the loading scenarios' baselines run ``what_if="num-workers=N"`` (N: the count the loading
+model proposed for the scenario in earlier runs, ``Scenario.try_workers``): the advisor then proposes the
+measured count with a "what-if measured" prediction, which the applied change checks the same way.
+
+    python bench/predictions.py [--pairs 3] [--steps 80] [--scenario io-reads ...] [--what-if]
 """
 from __future__ import annotations
 
@@ -67,25 +72,33 @@ class Scenario:
     cpu_s: float  # per sample
     io_s: float  # per sample
     workers: int  # the baseline's num_workers
+    try_workers: int  # what --what-if measures: the count the loading model proposed here in earlier runs
     batch: int = 32
     dim: int = 512
     hidden: int = 1024
 
 
 SCENARIOS = {s.name: s for s in (
-    Scenario("io-reads", "reads that wait on storage, in the training process", cpu_s=0.0, io_s=0.0015, workers=0),
-    Scenario("cpu-transforms", "CPU-heavy transforms in the training process", cpu_s=0.0006, io_s=0.0, workers=0),
+    Scenario("io-reads", "reads that wait on storage, in the training process", cpu_s=0.0, io_s=0.0015, workers=0,
+             try_workers=4),
+    Scenario("cpu-transforms", "CPU-heavy transforms in the training process", cpu_s=0.0006, io_s=0.0, workers=0,
+             try_workers=2),
     Scenario("mixed", "half CPU, half waiting on reads, in the training process", cpu_s=0.0004, io_s=0.0008,
-             workers=0),
-    Scenario("io-one-worker", "reads that wait on storage, one worker", cpu_s=0.0, io_s=0.0015, workers=1),
+             workers=0, try_workers=3),
+    Scenario("io-one-worker", "reads that wait on storage, one worker", cpu_s=0.0, io_s=0.0015, workers=1,
+             try_workers=3),
     Scenario("slow-storage-big-model", "slow reads (3 ms a sample) feeding a wider model, in the training process",
-             cpu_s=0.0, io_s=0.003, workers=0, batch=16, hidden=2048),
+             cpu_s=0.0, io_s=0.003, workers=0, batch=16, hidden=2048, try_workers=2),
     Scenario("light-transforms", "light CPU transforms in the training process", cpu_s=0.0002, io_s=0.0,
-             workers=0),
+             workers=0, try_workers=1),
 )}
 
 
-def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str) -> Path:
+#: Where the --what-if stretch runs in a baseline, and how long (its first try_workers + 1 steps are not measured).
+WHAT_IF_AT, WHAT_IF_STEPS = 20, 30
+
+
+def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str, what_if: str | None = None) -> Path:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(scenario.dim, scenario.hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(scenario.hidden, scenario.hidden), torch.nn.ReLU(),
@@ -94,7 +107,7 @@ def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str
     data = Samples(scenario.batch * steps, scenario.cpu_s, scenario.io_s, scenario.dim)
     loader = DataLoader(data, batch_size=scenario.batch, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
-    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
+    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0, what_if=what_if) as run:
         for x, y in run.loader(loader):
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
@@ -103,6 +116,14 @@ def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str
             run.step(loss=loss)
     assert run.path is not None
     return Path(run.path)
+
+
+def mean_step(path: Path) -> float:
+    """The run's mean step over its counted steps (a rate: what loading with workers predicts, and what
+    ``gpulens compare`` checks a ``mean_step`` prediction on)."""
+    with open_run(path) as run:
+        steps = run.steps()
+        return float(steps.duration[steps.counted()].mean())
 
 
 def median_step(path: Path, per_sample: bool = False) -> float:
@@ -156,12 +177,14 @@ def advice_of(path: Path, rule: str) -> tuple[dict | None, list[str]]:
     return next((s for s in suggestions if s["id"] == rule), None), [s["id"] for s in suggestions]
 
 
-def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None]) -> dict:
-    """Each pair: a baseline, its advice, the change applied.  Where the advice declines more workers, one more
-    worker is tried: the decline holds if it gains under DECLINE_HOLDS."""
+def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say: Callable[[str], None],
+                 what_if: bool = False) -> dict:
+    """Each pair: a baseline (``what_if``: with a num-workers stretch), its advice, the change applied.  Where the
+    advice declines more workers, one more worker is tried: the decline holds if it gains under DECLINE_HOLDS."""
     measured, declined = Pairs(), []
+    stretch = (f"num-workers={scenario.try_workers}:at={WHAT_IF_AT},steps={WHAT_IF_STEPS}" if what_if else None)
     for i in range(pairs):
-        base = train(scenario, scenario.workers, steps, runs_dir, f"{scenario.name}-base-{i}")
+        base = train(scenario, scenario.workers, steps, runs_dir, f"{scenario.name}-base-{i}", stretch)
         s, _ = advice_of(base, "dataloader_bound")
         if s is None:
             say(f"  pair {i}: no data-loading suggestion")
@@ -169,7 +192,7 @@ def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say:
         p = s.get("prediction")
         n = int(s["change"]["num_workers"]) if s.get("change") and p else scenario.workers + 1
         changed = train(scenario, n, steps, runs_dir, f"{scenario.name}-changed-{i}")
-        b, c = median_step(base), median_step(changed)
+        b, c = mean_step(base), mean_step(changed)
         if not p:
             declined.append(1 - c / b)
             say(f"  pair {i}: base {b * 1e3:.1f} ms; more workers declined; num_workers={n} anyway: "
@@ -177,9 +200,9 @@ def run_scenario(scenario: Scenario, pairs: int, steps: int, runs_dir: str, say:
             continue
         measured.add(c / b, p, n)
         say(f"  pair {i}: base {b * 1e3:.1f} ms, num_workers={n} {c * 1e3:.1f} ms: measured {1 - c / b:+.0%}, "
-            f"predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
+            f"predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}] ({p['basis'].split(':')[0]})")
     return measured.summary({"scenario": scenario.name, "what": scenario.what, "declined": declined,
-                             "change": "num_workers"})
+                             "change": "num_workers" + (" (what-if measured)" if what_if else "")})
 
 
 # ---------------------------------------------------------------------------------------------- a small batch
@@ -322,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=80)
     every = [*SCENARIOS, *BATCH_SCENARIOS, *OPTIMIZER_SCENARIOS]
     ap.add_argument("--scenario", nargs="*", choices=sorted(every), default=every)
+    ap.add_argument("--what-if", action="store_true",
+                    help="the loading scenarios' baselines measure num-workers=N in a stretch (the prediction is "
+                         "then the measured gain)")
     args = ap.parse_args(argv)
     if not 1 <= args.pairs <= 50 or not 20 <= args.steps <= 10000:
         print("predictions: --pairs 1-50, --steps 20-10000", file=sys.stderr)
@@ -342,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             scenario = SCENARIOS[name]
             print(f"{name}: {scenario.what} (baseline num_workers={scenario.workers})", flush=True)
-            results.append(run_scenario(scenario, args.pairs, args.steps, runs_dir, say))
+            results.append(run_scenario(scenario, args.pairs, args.steps, runs_dir, say, args.what_if))
     print()
     within = inside = counted = held = declines = 0
     for r in results:

@@ -158,11 +158,14 @@ def _loop_cards(report: Report, cards: list[Card], gpu: bool) -> None:
 
 def what_if_card(w: WhatIf) -> Card:
     """A measured what-if: the step time its stretch reached, against the run's own steady steps."""
-    label = "What-if: synthetic data" if w.kind == "synthetic-data" else f"What-if: batch {w.batch_size}"
-    title = (f"steps {w.first_step}-{w.last_step} of the real loop "
-             + ("replayed cached batches instead of waiting on the DataLoader" if w.kind == "synthetic-data"
-                else f"trained on batches of {w.batch_size} (compute time: step minus data wait)")
-             + "; compared with the run's steady steps, 95% block-bootstrap interval")
+    label = ("What-if: synthetic data" if w.kind == "synthetic-data" else
+             f"What-if: {w.num_workers} workers" if w.kind == "num-workers" else f"What-if: batch {w.batch_size}")
+    did = ("replayed cached batches instead of waiting on the DataLoader" if w.kind == "synthetic-data" else
+           f"loaded the run's next batches with {w.num_workers} DataLoader workers (the run has {w.base_workers}; "
+           f"measured from step {w.measured_from_step}, once they started)" if w.kind == "num-workers" else
+           f"trained on batches of {w.batch_size} (compute time: step minus data wait)")
+    title = (f"steps {w.first_step}-{w.last_step} of the real loop {did}"
+             "; compared with the run's steady steps, 95% block-bootstrap interval")
     if w.step_time_change is None:
         why = w.reason or w.status or "no steps measured"
         return Card("what_if", label, "n/a", str(why)[:80], title, False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpulens import fmt
 from gpulens.dashboard.downsample import for_plot, steps_for_plot
 from gpulens.profiler import RunReader
 from gpulens.profiler.store.metrics import CATALOG
@@ -247,8 +248,8 @@ def marks(run: RunReader, origin: float) -> list[Mark]:
         first = run.step_span(int(what_if.get("first_step") or 0))
         last = run.step_span(int(what_if.get("last_step") or 0))
         if first is not None and last is not None:
-            kind = what_if.get("kind")
-            label = f"what-if: {kind}" + (f"={what_if.get('batch_size')}" if kind == "batch-size" else "")
+            label = "what-if: " + fmt.what_if(what_if.get("kind"), what_if.get("batch_size"),
+                                              what_if.get("num_workers"))
             out.append(Mark("what_if", first[0] - origin, last[1] - origin, label))
     return out
 

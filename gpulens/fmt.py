@@ -205,9 +205,19 @@ def prediction(p: dict[str, object]) -> str:
             f"{share(num('high'), 0)}); {p.get('basis')}")
 
 
+def what_if(kind: object, batch_size: object = None, num_workers: object = None) -> str:
+    """A measured what-if as ``--what-if`` names it (synthetic-data, batch-size=256, num-workers=4)."""
+    if kind == "batch-size":
+        return f"batch-size={batch_size}"
+    if kind == "num-workers":
+        return f"num-workers={num_workers}"
+    return str(kind)
+
+
 def gain_words(measure: object) -> str:
-    """What a predicted gain shortens: ``shorter steps`` (the median step) or ``less time per sample`` (a
-    larger batch, or gradients accumulated over more batches: each step gets longer)."""
+    """What a predicted gain shortens: ``shorter steps`` (the median step, or the mean step for a rate) or
+    ``less time per sample`` (a larger batch, or gradients accumulated over more batches: each step gets
+    longer)."""
     return "less time per sample" if measure == "time_per_sample" else "shorter steps"
 
 
@@ -220,5 +230,6 @@ def fix_texts(predicted: float, low: float, high: float, measure: str, got: floa
         f" (95% CI {share(got_low, 0)} to {share(got_high, 0)})" if got_low is not None and got_high is not None
         else "")
     verdict = "—" if inside is None else "inside" if inside else "outside"
-    words = gain_words(measure) if measure == "time_per_sample" else "shorter median step"  # what compare measured
+    words = (gain_words(measure) if measure == "time_per_sample" else   # what compare measured
+             "shorter mean step" if measure == "mean_step" else "shorter median step")
     return f"{share(predicted, 0)} {words} ({share(low, 0)} to {share(high, 0)})", got_text, verdict

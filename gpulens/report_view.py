@@ -241,13 +241,19 @@ def energy_line(e: Energy) -> str:
 
 def what_if_line(w: WhatIf) -> str:
     """A measured what-if in one line: what ran, and what it measured against the run's steady steps."""
-    label = f"batch size {w.batch_size}" if w.kind == "batch-size" else "synthetic data (replayed batches)"
+    label = (f"batch size {w.batch_size}" if w.kind == "batch-size" else
+             f"{w.num_workers} DataLoader workers (the run has {w.base_workers})" if w.kind == "num-workers" else
+             "synthetic data (replayed batches)")
     if w.status not in ("done", "cut short"):
         return f"{label}: {w.status}" + (f" ({w.reason})" if w.reason else "")
     if w.step_time_change is None:
         return f"{label}: no steps measured"
-    what = "compute (no data wait)" if w.kind == "batch-size" else "step"
-    line = (f"{label}, steps {w.first_step}-{w.last_step}: {what} {fmt.seconds(w.step_time_median_s)} vs "
+    what = ("compute (no data wait)" if w.kind == "batch-size" else
+            f"step ({w.measure.split(', ')[1]})" if w.measure and ", " in w.measure else "step")
+    steps = f"steps {w.first_step}-{w.last_step}"
+    if w.measured_from_step is not None and w.measured_from_step != w.first_step:
+        steps += f" (measured from {w.measured_from_step}: the workers start first)"
+    line = (f"{label}, {steps}: {what} {fmt.seconds(w.step_time_median_s)} vs "
             f"{fmt.seconds(w.baseline_step_time_median_s)} ({w.step_time_change:+.1%}")
     ci = w.step_time_change_ci
     line += f", 95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else ")"

@@ -185,7 +185,7 @@ def test_advise_and_the_card_carry_the_change_and_the_prediction(tmp_path, capsy
     s = next(s for s in json.loads(capsys.readouterr().out)["suggestions"] if s["id"] == "dataloader_bound")
     # 2 workers hide the 30 ms of reads (15 ms each); the loop's 20 ms of its own work is what is left
     assert s["change"] == {"num_workers": 2, "persistent_workers": True}
-    assert s["prediction"]["gain_fraction"] == pytest.approx(0.6)
+    assert s["prediction"]["gain_fraction"] == pytest.approx(0.6) and s["prediction"]["measure"] == "mean_step"
     assert s["prediction"]["low"] == pytest.approx(1 - 0.020 * 1.35 / 0.050)  # the model's error on the test set
     assert s["prediction"]["high"] == pytest.approx(1 - 0.020 * 0.65 / 0.050)  # above the bound by the model's error
     assert "100% blocked" in s["finding"]
@@ -211,11 +211,33 @@ def test_compare_says_what_the_fix_was_predicted_to_do_and_what_it_did(tmp_path,
     assert f["got_low"] <= f["got"] <= f["got_high"]
     assert cli_main(["compare", str(base), str(cand)]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert ("fix dataloader_bound (num_workers=2 applied): predicted 60% shorter median step (46% to 74%), got 58%"
+    assert ("fix dataloader_bound (num_workers=2 applied): predicted 60% shorter mean step (46% to 74%), got 58%"
             in text) and "inside the predicted interval" in text
     # the other way round, nothing was proposed for the candidate's workers: no fix to check
     assert cli_main(["compare", str(cand), str(base), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fixes"] == []
+
+
+def test_a_loading_fix_is_checked_on_the_mean_step_not_the_rounds_short_steps(tmp_path, capsys):
+    """Workers started together deliver in rounds (one step waits, the next two find their batch): the median
+    step is a short one, the mean step the rate the workers sustain, which the loading prediction is about."""
+    from gpulens.cli import main as cli_main
+    from timeline import write_run
+
+    base, _ = _runs(tmp_path)
+    n = 300
+    wait = np.resize([0.033, 0.0, 0.0], n)  # 11 ms a step on average, 0 in two steps of three
+    rounds = write_run(tmp_path / "rounds", {"data_wait": wait, "forward": np.full(n, 0.010)},
+                       meta={"host_info": {"cpu_count": 4}},
+                       series={"proc.cpu": 0.95, "host.cpu": 24.0, "workers.count": 2.0, "workers.cpu": 0.0})
+    assert cli_main(["compare", str(base), str(rounds), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    median = next(m for m in out["metrics"] if m["name"] == "median_step")
+    mean = next(m for m in out["metrics"] if m["name"] == "step_time")
+    f = out["fixes"][0]
+    assert median["change"] == pytest.approx(0.010 / 0.050 - 1, abs=1e-3)  # the short steps: -80 %
+    assert f["measure"] == "mean_step" and f["got"] == pytest.approx(-mean["change"])
+    assert f["got"] == pytest.approx(1 - 0.021 / 0.050, abs=2e-3) and f["inside"]
 
 
 def test_the_compare_page_shows_the_fix_beside_its_prediction(tmp_path):
@@ -227,7 +249,7 @@ def test_the_compare_page_shows_the_fix_beside_its_prediction(tmp_path):
     with open_run(base) as ra, open_run(cand) as rb:
         _, fixes = comparison.headline_rows(ra, a.report, rb, b.report, a.advice)
     assert fixes == [{"suggestion": "dataloader_bound", "applied": "num_workers=2",
-                      "predicted": "60% shorter median step (46% to 74%)", "got": "58% (95% CI 58% to 58%)",
+                      "predicted": "60% shorter mean step (46% to 74%)", "got": "58% (95% CI 58% to 58%)",
                       "held": "inside"}]
 
 

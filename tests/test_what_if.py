@@ -282,3 +282,265 @@ def test_batch_headroom_states_a_measured_batch_size_what_if() -> None:
     s = batch_headroom(m)
     assert "measured (--what-if batch-size=128, steps 20-39): 1.85x samples/s" in s.finding
     assert "measured 1.85x at batch 128" in s.expected_gain
+
+
+# ---------------------------------------------------------------- num-workers=N
+
+#: A loop that records, per batch, its sample indices and whether a DataLoader worker loaded it; the loader has
+#: ``--workers`` workers (0 by default) and shuffles with the script's seed; two epochs of 24 batches.
+WORKERS_LOOP = textwrap.dedent("""
+    import hashlib, json, sys, torch, torch.nn as nn
+    from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+    FAIL_IN_WORKERS = "--fail-in-workers" in sys.argv  # the data loads in-process only (a handle, say)
+    BAD_SAMPLE = 226 if "--bad-sample" in sys.argv else None  # fails wherever it loads (13th batch)
+
+    class Rows(Dataset):
+        def __len__(self): return 16 * 24
+        def __getitem__(self, i):
+            worker = get_worker_info() is not None
+            if worker and FAIL_IN_WORKERS:
+                raise RuntimeError("this dataset's file handle does not survive fork")
+            if i == BAD_SAMPLE:
+                raise ValueError(f"sample {i} is corrupt")
+            return torch.full((4,), float(i)), torch.tensor(i), torch.tensor(worker)
+
+    torch.manual_seed(0)
+    workers = int(sys.argv[1])
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    order, by_worker = [], []
+    try:
+        for epoch in range(2):
+            for x, idx, worker in DataLoader(Rows(), batch_size=16, shuffle=True, num_workers=workers):
+                order.append(idx.tolist())
+                by_worker.append(bool(worker.all()))
+                model(x).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+    except ValueError as exc:
+        print("raised", type(exc).__name__, exc)
+    print(json.dumps({"order": order, "by_worker": by_worker,
+                      "weights": hashlib.sha256(b"".join(p.detach().numpy().tobytes()
+                                                         for p in model.parameters())).hexdigest()}))
+""")
+
+
+def _workers_loop(tmp_path: Path, *args: str, what_if: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    script = tmp_path / "loop.py"
+    script.write_text(WORKERS_LOOP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+    cmd = [sys.executable, str(script), *args]
+    if what_if is not None:
+        cmd = [GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "w", "--no-advise",
+               "--profile-every", "0", "--what-if", what_if, "--", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, json.loads(lines[-1]) if lines else {}
+
+
+def test_num_workers_what_if_loads_the_runs_own_batches_with_workers(tmp_path: Path) -> None:
+    """No worker in the run; steps 5-14 are loaded by 3 workers: the same samples in the same order, the same
+    weights as without gpulens, only those ten batches from worker processes, the stretch flagged."""
+    _, plain = _workers_loop(tmp_path, "0")
+    proc, seen = _workers_loop(tmp_path, "0", what_if="num-workers=3:at=5,steps=10")
+    assert proc.returncode == 0, proc.stderr
+    assert "what-if num-workers=3: steps 5-14 load with 3 workers (the run has 0)" in proc.stderr
+    assert seen["order"] == plain["order"] and seen["weights"] == plain["weights"]
+    assert [i for i, w in enumerate(seen["by_worker"]) if w] == list(range(5, 15))
+    with open_run(tmp_path / "runs" / "w") as run:
+        steps = run.steps()
+        report = RunAnalysis(run).report().as_dict()
+    assert list(steps.step[(steps.flags & FLAG_WHATIF) != 0]) == list(range(5, 15 + SETTLE_STEPS))
+    w = report["what_if"]
+    assert (w["kind"], w["status"], w["num_workers"], w["base_workers"]) == ("num-workers", "done", 3, 0)
+    assert (w["first_step"], w["last_step"], w["measured_from_step"], w["steps"]) == (5, 14, 9, 6)
+    assert w["step_time_median_s"] > 0 and w["baseline_step_time_median_s"] > 0  # what they are: judged on a
+    assert report["step_time"]["excluded"]["what_if"] == 10 + SETTLE_STEPS  # chosen timeline, below
+    from gpulens.dashboard.overview import headline
+    from gpulens.profiler.analysis.report import Report, read_section
+
+    card = next(c for c in headline(read_section(report, Report)) if c.key == "what_if")
+    assert card.label == "What-if: 3 workers" and "the run has 0" in card.title
+
+
+def test_workers_that_fail_hand_their_batches_to_the_training_process(tmp_path: Path) -> None:
+    """A dataset that only loads in-process: the stretch's workers fail on their first batch, the batches they
+    did not serve load in the training process, and the loop sees what it would have without gpulens."""
+    _, plain = _workers_loop(tmp_path, "0", "--fail-in-workers")
+    proc, seen = _workers_loop(tmp_path, "0", "--fail-in-workers", what_if="num-workers=2:at=5,steps=10")
+    assert proc.returncode == 0, proc.stderr
+    assert seen["order"] == plain["order"] and seen["weights"] == plain["weights"] and not any(seen["by_worker"])
+    with open_run(tmp_path / "runs" / "w") as run:
+        plan = run.info.meta["what_if"]
+    assert plan["status"] == "done" and "file handle does not survive fork" in plan["fell_back"]
+
+
+def test_a_sample_that_fails_anywhere_fails_the_loop_as_it_would_without_gpulens(tmp_path: Path) -> None:
+    _, plain = _workers_loop(tmp_path, "0", "--bad-sample")
+    proc, seen = _workers_loop(tmp_path, "0", "--bad-sample", what_if="num-workers=2:at=3,steps=40")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if line.startswith("raised")]
+    assert said == ["raised ValueError sample 226 is corrupt"]
+    assert seen["order"] == plain["order"]  # every batch before the bad one, in order
+    with open_run(tmp_path / "runs" / "w") as run:
+        plan = run.info.meta["what_if"]
+    assert plan["status"] == "cut short" and "the data raised ValueError: sample 226 is corrupt" in plan["reason"]
+
+
+def test_num_workers_what_if_through_run_loader_with_workers_and_accumulation() -> None:
+    """track() + run.loader() over a loader with 2 workers, two batches per optimizer step: the stretch takes
+    2 x steps batches; every sample of each epoch comes once (the run's prefetched batches come after the
+    stretch: reordered by a few, never lost or repeated)."""
+    import tempfile
+
+    import gpulens
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(640).float().unsqueeze(1), torch.arange(640))
+    loader = DataLoader(data, batch_size=8, shuffle=True, num_workers=2)
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    epochs: list[list[int]] = []
+    with tempfile.TemporaryDirectory() as runs, gpulens.track(
+            "workers", runs_dir=runs, what_if="num-workers=1:at=4,steps=6", quiet=True, profile=False) as run:
+        for _ in range(2):
+            epochs.append([])
+            for i, (x, idx) in enumerate(run.loader(loader)):
+                epochs[-1].extend(idx.tolist())
+                model(x).sum().backward()
+                if i % 2 == 1:
+                    opt.step()
+                    opt.zero_grad()
+                    run.step()
+        path = run.path
+        run.close()
+        with open_run(path) as reader:
+            plan = reader.info.meta["what_if"]
+    assert [sorted(e) for e in epochs] == [list(range(640))] * 2
+    assert plan["status"] == "done" and plan["batches"] == 12 and plan["base_workers"] == 2
+    assert (plan["first_step"], plan["last_step"]) == (4, 9)
+    assert plan["settle_steps"] == 2 * 2 + 1  # the run's two workers had prefetched four batches
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("list", "do not come from a torch DataLoader"),
+    ("iterable", "an iterable dataset has no sampler order"),
+])
+def test_num_workers_what_if_is_skipped_where_no_sampler_order_exists(source: str, reason: str) -> None:
+    import tempfile
+
+    import gpulens
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(torch.randn(4) for _ in range(200))
+
+    batches = [torch.randn(4, 4) for _ in range(30)] if source == "list" else DataLoader(Stream(), batch_size=4)
+    model = torch.nn.Linear(4, 1)
+    count = 0
+    with tempfile.TemporaryDirectory() as runs, gpulens.track(
+            "skip", runs_dir=runs, what_if="num-workers=2:at=5,steps=5", quiet=True, profile=False) as run:
+        for x in run.loader(batches):
+            model(x).sum().backward()
+            count += 1
+            run.step()
+        path = run.path
+        run.close()
+        with open_run(path) as reader:
+            plan = reader.info.meta["what_if"]
+            flagged = int(((reader.steps().flags & FLAG_WHATIF) != 0).sum())
+    assert count == (30 if source == "list" else 50)
+    assert plan["status"] == "skipped" and reason in plan["reason"] and flagged == 0
+
+
+def test_the_workers_what_if_is_measured_after_its_workers_start(tmp_path: Path) -> None:
+    """A chosen timeline: 20 ms steps; steps 20-39 with 3 workers, whose first 4 wait 60 ms for them to start
+    and the rest wait 12 ms every third step (the workers deliver in rounds). Measured from step 24 on 3-step
+    means (a plain median would take the rounds' short steps): -60 %; the advisor proposes 3 workers."""
+    from timeline import START, noisy, write_run
+
+    n = 90
+    compute = noisy(n, seed=3, scale=0.004, sigma=0.05, spikes=0.0)
+    wait = np.full(n, 0.016)
+    wait[20:24] = 0.060
+    wait[24:40] = np.resize([0.012, 0.0, 0.0], 16)  # rounds: one step waits for three batches, two find theirs
+    flags = np.zeros(n, dtype=int)
+    flags[20:40 + SETTLE_STEPS] = FLAG_WHATIF
+    plan = WhatIfPlan("num-workers", at=20, steps=20, num_workers=3)
+    assert plan.ramp == 4
+    meta = {"what_if": {**plan.describe(), "status": "done", "base_workers": 0}}
+    steps_end = np.cumsum(compute + wait) + START  # when each step ended
+    stretch = (steps_end[19], steps_end[39])
+
+    def stretch_workers(t: np.ndarray) -> np.ndarray:  # the what-if's 3 workers, alive through its stretch only
+        return np.where((t >= stretch[0]) & (t <= stretch[1]), 3.0, 0.0)
+
+    path = write_run(tmp_path / "workers", {"data_wait": wait, "forward": compute}, samples=32, flags=flags,
+                     meta=meta, series={"workers.count": stretch_workers,
+                                        "workers.cpu": lambda t: stretch_workers(t) * 0.1})
+    with open_run(path) as run:
+        analysis = RunAnalysis(run)
+        w = analysis.report().as_dict()["what_if"]
+        bound = next(s for s in analysis.advice.suggestions if s.id == "dataloader_bound")
+    base = (compute + wait)[list(range(2, 20)) + list(range(40 + SETTLE_STEPS, n))]
+    rounds = np.convolve((compute + wait)[24:40], np.ones(3) / 3, mode="valid")  # one round of 3 workers each
+    expected = float(np.median(rounds) / np.median(base) - 1)
+    assert w["measured_from_step"] == 24 and w["steps"] == 16 and w["measure"] == "step time, 3-step means"
+    assert w["step_time_change"] == pytest.approx(expected, abs=1e-4) and -0.65 < expected < -0.55
+    assert np.median((compute + wait)[24:40]) / np.median(base) - 1 < expected - 0.1  # the short steps' median
+    assert bound.change is not None and bound.change["num_workers"] == 3
+    p = bound.prediction
+    assert p is not None and p.basis.startswith("what-if measured: 3 workers loaded steps 24-39")
+    assert p.gain_fraction == pytest.approx(-expected, abs=1e-4) and p.low <= p.gain_fraction <= p.high
+    assert "measured (--what-if num-workers=3, steps 24-39)" in bound.finding
+    assert "num_workers=3 (measured in this run" in bound.action
+    # the stretch's workers are not the run's: it loaded in the training process
+    from gpulens.profiler.analysis.advisor.measure import worker_load
+
+    with open_run(path) as run:
+        assert run.series("workers.count").v.max() == 3  # read in ~6 readings of the stretch
+        assert worker_load(run) == (0.0, 0.0)
+    assert "DataLoader worker processes: 0" in bound.finding
+
+
+def test_a_workers_what_if_that_did_not_help_proposes_no_change() -> None:
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.input import dataloader_bound
+    from gpulens.profiler.analysis.report import WhatIf, read_section
+
+    m = Measurements(run_id="r", device="cpu", steps=200, step_s=0.02, cpu_count=2, phase_share={"data_wait": 0.4})
+    m.what_if = read_section({
+        "kind": "num-workers", "status": "done", "reason": None, "batch_size": None, "base_batch": None,
+        "num_workers": 4, "base_workers": 0, "first_step": 20, "last_step": 39, "measured_from_step": 25,
+        "steps": 15, "measure": "step time", "step_time_median_s": 0.0205, "baseline_step_time_median_s": 0.02,
+        "step_time_change": 0.025, "step_time_change_ci": [-0.01, 0.06], "data_wait_median_s": 0.007,
+        "baseline_data_wait_median_s": 0.008, "samples_per_s": None, "baseline_samples_per_s": None,
+        "samples_per_s_change": None}, WhatIf)
+    s = dataloader_bound(m)
+    assert s is not None and s.change is None and s.prediction is None
+    assert "More workers did not help when measured: 4 workers changed the step by +2%" in s.action
+    assert "measured (--what-if num-workers=4, steps 25-39)" in s.finding
+
+
+def test_parse_num_workers() -> None:
+    assert parse_what_if("num-workers=4:at=30,steps=40") == WhatIfPlan("num-workers", 30, 40, num_workers=4)
+    assert parse_what_if("num_workers=0").num_workers == 0
+    assert WhatIfPlan("num-workers", num_workers=0).ramp == 0 and WhatIfPlan("num-workers", num_workers=30).ramp == 10
+    for bad in ("num-workers", "num-workers=-1", "num-workers=two", "num-workers=65"):
+        with pytest.raises(GpulensError):
+            parse_what_if(bad)
+
+
+def test_workers_seen_in_one_reading_are_counted_not_averaged_away(tmp_path: Path) -> None:
+    """A run that trained for a second after seconds of start-up: its 3 workers were read once. They are the
+    run's 3 workers (their CPU needs two readings), not 3 over the run's length."""
+    from gpulens.profiler.analysis.advisor.measure import worker_load
+    from timeline import START, write_run
+
+    once = START + 1.0
+    path = write_run(tmp_path / "short", {"data_wait": np.full(40, 0.02), "forward": np.full(40, 0.03)},
+                     series={"workers.count": lambda t: np.where(np.abs(t - once) < 0.05, 3.0, 0.0),
+                             "workers.cpu": lambda t: np.zeros_like(t)})
+    with open_run(path) as run:
+        assert int((run.series("workers.count").v > 0).sum()) == 1
+        assert worker_load(run) == (3.0, None)

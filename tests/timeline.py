@@ -34,9 +34,10 @@ def noisy(n: int, seed: int, scale: float = 0.01, sigma: float = 0.08, spikes: f
 
 def write_run(path: Path, phases: dict[str, np.ndarray], samples: float | np.ndarray = 32, warmup: int = 2,
               flags: np.ndarray | None = None, meta: dict[str, Any] | None = None, loss: np.ndarray | None = None,
-              start: float = START, series: dict[str, float] | None = None) -> Path:
+              start: float = START, series: dict[str, Any] | None = None) -> Path:
     """A finished run in ``path`` (``rank-0.db``) whose steps take exactly the given phase seconds, back to back;
-    ``series``: host and process readings (``proc.cpu``: 0.4) held at one value, 10 a second, over the run."""
+    ``series``: host and process readings (``proc.cpu``: 0.4) held at one value, 10 a second, over the run (or
+    a function of the readings' times giving their values)."""
     n = len(next(iter(phases.values())))
     cols = {p: np.asarray(phases.get(p, np.zeros(n)), dtype=float) for p in PHASE_NAMES}
     duration = sum(cols.values())
@@ -55,6 +56,7 @@ def write_run(path: Path, phases: dict[str, np.ndarray], samples: float | np.nda
         t += float(duration[i])
     for metric, value in (series or {}).items():
         times = np.arange(start, t, 0.1)
-        writer.points_bulk(writer.series(metric), times, np.full(len(times), float(value)))
+        values = value(times) if callable(value) else np.full(len(times), float(value))
+        writer.points_bulk(writer.series(metric), times, np.asarray(values, dtype=float))
     writer.close(status="finished", end=t)
     return path

@@ -93,6 +93,7 @@ class AutoSteps:
         self._no_optimizer = False  # decided: this loop updates without an optimizer
         self._idle = True  # between training iterations (start, epoch gaps, evaluation)
         self._iter: Any = None  # the DataLoader iterator fetched from last
+        self._in_what_if = False  # inside a what-if's fetch, whose own loader's fetches are not the loop's
         self._loss: Any = None  # the step's loss so far (see _add_loss)
         self._loss_unreadable = False
         self._fwd_seen = False  # a hooked root module ran forward
@@ -442,12 +443,16 @@ class AutoSteps:
         auto = self
 
         def __next__(it: Any) -> Any:
-            if not auto.active or threading.get_ident() != auto._train_thread:
-                return original(it)
+            if not auto.active or auto._in_what_if or threading.get_ident() != auto._train_thread:
+                return original(it)  # (a what-if's own temporary loader: not a fetch of the loop's)
             training = auto._fetch_begin(it)
             try:
                 if training and auto.run.has_what_if:
-                    batch = auto.run.fetch_batch(lambda: original(it))
+                    auto._in_what_if = True
+                    try:
+                        batch = auto.run.fetch_batch(lambda: original(it), it)
+                    finally:
+                        auto._in_what_if = False
                 else:
                     batch = original(it)
             except StopIteration:

@@ -56,7 +56,7 @@ class RunOptions:
     auto: bool = False
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
-    what_if: str | None = None  # a measured what-if (hooks/track/whatif.py): "synthetic-data", "batch-size=N"
+    what_if: str | None = None  # a measured what-if (hooks/track/whatif.py): "synthetic-data", "num-workers=N", …
     nvtx: bool | None = None  # phases as NVTX ranges too (None: when Nsight Systems runs the process)
     store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.publisher
     child: dict[str, Any] | None = None  # set for a child process of the recording one (hooks/children.py)

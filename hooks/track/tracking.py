@@ -17,6 +17,7 @@ errors, and all I/O happens on background threads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -258,7 +259,7 @@ class TrackedRun:
             log.warning("gpulens: what-if not run: %s", exc)
             return
         if plan.at < self.options.warmup_steps + WhatIf.CACHED:
-            plan = type(plan)(plan.kind, self.options.warmup_steps + WhatIf.CACHED, plan.steps, plan.batch_size)
+            plan = dataclasses.replace(plan, at=self.options.warmup_steps + WhatIf.CACHED)
         assert self._recorder is not None
         self._whatif = WhatIf(plan, self._recorder.writer.meta, self._probe_limit)  # also at close
         self._rec.step_flags = self._whatif.flags
@@ -273,12 +274,13 @@ class TrackedRun:
         """A measured what-if is planned: training fetches go through :meth:`fetch_batch`."""
         return self._whatif is not None
 
-    def fetch_batch(self, real_next: Any) -> Any:
-        """A training batch: from the loader, or during a what-if's stretch from its cache."""
+    def fetch_batch(self, real_next: Any, source: Any = None, loader: Any = None) -> Any:
+        """A training batch: from the loader, or during a what-if's stretch from its cache (or, for
+        ``num-workers``, from a temporary loader over ``source``, the live DataLoader iterator)."""
         whatif = self._whatif
         if whatif is None or not self._recording:
             return real_next()
-        return whatif.fetch(self._rec.step_index, real_next)
+        return whatif.fetch(self._rec.step_index, real_next, source, loader)
 
     def attach_torch(self, torch: ModuleType) -> None:
         """Profiler windows, FLOP counting and (``gpulens run``) step detection need torch.
@@ -824,7 +826,8 @@ class _TimedLoader:
         while True:
             active = run._recording and run._safe(rec.loader_next, first)
             try:
-                batch = run.fetch_batch(it.__next__) if active and run.has_what_if else next(it)
+                batch = (run.fetch_batch(it.__next__, it, self._iterable) if active and run.has_what_if
+                         else next(it))
             except StopIteration:
                 if active:
                     run._safe(rec.loader_end)

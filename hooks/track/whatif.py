@@ -3,15 +3,20 @@
 ``synthetic-data`` replays two cached batches instead of waiting on the
 DataLoader (the objects the loader handed out: same shapes, dtype, device
 and pinning); ``batch-size=N`` replays the cached batch cut or tiled to N
-samples along its first dimension.  The user's own forward, backward and
-optimizer run unchanged, so the stretch measures what their loop would do
-without input waits (or at N), not a model of it.
+samples along its first dimension; ``num-workers=N`` loads the loop's next
+batches (the same samples in the same order) with N DataLoader workers
+(:mod:`whatif_workers`).  The user's own forward, backward and optimizer run
+unchanged, so the stretch measures what their loop would do without input
+waits (or at N), not a model of it.
 
 Honesty: the stretch's steps and a few settling steps after it (the
 DataLoader's prefetch queue refills while it is not asked) are flagged
 :data:`~gpulens.profiler.store.schema.FLAG_WHATIF` and left out of the run's
-own throughput; the stretch trains on repeated batches (``steps`` extra
-optimizer steps), which is why it is opt-in and short.  A batch size whose
+own throughput; the replaying stretches train on repeated batches (``steps``
+extra optimizer steps), which is why they are opt-in and short (a workers
+stretch trains on the run's own batches: it adds no step).  A workers
+stretch's first steps wait for its workers to start: they are flagged with
+the stretch but measured from ``measure_from`` on.  A batch size whose
 memory cannot be shown to fit (CUDA peak so far scaled to N against the
 device's memory, or the batch-size probe's b_max) is refused before the
 stretch, never tried: an out-of-memory error would reach the user's loop.
@@ -25,12 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpulens.hooks.track.steps import infer_batch_size
+from gpulens.hooks.track.whatif_workers import WorkersStretch, why_not
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.schema import FLAG_WHATIF
 
 log = logging.getLogger("gpulens")
 
-SYNTHETIC, BATCH_SIZE = "synthetic-data", "batch-size"
+SYNTHETIC, BATCH_SIZE, NUM_WORKERS = "synthetic-data", "batch-size", "num-workers"
 #: The stretch starts after warm-up and the first profiler window (steps 10-13 by default).
 DEFAULT_AT = 20
 DEFAULT_STEPS = 20
@@ -38,28 +44,40 @@ DEFAULT_STEPS = 20
 SETTLE_STEPS = 5
 #: A batch size is tried on CUDA only while the scaled peak stays under this share of the device memory.
 MEMORY_HEADROOM = 0.85
+#: The most workers a num-workers what-if starts (each is a process holding a copy of the dataset object).
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
 class WhatIfPlan:
     """What to try, from which step, for how many steps."""
 
-    kind: str  # synthetic-data | batch-size
+    kind: str  # synthetic-data | batch-size | num-workers
     at: int = DEFAULT_AT
     steps: int = DEFAULT_STEPS
     batch_size: int | None = None
+    num_workers: int | None = None
+
+    @property
+    def ramp(self) -> int:
+        """Steps at the stretch's start left out of its measure: N new workers start and fill their queue."""
+        return min(self.steps // 2, self.num_workers + 1) if self.kind == NUM_WORKERS and self.num_workers else 0
 
     @property
     def end(self) -> int:  # first step after the stretch
         return self.at + self.steps
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "batch_size": self.batch_size, "first_step": self.at,
-                "last_step": self.end - 1, "settle_steps": SETTLE_STEPS}
+        out = {"kind": self.kind, "batch_size": self.batch_size, "first_step": self.at,
+               "last_step": self.end - 1, "settle_steps": SETTLE_STEPS}
+        if self.kind == NUM_WORKERS:
+            out.update(num_workers=self.num_workers, measure_from=self.at + self.ramp)
+        return out
 
 
 def parse_what_if(text: str) -> WhatIfPlan:
-    """``synthetic-data`` or ``batch-size=N``, optionally ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
+    """``synthetic-data``, ``batch-size=N`` or ``num-workers=N``, optionally ``:at=STEP,steps=N``
+    (e.g. ``synthetic-data:at=50``)."""
     head, _, tail = text.strip().partition(":")
     kind, _, value = head.partition("=")
     kind = kind.strip().lower().replace("_", "-")
@@ -75,16 +93,23 @@ def parse_what_if(text: str) -> WhatIfPlan:
         return WhatIfPlan(SYNTHETIC, **options)
     if kind == BATCH_SIZE and value:
         return WhatIfPlan(BATCH_SIZE, batch_size=_positive(value, f"--what-if {text}: batch size"), **options)
-    raise GpulensError(f"--what-if {text}: expected synthetic-data or batch-size=N (optionally :at=STEP,steps=N)")
+    if kind == NUM_WORKERS and value:
+        workers = _positive(value, f"--what-if {text}: worker count", zero=True)
+        if workers > MAX_WORKERS:
+            raise GpulensError(f"--what-if {text}: at most {MAX_WORKERS} workers")
+        return WhatIfPlan(NUM_WORKERS, num_workers=workers, **options)
+    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N or num-workers=N "
+                       "(optionally :at=STEP,steps=N)")
 
 
-def _positive(raw: str, what: str) -> int:
+
+def _positive(raw: str, what: str, zero: bool = False) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise GpulensError(f"{what} must be a whole number, not {raw!r}") from None
-    if value <= 0:
-        raise GpulensError(f"{what} must be positive")
+    if value < 0 or (value == 0 and not zero):
+        raise GpulensError(f"{what} must be {'0 or more' if zero else 'positive'}")
     return value
 
 
@@ -137,10 +162,12 @@ _NOTHING = object()  # no replay: fetch from the loader
 class WhatIf:
     """Stands between the training loop and its DataLoader for the stretch of a :class:`WhatIfPlan`.
 
-    ``fetch(step, real_next)`` is called for every training batch fetch with
-    the index of the step the batch opens; outside the stretch it calls
-    ``real_next`` (caching the batches just before the stretch), inside it
-    returns a cached one without touching the loader.
+    ``fetch(step, real_next, source, loader)`` is called for every training
+    batch fetch with the index of the step the batch opens; outside the
+    stretch it calls ``real_next`` (caching the batches just before the
+    stretch), inside it returns a cached one without touching the loader --
+    or, for ``num-workers``, the next batch of a temporary loader over the
+    live iterator ``source``'s own sampler order.
     """
 
     CACHED = 2
@@ -155,10 +182,17 @@ class WhatIf:
         self.state = "waiting"  # waiting | running | done | skipped
         self.reason: str | None = None
         self.base_batch: int | None = None
+        self._end = plan.end  # the first step after the stretch: earlier where the epoch ran out
+        self._settle = SETTLE_STEPS
+        self._workers: WorkersStretch | None = None
+        self._base_workers: int | None = None
+        self._fetch_step, self._fetches, self._per_step = -1, 0, 1  # training fetches per step (accumulation)
 
     # ------------------------------------------------------------------ hot path
-    def fetch(self, step: int, real_next: Callable[[], Any]) -> Any:
+    def fetch(self, step: int, real_next: Callable[[], Any], source: Any = None, loader: Any = None) -> Any:
         """The loader's exceptions (StopIteration included) reach the loop as they would; ours never do."""
+        if self.plan.kind == NUM_WORKERS:
+            return self._fetch_workers(step, real_next, source, loader)
         try:
             replay = self._replay(step)
         except Exception as exc:
@@ -187,9 +221,56 @@ class WhatIf:
 
     def flags(self, step: int) -> int:
         """FLAG_WHATIF for the stretch's steps and the settling ones after it."""
-        if self.state in ("running", "done") and self.plan.at <= step < self.plan.end + SETTLE_STEPS:
+        if self.state in ("running", "done") and self.plan.at <= step < self._end + self._settle:
             return FLAG_WHATIF
         return 0
+
+    # ------------------------------------------------------------------ num-workers
+    def _fetch_workers(self, step: int, real_next: Callable[[], Any], source: Any, loader: Any) -> Any:
+        """Inside the stretch, the temporary workers' batches; the loop's own loader before and after."""
+        if self.state == "waiting":
+            if step != self._fetch_step:  # the fetches of the last whole step: how many batches a step takes
+                self._per_step = max(1, self._fetches) if self._fetch_step >= 0 else 1
+                self._fetch_step, self._fetches = step, 0
+            self._fetches += 1
+            if self.plan.at <= step < self.plan.end:
+                try:
+                    self._start_workers(source, loader)
+                except Exception as exc:
+                    self._skip(f"{type(exc).__name__}: {exc}")
+        stretch = self._workers
+        if self.state == "running" and stretch is not None:
+            try:
+                served, batch = stretch.next()
+            except Exception as exc:  # the data's own error, loading in-process: the loop gets it as it would
+                self.reason = f"the data raised {type(exc).__name__}: {exc}"
+                self._finish("cut short", step)
+                raise
+            if served:
+                return batch
+            self._finish("done", step)
+        return real_next()
+
+    def _start_workers(self, source: Any, loader: Any) -> None:
+        torch = sys.modules.get("torch")
+        why = "torch is not imported" if torch is None else why_not(source, torch)
+        if why:
+            self._skip(why)
+            return
+        workers = int(self.plan.num_workers or 0)
+        stretch = WorkersStretch(source, workers, self.plan.steps * self._per_step, torch, loader)
+        if not stretch.taken:  # the epoch's last batch: the next epoch's first fetch starts it
+            stretch.close()
+            return
+        self._workers = stretch
+        self._base_workers = int(getattr(source, "_num_workers", 0) or 0)
+        # the run's own workers prefetched this many batches before the stretch: they come first after it
+        self._settle = max(SETTLE_STEPS, self._base_workers * int(getattr(source, "_prefetch_factor", 2) or 2) + 1)
+        self.state = "running"
+        log.info("gpulens: what-if num-workers=%d: steps %d-%d load with %d workers (the run has %d)", workers,
+                 self.plan.at, self.plan.end - 1, workers, self._base_workers)
+        self._set_meta(what_if={**self.plan.describe(), "status": "running", "base_workers": self._base_workers,
+                                "settle_steps": self._settle})
 
     # ------------------------------------------------------------------ the stretch
     def _ready(self) -> bool:
@@ -204,20 +285,30 @@ class WhatIf:
         self._set_meta(what_if={**self.plan.describe(), "status": "running", "base_batch": self.base_batch})
         return True
 
-    def _finish(self, status: str) -> None:
-        """The stretch is over ("done", or "cut short" with :attr:`reason`): the loader takes over again."""
+    def _finish(self, status: str, step: int | None = None) -> None:
+        """The stretch is over ("done", or "cut short" with :attr:`reason`): the loader takes over again.
+        ``step``: the first step after it, where that is known (a workers stretch ends with its batches)."""
         if self.state != "running":
             return
         self.state = "done"
         self._cache = []
-        self._set_meta(what_if={**self.plan.describe(), "status": status, "base_batch": self.base_batch,
+        plan = self.plan.describe()
+        if step is not None and self.plan.at < step < self._end:
+            self._end = step
+            plan["last_step"] = step - 1
+        stretch, self._workers = self._workers, None
+        if stretch is not None:
+            stretch.close()
+            plan.update(base_workers=self._base_workers, settle_steps=self._settle, batches=stretch.taken,
+                        fell_back=stretch.fell_back)
+        self._set_meta(what_if={**plan, "status": status, "base_batch": self.base_batch,
                                 "replayed": self._replays, "reason": self.reason})
 
     def close(self, steps_done: int) -> None:
         """At the run's end: a stretch the run did not get to (or finish) says why."""
         if self.state == "running":
             self.reason = "the run ended during the stretch"
-            self._finish("cut short")
+            self._finish("cut short", steps_done)
         elif self.state == "waiting":
             reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
                       "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
@@ -238,6 +329,8 @@ class WhatIf:
                                 "base_batch": self.base_batch})
 
     def _label(self) -> str:
+        if self.plan.kind == NUM_WORKERS:
+            return f"num-workers={self.plan.num_workers}"
         return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind
 
     def _remember(self, batch: Any) -> None:

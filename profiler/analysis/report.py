@@ -340,8 +340,11 @@ class WhatIf(Section, kw_only=True):
     reason: str | None
     batch_size: int | None
     base_batch: int | None
+    num_workers: int | None = None  # num-workers what-ifs
+    base_workers: int | None = None  # num-workers what-ifs
     first_step: int | None
     last_step: int | None
+    measured_from_step: int | None = None  # where the measure starts (after new workers start)
     steps: int
     measure: str | None
     step_time_median_s: float | None

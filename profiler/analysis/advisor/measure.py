@@ -173,19 +173,42 @@ def worker_load(run: RunReader) -> tuple[float | None, float | None]:
     epochs (workers torn down) counts as zero workers and zero CPU, so busy
     workers of a short run read as half-idle.  Only readings whose workers
     also existed at the previous reading count: a child first seen
-    contributes CPU from its next reading on.
+    contributes CPU from its next reading on; workers seen in one reading
+    only (a run that trained for a second or two) give their count, not
+    their CPU.  A ``num-workers`` what-if's workers are not the run's: the
+    readings of its stretch are left out.
     """
     count, cpu = run.series("workers.count"), run.series("workers.cpu")
     if count is None or cpu is None or not len(count) or not len(cpu):
         return None, None
     alive = count.v > 0
+    span = what_if_workers_span(run)
+    if span is not None:
+        alive &= (count.t < span[0]) | (count.t > span[1])
     both = alive[1:] & alive[:-1]
     t_ok = count.t[1:][both]
     at = np.searchsorted(cpu.t, t_ok)
     ok = (at < len(cpu.t)) & (cpu.t[np.minimum(at, len(cpu.t) - 1)] == t_ok)
     if not ok.any():
-        return float(count.v.mean()), float(cpu.v.mean())
+        if alive.any():
+            return float(count.v[alive].mean()), None
+        return (0.0, 0.0) if span is not None else (float(count.v.mean()), float(cpu.v.mean()))
     return float(count.v[1:][both][ok].mean()), float(cpu.v[at[ok]].mean())
+
+
+def what_if_workers_span(run: RunReader) -> tuple[float, float] | None:
+    """When a ``num-workers`` what-if's own workers were alive: from its stretch's first step to a reading
+    (1 s) after its settling steps (they shut down when the stretch ends); None without one."""
+    plan = run.info.meta.get("what_if")
+    if not isinstance(plan, dict) or plan.get("kind") != "num-workers" or plan.get("status") not in ("done",
+                                                                                                   "cut short"):
+        return None
+    first = run.step_span(int(plan.get("first_step") or 0))
+    last_step = int(plan.get("last_step") or 0)
+    last = run.step_span(last_step + int(plan.get("settle_steps") or 0)) or run.step_span(last_step)
+    if first is None:
+        return None
+    return first[0], (last[1] if last is not None else first[1]) + 1.0
 
 
 def recorded_by(meta: dict[str, Any]) -> str:

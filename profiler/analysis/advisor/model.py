@@ -23,14 +23,16 @@ class Prediction:
 
     ``gain_fraction`` is the expected shortening (0.3: 30 % shorter steps; negative: longer), ``low`` and
     ``high`` an interval that the prediction test set shows to hold, ``basis`` how it was predicted
-    ("what-if measured", "model: ..."), ``measure`` what shortens: the median step, or the time per sample
-    (a batch-size change makes each step longer and each sample shorter)."""
+    ("what-if measured", "model: ..."), ``measure`` what shortens: the median step; the mean step (a rate:
+    DataLoader workers started together deliver in rounds, one long step and N - 1 short ones, whose median
+    is the short ones); or the time per sample (a batch-size change makes each step longer and each sample
+    shorter)."""
 
     gain_fraction: float
     low: float
     high: float
     basis: str
-    measure: str = "median_step"  # median_step | time_per_sample
+    measure: str = "median_step"  # median_step | mean_step | time_per_sample
 
     def as_dict(self) -> dict[str, Any]:
         return {"gain_fraction": round(self.gain_fraction, 4), "low": round(self.low, 4),

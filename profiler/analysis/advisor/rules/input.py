@@ -1,6 +1,7 @@
 """Input pipeline: is the loop waiting for data, and why?"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gpulens import fmt
@@ -66,24 +67,36 @@ def workers_prediction(m: Measurements, share: float, hidden: float | None,
              f"(a batch costs {fmt.seconds(p.cpu_s)} CPU + {fmt.seconds(p.blocked_s)} blocked, {split}); "
              f"limited by {p.limit}")
     gain = min(p.gain, bound)
-    return p.workers, Prediction(gain, min(p.low, gain), max(p.high, gain), basis)
+    return p.workers, Prediction(gain, min(p.low, gain), max(p.high, gain), basis, measure="mean_step")
 
 
 def _workers(n: int) -> str:
     return f"{n} worker{'s' if n > 1 else ''}"
 
 
-def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPrediction | None = None
-                   ) -> tuple[str, str, dict[str, Any] | None]:
+def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPrediction | None = None,
+                   measured: MeasuredWorkers | None = None) -> tuple[str, str, dict[str, Any] | None]:
     """(action, snippet, change): never fewer workers than the run has, pinned memory only where a GPU is fed;
-    a change only with a prediction (``verdict``: the loading model's, see :func:`workers_prediction`)."""
+    a change only with a prediction (``verdict``: the loading model's, see :func:`workers_prediction`) or a
+    ``measured`` worker count that shortened the step (a ``num-workers`` what-if: it overrides the model)."""
     n, have = suggested_workers(m), current_workers(m)
     cuda = m.device == "cuda"
     copies = ", pinned memory with non_blocking copies" if cuda else ""
     change: dict[str, Any] | None = None
     cheaper = ("Make each sample cheaper to load (decode once and cache, lighter transforms, "
                "transforms on batches)")
-    if isinstance(verdict, tuple):
+    if measured is not None and measured.helps:
+        n = measured.workers
+        action = (f"Load batches in parallel and ahead of time: num_workers={n} (measured in this run: "
+                  f"{fmt.share(measured.prediction.gain_fraction, 0)} shorter steps with {_workers(n)}){copies}, "
+                  "persistent workers.")
+        workers = str(n)
+        change = {"num_workers": n, "persistent_workers": True, **({"pin_memory": True} if cuda else {})}
+    elif measured is not None:
+        action = (f"More workers did not help when measured: {_workers(measured.workers)} changed the step by "
+                  f"{-measured.prediction.gain_fraction:+.0%} in this run's what-if. {cheaper}{copies}.")
+        workers = str(max(have or 0, 1))
+    elif isinstance(verdict, tuple):
         n = verdict[0]
         action = (f"Load batches in parallel and ahead of time: num_workers={n} (the fewest that the loading model "
                   f"says reach the shortest step on {m.cpu_count} cores){copies}, persistent workers.")
@@ -162,7 +175,10 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         w = m.windows[0]
         evidence.append(Evidence("window", "profiled steps", {"rank": w.rank, "index": w.index}))
     verdict = workers_prediction(m, share, hidden, gain)
-    action, snippet, change = _loader_advice(m, verdict)
+    tried = measured_workers(m, share, hidden)
+    if tried is not None:
+        finding += f"; {tried.finding}"
+    action, snippet, change = _loader_advice(m, verdict, tried)
     expected = f"up to {fmt.share(gain, 0)} shorter steps"
     estimate = "upper bound: the measured data-wait share, which vanishes when loading overlaps compute"
     if gain < share:
@@ -174,10 +190,14 @@ def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
         finding += f"; {measured[0]}"
         expected = f"{measured[1]} (measured; estimate {expected})"
         estimate = "measured: the run's --what-if synthetic-data stretch against its own steady steps"
-    elif not m.imported:
-        action += how(m, " To measure the gain first: gpulens.track(..., what_if=\"synthetic-data\").",
-                      " To measure the gain first: gpulens run --what-if synthetic-data -- <your command>.")
+    elif not m.imported and tried is None:
+        # the change itself where one is proposed (its what-if loads the run's own batches with N workers)
+        test = f"num-workers={change['num_workers']}" if change else "synthetic-data"
+        action += how(m, f" To measure the gain first: gpulens.track(..., what_if=\"{test}\").",
+                      f" To measure the gain first: gpulens run --what-if {test} -- <your command>.")
     prediction = verdict[1] if isinstance(verdict, tuple) else None
+    if tried is not None:
+        prediction = tried.prediction if tried.helps else None
     if prediction is not None and measured is None:
         expected = predicted_gain(prediction, expected)
     return Suggestion(
@@ -211,6 +231,53 @@ def measured_without_waits(m: Measurements) -> tuple[str, str] | None:
     finding = (f"measured: with replayed batches (steps {w.first_step}-{w.last_step}) a step took "
                f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)}")
     return finding, f"{-change:.0%} shorter steps{sure}"
+
+
+#: A run with the measured worker count applied took 0.85-1.09 times the step its what-if measured (14 pairs, five
+#: loading scenarios, bench/predictions.py --what-if); the prediction interval takes 0.85-1.15 of the stretch's.
+WHAT_IF_STEP_ERROR = (0.85, 1.15)
+
+
+@dataclass(frozen=True)
+class MeasuredWorkers:
+    """A ``num-workers`` what-if that ran: its worker count, what it measured as a prediction, and a finding."""
+
+    workers: int
+    prediction: Prediction  # basis "what-if measured: ..."
+    finding: str
+
+    @property
+    def helps(self) -> bool:
+        """Worth proposing: the measured shortening reaches the rule's threshold."""
+        return self.prediction.gain_fraction >= THRESHOLD
+
+
+def measured_workers(m: Measurements, share: float, hidden: float | None) -> MeasuredWorkers | None:
+    """A ``--what-if num-workers=N`` stretch's measured change as the prediction for N workers (None: none ran,
+    or it measured nothing); the finding names what the loading model predicted for the same N beside it."""
+    w = m.what_if
+    if w is None or w.kind != "num-workers" or w.step_time_change is None or w.num_workers is None:
+        return None
+    if w.base_workers is not None and w.num_workers <= w.base_workers:
+        return None  # fewer workers than the run has: not a change this rule proposes
+    gain = -w.step_time_change
+    ci = w.step_time_change_ci or [w.step_time_change, w.step_time_change]
+    # the interval is on the step ratio (1 - gain): the stretch's 95 % interval, widened by how far a run with the
+    # change applied strayed from its what-if in the test set (docs/advisor.md)
+    low = 1.0 - (1.0 + ci[1]) * WHAT_IF_STEP_ERROR[1]
+    high = 1.0 - (1.0 + ci[0]) * WHAT_IF_STEP_ERROR[0]
+    first = w.measured_from_step if w.measured_from_step is not None else w.first_step
+    basis = (f"what-if measured: {_workers(w.num_workers)} loaded steps {first}-{w.last_step} of this run, "
+             "against its steady steps (their 95% interval, widened by the test set's run-to-run error)")
+    finding = (f"measured (--what-if num-workers={w.num_workers}, steps {first}-{w.last_step}): with "
+               f"{_workers(w.num_workers)} a step took {fmt.seconds(w.step_time_median_s)} against "
+               f"{fmt.seconds(w.baseline_step_time_median_s)} ({-gain:+.0%})")
+    x = loading_inputs(m, share, hidden)
+    model = predict_workers(x, w.num_workers) if x is not None else None
+    if model is not None:
+        finding += f"; the loading model predicted {fmt.share(model.gain, 0)} for {_workers(w.num_workers)}"
+    return MeasuredWorkers(w.num_workers, Prediction(gain, min(low, gain), max(high, gain), basis,
+                                                     measure="mean_step"), finding)
 
 
 def worker_headroom(m: Measurements) -> float:
