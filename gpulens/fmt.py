@@ -206,11 +206,14 @@ def prediction(p: dict[str, object]) -> str:
 
 
 def what_if(kind: object, batch_size: object = None, num_workers: object = None) -> str:
-    """A measured what-if as ``--what-if`` names it (synthetic-data, batch-size=256, num-workers=4)."""
+    """A measured what-if as ``--what-if`` names it (synthetic-data, batch-size=256, num-workers=4,
+    autocast=bf16)."""
     if kind == "batch-size":
         return f"batch-size={batch_size}"
     if kind == "num-workers":
         return f"num-workers={num_workers}"
+    if kind == "autocast":
+        return "autocast=bf16"
     return str(kind)
 
 

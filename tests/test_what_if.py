@@ -544,3 +544,159 @@ def test_workers_seen_in_one_reading_are_counted_not_averaged_away(tmp_path: Pat
     with open_run(path) as run:
         assert int((run.series("workers.count").v > 0).sum()) == 1
         assert worker_load(run) == (3.0, None)
+
+
+# ---------------------------------------------------------------- autocast=bf16
+
+#: An MLP whose middle module records whether its forward ran under CPU autocast; the loop records the dtype
+#: of what the model returned. ``--fail-in-bf16``: that module fails on bfloat16 input (an op without a kernel).
+AUTOCAST_LOOP = textwrap.dedent("""
+    import json, sys, torch, torch.nn as nn
+    FAIL = "--fail-in-bf16" in sys.argv
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+        def forward(self, x):
+            self.seen.append(torch.is_autocast_enabled("cpu"))
+            if FAIL and x.dtype == torch.bfloat16:
+                raise RuntimeError("no BFloat16 kernel for this op")
+            return x
+
+    torch.manual_seed(0)
+    probe = Probe()
+    model = nn.Sequential(nn.Linear(16, 32), probe, nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(8, 16), torch.randint(0, 4, (8,))) for _ in range(30)]
+    dtypes = []
+    for x, y in torch.utils.data.DataLoader(data, batch_size=None):
+        out = model(x)
+        dtypes.append(str(out.dtype))
+        loss = nn.functional.cross_entropy(out, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(json.dumps({"autocast": probe.seen, "dtypes": sorted(set(dtypes))}))
+""")
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["runs", "fails-in-bf16"])
+def test_autocast_what_if_runs_the_forward_in_bf16_for_the_stretch(tmp_path: Path, fail: bool) -> None:
+    script = tmp_path / "loop.py"
+    script.write_text(AUTOCAST_LOOP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "a", "--no-advise",
+                           "--profile-every", "0", "--no-flops", "--what-if", "autocast=bf16:at=5,steps=5", "--",
+                           sys.executable, str(script), *(["--fail-in-bf16"] if fail else [])],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["dtypes"] == ["torch.float32"]  # what the loop got back, in the stretch too
+    with open_run(tmp_path / "runs" / "a") as run:
+        steps = run.steps()
+        w = RunAnalysis(run).report().as_dict()["what_if"]
+    if fail:  # the trial forward on a copy failed: nothing ran in bf16, the loop never saw the error
+        assert not any(seen["autocast"]) and len(seen["autocast"]) == 30
+        assert w["status"] == "skipped" and "a trial forward in bf16 failed (RuntimeError: no BFloat16" in w["reason"]
+        assert not ((steps.flags & FLAG_WHATIF) != 0).any()
+        return
+    assert [i for i, on in enumerate(seen["autocast"]) if on] == list(range(5, 10))
+    assert w["kind"] == "autocast" and w["status"] == "done" and (w["first_step"], w["last_step"]) == (5, 9)
+    assert list(steps.step[(steps.flags & FLAG_WHATIF) != 0]) == list(range(5, 11))  # and one settling step
+    assert w["step_time_median_s"] > 0
+
+
+def test_autocast_what_if_through_track_model() -> None:
+    """track(model=...): the model's own forward hooks carry the stretch; an eval forward inside it is left
+    alone; the hooks are gone after the run (the model pickles as before)."""
+    import pickle
+    import tempfile
+
+    import gpulens
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [torch.randn(4, 8) for _ in range(20)]
+    dtypes, inside = [], []
+    with tempfile.TemporaryDirectory() as runs, gpulens.track(
+            "amp", runs_dir=runs, model=model, what_if="autocast:at=4,steps=4", quiet=True, profile=False) as run:
+        for i, x in enumerate(run.loader(data)):
+            out = model(x)
+            inside.append(out.requires_grad and torch.is_autocast_enabled("cpu"))  # left again after forward
+            dtypes.append(out.dtype)
+            out.sum().backward()
+            opt.step()
+            opt.zero_grad()
+            if i == 5:
+                model.eval()
+                with torch.no_grad():
+                    dtypes.append(model(x).dtype)
+                model.train()
+            run.step()
+        path = run.path
+        run.close()
+        with open_run(path) as reader:
+            plan = reader.info.meta["what_if"]
+    assert set(dtypes) == {torch.float32} and not any(inside)
+    assert plan["status"] == "done" and (plan["first_step"], plan["last_step"]) == (4, 7)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    pickle.dumps(model)
+
+
+def test_parse_autocast() -> None:
+    assert parse_what_if("autocast") == WhatIfPlan("autocast")
+    assert parse_what_if("autocast=bf16:at=30,steps=10") == WhatIfPlan("autocast", 30, 10)
+    with pytest.raises(GpulensError, match="bf16 only"):
+        parse_what_if("autocast=fp16")
+
+
+def test_no_mixed_precision_proposes_a_measured_autocast() -> None:
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.precision import no_mixed_precision
+    from gpulens.profiler.analysis.report import WhatIf, read_section
+
+    def measured(change: float) -> Measurements:
+        m = Measurements(run_id="r", device="cuda", steps=300, step_s=0.1, has_kernels=True, compute_capability=9.0,
+                         tc_share=0.0, tc_eligible_share=0.7, kernel_busy_pct=90.0)
+        m.what_if = read_section({
+            "kind": "autocast", "status": "done", "reason": None, "batch_size": None, "base_batch": None,
+            "first_step": 20, "last_step": 39, "steps": 20, "measure": "step time",
+            "step_time_median_s": 0.1 + change * 0.1, "baseline_step_time_median_s": 0.1, "step_time_change": change,
+            "step_time_change_ci": [change - 0.03, change + 0.03], "data_wait_median_s": None,
+            "baseline_data_wait_median_s": None, "samples_per_s": None, "baseline_samples_per_s": None,
+            "samples_per_s_change": None}, WhatIf)
+        return m
+
+    s = no_mixed_precision(measured(-0.38))
+    assert s is not None and s.change == {"autocast": "bf16"}
+    assert s.prediction is not None and s.prediction.gain_fraction == pytest.approx(0.38)
+    assert (s.prediction.low, s.prediction.high) == (pytest.approx(0.35), pytest.approx(0.41))
+    assert s.prediction.basis.startswith("what-if measured: the forward under bf16 autocast for steps 20-39")
+    assert "measured (--what-if autocast=bf16, steps 20-39)" in s.finding
+    slower = no_mixed_precision(measured(0.04))
+    assert slower is not None and slower.change is None and slower.prediction is None and "(+4%)" in slower.finding
+
+
+def test_autocast_outputs_go_back_to_float32_in_their_own_containers() -> None:
+    from collections import OrderedDict, namedtuple
+
+    from gpulens.hooks.track.whatif_autocast import AutocastContext
+
+    class Output(OrderedDict):  # like transformers' ModelOutput: a mapping that also has attributes
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            setattr(self, key, value)
+
+    Pair = namedtuple("Pair", "logits aux")
+    linear = torch.nn.Linear(4, 4)
+    ctx = AutocastContext(torch, "cpu")
+    logits = linear(torch.randn(2, 4))
+    assert logits.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    mapping = Output()
+    mapping["logits"], mapping["steps"] = logits, 3
+    out = ctx.leave({"pair": Pair(logits, [logits]), "map": mapping, "ids": torch.arange(3)}, torch.float32)
+    assert not torch.is_autocast_enabled("cpu")
+    assert out["pair"].logits.dtype == torch.float32 and out["pair"].aux[0].dtype == torch.bfloat16  # 3 deep
+    assert type(out["map"]) is Output and out["map"].logits.dtype == torch.float32 and out["map"]["steps"] == 3
+    assert mapping["logits"].dtype == torch.bfloat16  # the model's own object is not changed
+    assert out["ids"].dtype == torch.int64 and out["pair"].logits.requires_grad

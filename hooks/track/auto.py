@@ -94,6 +94,7 @@ class AutoSteps:
         self._idle = True  # between training iterations (start, epoch gaps, evaluation)
         self._iter: Any = None  # the DataLoader iterator fetched from last
         self._in_what_if = False  # inside a what-if's fetch, whose own loader's fetches are not the loop's
+        self._what_if_fwd = False  # the outermost forward now running was handed to a what-if
         self._loss: Any = None  # the step's loss so far (see _add_loss)
         self._loss_unreadable = False
         self._fwd_seen = False  # a hooked root module ran forward
@@ -516,14 +517,14 @@ class AutoSteps:
                 continue
             self._roots.add(key)
             self._root_refs.append(weakref.ref(module))
-            self._module_hooks.forward(module, self._fwd_pre, self._fwd_post)
+            self._module_hooks.forward(module, self._fwd_pre, self._fwd_post, with_kwargs=True)
             self.run.attach_comm(self.torch, module)
             added += 1
         log.debug("gpulens: %d root modules hooked (%d roots found in %.0f ms)", added, len(roots),
                   (time.perf_counter() - t0) * 1e3)
 
     @gpulens_hook
-    def _fwd_pre(self, module: Any, args: Any) -> None:
+    def _fwd_pre(self, module: Any, args: Any, kwargs: Any = None) -> None:
         if self._compiling() or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
@@ -548,19 +549,26 @@ class AutoSteps:
             if self._idle:
                 self._wake()
             self._rec.enter(FORWARD)
+            if training and self.run.has_what_if:
+                self._what_if_fwd = True
+                self.run.what_if_forward_pre(module, args, kwargs)
         except Exception as exc:
             self._failed(exc)
 
     @gpulens_hook
-    def _fwd_post(self, module: Any, args: Any, output: Any) -> None:
+    def _fwd_post(self, module: Any, args: Any, output: Any) -> Any:
         if self._compiling() or not self.active or threading.get_ident() != self._train_thread:
-            return
+            return None
         try:
             self._fwd_depth = max(self._fwd_depth - 1, 0)
             if self._fwd_depth == 0 and self._rec.in_phase(FORWARD):
                 self._rec.exit()
+            if self._fwd_depth == 0 and self._what_if_fwd:
+                self._what_if_fwd = False
+                return self.run.what_if_forward_post(output)  # an autocast stretch: outputs in their dtype
         except Exception as exc:
             self._failed(exc)
+        return None
 
     # ------------------------------------------------------------------ end of the run
     def finish(self) -> None:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the attachments, imported when torch (or a store, or an exp
     from gpulens.hooks.track.auto import AutoSteps
     from gpulens.hooks.track.comm import CommTimer
     from gpulens.hooks.track.flops import StepFlops
+    from gpulens.hooks.track.hidden_hooks import ModuleHooks
     from gpulens.hooks.track.whatif import WhatIf
     from gpulens.profiler.export.prometheus import RunExporter
     from gpulens.profiler.store.publisher import PublisherProcess
@@ -122,6 +123,7 @@ class TrackedRun:
         self._comm: CommTimer | None = None
         self._child = opts.child  # a child process of the recording one (gpulens.hooks.launcher.children)
         self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/track/whatif.py)
+        self._forward_hooks: ModuleHooks | None = None  # an autocast what-if's hooks on track(model=)
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         self._slot = 0
@@ -274,6 +276,17 @@ class TrackedRun:
         """A measured what-if is planned: training fetches go through :meth:`fetch_batch`."""
         return self._whatif is not None
 
+    def what_if_forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+        """A training forward of the loop's model begins (an autocast what-if's stretch runs inside it)."""
+        whatif = self._whatif
+        if whatif is not None and self._recording:
+            whatif.forward_pre(self._rec.step_index, module, args, kwargs)
+
+    def what_if_forward_post(self, output: Any) -> Any:
+        """That forward ended (or raised): its output, back in the model's dtype after an autocast stretch."""
+        whatif = self._whatif
+        return whatif.forward_post(output) if whatif is not None else output
+
     def fetch_batch(self, real_next: Any, source: Any = None, loader: Any = None) -> Any:
         """A training batch: from the loader, or during a what-if's stretch from its cache (or, for
         ``num-workers``, from a temporary loader over ``source``, the live DataLoader iterator)."""
@@ -313,8 +326,32 @@ class TrackedRun:
 
                 self._auto = AutoSteps(self, torch)
                 self._auto.install()
+            self._hook_what_if_forward(torch)
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
+
+    def _hook_what_if_forward(self, torch: ModuleType) -> None:
+        """An autocast what-if under ``track(model=...)``: the model's forward gets a pre- and a post-hook for
+        it (under ``gpulens run`` the root modules' hooks of automatic steps call it instead)."""
+        from gpulens.hooks.track.whatif import AUTOCAST
+
+        whatif = self._whatif
+        if (whatif is None or whatif.plan.kind != AUTOCAST or self._auto_wanted or self._model is None
+                or self._forward_hooks is not None):
+            return
+        from gpulens.hooks.track.hidden_hooks import ModuleHooks, gpulens_hook
+
+        @gpulens_hook
+        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if torch.is_grad_enabled() and module.training:
+                self.what_if_forward_pre(module, args, kwargs)
+
+        @gpulens_hook
+        def post(module: Any, args: Any, output: Any) -> Any:
+            return self.what_if_forward_post(output)
+
+        self._forward_hooks = ModuleHooks(torch)
+        self._forward_hooks.forward(self._model, pre, post, with_kwargs=True)
 
     def _known_roots(self) -> list[Any] | None:
         """Root modules known without a gc walk: those automatic step detection hooked, or track(model=)."""
@@ -695,6 +732,8 @@ class TrackedRun:
             self._exporter.close()
         if self._whatif is not None:
             self._safe(self._whatif.close, self._rec.step_index)
+        if self._forward_hooks is not None:
+            self._safe(self._forward_hooks.remove)
         try:
             if self._windows is not None:
                 self._windows.close()

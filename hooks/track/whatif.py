@@ -30,13 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpulens.hooks.track.steps import infer_batch_size
+from gpulens.hooks.track.whatif_autocast import AutocastContext, device_type
+from gpulens.hooks.track.whatif_autocast import trial as autocast_trial
+from gpulens.hooks.track.whatif_autocast import why_not as autocast_why_not
 from gpulens.hooks.track.whatif_workers import WorkersStretch, why_not
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.schema import FLAG_WHATIF
 
 log = logging.getLogger("gpulens")
 
-SYNTHETIC, BATCH_SIZE, NUM_WORKERS = "synthetic-data", "batch-size", "num-workers"
+SYNTHETIC, BATCH_SIZE, NUM_WORKERS, AUTOCAST = "synthetic-data", "batch-size", "num-workers", "autocast"
 #: The stretch starts after warm-up and the first profiler window (steps 10-13 by default).
 DEFAULT_AT = 20
 DEFAULT_STEPS = 20
@@ -52,7 +55,7 @@ MAX_WORKERS = 64
 class WhatIfPlan:
     """What to try, from which step, for how many steps."""
 
-    kind: str  # synthetic-data | batch-size | num-workers
+    kind: str  # synthetic-data | batch-size | num-workers | autocast (bf16)
     at: int = DEFAULT_AT
     steps: int = DEFAULT_STEPS
     batch_size: int | None = None
@@ -72,12 +75,14 @@ class WhatIfPlan:
                "last_step": self.end - 1, "settle_steps": SETTLE_STEPS}
         if self.kind == NUM_WORKERS:
             out.update(num_workers=self.num_workers, measure_from=self.at + self.ramp)
+        if self.kind == AUTOCAST:
+            out.update(dtype="bf16")
         return out
 
 
 def parse_what_if(text: str) -> WhatIfPlan:
-    """``synthetic-data``, ``batch-size=N`` or ``num-workers=N``, optionally ``:at=STEP,steps=N``
-    (e.g. ``synthetic-data:at=50``)."""
+    """``synthetic-data``, ``batch-size=N``, ``num-workers=N`` or ``autocast[=bf16]``, optionally
+    ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
     head, _, tail = text.strip().partition(":")
     kind, _, value = head.partition("=")
     kind = kind.strip().lower().replace("_", "-")
@@ -98,7 +103,12 @@ def parse_what_if(text: str) -> WhatIfPlan:
         if workers > MAX_WORKERS:
             raise GpulensError(f"--what-if {text}: at most {MAX_WORKERS} workers")
         return WhatIfPlan(NUM_WORKERS, num_workers=workers, **options)
-    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N or num-workers=N "
+    if kind == AUTOCAST:
+        if value.strip().lower() not in ("", "bf16", "bfloat16"):
+            raise GpulensError(f"--what-if {text}: autocast=bf16 only (fp16 needs a GradScaler's loss scaling, "
+                               "which a stretch cannot add)")
+        return WhatIfPlan(AUTOCAST, **options)
+    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N, num-workers=N or autocast=bf16 "
                        "(optionally :at=STEP,steps=N)")
 
 
@@ -187,12 +197,17 @@ class WhatIf:
         self._workers: WorkersStretch | None = None
         self._base_workers: int | None = None
         self._fetch_step, self._fetches, self._per_step = -1, 0, 1  # training fetches per step (accumulation)
+        self._autocast: AutocastContext | None = None  # the forward now running under autocast
+        self._device = "cpu"
+        self._dtype: Any = None  # the model's parameters' dtype: what its outputs go back to
 
     # ------------------------------------------------------------------ hot path
     def fetch(self, step: int, real_next: Callable[[], Any], source: Any = None, loader: Any = None) -> Any:
         """The loader's exceptions (StopIteration included) reach the loop as they would; ours never do."""
         if self.plan.kind == NUM_WORKERS:
             return self._fetch_workers(step, real_next, source, loader)
+        if self.plan.kind == AUTOCAST:
+            return real_next()  # its stretch is in the forward (forward_pre / forward_post)
         try:
             replay = self._replay(step)
         except Exception as exc:
@@ -224,6 +239,49 @@ class WhatIf:
         if self.state in ("running", "done") and self.plan.at <= step < self._end + self._settle:
             return FLAG_WHATIF
         return 0
+
+    # ------------------------------------------------------------------ autocast
+    def forward_pre(self, step: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
+        """Before a training forward of the loop's model: inside the stretch, enter bf16 autocast (the first
+        time after a trial forward on a copy).  Never raises."""
+        if self.plan.kind != AUTOCAST or self._autocast is not None:
+            return
+        try:
+            if self.state == "running" and step >= self._end:
+                self._finish("done", step)
+            if self.state == "waiting" and self.plan.at <= step < self.plan.end:
+                self._start_autocast(module, args, kwargs or {})
+            if self.state == "running":
+                self._autocast = AutocastContext(sys.modules["torch"], self._device)
+        except Exception as exc:
+            self._autocast = None
+            self._skip(f"{type(exc).__name__}: {exc}")
+
+    def forward_post(self, output: Any) -> Any:
+        """After that forward (also when it raised): leave autocast; the output in the model's dtype."""
+        ctx, self._autocast = self._autocast, None
+        if ctx is None:
+            return output
+        try:
+            return ctx.leave(output, self._dtype)
+        except Exception as exc:
+            self._skip(f"{type(exc).__name__}: {exc}")
+            return output
+
+    def _start_autocast(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        torch = sys.modules["torch"]
+        why = autocast_why_not(module, torch) or autocast_trial(module, args, kwargs, torch)
+        if why:
+            self._skip(why)
+            return
+        self._device = device_type(module) or "cpu"
+        self._dtype = torch.float32
+        self._settle = 1  # nothing refills after it; the step after may still free bf16 activations
+        self.state = "running"
+        log.info("gpulens: what-if autocast=bf16: steps %d-%d run the forward under torch.autocast(%s, "
+                 "bfloat16)", self.plan.at, self.plan.end - 1, self._device)
+        self._set_meta(what_if={**self.plan.describe(), "status": "running", "device": self._device,
+                                "settle_steps": self._settle})
 
     # ------------------------------------------------------------------ num-workers
     def _fetch_workers(self, step: int, real_next: Callable[[], Any], source: Any, loader: Any) -> Any:
@@ -306,11 +364,15 @@ class WhatIf:
 
     def close(self, steps_done: int) -> None:
         """At the run's end: a stretch the run did not get to (or finish) says why."""
-        if self.state == "running":
+        if self.state == "running" and self.plan.kind == AUTOCAST and steps_done >= self._end:
+            self._finish("done", self._end)  # its last step was the run's: no later forward ended it
+        elif self.state == "running":
             self.reason = "the run ended during the stretch"
             self._finish("cut short", steps_done)
         elif self.state == "waiting":
             reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
+                      "no training forward of the model came through gpulens' hooks (track(model=...), or "
+                      "gpulens run)" if self.plan.kind == AUTOCAST else
                       "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
                       "DataLoader under gpulens run)")
             self._set_meta(what_if={**self.plan.describe(), "status": "not reached", "reason": reason})
@@ -331,6 +393,8 @@ class WhatIf:
     def _label(self) -> str:
         if self.plan.kind == NUM_WORKERS:
             return f"num-workers={self.plan.num_workers}"
+        if self.plan.kind == AUTOCAST:
+            return "autocast=bf16"
         return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind
 
     def _remember(self, batch: Any) -> None:

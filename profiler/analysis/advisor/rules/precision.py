@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
-from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
-from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, how
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
+from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, how, predicted_gain
 
 TF32_PEAKS = {"H100": "67 -> 494.5 TFLOP/s on H100 SXM", "H200": "67 -> 494.5 TFLOP/s on H200",
               "A100": "19.5 -> 156 TFLOP/s on A100"}
@@ -29,11 +29,24 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
     bf16 = cc >= 8.0
     busy = busy_fraction(m)
     gain = m.tc_eligible_share * 0.5 * busy
+    expected = (f"about {fmt.share(gain, 0)} of step time "
+                "(NVIDIA quotes up to 3x on eligible math, Volta and newer)")
+    finding = (f"{fmt.share(m.tc_eligible_share, 0)} of kernel time is launched by tensor-core-eligible operators "
+               f"(matmul, convolution, attention) and {fmt.share(m.tc_share)} of kernel time runs on tensor cores")
+    prediction, change = None, None
+    measured = measured_autocast(m)
+    if measured is not None:
+        finding += f"; {measured[0]}"
+        prediction = measured[1]
+        if prediction.gain_fraction >= WORTH_PROPOSING:
+            change = {"autocast": "bf16"}
+            expected = predicted_gain(prediction, expected)
+        else:
+            prediction = None
     return Suggestion(
         id="no_mixed_precision", severity=_by_gain(gain),
         title="Matrix math runs without tensor cores",
-        finding=(f"{fmt.share(m.tc_eligible_share, 0)} of kernel time is launched by tensor-core-eligible operators "
-                 f"(matmul, convolution, attention) and {fmt.share(m.tc_share)} of kernel time runs on tensor cores"),
+        finding=finding,
         action=(f"Enable automatic mixed precision "
                 f"({'bf16 on this Ampere-or-newer GPU' if bf16 else 'fp16 with a GradScaler'}): "
                 "matmuls and convolutions then run on tensor cores."),
@@ -41,12 +54,32 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
                  "    loss = loss_fn(model(x), y)\nloss.backward()" if bf16 else
                  "scaler = torch.amp.GradScaler()\nwith torch.autocast(device_type=\"cuda\", dtype=torch.float16):\n"
                  "    loss = loss_fn(model(x), y)\nscaler.scale(loss).backward(); scaler.step(opt); scaler.update()"),
-        expected_gain=f"about {fmt.share(gain, 0)} of step time "
-                      "(NVIDIA quotes up to 3x on eligible math, Volta and newer)",
+        expected_gain=expected,
         gain_estimate="eligible kernel share x (1 - 1/2) x GPU-busy share: eligible kernels assumed 2x faster",
         confidence="medium",
         evidence=[Evidence("kernels", "tensor-core-eligible kernels", {"category": ["gemm", "convolution"]})],
-        gain_fraction=gain)
+        gain_fraction=gain, change=change, prediction=prediction)
+
+
+#: A measured autocast is proposed as a ``change`` from this shortening of the median step.
+WORTH_PROPOSING = 0.05
+
+
+def measured_autocast(m: Measurements) -> tuple[str, Prediction] | None:
+    """(finding, prediction) of an ``--what-if autocast=bf16`` stretch that measured a change: the run's own
+    steps with the forward in bf16, against its steady steps (their 95 % interval; not yet checked against
+    runs with autocast applied, so the interval is the measurement's only)."""
+    w = m.what_if
+    if w is None or w.kind != "autocast" or w.step_time_change is None:
+        return None
+    gain = -w.step_time_change
+    ci = w.step_time_change_ci or [w.step_time_change, w.step_time_change]
+    finding = (f"measured (--what-if autocast=bf16, steps {w.first_step}-{w.last_step}): with the forward in bf16 "
+               f"a step took {fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)} "
+               f"({-gain:+.0%})")
+    basis = (f"what-if measured: the forward under bf16 autocast for steps {w.first_step}-{w.last_step} of this "
+             "run, against its steady steps (95% block-bootstrap interval)")
+    return finding, Prediction(gain, min(-ci[1], gain), max(-ci[0], gain), basis)
 
 
 def tf32_off(m: Measurements) -> Suggestion | NotEvaluated | None:
