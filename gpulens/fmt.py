@@ -214,7 +214,7 @@ def what_if(kind: object, batch_size: object = None, num_workers: object = None)
         return f"num-workers={num_workers}"
     if kind == "autocast":
         return "autocast=bf16"
-    return str(kind)
+    return str(kind)  # synthetic-data, channels-last
 
 
 def gain_words(measure: object) -> str:

@@ -162,12 +162,26 @@ def test_signals_reach_the_script_and_the_run_still_opens(tmp_path, sig, status)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
     proc = subprocess.Popen([GPULENS, "run", "--runs-dir", str(root), "--no-advise", "--quiet", "--", PY, str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    read: list[str] = []
     try:
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(3.0 if sig == signal.SIGKILL else 1.0)  # a kill: a second or more of steps to account for
+        if sig == signal.SIGKILL:
+            # a kill: 2.5 s or more of the script's own steps to account for, on its clock -- not a fixed sleep,
+            # which a stall under load (other jobs on the cores) could leave without a single step before it
+            first = None
+            while True:
+                line = proc.stdout.readline()
+                read.append(line)
+                t = float(line.split()[1])
+                first = t if first is None else first
+                if t - first >= 2.5:
+                    break
+        else:
+            time.sleep(1.0)
         killed = time.time()
         proc.send_signal(sig)  # to gpulens' pid: exec made it the script's
         out, _ = proc.communicate(timeout=60)
+        out = "".join(read) + out
     finally:
         if proc.poll() is None:
             proc.kill()

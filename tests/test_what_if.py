@@ -671,7 +671,7 @@ def test_no_mixed_precision_proposes_a_measured_autocast() -> None:
     assert s is not None and s.change == {"autocast": "bf16"}
     assert s.prediction is not None and s.prediction.gain_fraction == pytest.approx(0.38)
     assert (s.prediction.low, s.prediction.high) == (pytest.approx(0.35), pytest.approx(0.41))
-    assert s.prediction.basis.startswith("what-if measured: the forward under bf16 autocast for steps 20-39")
+    assert s.prediction.basis.startswith("what-if measured: the forward in bf16 for steps 20-39")
     assert "measured (--what-if autocast=bf16, steps 20-39)" in s.finding
     slower = no_mixed_precision(measured(0.04))
     assert slower is not None and slower.change is None and slower.prediction is None and "(+4%)" in slower.finding
@@ -700,3 +700,77 @@ def test_autocast_outputs_go_back_to_float32_in_their_own_containers() -> None:
     assert type(out["map"]) is Output and out["map"].logits.dtype == torch.float32 and out["map"]["steps"] == 3
     assert mapping["logits"].dtype == torch.bfloat16  # the model's own object is not changed
     assert out["ids"].dtype == torch.int64 and out["pair"].logits.requires_grad
+
+
+# ---------------------------------------------------------------- channels-last
+
+#: A small CNN whose first module records whether its input came channels-last; the loop records whether the
+#: conv weight was contiguous and whether the feature map it got back was. ``--view`` flattens with ``.view``
+#: (which channels-last activations cannot do: the trial forward shows it).
+CNN_LOOP = textwrap.dedent("""
+    import json, sys, torch, torch.nn as nn
+    VIEW = "--view" in sys.argv
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+        def forward(self, x):
+            self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.probe, self.conv, self.fc = Probe(), nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 8 * 8, 4)
+        def forward(self, x):
+            h = torch.relu(self.conv(self.probe(x)))
+            flat = h.view(h.size(0), -1) if VIEW else torch.flatten(h, 1)
+            return self.fc(flat), h
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(24)]
+    weight_contiguous, features_contiguous = [], []
+    for x, y in torch.utils.data.DataLoader(data, batch_size=None):
+        weight_contiguous.append(model.conv.weight.is_contiguous())
+        logits, features = model(x)
+        features_contiguous.append(features.is_contiguous())
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(json.dumps({"input_nhwc": model.probe.seen, "weight_contiguous": weight_contiguous,
+                      "features_contiguous": features_contiguous,
+                      "same_parameter": opt.param_groups[0]["params"][0] is model.conv.weight,
+                      "weight_contiguous_after": model.conv.weight.is_contiguous()}))
+""")
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["flatten", "view-fails"])
+def test_channels_last_what_if_lays_out_the_model_for_the_stretch_only(tmp_path: Path, view: bool) -> None:
+    script = tmp_path / "cnn.py"
+    script.write_text(CNN_LOOP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "c", "--no-advise",
+                           "--profile-every", "0", "--no-flops", "--what-if", "channels-last:at=6,steps=4", "--",
+                           sys.executable, str(script), *(["--view"] if view else [])],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert all(seen["features_contiguous"]) and seen["same_parameter"] and seen["weight_contiguous_after"]
+    with open_run(tmp_path / "runs" / "c") as run:
+        w = RunAnalysis(run).report().as_dict()["what_if"]
+    if view:  # the trial forward on a channels-last copy failed: the loop never saw it
+        assert not any(seen["input_nhwc"]) and all(seen["weight_contiguous"])
+        assert w["status"] == "skipped" and "a trial forward channels-last failed (RuntimeError: view size" in w["reason"]
+        return
+    assert [i for i, on in enumerate(seen["input_nhwc"]) if on] == list(range(6, 10))
+    # laid out at step 6's forward (after the loop looked at it) and back at step 10's
+    assert [i for i, c in enumerate(seen["weight_contiguous"]) if not c] == list(range(7, 11))
+    assert w["kind"] == "channels-last" and w["status"] == "done" and (w["first_step"], w["last_step"]) == (6, 9)
+
+
+def test_parse_channels_last() -> None:
+    assert parse_what_if("channels_last:at=30") == WhatIfPlan("channels-last", 30)
+    with pytest.raises(GpulensError):
+        parse_what_if("channels-last=yes")

@@ -524,7 +524,7 @@ class AutoSteps:
                   (time.perf_counter() - t0) * 1e3)
 
     @gpulens_hook
-    def _fwd_pre(self, module: Any, args: Any, kwargs: Any = None) -> None:
+    def _fwd_pre(self, module: Any, args: Any, kwargs: Any = None) -> Any:
         if self._compiling() or not self.active or threading.get_ident() != self._train_thread:
             return
         try:
@@ -551,9 +551,10 @@ class AutoSteps:
             self._rec.enter(FORWARD)
             if training and self.run.has_what_if:
                 self._what_if_fwd = True
-                self.run.what_if_forward_pre(module, args, kwargs)
+                return self.run.what_if_forward_pre(module, args, kwargs)  # new (args, kwargs), or None
         except Exception as exc:
             self._failed(exc)
+        return None
 
     @gpulens_hook
     def _fwd_post(self, module: Any, args: Any, output: Any) -> Any:

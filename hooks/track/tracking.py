@@ -276,11 +276,14 @@ class TrackedRun:
         """A measured what-if is planned: training fetches go through :meth:`fetch_batch`."""
         return self._whatif is not None
 
-    def what_if_forward_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
-        """A training forward of the loop's model begins (an autocast what-if's stretch runs inside it)."""
+    def what_if_forward_pre(self, module: Any, args: tuple[Any, ...],
+                            kwargs: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """A training forward of the loop's model begins (an autocast or channels-last what-if's stretch runs
+        inside it): None, or the forward's new (args, kwargs)."""
         whatif = self._whatif
         if whatif is not None and self._recording:
-            whatif.forward_pre(self._rec.step_index, module, args, kwargs)
+            return whatif.forward_pre(self._rec.step_index, module, args, kwargs)
+        return None
 
     def what_if_forward_post(self, output: Any) -> Any:
         """That forward ended (or raised): its output, back in the model's dtype after an autocast stretch."""
@@ -331,20 +334,21 @@ class TrackedRun:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
 
     def _hook_what_if_forward(self, torch: ModuleType) -> None:
-        """An autocast what-if under ``track(model=...)``: the model's forward gets a pre- and a post-hook for
-        it (under ``gpulens run`` the root modules' hooks of automatic steps call it instead)."""
-        from gpulens.hooks.track.whatif import AUTOCAST
+        """An autocast or channels-last what-if under ``track(model=...)``: the model's forward gets a pre- and a
+        post-hook for it (under ``gpulens run`` the root modules' hooks of automatic steps call it instead)."""
+        from gpulens.hooks.track.whatif import FORWARD_KINDS
 
         whatif = self._whatif
-        if (whatif is None or whatif.plan.kind != AUTOCAST or self._auto_wanted or self._model is None
+        if (whatif is None or whatif.plan.kind not in FORWARD_KINDS or self._auto_wanted or self._model is None
                 or self._forward_hooks is not None):
             return
         from gpulens.hooks.track.hidden_hooks import ModuleHooks, gpulens_hook
 
         @gpulens_hook
-        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if torch.is_grad_enabled() and module.training:
-                self.what_if_forward_pre(module, args, kwargs)
+                return self.what_if_forward_pre(module, args, kwargs)
+            return None
 
         @gpulens_hook
         def post(module: Any, args: Any, output: Any) -> Any:

@@ -5,9 +5,12 @@ DataLoader (the objects the loader handed out: same shapes, dtype, device
 and pinning); ``batch-size=N`` replays the cached batch cut or tiled to N
 samples along its first dimension; ``num-workers=N`` loads the loop's next
 batches (the same samples in the same order) with N DataLoader workers
-(:mod:`whatif_workers`).  The user's own forward, backward and optimizer run
-unchanged, so the stretch measures what their loop would do without input
-waits (or at N), not a model of it.
+(:mod:`whatif_workers`); ``autocast=bf16`` runs the model's forward under
+bf16 autocast (:mod:`whatif_autocast`), ``channels-last`` the model and its
+image inputs in NHWC (:mod:`whatif_channels_last`).  The rest of the user's
+loop runs unchanged, so the stretch measures what their loop would do without
+input waits (or at N, with N workers, in bf16, channels-last), not a model of
+it.
 
 Honesty: the stretch's steps and a few settling steps after it (the
 DataLoader's prefetch queue refills while it is not asked) are flagged
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpulens.hooks.track import whatif_channels_last as channels_last
 from gpulens.hooks.track.steps import infer_batch_size
 from gpulens.hooks.track.whatif_autocast import AutocastContext, device_type
 from gpulens.hooks.track.whatif_autocast import trial as autocast_trial
@@ -39,7 +43,9 @@ from gpulens.profiler.store.schema import FLAG_WHATIF
 
 log = logging.getLogger("gpulens")
 
-SYNTHETIC, BATCH_SIZE, NUM_WORKERS, AUTOCAST = "synthetic-data", "batch-size", "num-workers", "autocast"
+SYNTHETIC, BATCH_SIZE, NUM_WORKERS = "synthetic-data", "batch-size", "num-workers"
+AUTOCAST, CHANNELS_LAST = "autocast", "channels-last"
+FORWARD_KINDS = (AUTOCAST, CHANNELS_LAST)  # what-ifs that act in the model's forward, not on its batches
 #: The stretch starts after warm-up and the first profiler window (steps 10-13 by default).
 DEFAULT_AT = 20
 DEFAULT_STEPS = 20
@@ -55,7 +61,7 @@ MAX_WORKERS = 64
 class WhatIfPlan:
     """What to try, from which step, for how many steps."""
 
-    kind: str  # synthetic-data | batch-size | num-workers | autocast (bf16)
+    kind: str  # synthetic-data | batch-size | num-workers | autocast (bf16) | channels-last
     at: int = DEFAULT_AT
     steps: int = DEFAULT_STEPS
     batch_size: int | None = None
@@ -81,7 +87,7 @@ class WhatIfPlan:
 
 
 def parse_what_if(text: str) -> WhatIfPlan:
-    """``synthetic-data``, ``batch-size=N``, ``num-workers=N`` or ``autocast[=bf16]``, optionally
+    """``synthetic-data``, ``batch-size=N``, ``num-workers=N``, ``autocast[=bf16]`` or ``channels-last``, optionally
     ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
     head, _, tail = text.strip().partition(":")
     kind, _, value = head.partition("=")
@@ -103,14 +109,15 @@ def parse_what_if(text: str) -> WhatIfPlan:
         if workers > MAX_WORKERS:
             raise GpulensError(f"--what-if {text}: at most {MAX_WORKERS} workers")
         return WhatIfPlan(NUM_WORKERS, num_workers=workers, **options)
+    if kind == CHANNELS_LAST and not value:
+        return WhatIfPlan(CHANNELS_LAST, **options)
     if kind == AUTOCAST:
         if value.strip().lower() not in ("", "bf16", "bfloat16"):
             raise GpulensError(f"--what-if {text}: autocast=bf16 only (fp16 needs a GradScaler's loss scaling, "
                                "which a stretch cannot add)")
         return WhatIfPlan(AUTOCAST, **options)
-    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N, num-workers=N or autocast=bf16 "
-                       "(optionally :at=STEP,steps=N)")
-
+    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N, num-workers=N, autocast=bf16 or "
+                       "channels-last (optionally :at=STEP,steps=N)")
 
 
 def _positive(raw: str, what: str, zero: bool = False) -> int:
@@ -198,6 +205,8 @@ class WhatIf:
         self._base_workers: int | None = None
         self._fetch_step, self._fetches, self._per_step = -1, 0, 1  # training fetches per step (accumulation)
         self._autocast: AutocastContext | None = None  # the forward now running under autocast
+        self._in_forward = False  # a forward kind's stretch acts on the forward now running
+        self._laid_out: Any = None  # the model a channels-last stretch laid out (laid back at its end)
         self._device = "cpu"
         self._dtype: Any = None  # the model's parameters' dtype: what its outputs go back to
 
@@ -206,7 +215,7 @@ class WhatIf:
         """The loader's exceptions (StopIteration included) reach the loop as they would; ours never do."""
         if self.plan.kind == NUM_WORKERS:
             return self._fetch_workers(step, real_next, source, loader)
-        if self.plan.kind == AUTOCAST:
+        if self.plan.kind in FORWARD_KINDS:
             return real_next()  # its stretch is in the forward (forward_pre / forward_post)
         try:
             replay = self._replay(step)
@@ -240,48 +249,80 @@ class WhatIf:
             return FLAG_WHATIF
         return 0
 
-    # ------------------------------------------------------------------ autocast
-    def forward_pre(self, step: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
-        """Before a training forward of the loop's model: inside the stretch, enter bf16 autocast (the first
-        time after a trial forward on a copy).  Never raises."""
-        if self.plan.kind != AUTOCAST or self._autocast is not None:
-            return
+    # ------------------------------------------------------------------ autocast, channels-last
+    def forward_pre(self, step: int, module: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Before a training forward of the loop's model: inside the stretch, enter bf16 autocast, or lay the
+        inputs out channels-last (returned: the forward's new arguments); the first time after a trial forward
+        on a copy.  Never raises."""
+        if self.plan.kind not in FORWARD_KINDS or self._in_forward:
+            return None
         try:
             if self.state == "running" and step >= self._end:
                 self._finish("done", step)
             if self.state == "waiting" and self.plan.at <= step < self.plan.end:
-                self._start_autocast(module, args, kwargs or {})
+                self._start_forward(module, args, kwargs or {})
             if self.state == "running":
-                self._autocast = AutocastContext(sys.modules["torch"], self._device)
+                torch = sys.modules["torch"]
+                if self.plan.kind == AUTOCAST:
+                    self._in_forward = True
+                    self._autocast = AutocastContext(torch, self._device)
+                    return None
+                if module is self._laid_out:  # (another root model, a GAN's second one: left as it is)
+                    self._in_forward = True
+                    return channels_last.inputs(args, kwargs or {}, torch)
         except Exception as exc:
-            self._autocast = None
+            self._in_forward, self._autocast = False, None
             self._skip(f"{type(exc).__name__}: {exc}")
+        return None
 
     def forward_post(self, output: Any) -> Any:
-        """After that forward (also when it raised): leave autocast; the output in the model's dtype."""
-        ctx, self._autocast = self._autocast, None
-        if ctx is None:
+        """After that forward (also when it raised): leave autocast (the output in the model's dtype), or the
+        output's 4-D tensors contiguous again."""
+        if not self._in_forward:
             return output
+        self._in_forward = False
+        ctx, self._autocast = self._autocast, None
         try:
-            return ctx.leave(output, self._dtype)
+            if ctx is not None:
+                return ctx.leave(output, self._dtype)
+            return channels_last.outputs(output, sys.modules["torch"])
         except Exception as exc:
             self._skip(f"{type(exc).__name__}: {exc}")
             return output
 
-    def _start_autocast(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _start_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         torch = sys.modules["torch"]
-        why = autocast_why_not(module, torch) or autocast_trial(module, args, kwargs, torch)
+        if self.plan.kind == AUTOCAST:
+            why = autocast_why_not(module, torch) or autocast_trial(module, args, kwargs, torch)
+        else:
+            why = channels_last.why_not(module, torch) or channels_last.trial(module, args, kwargs, torch)
         if why:
             self._skip(why)
             return
         self._device = device_type(module) or "cpu"
         self._dtype = torch.float32
-        self._settle = 1  # nothing refills after it; the step after may still free bf16 activations
+        self._settle = 1  # nothing refills after it; the step after may still free its activations
+        if self.plan.kind == CHANNELS_LAST:
+            self._laid_out = module  # first: a layout that fails halfway is laid back (_skip)
+            channels_last.lay_out(module, torch, True)
         self.state = "running"
-        log.info("gpulens: what-if autocast=bf16: steps %d-%d run the forward under torch.autocast(%s, "
-                 "bfloat16)", self.plan.at, self.plan.end - 1, self._device)
+        how = (f"run the forward under torch.autocast({self._device}, bfloat16)" if self.plan.kind == AUTOCAST
+               else "run the model and its inputs channels-last")
+        log.info("gpulens: what-if %s: steps %d-%d %s", self._label(), self.plan.at, self.plan.end - 1, how)
         self._set_meta(what_if={**self.plan.describe(), "status": "running", "device": self._device,
                                 "settle_steps": self._settle})
+
+    def _lay_back(self) -> None:
+        """A channels-last stretch is over: the model's parameters contiguous again (never raises)."""
+        module, self._laid_out = self._laid_out, None
+        if module is None:
+            return
+        try:
+            channels_last.lay_out(module, sys.modules["torch"], False)
+        except Exception as exc:
+            log.warning("gpulens: what-if channels-last: could not lay the model out contiguous again (%s: %s)",
+                        type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ num-workers
     def _fetch_workers(self, step: int, real_next: Callable[[], Any], source: Any, loader: Any) -> Any:
@@ -354,6 +395,8 @@ class WhatIf:
         if step is not None and self.plan.at < step < self._end:
             self._end = step
             plan["last_step"] = step - 1
+        plan["settle_steps"] = self._settle
+        self._lay_back()
         stretch, self._workers = self._workers, None
         if stretch is not None:
             stretch.close()
@@ -364,7 +407,7 @@ class WhatIf:
 
     def close(self, steps_done: int) -> None:
         """At the run's end: a stretch the run did not get to (or finish) says why."""
-        if self.state == "running" and self.plan.kind == AUTOCAST and steps_done >= self._end:
+        if self.state == "running" and self.plan.kind in FORWARD_KINDS and steps_done >= self._end:
             self._finish("done", self._end)  # its last step was the run's: no later forward ended it
         elif self.state == "running":
             self.reason = "the run ended during the stretch"
@@ -372,13 +415,14 @@ class WhatIf:
         elif self.state == "waiting":
             reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
                       "no training forward of the model came through gpulens' hooks (track(model=...), or "
-                      "gpulens run)" if self.plan.kind == AUTOCAST else
+                      "gpulens run)" if self.plan.kind in FORWARD_KINDS else
                       "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
                       "DataLoader under gpulens run)")
             self._set_meta(what_if={**self.plan.describe(), "status": "not reached", "reason": reason})
         self._cache = []
 
     def _skip(self, reason: str) -> None:
+        self._lay_back()
         if self.state in ("running", "done"):  # mid-stretch: what ran stays flagged; say it was cut short
             self.reason = reason
             self._finish("cut short")
@@ -395,6 +439,8 @@ class WhatIf:
             return f"num-workers={self.plan.num_workers}"
         if self.plan.kind == AUTOCAST:
             return "autocast=bf16"
+        if self.plan.kind == CHANNELS_LAST:
+            return "channels-last"
         return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind
 
     def _remember(self, batch: Any) -> None:

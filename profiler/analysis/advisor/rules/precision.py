@@ -34,7 +34,7 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
     finding = (f"{fmt.share(m.tc_eligible_share, 0)} of kernel time is launched by tensor-core-eligible operators "
                f"(matmul, convolution, attention) and {fmt.share(m.tc_share)} of kernel time runs on tensor cores")
     prediction, change = None, None
-    measured = measured_autocast(m)
+    measured = measured_forward_what_if(m, "autocast", "the forward in bf16")
     if measured is not None:
         finding += f"; {measured[0]}"
         prediction = measured[1]
@@ -65,20 +65,21 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
 WORTH_PROPOSING = 0.05
 
 
-def measured_autocast(m: Measurements) -> tuple[str, Prediction] | None:
-    """(finding, prediction) of an ``--what-if autocast=bf16`` stretch that measured a change: the run's own
-    steps with the forward in bf16, against its steady steps (their 95 % interval; not yet checked against
-    runs with autocast applied, so the interval is the measurement's only)."""
+def measured_forward_what_if(m: Measurements, kind: str, what: str) -> tuple[str, Prediction] | None:
+    """(finding, prediction) of an ``--what-if autocast=bf16`` or ``channels-last`` stretch (``kind``) that
+    measured a change: the run's own steps with ``what``, against its steady steps (their 95 % interval; not
+    yet checked against runs with the change applied, so the interval is the measurement's only)."""
     w = m.what_if
-    if w is None or w.kind != "autocast" or w.step_time_change is None:
+    if w is None or w.kind != kind or w.step_time_change is None:
         return None
     gain = -w.step_time_change
     ci = w.step_time_change_ci or [w.step_time_change, w.step_time_change]
-    finding = (f"measured (--what-if autocast=bf16, steps {w.first_step}-{w.last_step}): with the forward in bf16 "
-               f"a step took {fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)} "
+    label = "autocast=bf16" if kind == "autocast" else kind
+    finding = (f"measured (--what-if {label}, steps {w.first_step}-{w.last_step}): with {what} a step took "
+               f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)} "
                f"({-gain:+.0%})")
-    basis = (f"what-if measured: the forward under bf16 autocast for steps {w.first_step}-{w.last_step} of this "
-             "run, against its steady steps (95% block-bootstrap interval)")
+    basis = (f"what-if measured: {what} for steps {w.first_step}-{w.last_step} of this run, against its steady "
+             "steps (95% block-bootstrap interval)")
     return finding, Prediction(gain, min(-ci[1], gain), max(-ci[0], gain), basis)
 
 
@@ -152,17 +153,26 @@ def channels_last(m: Measurements) -> Suggestion | None:
     if conv < 0.3 or m.transpose_share < 0.05:
         return None
     gain = m.transpose_share * busy_fraction(m)
+    finding = (f"convolutions take {fmt.share(conv, 0)} of kernel time and cuDNN's NCHW<->NHWC layout transposes "
+               f"another {fmt.share(m.transpose_share, 0)}")
+    expected = f"about {fmt.share(gain, 0)} of step time (the transposes' share)"
+    prediction, change = None, None
+    measured = measured_forward_what_if(m, "channels-last", "the model and its inputs channels-last")
+    if measured is not None:
+        finding += f"; {measured[0]}"
+        if measured[1].gain_fraction >= WORTH_PROPOSING:
+            prediction, change = measured[1], {"channels_last": True}
+            expected = predicted_gain(prediction, expected)
     return Suggestion(
         id="channels_last", severity=_by_gain(gain), title="Convolutions pay for NCHW <-> NHWC transposes",
-        finding=(f"convolutions take {fmt.share(conv, 0)} of kernel time and cuDNN's NCHW<->NHWC layout transposes "
-                 f"another {fmt.share(m.transpose_share, 0)}"),
+        finding=finding,
         action=("Keep the model and inputs in channels_last (NHWC) so tensor-core convolutions need no "
                 "transposes; with AMP and cudnn.benchmark for fixed shapes (+22% on ResNet-50 in PyTorch's "
                 "tuning guide)."),
         snippet=("model = model.to(memory_format=torch.channels_last)\n"
                  "x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)\n"
                  "torch.backends.cudnn.benchmark = True"),
-        expected_gain=f"about {fmt.share(gain, 0)} of step time (the transposes' share)",
+        expected_gain=expected,
         gain_estimate="measured transpose kernel time x GPU-busy share", confidence="medium",
         evidence=[Evidence("kernels", "layout transposes", {"names": ["nchwToNhwcKernel", "nhwcToNchwKernel"]})],
-        gain_fraction=gain)
+        gain_fraction=gain, change=change, prediction=prediction)
