@@ -324,17 +324,25 @@ WORKERS_LOOP = textwrap.dedent("""
 """)
 
 
-def _workers_loop(tmp_path: Path, *args: str, what_if: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+def _run_loop(tmp_path: Path, loop: str, *args: str, what_if: str | None = None,
+              run_id: str = "w") -> tuple[subprocess.CompletedProcess, dict]:
+    """``loop`` run as a script with ``args`` -- under ``gpulens run --what-if`` (no profiler windows, no FLOP
+    counting: their extra forwards would count in the script's own records) unless ``what_if`` is None -- and the
+    JSON its last line printed."""
     script = tmp_path / "loop.py"
-    script.write_text(WORKERS_LOOP)
+    script.write_text(loop)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
     cmd = [sys.executable, str(script), *args]
     if what_if is not None:
-        cmd = [GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "w", "--no-advise",
-               "--profile-every", "0", "--what-if", what_if, "--", *cmd]
+        cmd = [GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", run_id, "--no-advise",
+               "--profile-every", "0", "--no-flops", "--what-if", what_if, "--", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, json.loads(lines[-1]) if lines else {}
+
+
+def _workers_loop(tmp_path: Path, *args: str, what_if: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    return _run_loop(tmp_path, WORKERS_LOOP, *args, what_if=what_if)
 
 
 def test_num_workers_what_if_loads_the_runs_own_batches_with_workers(tmp_path: Path) -> None:
@@ -581,15 +589,9 @@ AUTOCAST_LOOP = textwrap.dedent("""
 
 @pytest.mark.parametrize("fail", [False, True], ids=["runs", "fails-in-bf16"])
 def test_autocast_what_if_runs_the_forward_in_bf16_for_the_stretch(tmp_path: Path, fail: bool) -> None:
-    script = tmp_path / "loop.py"
-    script.write_text(AUTOCAST_LOOP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
-    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "a", "--no-advise",
-                           "--profile-every", "0", "--no-flops", "--what-if", "autocast=bf16:at=5,steps=5", "--",
-                           sys.executable, str(script), *(["--fail-in-bf16"] if fail else [])],
-                          capture_output=True, text=True, timeout=180, env=env)
+    proc, seen = _run_loop(tmp_path, AUTOCAST_LOOP, *(["--fail-in-bf16"] if fail else []),
+                           what_if="autocast=bf16:at=5,steps=5", run_id="a")
     assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.splitlines()[-1])
     assert seen["dtypes"] == ["torch.float32"]  # what the loop got back, in the stretch too
     with open_run(tmp_path / "runs" / "a") as run:
         steps = run.steps()
@@ -748,15 +750,9 @@ CNN_LOOP = textwrap.dedent("""
 
 @pytest.mark.parametrize("view", [False, True], ids=["flatten", "view-fails"])
 def test_channels_last_what_if_lays_out_the_model_for_the_stretch_only(tmp_path: Path, view: bool) -> None:
-    script = tmp_path / "cnn.py"
-    script.write_text(CNN_LOOP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
-    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "c", "--no-advise",
-                           "--profile-every", "0", "--no-flops", "--what-if", "channels-last:at=6,steps=4", "--",
-                           sys.executable, str(script), *(["--view"] if view else [])],
-                          capture_output=True, text=True, timeout=180, env=env)
+    proc, seen = _run_loop(tmp_path, CNN_LOOP, *(["--view"] if view else []),
+                           what_if="channels-last:at=6,steps=4", run_id="c")
     assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.splitlines()[-1])
     assert all(seen["features_contiguous"]) and seen["same_parameter"] and seen["weight_contiguous_after"]
     with open_run(tmp_path / "runs" / "c") as run:
         w = RunAnalysis(run).report().as_dict()["what_if"]
