@@ -29,6 +29,6 @@ done
 # PYTHONDONTWRITEBYTECODE set (as on some CI machines) each compiled the same ~40 modules again (~0.25 s of CPU
 # apiece); let them keep their bytecode beside the sources (__pycache__, ignored by git)
 unset PYTHONDONTWRITEBYTECODE
-echo "gpulens test: pytest, the whole suite (4½-10 minutes on 2 quiet cores; the first run also compiles" \
+echo "gpulens test: pytest, the whole suite (4½-11 minutes on 2 quiet cores; the first run also compiles" \
      "torch.compile's kernels)" >&2
 exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"
