@@ -4,7 +4,9 @@ measured gain, relative, in most scenarios, and the measured gain inside the pre
 Each scenario is a real CPU training loop written the way users write one.  The loading ones read through a
 Dataset and a DataLoader into an MLP with SGD, and the change is ``num_workers``; the small-batch one slices
 tensors in memory after a batch-size probe, and the change is ``batch_size``; the slow-optimizer one steps
-AdamW over a wide MLP, and the change is ``gradient_accumulation_steps``.  The baseline runs under
+AdamW over a wide MLP, and the change is ``gradient_accumulation_steps``; the small-ops one steps AdamW's
+default (for-loop) implementation over many small parameters, its baseline measures ``--what-if
+optimizer=fused`` (no model predicts a fused step), and the change is ``fused``.  The baseline runs under
 ``gpulens.track()``; the advisor proposes a ``change`` with its ``prediction``; the bench applies the change
 for real and times both arms in pairs in one process (each arm a run of its own: the baseline, then the
 change).  The measured gain is 1 - changed / baseline over the pairs' runs -- of the mean step for the loading
@@ -282,26 +284,40 @@ class OptimizerScenario:
     what: str
     batch: int
     width: int  # a wide MLP: many parameters for the optimizer, little compute at this batch
+    blocks: int = 0  # > 0: a deep narrow stack instead (blocks of Linear + LayerNorm: many small parameters)
+    what_if: str | None = None  # the baseline's what-if (the change it measures is the one proposed)
 
 
 OPTIMIZER_SCENARIOS = {s.name: s for s in (
     OptimizerScenario("slow-optimizer", "AdamW over a wide MLP (1.3 M parameters) at batch 4: the optimizer "
                       "step outweighs forward and backward", batch=4, width=1024),
+    OptimizerScenario("small-ops-optimizer", "AdamW's default (for-loop) step over 96 small parameters (24 blocks "
+                      "of Linear(64, 64) + LayerNorm) at batch 8: a dozen small ops per parameter, each costing "
+                      "its dispatch", batch=8, width=64, blocks=24, what_if="optimizer=fused:at=20,steps=30"),
 )}
 
 
-def train_accumulating(s: OptimizerScenario, micro_batches: int, steps: int, runs_dir: str, name: str) -> Path:
-    """A DataLoader over tensors in memory, the phases marked, the optimizer stepped once per ``micro_batches``
-    batches (gradient accumulation as users write it: the loss divided by k)."""
+def _optimizer_model(s: OptimizerScenario) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, s.width), torch.nn.ReLU(), torch.nn.Linear(s.width, s.width),
-                                torch.nn.ReLU(), torch.nn.Linear(s.width, 10))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if s.blocks:
+        blocks = [torch.nn.Sequential(torch.nn.Linear(s.width, s.width), torch.nn.LayerNorm(s.width), torch.nn.ReLU())
+                  for _ in range(s.blocks)]
+        return torch.nn.Sequential(torch.nn.Linear(256, s.width), *blocks, torch.nn.Linear(s.width, 10))
+    return torch.nn.Sequential(torch.nn.Linear(256, s.width), torch.nn.ReLU(), torch.nn.Linear(s.width, s.width),
+                               torch.nn.ReLU(), torch.nn.Linear(s.width, 10))
+
+
+def train_accumulating(s: OptimizerScenario, micro_batches: int, steps: int, runs_dir: str, name: str,
+                       fused: bool = False, what_if: str | None = None) -> Path:
+    """A DataLoader over tensors in memory, the phases marked, the optimizer stepped once per ``micro_batches``
+    batches (gradient accumulation as users write it: the loss divided by k); ``fused``: AdamW(fused=True)."""
+    model = _optimizer_model(s)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
     gen = torch.Generator().manual_seed(1)
     n = s.batch * micro_batches * steps
     data = torch.utils.data.TensorDataset(torch.randn(n, 256, generator=gen), torch.randint(0, 10, (n,), generator=gen))
     loader = DataLoader(data, batch_size=s.batch, shuffle=True)
-    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
+    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0, what_if=what_if) as run:
         for i, (x, y) in enumerate(run.loader(loader)):
             with run.phase("forward"):
                 loss = torch.nn.functional.cross_entropy(model(x), y) / micro_batches
@@ -323,20 +339,28 @@ def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_di
     scattered a pair's gain over 12-41 % where 300 kept it within 28-34 %."""
     measured = Pairs()
     steps *= 2
+    key = "fused" if s.what_if else "gradient_accumulation_steps"
     for i in range(pairs):
-        base = train_accumulating(s, 1, steps, runs_dir, f"{s.name}-base-{i}")
+        base = train_accumulating(s, 1, steps, runs_dir, f"{s.name}-base-{i}", what_if=s.what_if)
         sug, ids = advice_of(base, "slow_optimizer")
-        if sug is None or not sug.get("change"):
-            say(f"  pair {i}: no optimizer change proposed ({ids})")
+        if sug is None or key not in (sug.get("change") or {}):
+            say(f"  pair {i}: no {key} change proposed ({ids}; {sug and sug.get('change')})")
             continue
-        p, k = sug["prediction"], int(sug["change"]["gradient_accumulation_steps"])
-        changed = train_accumulating(s, k, max(20, steps // k), runs_dir, f"{s.name}-changed-{i}")
-        b, c = median_step(base, per_sample=True), median_step(changed, per_sample=True)
-        measured.add(c / b, p, k)
-        say(f"  pair {i}: base {b * 1e6:.0f} µs/sample, gradient_accumulation_steps={k} {c * 1e6:.0f} µs/sample: "
-            f"measured {1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
-    return measured.summary({"scenario": s.name, "what": s.what, "declined": [],
-                             "change": "gradient_accumulation_steps"})
+        p = sug["prediction"]
+        if key == "fused":  # the same steps with AdamW(fused=True): the median step
+            changed = train_accumulating(s, 1, steps, runs_dir, f"{s.name}-changed-{i}", fused=True)
+            b, c, value, unit = median_step(base), median_step(changed), 1, "ms/step"
+            shown = (b * 1e3, c * 1e3)
+        else:
+            k = value = int(sug["change"][key])
+            changed = train_accumulating(s, k, max(20, steps // k), runs_dir, f"{s.name}-changed-{i}")
+            b, c, unit = median_step(base, per_sample=True), median_step(changed, per_sample=True), "µs/sample"
+            shown = (b * 1e6, c * 1e6)
+        measured.add(c / b, p, value)
+        say(f"  pair {i}: base {shown[0]:.1f} {unit}, {key}={sug['change'][key]} {shown[1]:.1f} {unit}: measured "
+            f"{1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}] "
+            f"({p['basis'].split(':')[0]})")
+    return measured.summary({"scenario": s.name, "what": s.what, "declined": [], "change": key})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,7 +161,8 @@ def what_if_card(w: WhatIf) -> Card:
     label = ("What-if: synthetic data" if w.kind == "synthetic-data" else
              f"What-if: {w.num_workers} workers" if w.kind == "num-workers" else
              "What-if: bf16 autocast" if w.kind == "autocast" else
-             "What-if: channels-last" if w.kind == "channels-last" else f"What-if: batch {w.batch_size}")
+             "What-if: channels-last" if w.kind == "channels-last" else
+             f"What-if: {w.implementation} optimizer" if w.kind == "optimizer" else f"What-if: batch {w.batch_size}")
     did = ("replayed cached batches instead of waiting on the DataLoader" if w.kind == "synthetic-data" else
            f"loaded the run's next batches with {w.num_workers} DataLoader workers (the run has {w.base_workers}; "
            f"measured from step {w.measured_from_step}, once they started)" if w.kind == "num-workers" else
@@ -169,6 +170,7 @@ def what_if_card(w: WhatIf) -> Card:
            if w.kind == "autocast" else
            "ran the model and its image inputs channels-last (NHWC), its outputs contiguous again"
            if w.kind == "channels-last" else
+           f"stepped the optimizer with torch's {w.implementation} implementation" if w.kind == "optimizer" else
            f"trained on batches of {w.batch_size} (compute time: step minus data wait)")
     title = (f"steps {w.first_step}-{w.last_step} of the real loop {did}"
              "; compared with the run's steady steps, 95% block-bootstrap interval")

@@ -249,7 +249,7 @@ def marks(run: RunReader, origin: float) -> list[Mark]:
         last = run.step_span(int(what_if.get("last_step") or 0))
         if first is not None and last is not None:
             label = "what-if: " + fmt.what_if(what_if.get("kind"), what_if.get("batch_size"),
-                                              what_if.get("num_workers"))
+                                              what_if.get("num_workers"), what_if.get("implementation"))
             out.append(Mark("what_if", first[0] - origin, last[1] - origin, label))
     return out
 

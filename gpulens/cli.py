@@ -116,8 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="measure a change for a short stretch of the real loop: synthetic-data (replay cached "
                           "batches: step time without input waits), batch-size=N, or num-workers=N (the loop's next "
                           "batches, same order, loaded by N DataLoader workers), autocast=bf16 (the model's "
-                          "forward in bf16 mixed precision) or channels-last (the model and its image inputs in "
-                          "NHWC); :at=STEP,steps=N to place it "
+                          "forward in bf16 mixed precision), channels-last (the model and its image inputs in "
+                          "NHWC) or optimizer=fused|foreach (the optimizers' steps with that torch "
+                          "implementation); :at=STEP,steps=N to place it "
                           "(default at=20, steps=20); those steps stay out of the run's own throughput")
     run.add_argument("--nvtx", action="store_true",
                      help="mark steps and phases as NVTX ranges for Nsight Systems (on by itself under nsys)")

@@ -205,15 +205,18 @@ def prediction(p: dict[str, object]) -> str:
             f"{share(num('high'), 0)}); {p.get('basis')}")
 
 
-def what_if(kind: object, batch_size: object = None, num_workers: object = None) -> str:
+def what_if(kind: object, batch_size: object = None, num_workers: object = None,
+            implementation: object = None) -> str:
     """A measured what-if as ``--what-if`` names it (synthetic-data, batch-size=256, num-workers=4,
-    autocast=bf16)."""
+    autocast=bf16, optimizer=fused)."""
     if kind == "batch-size":
         return f"batch-size={batch_size}"
     if kind == "num-workers":
         return f"num-workers={num_workers}"
     if kind == "autocast":
         return "autocast=bf16"
+    if kind == "optimizer":
+        return f"optimizer={implementation}"
     return str(kind)  # synthetic-data, channels-last
 
 

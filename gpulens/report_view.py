@@ -245,6 +245,7 @@ def what_if_line(w: WhatIf) -> str:
              f"{w.num_workers} DataLoader workers (the run has {w.base_workers})" if w.kind == "num-workers" else
              "bf16 autocast (the model's forward)" if w.kind == "autocast" else
              "channels-last (the model and its image inputs)" if w.kind == "channels-last" else
+             f"the {w.implementation} optimizer implementation" if w.kind == "optimizer" else
              "synthetic data (replayed batches)")
     if w.status not in ("done", "cut short"):
         return f"{label}: {w.status}" + (f" ({w.reason})" if w.reason else "")

@@ -276,18 +276,24 @@ def test_optimizer_heavy_loop_gets_slow_optimizer_first(runs_dir):
     top = _own(advice)[0]
     assert top.id == "slow_optimizer", _ids(advice)
     assert "(Adam, for-loop implementation, parameters on cpu)" in top.finding
-    # fused/foreach are not reliably faster on CPUs: no implementation is recommended there
-    assert "fused" not in top.snippet and "not reliably faster" in top.action
+    # torch 2.4 and later have a fused CPU Adam: recommended, with the what-if that measures it, beside the
+    # accumulation whose gain is predicted (the change)
+    assert "fused=True" in top.snippet
+    assert 'Measure its gain first: track(..., what_if="optimizer=fused")' in top.action
+    assert top.change == {"gradient_accumulation_steps": 2} and "(fused, not measured)" in top.expected_gain
 
 
-@pytest.mark.parametrize("device, impl, expect, absent", [
-    ("cuda", "foreach", "fused=True", None),
-    ("cuda", "for-loop", "fused=True", None),
-    ("cuda", "fused", "already in use", "fused=True"),
-    ("cpu", "for-loop", "not reliably faster", "fused=True"),
+@pytest.mark.parametrize("device, impl, torch_version, expect, absent", [
+    ("cuda", "foreach", "2.1.0", "fused=True", None),
+    ("cuda", "for-loop", "2.1.0", "fused=True", None),
+    ("cuda", "fused", "2.13.0", "already in use", "fused=True"),
+    ("cpu", "for-loop", "2.13.0+cpu", "fused CPU implementation", None),
+    ("cpu", "for-loop", "2.3.1", "PyTorch 2.3.1 has no fused CPU implementation", "fused=True"),
+    ("cpu", "for-loop", None, "Spread its cost", "fused=True"),
 ])
-def test_slow_optimizer_recommends_only_a_known_faster_implementation(device, impl, expect, absent):
+def test_slow_optimizer_recommends_only_a_known_faster_implementation(device, impl, torch_version, expect, absent):
     m = replace(BASE, device=device, optimizer="AdamW", optimizer_impl=impl, optimizer_device=device,
+                torch_version=torch_version,
                 phase_share={**BASE.phase_share, "optimizer": 0.3}, phase_share_median={"optimizer": 0.3},
                 phase_share_typical={"optimizer": 0.3})
     s = _get(advise_measurements(m), "slow_optimizer")

@@ -20,6 +20,7 @@ import gpulens
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.advisor import Measurements, advise_measurements
 from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, predict_workers, step_with
+from gpulens.profiler.store.schema import FLAG_WHATIF
 
 MS = 1e-3
 
@@ -371,13 +372,79 @@ def test_the_optimizer_rule_proposes_accumulation_with_a_prediction_and_compare_
     assert json.loads(capsys.readouterr().out)["fixes"] == []
 
 
-def test_a_gpu_optimizer_keeps_its_fused_advice_without_a_prediction():
+def test_an_unmeasured_fused_optimizer_keeps_an_upper_bound_beside_the_predicted_accumulation():
     from gpulens.profiler.analysis.advisor.rules.optimizer import slow_optimizer
 
     m = _measured(device="cuda", step_s=0.010, phase_share={"optimizer": 0.4, "forward": 0.3, "backward": 0.3},
-                  optimizer="AdamW", optimizer_impl="foreach")
+                  optimizer="AdamW", optimizer_impl="foreach", recorded_by="gpulens run")
     s = slow_optimizer(m)
-    assert "fused=True" in s.snippet and s.change is None and s.prediction is None  # no model of a kernel count
+    # no model of a kernel count: fused is an upper bound and a what-if to run; the change is the modelled one
+    assert "fused=True" in s.snippet and "gpulens run --what-if optimizer=fused" in s.action
+    assert s.change == {"gradient_accumulation_steps": 2} and s.prediction.basis.startswith("model:")
+    assert s.expected_gain.startswith("gradient accumulation (k=2): ") and "(fused, not measured)" in s.expected_gain
+
+
+def _optimizer_what_if(change: float) -> Measurements:
+    """A CPU run (AdamW, for-loop, torch 2.13) whose --what-if optimizer=fused measured ``change`` on its step."""
+    from gpulens.profiler.analysis.report import WhatIf, read_section
+
+    m = _measured(device="cpu", step_s=0.018, phase_share={"optimizer": 0.6, "forward": 0.2, "backward": 0.2},
+                  optimizer="AdamW", optimizer_impl="for-loop", torch_version="2.13.0")
+    m.what_if = read_section({
+        "kind": "optimizer", "status": "done", "reason": None, "batch_size": None, "base_batch": None,
+        "implementation": "fused", "first_step": 20, "last_step": 49, "steps": 30, "measure": "step time",
+        "step_time_median_s": 0.018 * (1 + change), "baseline_step_time_median_s": 0.018,
+        "step_time_change": change, "step_time_change_ci": [change - 0.01, change + 0.01],
+        "data_wait_median_s": None, "baseline_data_wait_median_s": None, "samples_per_s": None,
+        "baseline_samples_per_s": None, "samples_per_s_change": None}, WhatIf)
+    return m
+
+
+def test_a_measured_fused_optimizer_is_the_change_with_the_measured_gain():
+    from gpulens.profiler.analysis.advisor.rules.optimizer import slow_optimizer
+
+    s = slow_optimizer(_optimizer_what_if(-0.48))
+    assert s.change == {"fused": True} and "fused=True" in s.snippet
+    p = s.prediction
+    assert p.gain_fraction == pytest.approx(0.48) and p.measure == "median_step"
+    # the stretch's interval on the step ratio (0.51-0.53), widened 0.85-1.15 by the test set
+    assert (p.low, p.high) == (pytest.approx(1 - 0.53 * 1.15), pytest.approx(1 - 0.51 * 0.85))
+    assert p.basis.startswith("what-if measured: the optimizer's fused implementation for steps 20-49")
+    assert "measured (--what-if optimizer=fused, steps 20-49)" in s.finding
+    assert s.gain_fraction >= p.gain_fraction  # the bound: the whole optimizer step
+    # measured not to help: no fused change, and no fused recommendation on belief either
+    flat = slow_optimizer(_optimizer_what_if(-0.02))
+    assert flat.change == {"gradient_accumulation_steps": 2} and "fused=True" not in flat.snippet
+    assert "(-2%)" in flat.finding
+
+
+def test_compare_checks_a_fused_optimizer_fix(tmp_path, capsys):
+    """The base ran AdamW for-loop and measured fused in a what-if (chosen timeline: 18 ms steps, 9.4 ms in the
+    stretch); the candidate ran AdamW(fused=True) at 9.5 ms: compare finds the change applied and checks it."""
+    from timeline import write_run
+
+    from gpulens.cli import main as cli_main
+
+    n = 120
+    optimizer = np.where((np.arange(n) >= 20) & (np.arange(n) < 50), 0.0034, 0.012)
+    stretch = {"kind": "optimizer", "implementation": "fused", "status": "done", "first_step": 20, "last_step": 49,
+               "settle_steps": 1}
+    base = write_run(tmp_path / "base", {"forward": np.full(n, 0.002), "backward": np.full(n, 0.004),
+                                         "optimizer": optimizer}, samples=8,
+                     meta={"torch_version": "2.13.0", "what_if": stretch,
+                           "optimizers": [{"type": "AdamW", "device": "cpu", "impl": "for-loop"}]},
+                     flags=np.where((np.arange(n) >= 20) & (np.arange(n) <= 50), FLAG_WHATIF, 0))
+    cand = write_run(tmp_path / "cand", {"forward": np.full(n, 0.002), "backward": np.full(n, 0.004),
+                                         "optimizer": np.full(n, 0.0035)}, samples=8,
+                     meta={"torch_version": "2.13.0", "optimizers": [{"type": "AdamW", "device": "cpu",
+                                                                      "impl": "fused"}]})
+    assert cli_main(["advise", str(base), "--json"]) == 0
+    s = next(s for s in json.loads(capsys.readouterr().out)["suggestions"] if s["id"] == "slow_optimizer")
+    assert s["change"] == {"fused": True} and s["prediction"]["gain_fraction"] == pytest.approx(1 - 9.4 / 18, abs=0.01)
+    assert cli_main(["compare", str(base), str(cand), "--json"]) == 0
+    (f,) = json.loads(capsys.readouterr().out)["fixes"]
+    assert (f["suggestion"], f["applied"]) == ("slow_optimizer", {"fused": True})
+    assert f["got"] == pytest.approx(1 - 9.5 / 18, abs=0.01) and f["inside"]
 
 
 def test_the_compare_page_says_a_batch_fix_per_sample(tmp_path):

@@ -770,3 +770,120 @@ def test_parse_channels_last() -> None:
     assert parse_what_if("channels_last:at=30") == WhatIfPlan("channels-last", 30)
     with pytest.raises(GpulensError):
         parse_what_if("channels-last=yes")
+
+
+# ---------------------------------------------------------------- optimizer implementation
+
+#: A small MLP trained with AdamW (torch's default implementation on a CPU: for-loop), or with a subclass the
+#: script defines (``--custom``); the optimizer's own post-hook records which implementation each step ran with.
+OPTIMIZER_LOOP = textwrap.dedent("""
+    import copy, hashlib, io, json, sys, torch, torch.nn as nn
+
+    class MyAdamW(torch.optim.AdamW):
+        pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 4))
+    opt = (MyAdamW if "--custom" in sys.argv else torch.optim.AdamW)(model.parameters(), lr=1e-2)
+    fused = []
+    opt.register_step_post_hook(lambda o, args, kwargs: fused.append(bool(o.param_groups[0]["fused"])))
+    data = [(torch.randn(8, 16), torch.randint(0, 4, (8,))) for _ in range(24)]
+    for x, y in torch.utils.data.DataLoader(data, batch_size=None):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    saved = io.BytesIO()
+    torch.save({"model": model, "opt": opt.state_dict()}, saved)
+    copy.deepcopy(opt)
+    group = opt.state_dict()["param_groups"][0]
+    print(json.dumps({
+        "fused": fused, "group": [group["fused"], group["foreach"]],
+        "steps": sorted({(str(s["step"].device), str(s["step"].dtype)) for s in opt.state.values()}),
+        "weights": [p.detach().flatten().tolist() for p in model.parameters()],
+        "sha": hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()}))
+""")
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["adamw", "subclass-refused"])
+def test_optimizer_what_if_steps_the_loops_optimizer_fused_for_the_stretch_only(tmp_path: Path, custom: bool) -> None:
+    args = ["--custom"] if custom else []
+    proc, seen = _run_loop(tmp_path, OPTIMIZER_LOOP, *args, what_if="optimizer=fused:at=6,steps=5", run_id="o")
+    assert proc.returncode == 0, proc.stderr
+    _, alone = _run_loop(tmp_path, OPTIMIZER_LOOP, *args)  # the same script without gpulens
+    # the user's optimizer as they left it: its switches, its step counters, it saves and deep-copies
+    assert seen["group"] == alone["group"] == [None, None] and seen["steps"] == alone["steps"]
+    with open_run(tmp_path / "runs" / "o") as run:
+        steps = run.steps()
+        w = RunAnalysis(run).report().as_dict()["what_if"]
+    if custom:  # refused before the stretch: nothing changed, the weights are bit for bit the same
+        assert w["status"] == "skipped" and "MyAdamW is not one of torch.optim's optimizers" in w["reason"]
+        assert not any(seen["fused"]) and seen["sha"] == alone["sha"]
+        assert not ((steps.flags & FLAG_WHATIF) != 0).any()
+        return
+    assert [i for i, on in enumerate(seen["fused"]) if on] == list(range(6, 11))
+    assert w["kind"] == "optimizer" and w["implementation"] == "fused" and w["status"] == "done"
+    assert (w["first_step"], w["last_step"]) == (6, 10) and w["step_time_median_s"] > 0
+    assert list(steps.step[(steps.flags & FLAG_WHATIF) != 0]) == list(range(6, 12))  # and one settling step
+    # five steps of another implementation's arithmetic: the same training, not the same last bits
+    for mine, theirs in zip(seen["weights"], alone["weights"]):
+        assert np.allclose(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_optimizer_what_if_through_track_puts_foreach_back_and_never_raises() -> None:
+    """track(): the global step hook finds the loop's optimizer without being told; SGD with momentum tries
+    foreach; a second optimizer stepping inside the stretch is changed too and put back."""
+    import tempfile
+
+    import gpulens
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    head = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    opt2 = torch.optim.Adagrad(head.parameters(), lr=0.1)
+    foreach = []
+    with tempfile.TemporaryDirectory() as runs, gpulens.track(
+            "sgd", runs_dir=runs, what_if="optimizer=foreach:at=4,steps=3", quiet=True, profile=False) as run:
+        for _ in range(12):
+            head(model(torch.randn(4, 8))).sum().backward()
+            opt.step()
+            foreach.append((opt.param_groups[0]["foreach"], opt2.param_groups[0]["foreach"]))
+            opt2.step()
+            opt.zero_grad()
+            opt2.zero_grad()
+            run.step()
+        path = run.path
+        run.close()
+        with open_run(path) as reader:
+            plan = reader.info.meta["what_if"]
+    assert [i for i, (a, b) in enumerate(foreach) if a] == [4, 5, 6]
+    assert [i for i, (a, b) in enumerate(foreach) if b] == [5, 6]  # its first stretch step came after opt's look
+    assert (opt.param_groups[0]["foreach"], opt2.param_groups[0]["foreach"]) == (False, None)
+    assert plan["status"] == "done" and plan["implementation"] == "foreach"
+
+
+def test_an_optimizer_swap_moves_step_counters_to_their_parameters_device_and_back() -> None:
+    """The fused kernels want each ``step`` counter on its parameter's device (CUDA parameters keep theirs on the
+    CPU by default); a meta-device parameter stands in for a GPU one here: nothing steps, and the move back
+    of a counted-on counter is a GPU check."""
+    from gpulens.hooks.track.whatif_optimizer import ImplementationSwap
+
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    opt = torch.optim.Adam([p], lr=0.1)
+    opt.state[p]["step"] = torch.tensor(7.0)
+    swap = ImplementationSwap("fused")
+    swap.apply(opt, torch)
+    assert opt.state[p]["step"].device.type == "meta" and opt.param_groups[0]["fused"] is True
+    assert swap.seen(opt) and opt.param_groups[0]["foreach"] is False
+    opt.state[p]["step"] = torch.tensor(9.0)  # counted on in the stretch (a meta tensor holds no count to move)
+    swap.restore()
+    assert opt.state[p]["step"].device.type == "cpu" and float(opt.state[p]["step"]) == 9.0
+    assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["foreach"] is None
+
+
+def test_parse_optimizer() -> None:
+    assert parse_what_if("optimizer=fused") == WhatIfPlan("optimizer", implementation="fused")
+    assert parse_what_if("optimizer=Foreach:at=30,steps=10") == WhatIfPlan("optimizer", 30, 10,
+                                                                             implementation="foreach")
+    for bad in ("optimizer", "optimizer=apex", "optimizer=fused:at=x"):
+        with pytest.raises(GpulensError):
+            parse_what_if(bad)

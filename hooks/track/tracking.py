@@ -124,6 +124,7 @@ class TrackedRun:
         self._child = opts.child  # a child process of the recording one (gpulens.hooks.launcher.children)
         self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/track/whatif.py)
         self._forward_hooks: ModuleHooks | None = None  # an autocast what-if's hooks on track(model=)
+        self._optimizer_hook: Any = None  # an optimizer what-if's global step pre-hook
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         self._slot = 0
@@ -330,6 +331,7 @@ class TrackedRun:
                 self._auto = AutoSteps(self, torch)
                 self._auto.install()
             self._hook_what_if_forward(torch)
+            self._hook_what_if_optimizer(torch)
         except Exception as exc:
             log.warning("gpulens: could not attach to torch (%s: %s); recording samples only", type(exc).__name__, exc)
 
@@ -356,6 +358,25 @@ class TrackedRun:
 
         self._forward_hooks = ModuleHooks(torch)
         self._forward_hooks.forward(self._model, pre, post, with_kwargs=True)
+
+    def _hook_what_if_optimizer(self, torch: ModuleType) -> None:
+        """An optimizer what-if: torch.optim's global step pre-hook hands every optimizer step to it (under
+        ``gpulens run`` and ``track()`` alike: no optimizer needs to be named)."""
+        from gpulens.hooks.track.whatif import OPTIMIZER
+
+        whatif = self._whatif
+        if whatif is None or whatif.plan.kind != OPTIMIZER or self._optimizer_hook is not None:
+            return
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        from gpulens.hooks.track.hidden_hooks import gpulens_hook
+
+        @gpulens_hook
+        def pre(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if self._recording:
+                whatif.optimizer_pre(self._rec.step_index, optimizer)
+
+        self._optimizer_hook = register_optimizer_step_pre_hook(pre)
 
     def _known_roots(self) -> list[Any] | None:
         """Root modules known without a gc walk: those automatic step detection hooked, or track(model=)."""
@@ -738,6 +759,8 @@ class TrackedRun:
             self._safe(self._whatif.close, self._rec.step_index)
         if self._forward_hooks is not None:
             self._safe(self._forward_hooks.remove)
+        if self._optimizer_hook is not None:
+            self._safe(self._optimizer_hook.remove)
         try:
             if self._windows is not None:
                 self._windows.close()

@@ -7,10 +7,11 @@ samples along its first dimension; ``num-workers=N`` loads the loop's next
 batches (the same samples in the same order) with N DataLoader workers
 (:mod:`whatif_workers`); ``autocast=bf16`` runs the model's forward under
 bf16 autocast (:mod:`whatif_autocast`), ``channels-last`` the model and its
-image inputs in NHWC (:mod:`whatif_channels_last`).  The rest of the user's
-loop runs unchanged, so the stretch measures what their loop would do without
-input waits (or at N, with N workers, in bf16, channels-last), not a model of
-it.
+image inputs in NHWC (:mod:`whatif_channels_last`), ``optimizer=fused`` (or
+``foreach``) the optimizers' steps with that torch implementation
+(:mod:`whatif_optimizer`).  The rest of the user's loop runs unchanged, so the
+stretch measures what their loop would do without input waits (or at N, with
+N workers, in bf16, channels-last, with a fused optimizer), not a model of it.
 
 Honesty: the stretch's steps and a few settling steps after it (the
 DataLoader's prefetch queue refills while it is not asked) are flagged
@@ -37,6 +38,9 @@ from gpulens.hooks.track.steps import infer_batch_size
 from gpulens.hooks.track.whatif_autocast import AutocastContext, device_type
 from gpulens.hooks.track.whatif_autocast import trial as autocast_trial
 from gpulens.hooks.track.whatif_autocast import why_not as autocast_why_not
+from gpulens.hooks.track.whatif_optimizer import IMPLEMENTATIONS, ImplementationSwap
+from gpulens.hooks.track.whatif_optimizer import trial as optimizer_trial
+from gpulens.hooks.track.whatif_optimizer import why_not as optimizer_why_not
 from gpulens.hooks.track.whatif_workers import WorkersStretch, why_not
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.schema import FLAG_WHATIF
@@ -44,7 +48,7 @@ from gpulens.profiler.store.schema import FLAG_WHATIF
 log = logging.getLogger("gpulens")
 
 SYNTHETIC, BATCH_SIZE, NUM_WORKERS = "synthetic-data", "batch-size", "num-workers"
-AUTOCAST, CHANNELS_LAST = "autocast", "channels-last"
+AUTOCAST, CHANNELS_LAST, OPTIMIZER = "autocast", "channels-last", "optimizer"
 FORWARD_KINDS = (AUTOCAST, CHANNELS_LAST)  # what-ifs that act in the model's forward, not on its batches
 #: The stretch starts after warm-up and the first profiler window (steps 10-13 by default).
 DEFAULT_AT = 20
@@ -61,11 +65,12 @@ MAX_WORKERS = 64
 class WhatIfPlan:
     """What to try, from which step, for how many steps."""
 
-    kind: str  # synthetic-data | batch-size | num-workers | autocast (bf16) | channels-last
+    kind: str  # synthetic-data | batch-size | num-workers | autocast (bf16) | channels-last | optimizer
     at: int = DEFAULT_AT
     steps: int = DEFAULT_STEPS
     batch_size: int | None = None
     num_workers: int | None = None
+    implementation: str | None = None  # optimizer: fused | foreach
 
     @property
     def ramp(self) -> int:
@@ -83,12 +88,14 @@ class WhatIfPlan:
             out.update(num_workers=self.num_workers, measure_from=self.at + self.ramp)
         if self.kind == AUTOCAST:
             out.update(dtype="bf16")
+        if self.kind == OPTIMIZER:
+            out.update(implementation=self.implementation)
         return out
 
 
 def parse_what_if(text: str) -> WhatIfPlan:
-    """``synthetic-data``, ``batch-size=N``, ``num-workers=N``, ``autocast[=bf16]`` or ``channels-last``, optionally
-    ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
+    """``synthetic-data``, ``batch-size=N``, ``num-workers=N``, ``autocast[=bf16]``, ``channels-last`` or
+    ``optimizer=fused|foreach``, optionally ``:at=STEP,steps=N`` (e.g. ``synthetic-data:at=50``)."""
     head, _, tail = text.strip().partition(":")
     kind, _, value = head.partition("=")
     kind = kind.strip().lower().replace("_", "-")
@@ -98,26 +105,32 @@ def parse_what_if(text: str) -> WhatIfPlan:
         if not sep or key not in ("at", "steps"):
             raise GpulensError(f"--what-if {text}: unknown option {part!r} (at=STEP, steps=N)")
         options[key] = _positive(raw, f"--what-if {text}: {key}")
-    if options.get("at", DEFAULT_AT) < 3:
+    at, steps = options.get("at", DEFAULT_AT), options.get("steps", DEFAULT_STEPS)
+    if at < 3:
         raise GpulensError(f"--what-if {text}: at must be 3 or later (the batches are cached from the steps before)")
     if kind == SYNTHETIC and not value:
-        return WhatIfPlan(SYNTHETIC, **options)
+        return WhatIfPlan(SYNTHETIC, at=at, steps=steps)
     if kind == BATCH_SIZE and value:
-        return WhatIfPlan(BATCH_SIZE, batch_size=_positive(value, f"--what-if {text}: batch size"), **options)
+        return WhatIfPlan(BATCH_SIZE, batch_size=_positive(value, f"--what-if {text}: batch size"), at=at, steps=steps)
     if kind == NUM_WORKERS and value:
         workers = _positive(value, f"--what-if {text}: worker count", zero=True)
         if workers > MAX_WORKERS:
             raise GpulensError(f"--what-if {text}: at most {MAX_WORKERS} workers")
-        return WhatIfPlan(NUM_WORKERS, num_workers=workers, **options)
+        return WhatIfPlan(NUM_WORKERS, num_workers=workers, at=at, steps=steps)
     if kind == CHANNELS_LAST and not value:
-        return WhatIfPlan(CHANNELS_LAST, **options)
+        return WhatIfPlan(CHANNELS_LAST, at=at, steps=steps)
     if kind == AUTOCAST:
         if value.strip().lower() not in ("", "bf16", "bfloat16"):
             raise GpulensError(f"--what-if {text}: autocast=bf16 only (fp16 needs a GradScaler's loss scaling, "
                                "which a stretch cannot add)")
-        return WhatIfPlan(AUTOCAST, **options)
-    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N, num-workers=N, autocast=bf16 or "
-                       "channels-last (optionally :at=STEP,steps=N)")
+        return WhatIfPlan(AUTOCAST, at=at, steps=steps)
+    if kind == OPTIMIZER:
+        implementation = value.strip().lower()
+        if implementation not in IMPLEMENTATIONS:
+            raise GpulensError(f"--what-if {text}: optimizer=fused or optimizer=foreach")
+        return WhatIfPlan(OPTIMIZER, implementation=implementation, at=at, steps=steps)
+    raise GpulensError(f"--what-if {text}: expected synthetic-data, batch-size=N, num-workers=N, autocast=bf16, "
+                       "channels-last or optimizer=fused|foreach (optionally :at=STEP,steps=N)")
 
 
 def _positive(raw: str, what: str, zero: bool = False) -> int:
@@ -209,14 +222,16 @@ class WhatIf:
         self._laid_out: Any = None  # the model a channels-last stretch laid out (laid back at its end)
         self._device = "cpu"
         self._dtype: Any = None  # the model's parameters' dtype: what its outputs go back to
+        self._swap: ImplementationSwap | None = None  # an optimizer stretch's changed optimizers
+        self._trying = False  # a trial step of a throwaway optimizer is running
 
     # ------------------------------------------------------------------ hot path
     def fetch(self, step: int, real_next: Callable[[], Any], source: Any = None, loader: Any = None) -> Any:
         """The loader's exceptions (StopIteration included) reach the loop as they would; ours never do."""
         if self.plan.kind == NUM_WORKERS:
             return self._fetch_workers(step, real_next, source, loader)
-        if self.plan.kind in FORWARD_KINDS:
-            return real_next()  # its stretch is in the forward (forward_pre / forward_post)
+        if self.plan.kind in FORWARD_KINDS or self.plan.kind == OPTIMIZER:
+            return real_next()  # its stretch is in the forward (forward_pre / forward_post) or the optimizer's step
         try:
             replay = self._replay(step)
         except Exception as exc:
@@ -324,6 +339,52 @@ class WhatIf:
             log.warning("gpulens: what-if channels-last: could not lay the model out contiguous again (%s: %s)",
                         type(exc).__name__, exc)
 
+    # ------------------------------------------------------------------ optimizer implementation
+    def optimizer_pre(self, step: int, optimizer: Any) -> None:
+        """Before an optimizer's step (torch.optim's global step pre-hook): inside the stretch, that optimizer
+        steps with the implementation tried (the first time after a trial step of a throwaway copy); at the
+        stretch's end, every optimizer as it was.  Never raises."""
+        if self.plan.kind != OPTIMIZER or self._trying:
+            return  # (the trial's throwaway optimizer steps through the same hook)
+        try:
+            if self.state == "running" and step >= self._end:
+                self._finish("done", step)
+            starting = self.state == "waiting" and self.plan.at <= step < self.plan.end
+            swap = self._swap
+            if not starting and (self.state != "running" or swap is None or swap.seen(optimizer)):
+                return
+            implementation = str(self.plan.implementation)
+            torch = sys.modules["torch"]
+            self._trying = True
+            try:
+                why = optimizer_why_not(optimizer, implementation) or optimizer_trial(optimizer, implementation, torch)
+            finally:
+                self._trying = False
+            if why:  # before the stretch: skipped; a second optimizer refused mid-stretch: cut short there
+                self._skip(why)
+                return
+            if starting:
+                swap = self._start_optimizer()
+            assert swap is not None
+            swap.apply(optimizer, torch)
+        except Exception as exc:
+            self._skip(f"{type(exc).__name__}: {exc}")
+
+    def _start_optimizer(self) -> ImplementationSwap:
+        self._swap = swap = ImplementationSwap(str(self.plan.implementation))
+        self._settle = 1  # nothing refills after it
+        self.state = "running"
+        log.info("gpulens: what-if %s: steps %d-%d step the optimizer with torch's %s implementation",
+                 self._label(), self.plan.at, self.plan.end - 1, self.plan.implementation)
+        self._set_meta(what_if={**self.plan.describe(), "status": "running", "settle_steps": self._settle})
+        return swap
+
+    def _put_back(self) -> None:
+        """An optimizer stretch is over: every optimizer it changed as it was (never raises)."""
+        swap, self._swap = self._swap, None
+        if swap is not None:
+            swap.restore()
+
     # ------------------------------------------------------------------ num-workers
     def _fetch_workers(self, step: int, real_next: Callable[[], Any], source: Any, loader: Any) -> Any:
         """Inside the stretch, the temporary workers' batches; the loop's own loader before and after."""
@@ -397,6 +458,7 @@ class WhatIf:
             plan["last_step"] = step - 1
         plan["settle_steps"] = self._settle
         self._lay_back()
+        self._put_back()
         stretch, self._workers = self._workers, None
         if stretch is not None:
             stretch.close()
@@ -407,13 +469,15 @@ class WhatIf:
 
     def close(self, steps_done: int) -> None:
         """At the run's end: a stretch the run did not get to (or finish) says why."""
-        if self.state == "running" and self.plan.kind in FORWARD_KINDS and steps_done >= self._end:
-            self._finish("done", self._end)  # its last step was the run's: no later forward ended it
+        if self.state == "running" and (self.plan.kind in FORWARD_KINDS or self.plan.kind == OPTIMIZER) \
+                and steps_done >= self._end:
+            self._finish("done", self._end)  # its last step was the run's: no later forward or step ended it
         elif self.state == "running":
             self.reason = "the run ended during the stretch"
             self._finish("cut short", steps_done)
         elif self.state == "waiting":
             reason = (f"the run ended before step {self.plan.at}" if steps_done <= self.plan.at else
+                      "no torch.optim optimizer stepped in the stretch" if self.plan.kind == OPTIMIZER else
                       "no training forward of the model came through gpulens' hooks (track(model=...), or "
                       "gpulens run)" if self.plan.kind in FORWARD_KINDS else
                       "no training batch came through a DataLoader gpulens sees (run.loader(), or a torch "
@@ -423,6 +487,7 @@ class WhatIf:
 
     def _skip(self, reason: str) -> None:
         self._lay_back()
+        self._put_back()
         if self.state in ("running", "done"):  # mid-stretch: what ran stays flagged; say it was cut short
             self.reason = reason
             self._finish("cut short")
@@ -441,6 +506,8 @@ class WhatIf:
             return "autocast=bf16"
         if self.plan.kind == CHANNELS_LAST:
             return "channels-last"
+        if self.plan.kind == OPTIMIZER:
+            return f"optimizer={self.plan.implementation}"
         return f"batch-size={self.plan.batch_size}" if self.plan.kind == BATCH_SIZE else self.plan.kind
 
     def _remember(self, batch: Any) -> None:

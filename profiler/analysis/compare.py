@@ -67,6 +67,7 @@ class Side:
     status: str = "finished"  # the run's, as ls and the report say it (crashed, interrupted, running, ...)
     status_reason: str | None = None
     workers: float | None = None  # DataLoader workers, mean while they were alive (None: no workers recorded)
+    optimizer_impl: str | None = None  # fused | foreach | for-loop, where the run recorded its optimizer
 
 
 @dataclass
@@ -142,6 +143,9 @@ def _settings(side: Side) -> dict[str, Any]:
     batch = side.batch_size or (round(per_step) if per_step > 0 else None)  # as the advisor reads it
     if batch:
         out["batch_size"] = batch
+    if side.optimizer_impl:  # a change {"fused": true} is applied where the optimizer ran fused
+        out["fused"] = side.optimizer_impl == "fused"
+        out["foreach"] = side.optimizer_impl == "foreach"
     return out
 
 
@@ -226,7 +230,19 @@ def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = N
                 phases={p: getattr(steps, p)[steady] for p in PHASES} if len(steps) else {},
                 readings=readings, reading_means=means, step_energy=energy, memory=report.memory,
                 mfu=report.mfu, tensor_core_share=report.tensor_core_share,
-                status=run.info.status, status_reason=run.info.status_reason, workers=worker_load(run)[0])
+                status=run.info.status, status_reason=run.info.status_reason, workers=worker_load(run)[0],
+                optimizer_impl=optimizer_impl(run.info.meta))
+
+
+def optimizer_impl(meta: dict[str, Any]) -> str | None:
+    """The implementation the run's optimizer used: track(optimizer=...)'s, or the first one ``gpulens run`` saw
+    step."""
+    model = meta.get("model")
+    impl = model.get("optimizer_impl") if isinstance(model, dict) else None
+    seen = meta.get("optimizers")
+    if not impl and isinstance(seen, list) and seen and isinstance(seen[0], dict):
+        impl = seen[0].get("impl")
+    return impl if isinstance(impl, str) else None
 
 
 def _fill(m: Metric, got: Change | None) -> Metric:

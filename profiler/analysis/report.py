@@ -342,6 +342,7 @@ class WhatIf(Section, kw_only=True):
     base_batch: int | None
     num_workers: int | None = None  # num-workers what-ifs
     base_workers: int | None = None  # num-workers what-ifs
+    implementation: str | None = None  # optimizer what-ifs: fused | foreach
     first_step: int | None
     last_step: int | None
     measured_from_step: int | None = None  # where the measure starts (after new workers start)

@@ -29,6 +29,7 @@ def what_if_result(steps: StepTable, meta: dict[str, Any]) -> dict[str, Any] | N
         "kind": plan.get("kind"), "status": plan.get("status"), "reason": plan.get("reason"),
         "batch_size": plan.get("batch_size"), "base_batch": plan.get("base_batch"),
         "num_workers": plan.get("num_workers"), "base_workers": plan.get("base_workers"),
+        "implementation": plan.get("implementation"),
         "first_step": plan.get("first_step"), "last_step": plan.get("last_step"),
         "measured_from_step": plan.get("measure_from", plan.get("first_step")), "steps": 0, "measure": None,
         "step_time_median_s": None, "baseline_step_time_median_s": None,

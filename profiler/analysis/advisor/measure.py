@@ -144,6 +144,7 @@ class Measurements:
     optimizer: str | None = None
     optimizer_impl: str | None = None
     optimizer_device: str | None = None
+    torch_version: str | None = None  # which implementations exist (fused CPU optimizers since 2.4)
     model_wrapper: str | None = None
 
     # distributed training
@@ -327,6 +328,7 @@ def measure(run: RunReader, done: list[tuple[Window, TraceAnalysis]], report: Re
         m.optimizer = m.optimizer or seen[0].get("type")
         m.optimizer_impl = m.optimizer_impl or seen[0].get("impl")
         m.optimizer_device = m.optimizer_device or seen[0].get("device")
+    m.torch_version = meta.get("torch_version") if isinstance(meta.get("torch_version"), str) else None
     m.model_wrapper = model.get("wrapper")
     m.ddp_backend = meta.get("distributed_backend")
     m.batch_size = meta.get("batch_size") or m.samples_per_step

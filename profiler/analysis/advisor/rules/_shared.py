@@ -23,6 +23,39 @@ def predicted_gain(prediction: Prediction, bound: str) -> str:
             f"({fmt.share(prediction.low, 0)} to {fmt.share(prediction.high, 0)}; {bound})")
 
 
+#: A measured what-if's change is proposed from this shortening of the median step.
+WORTH_PROPOSING = 0.05
+#: How far a run with a measured change applied strays from the step its what-if measured (bench/predictions.py
+#: --what-if, docs/advisor.md): the measured worker count took 0.85-1.09 times it in 14 pairs over five loading
+#: scenarios and 0.94-1.12 in 13 more that checked it (one slow applied run: 1.34); the fused optimizer
+#: 0.96-1.07 in 3 pairs.  A prediction's interval takes 0.85-1.15 times the stretch's own, on the step ratio.
+WHAT_IF_STEP_ERROR = (0.85, 1.15)
+
+
+def measured_what_if(m: Measurements, kind: str, what: str,
+                     step_error: tuple[float, float] = (1.0, 1.0)) -> tuple[str, Prediction] | None:
+    """(finding, prediction) of an ``--what-if autocast=bf16``, ``channels-last`` or ``optimizer=…`` stretch
+    (``kind``) that measured a change: the run's own steps with ``what``, against its steady steps (their 95 %
+    interval, times ``step_error`` on the step ratio where a test set has measured how far applied runs stray;
+    autocast and channels-last have not run on a GPU yet, so theirs is the measurement's only)."""
+    from gpulens.profiler.analysis.advisor.model import Prediction
+
+    w = m.what_if
+    if w is None or w.kind != kind or w.step_time_change is None:
+        return None
+    gain = -w.step_time_change
+    ci = w.step_time_change_ci or [w.step_time_change, w.step_time_change]
+    low, high = 1.0 - (1.0 + ci[1]) * step_error[1], 1.0 - (1.0 + ci[0]) * step_error[0]
+    label = fmt.what_if(kind, implementation=w.implementation)
+    finding = (f"measured (--what-if {label}, steps {w.first_step}-{w.last_step}): with {what} a step took "
+               f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)} "
+               f"({-gain:+.0%})")
+    basis = (f"what-if measured: {what} for steps {w.first_step}-{w.last_step} of this run, against its steady "
+             + ("steps (95% block-bootstrap interval)" if step_error == (1.0, 1.0) else
+                "steps (their 95% interval, widened by the test set's run-to-run error)"))
+    return finding, Prediction(gain, min(low, gain), max(high, gain), basis)
+
+
 def busy_fraction(m: Measurements) -> float:
     """Share of time the GPU runs kernels (kernel view if present, else NVML), 1.0 on CPU runs."""
     if m.kernel_busy_pct is not None:

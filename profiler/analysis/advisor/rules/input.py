@@ -8,7 +8,7 @@ from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
 from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, LoadingPrediction, predict_workers
-from gpulens.profiler.analysis.advisor.rules._shared import how, predicted_gain
+from gpulens.profiler.analysis.advisor.rules._shared import WHAT_IF_STEP_ERROR, how, predicted_gain
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
 
@@ -231,12 +231,6 @@ def measured_without_waits(m: Measurements) -> tuple[str, str] | None:
     finding = (f"measured: with replayed batches (steps {w.first_step}-{w.last_step}) a step took "
                f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)}")
     return finding, f"{-change:.0%} shorter steps{sure}"
-
-
-#: A run with the measured worker count applied took 0.85-1.09 times the step its what-if measured (14 pairs, five
-#: loading scenarios, bench/predictions.py --what-if), 0.94-1.12 in 13 more pairs that checked it (one slow
-#: applied run: 1.34); the prediction interval takes 0.85-1.15 of the stretch's.
-WHAT_IF_STEP_ERROR = (0.85, 1.15)
 
 
 @dataclass(frozen=True)

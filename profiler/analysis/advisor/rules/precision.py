@@ -3,8 +3,14 @@ from __future__ import annotations
 
 from gpulens import fmt
 from gpulens.profiler.analysis.advisor.measure import Measurements
-from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
-from gpulens.profiler.analysis.advisor.rules._shared import busy_fraction, how, predicted_gain
+from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Suggestion
+from gpulens.profiler.analysis.advisor.rules._shared import (
+    WORTH_PROPOSING,
+    busy_fraction,
+    how,
+    measured_what_if,
+    predicted_gain,
+)
 
 TF32_PEAKS = {"H100": "67 -> 494.5 TFLOP/s on H100 SXM", "H200": "67 -> 494.5 TFLOP/s on H200",
               "A100": "19.5 -> 156 TFLOP/s on A100"}
@@ -34,7 +40,7 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
     finding = (f"{fmt.share(m.tc_eligible_share, 0)} of kernel time is launched by tensor-core-eligible operators "
                f"(matmul, convolution, attention) and {fmt.share(m.tc_share)} of kernel time runs on tensor cores")
     prediction, change = None, None
-    measured = measured_forward_what_if(m, "autocast", "the forward in bf16")
+    measured = measured_what_if(m, "autocast", "the forward in bf16")
     if measured is not None:
         finding += f"; {measured[0]}"
         prediction = measured[1]
@@ -59,28 +65,6 @@ def no_mixed_precision(m: Measurements) -> Suggestion | NotEvaluated | None:
         confidence="medium",
         evidence=[Evidence("kernels", "tensor-core-eligible kernels", {"category": ["gemm", "convolution"]})],
         gain_fraction=gain, change=change, prediction=prediction)
-
-
-#: A measured autocast is proposed as a ``change`` from this shortening of the median step.
-WORTH_PROPOSING = 0.05
-
-
-def measured_forward_what_if(m: Measurements, kind: str, what: str) -> tuple[str, Prediction] | None:
-    """(finding, prediction) of an ``--what-if autocast=bf16`` or ``channels-last`` stretch (``kind``) that
-    measured a change: the run's own steps with ``what``, against its steady steps (their 95 % interval; not
-    yet checked against runs with the change applied, so the interval is the measurement's only)."""
-    w = m.what_if
-    if w is None or w.kind != kind or w.step_time_change is None:
-        return None
-    gain = -w.step_time_change
-    ci = w.step_time_change_ci or [w.step_time_change, w.step_time_change]
-    label = "autocast=bf16" if kind == "autocast" else kind
-    finding = (f"measured (--what-if {label}, steps {w.first_step}-{w.last_step}): with {what} a step took "
-               f"{fmt.seconds(w.step_time_median_s)} against {fmt.seconds(w.baseline_step_time_median_s)} "
-               f"({-gain:+.0%})")
-    basis = (f"what-if measured: {what} for steps {w.first_step}-{w.last_step} of this run, against its steady "
-             "steps (95% block-bootstrap interval)")
-    return finding, Prediction(gain, min(-ci[1], gain), max(-ci[0], gain), basis)
 
 
 def tf32_off(m: Measurements) -> Suggestion | NotEvaluated | None:
@@ -157,7 +141,7 @@ def channels_last(m: Measurements) -> Suggestion | None:
                f"another {fmt.share(m.transpose_share, 0)}")
     expected = f"about {fmt.share(gain, 0)} of step time (the transposes' share)"
     prediction, change = None, None
-    measured = measured_forward_what_if(m, "channels-last", "the model and its inputs channels-last")
+    measured = measured_what_if(m, "channels-last", "the model and its inputs channels-last")
     if measured is not None:
         finding += f"; {measured[0]}"
         if measured[1].gain_fraction >= WORTH_PROPOSING:
