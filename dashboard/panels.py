@@ -237,7 +237,8 @@ def loss_panel(run: RunReader, a: float | None, b: float | None, width: int, ori
 def marks(run: RunReader, origin: float) -> list[Mark]:
     """Profiler windows and FLOP-counted steps, so a user sees where the kernel view's figures come from."""
     out = [Mark("window", w.t_start - origin, w.t_end - origin,
-                f"profiler window {w.index}" + (f" (rank {w.rank})" if len(run.ranks) > 1 else ""))
+                f"profiler window {w.index}" + (f" (rank {w.rank})" if len(run.ranks) > 1 else "")
+                + (f", {w.trigger}" if w.trigger else ""))
            for w in run.windows() if w.status != "failed"]
     for f in run.flops():
         span = run.step_span(f.step, f.rank)

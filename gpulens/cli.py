@@ -71,6 +71,18 @@ def _build_parser() -> argparse.ArgumentParser:
                           "stderr)")
     imp.add_argument("--json", action="store_true", help="with --report: the report as JSON")
 
+    prf = sub.add_parser("profile", help="profile the next N steps of a running job, without a restart: a "
+                                         "torch.profiler window on the chosen ranks (trigger: on demand)")
+    prf.add_argument("run", help="run directory, or run id under the runs root, of a running job")
+    prf.add_argument("--steps", type=int, default=5, help="steps to record after one warm-up step (default 5)")
+    prf.add_argument("--rank", default="all", help="a rank number, or all (default)")
+    prf.add_argument("--memory", action="store_true",
+                     help="also save a CUDA allocator snapshot at the next step boundary (for pytorch.org/memory_viz)")
+    prf.add_argument("--no-wait", action="store_true", help="ask and return; the answers land in RUN/requests/")
+    prf.add_argument("--timeout", type=float, default=300.0,
+                     help="seconds to wait for the windows to be saved (default 300)")
+    prf.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
+
     ls = sub.add_parser("ls", help="list the runs under a runs root or a store URL")
     ls.add_argument("runs_dir", nargs="?", help="runs root or store URL (default $GPULENS_DIR or ./gpulens-runs)")
     pub = sub.add_parser("publish", help="upload a finished local run to a run store (s3://, gs://, file://)")
@@ -247,6 +259,26 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return serve_node(args.port, args.addr, args.interval)
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from gpulens import profile_request
+    from gpulens.profiler import resolve_run
+    from gpulens.profiler.store.remote import is_url
+
+    if is_url(args.run):
+        raise GpulensError("gpulens profile asks through the run folder: give the run's directory or id on the "
+                           "machine that trains it")
+    if not args.timeout > 0:
+        raise GpulensError("--timeout must be a positive number of seconds")
+    run_dir = resolve_run(args.run, Path(args.runs_dir) if args.runs_dir else None)
+    target = profile_request.check(run_dir, args.steps, args.rank, args.memory)
+    request = profile_request.ask(target, args.steps, args.memory)
+    print(f"gpulens: asked run {target.run_id} (rank {', '.join(map(str, target.ranks))}) to profile its next "
+          f"{args.steps} steps (request {request.id})", flush=True)
+    if args.no_wait:
+        return EXIT_OK
+    return profile_request.wait(target, request, args.timeout)
+
+
 def _run_target(run: str, runs_dir: str | None) -> Path:
     """A run argument as a path: a directory, rank file or run id under the runs root, or STORE_URL/RUN_ID
     (fetched into the local cache)."""
@@ -406,7 +438,7 @@ def _json_default(value: Any) -> Any:
 COMMANDS = {"report": cmd_report, "advise": cmd_advise, "compare": cmd_compare, "export": cmd_export, "ls": cmd_ls,
             "import": cmd_import,
             "dashboard": cmd_dashboard, "demo": cmd_demo, "run": cmd_run, "exporter": cmd_exporter,
-            "publish": cmd_publish}
+            "publish": cmd_publish, "profile": cmd_profile}
 
 
 def _run_value_flags() -> set[str]:

@@ -372,6 +372,11 @@ def _kernel_blocks(s: Report) -> list[Any]:
         out.append(Text(f"  {ta.reason}", style="yellow"))
     for err in s.window_errors[:3]:
         out.append(Text(f"  window {err.window} (rank {err.rank}) unreadable: {err.error}", style="red"))
+    asked = [w for w in windows if w.trigger]
+    if asked:
+        out.append(Text("  " + "; ".join(f"window {w.index} (rank {w.rank}, steps {w.first_step}-{w.last_step}): "
+                                         f"{w.trigger}" for w in asked[:4])
+                        + (f"; {len(asked) - 4} more" if len(asked) > 4 else "")))
     mfu = s.mfu
     if mfu.available:
         by_dtype = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in mfu.by_dtype.items())

@@ -52,7 +52,8 @@ def layout(run_id: str | None = None, window: str | None = None, category: str |
     options = [{"label": "All windows combined", "value": ALL_WINDOWS}]
     for w in windows:
         state = "" if w.status != "failed" else f" — failed: {w.error}"
-        options.append({"label": f"rank {w.rank} · window {w.index} · steps {w.first_step}–{w.last_step}{state}",
+        why = f" · {w.trigger}" if w.trigger else ""
+        options.append({"label": f"rank {w.rank} · window {w.index} · steps {w.first_step}–{w.last_step}{why}{state}",
                         "value": f"{w.rank}:{w.index}", "disabled": w.status == "failed"})
     values = {o["value"] for o in options}
     cats = [c for c in (category or "").split(",") if c in CATEGORIES]

@@ -125,6 +125,8 @@ class TrackedRun:
         self._whatif: WhatIf | None = None  # a measured what-if's stretch (hooks/track/whatif.py)
         self._forward_hooks: ModuleHooks | None = None  # an autocast what-if's hooks on track(model=)
         self._optimizer_hook: Any = None  # an optimizer what-if's global step pre-hook
+        self._watcher: Any = None  # profile requests through the run folder (hooks/track/on_demand.py)
+        self._watch_thread: Any = None
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
         self._slot = 0
@@ -231,9 +233,27 @@ class TrackedRun:
         torch = sys.modules.get("torch")
         if torch is not None:
             self.attach_torch(torch)
+        self._watch_requests(path, ranks["rank"])
         self._lifecycle.install()
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
             log.info("gpulens: recording run %s into %s", run_id, path)
+
+    def _watch_requests(self, path: Path, rank: int) -> None:
+        """``gpulens profile`` asks through the run folder: a thread of this process reads it (on_demand.py)."""
+        from gpulens.hooks.track.on_demand import POLL_INTERVAL_S, RequestWatcher
+        from gpulens.profiler.record.sampling import SamplerThread, Task
+
+        watcher = RequestWatcher(path, rank, lambda: self._windows, lambda: self._rec.step_index > 0)
+        writer = self._recorder.writer if self._recorder is not None else None
+
+        def failed(task: Task, exc: BaseException) -> None:
+            if writer is not None:
+                writer.event("request_error", f"{type(exc).__name__}: {exc}")
+
+        self._watcher = watcher
+        self._watch_thread = SamplerThread("gpulens-requests", [Task("requests", POLL_INTERVAL_S, watcher.poll)],
+                                           failed)
+        self._watch_thread.start()
 
     def _target(self, ranks: dict[str, Any], pg_rank: Any) -> dict[str, Any]:
         """Where the publisher sends this process's database (gpulens.profiler.store.publisher)."""
@@ -315,7 +335,7 @@ class TrackedRun:
                 loader_workers.install(torch)
                 self._loader_hook = True
             self._start_ranges(torch)
-            if self._profile.enabled and self._windows is None:
+            if self._windows is None:  # also without a schedule: a window may be asked for (gpulens profile)
                 self._windows = ProfilerWindows(torch, self.path, self._slot, self._profile, writer)
                 self._windows.begin_if_first()
             if self.options.count_flops and not self.options.flops_given and self._flops is None:
@@ -766,6 +786,9 @@ class TrackedRun:
                 self._windows.close()
         except Exception as exc:
             log.warning("gpulens: could not finish profiling: %s", exc)
+        if self._watch_thread is not None:  # its last tick answers what the windows' close settled
+            self._watcher.closing = True
+            self._safe(self._watch_thread.stop)
         try:
             gpu = self._rec.gpu
             if gpu is not None:

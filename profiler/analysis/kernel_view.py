@@ -227,7 +227,7 @@ def kernel_view(done: list[tuple[Window, TraceAnalysis]], problems: list[WindowE
     out = combine([a for _, a in done])
     out.windows = [WindowEntry(rank=w.rank, index=w.index, first_step=w.first_step, last_step=w.last_step,
                                t_start=w.t_start, t_end=w.t_end, path=str(w.path) if w.path else None,
-                               status=w.status) for w, _ in done]
+                               status=w.status, trigger=w.trigger) for w, _ in done]
     out.window_errors = list(problems)
     if not done and problems:
         out.reason = "no readable profiler window: " + problems[0].error

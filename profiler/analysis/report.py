@@ -270,6 +270,7 @@ class WindowEntry(Section, kw_only=True):
     t_end: float
     path: str | None
     status: str
+    trigger: str | None = None  # None: the schedule; "on demand" (gpulens profile, the live page)
 
 
 class WindowError(Section, kw_only=True):

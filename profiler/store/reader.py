@@ -183,6 +183,7 @@ class Window:
     path: Path | None  # absolute path of the trace, None when the window failed
     status: str  # ok | failed | imported
     error: str | None
+    trigger: str | None = None  # None: the schedule; "on demand" (gpulens profile, the live page)
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,10 @@ class _RankDB:
     def has_table(self, name: str) -> bool:
         """Older databases (first sample runs) lack later tables: read those as empty."""
         return bool(self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Older databases lack later columns (``windows.trigger``)."""
+        return any(row[1] == column for row in self.query(f"PRAGMA table_info({table})"))
 
     def reload_meta(self) -> None:
         try:
@@ -887,14 +892,18 @@ class RunReader:
         for db in dbs:
             if not db.has_table("windows"):
                 continue
-            for wid, first, last, t0, t1, path, status, error in db.query(
-                    "SELECT id, first_step, last_step, t_start, t_end, path, status, error FROM windows ORDER BY id"):
+            # runs recorded before on-demand windows have no trigger column: their windows were all scheduled
+            trigger_col = "trigger" if db.has_column("windows", "trigger") else "NULL"
+            for wid, first, last, t0, t1, path, status, error, trigger in db.query(
+                    "SELECT id, first_step, last_step, t_start, t_end, path, status, error, "
+                    f"{trigger_col} FROM windows ORDER BY id"):
                 full = None
                 if path:
                     full = (self.path / path).resolve()
                     if self.path.resolve() not in full.parents:  # never follow a path out of the run
                         full, status, error = None, "failed", f"trace path {path!r} leaves the run directory"
-                out.append(Window(db.rank, wid, first, last, t0 + db.shift, t1 + db.shift, full, status, error))
+                out.append(Window(db.rank, wid, first, last, t0 + db.shift, t1 + db.shift, full, status, error,
+                                  trigger if isinstance(trigger, str) else None))
         return out
 
     @corrupt_run_errors

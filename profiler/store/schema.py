@@ -156,7 +156,8 @@ CREATE TABLE IF NOT EXISTS windows (
     t_end REAL NOT NULL,
     path TEXT,                      -- gzipped chrome trace, relative to the run directory
     status TEXT NOT NULL,           -- ok | failed | imported
-    error TEXT
+    error TEXT,
+    trigger TEXT                    -- NULL: the schedule; "on demand", "slowdown at step S", ... (newer runs)
 );
 CREATE TABLE IF NOT EXISTS flops (
     step INTEGER PRIMARY KEY,       -- the step whose FLOPs were counted

@@ -83,7 +83,8 @@ def _columns(table: str) -> list[tuple[str, str]]:
         "series": [("id", "int64"), ("metric", "string"), ("gpu", "int32"), ("unit", "string"), ("status", "string"),
                    ("reason", "string")],
         "windows": [("id", "int64"), ("first_step", "int64"), ("last_step", "int64"), ("t_start", "float64"),
-                    ("t_end", "float64"), ("path", "string"), ("status", "string"), ("error", "string")],
+                    ("t_end", "float64"), ("path", "string"), ("status", "string"), ("error", "string"),
+                    ("trigger", "string")],
         "flops": [("step", "int64"), ("total", "float64"), ("by_dtype", "string"), ("source", "string")],
     }[table]
 
@@ -246,7 +247,10 @@ def _repeat(text: str, n: int) -> Any:
 
 
 def _snapshot_rows(conn: sqlite3.Connection, table: str, meta_patch: dict[str, Any] | None) -> list[tuple[Any, ...]]:
-    cols = ", ".join(name for name, _ in _columns(table))
+    names = [name for name, _ in _columns(table)]
+    if table == "windows" and not any(row[1] == "trigger" for row in conn.execute("PRAGMA table_info(windows)")):
+        names[names.index("trigger")] = "NULL"  # a run recorded before on-demand windows: all scheduled
+    cols = ", ".join(names)
     order = {"meta": "key", "series": "id", "windows": "id", "flops": "step"}[table]
     rows = conn.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
     if table == "meta" and meta_patch:
@@ -317,6 +321,10 @@ def decode(raw: bytes, table: str) -> Segment:
     if info.get("format") != FORMAT:
         raise SegmentError(f"segment format {info.get('format')!r}; this gpulens reads format {FORMAT}: upgrade it")
     expected = arrow_schema(table)
+    if table == "windows" and "trigger" not in parsed.schema.names:  # written before on-demand windows
+        pa = _pa()
+        parsed = parsed.add_column(parsed.schema.get_field_index("run"), "trigger",
+                                   pa.nulls(parsed.num_rows, pa.string()))
     if not parsed.schema.remove_metadata().equals(expected):
         raise SegmentError(f"columns {parsed.schema.names} are not the {table} table's")
     return Segment(table, info, parsed)

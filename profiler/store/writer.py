@@ -269,9 +269,10 @@ class RunWriter:
                              json.dumps(data) if data is not None else None))
 
     def window(self, index: int, first_step: int, last_step: int, t_start: float, t_end: float,
-               path: str | None, status: str, error: str | None) -> None:
-        """A profiler window whose trace file (relative to the run directory) is complete."""
-        self._windows.append((index, first_step, last_step, t_start, t_end, path, status, error))
+               path: str | None, status: str, error: str | None, trigger: str | None = None) -> None:
+        """A profiler window whose trace file (relative to the run directory) is complete; ``trigger``: why it
+        ran where not the schedule ("on demand")."""
+        self._windows.append((index, first_step, last_step, t_start, t_end, path, status, error, trigger))
 
     def flops(self, step: int, total: float, by_dtype: dict[str, float], source: str) -> None:
         self._flops.append((step, total, json.dumps(by_dtype), source))
@@ -431,8 +432,8 @@ class RunWriter:
                 "INSERT INTO events (t, kind, gpu, message, data) VALUES (?, ?, ?, ?, ?)", events)
         if windows:
             conn.executemany(
-                "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", windows)
+                "INSERT OR REPLACE INTO windows (id, first_step, last_step, t_start, t_end, path, status, error, "
+                "trigger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", windows)
         if flops:
             conn.executemany("INSERT OR REPLACE INTO flops (step, total, by_dtype, source) VALUES (?, ?, ?, ?)",
                              flops)

@@ -1,0 +1,330 @@
+"""Profile on demand (issue 30): ``gpulens profile RUN`` asks a running job for a window of its next N steps
+through the run folder; the job's request watcher hands it to the profiler at a step boundary.
+
+Real loops, real torch.profiler, real run databases.  What a busy host cannot change is asserted (the window's
+steps follow the request's, the trace exists, exit codes, the one-line errors); no time is judged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpulens.hooks.track.on_demand import RequestWatcher  # noqa: E402
+from gpulens.hooks.track.profiling import Demand, ProfileConfig, ProfilerWindows  # noqa: E402
+from gpulens.profiler import RunAnalysis, open_run  # noqa: E402
+from gpulens.profiler.store import requests  # noqa: E402
+from gpulens.profiler.store.schema import FLAG_PROFILED  # noqa: E402
+from gpulens.profiler.store.writer import RunWriter  # noqa: E402
+
+GPULENS = str(Path(sys.executable).with_name("gpulens"))
+
+#: A loop that trains until the test drops a ``stop`` file beside it (at most 90 s), ~10 ms a step; no windows
+#: on a schedule.  It prints its step count when it ends.
+LOOP = textwrap.dedent("""
+    import sys, time, torch, gpulens
+    from pathlib import Path
+    here = Path(__file__).parent
+    model = torch.nn.Linear(32, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    deadline = time.monotonic() + 90
+    steps = 0
+    with gpulens.track("od", runs_dir=str(here / "runs"), run_id="od", profile=False, quiet=True,
+                       count_flops=False) as run:
+        while not (here / "stop").exists() and time.monotonic() < deadline:
+            loss = model(torch.randn(16, 32)).pow(2).mean()
+            loss.backward(); opt.step(); opt.zero_grad()
+            time.sleep(0.01)
+            run.step(loss=loss)
+            steps += 1
+    print("steps", steps)
+""")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+
+
+def _profile(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([GPULENS, "profile", "od", "--runs-dir", str(tmp_path / "runs"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _wait_for_steps(run_dir: Path, proc: subprocess.Popen, at_least: int = 3) -> None:
+    """Until the loop has recorded a few steps (its watcher answers only once the process steps)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run_dir / "rank-0.db").exists():
+            try:
+                with open_run(run_dir) as run:
+                    if len(run.steps()) >= at_least:
+                        return
+            except Exception:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"the loop recorded no steps (exit {proc.poll()})")
+
+
+def test_a_running_job_profiles_its_next_steps_on_request(tmp_path: Path) -> None:
+    (tmp_path / "loop.py").write_text(LOOP)
+    loop = subprocess.Popen([sys.executable, str(tmp_path / "loop.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    run_dir = tmp_path / "runs" / "od"
+    try:
+        _wait_for_steps(run_dir, loop)
+        with open_run(run_dir) as run:
+            asked_after = int(run.steps().step.max())
+        first = _profile(tmp_path, "--steps", "4")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "asked run od (rank 0) to profile its next 4 steps" in first.stdout
+        done = [line for line in first.stdout.splitlines() if line.startswith("rank 0: done, steps ")]
+        assert len(done) == 1 and done[0].endswith(".pt.trace.json.gz"), first.stdout
+        # a second request once the first is answered: its own window, after the first one's steps
+        second = _profile(tmp_path, "--steps", "2", "--rank", "0")
+        assert second.returncode == 0, second.stdout + second.stderr
+    finally:
+        (tmp_path / "stop").touch()
+        out, err = loop.communicate(timeout=120)
+    assert loop.returncode == 0, err
+    with open_run(run_dir) as run:
+        windows = run.windows()
+        steps = run.steps()
+        report = RunAnalysis(run).report().as_dict()
+    assert [(w.trigger, w.last_step - w.first_step + 1, w.status) for w in windows] == [
+        ("on demand", 4, "ok"), ("on demand", 2, "ok")]
+    assert windows[0].first_step > asked_after and windows[1].first_step > windows[0].last_step
+    assert all(w.path is not None and w.path.is_file() for w in windows)
+    profiled = set(steps.step[(steps.flags & FLAG_PROFILED) != 0].tolist())
+    for w in windows:  # its warm-up step and its recorded steps are left out of the run's figures
+        assert set(range(w.first_step - 1, w.last_step + 1)) <= profiled
+    assert [w["trigger"] for w in report["windows"]] == ["on demand", "on demand"]
+    # the acknowledgements say the same
+    (req1, req2) = requests.read_requests(run_dir)
+    ack = requests.read_acks(run_dir, req1.id)[0]
+    assert (ack.status, ack.first_step, ack.last_step) == ("done", windows[0].first_step, windows[0].last_step)
+    # a finished run: nothing to ask
+    after = _profile(tmp_path)
+    assert after.returncode == 2 and after.stderr.count("\n") == 1 and "is not running (finished)" in after.stderr
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    import gpulens
+
+    with gpulens.track("od", runs_dir=str(tmp_path / "runs"), run_id="od", profile=False, quiet=True,
+                       count_flops=False) as run:
+        for _ in range(3):
+            run.step()
+    return tmp_path / "runs" / "od"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be 1-50, not 0"),
+    (["--steps", "51"], "--steps must be 1-50, not 51"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds"),
+])
+def test_bad_requests_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    _finished_run(tmp_path)
+    proc = _profile(tmp_path, *args)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "runs" / "od" / "requests").exists()
+
+
+def test_checks_against_a_running_run(tmp_path: Path, monkeypatch) -> None:
+    """The rank, the memory snapshot and a pending request are checked before anything is written: the run is
+    made to look running by its own metadata (this process is its pid)."""
+    from gpulens import profile_request
+    from gpulens.profiler.errors import GpulensError
+
+    run_dir = tmp_path / "runs" / "od"
+    writer = RunWriter(run_dir / "rank-0.db", {"name": "od", "status": "running", "start": time.time() - 5,
+                                               "host": socket.gethostname(), "pid": os.getpid(), "gpus": []})
+    writer.sync()
+    try:
+        with pytest.raises(GpulensError, match=r"run od has no rank 3 \(its ranks: 0\)"):
+            profile_request.check(run_dir, 5, "3", False)
+        with pytest.raises(GpulensError, match="--rank must be a rank number or all, not 'x'"):
+            profile_request.check(run_dir, 5, "x", False)
+        with pytest.raises(GpulensError, match="--memory takes a CUDA allocator snapshot: run od recorded no GPU"):
+            profile_request.check(run_dir, 5, "all", True)
+        target = profile_request.check(run_dir, 5, "all", False)
+        request = profile_request.ask(target, 5, False)
+        with pytest.raises(GpulensError, match=f"request {request.id} .* is still being answered"):
+            profile_request.check(run_dir, 5, "0", False)
+        # answered: the next request may go
+        requests.write_ack(run_dir, requests.Ack(request.id, 0, "done", time.time(), 0, 10, 14, "traces/x"))
+        assert profile_request.check(run_dir, 5, "0", False).ranks == (0,)
+        # one nobody answered for a minute (a process without a watcher) blocks nothing
+        stale = requests.new_request(3, None, False, "cli")
+        requests.write_request(run_dir, stale)
+        assert requests.unanswered(run_dir, [0], 0.0, now=stale.asked_at + 61) is None
+    finally:
+        writer.close(status="finished")
+
+
+def _windows(tmp_path: Path, config: ProfileConfig) -> tuple[ProfilerWindows, RunWriter]:
+    writer = RunWriter(tmp_path / "rank-0.db", {"name": "w", "status": "running", "start": time.time()})
+    return ProfilerWindows(torch, tmp_path, 0, config, writer), writer
+
+
+def _steps(windows: ProfilerWindows, steps: range, requests_at: dict[int, Demand]) -> list[int]:
+    """Drive the windows through ``steps`` of a tiny real computation; a demand is queued before the step it is
+    keyed by ends.  The steps that were profiled."""
+    x = torch.randn(8, 8)
+    profiled = []
+    for step in steps:
+        (x @ x).sum()
+        if step in requests_at:
+            windows.request(requests_at[step])
+        if windows.on_step_end(step):
+            profiled.append(step)
+    return profiled
+
+
+def test_a_demand_runs_at_the_next_boundary_and_a_scheduled_window_it_covers_is_skipped(tmp_path: Path) -> None:
+    windows, writer = _windows(tmp_path, ProfileConfig(every=10, first=6, warmup=1, active=2, max_windows=3))
+    profiled = _steps(windows, range(30), {3: Demand("d1", 4)})
+    windows.close()
+    writer.close(status="finished")
+    with open_run(tmp_path) as run:
+        got = [(w.index, w.first_step, w.last_step, w.trigger) for w in run.windows()]
+    # asked during step 3: warm-up step 4, steps 5-8; the schedule's window at 6 fell inside it (skipped, not
+    # shifted); its next ones start at 16 and 26
+    assert got == [(0, 5, 8, "on demand"), (1, 17, 18, None), (2, 27, 28, None)]
+    assert profiled == [4, 5, 6, 7, 8, 16, 17, 18, 26, 27, 28]
+    state = windows.demands["d1"]
+    assert (state.status, state.window, state.first_step, state.last_step) == ("done", 0, 5, 8)
+    assert state.path == "traces/rank-0.window-0.steps-5-8.pt.trace.json.gz"
+
+
+def test_a_demand_while_a_window_records_waits_for_it(tmp_path: Path) -> None:
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))  # no schedule: windows on demand only
+    _steps(windows, range(20), {2: Demand("a", 5), 4: Demand("b", 2)})
+    windows.close()
+    writer.close(status="finished")
+    with open_run(tmp_path) as run:
+        got = [(w.first_step, w.last_step) for w in run.windows()]
+    assert got == [(4, 8), (10, 11)]  # b began when a's last step ended: warm-up 9, steps 10-11
+    assert windows.demands["b"].status == "done"
+
+
+def test_a_demand_the_run_ends_before_is_answered_as_failed(tmp_path: Path) -> None:
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))
+    _steps(windows, range(3), {})
+    windows.request(Demand("late", 3))
+    windows.close()
+    writer.close(status="finished")
+    assert windows.demands["late"].status == "failed"
+    assert windows.demands["late"].reason == "the run ended before the next step"
+
+
+def test_the_watcher_takes_its_ranks_requests_once_and_answers(tmp_path: Path) -> None:
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))
+    stepping = [False]
+    watcher = RequestWatcher(tmp_path, 0, lambda: windows, lambda: stepping[0], started=time.time() - 10)
+    mine = requests.new_request(3, (0,), False, "cli")
+    other = requests.new_request(3, (1,), False, "cli")
+    old = requests.ProfileRequest("20200101-000000-abcdef", 3, None, False, time.time() - 3600, "cli")
+    for r in (mine, other, old):
+        requests.write_request(tmp_path, r)
+    (tmp_path / "requests" / "profile-20200101-000000-000000.json").write_text("{not json")  # foreign: skipped
+    watcher.poll()
+    assert requests.read_acks(tmp_path, mine.id) == {}  # not stepping yet (a spawner's parent never does)
+    stepping[0] = True
+    watcher.poll()
+    watcher.poll()
+    assert requests.read_acks(tmp_path, mine.id)[0].status == "queued"
+    assert requests.read_acks(tmp_path, other.id) == {} and requests.read_acks(tmp_path, old.id) == {}
+    assert list(windows.demands) == [mine.id]
+    _steps(windows, range(8), {})
+    windows.close()
+    watcher.closing = True
+    watcher.poll()
+    ack = requests.read_acks(tmp_path, mine.id)[0]
+    assert (ack.status, ack.first_step, ack.last_step) == ("done", 2, 4) and ack.path.startswith("traces/")
+    late = requests.new_request(2, None, False, "cli")
+    requests.write_request(tmp_path, late)
+    watcher.poll()
+    assert requests.read_acks(tmp_path, late.id)[0].status == "refused"
+    writer.close(status="finished")
+    assert json.loads((tmp_path / "requests" / f"profile-{mine.id}.rank-0.json").read_text())["status"] == "done"
+
+
+def test_runs_and_store_segments_from_before_the_trigger_column_still_read(tmp_path: Path) -> None:
+    """A rank database without ``windows.trigger`` reads its windows as scheduled and publishes; a store's
+    windows segment without the column decodes with a null trigger."""
+    import io
+    import sqlite3
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gpulens.profiler.store import segments
+
+    writer = RunWriter(tmp_path / "rank-0.db", {"name": "old", "status": "running", "start": 1.0})
+    writer.window(0, 3, 5, 1.0, 2.0, None, "failed", "export failed: x")
+    writer.close(status="finished", end=3.0)
+    with sqlite3.connect(tmp_path / "rank-0.db") as conn:
+        conn.execute("ALTER TABLE windows DROP COLUMN trigger")  # as an older gpulens wrote it
+        rows = segments._snapshot_rows(conn, "windows", None)
+    assert rows == [(0, 3, 5, 1.0, 2.0, None, "failed", "export failed: x", None)]
+    with open_run(tmp_path) as run:
+        (window,) = run.windows()
+    assert (window.first_step, window.trigger) == (3, None)
+
+    old = [(name, kind) for name, kind in segments._columns("windows") if name != "trigger"]
+    table = pa.table({name: pa.array([value], type=pa.string() if kind == "string" else kind)
+                      for (name, kind), value in zip(old + segments.IDENTITY,
+                                                     [0, 3, 5, 1.0, 2.0, "traces/t.gz", "ok", None, "r", 0, 0])})
+    table = table.replace_schema_metadata({segments.META_KEY: json.dumps({"table": "windows",
+                                                                           "format": segments.FORMAT})})
+    raw = io.BytesIO()
+    pq.write_table(table, raw)
+    decoded = segments.decode(raw.getvalue(), "windows")
+    assert segments._rows_of(decoded.data, "windows", None) == [(0, 3, 5, 1.0, 2.0, "traces/t.gz", "ok", None, None)]
+
+
+#: The same loop as one rank of a two-rank job (RANK / WORLD_SIZE from the environment, one run id): no process
+#: group, so each rank's pace is its own -- the request's first step has to be shared through the request.
+RANK_LOOP = LOOP.replace('run_id="od"', 'run_id="od2"').replace('"stop"', '"stop2"')
+
+
+def test_every_rank_records_the_same_steps(tmp_path: Path, monkeypatch) -> None:
+    from gpulens import profile_request
+
+    monkeypatch.setattr(profile_request, "ALIGN_LEAD_S", 6.0)  # room for a loaded host's polls and flushes
+    (tmp_path / "loop.py").write_text(RANK_LOOP)
+    loops = [subprocess.Popen([sys.executable, str(tmp_path / "loop.py")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "LOCAL_WORLD_SIZE": "2"}) for r in (0, 1)]
+    run_dir = tmp_path / "runs" / "od2"
+    try:
+        for loop in loops:
+            _wait_for_steps(run_dir, loop)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # both ranks' databases exist and have steps
+            with open_run(run_dir) as run:
+                if run.ranks == [0, 1] and all(len(run.steps(r)) >= 3 for r in (0, 1)):
+                    break
+            time.sleep(0.2)
+        target = profile_request.check(run_dir, 3, "all", False)
+        assert target.ranks == (0, 1) and target.at_step is not None
+        request = profile_request.ask(target, 3, False)
+        assert profile_request.wait(target, request, timeout=120, out=sys.stdout) == 0
+    finally:
+        (tmp_path / "stop2").touch()
+        for loop in loops:
+            loop.communicate(timeout=120)
+    with open_run(run_dir) as run:
+        got = {w.rank: (w.first_step, w.last_step, w.trigger) for w in run.windows()}
+    at = target.at_step
+    assert got == {0: (at, at + 2, "on demand"), 1: (at, at + 2, "on demand")}
