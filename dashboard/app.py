@@ -19,6 +19,7 @@ from dash import ClientsideFunction, Dash, Input, Output, State, clientside_call
 
 from gpulens import __version__
 from gpulens.dashboard import data
+from gpulens.dashboard.on_demand import ACCESS_KEY
 from gpulens.dashboard.security import Access, content_security_policy, install
 
 PAGE_MODULES = (
@@ -70,6 +71,7 @@ def create_app(runs_root: str | Path, access: Access | None = None, fallback: st
         app.server.config[data.FALLBACK_KEY] = str(Path(fallback).resolve())
     data.configure(runs_root, fallback)
     install(app.server, access or Access())
+    app.server.config[ACCESS_KEY] = access or Access()  # who may ask a running job for a window
 
     dash._callback.GLOBAL_CALLBACK_LIST.clear()
     dash._callback.GLOBAL_CALLBACK_MAP.clear()

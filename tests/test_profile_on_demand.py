@@ -328,3 +328,40 @@ def test_every_rank_records_the_same_steps(tmp_path: Path, monkeypatch) -> None:
         got = {w.rank: (w.first_step, w.last_step, w.trigger) for w in run.windows()}
     at = target.at_step
     assert got == {0: (at, at + 2, "on demand"), 1: (at, at + 2, "on demand")}
+
+
+def test_the_live_pages_button_asks_and_follows_the_answers(tmp_path: Path) -> None:
+    """The live page's "Profile next steps" on a run recorded by this process (so it is running): it writes the
+    request gpulens profile would, then reports each rank's answer; a dashboard serving other hosts without
+    authentication, and a finished run, keep the button off."""
+    from gpulens.dashboard import data, on_demand
+    from gpulens.dashboard.app import create_app
+    from gpulens.dashboard.pages import live
+    from gpulens.dashboard.security import Access, allowed_hosts
+
+    run_dir = tmp_path / "live-run"
+    writer = RunWriter(run_dir / "rank-0.db", {"name": "live", "status": "running", "start": time.time() - 5,
+                                               "host": socket.gethostname(), "pid": os.getpid(), "gpus": []})
+    writer.sync()
+    app = create_app(tmp_path)
+    try:
+        with app.server.app_context():
+            text, request = live.profile_action(True, 3, None, "live-run")
+            assert text == "asked: the next 3 steps on rank 0…" and request["ranks"] == [0]
+            (asked,) = requests.read_requests(run_dir)
+            assert (asked.id, asked.steps, asked.source) == (request["id"], 3, "dashboard")
+            assert live.profile_action(False, 3, request, "live-run") == ("rank 0: asked", live.no_update)
+            requests.write_ack(run_dir, requests.Ack(asked.id, 0, "done", time.time(), 0, 8, 10, "traces/t.gz"))
+            text, after = live.profile_action(False, 3, request, "live-run")
+            assert text == "rank 0: steps 8-10 recorded" and after["done"]
+            assert live.profile_action(False, 3, after, "live-run") == (live.no_update, live.no_update)
+            assert live.profile_action(True, 0, after, "live-run")[0] == "--steps must be 1-50, not 0"
+            assert live.profile_action(True, "3", after, "live-run")[0] == "steps must be a whole number 1-50"
+        proxied = Access(allowed_hosts=allowed_hosts("127.0.0.1", ["gpulens.example.org"]))
+        assert "serves other hosts without authentication" in on_demand.why_not(proxied, run_dir, "running")
+        assert on_demand.why_not(Access(allowed_hosts=proxied.allowed_hosts, token="t" * 16), run_dir,
+                                 "running") is None
+        assert on_demand.why_not(None, run_dir, "finished") == "the run is finished"
+    finally:
+        writer.close(status="finished")
+        data.reset()

@@ -17,11 +17,11 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, callback, clientside_callback, ctx, dcc, html, no_update
 
 from gpulens import fmt
 from gpulens.dashboard import components as ui
-from gpulens.dashboard import data, figures
+from gpulens.dashboard import data, figures, on_demand
 from gpulens.dashboard import theme as th
 from gpulens.dashboard.pages import register
 from gpulens.dashboard.panels import PANELS, timeseries
@@ -98,12 +98,33 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
                       dcc.Link("Run view", href=f"/run/{info.id}", className="btn")], className="links"),
         ], className="page-head"),
         html.Div(id="live-notice"),
+        _profile_row(run),
         html.Div(id="live-cards", className="cards"),
         dcc.Graph(id="live-graph", config={"displaylogo": False}, figure=figures.empty_figure("waiting for data…")),
         html.Section([html.H3("Suggestions so far"), html.Div(id="live-suggestions")]),
         dcc.Interval(id="live-poll", interval=POLL_MS, n_intervals=0),
         dcc.Interval(id="live-advice-poll", interval=15_000, n_intervals=0),
     ], className="page")
+
+
+def _access() -> Any:
+    from flask import current_app
+
+    return current_app.config.get(on_demand.ACCESS_KEY)
+
+
+def _profile_row(run: RunReader) -> html.Div:
+    """"Profile next N steps": a window of the running job's next steps on every rank (gpulens profile)."""
+    why = on_demand.why_not(_access(), run.path, run.info.status)
+    return html.Div([
+        dcc.Store(id="live-prof-request", data=None),
+        dcc.Input(id="live-prof-steps", type="number", min=1, max=on_demand.MAX_STEPS, step=1, value=5,
+                  disabled=why is not None, style={"width": "4.5em"}),
+        html.Button("Profile next steps", id="live-prof-go", className="btn", disabled=why is not None,
+                    title=why or "record a torch.profiler window of the next N steps on every rank, without a "
+                                 "restart (gpulens profile)"),
+        html.Span(why or "", id="live-prof-status", className="muted small"),
+    ], className="links", id="live-prof-row")
 
 
 def _signature(run: RunReader, window_s: int, theme: str) -> list:
@@ -288,6 +309,36 @@ def live_suggestions(_n: int, run_id: str) -> Any:
         return html.Div("Nothing found holding this run back so far.", className="muted")
     return html.Ul([html.Li([html.Span(s["severity"], className=f"sev sev-{s['severity']}"), " ", s["title"], " — ",
                              s["finding"]]) for s in sugg[:3]])
+
+
+@callback(
+    Output("live-prof-status", "children"),
+    Output("live-prof-request", "data"),
+    Input("live-prof-go", "n_clicks"),
+    Input("live-poll", "n_intervals"),
+    State("live-prof-steps", "value"),
+    State("live-prof-request", "data"),
+    State("live-id", "data"),
+    prevent_initial_call=True,
+)
+def profile_next_steps(clicks: int | None, _n: int, steps: Any, request: dict | None, run_id: str) -> tuple:
+    return profile_action(bool(clicks) and ctx.triggered_id == "live-prof-go", steps, request, run_id)
+
+
+def profile_action(clicked: bool, steps: Any, request: dict | None, run_id: str) -> tuple:
+    """The button asks (the same checks as gpulens profile); each poll after it says how far every rank got."""
+    try:
+        run = data.reader(run_id)
+        if clicked:
+            asked, ranks = on_demand.ask(_access(), run.path, run.refresh().status, steps)
+            request = {"id": asked.id, "ranks": ranks, "steps": asked.steps, "done": False}
+            return f"asked: the next {asked.steps} steps on rank {', '.join(map(str, ranks))}…", request
+        if not isinstance(request, dict) or request.get("done"):
+            return no_update, no_update
+        text, finished = on_demand.progress(run.path, request)
+        return text, ({**request, "done": True} if finished else no_update)
+    except GpulensError as exc:
+        return str(exc), no_update
 
 
 register(__name__, path_template="/live/<run_id>", title="gpulens · live", name="Live", layout=layout)
