@@ -132,6 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
                           "NHWC) or optimizer=fused|foreach (the optimizers' steps with that torch "
                           "implementation); :at=STEP,steps=N to place it "
                           "(default at=20, steps=20); those steps stay out of the run's own throughput")
+    run.add_argument("--no-auto-capture", action="store_true",
+                     help="no automatic profiler window of a lasting slowdown or of the first non-finite loss")
     run.add_argument("--nvtx", action="store_true",
                      help="mark steps and phases as NVTX ranges for Nsight Systems (on by itself under nsys)")
     run.add_argument("--quiet", action="store_true", help="no gpulens messages unless something fails")
@@ -229,7 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                      count_flops=False if args.no_flops else None, prometheus_port=args.prometheus_port,
                      prometheus_addr=args.prometheus_addr, quiet=args.quiet or None,
                      advise=False if args.no_advise else None, check_script=not args.dry_run,
-                     what_if=args.what_if, nvtx=True if args.nvtx else None)
+                     what_if=args.what_if, nvtx=True if args.nvtx else None,
+                     auto_capture=False if args.no_auto_capture else None)
     if args.store:
         from gpulens.profiler.store.remote import ENV_STORE, is_url, redact
 

@@ -346,15 +346,15 @@ def test_the_live_pages_button_asks_and_follows_the_answers(tmp_path: Path) -> N
     app = create_app(tmp_path)
     try:
         with app.server.app_context():
-            text, request = live.profile_action(True, 3, None, "live-run")
-            assert text == "asked: the next 3 steps on rank 0…" and request["ranks"] == [0]
+            text, request, off = live.profile_action(True, 3, None, "live-run")
+            assert text == "asked: the next 3 steps on rank 0…" and request["ranks"] == [0] and not off
             (asked,) = requests.read_requests(run_dir)
             assert (asked.id, asked.steps, asked.source) == (request["id"], 3, "dashboard")
-            assert live.profile_action(False, 3, request, "live-run") == ("rank 0: asked", live.no_update)
+            assert live.profile_action(False, 3, request, "live-run") == ("rank 0: asked", live.no_update, False)
             requests.write_ack(run_dir, requests.Ack(asked.id, 0, "done", time.time(), 0, 8, 10, "traces/t.gz"))
-            text, after = live.profile_action(False, 3, request, "live-run")
-            assert text == "rank 0: steps 8-10 recorded" and after["done"]
-            assert live.profile_action(False, 3, after, "live-run") == (live.no_update, live.no_update)
+            text, after, off = live.profile_action(False, 3, request, "live-run")
+            assert text == "rank 0: steps 8-10 recorded" and after["done"] and off  # answered: polling stops
+            assert live.profile_action(False, 3, after, "live-run") == (live.no_update, live.no_update, True)
             assert live.profile_action(True, 0, after, "live-run")[0] == "--steps must be 1-50, not 0"
             assert live.profile_action(True, "3", after, "live-run")[0] == "steps must be a whole number 1-50"
         proxied = Access(allowed_hosts=allowed_hosts("127.0.0.1", ["gpulens.example.org"]))
@@ -365,3 +365,96 @@ def test_the_live_pages_button_asks_and_follows_the_answers(tmp_path: Path) -> N
     finally:
         writer.close(status="finished")
         data.reset()
+
+
+# ---------------------------------------------------------------- automatic capture
+
+def _row(step: int, t: float, d: float, loss: float | None = 0.5, flags: int = 0) -> list:
+    from gpulens.profiler.store.schema import STEP_COLUMNS
+
+    row = dict.fromkeys(STEP_COLUMNS)
+    row.update(step=step, t_start=t, t_end=t + d, data_wait=0.0, forward=0.0, backward=0.0, optimizer=0.0, other=d,
+               loss=loss, flags=flags, samples=8)
+    return [row[c] for c in STEP_COLUMNS]
+
+
+def test_a_lasting_slowdown_and_a_non_finite_loss_each_ask_for_one_window(tmp_path: Path) -> None:
+    """Rows with chosen times: 10 ms steps, then 30 ms from step 150; a NaN loss at step 200."""
+    from gpulens.hooks.track import auto_capture
+
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))
+    said: list[tuple[str, str]] = []
+    capture = auto_capture.AutoCapture(lambda: windows, lambda kind, text: said.append((kind, text)))
+    t, clock = 1000.0, 0.0
+    for step in range(260):
+        d = 0.010 if step < 150 else 0.030
+        capture.seen(_row(step, t, d, loss=float("nan") if step == 200 else 0.5, flags=1 if step < 2 else 0))
+        t += d
+        if step % 10 == 9:
+            clock += 1.0
+            capture.poll(clock)
+    queued = [(d.trigger, d.steps) for d in windows._queue]
+    assert queued == [("slowdown at step 150", 3), ("non-finite loss at step 200", 3)]
+    assert said[0] == ("auto_capture", "steps got 3.0x slower at step 150 (median 10.0 -> 30.0 ms, 30 steps so "
+                                       "far): profiling the next steps")
+    assert said[1][1] == "the loss was nan at step 200: profiling the next steps"
+    # the same slowdown, seen again as the run goes on: no second window; a new one later: one more
+    for step in range(260, 520):
+        d = 0.030 if step < 400 else 0.090
+        capture.seen(_row(step, t, d))
+        t += d
+        if step % 10 == 9:
+            clock += 1.0
+            capture.poll(clock)
+    assert [d.trigger for d in windows._queue][2:] == ["slowdown at step 400"]
+    windows.close()
+    writer.close(status="finished")
+
+
+def test_the_slowdown_finding_links_the_window_captured_while_slow(tmp_path: Path) -> None:
+    from gpulens.profiler.analysis.run_analysis import advise
+
+    writer = RunWriter(tmp_path / "rank-0.db", {"name": "slow", "status": "running", "start": 1000.0})
+    t = 1000.0
+    for step in range(400):
+        d = 0.008 if step < 200 else 0.030
+        writer.step(tuple(_row(step, t, d)))
+        if step == 225:
+            t_window = t
+        t += d
+    writer.window(0, 226, 228, t_window, t_window + 0.1, None, "ok", None, "slowdown at step 200")
+    writer.close(status="finished", end=t)
+    with open_run(tmp_path) as run:
+        s = next(s for s in advise(run).suggestions if s.id == "step_time_shift")
+    assert "profiled while slow (window 0, steps 226-228, captured automatically)" in s.finding
+    assert any(e.kind == "window" and e.data == {"rank": 0, "index": 0} for e in s.evidence)
+
+
+#: A loop that slows down (2 ms sleeps, then 40 ms from step 200) under gpulens run, with no windows on a
+#: schedule: the slow regime gets a window of its own.
+SLOWING = textwrap.dedent("""
+    import time, torch
+    model = torch.nn.Linear(16, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(360):
+        model(torch.randn(4, 16)).sum().backward()
+        opt.step(); opt.zero_grad()
+        time.sleep(0.002 if step < 200 else 0.040)
+    print("done")
+""")
+
+
+def test_a_real_loop_that_slows_down_gets_a_window_of_the_slow_steps(tmp_path: Path) -> None:
+    script = tmp_path / "slowing.py"
+    script.write_text(SLOWING)
+    proc = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", "s", "--no-advise",
+                           "--profile-every", "0", "--no-flops", "--", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=180, env=_env())
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), proc.stderr
+    with open_run(tmp_path / "runs" / "s") as run:
+        captured = [w for w in run.windows() if (w.trigger or "").startswith("slowdown at step")]
+        events = [e.message for e in run.events() if e.kind == "auto_capture"]
+    assert captured and events, (run.windows(), proc.stderr)
+    at = int(captured[0].trigger.rsplit(" ", 1)[1])
+    assert 150 <= at <= 260 and captured[0].first_step > at and captured[0].status == "ok"
+    assert "slower at step" in proc.stderr  # the user is told, as for every gpulens message

@@ -118,6 +118,7 @@ def _profile_row(run: RunReader) -> html.Div:
     why = on_demand.why_not(_access(), run.path, run.info.status)
     return html.Div([
         dcc.Store(id="live-prof-request", data=None),
+        dcc.Interval(id="live-prof-poll", interval=POLL_MS, disabled=True),  # only while a request is answered
         dcc.Input(id="live-prof-steps", type="number", min=1, max=on_demand.MAX_STEPS, step=1, value=5,
                   disabled=why is not None, style={"width": "4.5em"}),
         html.Button("Profile next steps", id="live-prof-go", className="btn", disabled=why is not None,
@@ -314,8 +315,9 @@ def live_suggestions(_n: int, run_id: str) -> Any:
 @callback(
     Output("live-prof-status", "children"),
     Output("live-prof-request", "data"),
+    Output("live-prof-poll", "disabled"),
     Input("live-prof-go", "n_clicks"),
-    Input("live-poll", "n_intervals"),
+    Input("live-prof-poll", "n_intervals"),
     State("live-prof-steps", "value"),
     State("live-prof-request", "data"),
     State("live-id", "data"),
@@ -326,19 +328,20 @@ def profile_next_steps(clicks: int | None, _n: int, steps: Any, request: dict | 
 
 
 def profile_action(clicked: bool, steps: Any, request: dict | None, run_id: str) -> tuple:
-    """The button asks (the same checks as gpulens profile); each poll after it says how far every rank got."""
+    """The button asks (the same checks as gpulens profile); then, once a second until every rank has answered
+    for good, the page says how far each got (its own interval: no poll while nothing was asked)."""
     try:
         run = data.reader(run_id)
         if clicked:
             asked, ranks = on_demand.ask(_access(), run.path, run.refresh().status, steps)
             request = {"id": asked.id, "ranks": ranks, "steps": asked.steps, "done": False}
-            return f"asked: the next {asked.steps} steps on rank {', '.join(map(str, ranks))}…", request
+            return f"asked: the next {asked.steps} steps on rank {', '.join(map(str, ranks))}…", request, False
         if not isinstance(request, dict) or request.get("done"):
-            return no_update, no_update
+            return no_update, no_update, True
         text, finished = on_demand.progress(run.path, request)
-        return text, ({**request, "done": True} if finished else no_update)
+        return text, ({**request, "done": True} if finished else no_update), finished
     except GpulensError as exc:
-        return str(exc), no_update
+        return str(exc), no_update, True
 
 
 register(__name__, path_template="/live/<run_id>", title="gpulens · live", name="Live", layout=layout)

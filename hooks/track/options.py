@@ -16,7 +16,7 @@ DEFAULT_FLOPS_STEP = 5
 #: The options ``gpulens run`` can pass down (as JSON, so plain values only).
 JSON_OPTIONS = frozenset({"runs_dir", "run_id", "batch_size", "profile_every", "profile_steps", "count_flops",
                           "warmup_steps", "quiet", "advise", "prometheus_port", "prometheus_addr", "sync_phases",
-                          "what_if", "nvtx"})
+                          "what_if", "nvtx", "auto_capture"})
 
 
 def track_kwargs(options: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,7 @@ class RunOptions:
     prometheus_port: int | None = None
     prometheus_addr: str = "127.0.0.1"
     what_if: str | None = None  # a measured what-if (hooks/track/whatif.py): "synthetic-data", "num-workers=N", …
+    auto_capture: bool = True  # a window of a lasting slowdown and of the first non-finite loss (auto_capture.py)
     nvtx: bool | None = None  # phases as NVTX ranges too (None: when Nsight Systems runs the process)
     store: str | None = None  # publish to this run store too (else $GPULENS_STORE): profiler.store.publisher
     child: dict[str, Any] | None = None  # set for a child process of the recording one (hooks/children.py)

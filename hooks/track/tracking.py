@@ -126,6 +126,7 @@ class TrackedRun:
         self._forward_hooks: ModuleHooks | None = None  # an autocast what-if's hooks on track(model=)
         self._optimizer_hook: Any = None  # an optimizer what-if's global step pre-hook
         self._watcher: Any = None  # profile requests through the run folder (hooks/track/on_demand.py)
+        self._capture: Any = None  # windows of slowdowns and of a non-finite loss (hooks/track/auto_capture.py)
         self._watch_thread: Any = None
         self._meta_seen: dict[str, Any] = {}  # set_meta values the run itself reads back (the probe's b_max)
         self._rank = 0
@@ -216,6 +217,8 @@ class TrackedRun:
                                           env=without_autorun(os.environ))
         writer = recorder.writer
         self._emit = writer.step  # the row list as it is: nothing changes it once emitted
+        if opts.auto_capture:
+            self._emit = self._start_auto_capture(writer)
         self._rec = StepRecorder(self._emit, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
                                  sync=self._sync if opts.sync_phases else None)
         self._rec.pre_step = self._pre_step
@@ -238,6 +241,24 @@ class TrackedRun:
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
             log.info("gpulens: recording run %s into %s", run_id, path)
 
+    def _start_auto_capture(self, writer: Any) -> Any:
+        """The step rows go to the writer and, one append more, to the slowdown watch (auto_capture.py)."""
+        from gpulens.hooks.track.auto_capture import AutoCapture
+
+        def say(kind: str, message: str) -> None:
+            writer.event(kind, message)
+            if not self.quiet:
+                log.info("gpulens: %s", message)
+
+        capture = self._capture = AutoCapture(lambda: self._windows, say)
+        write, seen = writer.step, capture.seen
+
+        def emit(row: Any) -> None:
+            write(row)
+            seen(row)
+
+        return emit
+
     def _watch_requests(self, path: Path, rank: int) -> None:
         """``gpulens profile`` asks through the run folder: a thread of this process reads it (on_demand.py)."""
         from gpulens.hooks.track.on_demand import POLL_INTERVAL_S, RequestWatcher
@@ -251,8 +272,10 @@ class TrackedRun:
                 writer.event("request_error", f"{type(exc).__name__}: {exc}")
 
         self._watcher = watcher
-        self._watch_thread = SamplerThread("gpulens-requests", [Task("requests", POLL_INTERVAL_S, watcher.poll)],
-                                           failed)
+        tasks = [Task("requests", POLL_INTERVAL_S, watcher.poll)]
+        if self._capture is not None:
+            tasks.append(Task("auto-capture", POLL_INTERVAL_S, lambda now: self._capture.poll()))
+        self._watch_thread = SamplerThread("gpulens-requests", tasks, failed)
         self._watch_thread.start()
 
     def _target(self, ranks: dict[str, Any], pg_rank: Any) -> dict[str, Any]:
@@ -773,6 +796,8 @@ class TrackedRun:
 
     def _close_parts(self) -> None:
         """The exporter, a what-if, the profiler windows and the GPU timer: each closes on its own."""
+        if self._capture is not None:  # first: no window is asked for while the windows close
+            self._capture.closed = True
         if self._exporter is not None:
             self._exporter.close()
         if self._whatif is not None:

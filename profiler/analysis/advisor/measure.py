@@ -157,6 +157,7 @@ class Measurements:
     shifts: list[Shift] = field(default_factory=list)
     shift_context: dict[int, list[Change]] = field(default_factory=dict)  # shift step -> series that moved
     shift_events: dict[int, list[str]] = field(default_factory=dict)  # shift step -> events near it
+    shift_windows: dict[int, Window] = field(default_factory=dict)  # shift step -> the window captured while slow
 
 
 _FP32_GEMM = ("sgemm", "ffma", "f32f32_f32f32", "simt")
@@ -410,7 +411,11 @@ def _shifts(m: Measurements, run: RunReader, steps: Any) -> None:
         if s is not None and len(s):
             series[metric] = (s.t, s.v, unit_of(metric))
     events = run.events()
+    captured = [w for w in run.windows() if (w.trigger or "").startswith("slowdown at step") and w.status == "ok"]
     for shift in m.shifts:
+        inside = [w for w in captured if shift.step <= w.first_step <= shift.step + shift.steps_after]
+        if inside:
+            m.shift_windows[shift.step] = inside[0]
         reach = min(30.0, max(2.0, (shift.t - shift.t_from) / 2, (shift.t_to - shift.t) / 2))
         m.shift_context[shift.step] = changes_around(shift.t, series, reach)
         near = [e for e in events if abs(e.t - shift.t) <= max(2.0, reach / 3) and e.kind not in ("note",)]

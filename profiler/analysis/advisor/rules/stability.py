@@ -89,6 +89,15 @@ def step_time_shift(m: Measurements) -> Suggestion | None:
         finding += f"; events: {'; '.join(events)}"
     look = PHASE_HINTS.get(moved or "other", PHASE_HINTS["other"])
     action = f"Find what changed at step {s.step}: look at {look}."
+    captured = m.shift_windows.get(s.step)
+    evidence = []
+    if captured is not None:  # recorded automatically while the steps were slow
+        where = f"window {captured.index}, steps {captured.first_step}-{captured.last_step}" + (
+            f", rank {captured.rank}" if captured.rank else "")
+        finding += f"; profiled while slow ({where}, captured automatically)"
+        action += f" Its kernels and ops while slow are in {where}: compare them with a window before step {s.step}."
+        evidence.append(Evidence("window", f"profiled while slow ({where})",
+                                 {"rank": captured.rank, "index": captured.index}))
     if any(c.metric in ("host.cpu", "host.cpu_pressure", "host.cpu_steal") and c.after > c.before for c in context):
         action += " The host got busier at that moment: another process may have started (see host contention)."
     if any(c.metric == "gpu.sm_clock" and c.after < c.before for c in context):
@@ -104,5 +113,5 @@ def step_time_shift(m: Measurements) -> Suggestion | None:
         confidence="medium",
         evidence=[Evidence("time_range", f"around step {s.step}",
                            {"t0": max(s.t_from, s.t - before_pad), "t1": min(s.t_to, s.t + after_pad)}),
-                  Evidence("steps", "step times", {"step": s.step})],
+                  Evidence("steps", "step times", {"step": s.step}), *evidence],
         gain_fraction=share)
