@@ -236,7 +236,10 @@ class TrackedRun:
         torch = sys.modules.get("torch")
         if torch is not None:
             self.attach_torch(torch)
-        self._watch_requests(path, ranks["rank"])
+        try:
+            self._watch_requests(path, ranks["rank"])
+        except Exception as exc:  # profiling on request is lost, not the recording
+            log.warning("gpulens: profile requests will not be read (%s: %s)", type(exc).__name__, exc)
         self._lifecycle.install()
         if not self.quiet and not self._auto_wanted:  # gpulens run announced it already
             log.info("gpulens: recording run %s into %s", run_id, path)
