@@ -138,6 +138,13 @@ def test_bad_requests_are_one_line_and_exit_2(tmp_path: Path, args: list[str], m
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "runs" / "od" / "requests").exists()
 
 
+def test_a_store_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([GPULENS, "profile", "s3://bucket/runs/od"], capture_output=True, text=True, timeout=60,
+                          env=_env())
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "asks through the run folder: give the run's directory or id on the machine that trains it" in proc.stderr
+
+
 def test_checks_against_a_running_run(tmp_path: Path, monkeypatch) -> None:
     """The rank, the memory snapshot and a pending request are checked before anything is written: the run is
     made to look running by its own metadata (this process is its pid)."""
