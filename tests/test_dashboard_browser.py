@@ -597,3 +597,50 @@ def test_at_1280_px_a_cpu_run_shows_host_cards_and_its_kernels_page_says_no_gpu(
     page.goto(f"{server[0]}/run/cpu-cnn-workers/kernels")
     page.wait_for_selector("#k-phase-busy-table")
     assert "no GPU in this run" in page.inner_text("#k-phase-busy-table")
+
+
+#: A loop recorded into the served root until the test drops ``stop`` beside it (at most 120 s), ~10 ms a step, no
+#: windows on a schedule.
+PROFILED_LOOP = """
+import sys, time, torch, gpulens
+from pathlib import Path
+here = Path(__file__).parent
+model = torch.nn.Linear(32, 32)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+deadline = time.monotonic() + 120
+with gpulens.track("asked", runs_dir=sys.argv[1], run_id="asked-live", profile=False, quiet=True,
+                   count_flops=False) as run:
+    print("ready", flush=True)
+    while not (here / "stop").exists() and time.monotonic() < deadline:
+        model(torch.randn(16, 32)).pow(2).mean().backward()
+        opt.step(); opt.zero_grad()
+        time.sleep(0.01)
+        run.step()
+"""
+
+
+def test_the_live_pages_button_profiles_the_running_job(server, page, root, tmp_path):
+    """Browser, dashboard, run folder, the job's request thread and its profiler, end to end: the click asks, the
+    job records the window, the page says which steps it recorded."""
+    from gpulens.profiler import open_run
+
+    base, _ = server
+    script = tmp_path / "loop.py"
+    script.write_text(PROFILED_LOOP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
+    job = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)
+    try:
+        assert job.stdout.readline().strip() == "ready"
+        page.goto(f"{base}/live/asked-live")
+        page.wait_for_selector("#live-status .badge-running")
+        page.fill("#live-prof-steps", "3")
+        page.click("#live-prof-go")
+        text = _text_when(page, "#live-prof-status", "rank 0: steps", "recorded")
+    finally:
+        (tmp_path / "stop").touch()
+        job.communicate(timeout=120)
+    with open_run(root / "asked-live") as run:
+        (window,) = run.windows()
+    assert text.strip() == f"rank 0: steps {window.first_step}-{window.last_step} recorded"
+    assert window.trigger == "on demand" and window.last_step - window.first_step == 2 and window.path.is_file()
