@@ -233,6 +233,23 @@ def test_a_demand_the_run_ends_before_is_answered_as_failed(tmp_path: Path) -> N
     assert windows.demands["late"].reason == "the run ended before the next step"
 
 
+def test_a_profiler_that_cannot_start_fails_the_demand_and_refuses_the_next(tmp_path: Path, monkeypatch) -> None:
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Kineto is not available")
+
+    monkeypatch.setattr(windows, "_begin", broken)
+    windows.request(Demand("first", 3))
+    assert windows.on_step_end(0) is False  # the loop never sees it
+    assert (windows.demands["first"].status, windows.demands["first"].reason) == (
+        "failed", "the profiler failed (RuntimeError: Kineto is not available)")
+    later = windows.request(Demand("second", 3))
+    assert later.status == "refused" and "the profiler failed earlier in this run" in later.reason
+    windows.close()
+    writer.close(status="finished")
+
+
 def test_the_watcher_takes_its_ranks_requests_once_and_answers(tmp_path: Path) -> None:
     windows, writer = _windows(tmp_path, ProfileConfig(every=0))
     stepping = [False]

@@ -191,6 +191,7 @@ class ProfilerWindows:
             return False
         self._last_ended = step
         was_profiled = self._prof is not None
+        demand: Demand | None = None
         try:
             cur = self._cur
             if self._prof is not None and cur is not None:
@@ -221,6 +222,8 @@ class ProfilerWindows:
             log.warning("gpulens: torch.profiler window failed (%s: %s); profiling stops for this run",
                         type(exc).__name__, exc)
             self.writer.event("profiler_error", f"{type(exc).__name__}: {exc}")
+            if demand is not None and self.demands[demand.id].status == "queued":  # taken, never begun
+                self._update(demand.id, status="failed", reason=f"the profiler failed ({type(exc).__name__}: {exc})")
             self._abandon(f"{type(exc).__name__}: {exc}")
         return was_profiled
 
