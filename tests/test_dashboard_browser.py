@@ -619,12 +619,15 @@ with gpulens.track("asked", runs_dir=sys.argv[1], run_id="asked-live", profile=F
 """
 
 
-def test_the_live_pages_button_profiles_the_running_job(server, page, root, tmp_path):
+def test_the_live_pages_button_profiles_the_running_job(page, tmp_path):
     """Browser, dashboard, run folder, the job's request thread and its profiler, end to end: the click asks, the
-    job records the window, the page says which steps it recorded."""
+    job records the window, the page says which steps it recorded.  A root and a server of its own: a run
+    recorded into the shared root would be analysed by every later test's pages."""
     from gpulens.profiler import open_run
 
-    base, _ = server
+    root = tmp_path / "runs"
+    root.mkdir()
+    base, server = _start_server([str(root)])
     script = tmp_path / "loop.py"
     script.write_text(PROFILED_LOOP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
@@ -640,6 +643,8 @@ def test_the_live_pages_button_profiles_the_running_job(server, page, root, tmp_
     finally:
         (tmp_path / "stop").touch()
         job.communicate(timeout=120)
+        server.terminate()
+        server.wait(timeout=10)
     with open_run(root / "asked-live") as run:
         (window,) = run.windows()
     assert text.strip() == f"rank 0: steps {window.first_step}-{window.last_step} recorded"
