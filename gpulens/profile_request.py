@@ -18,7 +18,7 @@ from typing import TextIO
 import numpy as np
 
 from gpulens.profiler.errors import GpulensError
-from gpulens.profiler.store.reader import StepTable
+from gpulens.profiler.store.reader import RunReader, StepTable
 from gpulens.profiler.store.requests import (
     MAX_STEPS,
     Ack,
@@ -60,7 +60,8 @@ def check(run_dir: Path, steps: int, rank: str, memory: bool) -> Target:
         states = {r: rank_status(run.meta(r)) for r in ranks}
         gpus = any(run.meta(r).get("gpus") for r in ranks)
         starts = [float(run.meta(r).get("start") or 0.0) for r in ranks]
-        recent = {r: run.steps(r, columns=()) for r in ranks}
+        # several ranks align on a step: their last minutes of steps say where they are (not whole tables)
+        recent = {r: _last_steps(run, r) for r in ranks} if rank == "all" and len(ranks) > 1 else {}
     running = [r for r in ranks if states[r][0] == "running"]
     if not running:
         status, reason = next(iter(states.values()), ("finished", None))
@@ -87,6 +88,12 @@ def check(run_dir: Path, steps: int, rank: str, memory: bool) -> Target:
         raise GpulensError(f"request {pending.id} ({pending.steps} steps, asked {time.time() - pending.asked_at:.0f} s "
                            "ago) is still being answered; wait for it, then ask again")
     return target
+
+
+def _last_steps(run: RunReader, rank: int, seconds: float = 300.0) -> StepTable:
+    """The rank's steps of its last ``seconds`` (all of them where it took longer than that to step)."""
+    recent = run.steps(rank, t0=time.time() - seconds, columns=())
+    return recent if len(recent) else run.steps(rank, columns=())
 
 
 def align_step(tables: list[StepTable]) -> int | None:
