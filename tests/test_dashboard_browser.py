@@ -600,7 +600,7 @@ def test_at_1280_px_a_cpu_run_shows_host_cards_and_its_kernels_page_says_no_gpu(
 
 
 #: A loop recorded into the served root until the test drops ``stop`` beside it (at most 120 s), ~10 ms a step, no
-#: windows on a schedule.
+#: windows on a schedule nor of its own slowdowns (a loaded host makes some: their windows are tested apart).
 PROFILED_LOOP = """
 import sys, time, torch, gpulens
 from pathlib import Path
@@ -609,7 +609,7 @@ model = torch.nn.Linear(32, 32)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 deadline = time.monotonic() + 120
 with gpulens.track("asked", runs_dir=sys.argv[1], run_id="asked-live", profile=False, quiet=True,
-                   count_flops=False) as run:
+                   count_flops=False, auto_capture=False) as run:
     print("ready", flush=True)
     while not (here / "stop").exists() and time.monotonic() < deadline:
         model(torch.randn(16, 32)).pow(2).mean().backward()

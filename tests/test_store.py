@@ -566,6 +566,22 @@ def test_foreign_truncated_and_hostile_objects_make_their_run_broken_and_nothing
     assert not list(tmp_path.glob("escape.db")) and not list(cache.parent.glob("**/escape.db"))
 
 
+def test_publishers_fail_fast_on_a_silent_store_but_keep_the_users_retry_settings(monkeypatch):
+    """A publisher retries rounds on its own: its S3 client gives up in seconds (botocore's 60 s connect timeout
+    and four retries held a script's exit 13-20 s behind a store that refused connections); readers keep the
+    defaults, and a user's own retry settings win."""
+    from gpulens.profiler.store.remote import filesystem
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    quick, _ = filesystem("s3://bucket/runs", quick=True)
+    assert quick.config_kwargs == {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
+    assert filesystem("s3://bucket/runs")[0].config_kwargs == {}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")
+    assert filesystem("s3://bucket/runs", quick=True)[0].config_kwargs == {"connect_timeout": 5}
+    assert filesystem("file:///tmp/x", quick=True)[1] == "/tmp/x"
+
+
 def test_secrets_stay_out_of_argv_metadata_messages_and_objects(tmp_path, cache, s3):
     from gpulens.hooks.track.runmeta import redact_argv
     from gpulens.profiler.store.remote import redact

@@ -114,7 +114,7 @@ class Publisher:
         self.target = target
         self.budget_bps = budget_bps
         self.every = every
-        self.fs, self.base = filesystem(url)
+        self.fs, self.base = filesystem(url, quick=True)
         if state_dir is None:
             state_dir = self.run_dir / STATE_DIR
             if not os.access(self.run_dir, os.W_OK):

@@ -43,8 +43,25 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-def filesystem(url: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for ``url``; one-line error when the protocol's package is missing."""
+#: A publisher's S3 client: it has a back-off of its own and a training process that waits for its last round,
+#: so a store that does not answer fails a request in seconds -- botocore's defaults (a 60 s connect timeout,
+#: 4 retries with back-off) held a script's exit 13-20 s behind a store that refused connections.  A user's own
+#: ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` (or the config file's) still win for the retries.
+_QUICK_S3 = {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
+
+
+def _quick_options(url: str) -> dict[str, Any]:
+    if scheme_of(url) not in ("s3", "s3a"):
+        return {}
+    config: dict[str, Any] = dict(_QUICK_S3)
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        config.pop("retries")
+    return {"config_kwargs": config}
+
+
+def filesystem(url: str, quick: bool = False) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for ``url``; one-line error when the protocol's package is missing.
+    ``quick``: requests fail in seconds when the store does not answer (publishers, which retry on their own)."""
     if scheme_of(url) not in SCHEMES:
         raise GpulensError(f"{redact(url)[:200]}: not a run store (stores are "
                            f"{', '.join(s + '://' for s in SCHEMES)})")
@@ -53,7 +70,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     except ImportError:
         raise GpulensError("run stores need fsspec: pip install 'gpulens[store]'") from None
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **(_quick_options(url) if quick else {}))
     except (ImportError, ValueError) as exc:
         raise GpulensError(f"{redact(url)}: cannot open this store ({exc}); for s3:// install s3fs "
                            "(pip install 'gpulens[store]')") from None
