@@ -19,7 +19,7 @@ from dash import ClientsideFunction, Dash, Input, Output, State, clientside_call
 
 from gpulens import __version__
 from gpulens.dashboard import data
-from gpulens.dashboard.on_demand import ACCESS_KEY
+from gpulens.dashboard.on_demand import ACCESS_KEY, STORE_KEY
 from gpulens.dashboard.security import Access, content_security_policy, install
 
 PAGE_MODULES = (
@@ -50,11 +50,12 @@ def _shell() -> html.Div:
 
 
 def create_app(runs_root: str | Path, access: Access | None = None, fallback: str | Path | None = None,
-               **dash_kwargs: Any) -> Dash:
+               store: str | None = None, **dash_kwargs: Any) -> Dash:
     """The dashboard for the runs under ``runs_root``; ``access`` guards it (loopback defaults).
 
     ``fallback`` (the sample runs) is shown while ``runs_root`` holds no run; the first run recorded there
-    takes over without a restart."""
+    takes over without a restart.  ``store``: the store URL whose mirror ``runs_root`` is (its running jobs
+    are asked for windows through the store)."""
     app = Dash(
         "gpulens.dashboard",
         use_pages=True,
@@ -72,6 +73,7 @@ def create_app(runs_root: str | Path, access: Access | None = None, fallback: st
     data.configure(runs_root, fallback)
     install(app.server, access or Access())
     app.server.config[ACCESS_KEY] = access or Access()  # who may ask a running job for a window
+    app.server.config[STORE_KEY] = store
 
     dash._callback.GLOBAL_CALLBACK_LIST.clear()
     dash._callback.GLOBAL_CALLBACK_MAP.clear()

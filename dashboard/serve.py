@@ -33,12 +33,13 @@ def prepare(runs_root: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
 
 def serve(runs_root: Path, access: Access, open_path: str = "/", threads: int = 8,
-          on_ready: Callable[[str], None] | None = None, fallback: Path | None = None) -> None:
+          on_ready: Callable[[str], None] | None = None, fallback: Path | None = None,
+          store: str | None = None) -> None:
     from waitress import create_server
 
     from gpulens.dashboard.app import create_app
 
-    app = create_app(runs_root, access, fallback)
+    app = create_app(runs_root, access, fallback, store)
     try:
         server = create_server(app.server, host=access.host, port=access.port, threads=threads, ident="gpulens",
                                clear_untrusted_proxy_headers=True, max_request_body_size=MAX_BODY,

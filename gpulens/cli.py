@@ -73,12 +73,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     prf = sub.add_parser("profile", help="profile the next N steps of a running job, without a restart: a "
                                          "torch.profiler window on the chosen ranks (trigger: on demand)")
-    prf.add_argument("run", help="run directory, or run id under the runs root, of a running job")
+    prf.add_argument("run", help="run directory, or run id under the runs root, of a running job; or "
+                                 "STORE_URL/RUN_ID of one that publishes to a store (asked through the store)")
     prf.add_argument("--steps", type=int, default=5, help="steps to record after one warm-up step (default 5)")
     prf.add_argument("--rank", default="all", help="a rank number, or all (default)")
     prf.add_argument("--memory", action="store_true",
                      help="also save a CUDA allocator snapshot at the next step boundary (for pytorch.org/memory_viz)")
-    prf.add_argument("--no-wait", action="store_true", help="ask and return; the answers land in RUN/requests/")
+    prf.add_argument("--no-wait", action="store_true",
+                     help="ask and return; the answers land in RUN/requests/ (a store's run: STORE/RUN/requests/)")
     prf.add_argument("--timeout", type=float, default=300.0,
                      help="seconds to wait for the windows to be saved (default 300)")
     prf.add_argument("--runs-dir", help="runs root for run ids (default $GPULENS_DIR or ./gpulens-runs)")
@@ -188,7 +190,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     for line in (warning, token_warning):  # after the checks: bad input stays one line
         if line:
             print(line, file=sys.stderr)
-    serve(root, access, fallback=fallback)
+    serve(root, access, fallback=fallback, store=store)
     return EXIT_OK
 
 
@@ -267,16 +269,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from gpulens.profiler import resolve_run
     from gpulens.profiler.store.remote import is_url
 
-    if is_url(args.run):
-        raise GpulensError("gpulens profile asks through the run folder: give the run's directory or id on the "
-                           "machine that trains it")
     if not args.timeout > 0:
         raise GpulensError("--timeout must be a positive number of seconds")
-    run_dir = resolve_run(args.run, Path(args.runs_dir) if args.runs_dir else None)
-    target = profile_request.check(run_dir, args.steps, args.rank, args.memory)
+    if is_url(args.run):  # STORE/RUN: asked through the store, which the job's publishers read
+        run_dir, box = profile_request.store_target(args.run)
+        target = profile_request.check(run_dir, args.steps, args.rank, args.memory, args.run.rstrip("/"), box)
+    else:
+        run_dir = resolve_run(args.run, Path(args.runs_dir) if args.runs_dir else None)
+        target = profile_request.check(run_dir, args.steps, args.rank, args.memory)
     request = profile_request.ask(target, args.steps, args.memory)
     print(f"gpulens: asked run {target.run_id} (rank {', '.join(map(str, target.ranks))}) to profile its next "
-          f"{args.steps} steps (request {request.id})", flush=True)
+          f"{args.steps} steps (request {request.id}" + (", through the store" if target.store_url else "") + ")",
+          flush=True)
     if args.no_wait:
         return EXIT_OK
     return profile_request.wait(target, request, args.timeout)

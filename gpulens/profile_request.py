@@ -1,6 +1,8 @@
 """``gpulens profile RUN``: ask a running job for a profiler window of its next N steps, and say what it did.
 
-The request goes through the run folder (profiler/store/requests.py); every
+The request goes through the run folder (profiler/store/requests.py), or for
+a run in a store (``gpulens profile s3://bucket/runs/RUN``) through the store,
+where the job's publishers relay it (profiler/store/request_relay.py); every
 check that can fail is made here first, so a bad request is one line and exit
 2 in the asker's terminal and never reaches the training processes: a run
 that is not running, a rank it does not have, a step count out of range, a
@@ -22,34 +24,66 @@ from gpulens.profiler.store.reader import RunReader, StepTable
 from gpulens.profiler.store.requests import (
     MAX_STEPS,
     Ack,
+    Folder,
     ProfileRequest,
+    folder,
     new_request,
     read_acks,
     unanswered,
     write_request,
 )
 
-#: How often the asker reads the answers (and, less often, whether the ranks still run).
+#: How often the asker reads the answers (and, less often, whether the ranks still run); a store's answers cost
+#: a LIST each, its status a listing of the run.
 POLL_S, STATUS_EVERY_S = 0.2, 2.0
+STORE_POLL_S, STORE_STATUS_EVERY_S = 2.0, 15.0
 #: Several ranks record the same steps: the first is this far ahead of the furthest rank's last recorded step
 #: (its rows reach the database within a flush, 0.3 s; each watcher reads the folder every 0.5 s).
 ALIGN_LEAD_S = 2.0
+#: Through a store the steps read are a publish round old (10 s), and the request waits for a node's turn to
+#: list (5 s) before a watcher sees it.
+STORE_ALIGN_LEAD_S = 20.0
 
 
 @dataclass(frozen=True)
 class Target:
     """The running ranks a request goes to."""
 
-    run_dir: Path
+    run_dir: Path  # the run's folder (a run in a store: its copy in the local cache)
     run_id: str
     ranks: tuple[int, ...]  # the ranks asked
     every_rank: bool
     started: float  # the earliest of their starts: requests before it are not theirs
     at_step: int | None = None  # several ranks: the first step each records
+    store_url: str | None = None  # STORE/RUN for a run asked through its store
+    box: Folder | None = None  # where the request and the answers go (None: the run folder's requests/)
+
+    @property
+    def requests(self) -> Folder:
+        return self.box if self.box is not None else folder(self.run_dir)
 
 
-def check(run_dir: Path, steps: int, rank: str, memory: bool) -> Target:
-    """The request's target, or a GpulensError saying in one line why it cannot be asked."""
+def store_box(url: str) -> Folder:
+    """``STORE/RUN``'s requests folder in the store."""
+    from gpulens.profiler.store.remote import filesystem
+    from gpulens.profiler.store.requests import store_folder
+
+    store, _, run_id = url.rstrip("/").rpartition("/")
+    fs, base = filesystem(store)
+    return store_folder(fs, base, run_id)
+
+
+def store_target(url: str) -> tuple[Path, Folder]:
+    """A run in a store: its current copy in the local cache, and the store's requests folder."""
+    from gpulens.profiler.store.mirror import local_run
+
+    return local_run(url), store_box(url)
+
+
+def check(run_dir: Path, steps: int, rank: str, memory: bool, store_url: str | None = None,
+          box: Folder | None = None) -> Target:
+    """The request's target, or a GpulensError saying in one line why it cannot be asked (``store_url``,
+    ``box``: a run asked through its store, ``run_dir`` its copy in the cache)."""
     from gpulens.profiler import open_run
     from gpulens.profiler.store.reader import rank_status
 
@@ -81,9 +115,10 @@ def check(run_dir: Path, steps: int, rank: str, memory: bool) -> Target:
         chosen, every = (wanted,), False
     if memory and not gpus:
         raise GpulensError(f"--memory takes a CUDA allocator snapshot: run {run_id} recorded no GPU")
+    lead = STORE_ALIGN_LEAD_S if store_url else ALIGN_LEAD_S
     target = Target(run_dir, run_id, chosen, every, min(starts) if starts else 0.0,
-                    align_step([recent[r] for r in chosen]) if len(chosen) > 1 else None)
-    pending = unanswered(run_dir, list(chosen), target.started)
+                    align_step([recent[r] for r in chosen], lead) if len(chosen) > 1 else None, store_url, box)
+    pending = unanswered(target.requests, list(chosen), target.started)
     if pending is not None:
         raise GpulensError(f"request {pending.id} ({pending.steps} steps, asked {time.time() - pending.asked_at:.0f} s "
                            "ago) is still being answered; wait for it, then ask again")
@@ -96,24 +131,24 @@ def _last_steps(run: RunReader, rank: int, seconds: float = 300.0) -> StepTable:
     return recent if len(recent) else run.steps(rank, columns=())
 
 
-def align_step(tables: list[StepTable]) -> int | None:
-    """The first step every rank can still record: past the furthest rank's last step by what
-    :data:`ALIGN_LEAD_S` takes at the slowest rank's recent pace (None before any rank stepped)."""
+def align_step(tables: list[StepTable], lead_s: float = ALIGN_LEAD_S) -> int | None:
+    """The first step every rank can still record: past the furthest rank's last step by what ``lead_s``
+    takes at the slowest rank's recent pace (None before any rank stepped)."""
     lasts = [int(t.step[-1]) for t in tables if len(t)]
     if not lasts:
         return None
     paces = [float(np.median(t.duration[-20:])) for t in tables if len(t)]
     pace = max(max(paces), 1e-3)
-    return max(lasts) + 1 + math.ceil(ALIGN_LEAD_S / pace)
+    return max(lasts) + 1 + math.ceil(lead_s / pace)
 
 
 def ask(target: Target, steps: int, memory: bool, source: str = "cli") -> ProfileRequest:
     request = new_request(steps, None if target.every_rank else target.ranks, memory, source, target.at_step)
-    write_request(target.run_dir, request)
+    write_request(target.requests, request)
     return request
 
 
-def _line(ack: Ack, at_step: int | None) -> str:
+def _line(ack: Ack, at_step: int | None, store_url: str | None = None) -> str:
     late = (f" (from step {at_step} on the other ranks: this one was past it)"
             if at_step is not None and ack.first_step is not None and ack.first_step != at_step else "")
     if ack.status == "queued":
@@ -122,29 +157,45 @@ def _line(ack: Ack, at_step: int | None) -> str:
     if ack.status == "profiling":
         return f"rank {ack.rank}: profiling steps {ack.first_step}-{ack.last_step}{late}"
     if ack.status == "done":
-        text = f"rank {ack.rank}: done, steps {ack.first_step}-{ack.last_step}{late}: {ack.path}"
+        where = (f"{store_url}/rank={ack.rank}/{ack.path} (with the rank's next publish round)"
+                 if store_url and ack.path else ack.path)
+        text = f"rank {ack.rank}: done, steps {ack.first_step}-{ack.last_step}{late}: {where}"
         if ack.memory_path:
-            text += f"; memory snapshot: {ack.memory_path}"
+            text += f"; memory snapshot: {ack.memory_path}" + (" in the run folder on the rank's machine"
+                                                               if store_url else "")
         return text + (f" ({ack.reason})" if ack.reason else "")
     return f"rank {ack.rank}: {ack.status}: {ack.reason or 'no reason given'}"
 
 
-def wait(target: Target, request: ProfileRequest, timeout: float, out: TextIO = sys.stdout) -> int:
-    """Print each rank's answers as they come; 0 when every rank's window is saved, 1 otherwise."""
+def _statuses(target: Target) -> dict[int, tuple[str, str | None]]:
+    """Each asked rank's status now (a run in a store: fetched again into the cache)."""
     from gpulens.profiler import open_run
     from gpulens.profiler.store.reader import rank_status
 
+    run_dir = target.run_dir
+    if target.store_url:
+        from gpulens.profiler.store.mirror import local_run
+
+        run_dir = local_run(target.store_url)
+    with open_run(run_dir) as run:
+        return {r: rank_status(run.meta(r)) if r in run.ranks else ("gone", None) for r in target.ranks}
+
+
+def wait(target: Target, request: ProfileRequest, timeout: float, out: TextIO = sys.stdout) -> int:
+    """Print each rank's answers as they come; 0 when every rank's window is saved, 1 otherwise."""
+    poll, status_every = (STORE_POLL_S, STORE_STATUS_EVERY_S) if target.store_url else (POLL_S, STATUS_EVERY_S)
     shown: dict[int, tuple[str, str | None]] = {}
+    seen: dict[str, tuple[str, Ack]] = {}
     deadline = time.monotonic() + timeout
-    next_status = time.monotonic() + STATUS_EVERY_S
+    next_status = time.monotonic() + status_every
     gone: dict[int, str] = {}
     while True:
-        acks = read_acks(target.run_dir, request.id)
+        acks = read_acks(target.requests, request.id, seen)
         for rank in sorted(acks):
             ack = acks[rank]
             if shown.get(rank) != (ack.status, ack.path):
                 shown[rank] = (ack.status, ack.path)
-                print(_line(ack, request.at_step), file=out, flush=True)
+                print(_line(ack, request.at_step, target.store_url), file=out, flush=True)
         open_ranks = [r for r in target.ranks if not (r in acks and acks[r].final) and r not in gone]
         if not open_ranks:
             break
@@ -152,17 +203,18 @@ def wait(target: Target, request: ProfileRequest, timeout: float, out: TextIO = 
         if now >= deadline:
             print(f"no answer from rank {', '.join(map(str, open_ranks))} within {timeout:.0f} s: a step longer "
                   "than that, or a process whose gpulens does not read requests (it came before 'gpulens "
-                  "profile')", file=out, flush=True)
+                  "profile')" + (", or whose run is not published to this store" if target.store_url else ""),
+                  file=out, flush=True)
             return 1
         if now >= next_status:  # a rank that ended (or was killed) answers nothing more
-            next_status = now + STATUS_EVERY_S
-            with open_run(target.run_dir) as run:
-                for r in open_ranks:
-                    status, reason = rank_status(run.meta(r)) if r in run.ranks else ("gone", None)
-                    if status != "running":
-                        gone[r] = status
-                        print(f"rank {r}: {status} before its window was saved"
-                              + (f" ({reason})" if reason else ""), file=out, flush=True)
-        time.sleep(POLL_S)
-    acks = read_acks(target.run_dir, request.id)
+            next_status = now + status_every
+            statuses = _statuses(target)
+            for r in open_ranks:
+                status, reason = statuses[r]
+                if status != "running":
+                    gone[r] = status
+                    print(f"rank {r}: {status} before its window was saved"
+                          + (f" ({reason})" if reason else ""), file=out, flush=True)
+        time.sleep(poll)
+    acks = read_acks(target.requests, request.id, seen)
     return 0 if all(r in acks and acks[r].status == "done" for r in target.ranks) else 1

@@ -140,11 +140,49 @@ def test_bad_requests_are_one_line_and_exit_2(tmp_path: Path, args: list[str], m
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "runs" / "od" / "requests").exists()
 
 
-def test_a_store_url_is_refused_in_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([GPULENS, "profile", "s3://bucket/runs/od"], capture_output=True, text=True, timeout=60,
-                          env=_env())
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "asks through the run folder: give the run's directory or id on the machine that trains it" in proc.stderr
+def test_a_store_run_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    proc = subprocess.run([GPULENS, "profile", f"file://{store}/od"], capture_output=True, text=True, timeout=60,
+                          env={**_env(), "GPULENS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.strip().endswith(f"file://{store}/od: no such run in the store"), proc.stderr
+    assert not list(store.iterdir())
+
+
+def test_the_relay_brings_requests_down_once_per_node_and_each_ranks_answers_up_on_change(tmp_path: Path) -> None:
+    """Two ranks' publishers share a node's run folder: one lists the store per interval, each sends its own
+    rank's answers when they change (a file:// store: the same fsspec calls as S3's, tested there end to end)."""
+    from gpulens.profiler.store.remote import filesystem
+    from gpulens.profiler.store.request_relay import RequestRelay
+
+    fs, base = filesystem(f"file://{tmp_path / 'store'}")
+    run_dir = tmp_path / "node0" / "job"
+    run_dir.mkdir(parents=True)
+    relays = [RequestRelay(fs, base, run_dir, run_dir / ".publish", every=5.0) for _ in range(2)]
+    store = requests.store_folder(fs, base, "job")
+    assert relays[0].tick("job", 0, now=100.0) == (0, 0)  # nothing asked yet (and no folder in the store)
+    asked = requests.new_request(3, None, False, "cli")
+    requests.write_request(store, asked)
+    assert relays[1].tick("job", 1, now=102.0) == (0, 0)  # rank 0's relay listed 2 s ago: not this one's turn
+    assert relays[1].tick("job", 1, now=105.5) == (1, 0)
+    assert [r.id for r in requests.read_requests(run_dir)] == [asked.id]
+    assert relays[0].tick("job", 0, now=111.0) == (0, 0)  # listed again: already here
+    for rank in (0, 1):
+        requests.write_ack(run_dir, requests.Ack(asked.id, rank, "queued", time.time()))
+    assert relays[0].tick("job", 0, now=111.5) == (0, 1) and relays[0].tick("job", 0, now=112.0) == (0, 0)
+    assert set(requests.read_acks(store, asked.id)) == {0}
+    assert relays[1].tick("job", 1, now=112.5) == (0, 1)
+    time.sleep(0.01)  # a new mtime for the changed answer
+    requests.write_ack(run_dir, requests.Ack(asked.id, 0, "done", time.time(), 0, 10, 12, "traces/t.gz"))
+    assert relays[0].tick("job", 0, now=113.0) == (0, 1)
+    got = requests.read_acks(store, asked.id)
+    assert (got[0].status, got[0].path, got[1].status) == ("done", "traces/t.gz", "queued")
+    # another request file and foreign names in the store: only requests come down, and only once
+    (Path(store.path) / "notes.txt").write_text("x")
+    requests.write_request(store, requests.new_request(2, (1,), False, "cli"))
+    assert relays[0].tick("job", 0, now=200.0) == (1, 0)
+    assert not (run_dir / "requests" / "notes.txt").exists() and len(requests.read_requests(run_dir)) == 2
 
 
 def test_checks_against_a_running_run(tmp_path: Path, monkeypatch) -> None:
@@ -391,6 +429,47 @@ def test_the_live_pages_button_asks_and_follows_the_answers(tmp_path: Path) -> N
         assert on_demand.why_not(Access(allowed_hosts=proxied.allowed_hosts, token="t" * 16), run_dir,
                                  "running") is None
         assert on_demand.why_not(None, run_dir, "finished") == "the run is finished"
+    finally:
+        writer.close(status="finished")
+        data.reset()
+
+
+def test_a_store_dashboards_button_asks_through_the_store(tmp_path: Path, monkeypatch) -> None:
+    """`gpulens dashboard STORE` shows the mirror of a running job: the button writes the request into the store
+    (where the job's publishers look) and reads the answers there; without the store's URL it stays off."""
+    pytest.importorskip("pyarrow")
+    from gpulens.dashboard import data, on_demand
+    from gpulens.dashboard.app import create_app
+    from gpulens.dashboard.pages import live
+    from gpulens.profiler.store.mirror import sync_runs
+    from gpulens.profiler.store.publisher import publish_run
+    from gpulens.profiler.store.remote import filesystem
+
+    monkeypatch.setenv("GPULENS_CACHE", str(tmp_path / "cache"))
+    url = f"file://{tmp_path / 'store'}"
+    run_dir = tmp_path / "trainer" / "stored-run"
+    writer = RunWriter(run_dir / "rank-0.db", {"name": "stored", "status": "running", "start": time.time() - 5,
+                                               "host": socket.gethostname(), "pid": os.getpid(), "gpus": []})
+    writer.sync()
+    try:
+        publish_run(run_dir, url)
+        mirror, _ = sync_runs(url)
+        assert on_demand.why_not(None, mirror / "stored-run", "running").startswith("a run mirrored from a store")
+        app = create_app(mirror, store=url)
+        with app.server.app_context():
+            text, request, off = live.profile_action(True, 2, None, "stored-run")
+            assert text == "asked: the next 2 steps on rank 0…" and not off, text
+            box = requests.store_folder(*filesystem(url), "stored-run")
+            (asked,) = requests.read_requests(box)
+            assert asked.id == request["id"] and asked.source == "dashboard"
+            assert not (mirror / "stored-run" / "requests").exists() and not (run_dir / "requests").exists()
+            requests.write_ack(box, requests.Ack(asked.id, 0, "profiling", time.time(), 0, 4, 5))
+            assert live.profile_action(False, 2, request, "stored-run")[0] == "rank 0: profiling steps 4-5"
+            requests.write_ack(box, requests.Ack(asked.id, 0, "done", time.time(), 0, 4, 5, "traces/t.gz"))
+            text, after, off = live.profile_action(False, 2, request, "stored-run")
+            assert text == "rank 0: steps 4-5 recorded" and after["done"] and off
+        _, stats = sync_runs(url)  # the requests beside the run's data break nothing in the mirror
+        assert not stats.broken
     finally:
         writer.close(status="finished")
         data.reset()

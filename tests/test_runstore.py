@@ -65,3 +65,49 @@ def test_track_writes_under_gpulens_dir(runs_dir):
         run.step()
     assert run.path.parent == runs_dir.resolve()
     assert Path(run.path / "rank-0.db").is_file()
+
+
+def test_a_rank_database_appears_whole_to_a_reader_listing_the_folder(tmp_path):
+    """A reader that lists a run folder in the instant a rank starts (gpulens profile aligning ranks, the
+    dashboard, another rank's publisher) finds no database or a complete one: it is made under a hidden name
+    and linked into place.  Made as an empty file that was then filled, readers caught it empty or unstamped
+    and called it foreign (a CI failure of the two-rank profile test)."""
+    import sqlite3
+    import threading
+
+    from gpulens.profiler.store import schema
+    from gpulens.profiler.store.runstore import rank_dbs
+    from gpulens.profiler.store.writer import RunWriter
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stop = threading.Event()
+    seen: set[str] = set()
+    errors: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            for path in rank_dbs(run_dir).values():
+                try:
+                    schema.check_header(path)
+                    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                        schema.check_version(conn, path)
+                    seen.add(path.name)
+                except RunError as exc:
+                    errors.append(str(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = []
+    try:
+        for rank in range(60):
+            writers.append(RunWriter(run_dir / f"rank-{rank}.db", {"name": "race", "status": "running"}))
+    finally:
+        stop.set()
+        reader.join()
+        for w in writers:
+            w.close(status="finished")
+    assert not errors, errors[:3]
+    assert seen and not [p for p in run_dir.iterdir() if p.name.startswith(".rank-")]  # nothing hidden left
+    with pytest.raises(FileExistsError, match="already exists"):  # the name is still the claim
+        RunWriter(run_dir / "rank-0.db", {"name": "again"})

@@ -161,6 +161,66 @@ def test_gpulens_run_jobs_read_back_finished_from_s3_short_and_long(tmp_path, ca
             assert len(keys) == rounds, keys
 
 
+#: LOOP until the test drops ``stop`` beside it (at most 120 s).
+STOPPABLE_LOOP = (LOOP.replace("while time.time() < end:", "while time.time() < end and not os.path.exists(stop):")
+                  .replace("import sys, time,", "import os, sys, time,")
+                  .replace("seconds = float(sys.argv[1])", "seconds = float(sys.argv[1]); stop = sys.argv[2]"))
+
+
+def test_a_job_publishing_to_s3_is_profiled_on_request_from_another_machine(tmp_path, cache, s3):
+    """`gpulens profile STORE/RUN` from a machine that sees only the store (its own cache, no run folder): the
+    request goes into the store, the job's publisher brings it into the run folder, the job records the window,
+    its answers and its trace come back through the store."""
+    store = _bucket(s3, "asked")
+    assert "while time.time() < end and not os.path.exists(stop)" in STOPPABLE_LOOP
+    (tmp_path / "loop.py").write_text(STOPPABLE_LOOP)
+    stop = tmp_path / "stop"
+    job = subprocess.Popen([GPULENS, "run", "--runs-dir", str(tmp_path / "local"), "--store", store, "--no-advise",
+                            "--profile-every", "0", "--no-auto-capture", "--", sys.executable,
+                            str(tmp_path / "loop.py"), "120", str(stop)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_env(GPULENS_PUBLISH_EVERY="1", GPULENS_REQUEST_POLL_S="1"))
+    elsewhere = tmp_path / "asker"
+    elsewhere.mkdir()
+    asker_env = _env(GPULENS_CACHE=str(elsewhere / "cache"))
+    try:
+        assert job.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 90
+        while True:  # until the run's first rounds are in the store
+            run_id = _only(tmp_path / "local").name if (tmp_path / "local").is_dir() else "none"
+            asked = subprocess.run([GPULENS, "profile", f"{store}/{run_id}", "--steps", "3", "--timeout", "90"],
+                                   capture_output=True, text=True, timeout=150, env=asker_env, cwd=elsewhere)
+            if asked.returncode != 2 or time.monotonic() > deadline:
+                break
+            assert "no such run in the store" in asked.stderr or "has no rank" in asked.stderr, asked.stderr
+            time.sleep(0.5)
+    finally:
+        stop.touch()
+        out, err = job.communicate(timeout=120)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert f"gpulens: asked run {run_id} (rank 0) to profile its next 3 steps (request " in asked.stdout
+    assert ", through the store)" in asked.stdout
+    done = [line for line in asked.stdout.splitlines() if line.startswith("rank 0: done, steps ")]
+    assert len(done) == 1 and f": {store}/{run_id}/rank=0/traces/rank-0.window-0." in done[0], asked.stdout
+    assert job.returncode == 0 and "Traceback" not in err, err
+    report = _report(f"{store}/{run_id}", env=asker_env)  # the store's copy: the window and its trace, unbroken
+    (window,) = report["windows"]
+    assert window["trigger"] == "on demand" and window["last_step"] - window["first_step"] == 2
+    assert done[0].startswith(f"rank 0: done, steps {window['first_step']}-{window['last_step']}: ")
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    names = sorted(k.rsplit("/", 1)[1] for k in fs.ls(f"{store[5:]}/{run_id}/requests"))
+    trace = done[0].split(": ")[-1].split(" ")[0]
+    assert len(names) == 2 and names[1].endswith(".rank-0.json") and fs.exists(trace[len("s3://"):])
+    # and the job once finished: one line, nothing asked
+    after = subprocess.run([GPULENS, "profile", f"{store}/{run_id}"], capture_output=True, text=True, timeout=120,
+                           env=asker_env, cwd=elsewhere)
+    assert after.returncode == 2 and after.stderr.count("\n") == 1
+    assert f"run {run_id} is not running (finished)" in after.stderr, after.stderr
+
+
 def cache_run(store: str, run_id: str) -> Path:
     from gpulens.profiler.store.remote import cache_dir_for
 
@@ -572,10 +632,13 @@ def test_publishers_fail_fast_on_a_silent_store_but_keep_the_users_retry_setting
     defaults, and a user's own retry settings win."""
     from gpulens.profiler.store.remote import filesystem
 
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # botocore rewrites a client's retries dict once it connects
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     quick, _ = filesystem("s3://bucket/runs", quick=True)
-    assert quick.config_kwargs == {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
+    assert quick.config_kwargs == {"connect_timeout": 5, "retries": {"total_max_attempts": 2, "mode": "standard"}}
     assert filesystem("s3://bucket/runs")[0].config_kwargs == {}
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")
     assert filesystem("s3://bucket/runs", quick=True)[0].config_kwargs == {"connect_timeout": 5}

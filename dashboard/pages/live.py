@@ -113,9 +113,15 @@ def _access() -> Any:
     return current_app.config.get(on_demand.ACCESS_KEY)
 
 
+def _store() -> str | None:
+    from flask import current_app
+
+    return current_app.config.get(on_demand.STORE_KEY)
+
+
 def _profile_row(run: RunReader) -> html.Div:
     """"Profile next N steps": a window of the running job's next steps on every rank (gpulens profile)."""
-    why = on_demand.why_not(_access(), run.path, run.info.status)
+    why = on_demand.why_not(_access(), run.path, run.info.status, _store())
     return html.Div([
         dcc.Store(id="live-prof-request", data=None),
         dcc.Interval(id="live-prof-poll", interval=POLL_MS, disabled=True),  # only while a request is answered
@@ -333,12 +339,12 @@ def profile_action(clicked: bool, steps: Any, request: dict | None, run_id: str)
     try:
         run = data.reader(run_id)
         if clicked:
-            asked, ranks = on_demand.ask(_access(), run.path, run.refresh().status, steps)
+            asked, ranks = on_demand.ask(_access(), run.path, run.refresh().status, steps, _store())
             request = {"id": asked.id, "ranks": ranks, "steps": asked.steps, "done": False}
             return f"asked: the next {asked.steps} steps on rank {', '.join(map(str, ranks))}…", request, False
         if not isinstance(request, dict) or request.get("done"):
             return no_update, no_update, True
-        text, finished = on_demand.progress(run.path, request)
+        text, finished = on_demand.progress(run.path, request, _store())
         return text, ({**request, "done": True} if finished else no_update), finished
     except GpulensError as exc:
         return str(exc), no_update, True

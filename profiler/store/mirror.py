@@ -35,6 +35,7 @@ from typing import Any
 from gpulens.profiler.errors import GpulensError, one_line
 from gpulens.profiler.store import segments as seg
 from gpulens.profiler.store.remote import cache_dir_for, filesystem, is_url, redact
+from gpulens.profiler.store.requests import REQUESTS_DIR
 from gpulens.profiler.store.runstore import STORE_ERROR_FILE, validate_run_id
 
 log = logging.getLogger("gpulens")
@@ -163,6 +164,8 @@ def _place(run: _Run, parts: list[str], key: str, info: dict[str, Any]) -> str |
     if len(parts) == 2 and parts[0] == "traces" and _TRACE.match(name) and not run.members:
         run.legacy[f"traces/{name}"] = (key, info)
         return None
+    if len(parts) == 2 and parts[0] == REQUESTS_DIR:
+        return None  # profile requests and their answers, asked through the store (request_relay.py)
     member_match = _MEMBER.match(parts[0])
     if member_match is None:
         return f"an object gpulens did not write: {_shown('/'.join(parts))!r}"

@@ -395,6 +395,10 @@ class _Agent:
         self.final = False
         if config.get("target"):
             self._want(config["target"])
+        from gpulens.profiler.store.request_relay import RequestRelay
+
+        self.relay = RequestRelay(self.publisher.fs, self.publisher.base, self.db.parent, self.db.parent / STATE_DIR)
+        self._relay_error: str | None = None
 
     def _want(self, spec: dict[str, Any]) -> None:
         rank = spec.get("rank")
@@ -467,6 +471,7 @@ class _Agent:
                 if msg.get("final"):
                     self.final = True
             if self.final:
+                self._relay()  # the answers the run's close settled
                 ok = self._round(final=True)
                 _tell({"done": True, "ok": ok, "error": self.publisher.last_error})
                 return 0 if ok else self._linger()
@@ -476,9 +481,27 @@ class _Agent:
                                                        "(killed or crashed)"}
                 ok = self._round(final=True, meta_patch=patch, only_if_running=True)
                 return 0 if ok else self._linger(patch)
+            self._relay()
             if time.monotonic() >= next_round:
                 self._round(final=False)
                 next_round = time.monotonic() + self.publisher.interval()
+
+    def _relay(self) -> None:
+        """Profile requests asked through the store, and this rank's answers (request_relay.py); once the
+        database's place in the store is known."""
+        target = self.publisher.target
+        if target is None:
+            return
+        try:
+            copied, sent = self.relay.tick(target.run_id, target.rank)
+            if copied or sent:
+                log.info("requests: %d copied from the store, %d answers sent", copied, sent)
+            self._relay_error = None
+        except Exception as exc:  # the store's trouble: the next tick tries again (said once per kind)
+            error = f"{type(exc).__name__}: {one_line(str(exc), 200)}"
+            if error != self._relay_error:
+                log.info("requests: relaying failed (%s)", redact(error))
+            self._relay_error = error
 
     def _round(self, final: bool, meta_patch: dict[str, Any] | None = None, only_if_running: bool = False) -> bool:
         target = self.target(final)

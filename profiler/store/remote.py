@@ -44,18 +44,19 @@ def scheme_of(url: str) -> str:
 
 
 #: A publisher's S3 client: it has a back-off of its own and a training process that waits for its last round,
-#: so a store that does not answer fails a request in seconds -- botocore's defaults (a 60 s connect timeout,
-#: 4 retries with back-off) held a script's exit 13-20 s behind a store that refused connections.  A user's own
-#: ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` (or the config file's) still win for the retries.
-_QUICK_S3 = {"connect_timeout": 5, "retries": {"max_attempts": 2, "mode": "standard"}}
+#: so a store that does not answer fails a request in seconds (2 attempts in all) -- botocore's defaults (a 60 s
+#: connect timeout, 5 attempts with back-off) held a script's exit 13-20 s behind a store that refused
+#: connections.  A user's own ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` still win for the retries.
+QUICK_CONNECT_TIMEOUT_S, QUICK_MAX_ATTEMPTS = 5, 2
 
 
 def _quick_options(url: str) -> dict[str, Any]:
     if scheme_of(url) not in ("s3", "s3a"):
         return {}
-    config: dict[str, Any] = dict(_QUICK_S3)
-    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
-        config.pop("retries")
+    # built afresh each time: botocore rewrites the retries dict it is given (max_attempts -> total_max_attempts)
+    config: dict[str, Any] = {"connect_timeout": QUICK_CONNECT_TIMEOUT_S}
+    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+        config["retries"] = {"total_max_attempts": QUICK_MAX_ATTEMPTS, "mode": "standard"}
     return {"config_kwargs": config}
 
 

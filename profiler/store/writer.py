@@ -61,6 +61,22 @@ _STEP_INSERT = f"INSERT OR REPLACE INTO steps ({', '.join(schema.STEP_COLUMNS)})
 _STEP_INSERTS: dict[int, str] = {}  # rows per statement -> its SQL
 
 
+def _claim(made: Path, path: Path) -> None:
+    """Put the finished database ``made`` at ``path``, failing with FileExistsError when the name is taken."""
+    try:
+        os.link(made, path)
+        return
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; each run and rank needs its own database") from None
+    except OSError:  # a filesystem without hard links: claim the name, then replace it whole
+        pass
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; each run and rank needs its own database") from None
+    os.replace(made, path)
+
+
 class RunWriter:
     """Append-only writer for one rank database.
 
@@ -116,28 +132,39 @@ class RunWriter:
         self._thread.start()
 
     def _create(self, meta: dict[str, Any]) -> sqlite3.Connection:
-        """A new database at :attr:`path` holding ``meta``, and its connection."""
+        """A new database at :attr:`path` holding ``meta``, and its connection.
+
+        It is made whole under a hidden name and then linked into place: a reader (``gpulens report``,
+        ``gpulens profile``, the dashboard, another rank's publisher) that lists the run folder in the instant
+        a rank starts sees no database or a complete one -- never an empty or unstamped file, which it could
+        only call foreign.  The link is also the claim: it fails when the name is taken, so two processes
+        claiming one rank cannot both get it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # created here, atomically: two processes claiming one rank cannot both get it
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
-            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database") from None
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        if os.path.lexists(self.path):
+            raise FileExistsError(f"{self.path} already exists; each run and rank needs its own database")
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}-{threading.get_ident()}")
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            schema.create(conn)
-            conn.execute("BEGIN")
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in meta.items()],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            # leave no half-made database behind: it would list as a crashed run
-            conn.close()
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+                schema.create(conn)
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [(k, json.dumps(v)) for k, v in meta.items()],
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.close()  # the last connection: its WAL is checkpointed into the file and removed
+            _claim(tmp, self.path)
+        finally:
             for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        try:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            self.path.unlink(missing_ok=True)  # ours: a database that cannot be written would list as crashed
             raise
         return conn
 
