@@ -37,12 +37,11 @@ from gpulens.profiler.store.requests import (
 #: a LIST each, its status a listing of the run.
 POLL_S, STATUS_EVERY_S = 0.2, 2.0
 STORE_POLL_S, STORE_STATUS_EVERY_S = 2.0, 15.0
-#: Several ranks record the same steps: the first is this far ahead of the furthest rank's last recorded step
-#: (its rows reach the database within a flush, 0.3 s; each watcher reads the folder every 0.5 s).
+#: Several ranks record the same steps: the first is this far ahead of where the furthest rank is now (each
+#: watcher reads the folder every 0.5 s).
 ALIGN_LEAD_S = 2.0
-#: Through a store the steps read are a publish round old (10 s), and the request waits for a node's turn to
-#: list (5 s) before a watcher sees it.
-STORE_ALIGN_LEAD_S = 20.0
+#: Through a store the request also waits for a node's turn to list it (5 s by default).
+STORE_ALIGN_LEAD_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,13 @@ def check(run_dir: Path, steps: int, rank: str, memory: bool, store_url: str | N
         starts = [float(run.meta(r).get("start") or 0.0) for r in ranks]
         # several ranks align on a step: their last minutes of steps say where they are (not whole tables)
         recent = {r: _last_steps(run, r) for r in ranks} if rank == "all" and len(ranks) > 1 else {}
+    if store_url and not all(len(t) for t in recent.values()):
+        # a store's copy read while publishers merged segments can come out short (the rest waits for the next
+        # sync): one more, or the ranks are not aligned (found with a DDP job through S3 on a loaded host)
+        from gpulens.profiler.store.mirror import local_run
+
+        with open_run(local_run(store_url)) as run:
+            recent = {r: _last_steps(run, r) for r in recent}
     running = [r for r in ranks if states[r][0] == "running"]
     if not running:
         status, reason = next(iter(states.values()), ("finished", None))
@@ -131,15 +137,18 @@ def _last_steps(run: RunReader, rank: int, seconds: float = 300.0) -> StepTable:
     return recent if len(recent) else run.steps(rank, columns=())
 
 
-def align_step(tables: list[StepTable], lead_s: float = ALIGN_LEAD_S) -> int | None:
-    """The first step every rank can still record: past the furthest rank's last step by what ``lead_s``
-    takes at the slowest rank's recent pace (None before any rank stepped)."""
-    lasts = [int(t.step[-1]) for t in tables if len(t)]
-    if not lasts:
+def align_step(tables: list[StepTable], lead_s: float = ALIGN_LEAD_S, now: float | None = None) -> int | None:
+    """The first step every rank can still record (None before any rank stepped): where the furthest rank is
+    *now* -- its last step read, plus the steps its recent pace made since that step ended (the rows reach the
+    database within a flush; a store's are a publish round old, and reading them there took its own while)
+    -- and ``lead_s`` more at the slowest rank's pace."""
+    rows = [t for t in tables if len(t)]
+    if not rows:
         return None
-    paces = [float(np.median(t.duration[-20:])) for t in tables if len(t)]
-    pace = max(max(paces), 1e-3)
-    return max(lasts) + 1 + math.ceil(lead_s / pace)
+    now = time.time() if now is None else now
+    paces = [max(float(np.median(t.duration[-20:])), 1e-3) for t in rows]
+    where = [int(t.step[-1]) + max(0.0, now - float(t.t_end[-1])) / pace for t, pace in zip(rows, paces)]
+    return math.floor(max(where) + 1e-6) + 1 + math.ceil(lead_s / max(paces) - 1e-6)  # (float rounding)
 
 
 def ask(target: Target, steps: int, memory: bool, source: str = "cli") -> ProfileRequest:

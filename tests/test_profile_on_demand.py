@@ -361,6 +361,30 @@ def test_runs_and_store_segments_from_before_the_trigger_column_still_read(tmp_p
 RANK_LOOP = LOOP.replace('run_id="od"', 'run_id="od2"').replace('"stop"', '"stop2"')
 
 
+def test_the_aligned_step_is_ahead_of_where_the_ranks_are_now_not_where_their_rows_were() -> None:
+    """Rows read from a store are a publish round old and reading them took a while (a DDP job asked through
+    moto's S3 on a loaded host was read 54 s late: both ranks were ~430 steps past the aligned step).  The step
+    is where each rank is now at its pace, plus the lead at the slowest pace."""
+    import numpy as np
+
+    from gpulens.profile_request import align_step
+    from gpulens.profiler.store.reader import StepTable
+
+    def table(rank: int, last: int, end: float, pace: float) -> StepTable:
+        steps = np.arange(last - 29, last + 1)
+        t_end = end - pace * (last - steps)
+        return StepTable(rank, {"step": steps, "t_start": t_end - pace, "t_end": t_end,
+                                "flags": np.zeros(30, dtype=np.int64)})
+
+    fast, slow = table(0, 500, 1000.0, 0.01), table(1, 480, 1000.0, 0.02)
+    assert align_step([fast, slow], 2.0, now=1000.0) == 501 + 100  # read as written: 2 s at the slow pace
+    # 3 s later: rank 0 made ~300 steps since its last row, rank 1 ~150; the lead stays 100 slow steps
+    assert align_step([fast, slow], 2.0, now=1003.0) == 801 + 100
+    assert align_step([fast, slow], 2.0, now=990.0) == 501 + 100  # a clock behind the rows': never backwards
+    assert align_step([StepTable(0, {"step": np.zeros(0), "t_start": np.zeros(0), "t_end": np.zeros(0),
+                                     "flags": np.zeros(0)})]) is None
+
+
 def test_every_rank_records_the_same_steps(tmp_path: Path, monkeypatch) -> None:
     from gpulens import profile_request
 
