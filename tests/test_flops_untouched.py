@@ -54,10 +54,10 @@ def test_weights_under_gpulens_run_are_bit_for_bit_those_without_it(tmp_path, op
         pytest.skip("torch.compile's CPU backend needs a C++ compiler (apt-get install g++)")
     plain, recorded = tmp_path / "plain.pt", tmp_path / "recorded.pt"
     proc = subprocess.run([sys.executable, PROBE, *options, "--out", str(plain)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr
     proc2 = subprocess.run([GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--no-advise", "--", sys.executable,
-                            PROBE, *options, "--out", str(recorded)], capture_output=True, text=True, timeout=300)
+                            PROBE, *options, "--out", str(recorded)], capture_output=True, text=True, timeout=900)
     assert proc2.returncode == 0, proc2.stderr
     assert proc2.stdout == proc.stdout  # the final loss, printed to 6 places
     a, b = dict(_tensors(torch.load(plain))), dict(_tensors(torch.load(recorded)))

@@ -61,6 +61,13 @@ def _profile(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout, env=_env())
 
 
+def _ack(request: str, rank: int, status: str, first: int | None = None, last: int | None = None,
+         path: str | None = None) -> requests.Ack:
+    """A rank's answer as its watcher would write it (window 0 once it has steps)."""
+    return requests.Ack(request=request, rank=rank, t=time.time(), status=status,
+                        window=None if first is None else 0, first_step=first, last_step=last, path=path)
+
+
 def _wait_for_steps(run_dir: Path, proc: subprocess.Popen, at_least: int = 3) -> None:
     """Until the loop has recorded a few steps (its watcher answers only once the process steps)."""
     deadline = time.monotonic() + 60
@@ -169,12 +176,12 @@ def test_the_relay_brings_requests_down_once_per_node_and_each_ranks_answers_up_
     assert [r.id for r in requests.read_requests(run_dir)] == [asked.id]
     assert relays[0].tick("job", 0, now=111.0) == (0, 0)  # listed again: already here
     for rank in (0, 1):
-        requests.write_ack(run_dir, requests.Ack(asked.id, rank, "queued", time.time()))
+        requests.write_ack(run_dir, _ack(asked.id, rank, "queued"))
     assert relays[0].tick("job", 0, now=111.5) == (0, 1) and relays[0].tick("job", 0, now=112.0) == (0, 0)
     assert set(requests.read_acks(store, asked.id)) == {0}
     assert relays[1].tick("job", 1, now=112.5) == (0, 1)
     time.sleep(0.01)  # a new mtime for the changed answer
-    requests.write_ack(run_dir, requests.Ack(asked.id, 0, "done", time.time(), 0, 10, 12, "traces/t.gz"))
+    requests.write_ack(run_dir, _ack(asked.id, 0, "done", 10, 12, "traces/t.gz"))
     assert relays[0].tick("job", 0, now=113.0) == (0, 1)
     got = requests.read_acks(store, asked.id)
     assert (got[0].status, got[0].path, got[1].status) == ("done", "traces/t.gz", "queued")
@@ -207,7 +214,7 @@ def test_checks_against_a_running_run(tmp_path: Path, monkeypatch) -> None:
         with pytest.raises(GpulensError, match=f"request {request.id} .* is still being answered"):
             profile_request.check(run_dir, 5, "0", False)
         # answered: the next request may go
-        requests.write_ack(run_dir, requests.Ack(request.id, 0, "done", time.time(), 0, 10, 14, "traces/x"))
+        requests.write_ack(run_dir, _ack(request.id, 0, "done", 10, 14, "traces/x"))
         assert profile_request.check(run_dir, 5, "0", False).ranks == (0,)
         # one nobody answered for a minute (a process without a watcher) blocks nothing
         stale = requests.new_request(3, None, False, "cli")
@@ -442,7 +449,7 @@ def test_the_live_pages_button_asks_and_follows_the_answers(tmp_path: Path) -> N
             (asked,) = requests.read_requests(run_dir)
             assert (asked.id, asked.steps, asked.source) == (request["id"], 3, "dashboard")
             assert live.profile_action(False, 3, request, "live-run") == ("rank 0: asked", live.no_update, False)
-            requests.write_ack(run_dir, requests.Ack(asked.id, 0, "done", time.time(), 0, 8, 10, "traces/t.gz"))
+            requests.write_ack(run_dir, _ack(asked.id, 0, "done", 8, 10, "traces/t.gz"))
             text, after, off = live.profile_action(False, 3, request, "live-run")
             assert text == "rank 0: steps 8-10 recorded" and after["done"] and off  # answered: polling stops
             assert live.profile_action(False, 3, after, "live-run") == (live.no_update, live.no_update, True)
@@ -487,9 +494,9 @@ def test_a_store_dashboards_button_asks_through_the_store(tmp_path: Path, monkey
             (asked,) = requests.read_requests(box)
             assert asked.id == request["id"] and asked.source == "dashboard"
             assert not (mirror / "stored-run" / "requests").exists() and not (run_dir / "requests").exists()
-            requests.write_ack(box, requests.Ack(asked.id, 0, "profiling", time.time(), 0, 4, 5))
+            requests.write_ack(box, _ack(asked.id, 0, "profiling", 4, 5))
             assert live.profile_action(False, 2, request, "stored-run")[0] == "rank 0: profiling steps 4-5"
-            requests.write_ack(box, requests.Ack(asked.id, 0, "done", time.time(), 0, 4, 5, "traces/t.gz"))
+            requests.write_ack(box, _ack(asked.id, 0, "done", 4, 5, "traces/t.gz"))
             text, after, off = live.profile_action(False, 2, request, "stored-run")
             assert text == "rank 0: steps 4-5 recorded" and after["done"] and off
         _, stats = sync_runs(url)  # the requests beside the run's data break nothing in the mirror

@@ -327,15 +327,16 @@ WORKERS_LOOP = textwrap.dedent("""
 def _run_loop(tmp_path: Path, loop: str, *args: str, what_if: str | None = None,
               run_id: str = "w") -> tuple[subprocess.CompletedProcess, dict]:
     """``loop`` run as a script with ``args`` -- under ``gpulens run --what-if`` (no profiler windows, no FLOP
-    counting: their extra forwards would count in the script's own records) unless ``what_if`` is None -- and the
-    JSON its last line printed."""
+    counting: their extra forwards would count in the script's own records; no automatic capture: a loaded
+    host's slowdowns got windows whose steps left the stretch's measurement) unless ``what_if`` is None -- and
+    the JSON its last line printed."""
     script = tmp_path / "loop.py"
     script.write_text(loop)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULENS_")}
     cmd = [sys.executable, str(script), *args]
     if what_if is not None:
         cmd = [GPULENS, "run", "--runs-dir", str(tmp_path / "runs"), "--run-id", run_id, "--no-advise",
-               "--profile-every", "0", "--no-flops", "--what-if", what_if, "--", *cmd]
+               "--profile-every", "0", "--no-auto-capture", "--no-flops", "--what-if", what_if, "--", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, json.loads(lines[-1]) if lines else {}

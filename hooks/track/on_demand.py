@@ -52,9 +52,7 @@ class RequestWatcher:
         for rid, state in self._seen.items():
             if self._written.get(rid) != state.version:
                 self._written[rid] = state.version
-                write_ack(self.run_dir, Ack(rid, self.rank, state.status, time.time(), state.window,
-                                            state.first_step, state.last_step, state.path, state.memory_path,
-                                            state.reason))
+                write_ack(self.run_dir, Ack.of(rid, self.rank, state))
 
     def _take(self, request: ProfileRequest) -> DemandState:
         windows = self._windows()

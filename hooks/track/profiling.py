@@ -29,6 +29,7 @@ from typing import Any
 
 from gpulens.hooks.track.kineto_output import kineto_quiet
 from gpulens.profiler.store import clock
+from gpulens.profiler.store.requests import Progress
 from gpulens.profiler.store.writer import RunWriter
 
 log = logging.getLogger("gpulens")
@@ -88,16 +89,9 @@ class Demand:
 
 
 @dataclass
-class DemandState:
+class DemandState(Progress):
     """How far a demand got, for its acknowledgement (read by the request watcher's thread)."""
 
-    status: str = "queued"  # queued | profiling | done | failed | refused
-    window: int | None = None
-    first_step: int | None = None
-    last_step: int | None = None
-    path: str | None = None
-    memory_path: str | None = None
-    reason: str | None = None
     version: int = 0  # bumped on each change: the watcher writes an acknowledgement per version
 
 

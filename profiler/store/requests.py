@@ -154,16 +154,14 @@ class ProfileRequest:
         return self.ranks is None or rank in self.ranks
 
 
-@dataclass(frozen=True)
-class Ack:
-    """A rank's answer to a request: ``queued`` (seen, waits for a step boundary or a window that is running),
-    ``profiling`` (steps ``first_step``-``last_step``), ``done`` (the trace at ``path``, relative to the run
-    folder), ``failed`` or ``refused`` (with ``reason``)."""
+@dataclass
+class Progress:
+    """How far a request got on one rank: ``queued`` (seen, waits for a step boundary or a window that is
+    running), ``profiling`` (steps ``first_step``-``last_step``), ``done`` (the trace at ``path``, relative to
+    the run folder), ``failed`` or ``refused`` (with ``reason``).  The profiler's windows keep one per demand
+    (hooks/track/profiling.py); an :class:`Ack` is one written down."""
 
-    request: str
-    rank: int
-    status: str
-    t: float
+    status: str = "queued"
     window: int | None = None
     first_step: int | None = None
     last_step: int | None = None
@@ -174,6 +172,20 @@ class Ack:
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+
+@dataclass(kw_only=True)
+class Ack(Progress):
+    """A rank's answer to a request, as the file ``profile-ID.rank-R.json`` holds it."""
+
+    request: str
+    rank: int
+    t: float
+
+    @classmethod
+    def of(cls, request: str, rank: int, progress: Progress, t: float | None = None) -> Ack:
+        fields = {name: getattr(progress, name) for name in Progress.__dataclass_fields__}
+        return cls(request=request, rank=rank, t=time.time() if t is None else t, **fields)
 
 
 def new_request(steps: int, ranks: tuple[int, ...] | None, memory: bool, source: str,
