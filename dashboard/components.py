@@ -99,8 +99,25 @@ ANALYSIS_POLL_MS = 1000
 def analysis_poll(cid: str) -> dcc.Interval:
     """Re-runs a page's analysis callbacks until the analysis is there: request threads never wait for one
     (a few heavy runs would otherwise hold every server thread), they answer "analysing" and are asked
-    again; the callback disables this once it has what it needs."""
-    return dcc.Interval(id=cid, interval=ANALYSIS_POLL_MS, n_intervals=0, disabled=False)
+    again.  One tick at a time: each answer arms the next (:func:`poll_again` into ``max_intervals``) or
+    stops it (:data:`POLL_DONE`).  A free-running interval on a server slower than its period never filled
+    the page: every answer came after the next tick had sent a newer request, and Dash drops an answer that a
+    newer request of the same callback supersedes (a loaded 2-core host: answers 12 s late, the compare page
+    blank for good)."""
+    return dcc.Interval(id=cid, interval=ANALYSIS_POLL_MS, n_intervals=0, max_intervals=1)
+
+
+#: ``max_intervals`` that stops an :func:`analysis_poll`.
+POLL_DONE = 0
+
+
+def poll_again(n_intervals: int | None) -> int:
+    """``max_intervals`` for one more tick of an :func:`analysis_poll` after this answer."""
+    return (n_intervals or 0) + 1
+
+
+def poll(done: bool, n_intervals: int | None) -> int:
+    return POLL_DONE if done else poll_again(n_intervals)
 
 
 def analysing(what: str = "this run") -> html.Div:

@@ -152,13 +152,19 @@ def test_zoomed_view_reads_full_resolution_inside_the_range():
 # ---------------------------------------------------------------------- run page
 def _polled(callback, *args, timeout: float = 120.0):
     """What a page shows once its analysis is there: the callback is asked again, as the page's poll does,
-    until it turns its poll off (its last output).  Each call answers at once, analysed or not."""
+    until it stops its poll (its last output, the poll's ``max_intervals``: 0).  Each call answers at once,
+    analysed or not, and while analysing arms exactly one more tick."""
+    from gpulens.dashboard.components import POLL_DONE
+
     deadline = time.monotonic() + timeout
+    n = 0
     while True:
         t0 = time.monotonic()
-        *out, poll_off = callback(*args, 0)
+        *out, poll = callback(*args, n)
         assert time.monotonic() - t0 < 30  # never waits for the analysis (a generous bound for a busy host)
-        if poll_off:
+        assert poll in (POLL_DONE, n + 1), poll
+        n += 1
+        if poll == POLL_DONE:
             return out[0] if len(out) == 1 else tuple(out)
         assert time.monotonic() < deadline, "the analysis never arrived"
         time.sleep(0.1)
@@ -183,13 +189,14 @@ def test_pages_answer_at_once_while_a_run_is_analysed_and_fill_in_by_polling(app
     threaded, data._analyses = data._analyses, data._Analyses(processes=False)
     try:
         with app.server.app_context():
-            cards, suggestions, targets, events, poll_off = run_page.run_overview("h100-cnn-input-bound", 0)
+            # analysing: each answers at once and arms one more tick of its poll (max_intervals = n + 1)
+            cards, suggestions, targets, events, poll = run_page.run_overview("h100-cnn-input-bound", 3)
             assert started.wait(30)
-            assert not poll_off and "analysing" in json.dumps(cards.to_plotly_json())
-            assert kpage.kernels_view("h100-cnn-input-bound", "all", None, None, "light", 0)[-1] is False
-            assert kpage.trace_analysis_view("h100-cnn-input-bound", "all", "light", 0)[-1] is False
-            body, poll_off = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light", 0)
-            assert not poll_off
+            assert poll == 4 and "analysing" in json.dumps(cards.to_plotly_json())
+            assert kpage.kernels_view("h100-cnn-input-bound", "all", None, None, "light", 0)[-1] == 1
+            assert kpage.trace_analysis_view("h100-cnn-input-bound", "all", "light", 0)[-1] == 1
+            body, poll = cpage.compare("h100-cnn-input-bound", "h100-gpt-small-batch", "light", 7)
+            assert poll == 8
             release.set()
             cards = _polled(run_page.run_overview, "h100-cnn-input-bound")[0]
             assert [c.id for c in cards][0] == "card-gpu_busy"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,10 +55,33 @@ def root(tmp_path_factory):
         "h100-cnn-input-bound", "h100-gpt-small-batch", "cpu-cnn-workers", "h200-cnn-input-bound"))
 
 
+#: ``gpulens dashboard``, whose threads' stacks SIGUSR1 writes to its log (a page that never gets its callback's
+#: answer: where is the server stuck?).
+_SERVE = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+          "from gpulens.cli import main; sys.argv[0] = 'gpulens'; raise SystemExit(main(sys.argv[1:]))")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Stacks to the log first (kept in test-artifacts/), then the server stops."""
+    try:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+    except OSError:
+        pass
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 def _start_server(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None):
+    """A dashboard process; its output goes to a file (test-artifacts/dashboard-PORT.log), never to a pipe that
+    nobody reads: a loaded host's waitress warnings ("Task queue depth is N") filled one, and the server's
+    next write blocked the thread answering a callback -- the compare page stayed blank for 240 s."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gpulens", "dashboard", *args, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"dashboard-{port}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-c", _SERVE, "dashboard", *args, "--port", str(port)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + FAILSAFE_MS / 1000
     while True:
@@ -66,9 +90,9 @@ def _start_server(args: list[str], cwd: Path | None = None, env: dict[str, str] 
             return base, proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
                 proc.kill()
-                raise RuntimeError(f"dashboard did not start: {out}") from None
+                proc.wait()
+                raise RuntimeError(f"dashboard did not start: {log_path.read_text(errors='replace')}") from None
             time.sleep(0.2)
 
 
@@ -76,8 +100,7 @@ def _start_server(args: list[str], cwd: Path | None = None, env: dict[str, str] 
 def server(root):
     base, proc = _start_server([str(root)])
     yield base, proc
-    proc.terminate()
-    proc.wait(timeout=10)
+    _stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +130,25 @@ def profile(pw, tmp_path_factory):
 
 
 def _page(profile, request, viewport: dict, console_errors: bool):
-    """A new page; a screenshot in test-artifacts/ if the test failed; no JS error allowed."""
+    """A new page; a screenshot and the page's requests in test-artifacts/ if the test failed; no JS error
+    allowed."""
     pg = profile.new_page()
     pg.set_viewport_size(viewport)
     errors: list[str] = []
+    traffic: list[str] = []  # when a page stays blank: which callback went out, which came back, which failed
     pg.on("pageerror", lambda e: errors.append(str(e)))
     if console_errors:
         pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("request", lambda r: traffic.append(f"{time.monotonic():.1f} -> {r.method} {r.url}"))
+    pg.on("response", lambda r: traffic.append(f"{time.monotonic():.1f} <- {r.status} {r.url}"))
+    pg.on("requestfailed", lambda r: traffic.append(f"{time.monotonic():.1f} !! {r.url}: {r.failure}"))
     pg.set_default_timeout(FAILSAFE_MS)
     yield pg
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         ARTIFACTS.mkdir(exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        (ARTIFACTS / f"{request.node.name}.requests.txt").write_text("\n".join([*traffic, *errors]))
     if pg.url.startswith("http"):
         pg.evaluate("() => { localStorage.clear(); sessionStorage.clear(); }")
     pg.close()
@@ -533,8 +562,7 @@ def test_a_user_with_the_right_password_is_never_locked_out(root, browser):
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(base + "/", timeout=10)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop_server(proc)
     assert not [s for s in statuses if s[0] == 429], [s for s in statuses if s[0] == 429][:5]
     assert sum(1 for s in statuses if s[0] == 200) > 12
 
@@ -641,10 +669,10 @@ def test_the_live_pages_button_profiles_the_running_job(page, tmp_path):
         page.click("#live-prof-go")
         text = _text_when(page, "#live-prof-status", "rank 0: steps", "recorded")
     finally:
+        page.goto("about:blank")  # the live page polls: stopped under it, its next poll is a console error
         (tmp_path / "stop").touch()
         job.communicate(timeout=120)
-        server.terminate()
-        server.wait(timeout=10)
+        _stop_server(server)
     with open_run(root / "asked-live") as run:
         (window,) = run.windows()
     assert text.strip() == f"rank 0: steps {window.first_step}-{window.last_step} recorded"

@@ -63,22 +63,22 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]], cid: str, ro
     ], className="table", id=cid)
 
 
-@callback(Output("cmp-body", "children"), Output("cmp-analysis-poll", "disabled"), Input("cmp-a", "value"),
+@callback(Output("cmp-body", "children"), Output("cmp-analysis-poll", "max_intervals"), Input("cmp-a", "value"),
           Input("cmp-b", "value"), Input("theme", "data"), Input("cmp-analysis-poll", "n_intervals"))
-def compare(a_id: str | None, b_id: str | None, theme: str | None, _poll: int) -> tuple[Any, bool]:
+def compare(a_id: str | None, b_id: str | None, theme: str | None, poll: int | None) -> tuple[Any, int]:
     if not a_id or not b_id:
-        return ui.notice("Pick two runs to compare (the runs root needs at least two).", "info"), True
+        return ui.notice("Pick two runs to compare (the runs root needs at least two).", "info"), ui.POLL_DONE
     try:
         ra, rb = data.reader(a_id), data.reader(b_id)
         aa, ab = data.analysis(a_id), data.analysis(b_id)  # both started at once, neither waited for
     except GpulensError as exc:
-        return ui.notice(str(exc), "error", cid="cmp-error"), True
+        return ui.notice(str(exc), "error", cid="cmp-error"), ui.POLL_DONE
     if aa is None or ab is None:
-        return ui.analysing("these runs"), False
+        return ui.analysing("these runs"), ui.poll_again(poll)
     for run, an in ((ra, aa), (rb, ab)):
         if an.report is None:
-            return ui.notice(f"{run.info.name}: {an.error}", "error", cid="cmp-error"), True
-    return _comparison(ra, aa, rb, ab, theme or "light"), True
+            return ui.notice(f"{run.info.name}: {an.error}", "error", cid="cmp-error"), ui.POLL_DONE
+    return _comparison(ra, aa, rb, ab, theme or "light"), ui.POLL_DONE
 
 
 def _comparison(ra: Any, aa: data.Analysis, rb: Any, ab: data.Analysis, theme: str) -> Any:

@@ -210,13 +210,13 @@ def kernel_cards(an: KernelView) -> list[Any]:
     Output("k-cpu-ops", "children"),
     Output("k-gemm", "children"),
     Output("k-kernels-title", "children"),
-    Output("k-trace-poll", "disabled"),
+    Output("k-trace-poll", "max_intervals"),
     Input("k-run-id", "data"),
     Input("k-window", "value"),
     Input("theme", "data"),
     Input("k-trace-poll", "n_intervals"),
 )
-def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int) -> tuple:
+def trace_analysis_view(run_id: str, window: str, theme: str | None, poll: int | None) -> tuple:
     """What `gpulens report` prints from the windows besides the kernel table: the step breakdown,
     per-device utilization, idle-time attribution, CPU operators, GEMM shapes."""
     theme = theme or "light"
@@ -225,7 +225,7 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
     except GpulensError as exc:
         none = html.Div(str(exc), className="muted")
         return (figures.empty_figure(str(exc), theme, 150), none, none, none, none, "Kernels",
-                not isinstance(exc, Analysing))
+                ui.poll(not isinstance(exc, Analysing), poll))
     fig = figures.share_bar_figure(breakdown_shares(an), th.BREAKDOWN_COLORS,
                                    "Profiled step time by kind, % of the step (TensorBoard profiler breakdown)", theme)
     devices = _table(("rank", "device", "steps", "GPU utilization", "est. SM efficiency", "est. occupancy",
@@ -243,7 +243,7 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
     gemm = _table(("op", "m×n×k", "dtype", "calls", "kernel time", "not a multiple of 8/16"), gemm_rows(an),
                   "k-gemm-table")
     title = "Kernels" if an.kernels else "Kernels — none: a CPU run (its operators are listed below)"
-    return fig, devices, idle, ops, gemm, title, True
+    return fig, devices, idle, ops, gemm, title, ui.POLL_DONE
 
 
 @callback(
@@ -255,7 +255,7 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
     Output("k-sync", "children"),
     Output("k-download", "children"),
     Output("k-problems", "children"),
-    Output("k-analysis-poll", "disabled"),
+    Output("k-analysis-poll", "max_intervals"),
     Input("k-run-id", "data"),
     Input("k-window", "value"),
     Input("k-category", "value"),
@@ -264,16 +264,16 @@ def trace_analysis_view(run_id: str, window: str, theme: str | None, _poll: int)
     Input("k-analysis-poll", "n_intervals"),
 )
 def kernels_view(run_id: str, window: str, categories: list[str] | None, search: str | None,
-                 theme: str | None, _poll: int) -> tuple:
+                 theme: str | None, poll: int | None) -> tuple:
     theme = theme or "light"
     try:
         an, problems, w = window_analysis(run_id, window or ALL_WINDOWS)
     except Analysing as exc:
         empty = figures.empty_figure(str(exc), theme, 150)
-        return [], [ui.analysing()], empty, empty, [], [], [], [], False
+        return [], [ui.analysing()], empty, empty, [], [], [], [], ui.poll_again(poll)
     except GpulensError as exc:
         empty = figures.empty_figure(str(exc), theme, 150)
-        return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], [], True
+        return [], [ui.notice(str(exc), "error", cid="k-error")], empty, empty, [], [], [], [], ui.POLL_DONE
     rows = kernel_rows(an.kernels, categories, search)
     cats = an.categories_us
     total = sum(cats.values()) or 1.0
@@ -303,7 +303,7 @@ def kernels_view(run_id: str, window: str, categories: list[str] | None, search:
     probs = [ui.notice(f"rank {p.rank} window {p.window}: {p.error}", "warn") for p in problems]
     if not an.available and an.reason:  # no readable window
         probs.append(ui.notice(an.reason, "info"))
-    return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs, True
+    return rows, kernel_cards(an), cat_fig, tmp_fig, memcpy_table, sync_table, download, probs, ui.POLL_DONE
 
 
 register(__name__, path_template="/run/<run_id>/kernels", title="gpulens · kernels", name="Kernels", layout=layout)

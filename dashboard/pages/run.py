@@ -93,20 +93,21 @@ def layout(run_id: str | None = None, **_: Any) -> html.Div:
     Output("run-suggestions", "children"),
     Output("evidence-targets", "data"),
     Output("run-events", "children"),
-    Output("run-analysis-poll", "disabled"),
+    Output("run-analysis-poll", "max_intervals"),
     Input("run-id", "data"),
     Input("run-analysis-poll", "n_intervals"),
 )
-def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
+def run_overview(run_id: str, poll: int | None) -> tuple[Any, Any, Any, Any, int]:
     try:
         run = data.reader(run_id)
         a = data.analysis(run_id, live=run.info.status == "running")
     except GpulensError as exc:
-        return ui.notice(str(exc), "error"), [], [], [], True
+        return ui.notice(str(exc), "error"), [], [], [], ui.POLL_DONE
     if a is None:
-        return ui.analysing(), [], no_update, [], False
+        return ui.analysing(), [], no_update, [], ui.poll_again(poll)
     if a.error or a.report is None:
-        return ui.notice(f"cannot analyse this run: {a.error}", "error", cid="analysis-error"), [], [], [], True
+        return (ui.notice(f"cannot analyse this run: {a.error}", "error", cid="analysis-error"), [], [], [],
+                ui.POLL_DONE)
     cards = [ui.card(c.label, c.value, c.sub, cid=f"card-{c.key}", title=c.title, muted=not c.available)
              for c in overview.headline(a.report)]
     targets: list[dict[str, Any]] = []
@@ -146,7 +147,7 @@ def run_overview(run_id: str, _poll: int) -> tuple[Any, Any, Any, Any, bool]:
                                                 for e in events[:200]])], className="table")
     else:
         ev = html.Div("No events (XID errors, clock events, profiler problems) recorded.", className="muted small")
-    return cards, items, targets, ev, True
+    return cards, items, targets, ev, ui.POLL_DONE
 
 
 # ---------------------------------------------------------------------- zoom
