@@ -21,6 +21,7 @@ import numpy as np
 
 from gpulens.profiler.errors import GpulensError
 from gpulens.profiler.store.reader import RunReader, StepTable
+from gpulens.profiler.store.remote import redact
 from gpulens.profiler.store.requests import (
     MAX_STEPS,
     Ack,
@@ -198,8 +199,16 @@ def wait(target: Target, request: ProfileRequest, timeout: float, out: TextIO = 
     deadline = time.monotonic() + timeout
     next_status = time.monotonic() + status_every
     gone: dict[int, str] = {}
+    acks: dict[int, Ack] = {}
+    trouble: str | None = None  # a store that failed a poll: the next poll tries again
     while True:
-        acks = read_acks(target.requests, request.id, seen)
+        try:
+            acks = read_acks(target.requests, request.id, seen)
+            trouble = None
+        except Exception as exc:
+            if not target.store_url:
+                raise
+            trouble = f"{type(exc).__name__}: {exc}"
         for rank in sorted(acks):
             ack = acks[rank]
             if shown.get(rank) != (ack.status, ack.path):
@@ -212,18 +221,22 @@ def wait(target: Target, request: ProfileRequest, timeout: float, out: TextIO = 
         if now >= deadline:
             print(f"no answer from rank {', '.join(map(str, open_ranks))} within {timeout:.0f} s: a step longer "
                   "than that, or a process whose gpulens does not read requests (it came before 'gpulens "
-                  "profile')" + (", or whose run is not published to this store" if target.store_url else ""),
-                  file=out, flush=True)
+                  "profile')" + (", or whose run is not published to this store" if target.store_url else "")
+                  + (f" (the store's last error: {redact(trouble)})" if trouble else ""), file=out, flush=True)
             return 1
         if now >= next_status:  # a rank that ended (or was killed) answers nothing more
             next_status = now + status_every
-            statuses = _statuses(target)
+            try:
+                statuses = _statuses(target)
+            except Exception:
+                if not target.store_url:
+                    raise
+                statuses = {}  # the store did not answer this time
             for r in open_ranks:
-                status, reason = statuses[r]
+                status, reason = statuses.get(r, ("running", None))
                 if status != "running":
                     gone[r] = status
                     print(f"rank {r}: {status} before its window was saved"
                           + (f" ({reason})" if reason else ""), file=out, flush=True)
         time.sleep(poll)
-    acks = read_acks(target.requests, request.id, seen)
     return 0 if all(r in acks and acks[r].status == "done" for r in target.ranks) else 1

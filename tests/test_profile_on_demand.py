@@ -6,6 +6,7 @@ steps follow the request's, the trace exists, exit codes, the one-line errors); 
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -155,6 +156,30 @@ def test_a_store_run_that_is_not_there_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.strip().endswith(f"file://{store}/od: no such run in the store"), proc.stderr
     assert not list(store.iterdir())
+
+
+def test_the_asker_rides_through_a_store_that_fails_a_poll(tmp_path: Path, monkeypatch) -> None:
+    """A store that fails one poll of the answers (a network blip) costs the asker that poll, not the wait."""
+    from gpulens import profile_request
+
+    class Blip(requests.LocalFolder):  # a store folder whose first listing fails, as S3 does on a reset socket
+        failed = False
+
+        def listing(self) -> dict[str, str]:
+            if not Blip.failed:
+                Blip.failed = True
+                raise ConnectionError("connection reset by peer")
+            return super().listing()
+
+    monkeypatch.setattr(profile_request, "STORE_POLL_S", 0.01)
+    box = Blip(tmp_path / "store-requests")
+    asked = requests.new_request(2, (0,), False, "cli")
+    requests.write_ack(box, _ack(asked.id, 0, "done", 4, 5, "traces/t.gz"))
+    target = profile_request.Target(tmp_path, "job", (0,), False, 0.0, None, "s3://bucket/runs/job", box)
+    out = io.StringIO()
+    assert profile_request.wait(target, asked, timeout=60, out=out) == 0 and Blip.failed
+    assert out.getvalue() == ("rank 0: done, steps 4-5: s3://bucket/runs/job/rank=0/traces/t.gz "
+                              "(with the rank's next publish round)\n")
 
 
 def test_the_relay_brings_requests_down_once_per_node_and_each_ranks_answers_up_on_change(tmp_path: Path) -> None:
