@@ -575,6 +575,30 @@ def test_a_lasting_slowdown_and_a_non_finite_loss_each_ask_for_one_window(tmp_pa
     writer.close(status="finished")
 
 
+def test_what_is_found_during_a_what_if_stretch_is_captured_after_it(tmp_path: Path) -> None:
+    """A window inside a measured what-if's stretch would take its steps from the what-if's measurement (a
+    loaded host's slowdown did, in a test): the capture waits until the stretch is over."""
+    from gpulens.hooks.track import auto_capture
+
+    windows, writer = _windows(tmp_path, ProfileConfig(every=0))
+    stretch = {"pending": True}
+    capture = auto_capture.AutoCapture(lambda: windows, lambda kind, text: None, lambda: stretch["pending"])
+    t, clock = 1000.0, 0.0
+    for step in range(260):
+        d = 0.010 if step < 150 else 0.030
+        capture.seen(_row(step, t, d))
+        t += d
+        if step % 10 == 9:
+            clock += 1.0
+            capture.poll(clock)
+    assert not windows._queue  # found, not asked
+    stretch["pending"] = False
+    capture.poll(clock + 1.0)
+    assert [(d.trigger, d.steps) for d in windows._queue] == [("slowdown at step 150", 3)]
+    windows.close()
+    writer.close(status="finished")
+
+
 def test_the_slowdown_finding_links_the_window_captured_while_slow(tmp_path: Path) -> None:
     from gpulens.profiler.analysis.run_analysis import advise
 

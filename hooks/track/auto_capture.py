@@ -47,9 +47,14 @@ _STEP, _START, _END, _LOSS, _FLAGS = (COLUMN[c] for c in ("step", "t_start", "t_
 class AutoCapture:
     """Watches the emitted step rows (``seen`` on the training thread; ``poll`` on the watcher's)."""
 
-    def __init__(self, windows: Callable[[], ProfilerWindows | None], say: Callable[[str, str], None]) -> None:
+    def __init__(self, windows: Callable[[], ProfilerWindows | None], say: Callable[[str, str], None],
+                 busy: Callable[[], bool] = lambda: False) -> None:
+        """``busy``: a measured what-if's stretch is ahead or running -- a window now would take its steps
+        out of the what-if's measurement, so what is found waits until the stretch is over."""
         self._windows = windows
         self._say = say  # (event kind, message): the run's event log and the user's
+        self._busy = busy
+        self._deferred: list[tuple[str, str]] = []  # (trigger, why) found while busy
         self._rows: deque[Any] = deque(maxlen=4 * RECENT)  # appended by the loop, taken by the watcher
         self._steady: deque[tuple[int, float, float]] = deque(maxlen=RECENT)  # (step, t_start, duration)
         self._new_steady = 0
@@ -66,6 +71,10 @@ class AutoCapture:
         if self.closed:
             return
         now = time.monotonic() if now is None else now
+        if self._deferred and not self._busy():
+            deferred, self._deferred = self._deferred, []
+            for trigger, why in deferred:
+                self._ask(trigger, why)
         while True:
             try:
                 row = self._rows.popleft()
@@ -101,6 +110,9 @@ class AutoCapture:
                   f"-> {latest.after_s * 1e3:.1f} ms, {latest.steps_after} steps so far)")
 
     def _ask(self, trigger: str, why: str) -> None:
+        if self._busy():
+            self._deferred.append((trigger, why))
+            return
         windows = self._windows()
         if windows is None:
             return

@@ -253,7 +253,10 @@ class TrackedRun:
             if not self.quiet:
                 log.info("gpulens: %s", message)
 
-        capture = self._capture = AutoCapture(lambda: self._windows, say)
+        def stretch_pending() -> bool:  # a measured what-if yet to run or running: windows wait for its end
+            return self._whatif is not None and self._whatif.state in ("waiting", "running")
+
+        capture = self._capture = AutoCapture(lambda: self._windows, say, stretch_pending)
         write, seen = writer.step, capture.seen
 
         def emit(row: Any) -> None:
