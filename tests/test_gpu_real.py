@@ -470,3 +470,47 @@ def test_phase_gpu_busy_tells_a_hidden_data_wait_from_an_exposed_one(tmp_path, g
     assert exposed["complete"] and exposed["phases"]["data_wait"]["gpu_busy_share"] < 0.05
     assert exposed["phases"]["forward"]["gpu_busy_share"] > 0.8  # the sync is inside forward's range
     assert not behind["complete"] and behind["reason"].startswith("the GPU ran") and behind["phases"] == {}
+
+
+def test_profile_on_demand_with_a_cuda_memory_snapshot(tmp_path, gpu_out):
+    """`gpulens profile --memory` on a CUDA loop: the window and an allocator snapshot that PyTorch's viewer
+    reads (a pickle with the allocator's segments), under the size cap."""
+    import pickle
+
+    import torch
+    import torch.nn as nn
+
+    import gpulens
+    from gpulens.hooks.track.memory_snapshot import MAX_BYTES
+    from gpulens.profiler import open_run
+    from gpulens.profiler.store import requests
+
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(1024, 1024), nn.ReLU()) for _ in range(4)]).cuda()
+    opt = torch.optim.AdamW(model.parameters())
+    asked = None
+    with gpulens.track("cuda-on-demand", runs_dir=tmp_path, profile=False, quiet=True) as run:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            loss = model(torch.randn(256, 1024, device="cuda")).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            run.step(samples=256, loss=loss)
+            time.sleep(0.01)
+            if asked is None and run.steps >= 10:
+                asked = requests.new_request(3, None, True, "cli")
+                requests.write_request(run.path, asked)
+            answer = requests.read_acks(run.path, asked.id).get(0) if asked is not None else None
+            if answer is not None and answer.final:
+                break
+    ack = requests.read_acks(run.path, asked.id)[0]
+    assert ack.status == "done", ack
+    snapshot_path = run.path / ack.memory_path
+    size = snapshot_path.stat().st_size
+    snapshot = pickle.loads(snapshot_path.read_bytes())
+    assert size <= MAX_BYTES and snapshot["segments"], size
+    with open_run(run.path) as reader:
+        (window,) = [w for w in reader.windows() if w.trigger == "on demand"]
+    assert window.last_step - window.first_step == 2 and window.path.is_file()
+    _note(gpu_out, "profile_memory_snapshot", {"bytes": size, "segments": len(snapshot["segments"]),
+                                               "window": [window.first_step, window.last_step]})
