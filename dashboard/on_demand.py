@@ -53,11 +53,8 @@ def ask(access: Access | None, run_dir: Path, status: str, steps: Any,
     if not isinstance(steps, (int, float)) or isinstance(steps, bool) or int(steps) != steps:
         raise GpulensError(f"steps must be a whole number 1-{MAX_STEPS}")
     url = store_run(run_dir, store)
-    if url:
-        local, box = profile_request.store_target(url)
-        target = profile_request.check(local, int(steps), "all", False, url, box)
-    else:
-        target = profile_request.check(run_dir, int(steps), "all", False)
+    target = (profile_request.check_store(url, int(steps), "all", False) if url else
+              profile_request.check(run_dir, int(steps), "all", False))
     return profile_request.ask(target, int(steps), False, source="dashboard"), list(target.ranks)
 
 

@@ -272,8 +272,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise GpulensError("--timeout must be a positive number of seconds")
     if is_url(args.run):  # STORE/RUN: asked through the store, which the job's publishers read
-        run_dir, box = profile_request.store_target(args.run)
-        target = profile_request.check(run_dir, args.steps, args.rank, args.memory, args.run.rstrip("/"), box)
+        target = profile_request.check_store(args.run, args.steps, args.rank, args.memory)
     else:
         run_dir = resolve_run(args.run, Path(args.runs_dir) if args.runs_dir else None)
         target = profile_request.check(run_dir, args.steps, args.rank, args.memory)

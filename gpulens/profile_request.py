@@ -73,11 +73,13 @@ def store_box(url: str) -> Folder:
     return store_folder(fs, base, run_id)
 
 
-def store_target(url: str) -> tuple[Path, Folder]:
-    """A run in a store: its current copy in the local cache, and the store's requests folder."""
+def check_store(url: str, steps: int, rank: str, memory: bool) -> Target:
+    """:func:`check` for ``STORE/RUN``: the run's current copy fetched into the local cache, the request
+    and the answers in the store's requests folder."""
     from gpulens.profiler.store.mirror import local_run
 
-    return local_run(url), store_box(url)
+    url = url.rstrip("/")
+    return check(local_run(url), steps, rank, memory, url, store_box(url))
 
 
 def check(run_dir: Path, steps: int, rank: str, memory: bool, store_url: str | None = None,

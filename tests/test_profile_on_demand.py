@@ -542,6 +542,18 @@ def _row(step: int, t: float, d: float, loss: float | None = 0.5, flags: int = 0
     return [row[c] for c in STEP_COLUMNS]
 
 
+def _feed(capture, steps: range, duration, t: float, clock: float, loss=lambda step: 0.5) -> tuple[float, float]:
+    """Step rows with chosen times into an AutoCapture, its watcher polling once a second every 10 steps."""
+    for step in steps:
+        d = duration(step)
+        capture.seen(_row(step, t, d, loss=loss(step), flags=1 if step < 2 else 0))
+        t += d
+        if step % 10 == 9:
+            clock += 1.0
+            capture.poll(clock)
+    return t, clock
+
+
 def test_a_lasting_slowdown_and_a_non_finite_loss_each_ask_for_one_window(tmp_path: Path) -> None:
     """Rows with chosen times: 10 ms steps, then 30 ms from step 150; a NaN loss at step 200."""
     from gpulens.hooks.track import auto_capture
@@ -549,27 +561,15 @@ def test_a_lasting_slowdown_and_a_non_finite_loss_each_ask_for_one_window(tmp_pa
     windows, writer = _windows(tmp_path, ProfileConfig(every=0))
     said: list[tuple[str, str]] = []
     capture = auto_capture.AutoCapture(lambda: windows, lambda kind, text: said.append((kind, text)))
-    t, clock = 1000.0, 0.0
-    for step in range(260):
-        d = 0.010 if step < 150 else 0.030
-        capture.seen(_row(step, t, d, loss=float("nan") if step == 200 else 0.5, flags=1 if step < 2 else 0))
-        t += d
-        if step % 10 == 9:
-            clock += 1.0
-            capture.poll(clock)
+    t, clock = _feed(capture, range(260), lambda step: 0.010 if step < 150 else 0.030, 1000.0, 0.0,
+                     loss=lambda step: float("nan") if step == 200 else 0.5)
     queued = [(d.trigger, d.steps) for d in windows._queue]
     assert queued == [("slowdown at step 150", 3), ("non-finite loss at step 200", 3)]
     assert said[0] == ("auto_capture", "steps got 3.0x slower at step 150 (median 10.0 -> 30.0 ms, 30 steps so "
                                        "far): profiling the next steps")
     assert said[1][1] == "the loss was nan at step 200: profiling the next steps"
     # the same slowdown, seen again as the run goes on: no second window; a new one later: one more
-    for step in range(260, 520):
-        d = 0.030 if step < 400 else 0.090
-        capture.seen(_row(step, t, d))
-        t += d
-        if step % 10 == 9:
-            clock += 1.0
-            capture.poll(clock)
+    _feed(capture, range(260, 520), lambda step: 0.030 if step < 400 else 0.090, t, clock)
     assert [d.trigger for d in windows._queue][2:] == ["slowdown at step 400"]
     windows.close()
     writer.close(status="finished")
@@ -583,14 +583,7 @@ def test_what_is_found_during_a_what_if_stretch_is_captured_after_it(tmp_path: P
     windows, writer = _windows(tmp_path, ProfileConfig(every=0))
     stretch = {"pending": True}
     capture = auto_capture.AutoCapture(lambda: windows, lambda kind, text: None, lambda: stretch["pending"])
-    t, clock = 1000.0, 0.0
-    for step in range(260):
-        d = 0.010 if step < 150 else 0.030
-        capture.seen(_row(step, t, d))
-        t += d
-        if step % 10 == 9:
-            clock += 1.0
-            capture.poll(clock)
+    _, clock = _feed(capture, range(260), lambda step: 0.010 if step < 150 else 0.030, 1000.0, 0.0)
     assert not windows._queue  # found, not asked
     stretch["pending"] = False
     capture.poll(clock + 1.0)
