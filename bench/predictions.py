@@ -6,7 +6,8 @@ Dataset and a DataLoader into an MLP with SGD, and the change is ``num_workers``
 tensors in memory after a batch-size probe, and the change is ``batch_size``; the slow-optimizer one steps
 AdamW over a wide MLP, and the change is ``gradient_accumulation_steps``; the small-ops one steps AdamW's
 default (for-loop) implementation over many small parameters, its baseline measures ``--what-if
-optimizer=fused`` (no model predicts a fused step), and the change is ``fused``.  The baseline runs under
+optimizer=fused`` (no model predicts a fused step), and the change is ``fused``; the too-many-workers one starts 8
+DataLoader workers on 2 cores every epoch, and the change is ``persistent_workers``.  The baseline runs under
 ``gpulens.track()``; the advisor proposes a ``change`` with its ``prediction``; the bench applies the change
 for real and times both arms in pairs in one process (each arm a run of its own: the baseline, then the
 change).  The measured gain is 1 - changed / baseline over the pairs' runs -- of the mean step for the loading
@@ -363,11 +364,76 @@ def run_optimizer_scenario(s: OptimizerScenario, pairs: int, steps: int, runs_di
     return measured.summary({"scenario": s.name, "what": s.what, "declined": [], "change": key})
 
 
+# ---------------------------------------------------------------------------------------------- workers restarted
+@dataclass(frozen=True)
+class RestartScenario:
+    name: str
+    what: str
+    workers: int  # more than the cores
+    epochs: int
+    steps_per_epoch: int
+    cpu_s: float = 0.0003  # per sample: the workers keep up, so no step waits long for data
+    batch: int = 32
+
+
+RESTART_SCENARIOS = {s.name: s for s in (
+    RestartScenario("too-many-workers", "8 DataLoader workers on 2 cores, started again every epoch (epochs of 40 "
+                    "steps), CPU transforms of 0.3 ms a sample", workers=8, epochs=6, steps_per_epoch=40),
+)}
+
+
+def train_epochs(s: RestartScenario, persistent: bool, runs_dir: str, name: str) -> Path:
+    """Epochs over a Dataset through a DataLoader with ``s.workers`` workers, as tutorials write them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = Samples(s.batch * s.steps_per_epoch, s.cpu_s, 0.0, 512)
+    loader = DataLoader(data, batch_size=s.batch, shuffle=True, num_workers=s.workers, persistent_workers=persistent)
+    with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
+        for _epoch in range(s.epochs):
+            for x, y in run.loader(loader):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                run.step(loss=loss)
+        del loader  # persistent workers stop inside the run, as at the end of a script
+    assert run.path is not None
+    return Path(run.path)
+
+
+def wall_per_step(path: Path) -> float:
+    """The first step's start to the last one's end, over the steps (what ``gpulens compare`` checks a
+    ``wall_per_step`` prediction on)."""
+    with open_run(path) as run:
+        steps = run.steps()
+        return float((steps.t_end.max() - steps.t_start.min()) / len(steps))
+
+
+def run_restart_scenario(s: RestartScenario, pairs: int, runs_dir: str, say: Callable[[str], None]) -> dict:
+    """Each pair: a baseline whose workers start every epoch, its advice, the same loop with persistent workers.
+    The gain is in wall time per step (the restarts lie between steps)."""
+    measured = Pairs()
+    for i in range(pairs):
+        base = train_epochs(s, False, runs_dir, f"{s.name}-base-{i}")
+        sug, ids = advice_of(base, "worker_restarts")
+        if sug is None or not sug.get("change"):
+            say(f"  pair {i}: no persistent_workers change proposed ({ids})")
+            continue
+        p = sug["prediction"]
+        changed = train_epochs(s, True, runs_dir, f"{s.name}-changed-{i}")
+        b, c = wall_per_step(base), wall_per_step(changed)
+        measured.add(c / b, p, 1)
+        say(f"  pair {i}: base {b * 1e3:.1f} ms/step (gaps included), persistent_workers=True {c * 1e3:.1f}: "
+            f"measured {1 - c / b:+.0%}, predicted {p['gain_fraction']:+.0%} [{p['low']:+.0%}, {p['high']:+.0%}]")
+    return measured.summary({"scenario": s.name, "what": s.what, "declined": [], "change": "persistent_workers"})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=80)
-    every = [*SCENARIOS, *BATCH_SCENARIOS, *OPTIMIZER_SCENARIOS]
+    every = [*SCENARIOS, *BATCH_SCENARIOS, *OPTIMIZER_SCENARIOS, *RESTART_SCENARIOS]
     ap.add_argument("--scenario", nargs="*", choices=sorted(every), default=every)
     ap.add_argument("--what-if", action="store_true",
                     help="the loading scenarios' baselines measure num-workers=N in a stretch (the prediction is "
@@ -380,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as runs_dir:
         for name in args.scenario:
             say = lambda line: print(line, flush=True)  # noqa: E731
+            if name in RESTART_SCENARIOS:
+                restart_scenario = RESTART_SCENARIOS[name]
+                print(f"{name}: {restart_scenario.what} (baseline persistent_workers=False)", flush=True)
+                results.append(run_restart_scenario(restart_scenario, args.pairs, runs_dir, say))
+                continue
             if name in OPTIMIZER_SCENARIOS:
                 optimizer_scenario = OPTIMIZER_SCENARIOS[name]
                 print(f"{name}: {optimizer_scenario.what} (baseline: one batch per optimizer step)", flush=True)

@@ -223,8 +223,9 @@ def what_if(kind: object, batch_size: object = None, num_workers: object = None,
 def gain_words(measure: object) -> str:
     """What a predicted gain shortens: ``shorter steps`` (the median step, or the mean step for a rate) or
     ``less time per sample`` (a larger batch, or gradients accumulated over more batches: each step gets
-    longer)."""
-    return "less time per sample" if measure == "time_per_sample" else "shorter steps"
+    longer) or ``less training time`` (the wall time per step, the gaps between steps included)."""
+    return ("less time per sample" if measure == "time_per_sample" else
+            "less training time" if measure == "wall_per_step" else "shorter steps")
 
 
 def fix_texts(predicted: float, low: float, high: float, measure: str, got: float | None,
@@ -236,6 +237,6 @@ def fix_texts(predicted: float, low: float, high: float, measure: str, got: floa
         f" (95% CI {share(got_low, 0)} to {share(got_high, 0)})" if got_low is not None and got_high is not None
         else "")
     verdict = "—" if inside is None else "inside" if inside else "outside"
-    words = (gain_words(measure) if measure == "time_per_sample" else   # what compare measured
+    words = (gain_words(measure) if measure in ("time_per_sample", "wall_per_step") else  # what compare measured
              "shorter mean step" if measure == "mean_step" else "shorter median step")
     return f"{share(predicted, 0)} {words} ({share(low, 0)} to {share(high, 0)})", got_text, verdict

@@ -29,7 +29,7 @@ def comparison_value(m: Metric, value: float | None) -> str:
     """A compared figure as the terminal and the dashboard show it."""
     if value is None:
         return "n/a"
-    if m.name in ("step_time", "median_step"):
+    if m.name in ("step_time", "median_step", "wall_per_step"):
         return fmt.seconds(value)
     if m.name == "peak_memory":
         return fmt.bytes_(value)

@@ -459,3 +459,80 @@ def test_the_compare_page_says_a_batch_fix_per_sample(tmp_path):
                       "predicted": "75% less time per sample (64% to 83%)", "got": fixes[0]["got"],
                       "held": "inside"}]
     assert fixes[0]["got"].startswith("75% (95% CI ")
+
+
+# ------------------------------------------------------------------ DataLoader workers started every epoch
+#: 10 epochs of 8 workers that do not persist: 0.3 s to start them (the first too), 0.06 s to stop them.
+RESTARTS = {"starts": 10, "persistent_starts": 0, "workers": 8, "start_s": 3.0, "first_start_s": 0.3,
+            "stops": 10, "stop_s": 0.6}
+
+
+def _epochs(path, gap: float, restarts: dict) -> object:
+    """200 steps of 20 ms in epochs of 20, each epoch after the first ``gap`` seconds after the last."""
+    from timeline import write_run
+
+    n = 200
+    gaps = np.where((np.arange(n) % 20 == 0) & (np.arange(n) > 0), gap, 0.0)
+    return write_run(path, {"data_wait": np.full(n, 0.001), "forward": np.full(n, 0.019)}, gaps=gaps,
+                     meta={"loader_workers": restarts, "host_info": {"cpu_count": 2}})
+
+
+def test_workers_started_every_epoch_get_persistent_workers_and_compare_checks_the_training_time(tmp_path,
+                                                                                                  capsys):
+    """The restarts lie between steps: no step time shows them, the run's span does.  The prediction is the
+    run's own measured starts and stops after the first, over its span; a candidate whose workers persist is
+    checked on the wall time per step (chosen timelines: 9 gaps of 0.36 s, then of 0.02 s)."""
+    from gpulens.cli import main as cli_main
+
+    base = _epochs(tmp_path / "base", 0.36, RESTARTS)
+    assert cli_main(["advise", str(base), "--json"]) == 0
+    s = next(s for s in json.loads(capsys.readouterr().out)["suggestions"] if s["id"] == "worker_restarts")
+    span = 200 * 0.020 + 9 * 0.36
+    assert s["change"] == {"persistent_workers": True}
+    p = s["prediction"]
+    assert p["measure"] == "wall_per_step" and p["gain_fraction"] == pytest.approx(9 * 0.36 / span, abs=1e-4)
+    assert p["low"] < p["gain_fraction"] < p["high"]
+    assert "8 workers for 2 cores" in s["finding"] and "10 times" in s["finding"]
+    assert "less training time predicted" in s["expected_gain"]
+
+    persisted = dict(RESTARTS, starts=1, persistent_starts=1, start_s=0.3, stops=1, stop_s=0.06)
+    cand = _epochs(tmp_path / "cand", 0.02, persisted)
+    assert cli_main(["compare", str(base), str(cand), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    wall = next(m for m in out["metrics"] if m["name"] == "wall_per_step")
+    step = next(m for m in out["metrics"] if m["name"] == "step_time")
+    assert wall["change"] == pytest.approx((200 * 0.020 + 9 * 0.02) / span - 1, abs=1e-4)
+    assert abs(step["change"]) < 1e-6  # the steps are the same: only the gaps changed
+    (f,) = [f for f in out["fixes"] if f["suggestion"] == "worker_restarts"]
+    assert f["applied"] == {"persistent_workers": True} and f["got"] == pytest.approx(-wall["change"]) and f["inside"]
+    assert cli_main(["compare", str(base), str(cand)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Wall time per" in text and "less training time" in text  # the label wraps in 80 columns
+
+    from gpulens.dashboard import comparison, data  # the compare page says it the same way
+
+    a, b = data.analyse(base), data.analyse(cand)
+    assert a.report is not None and b.report is not None
+    with open_run(base) as ra, open_run(cand) as rb:
+        _, fixes = comparison.headline_rows(ra, a.report, rb, b.report, a.advice)
+    assert [f for f in fixes if f["suggestion"] == "worker_restarts"] == [
+        {"suggestion": "worker_restarts", "applied": "persistent_workers=True",
+         "predicted": "45% less training time (31% to 72%)", "got": "42%", "held": "inside"}]
+
+
+def test_persistent_workers_short_gaps_and_unreadable_figures_propose_nothing(tmp_path):
+    from gpulens.profiler.analysis.advisor.measure import worker_starts
+    from gpulens.profiler.analysis.advisor.rules.input import worker_restarts
+
+    def m(restarts: dict | None, span: float = 7.24) -> Measurements:
+        return Measurements(run_id="r", cpu_count=2, span_s=span,
+                            worker_starts=worker_starts({"loader_workers": restarts}) if restarts else None)
+
+    assert worker_restarts(m(RESTARTS)) is not None
+    assert worker_restarts(m(dict(RESTARTS, persistent_starts=10))) is None  # they persisted (one per loader)
+    assert worker_restarts(m(RESTARTS, span=100.0)) is None  # 3.2 s of 100: under 5 %
+    assert worker_restarts(m(dict(RESTARTS, starts=2))) is None  # one restart is no pattern
+    assert worker_restarts(m(None)) is None  # no workers, or an older gpulens
+    for junk in ({"starts": "ten"}, dict(RESTARTS, start_s=float("nan")), dict(RESTARTS, stops=-1), [1, 2],
+                 dict(RESTARTS, starts=0)):
+        assert worker_starts({"loader_workers": junk}) is None, junk

@@ -172,6 +172,24 @@ def test_dataloader_workers_cpu_is_recorded_separately(runs_dir, workers):
     assert reader.series("proc.cpu").v.max() > 0.05
 
 
+def test_workers_that_start_again_every_epoch_are_timed(runs_dir):
+    """Without persistent workers every epoch forks, starts and joins the loader's workers again: time in no
+    step, which the run keeps (meta ``loader_workers``) for the advisor; persistent workers start once."""
+    for persistent in (False, True):
+        loader = DataLoader(SlowImages(n=32, delay=0.0), batch_size=8, num_workers=2,
+                            persistent_workers=persistent)
+        with gpulens.track(f"restarts-{persistent}", quiet=True, profile=False) as run:
+            for _ in range(3):
+                for _batch in run.loader(loader):
+                    run.step()
+            del loader  # persistent workers stop with their iterator: inside the run, as at a script's end
+        times = open_run(run.path).info.meta["loader_workers"]
+        starts = 1 if persistent else 3
+        assert (times["starts"], times["persistent_starts"], times["workers"]) == (starts, starts * persistent, 2)
+        assert times["stops"] == starts and times["stop_s"] > 0, times
+        assert 0 < times["first_start_s"] <= times["start_s"], times
+
+
 def test_multiprocessings_helper_processes_are_not_counted_as_workers():
     """A spawn context (a DataLoader with multiprocessing_context="spawn", a process pool) starts a
     resource tracker beside its workers: it loads no data."""

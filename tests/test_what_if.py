@@ -358,6 +358,7 @@ def test_num_workers_what_if_loads_the_runs_own_batches_with_workers(tmp_path: P
     with open_run(tmp_path / "runs" / "w") as run:
         steps = run.steps()
         report = RunAnalysis(run).report().as_dict()
+        assert "loader_workers" not in run.info.meta  # the stretch's workers started and stopped: not the run's
     assert list(steps.step[(steps.flags & FLAG_WHATIF) != 0]) == list(range(5, 15 + SETTLE_STEPS))
     w = report["what_if"]
     assert (w["kind"], w["status"], w["num_workers"], w["base_workers"]) == ("num-workers", "done", 3, 0)

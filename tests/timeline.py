@@ -34,10 +34,11 @@ def noisy(n: int, seed: int, scale: float = 0.01, sigma: float = 0.08, spikes: f
 
 def write_run(path: Path, phases: dict[str, np.ndarray], samples: float | np.ndarray = 32, warmup: int = 2,
               flags: np.ndarray | None = None, meta: dict[str, Any] | None = None, loss: np.ndarray | None = None,
-              start: float = START, series: dict[str, Any] | None = None) -> Path:
-    """A finished run in ``path`` (``rank-0.db``) whose steps take exactly the given phase seconds, back to back;
-    ``series``: host and process readings (``proc.cpu``: 0.4) held at one value, 10 a second, over the run (or
-    a function of the readings' times giving their values)."""
+              start: float = START, series: dict[str, Any] | None = None, gaps: np.ndarray | None = None) -> Path:
+    """A finished run in ``path`` (``rank-0.db``) whose steps take exactly the given phase seconds, back to back
+    (or ``gaps[i]`` seconds of no step before step ``i``: epoch starts, evaluation); ``series``: host and
+    process readings (``proc.cpu``: 0.4) held at one value, 10 a second, over the run (or a function of the
+    readings' times giving their values)."""
     n = len(next(iter(phases.values())))
     cols = {p: np.asarray(phases.get(p, np.zeros(n)), dtype=float) for p in PHASE_NAMES}
     duration = sum(cols.values())
@@ -47,6 +48,7 @@ def write_run(path: Path, phases: dict[str, np.ndarray], samples: float | np.nda
     t = start
     samples_arr = np.broadcast_to(np.asarray(samples, dtype=float), (n,))
     for i in range(n):
+        t += float(gaps[i]) if gaps is not None else 0.0
         row = dict.fromkeys(STEP_COLUMNS)
         row.update(step=i, t_start=t, t_end=t + float(duration[i]), samples=float(samples_arr[i]),
                    loss=None if loss is None else float(loss[i]),

@@ -361,7 +361,7 @@ class TrackedRun:
             if not self._loader_hook:
                 from gpulens.hooks.track import loader_workers
 
-                loader_workers.install(torch)
+                loader_workers.install(torch, lambda times: writer.meta(loader_workers=times))
                 self._loader_hook = True
             self._start_ranges(torch)
             if self._windows is None:  # also without a schedule: a window may be asked for (gpulens profile)

@@ -25,6 +25,8 @@ import itertools
 import logging
 from typing import Any
 
+from gpulens.hooks.track import loader_workers
+
 log = logging.getLogger("gpulens")
 
 
@@ -75,7 +77,8 @@ class WorkersStretch:
         self.workers = workers
         self.fell_back: str | None = None  # why the rest was loaded in-process
         try:
-            self._iter = iter(with_workers)
+            with loader_workers.untimed():
+                self._iter = iter(with_workers)
         except Exception as exc:  # workers cannot start (no /dev/shm, a context that cannot pickle the dataset)
             self._fall_back(exc)
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpulens import fmt
-from gpulens.profiler.analysis.advisor.measure import worker_load
+from gpulens.profiler.analysis.advisor.measure import worker_load, worker_starts
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
@@ -41,7 +41,7 @@ from gpulens.profiler.store.schema import PHASES
 
 SCHEMA = "gpulens.compare/1"
 #: Figures a run has one of (no per-step distribution): judged by the size of their change alone.
-ONE_FIGURE = frozenset({"peak_memory", "tensor_core_share"})
+ONE_FIGURE = frozenset({"peak_memory", "tensor_core_share", "wall_per_step"})
 #: Smallest change that earns better/worse: 1 % of the base, or 1 percentage point for shares.
 MIN_RELATIVE = 0.01
 MIN_POINTS = 1.0
@@ -68,6 +68,9 @@ class Side:
     status_reason: str | None = None
     workers: float | None = None  # DataLoader workers, mean while they were alive (None: no workers recorded)
     optimizer_impl: str | None = None  # fused | foreach | for-loop, where the run recorded its optimizer
+    persistent_workers: bool | None = None  # its DataLoaders' workers persisted (None: no workers recorded)
+    span_s: float | None = None  # first step's start to last step's end: steps and the gaps between them
+    all_steps: int = 0  # every step in that span (warm-up, profiled and what-if steps too)
 
 
 @dataclass
@@ -143,6 +146,8 @@ def _settings(side: Side) -> dict[str, Any]:
     batch = side.batch_size or (round(per_step) if per_step > 0 else None)  # as the advisor reads it
     if batch:
         out["batch_size"] = batch
+    if side.persistent_workers is not None:
+        out["persistent_workers"] = side.persistent_workers
     if side.optimizer_impl:  # a change {"fused": true} is applied where the optimizer ran fused
         out["fused"] = side.optimizer_impl == "fused"
         out["foreach"] = side.optimizer_impl == "foreach"
@@ -186,6 +191,12 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
                 fix.got = tp.change / (1.0 + tp.change)
                 if tp.low is not None and tp.high is not None:
                     fix.got_low, fix.got_high = tp.low / (1.0 + tp.low), tp.high / (1.0 + tp.high)
+        elif fix.measure == "wall_per_step":
+            # time outside steps (workers started every epoch): the span from the first step to the last, per
+            # step; one figure per run, no interval
+            wall = comparison.metric("wall_per_step")
+            if wall is not None and wall.change is not None:
+                fix.got = -wall.change
         elif fix.measure == "mean_step":
             # a rate (loading with N workers): the mean step, which the rounds of workers started together
             # leave where it is while their median falls to the rounds' short steps
@@ -231,7 +242,15 @@ def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = N
                 readings=readings, reading_means=means, step_energy=energy, memory=report.memory,
                 mfu=report.mfu, tensor_core_share=report.tensor_core_share,
                 status=run.info.status, status_reason=run.info.status_reason, workers=worker_load(run)[0],
-                optimizer_impl=optimizer_impl(run.info.meta))
+                optimizer_impl=optimizer_impl(run.info.meta), persistent_workers=persistent(run.info.meta),
+                span_s=float(np.max(steps.t_end) - np.min(steps.t_start)) if len(steps) else None,
+                all_steps=len(steps))
+
+
+def persistent(meta: dict[str, Any]) -> bool | None:
+    """Whether the run's DataLoader workers persisted between epochs (None: it recorded no worker starts)."""
+    starts = worker_starts(meta)
+    return starts.persistent if starts is not None else None
 
 
 def optimizer_impl(meta: dict[str, Any]) -> str | None:
@@ -306,6 +325,7 @@ def compare(base: Side, cand: Side) -> Comparison:
     median.note = ("the typical step: slow steps (evaluation stalls, checkpoints, spikes) move step time and "
                    "samples/s, not it")
     out.metrics.append(median)
+    out.metrics.append(_wall_per_step(base, cand))
     if np.isfinite(base.tokens).any() and np.isfinite(cand.tokens).any():
         out.metrics.append(_fill(Metric("tokens_per_s", "Tokens/s", "%", "higher"),
                                  ratio_change((base.tokens, b_dur), (cand.tokens, c_dur))))
@@ -379,6 +399,19 @@ def _recentre(m: Metric, base: float | None, cand: float | None) -> None:
         m.low, m.high = m.low + shift, m.high + shift
 
 
+def _wall_per_step(base: Side, cand: Side) -> Metric:
+    """The time from the first step's start to the last one's end, per step: what the steps cost with the gaps
+    between them (workers started every epoch, evaluation, checkpoints), which step time leaves out.  One
+    figure per run, no interval."""
+    m = Metric("wall_per_step", "Wall time per step", "%", "lower")
+    if not (base.span_s and cand.span_s and base.all_steps > 1 and cand.all_steps > 1):
+        return m
+    m.base, m.candidate = base.span_s / base.all_steps, cand.span_s / cand.all_steps
+    m.change = m.candidate / m.base - 1.0
+    m.note = "steps and the gaps between them (evaluation, checkpoints, DataLoader workers starting)"
+    return m
+
+
 def _tensor_core_share(base: Side, cand: Side) -> Metric:
     """Tensor-core kernels' share of kernel time in the profiler windows: one figure per run, no interval."""
     m = Metric("tensor_core_share", "Tensor-core share of kernel time", "pp", "higher")
@@ -423,8 +456,8 @@ def _peak_memory(base: Side, cand: Side) -> Metric:
 # ---------------------------------------------------------------------------------------------- the gate
 STATUS_RULE = "status"
 _RULE = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*(%|pp)\s*$")
-METRIC_NAMES = ("step_time", "throughput", "median_step", "tokens_per_s", *PHASES, "gpu_busy", "sm_active",
-                "tensor_active", "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample",
+METRIC_NAMES = ("step_time", "throughput", "median_step", "wall_per_step", "tokens_per_s", *PHASES, "gpu_busy",
+                "sm_active", "tensor_active", "power", "mfu", "tensor_core_share", "peak_memory", "energy_per_sample",
                 "energy_per_step")
 ALIASES = {"samples_per_s": "throughput", "step": "step_time", "median": "median_step", "memory": "peak_memory",
            "peak_mem": "peak_memory", "energy": "energy_per_sample", "busy": "gpu_busy"}

@@ -22,7 +22,7 @@ Rule = Callable[[Measurements], "Suggestion | NotEvaluated | None"]
 
 RULES: tuple[Rule, ...] = (
     host.host_contention, stability.step_time_shift,
-    input.dataloader_bound, input.dataloader_kind,
+    input.dataloader_bound, input.dataloader_kind, input.worker_restarts,
     utilization.low_gpu_busy, utilization.launch_bound, utilization.sync_points,
     batch.batch_headroom, batch.lr_scaling_rule, batch.memory_limit, batch.fragmentation, batch.grad_accumulation,
     precision.no_mixed_precision, precision.tf32_off, precision.gemm_alignment, precision.channels_last,
@@ -53,7 +53,11 @@ TIME_PARTS: dict[str, set[str]] = {
     "memory_limit": {"kernel_time"}, "slow_optimizer": {"optimizer"},
     "comm_bound": {"comm"}, "straggler": {"comm"}, "dataparallel": {"comm"}, "ddp_backend": {"comm"},
     "strategy": {"comm"},
+    "worker_restarts": {"between_steps"},  # time outside every step: it overlaps none of the step's parts
 }
+#: Suggestions whose gain is a share of the training time between the first step and the last, not of the step:
+#: left out of the combined gain of the step's parts.
+OUTSIDE_STEPS = frozenset({"worker_restarts"})
 
 
 def _parts(s: Suggestion, m: Measurements) -> set[str]:
@@ -107,7 +111,7 @@ def _overlaps(suggestions: list[Suggestion], m: Measurements) -> float | None:
         s.overlaps = [o.id for o in suggestions if o.id != s.id and parts[s.id] & parts[o.id]]
     # groups of overlapping suggestions with a gain; each group saves at most its largest gain, and groups
     # claim disjoint parts of the step (gains are fractions of the same, original step time): they add up
-    gainful = [s for s in suggestions if s.gain_fraction]
+    gainful = [s for s in suggestions if s.gain_fraction and s.id not in OUTSIDE_STEPS]
     groups: list[set[str]] = []
     for s in gainful:
         linked = [g for g in groups if any(parts[s.id] & parts[x] for x in g)]

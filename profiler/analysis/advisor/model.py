@@ -25,14 +25,15 @@ class Prediction:
     ``high`` an interval that the prediction test set shows to hold, ``basis`` how it was predicted
     ("what-if measured", "model: ..."), ``measure`` what shortens: the median step; the mean step (a rate:
     DataLoader workers started together deliver in rounds, one long step and N - 1 short ones, whose median
-    is the short ones); or the time per sample (a batch-size change makes each step longer and each sample
-    shorter)."""
+    is the short ones); the time per sample (a batch-size change makes each step longer and each sample
+    shorter); or the wall time per step, gaps between steps included (workers restarted every epoch cost
+    time outside every step)."""
 
     gain_fraction: float
     low: float
     high: float
     basis: str
-    measure: str = "median_step"  # median_step | mean_step | time_per_sample
+    measure: str = "median_step"  # median_step | mean_step | time_per_sample | wall_per_step
 
     def as_dict(self) -> dict[str, Any]:
         return {"gain_fraction": round(self.gain_fraction, 4), "low": round(self.low, 4),

@@ -135,6 +135,57 @@ def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPre
     return action, snippet, change
 
 
+#: Worker starts after the first worth proposing persistent workers for: this share of the run's training time.
+RESTART_SHARE = 0.05
+#: The saving's interval, from the prediction test set (bench/predictions.py, docs/advisor.md): the run's own
+#: starts and stops are measured, so the error is what else the restarts cost (the first batch of each epoch
+#: waits for fresh workers, whose first batches compete for the same cores) and the gaps' noise.
+RESTART_LOW, RESTART_HIGH = 0.7, 1.6
+
+
+def worker_restarts(m: Measurements) -> Suggestion | None:
+    """DataLoader workers that start again every epoch.  Each epoch forks, starts and joins every worker: time
+    between steps (an epoch's steps begin at its first batch), so no step figure shows it, and it grows with
+    the workers a loader has -- too many for the cores cost most.  The run measured it; kept alive
+    (``persistent_workers=True``), the workers start once."""
+    w, span = m.worker_starts, m.span_s
+    if w is None or w.persistent or not span or w.starts < 3 or w.workers < 1:
+        return None
+    saved = (w.starts - 1) * w.per_start_s  # every start but the first, with its stop, lies between steps
+    gain = min(saved / span, 0.99)
+    if gain < RESTART_SHARE:
+        return None
+    cores = f" on {m.cpu_count} cores" if m.cpu_count else ""
+    many = bool(m.cpu_count and w.workers > m.cpu_count // max(1, m.local_world_size))
+    finding = (f"The DataLoader started its {_workers(w.workers)}{cores} {w.starts} times "
+               f"({fmt.seconds(w.per_start_s)} each to fork, start and stop them): {fmt.seconds(saved)} of the "
+               f"{fmt.seconds(span)} from the first step to the last, {fmt.share(gain, 0)}, between steps, "
+               "where no step time shows it")
+    if many:
+        finding += f"; {w.workers} workers for {m.cpu_count} cores make each start longer"
+    prediction = Prediction(
+        gain, gain * RESTART_LOW, min(0.99, gain * RESTART_HIGH),
+        f"measured: the run's {w.starts - 1} worker starts after the first, with their stops "
+        f"({fmt.seconds(saved)}), out of its time from the first step to the last", measure="wall_per_step")
+    action = ("Keep the workers alive between epochs: persistent_workers=True (they start once; each epoch "
+              "then begins at once with its first batches).")
+    if many:
+        action += (f" {w.workers} workers for {m.cpu_count} cores also fork more processes than the cores can "
+                   "run: fewer start faster, where the data wait allows.")
+    return Suggestion(
+        id="worker_restarts", severity="high" if gain >= 0.2 else "medium",
+        title="DataLoader workers start again every epoch",
+        finding=finding, action=action,
+        snippet=("loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
+                 f"                    num_workers={w.workers}, persistent_workers=True)"),
+        expected_gain=predicted_gain(prediction, f"up to {fmt.share(gain, 0)} of the training time"),
+        gain_estimate="the run's own worker starts and stops after the first, over its time from the first "
+                      "step to the last (a share of the training time, not of a step)",
+        confidence="high",
+        evidence=[Evidence("metric", "DataLoader workers", {"metric": "workers.count"})],
+        gain_fraction=gain, change={"persistent_workers": True}, prediction=prediction)
+
+
 def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
     if m.steps == 0:
         return NotEvaluated("dataloader_bound", how(
