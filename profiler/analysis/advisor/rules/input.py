@@ -137,10 +137,11 @@ def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPre
 
 #: Worker starts after the first worth proposing persistent workers for: this share of the run's training time.
 RESTART_SHARE = 0.05
-#: The saving's interval, from the prediction test set (bench/predictions.py, docs/advisor.md): the run's own
-#: starts and stops are measured, so the error is what else the restarts cost (the first batch of each epoch
-#: waits for fresh workers, whose first batches compete for the same cores) and the gaps' noise.
-RESTART_LOW, RESTART_HIGH = 0.7, 1.6
+#: What a restart costs the run, as a multiple of the start and stop it measured, and the interval of that
+#: multiple, from the prediction test set (bench/predictions.py, docs/advisor.md: 1.2-1.26 in three scenarios,
+#: pairs 0.35-1.7 where the gain was 5 %): after each fork the training process' first writes to its memory
+#: copy the pages its new children share (copy-on-write), and the gap holds a little more than the two calls.
+RESTART_COST, RESTART_LOW, RESTART_HIGH = 1.2, 0.8, 1.6
 
 
 def worker_restarts(m: Measurements) -> Suggestion | None:
@@ -152,21 +153,23 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
     if w is None or w.persistent or not span or w.starts < 3 or w.workers < 1:
         return None
     saved = (w.starts - 1) * w.per_start_s  # every start but the first, with its stop, lies between steps
-    gain = min(saved / span, 0.99)
-    if gain < RESTART_SHARE:
+    share = saved / span
+    if share < RESTART_SHARE:
         return None
+    gain = min(share * RESTART_COST, 0.99)
     cores = f" on {m.cpu_count} cores" if m.cpu_count else ""
     many = bool(m.cpu_count and w.workers > m.cpu_count // max(1, m.local_world_size))
     finding = (f"The DataLoader started its {_workers(w.workers)}{cores} {w.starts} times "
                f"({fmt.seconds(w.per_start_s)} each to fork, start and stop them): {fmt.seconds(saved)} of the "
-               f"{fmt.seconds(span)} from the first step to the last, {fmt.share(gain, 0)}, between steps, "
+               f"{fmt.seconds(span)} from the first step to the last, {fmt.share(share, 0)}, between steps, "
                "where no step time shows it")
     if many:
         finding += f"; {w.workers} workers for {m.cpu_count} cores make each start longer"
     prediction = Prediction(
-        gain, gain * RESTART_LOW, min(0.99, gain * RESTART_HIGH),
+        gain, share * RESTART_LOW, min(0.99, share * RESTART_HIGH),
         f"measured: the run's {w.starts - 1} worker starts after the first, with their stops "
-        f"({fmt.seconds(saved)}), out of its time from the first step to the last", measure="wall_per_step")
+        f"({fmt.seconds(saved)}, {fmt.share(share, 0)} of its time from the first step to the last), times "
+        f"{RESTART_COST:g} for the slower steps after each fork (copy-on-write)", measure="wall_per_step")
     action = ("Keep the workers alive between epochs: persistent_workers=True (they start once; each epoch "
               "then begins at once with its first batches).")
     if many:
@@ -178,9 +181,10 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
         finding=finding, action=action,
         snippet=("loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
                  f"                    num_workers={w.workers}, persistent_workers=True)"),
-        expected_gain=predicted_gain(prediction, f"up to {fmt.share(gain, 0)} of the training time"),
+        expected_gain=predicted_gain(prediction, f"{fmt.share(share, 0)} of the training time in the starts and "
+                                                 "stops themselves"),
         gain_estimate="the run's own worker starts and stops after the first, over its time from the first "
-                      "step to the last (a share of the training time, not of a step)",
+                      f"step to the last (a share of the training time, not of a step), times {RESTART_COST:g}",
         confidence="high",
         evidence=[Evidence("metric", "DataLoader workers", {"metric": "workers.count"})],
         gain_fraction=gain, change={"persistent_workers": True}, prediction=prediction)
