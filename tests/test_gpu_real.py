@@ -514,3 +514,52 @@ def test_profile_on_demand_with_a_cuda_memory_snapshot(tmp_path, gpu_out):
     assert window.last_step - window.first_step == 2 and window.path.is_file()
     _note(gpu_out, "profile_memory_snapshot", {"bytes": size, "segments": len(snapshot["segments"]),
                                                "window": [window.first_step, window.last_step]})
+
+
+@pytest.mark.parametrize("what_if, change", [("autocast=bf16", {"autocast": "bf16"}),
+                                             ("channels-last", {"channels_last": True}),
+                                             ("optimizer=fused", {"fused": True})],
+                         ids=["autocast", "channels-last", "fused"])
+def test_cuda_what_ifs_measure_their_stretch_and_hand_the_loop_back(tmp_path, gpu_out, what_if, change):
+    """bf16 autocast, channels-last and the fused optimizer on CUDA, each for steps 20-39 of a conv net in fp32:
+    the stretch runs and is flagged, the loop gets fp32 results, contiguous weights and its optimizer's own
+    switches back; what the advisor proposes from the measurement goes to the notes (a window at step 60
+    gives the precision and layout rules their kernels)."""
+    import torch
+    import torch.nn as nn
+
+    import gpulens
+    from gpulens.profiler import open_run
+    from gpulens.profiler.analysis.run_analysis import RunAnalysis
+    from gpulens.profiler.store.schema import FLAG_WHATIF
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = [(torch.randn(64, 3, 64, 64, device="cuda"), torch.randint(0, 10, (64,), device="cuda")) for _ in range(8)]
+    dtypes = set()
+    with gpulens.track(f"cuda-{what_if}", runs_dir=tmp_path, model=model, quiet=True, advise=False,
+                       profile_every=60, what_if=f"{what_if}:at=20,steps=20") as run:
+        for i in range(90):
+            x, y = data[i % len(data)]
+            out = model(x)
+            dtypes.add(out.dtype)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run.step(samples=64, loss=loss)
+    assert dtypes == {torch.float32}
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert not opt.param_groups[0]["fused"]
+    with open_run(run.path) as reader:
+        steps = reader.steps()
+        analysis = RunAnalysis(reader)
+        w = analysis.report().as_dict()["what_if"]
+        advice = analysis.advice.as_dict()["suggestions"]
+    assert w["status"] == "done", w
+    assert list(steps.step[(steps.flags & FLAG_WHATIF) != 0])[:20] == list(range(20, 40))
+    proposed = [(s["id"], s["prediction"]) for s in advice if s.get("change") == change]
+    _note(gpu_out, f"cuda_what_if_{what_if}", {"what_if": w, "proposed": proposed,
+                                               "ids": [s["id"] for s in advice]})
