@@ -111,14 +111,19 @@ def train(scenario: Scenario, workers: int, steps: int, runs_dir: str, name: str
     loader = DataLoader(data, batch_size=scenario.batch, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
     with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0, what_if=what_if) as run:
-        for x, y in run.loader(loader):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            run.step(loss=loss)
+        epoch(run, loader, model, opt)
     assert run.path is not None
     return Path(run.path)
+
+
+def epoch(run: gpulens.TrackedRun, loader: DataLoader, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """One pass over ``loader`` as tutorials write it, each batch a step of ``run``."""
+    for x, y in run.loader(loader):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run.step(loss=loss)
 
 
 def mean_step(path: Path) -> float:
@@ -390,13 +395,8 @@ def train_epochs(s: RestartScenario, persistent: bool, runs_dir: str, name: str)
     data = Samples(s.batch * s.steps_per_epoch, s.cpu_s, 0.0, 512)
     loader = DataLoader(data, batch_size=s.batch, shuffle=True, num_workers=s.workers, persistent_workers=persistent)
     with gpulens.track(name, runs_dir=runs_dir, quiet=True, advise=False, profile_every=0) as run:
-        for _epoch in range(s.epochs):
-            for x, y in run.loader(loader):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                run.step(loss=loss)
+        for _ in range(s.epochs):
+            epoch(run, loader, model, opt)
         del loader  # persistent workers stop inside the run, as at the end of a script
     assert run.path is not None
     return Path(run.path)
