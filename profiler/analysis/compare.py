@@ -36,12 +36,12 @@ from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
 from gpulens.profiler.analysis.report import Memory, Mfu, Report
 from gpulens.profiler.errors import GpulensError
-from gpulens.profiler.store.reader import RunReader
+from gpulens.profiler.store.reader import RunReader, StepTable
 from gpulens.profiler.store.schema import PHASES
 
 SCHEMA = "gpulens.compare/1"
 #: Figures a run has one of (no per-step distribution): judged by the size of their change alone.
-ONE_FIGURE = frozenset({"peak_memory", "tensor_core_share", "wall_per_step"})
+ONE_FIGURE = frozenset({"peak_memory", "tensor_core_share"})
 #: Smallest change that earns better/worse: 1 % of the base, or 1 percentage point for shares.
 MIN_RELATIVE = 0.01
 MIN_POINTS = 1.0
@@ -69,8 +69,9 @@ class Side:
     workers: float | None = None  # DataLoader workers, mean while they were alive (None: no workers recorded)
     optimizer_impl: str | None = None  # fused | foreach | for-loop, where the run recorded its optimizer
     persistent_workers: bool | None = None  # its DataLoaders' workers persisted (None: no workers recorded)
-    span_s: float | None = None  # first step's start to last step's end: steps and the gaps between them
-    all_steps: int = 0  # every step in that span (warm-up, profiled and what-if steps too)
+    #: every step's start to the next one's (the last: its own duration), warm-up, profiled and what-if steps
+    #: too: each step with the gap after it, summing to the first step's start to the last one's end
+    walls: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -192,11 +193,12 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
                 if tp.low is not None and tp.high is not None:
                     fix.got_low, fix.got_high = tp.low / (1.0 + tp.low), tp.high / (1.0 + tp.high)
         elif fix.measure == "wall_per_step":
-            # time outside steps (workers started every epoch): the span from the first step to the last, per
-            # step; one figure per run, no interval
+            # time outside steps (workers started every epoch): each step with the gap after it
             wall = comparison.metric("wall_per_step")
             if wall is not None and wall.change is not None:
                 fix.got = -wall.change
+                if wall.low is not None and wall.high is not None:
+                    fix.got_low, fix.got_high = -wall.high, -wall.low
         elif fix.measure == "mean_step":
             # a rate (loading with N workers): the mean step, which the rounds of workers started together
             # leave where it is while their median falls to the rounds' short steps
@@ -243,8 +245,17 @@ def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = N
                 mfu=report.mfu, tensor_core_share=report.tensor_core_share,
                 status=run.info.status, status_reason=run.info.status_reason, workers=worker_load(run)[0],
                 optimizer_impl=optimizer_impl(run.info.meta), persistent_workers=persistent(run.info.meta),
-                span_s=float(np.max(steps.t_end) - np.min(steps.t_start)) if len(steps) else None,
-                all_steps=len(steps))
+                walls=walls(steps))
+
+
+def walls(steps: StepTable) -> np.ndarray:
+    """Each step's start to the next one's, the last step its own duration: the steps with the gaps between
+    them (in step order; a step table from a clock that stepped back gives no negative gap)."""
+    if not len(steps):
+        return np.zeros(0)
+    order = np.argsort(steps.step, kind="stable")
+    start, end = steps.t_start[order], steps.t_end[order]
+    return np.asarray(np.maximum(np.append(np.diff(start), end[-1] - start[-1]), 0.0), dtype=float)
 
 
 def persistent(meta: dict[str, Any]) -> bool | None:
@@ -401,13 +412,12 @@ def _recentre(m: Metric, base: float | None, cand: float | None) -> None:
 
 def _wall_per_step(base: Side, cand: Side) -> Metric:
     """The time from the first step's start to the last one's end, per step: what the steps cost with the gaps
-    between them (workers started every epoch, evaluation, checkpoints), which step time leaves out.  One
-    figure per run, no interval."""
+    between them (workers started every epoch, evaluation, checkpoints), which step time leaves out; its
+    interval resamples blocks of steps, each with the gap after it, as step time's does."""
     m = Metric("wall_per_step", "Wall time per step", "%", "lower")
-    if not (base.span_s and cand.span_s and base.all_steps > 1 and cand.all_steps > 1):
+    if base.walls.size < 2 or cand.walls.size < 2:
         return m
-    m.base, m.candidate = base.span_s / base.all_steps, cand.span_s / cand.all_steps
-    m.change = m.candidate / m.base - 1.0
+    _fill(m, ratio_change((base.walls, np.ones_like(base.walls)), (cand.walls, np.ones_like(cand.walls))))
     m.note = "steps and the gaps between them (evaluation, checkpoints, DataLoader workers starting)"
     return m
 
