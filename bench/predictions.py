@@ -12,8 +12,8 @@ DataLoader workers on 2 cores every epoch, and the change is ``persistent_worker
 for real and times both arms in pairs in one process (each arm a run of its own: the baseline, then the
 change).  The measured gain is 1 - changed / baseline over the pairs' runs -- of the mean step for the loading
 scenarios (workers started together deliver in rounds, so their median step is the rounds' short steps), of
-the median time per sample where the change makes each step longer -- with a 95 % bootstrap interval over
-pairs.  Run it on a quiet machine: a busy one changes what the change does (the loading model reads the CPU
+the median time per sample where the change makes each step longer, of the wall time per step (gaps between
+steps included) for persistent workers -- with a 95 % bootstrap interval over pairs.  Run it on a quiet machine: a busy one changes what the change does (the loading model reads the CPU
 the host left), and the prediction of each pair is made from that pair's baseline.
 
 With ``--what-if`` the loading scenarios' baselines run ``what_if="num-workers=N"`` (N: the count the loading
