@@ -79,9 +79,14 @@ def _open_s(browser, url: str) -> float:
     page = ctx.new_page()
     t0 = time.perf_counter()
     page.goto(url)
+    return _until_open(ctx, page, t0, url)
+
+
+def _until_open(ctx, page, t0: float, what: str) -> float:
+    """Seconds from ``t0`` until the page shows its figures (then the context is closed)."""
     while not page.evaluate(OPEN):  # polled from here: the dashboard's CSP refuses wait_for_function's eval
         if time.perf_counter() - t0 > 120:
-            sys.exit(f"kernels_page.py: {url} did not open in 120 s")
+            sys.exit(f"kernels_page.py: {what} did not open in 120 s")
         time.sleep(0.02)
     took = time.perf_counter() - t0
     ctx.close()
@@ -97,13 +102,7 @@ def _click_through_s(browser, base: str, run_id: str) -> float:
     page.wait_for_selector("#link-kernels", timeout=120_000)
     t0 = time.perf_counter()
     page.click("#link-kernels")
-    while not page.evaluate(OPEN):
-        if time.perf_counter() - t0 > 120:
-            sys.exit(f"kernels_page.py: {run_id}'s kernels page did not open in 120 s from its run page")
-        time.sleep(0.02)
-    took = time.perf_counter() - t0
-    ctx.close()
-    return took
+    return _until_open(ctx, page, t0, f"{run_id}'s kernels page, from its run page,")
 
 
 def main() -> None:

@@ -192,28 +192,20 @@ def check_fixes(comparison: Comparison, suggestions: list[dict[str, Any]], base:
                 fix.got = tp.change / (1.0 + tp.change)
                 if tp.low is not None and tp.high is not None:
                     fix.got_low, fix.got_high = tp.low / (1.0 + tp.low), tp.high / (1.0 + tp.high)
-        elif fix.measure == "wall_per_step":
-            # time outside steps (workers started every epoch): each step with the gap after it
-            wall = comparison.metric("wall_per_step")
-            if wall is not None and wall.change is not None:
-                fix.got = -wall.change
-                if wall.low is not None and wall.high is not None:
-                    fix.got_low, fix.got_high = -wall.high, -wall.low
-        elif fix.measure == "mean_step":
-            # a rate (loading with N workers): the mean step, which the rounds of workers started together
-            # leave where it is while their median falls to the rounds' short steps
-            mean = comparison.metric("step_time")
-            if mean is not None and mean.change is not None:
-                fix.got = -mean.change
-                if mean.low is not None and mean.high is not None:
-                    fix.got_low, fix.got_high = -mean.high, -mean.low
         else:
-            median = comparison.metric("median_step")
-            if median is not None and median.change is not None:
-                fix.got = -median.change
-                if median.low is not None and median.high is not None:
-                    fix.got_low, fix.got_high = -median.high, -median.low
+            # the median step; a rate (loading with N workers: the mean step, which the rounds of workers
+            # started together leave where it is while their median falls to the rounds' short steps); or time
+            # outside steps (workers started every epoch: each step with the gap after it)
+            row = comparison.metric(SHORTENED.get(fix.measure, "median_step"))
+            if row is not None and row.change is not None:
+                fix.got = -row.change
+                if row.low is not None and row.high is not None:
+                    fix.got_low, fix.got_high = -row.high, -row.low
         comparison.fixes.append(fix)
+
+
+#: The comparison row a prediction's ``measure`` is checked on, where the gain is that row's fall.
+SHORTENED = {"median_step": "median_step", "mean_step": "step_time", "wall_per_step": "wall_per_step"}
 
 
 def side_of(run: RunReader, report: Report, curves: list[EnergyCurve] | None = None) -> Side:
