@@ -41,6 +41,10 @@ EXPLAINS: dict[str, set[str]] = {
                                              "straggler", "comm_bound")},
 }
 
+#: Time outside every step (workers started every epoch): a gain that is a share of the training time from the
+#: first step to the last, not of the step, so it overlaps none of the step's parts and is left out of their
+#: combined gain.
+BETWEEN_STEPS = "between_steps"
 #: The part of the step each suggestion would reclaim.  Two suggestions that share a part overlap: their gains
 #: cannot be added.  An idle GPU (low_gpu_busy) is the sum of its causes' parts.
 TIME_PARTS: dict[str, set[str]] = {
@@ -53,11 +57,8 @@ TIME_PARTS: dict[str, set[str]] = {
     "memory_limit": {"kernel_time"}, "slow_optimizer": {"optimizer"},
     "comm_bound": {"comm"}, "straggler": {"comm"}, "dataparallel": {"comm"}, "ddp_backend": {"comm"},
     "strategy": {"comm"},
-    "worker_restarts": {"between_steps"},  # time outside every step: it overlaps none of the step's parts
+    "worker_restarts": {BETWEEN_STEPS},
 }
-#: Suggestions whose gain is a share of the training time between the first step and the last, not of the step:
-#: left out of the combined gain of the step's parts.
-OUTSIDE_STEPS = frozenset({"worker_restarts"})
 
 
 def _parts(s: Suggestion, m: Measurements) -> set[str]:
@@ -111,7 +112,7 @@ def _overlaps(suggestions: list[Suggestion], m: Measurements) -> float | None:
         s.overlaps = [o.id for o in suggestions if o.id != s.id and parts[s.id] & parts[o.id]]
     # groups of overlapping suggestions with a gain; each group saves at most its largest gain, and groups
     # claim disjoint parts of the step (gains are fractions of the same, original step time): they add up
-    gainful = [s for s in suggestions if s.gain_fraction and s.id not in OUTSIDE_STEPS]
+    gainful = [s for s in suggestions if s.gain_fraction and BETWEEN_STEPS not in parts[s.id]]
     groups: list[set[str]] = []
     for s in gainful:
         linked = [g for g in groups if any(parts[s.id] & parts[x] for x in g)]
