@@ -2,7 +2,8 @@
 
 Every string that comes from a run (names, kernel names, error messages,
 suggestion text) is passed as a component child or prop, which React
-renders as text: nothing here builds HTML from data.
+renders as text: nothing here builds HTML from data (``text_table``'s Markdown
+writes each punctuation character of the data as a character reference).
 """
 from __future__ import annotations
 
@@ -54,6 +55,30 @@ def notice(text: str, kind: str = "info", cid: str | None = None) -> html.Div:
 def error_page(title: str, message: str) -> html.Div:
     return html.Div([html.H2(title), notice(message, "error", cid="page-error"),
                      dcc.Link("← all runs", href="/")], className="page")
+
+
+def text_table(head: Sequence[str], rows: Sequence[Sequence[Any]], cid: str | None = None,
+               class_name: str = "table") -> dcc.Markdown:
+    """A read-only table as ONE component.  Dash's front end re-checks every rendered component on each update
+    of its store (a callback's answer is several), so a table of ``html.Td`` cells costs per cell and per
+    update: the kernels page's six tables were ~600 components and most of its open time in the browser.
+
+    A Markdown table whose cells write every ASCII punctuation character as a numeric character reference:
+    Markdown finds its syntax (emphasis, links, HTML, the cell's ``|``) in the characters as written, and
+    only then decodes references to text, so each cell shows exactly its text and nothing else."""
+    row = "| " + " | ".join(["{}"] * len(head)) + " |"
+    lines = [row.format(*map(_md_text, head)), "|" + "---|" * len(head)]
+    lines += [row.format(*map(_md_text, r)) for r in rows]
+    extra: dict[str, Any] = {"id": cid} if cid else {}
+    return dcc.Markdown("\n".join(lines), className=f"md-table {class_name}", **extra)
+
+
+#: Each ASCII punctuation character as its numeric character reference (``:`` → ``&#58;``).
+_MD_REFS = {ord(c): f"&#{ord(c)};" for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"}
+
+
+def _md_text(value: Any) -> str:
+    return " ".join(str(value).split()).translate(_MD_REFS) or " "  # one line: a row ends at its newline
 
 
 def kv_table(rows: Sequence[tuple[str, Any]], cid: str | None = None) -> html.Table:

@@ -9,6 +9,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_runs"
 HOSTILE = '<img src=x onerror="window.__pwned=1">evil_kernel<script>window.__pwned=2</script>'
+#: Put before every CPU operator's name in the hostile run: Markdown and HTML that must show as these characters
+#: (its tables of operators are Markdown: components.text_table).
+HOSTILE_OP = ('*em* __b__ `c` ~~s~~ [a](javascript:window.__pwned=3) <img src=x onerror="window.__pwned=4"> '
+              '&lt; | \\| # http://x.org | ')
 BROKEN_ID = "broken-run"
 SLOW_ID = "slow-stretch"
 #: The slow stretch of :func:`write_slow_stretch`: steps 200-251 take 290 ms, the others 8 ms.
@@ -32,6 +36,8 @@ def make_root(root: Path, runs: tuple[str, ...] = ("h100-cnn-input-bound", "h100
         for ev in doc["traceEvents"]:
             if ev.get("cat") == "kernel":
                 ev["name"] = HOSTILE  # every kernel: the hostile one is at the top of the table
+            elif ev.get("cat") == "cpu_op":
+                ev["name"] = HOSTILE_OP + ev["name"]
         trace.write_bytes(gzip.compress(json.dumps(doc).encode()))
     return root
 

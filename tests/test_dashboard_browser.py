@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, REPO, SLOW_ID, SLOW_STEPS, make_root
+from dash_support import BROKEN_ID, HOSTILE, HOSTILE_ID, HOSTILE_OP, REPO, SLOW_ID, SLOW_STEPS, make_root
 
 from gpulens.dashboard.security import FREE_FAILURES
 
@@ -295,6 +295,14 @@ def test_kernels_page_renders_hostile_names_as_text(server, page):
     assert page.locator("#k-trace-link").get_attribute("href") == f"/download/trace/{HOSTILE_ID}/0/0"
     _wait_graph(page, "k-categories")
     assert "Kernels per step" in page.inner_text("#k-cards")
+    # the operator table is one Markdown component (components.text_table): each cell shows its characters
+    page.wait_for_selector("#k-cpu-ops-table tbody tr")
+    names = page.locator("#k-cpu-ops-table tbody tr td:first-child").all_inner_texts()
+    assert names and all(n.startswith(HOSTILE_OP.strip()) for n in names), names
+    assert HOSTILE_OP + "aten::addmm" in names
+    assert page.locator("#k-cpu-ops-table tbody tr").first.locator("td").count() == 4  # its `|` split no cell
+    assert page.locator("#k-cpu-ops :is(a, img, script, em, strong, code, del)").count() == 0
+    assert page.evaluate("window.__pwned") is None
 
 
 def test_compare_page_and_theme_toggle(server, page):

@@ -135,8 +135,7 @@ def kernel_rows(kernels: list[KernelStat], categories: list[str] | None, search:
 def _table(head: tuple[str, ...], rows: list[list[Any]], cid: str) -> Any:
     if not rows:
         return html.Div("none in this window", className="muted", id=cid)
-    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])),
-                       html.Tbody([html.Tr([html.Td(c) for c in r]) for r in rows])], className="table", id=cid)
+    return ui.text_table(head, rows, cid)
 
 
 def breakdown_shares(an: KernelView) -> dict[str, float]:
@@ -282,17 +281,15 @@ def kernels_view(run_id: str, window: str, categories: list[str] | None, search:
     temporal = [{**r.as_dict(), "non_compute_pct": max(r.non_compute_pct, 0.0)} for r in an.temporal_breakdown]
     tmp_fig = figures.temporal_figure(temporal, theme)
     memcpy = an.memcpy
-    memcpy_table = html.Table([
-        html.Thead(html.Tr([html.Th(h) for h in ("direction", "count", "bytes", "time", "GB/s")])),
-        html.Tbody([html.Tr([html.Td(m.direction), html.Td(str(m.count)), html.Td(fmt.bytes_(m.bytes)),
-                             html.Td(f"{m.total_us:.1f} µs"),
-                             html.Td(f"{m.gb_per_s:.2f}" if m.gb_per_s is not None else "")])
-                    for m in memcpy])], className="table") if memcpy else html.Div("none", className="muted")
+    memcpy_table = ui.text_table(
+        ("direction", "count", "bytes", "time", "GB/s"),
+        [[m.direction, str(m.count), fmt.bytes_(m.bytes), f"{m.total_us:.1f} µs",
+          f"{m.gb_per_s:.2f}" if m.gb_per_s is not None else ""] for m in memcpy]) \
+        if memcpy else html.Div("none", className="muted")
     sync = an.sync
-    sync_table = html.Table([
-        html.Thead(html.Tr([html.Th("call"), html.Th("calls"), html.Th("time")])),
-        html.Tbody([html.Tr([html.Td(k), html.Td(str(v.calls)), html.Td(f"{v.total_us:.1f} µs")])
-                    for k, v in sync.items()])], className="table") if sync else html.Div("none", className="muted")
+    sync_table = ui.text_table(("call", "calls", "time"),
+                               [[k, str(v.calls), f"{v.total_us:.1f} µs"] for k, v in sync.items()]) \
+        if sync else html.Div("none", className="muted")
     download: list[Any] = []
     if w is not None and w.path is not None:
         href = f"/download/trace/{quote(run_id)}/{w.rank}/{w.index}"
