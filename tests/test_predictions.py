@@ -524,12 +524,12 @@ def test_workers_started_every_epoch_get_persistent_workers_and_compare_checks_t
 
 
 def test_persistent_workers_short_gaps_and_unreadable_figures_propose_nothing(tmp_path):
-    from gpulens.profiler.analysis.advisor.measure import worker_starts
     from gpulens.profiler.analysis.advisor.rules.input import worker_restarts
+    from gpulens.profiler.store.loader_workers import read
 
     def m(restarts: dict | None, span: float = 7.24) -> Measurements:
         return Measurements(run_id="r", cpu_count=2, span_s=span,
-                            worker_starts=worker_starts({"loader_workers": restarts}) if restarts else None)
+                            worker_starts=read({"loader_workers": restarts}) if restarts else None)
 
     assert worker_restarts(m(RESTARTS)) is not None
     assert worker_restarts(m(dict(RESTARTS, persistent_starts=10))) is None  # they persisted (one per loader)
@@ -538,4 +538,4 @@ def test_persistent_workers_short_gaps_and_unreadable_figures_propose_nothing(tm
     assert worker_restarts(m(None)) is None  # no workers, or an older gpulens
     for junk in ({"starts": "ten"}, dict(RESTARTS, start_s=float("nan")), dict(RESTARTS, stops=-1), [1, 2],
                  dict(RESTARTS, starts=0)):
-        assert worker_starts({"loader_workers": junk}) is None, junk
+        assert read({"loader_workers": junk}) is None, junk

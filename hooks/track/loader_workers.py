@@ -17,15 +17,14 @@ batch: twice per iterator (per epoch, or once with ``persistent_workers``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from gpulens.hooks.track.hidden_hooks import gpulens_hook
+from gpulens.profiler.store.loader_workers import LoaderWorkers
 
 log = logging.getLogger("gpulens")
 
@@ -34,23 +33,7 @@ _users = 0
 _undo: Callable[[], None] | None = None
 
 
-@dataclass
-class WorkerLifetimes:
-    """What starting and stopping DataLoader workers cost this process so far (run meta ``loader_workers``)."""
-
-    starts: int = 0  # iterators that started workers (every epoch without persistent workers)
-    persistent_starts: int = 0  # ... of them with persistent_workers=True
-    workers: int = 0  # the most workers one iterator started
-    start_s: float = 0.0  # seconds inside the iterators' __init__, summed: forking and starting the workers
-    first_start_s: float | None = None  # the first start: a run pays it once whatever it does
-    stops: int = 0
-    stop_s: float = 0.0  # seconds shutting the workers down (joining them), summed
-
-    def as_meta(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_times = WorkerLifetimes()
+_times = LoaderWorkers()
 _sink: Callable[[dict[str, Any]], None] | None = None
 _untimed = threading.local()
 _UNTIMED = "_gpulens_untimed"  # set on an iterator started inside untimed(): its stop is not the run's either
@@ -88,13 +71,13 @@ def _tell(kind: str, it: Any, seconds: float) -> None:
 
 def install(torch: Any, sink: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Wrap the iterator's ``__init__`` and ``_shutdown_workers`` (once per process, counted: :func:`uninstall`
-    undoes the last); ``sink`` receives the summed :class:`WorkerLifetimes` (as a dict) after each start and
-    stop while this process records a run (called on the thread that started or stopped the workers)."""
+    undoes the last); ``sink`` receives the summed :class:`LoaderWorkers` (as a dict) after each start and stop
+    while this process records a run (called on the thread that started or stopped the workers)."""
     global _users, _undo, _sink, _times
     with _lock:
         if sink is not None:
             if _sink is None:
-                _times = WorkerLifetimes()
+                _times = LoaderWorkers()
             _sink = sink
         _users += 1
         if _undo is not None:

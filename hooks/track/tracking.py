@@ -360,8 +360,9 @@ class TrackedRun:
         try:
             if not self._loader_hook:
                 from gpulens.hooks.track import loader_workers
+                from gpulens.profiler.store.loader_workers import META_KEY
 
-                loader_workers.install(torch, lambda times: writer.meta(loader_workers=times))
+                loader_workers.install(torch, lambda times: writer.meta(**{META_KEY: times}))
                 self._loader_hook = True
             self._start_ranges(torch)
             if self._windows is None:  # also without a schedule: a window may be asked for (gpulens profile)

@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from gpulens import fmt
-from gpulens.profiler.analysis.advisor.measure import worker_load, worker_starts
+from gpulens.profiler.analysis.advisor.measure import worker_load
 from gpulens.profiler.analysis.energy import EnergyCurve, energy_curves, per_step
 from gpulens.profiler.analysis.gpus import mean_over_gpus
 from gpulens.profiler.analysis.noise import Change, median_change, ratio_change, ratio_difference, thin
 from gpulens.profiler.analysis.report import Memory, Mfu, Report
 from gpulens.profiler.errors import GpulensError
+from gpulens.profiler.store import loader_workers
 from gpulens.profiler.store.reader import RunReader, StepTable
 from gpulens.profiler.store.schema import PHASES
 
@@ -252,7 +253,7 @@ def walls(steps: StepTable) -> np.ndarray:
 
 def persistent(meta: dict[str, Any]) -> bool | None:
     """Whether the run's DataLoader workers persisted between epochs (None: it recorded no worker starts)."""
-    starts = worker_starts(meta)
+    starts = loader_workers.read(meta)
     return starts.persistent if starts is not None else None
 
 

@@ -28,6 +28,8 @@ from gpulens.profiler.analysis.report import (
 )
 from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
 from gpulens.profiler.analysis.trace.result import TraceAnalysis
+from gpulens.profiler.store import loader_workers
+from gpulens.profiler.store.loader_workers import LoaderWorkers
 from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.reader import RunReader, Window
 from gpulens.profiler.store.schema import PHASES
@@ -43,48 +45,6 @@ class RankTiming:
     phases_s: dict[str, float] = field(default_factory=dict)  # median host phase times
     node_rank: int = 0
     hostname: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerStarts:
-    """What starting and stopping the run's DataLoader workers cost (run meta ``loader_workers``, recorded by
-    hooks/track/loader_workers.py; seconds summed over the run).  Time in no step: an epoch's steps begin at
-    its first batch, after its workers started."""
-
-    starts: int  # iterators that started workers: every epoch without persistent workers
-    persistent_starts: int
-    workers: int  # the most workers one iterator started
-    start_s: float
-    first_start_s: float
-    stops: int
-    stop_s: float
-
-    @property
-    def persistent(self) -> bool:
-        return self.starts > 0 and self.persistent_starts == self.starts
-
-    @property
-    def per_start_s(self) -> float:
-        """One start and its stop: what an epoch pays for workers that do not persist."""
-        stop = self.stop_s / self.stops if self.stops else 0.0
-        return self.start_s / self.starts + stop if self.starts else 0.0
-
-
-def worker_starts(meta: dict[str, Any]) -> WorkerStarts | None:
-    """The run's :class:`WorkerStarts`, or None where it recorded none (no workers, an older gpulens) or the
-    figures are not numbers."""
-    raw = meta.get("loader_workers")
-    if not isinstance(raw, dict):
-        return None
-    try:
-        ints = {k: int(raw[k]) for k in ("starts", "persistent_starts", "workers", "stops")}
-        floats = {k: float(raw[k]) for k in ("start_s", "first_start_s", "stop_s")}
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    if ints["starts"] < 1 or min(ints.values()) < 0 or not all(np.isfinite(v) and v >= 0 for v in floats.values()):
-        return None
-    return WorkerStarts(ints["starts"], ints["persistent_starts"], ints["workers"], floats["start_s"],
-                        floats["first_start_s"], ints["stops"], floats["stop_s"])
 
 
 @dataclass
@@ -145,7 +105,7 @@ class Measurements:
     # the host (CPU in cores, or percent where named _pct)
     cpu_count: int | None = None
     workers: float | None = None
-    worker_starts: WorkerStarts | None = None  # what starting the DataLoader's workers (every epoch?) cost
+    worker_starts: LoaderWorkers | None = None  # what starting the DataLoader's workers (every epoch?) cost
     workers_cpu_cores: float | None = None
     proc_cpu_cores: float | None = None
     host_cpu_pct: float | None = None
@@ -306,7 +266,7 @@ def measure(run: RunReader, done: list[tuple[Window, TraceAnalysis]], report: Re
             m.tokens_per_step = tp.tokens_per_s / tp.steps_per_s
     host = report.host.metrics
     m.workers, m.workers_cpu_cores = worker_load(run)
-    m.worker_starts = worker_starts(meta)
+    m.worker_starts = loader_workers.read(meta)
     m.proc_cpu_cores = _mean(host, "proc.cpu")
     m.host_cpu_pct = _mean(host, "host.cpu")
     m.disk_read_bps = _mean(host, "host.disk_read")
