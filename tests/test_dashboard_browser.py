@@ -630,6 +630,10 @@ def test_at_1280_px_a_cpu_run_shows_host_cards_and_its_kernels_page_says_no_gpu(
     assert "%" in page.inner_text("#card-host_cpu") and "%" in page.inner_text("#card-data_wait")
     assert "cores" in page.inner_text("#card-proc_cpu")
     assert page.evaluate("document.querySelectorAll('#run-cards .muted, #run-cards .card-muted').length") <= 1
+    page.wait_for_selector("#run-events tbody tr")  # its one event, a row of four cells (components.text_table)
+    (event,) = [r.split("\t") for r in page.inner_text("#run-events tbody").splitlines()]
+    assert event[1:] == ["nvml_unavailable", "", "no NVIDIA driver on this machine (libnvidia-ml.so not found)"]
+    assert event[0].startswith("+") and event[0].endswith(" s"), event
     page.goto(f"{server[0]}/run/cpu-cnn-workers/kernels")
     page.wait_for_selector("#k-phase-busy-table")
     assert "no GPU in this run" in page.inner_text("#k-phase-busy-table")

@@ -140,11 +140,9 @@ def run_overview(run_id: str, poll: int | None) -> tuple[Any, Any, Any, Any, int
     events = a.report.events
     if events:
         start = run.info.start or 0.0
-        head = html.Thead(html.Tr([html.Th("t"), html.Th("kind"), html.Th("GPU"), html.Th("message")]))
-        ev: Any = html.Table([head, html.Tbody([html.Tr([html.Td(f"+{e.t - start:.1f} s"), html.Td(e.kind),
-                                                         html.Td("" if e.gpu is None or e.gpu < 0 else str(e.gpu)),
-                                                         html.Td(e.message)])
-                                                for e in events[:200]])], className="table")
+        ev: Any = ui.text_table(("t", "kind", "GPU", "message"),
+                                [[f"+{e.t - start:.1f} s", e.kind, "" if e.gpu is None or e.gpu < 0 else str(e.gpu),
+                                  e.message] for e in events[:200]])
     else:
         ev = html.Div("No events (XID errors, clock events, profiler problems) recorded.", className="muted small")
     return cards, items, targets, ev, ui.POLL_DONE
@@ -334,10 +332,9 @@ def ranks_figure(run_id: str, theme: str | None) -> tuple[Any, Any]:
     if not ranks:
         return figures.empty_figure("no steps recorded", theme or "light"), []
     fastest = min(r["step_s"] for r in ranks)
-    rows = [html.Tr([html.Td(f"rank {r['rank']}"), html.Td(str(r["steps"])), html.Td(fmt.seconds(r["step_s"])),
-                     html.Td(f"+{(r['step_s'] / fastest - 1) * 100:.1f}%" if fastest else "")]) for r in ranks]
-    table = html.Table([html.Thead(html.Tr([html.Th("rank"), html.Th("steps"), html.Th("mean step"),
-                                            html.Th("vs fastest")])), html.Tbody(rows)], className="table")
+    table = ui.text_table(("rank", "steps", "mean step", "vs fastest"),
+                          [[f"rank {r['rank']}", str(r["steps"]), fmt.seconds(r["step_s"]),
+                            f"+{(r['step_s'] / fastest - 1) * 100:.1f}%" if fastest else ""] for r in ranks])
     return figures.rank_figure(ranks, theme or "light"), table
 
 
@@ -357,9 +354,7 @@ def nodes_table(run_id: str, _analysed: Any) -> Any:
         return []
     from gpulens.tables import NODE_COLUMNS, node_rows
 
-    head = html.Thead(html.Tr([html.Th(h) for h in NODE_COLUMNS]))
-    rows = [html.Tr([html.Td(cell) for cell in row]) for row in node_rows(nodes)]
-    return html.Table([head, html.Tbody(rows)], className="table", id="nodes-table")
+    return ui.text_table(NODE_COLUMNS, node_rows(nodes), "nodes-table")
 
 
 register(__name__, path_template="/run/<run_id>", title="gpulens · run", name="Run", layout=layout)
