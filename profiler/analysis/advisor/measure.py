@@ -29,7 +29,6 @@ from gpulens.profiler.analysis.report import (
 from gpulens.profiler.analysis.shifts import Change, Shift, changes_around, find_shifts
 from gpulens.profiler.analysis.trace.result import TraceAnalysis
 from gpulens.profiler.store import loader_workers
-from gpulens.profiler.store.loader_workers import LoaderWorkers
 from gpulens.profiler.store.metrics import unit_of
 from gpulens.profiler.store.reader import RunReader, Window
 from gpulens.profiler.store.schema import PHASES
@@ -105,7 +104,7 @@ class Measurements:
     # the host (CPU in cores, or percent where named _pct)
     cpu_count: int | None = None
     workers: float | None = None
-    worker_starts: LoaderWorkers | None = None  # what starting the DataLoader's workers (every epoch?) cost
+    worker_starts: loader_workers.LoaderWorkers | None = None  # starting the DataLoader workers (each epoch?)
     workers_cpu_cores: float | None = None
     proc_cpu_cores: float | None = None
     host_cpu_pct: float | None = None
