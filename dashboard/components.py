@@ -57,8 +57,7 @@ def error_page(title: str, message: str) -> html.Div:
                      dcc.Link("← all runs", href="/")], className="page")
 
 
-def text_table(head: Sequence[str], rows: Sequence[Sequence[Any]], cid: str | None = None,
-               class_name: str = "table") -> dcc.Markdown:
+def text_table(head: Sequence[str], rows: Sequence[Sequence[Any]], cid: str | None = None) -> dcc.Markdown:
     """A read-only table as ONE component.  Dash's front end re-checks every rendered component on each update
     of its store (a callback's answer is several), so a table of ``html.Td`` cells costs per cell and per
     update: the kernels page's six tables were ~600 components and most of its open time in the browser.
@@ -70,7 +69,7 @@ def text_table(head: Sequence[str], rows: Sequence[Sequence[Any]], cid: str | No
     lines = [row.format(*map(_md_text, head)), "|" + "---|" * len(head)]
     lines += [row.format(*map(_md_text, r)) for r in rows]
     extra: dict[str, Any] = {"id": cid} if cid else {}
-    return dcc.Markdown("\n".join(lines), className=f"md-table {class_name}", **extra)
+    return dcc.Markdown("\n".join(lines), className="md-table table", **extra)
 
 
 #: Each ASCII punctuation character as its numeric character reference (``:`` → ``&#58;``).
