@@ -12,10 +12,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gpulens import fmt
 from gpulens.profiler.errors import GpulensError
+
+if TYPE_CHECKING:
+    from gpulens.profiler.analysis.report import Report
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_REGRESSION = 1  # gpulens compare --fail-on: a rule broken beyond the noise
@@ -289,19 +292,39 @@ def _run_target(run: str, runs_dir: str | None) -> Path:
     """A run argument as a path: a directory, rank file or run id under the runs root, or STORE_URL/RUN_ID
     (fetched into the local cache)."""
     from gpulens.profiler import resolve_run
-    from gpulens.profiler.store.mirror import local_run
     from gpulens.profiler.store.remote import is_url
 
-    return local_run(run) if is_url(run) else resolve_run(run, Path(runs_dir) if runs_dir else None)
+    if is_url(run):
+        from gpulens.profiler.store.mirror import local_run  # the segment format, numpy: only for a store
+
+        return local_run(run)
+    return resolve_run(run, Path(runs_dir) if runs_dir else None)
+
+
+def _computed_report(target: Path) -> tuple[Report, str]:
+    """The report of the run in ``target`` and its ``--json`` text, kept beside the run when it is settled."""
+    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.analysis import report_cache
+
+    with open_run(target) as run:
+        report = RunAnalysis(run).report()
+    text = json.dumps(report.as_dict(), indent=2, default=_json_default)
+    report_cache.store(target, report.status, text)  # after the reader closed: the key is what the next one sees
+    return report, text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gpulens.profiler import RunAnalysis, open_run
+    from gpulens.profiler.analysis import report_cache
 
-    with open_run(_run_target(args.run, args.runs_dir)) as run:
-        report = RunAnalysis(run).report()
+    target = _run_target(args.run, args.runs_dir)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=_json_default))
+        kept = report_cache.load(target)  # a settled run's report, printed without numpy, reader or summary
+        if kept is not None:
+            print(kept)
+            return EXIT_OK
+    report, text = _computed_report(target)
+    if args.json:
+        print(text)
     else:
         from gpulens.report_view import render
 
@@ -373,6 +396,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     run_dir = import_traces(args.traces, runs_root(args.runs_dir), args.name)
     if not args.report:
+        # the report computed now, from the analysis the import just kept beside each trace, and kept beside
+        # the run: `gpulens report RUN --json` then prints it at once.  Best effort: the run is imported.
+        try:
+            _computed_report(run_dir)
+        except (GpulensError, OSError) as exc:
+            print(f"gpulens: imported, but its report could not be computed yet: {fmt.safe_text(exc)}",
+                  file=sys.stderr)
         print(run_dir)
         return EXIT_OK
     # one process from trace to figures: the report reads the analysis the import just kept beside the trace

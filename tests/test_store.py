@@ -712,14 +712,19 @@ def test_runs_published_whole_by_an_older_gpulens_still_list_and_read(tmp_path, 
     """Stores written before segments hold each rank's database whole (<run>/rank-N.db, <run>/traces/)."""
     import shutil
 
+    from gpulens.profiler.store.runstore import KEPT_REPORT_FILE
+
     src = Path(__file__).resolve().parent.parent / "sample_runs" / "cpu-cnn-workers"
     store = tmp_path / "store"
-    shutil.copytree(src, store / "old-run", ignore=shutil.ignore_patterns("*.gpulens-analysis.json"))
+    shutil.copytree(src, store / "old-run", ignore=shutil.ignore_patterns("*.gpulens-analysis.json", KEPT_REPORT_FILE))
+    # a run folder synced into the store by hand carries the report a local `gpulens report` kept: it is skipped,
+    # never fetched -- what is printed is computed from the run, not taken from the store
+    (store / "old-run" / KEPT_REPORT_FILE).write_text(json.dumps({"key": {}, "report": '{"steps": -1}'}))
     out = subprocess.run([GPULENS, "ls", f"file://{store}", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     assert (row["id"], row["status"]) == ("old-run", "finished") and row["steps"] == len(_steps(src / "rank-0.db"))
-    assert _report(f"file://{store}/old-run")["steps"] == _report(str(src))["steps"]
+    assert _report(f"file://{store}/old-run")["steps"] == _report(str(src))["steps"] > 0
 
 
 def test_a_backlog_segment_is_never_merged_and_merges_never_span_it(tmp_path, cache):

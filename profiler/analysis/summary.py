@@ -6,6 +6,7 @@ The JSON keys are a stable, documented interface (README, "report --json").
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,9 @@ def gather(run: RunReader, kernel: KernelView) -> RunData:
     curves, fits = gpu_energy(run, steps)
     info = run.info
     return RunData(
-        info={"id": info.id, "path": str(info.path), "name": info.name, "status": info.status,
+        # absolute: the same run prints the same path from any directory and however it was named (and a report
+        # kept beside the run is the report of any of them: report_cache)
+        info={"id": info.id, "path": os.path.abspath(info.path), "name": info.name, "status": info.status,
               "status_reason": info.status_reason, "start": info.start, "end": info.end,
               "duration_s": info.duration_s, "ranks": info.ranks, "replay": info.replay,
               "records_lost": {str(r): run.meta(r)["records_lost"] for r in info.ranks

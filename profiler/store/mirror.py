@@ -36,7 +36,7 @@ from gpulens.profiler.errors import GpulensError, one_line
 from gpulens.profiler.store import segments as seg
 from gpulens.profiler.store.remote import cache_dir_for, filesystem, is_url, redact
 from gpulens.profiler.store.requests import REQUESTS_DIR
-from gpulens.profiler.store.runstore import STORE_ERROR_FILE, validate_run_id
+from gpulens.profiler.store.runstore import KEPT_REPORT_FILE, STORE_ERROR_FILE, validate_run_id
 
 log = logging.getLogger("gpulens")
 
@@ -158,6 +158,8 @@ def _place(run: _Run, parts: list[str], key: str, info: dict[str, Any]) -> str |
                 f"GPULENS_MIRROR_MAX_OBJECT_GB): {_shown('/'.join(parts))!r}")
     if ".part-" in name:
         return None  # a file store's upload in progress
+    if len(parts) == 1 and name == KEPT_REPORT_FILE:
+        return None  # a local run's kept report, synced by hand with the run: derived, never fetched
     if len(parts) == 1 and _LEGACY_DB.match(name):
         run.legacy[name] = (key, info)
         return None

@@ -18,6 +18,9 @@ from gpulens.profiler.errors import GpulensError, RunError
 DEFAULT_RUNS_DIR = "gpulens-runs"
 #: In a run mirrored from a store: why its objects there cannot be read (the run is listed as broken).
 STORE_ERROR_FILE = ".store-error"
+#: A finished run's report kept beside it (analysis/report_cache.py): derived and local, never sent to a store
+#: nor taken from one.
+KEPT_REPORT_FILE = ".gpulens-report.json"
 ENV_RUNS_DIR = "GPULENS_DIR"
 _RANK_DB = re.compile(r"^rank-(\d{1,6})\.db$")
 _MEMBER_DB = re.compile(r"^(?:rank|node)-\d{1,6}\.db$")
