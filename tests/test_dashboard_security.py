@@ -331,3 +331,27 @@ def test_a_stopped_dashboard_leaves_no_analysis_process_behind(tmp_path, long_ru
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_run_pages_html_starts_its_analysis_only_once_the_request_passed_the_checks(root):
+    """Typing or reloading a run's page starts its analysis with the HTML, ~1 s before the page's callbacks
+    ask for it -- but only for a request the security layer let through, only for a run in the root."""
+    from gpulens.dashboard import data
+
+    access = Access("0.0.0.0", 8050, "me", "correct horse battery", None, allowed_hosts("0.0.0.0", ["box"]))
+    client = create_app(root, access).server.test_client()
+    run = data.run_path("cpu-cnn-workers")
+    host = {"Host": "box:8050"}
+    good = {**host, "Authorization": "Basic " + base64.b64encode(b"me:correct horse battery").decode()}
+    try:
+        assert client.get("/run/cpu-cnn-workers/kernels", headers=host).status_code == 401
+        assert client.get("/run/cpu-cnn-workers", headers={"Host": "attacker.example"}).status_code == 400
+        assert run not in data._analyses._cache  # refused requests start nothing
+        for hostile in ("/run/..%2F..%2Fetc/kernels", "/run/%00/kernels", "/run/no-such-run", "/run/../../x"):
+            assert client.get(hostile, headers=good).status_code in (200, 404)  # the page says what is wrong
+        assert client.get("/run/cpu-cnn-workers/kernels", headers=good).status_code == 200
+        assert run in data._analyses._cache
+        done = data.analysis("cpu-cnn-workers", wait=120)
+        assert done is not None and done.error is None and done.windows  # the one the page's callbacks read
+    finally:
+        data.shutdown(now=True)
