@@ -15,8 +15,8 @@ timestamps and ids), each tool runs in its own fresh process:
 Prints wall time and peak RSS of both and the ratios.
 
 ``--end-to-end``: what a user runs instead -- ``gpulens import TRACE`` then
-``gpulens report RUN --json`` (two fresh processes; the report reads the
-window analysis the import kept) against HTA's load + temporal + kernel
+``gpulens report RUN --json`` (two fresh processes; the import computes the
+report and keeps it beside the run, the second command prints it) against HTA's load + temporal + kernel
 breakdown, in ``--pairs`` alternating pairs: the median speed-up with a 95 %
 bootstrap interval, and both peak RSS.  ``--end-to-end --synthetic --synthetic-mb 1000``: the same on a
 plain-JSON trace of that size made from ``--trace`` (written copy by copy, in bounded memory).
