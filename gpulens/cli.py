@@ -306,10 +306,11 @@ def _computed_report(target: Path) -> tuple[Report, str]:
     from gpulens.profiler import RunAnalysis, open_run
     from gpulens.profiler.analysis import report_cache
 
+    before = report_cache.key(target)
     with open_run(target) as run:
         report = RunAnalysis(run).report()
     text = json.dumps(report.as_dict(), indent=2, default=_json_default)
-    report_cache.store(target, report.status, text)  # after the reader closed: the key is what the next one sees
+    report_cache.store(target, report.status, text, before)
     return report, text
 
 

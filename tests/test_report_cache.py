@@ -125,8 +125,26 @@ def test_a_running_or_crashed_run_is_computed_every_time_then_kept_once_it_finis
         assert _report(run) == finished  # the writer's WAL folded back at close: reading changes nothing
     for status in ("running", "crashed"):  # their status and its reason are the reader's, from the clock
         (run / report_cache.FILE).unlink(missing_ok=True)
-        report_cache.store(run, status, finished)
+        report_cache.store(run, status, finished, report_cache.key(run))
         assert not (run / report_cache.FILE).exists()
+
+
+def test_a_run_that_changed_while_its_report_was_computed_keeps_nothing(tmp_path, monkeypatch):
+    """A file written during the computation (another process) makes the report the one of files that are
+    gone: nothing is kept, and the next report -- of files that stayed -- is."""
+    run = _copy(tmp_path)
+    real = RunAnalysis.report
+
+    def report_then_a_write(self, suggestions=True):
+        done = real(self, suggestions)
+        (run / "traces" / "late.txt").write_text("written meanwhile")
+        return done
+
+    with monkeypatch.context() as m:
+        m.setattr(RunAnalysis, "report", report_then_a_write)
+        first = _report(run)
+    assert not (run / report_cache.FILE).exists()
+    assert _report(run) == first and report_cache.load(run) == first.rstrip("\n")
 
 
 @pytest.mark.parametrize("kept", [b"", b"\x00" * 64, b'{"key": ', b"[1, 2]", b'{"key": null, "report": "{}"}',

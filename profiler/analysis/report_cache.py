@@ -105,16 +105,17 @@ def load(run_dir: Path) -> str | None:
     return doc["report"] if now is not None and doc.get("key") == now else None
 
 
-def store(run_dir: Path, status: str, text: str) -> None:
-    """Keep ``text``, the report of the run as it is now, when the run is settled.
+def store(run_dir: Path, status: str, text: str, before: dict[str, Any] | None) -> None:
+    """Keep ``text``, the report of a settled run, if its files are what they were before it was computed.
 
-    Called after the run's reader is closed: reading may have touched its files (SQLite folds a
-    write-ahead log back into the database when the last connection closes), and the key must be
-    what the next reader will see."""
-    if status not in SETTLED:
+    ``before``: :func:`key` taken before the run was opened.  Called after its reader is closed, so a
+    file that changed meanwhile -- written by another process, or by the reading itself (SQLite folds a
+    write-ahead log back into the database when the last connection closes) -- keeps nothing: the next
+    report, computed from files that no longer change, is kept."""
+    if status not in SETTLED or before is None:
         return
     k = key(run_dir)
-    if k is None:
+    if k != before:
         return
     path = run_dir / FILE
     tmp = path.with_name(f".{FILE}.{os.getpid()}.tmp")
