@@ -539,3 +539,45 @@ def test_persistent_workers_short_gaps_and_unreadable_figures_propose_nothing(tm
     for junk in ({"starts": "ten"}, dict(RESTARTS, start_s=float("nan")), dict(RESTARTS, stops=-1), [1, 2],
                  dict(RESTARTS, starts=0)):
         assert read({"loader_workers": junk}) is None, junk
+
+
+def test_each_dataloader_is_judged_on_its_own():
+    """The run's sums mix its loaders: a persistent training loader (one start) and an evaluation loader that
+    restarts (nine) read as "ten starts, not persistent".  Each loader's record says which restarts and what a
+    restart of that one costs; a record from before loaders were told apart is read as one loader."""
+    from gpulens.profiler.analysis.advisor.rules.input import worker_restarts
+    from gpulens.profiler.store.loader_workers import MAX_LOADERS, OTHER_LOADERS, LoaderWorkers, read
+
+    train = dict(RESTARTS, starts=1, persistent_starts=1, start_s=0.9, first_start_s=0.9, stops=1, stop_s=0.1,
+                 label="Train, batch_size=32, RandomSampler")
+    val = dict(RESTARTS, starts=9, start_s=0.9, first_start_s=0.1, stops=9, stop_s=0.18,
+               label="Val, batch_size=64, SequentialSampler")
+    sums = dict(RESTARTS, persistent_starts=1, start_s=1.8, stops=10, stop_s=0.28, loaders=[train, val])
+
+    def advice(record: dict, span: float = 3.0):
+        return worker_restarts(Measurements(run_id="r", cpu_count=2, span_s=span,
+                                            worker_starts=read({"loader_workers": record})))
+
+    s = advice(sums)
+    assert s is not None and s.finding.startswith("The DataLoader (Val, batch_size=64, SequentialSampler) started its "
+                                                  "8 workers on 2 cores 9 times (120.0 ms each")
+    assert "960.0 ms of the 3.00 s" in s.finding  # 8 restarts of 0.12 s: the training loader's 1 s start is not one
+    assert "the DataLoader (Train, batch_size=32, RandomSampler) keeps its workers" in s.finding
+    assert advice({k: v for k, v in sums.items() if k != "loaders"}).finding.startswith(
+        "The DataLoader started its 8 workers on 2 cores 10 times (208.0 ms each")  # the sums alone: as before
+    both = dict(val, label="Val2, batch_size=64, SequentialSampler")
+    two = advice(dict(sums, loaders=[val, both]), span=6.0)
+    assert "SequentialSampler) started its 8 workers on 2 cores 9 times (120.0 ms each to fork, start and stop them); " \
+           "the DataLoader (Val2" in two.finding and "1.92 s of the 6.00 s" in two.finding
+    assert "of the DataLoader (Val, batch_size=64, SequentialSampler) and the DataLoader (Val2" in two.action
+    assert advice(dict(sums, loaders=[train, dict(val, starts=2, stops=2)])) is None  # one restart: no pattern
+    assert advice(dict(sums, loaders=[train, dict(val, persistent_starts=9)])) is None  # both persist
+
+    junk = [1, {"label": "x"}, dict(val, starts="nine"), dict(val, label=7), dict(val, label=""), train]
+    assert [one.label for one in read({"loader_workers": dict(sums, loaders=junk)}).loaders] == [train["label"]]
+    assert read({"loader_workers": dict(sums, loaders="many")}).loaders == []
+    record = LoaderWorkers()
+    for i in range(3 * MAX_LOADERS):  # a new kind of loader every epoch: the first ones apart, the rest as one
+        record.loader(f"Set{i}, batch_size={i}, RandomSampler").add_start(False, 2, 0.1)
+    assert len(record.loaders) == MAX_LOADERS and record.loaders[-1].label == OTHER_LOADERS
+    assert record.loaders[-1].starts == 3 * MAX_LOADERS - (MAX_LOADERS - 1)

@@ -12,6 +12,7 @@ from train_loops import SlowImages, train_cnn
 
 import gpulens
 from gpulens.hooks.track.steps import StepRecorder
+from gpulens.profiler.analysis.advisor.rules.input import RESTART_COST
 from gpulens.profiler import open_run
 from gpulens.profiler.analysis.run_analysis import summarize
 
@@ -188,6 +189,43 @@ def test_workers_that_start_again_every_epoch_are_timed(runs_dir):
         assert (times["starts"], times["persistent_starts"], times["workers"]) == (starts, starts * persistent, 2)
         assert times["stops"] == starts and times["stop_s"] > 0, times
         assert 0 < times["first_start_s"] <= times["start_s"], times
+
+
+def test_a_training_loader_and_an_evaluation_loader_are_timed_apart(runs_dir):
+    """A persistent training loader beside an evaluation loader that starts its workers for every evaluation:
+    the run's sums say "not persistent", each loader's record says which one restarts -- and the advice names it,
+    counting only its restarts."""
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.input import worker_restarts
+    from gpulens.profiler.store.loader_workers import read
+
+    train = DataLoader(SlowImages(n=32, delay=0.0), batch_size=8, shuffle=True, num_workers=2, persistent_workers=True)
+    val = DataLoader(SlowImages(n=16, delay=0.0), batch_size=16, num_workers=1)
+    with gpulens.track("train-and-eval", quiet=True, profile=False) as run:
+        for _ in range(3):
+            for _batch in run.loader(train):
+                run.step()
+            for _batch in val:
+                pass
+        del train  # persistent workers stop with their iterator: inside the run, as at a script's end
+    meta = open_run(run.path).info.meta["loader_workers"]
+    assert (meta["starts"], meta["persistent_starts"]) == (4, 1)
+    loaders = {one["label"]: one for one in meta["loaders"]}
+    assert set(loaders) == {"SlowImages, batch_size=8, RandomSampler", "SlowImages, batch_size=16, SequentialSampler"}
+    t, v = loaders["SlowImages, batch_size=8, RandomSampler"], loaders["SlowImages, batch_size=16, SequentialSampler"]
+    assert (t["starts"], t["persistent_starts"], t["workers"], t["stops"]) == (1, 1, 2, 1)
+    assert (v["starts"], v["persistent_starts"], v["workers"], v["stops"]) == (3, 0, 1, 3)
+    assert t["start_s"] + v["start_s"] == pytest.approx(meta["start_s"]) and v["stop_s"] <= meta["stop_s"]
+    w = read({"loader_workers": meta})
+    saved = 2 * w.loaders[[x.label for x in w.loaders].index(v["label"])].per_start_s
+    s = worker_restarts(Measurements(run_id="r", cpu_count=2, span_s=2 * saved, worker_starts=w))
+    assert s is not None, "a restart share of one half"
+    assert s.finding.startswith("The DataLoader (SlowImages, batch_size=16, SequentialSampler) started its 1 worker "
+                                "on 2 cores 3 times")
+    assert s.finding.endswith("; the DataLoader (SlowImages, batch_size=8, RandomSampler) keeps its workers between "
+                              "epochs")
+    assert "of the DataLoader (SlowImages, batch_size=16, SequentialSampler) alive" in s.action
+    assert s.prediction.gain_fraction == pytest.approx(min(0.5 * RESTART_COST, 0.99))
 
 
 def test_multiprocessings_helper_processes_are_not_counted_as_workers():

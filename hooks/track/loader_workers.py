@@ -13,6 +13,8 @@ begin at its first batch) and that a step-time figure therefore never
 shows.  Many workers on few cores make it large (each start forks the
 training process; ~40 ms a worker on a 2-core VM).  Costs nothing per
 batch: twice per iterator (per epoch, or once with ``persistent_workers``).
+Kept per loader too (by :func:`label`): a training loader may persist while
+the evaluation loader beside it restarts at every evaluation.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ _times = LoaderWorkers()
 _sink: Callable[[dict[str, Any]], None] | None = None
 _untimed = threading.local()
 _UNTIMED = "_gpulens_untimed"  # set on an iterator started inside untimed(): its stop is not the run's either
+_LABEL = "_gpulens_loader"  # set on an iterator as it starts: its loader's label (its stop is that loader's)
 
 
 @contextlib.contextmanager
@@ -50,21 +53,29 @@ def untimed() -> Iterator[None]:
         _untimed.on = False
 
 
+def label(loader: Any) -> str:
+    """A loader as its user tells it apart: what it loads, in batches of how many, in what order."""
+    parts = [type(getattr(loader, "dataset", None)).__name__]
+    if getattr(loader, "batch_size", None) is not None:
+        parts.append(f"batch_size={loader.batch_size}")
+    parts.append(type(getattr(loader, "sampler", None)).__name__)
+    return ", ".join(parts)
+
+
 def _tell(kind: str, it: Any, seconds: float) -> None:
     with _lock:
         sink = _sink
         if sink is None:
             return
+        name = getattr(it, _LABEL, None)
         if kind == "start":
-            _times.starts += 1
-            _times.persistent_starts += bool(getattr(it, "_persistent_workers", False))
-            _times.workers = max(_times.workers, int(getattr(it, "_num_workers", 0) or 0))
-            _times.start_s += seconds
-            if _times.first_start_s is None:
-                _times.first_start_s = seconds
+            persistent = bool(getattr(it, "_persistent_workers", False))
+            workers = int(getattr(it, "_num_workers", 0) or 0)
+            for record in (_times, _times.loader(name)) if name else (_times,):
+                record.add_start(persistent, workers, seconds)
         else:
-            _times.stops += 1
-            _times.stop_s += seconds
+            for record in (_times, _times.loader(name)) if name else (_times,):
+                record.add_stop(seconds)
         meta = _times.as_meta()
     sink(meta)
 
@@ -104,6 +115,8 @@ def install(torch: Any, sink: Callable[[dict[str, Any]], None] | None = None) ->
                 if getattr(_untimed, "on", False):
                     setattr(it, _UNTIMED, True)
                 else:
+                    loader = args[0] if args else kwargs.get("loader")
+                    setattr(it, _LABEL, label(loader) if loader is not None else None)
                     _tell("start", it, took)
             except Exception as exc:
                 log.debug("gpulens: could not note the DataLoader's workers: %s", exc)

@@ -9,6 +9,7 @@ from gpulens.profiler.analysis.advisor.measure import Measurements
 from gpulens.profiler.analysis.advisor.model import Evidence, NotEvaluated, Prediction, Suggestion
 from gpulens.profiler.analysis.advisor.predict_loading import LoadingInputs, LoadingPrediction, predict_workers
 from gpulens.profiler.analysis.advisor.rules._shared import WHAT_IF_STEP_ERROR, how, predicted_gain
+from gpulens.profiler.store.loader_workers import LoaderWorkers
 
 THRESHOLD = 0.05  # ADVISOR-RULES: data wait > 5% of step time
 
@@ -72,6 +73,11 @@ def workers_prediction(m: Measurements, share: float, hidden: float | None,
 
 def _workers(n: int) -> str:
     return f"{n} worker{'s' if n > 1 else ''}"
+
+
+def _loader_name(loader: LoaderWorkers) -> str:
+    """``the DataLoader (CIFAR10, batch_size=128, SequentialSampler)``; the run's sums are "the DataLoader"."""
+    return f"the DataLoader ({fmt.safe_text(loader.label)})" if loader.label else "the DataLoader"
 
 
 def _loader_advice(m: Measurements, verdict: tuple[int, Prediction] | LoadingPrediction | None = None,
@@ -150,37 +156,50 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
     the workers a loader has -- too many for the cores cost most.  The run measured it; kept alive
     (``persistent_workers=True``), the workers start once."""
     w, span = m.worker_starts, m.span_s
-    if w is None or w.persistent or not span or w.starts < 3 or w.workers < 1:
+    if w is None or not span:
         return None
-    saved = (w.starts - 1) * w.per_start_s  # every start but the first, with its stop, lies between steps
-    share = saved / span
+    # each loader on its own (a persistent training loader beside an evaluation one that is not); a run recorded
+    # before loaders were told apart has only the sums, read as one loader
+    restarting = [one for one in (w.loaders or [w]) if not one.persistent and one.workers >= 1]
+    restarts = sum(one.starts - 1 for one in restarting)
+    if restarts < 2:  # one restart is no pattern
+        return None
+    saved = sum((one.starts - 1) * one.per_start_s for one in restarting)  # every start but each loader's first,
+    share = saved / span  # with its stop, lies between steps
     if share < RESTART_SHARE:
         return None
     gain = min(share * RESTART_COST, 0.99)
+    workers = max(one.workers for one in restarting)
     cores = f" on {m.cpu_count} cores" if m.cpu_count else ""
-    many = bool(m.cpu_count and w.workers > m.cpu_count // max(1, m.local_world_size))
-    finding = (f"The DataLoader started its {_workers(w.workers)}{cores} {w.starts} times "
-               f"({fmt.seconds(w.per_start_s)} each to fork, start and stop them): {fmt.seconds(saved)} of the "
-               f"{fmt.seconds(span)} from the first step to the last, {fmt.share(share, 0)}, between steps, "
-               "where no step time shows it")
+    many = bool(m.cpu_count and workers > m.cpu_count // max(1, m.local_world_size))
+    started = "; ".join(
+        f"{_loader_name(one)} started its {_workers(one.workers)}{cores} {one.starts} times "
+        f"({fmt.seconds(one.per_start_s)} each to fork, start and stop them)" for one in restarting)
+    finding = (f"{started[0].upper()}{started[1:]}: {fmt.seconds(saved)} of the {fmt.seconds(span)} from the first "
+               f"step to the last, {fmt.share(share, 0)}, between steps, where no step time shows it")
     if many:
-        finding += f"; {w.workers} workers for {m.cpu_count} cores make each start longer"
+        finding += f"; {workers} workers for {m.cpu_count} cores make each start longer"
+    kept = [one for one in w.loaders if one.persistent]
+    if kept and len(kept) < len(w.loaders):
+        finding += (f"; {' and '.join(_loader_name(one) for one in kept)} keep{'s' if len(kept) == 1 else ''} "
+                    "its workers between epochs")
     prediction = Prediction(
         gain, share * RESTART_LOW, min(0.99, share * RESTART_HIGH),
-        f"measured: the run's {w.starts - 1} worker starts after the first, with their stops "
+        f"measured: the run's {restarts} worker starts after each loader's first, with their stops "
         f"({fmt.seconds(saved)}, {fmt.share(share, 0)} of its time from the first step to the last), times "
         f"{RESTART_COST:g} for the slower steps after each fork (copy-on-write)", measure="wall_per_step")
-    action = ("Keep the workers alive between epochs: persistent_workers=True (they start once; each epoch "
-              "then begins at once with its first batches).")
+    which = "" if not w.loaders else (" of " + " and ".join(_loader_name(one) for one in restarting))
+    action = (f"Keep the workers{which} alive between epochs: persistent_workers=True (they start once; each "
+              "epoch then begins at once with its first batches).")
     if many:
-        action += (f" {w.workers} workers for {m.cpu_count} cores also fork more processes than the cores can "
+        action += (f" {workers} workers for {m.cpu_count} cores also fork more processes than the cores can "
                    "run: fewer start faster, where the data wait allows.")
     return Suggestion(
         id="worker_restarts", severity="high" if gain >= 0.2 else "medium",
         title="DataLoader workers start again every epoch",
         finding=finding, action=action,
         snippet=("loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
-                 f"                    num_workers={w.workers}, persistent_workers=True)"),
+                 f"                    num_workers={workers}, persistent_workers=True)"),
         expected_gain=predicted_gain(prediction, f"{fmt.share(share, 0)} of the training time in the starts and "
                                                  "stops themselves"),
         gain_estimate="the run's own worker starts and stops after the first, over its time from the first "
