@@ -571,7 +571,16 @@ def test_each_dataloader_is_judged_on_its_own():
            "the DataLoader (Val2" in two.finding and "1.92 s of the 6.00 s" in two.finding
     assert "of the DataLoader (Val, batch_size=64, SequentialSampler) and the DataLoader (Val2" in two.action
     assert advice(dict(sums, loaders=[train, dict(val, starts=2, stops=2)])) is None  # one restart: no pattern
-    assert advice(dict(sums, loaders=[train, dict(val, persistent_starts=9)])) is None  # both persist
+    # persistent workers started nine times: nine DataLoaders, made again every epoch -- persistent_workers is set
+    remade = advice(dict(sums, loaders=[train, dict(val, persistent_starts=9)]))
+    assert remade.finding.endswith("; the DataLoader (Val, batch_size=64, SequentialSampler) has persistent_workers"
+                                   "=True, so each of those starts was a new DataLoader; the DataLoader (Train, "
+                                   "batch_size=32, RandomSampler) keeps its workers between epochs")
+    assert remade.action.startswith("Make the DataLoader (Val, batch_size=64, SequentialSampler) once, before the "
+                                    "epoch loop: persistent workers live as long as the DataLoader that started them.")
+    assert "persistent_workers=True (" not in remade.action  # they have it
+    assert remade.change is None and "960.0 ms of the 3.00 s" in remade.finding
+    assert advice(dict(sums, loaders=[train, dict(val, starts=2, stops=2, persistent_starts=2)])) is None
 
     junk = [1, {"label": "x"}, dict(val, starts="nine"), dict(val, label=7), dict(val, label=""), train]
     assert [one.label for one in read({"loader_workers": dict(sums, loaders=junk)}).loaders] == [train["label"]]

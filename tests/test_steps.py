@@ -228,6 +228,28 @@ def test_a_training_loader_and_an_evaluation_loader_are_timed_apart(runs_dir):
     assert s.prediction.gain_fraction == pytest.approx(min(0.5 * RESTART_COST, 0.99))
 
 
+def test_a_persistent_loader_made_again_every_epoch_is_one_loader_that_restarts(runs_dir):
+    """persistent_workers keeps workers for the DataLoader that started them: made inside the epoch loop, each
+    epoch's loader starts its own.  Same label, one loader: three starts, all persistent -- made again."""
+    from gpulens.profiler.analysis.advisor.measure import Measurements
+    from gpulens.profiler.analysis.advisor.rules.input import worker_restarts
+    from gpulens.profiler.store.loader_workers import read
+
+    with gpulens.track("remade", quiet=True, profile=False) as run:
+        for _ in range(3):
+            loader = DataLoader(SlowImages(n=16, delay=0.0), batch_size=8, num_workers=1, persistent_workers=True)
+            for _batch in run.loader(loader):
+                run.step()
+        del loader
+    w = read(open_run(run.path).info.meta)
+    (one,) = w.loaders
+    assert (one.label, one.starts, one.persistent_starts) == ("SlowImages, batch_size=8, SequentialSampler", 3, 3)
+    s = worker_restarts(Measurements(run_id="r", cpu_count=2, span_s=4 * one.per_start_s, worker_starts=w))
+    assert s is not None and "has persistent_workers=True, so each of those starts was a new DataLoader" in s.finding
+    assert s.action.startswith("Make the DataLoader (SlowImages, batch_size=8, SequentialSampler) once")
+    assert s.change is None
+
+
 def test_multiprocessings_helper_processes_are_not_counted_as_workers():
     """A spawn context (a DataLoader with multiprocessing_context="spawn", a process pool) starts a
     resource tracker beside its workers: it loads no data."""

@@ -161,6 +161,10 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
     # each loader on its own (a persistent training loader beside an evaluation one that is not); a run recorded
     # before loaders were told apart has only the sums, read as one loader
     restarting = [one for one in (w.loaders or [w]) if not one.persistent and one.workers >= 1]
+    # persistent workers live as long as the loader object that started them: a loader with persistent workers
+    # that started them again and again is made again (inside the epoch loop), and persistent_workers cannot help
+    remade = [one for one in w.loaders if one.persistent and one.starts >= 3 and one.workers >= 1]
+    restarting += remade
     restarts = sum(one.starts - 1 for one in restarting)
     if restarts < 2:  # one restart is no pattern
         return None
@@ -179,18 +183,31 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
                f"step to the last, {fmt.share(share, 0)}, between steps, where no step time shows it")
     if many:
         finding += f"; {workers} workers for {m.cpu_count} cores make each start longer"
-    kept = [one for one in w.loaders if one.persistent]
-    if kept and len(kept) < len(w.loaders):
-        finding += (f"; {' and '.join(_loader_name(one) for one in kept)} keep{'s' if len(kept) == 1 else ''} "
-                    "its workers between epochs")
+    if remade:
+        finding += (f"; {' and '.join(_loader_name(one) for one in remade)} "
+                    f"ha{'s' if len(remade) == 1 else 've'} persistent_workers=True, so each of those starts was a "
+                    "new DataLoader")
+    kept = [one for one in w.loaders if one.persistent and one not in remade]
+    if kept:
+        finding += (f"; {' and '.join(_loader_name(one) for one in kept)} "
+                    f"{'keeps its' if len(kept) == 1 else 'keep their'} workers between epochs")
     prediction = Prediction(
         gain, share * RESTART_LOW, min(0.99, share * RESTART_HIGH),
         f"measured: the run's {restarts} worker starts after each loader's first, with their stops "
         f"({fmt.seconds(saved)}, {fmt.share(share, 0)} of its time from the first step to the last), times "
         f"{RESTART_COST:g} for the slower steps after each fork (copy-on-write)", measure="wall_per_step")
-    which = "" if not w.loaders else (" of " + " and ".join(_loader_name(one) for one in restarting))
-    action = (f"Keep the workers{which} alive between epochs: persistent_workers=True (they start once; each "
-              "epoch then begins at once with its first batches).")
+    again = [one for one in restarting if one not in remade]
+    actions = []
+    if again:
+        which = "" if not w.loaders else (" of " + " and ".join(_loader_name(one) for one in again))
+        actions.append(f"Keep the workers{which} alive between epochs: persistent_workers=True (they start once; "
+                       "each epoch then begins at once with its first batches).")
+    if remade:
+        actions.append(f"Make {' and '.join(_loader_name(one) for one in remade)} once, before the epoch loop: "
+                       "persistent workers live as long as the DataLoader that started them.")
+    action = " ".join(actions)
+    # as the loader draws its samples: an evaluation loader's are in order
+    shuffle = "" if w.loaders and all("RandomSampler" not in one.label for one in restarting) else " shuffle=True,"
     if many:
         action += (f" {workers} workers for {m.cpu_count} cores also fork more processes than the cores can "
                    "run: fewer start faster, where the data wait allows.")
@@ -198,15 +215,17 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
         id="worker_restarts", severity="high" if gain >= 0.2 else "medium",
         title="DataLoader workers start again every epoch",
         finding=finding, action=action,
-        snippet=("loader = DataLoader(dataset, batch_size=..., shuffle=True,\n"
-                 f"                    num_workers={workers}, persistent_workers=True)"),
+        snippet=(f"loader = DataLoader(dataset, batch_size=...,{shuffle}\n"
+                 f"                    num_workers={workers}, persistent_workers=True)"
+                 + ("\nfor epoch in range(epochs):  # the loader made once, above\n    for batch in loader: ..."
+                    if remade else "")),
         expected_gain=predicted_gain(prediction, f"{fmt.share(share, 0)} of the training time in the starts and "
                                                  "stops themselves"),
         gain_estimate="the run's own worker starts and stops after the first, over its time from the first "
                       f"step to the last (a share of the training time, not of a step), times {RESTART_COST:g}",
         confidence="high",
         evidence=[Evidence("metric", "DataLoader workers", {"metric": "workers.count"})],
-        gain_fraction=gain, change={"persistent_workers": True}, prediction=prediction)
+        gain_fraction=gain, change={"persistent_workers": True} if again else None, prediction=prediction)
 
 
 def dataloader_bound(m: Measurements) -> Suggestion | NotEvaluated | None:
