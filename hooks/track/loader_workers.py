@@ -68,13 +68,12 @@ def _tell(kind: str, it: Any, seconds: float) -> None:
         if sink is None:
             return
         name = getattr(it, _LABEL, None)
-        if kind == "start":
-            persistent = bool(getattr(it, "_persistent_workers", False))
-            workers = int(getattr(it, "_num_workers", 0) or 0)
-            for record in (_times, _times.loader(name)) if name else (_times,):
-                record.add_start(persistent, workers, seconds)
-        else:
-            for record in (_times, _times.loader(name)) if name else (_times,):
+        records = (_times, _times.loader(name)) if name else (_times,)  # the run's sums, and its loader's
+        for record in records:
+            if kind == "start":
+                record.add_start(bool(getattr(it, "_persistent_workers", False)),
+                                 int(getattr(it, "_num_workers", 0) or 0), seconds)
+            else:
                 record.add_stop(seconds)
         meta = _times.as_meta()
     sink(meta)

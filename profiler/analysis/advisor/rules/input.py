@@ -160,11 +160,11 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
         return None
     # each loader on its own (a persistent training loader beside an evaluation one that is not); a run recorded
     # before loaders were told apart has only the sums, read as one loader
-    restarting = [one for one in (w.loaders or [w]) if not one.persistent and one.workers >= 1]
+    again = [one for one in (w.loaders or [w]) if not one.persistent and one.workers >= 1]
     # persistent workers live as long as the loader object that started them: a loader with persistent workers
     # that started them again and again is made again (inside the epoch loop), and persistent_workers cannot help
     remade = [one for one in w.loaders if one.persistent and one.starts >= 3 and one.workers >= 1]
-    restarting += remade
+    restarting = again + remade
     restarts = sum(one.starts - 1 for one in restarting)
     if restarts < 2:  # one restart is no pattern
         return None
@@ -196,7 +196,6 @@ def worker_restarts(m: Measurements) -> Suggestion | None:
         f"measured: the run's {restarts} worker starts after each loader's first, with their stops "
         f"({fmt.seconds(saved)}, {fmt.share(share, 0)} of its time from the first step to the last), times "
         f"{RESTART_COST:g} for the slower steps after each fork (copy-on-write)", measure="wall_per_step")
-    again = [one for one in restarting if one not in remade]
     actions = []
     if again:
         which = "" if not w.loaders else (" of " + " and ".join(_loader_name(one) for one in again))
